@@ -1,0 +1,89 @@
+"""``enforcer`` command line: one argparse parser, each subcommand implemented in the module of its component.
+
+A command module provides ``add_arguments(command, parser)`` and ``run(command, args) -> int``; modules are imported
+only to build the parser (they keep heavy imports inside ``run``). Exit codes: 0 success, 1 invalid input, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError, find_config_arg, load_config, section_defaults
+
+# command -> (module, one-line help). The order is the order of `enforcer --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("enforcer.policy.cli", "validate blocklist files or folders"),
+    "lookup": ("enforcer.policy.cli", "show the verdict for domains, URLs or IP addresses"),
+    "export": ("enforcer.policy.cli", "export the policy for BIND/Unbound (RPZ), dnsmasq, squid, hosts, nftables, ..."),
+    "dns": ("enforcer.dns.cli", "run the DNS resolver (sinkhole + forwarder)"),
+    "proxy": ("enforcer.proxy.cli", "run mitmdump with the enforcer addon"),
+    "analyst": ("enforcer.analyst.cli", "run the analyst web service (dashboard, API, metrics)"),
+    "report": ("enforcer.analyst.cli", "compliance report from event files"),
+    "serve": ("enforcer.serve", "run resolver, proxy and analyst together on embedded defaults"),
+}
+
+
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    return {name: spec for name, spec in COMMANDS.items() if _exists(spec[0])}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog="enforcer",
+        description="Network-level enforcement of app bans: DNS sinkhole, mitmproxy addon, compliance review.",
+    )
+    parser.add_argument("--version", action="version", version=f"enforcer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers: dict[str, argparse.ArgumentParser] = {}
+    for name, (module_name, help_text) in available_commands().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", metavar="FILE", help="YAML config; keys mirror the long flags (e.g. dns.listen)")
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        importlib.import_module(module_name).add_arguments(name, p)
+        subparsers[name] = p
+    return parser, subparsers
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    config_path = find_config_arg(argv)
+    if config_path is not None and command in subparsers:
+        try:
+            data, node = load_config(config_path)
+            subparsers[command].set_defaults(
+                **section_defaults(subparsers[command], data, node, command, config_path), _config_data=data
+            )
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args.command, args) or 0)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,137 @@
+"""Settings: ``--config FILE`` (YAML, one section per subcommand, keys mirror the long flags) under command-line flags.
+
+Precedence: flags beat config, config beats defaults. The config's section is applied as parser defaults before the
+command line is parsed, which gives exactly that order. Repeatable flags use ``ReplaceAppend`` so that a flag given on
+the command line replaces the config's list instead of adding to it.
+
+Errors are ``FILE:LINE:COL: message`` lines (``ConfigError``), like blocklist errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import enforcer
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message is one or more ``FILE:LINE:COL: message`` lines."""
+
+
+class ReplaceAppend(argparse.Action):
+    """Like ``action="append"``, but the first use on the command line discards the default (or config) list."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        marker = f"_replaced_{self.dest}"
+        if not getattr(namespace, marker, False):
+            setattr(namespace, self.dest, [])
+            setattr(namespace, marker, True)
+        getattr(namespace, self.dest).append(values)
+
+
+def find_config_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def load_config(path: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    """Parse the config file; returns the data and its node tree (for positions in error messages)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}:1:1: cannot read config: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError(f"{path}:{line}:{col}: YAML syntax error: {exc.problem}") from None
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1:1: the config must be a mapping of sections (dns:, proxy:, analyst:, ...)")
+    return data, node
+
+
+def _key_pos(root: yaml.Node | None, section: str, key: str | None) -> tuple[int, int]:
+    if not isinstance(root, yaml.MappingNode):
+        return 1, 1
+    for k, v in root.value:
+        if k.value == section:
+            if key is None or not isinstance(v, yaml.MappingNode):
+                return k.start_mark.line + 1, k.start_mark.column + 1
+            for kk, _ in v.value:
+                if kk.value == key:
+                    return kk.start_mark.line + 1, kk.start_mark.column + 1
+            return k.start_mark.line + 1, k.start_mark.column + 1
+    return 1, 1
+
+
+def option_dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Config key (long flag without dashes, '-' or '_') -> argparse action."""
+    out: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--") and opt not in ("--help", "--config"):
+                name = opt[2:]
+                out[name] = action
+                out[name.replace("-", "_")] = action
+    return out
+
+
+def section_defaults(
+    parser: argparse.ArgumentParser, config: dict[str, Any], node: yaml.Node | None, section: str, path: str
+) -> dict[str, Any]:
+    """Validate ``config[section]`` against the parser's long flags; return ``{dest: value}`` defaults."""
+    values = config.get(section)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        line, col = _key_pos(node, section, None)
+        raise ConfigError(f"{path}:{line}:{col}: section '{section}' must be a mapping of option: value")
+    known = option_dests(parser)
+    defaults: dict[str, Any] = {}
+    errors = []
+    for key, value in values.items():
+        action = known.get(str(key))
+        if action is None:
+            line, col = _key_pos(node, section, str(key))
+            flags = sorted({a.option_strings[-1][2:] for a in known.values()})
+            errors.append(f"{path}:{line}:{col}: unknown key '{section}.{key}' (known: {', '.join(flags)})")
+            continue
+        if isinstance(action, ReplaceAppend) and not isinstance(value, list):
+            value = [value]
+        if isinstance(value, list):
+            value = [str(v) for v in value]
+        elif value is not None and not isinstance(value, bool):
+            value = str(value)
+        defaults[action.dest] = value
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return defaults
+
+
+def default_blocklist() -> str:
+    """``./blocklists`` when present, else the lists shipped beside the package (source checkout, editable install)."""
+    local = Path("blocklists")
+    if local.is_dir():
+        return str(local)
+    shipped = Path(enforcer.__file__).resolve().parent.parent / "blocklists"
+    if shipped.is_dir():
+        return str(shipped)
+    return str(local)

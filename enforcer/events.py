@@ -1,0 +1,327 @@
+"""Hit events: one schema (ECS field names) for the resolver and the proxy, and the one writer that stores them.
+
+- ``HitEvent``: what happened (rule, app, client, name/URL), built from a policy ``Match`` by ``HitEvent.from_match``.
+- ``HitEvent.to_ecs()``: the JSON object of one JSON Lines record (nested ECS objects, fields that do not apply left out).
+- ``EventWriter``: ``emit()`` appends to a bounded in-memory queue and returns at once; a background thread serialises,
+  writes, flushes and rotates by size. A full queue or a failing disk drops events and counts them, it never blocks
+  or raises into the caller. ``close()`` flushes what is queued.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .metrics import EVENTS_DROPPED_TOTAL, EVENTS_WRITTEN_TOTAL, SPECS
+from .policy.model import Match
+
+log = logging.getLogger("enforcer.events")
+
+ACTIONS = ("dns-block", "dns-response-block", "http-block", "tls-block", "connect-block")
+HOSTNAME = socket.gethostname()
+
+
+def rfc3339(ts: datetime) -> str:
+    """UTC, microseconds, 'Z' suffix: 2023-10-30T04:00:00.000000Z."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(slots=True)
+class HitEvent:
+    timestamp: datetime
+    action: str
+    component: str  # "dns" | "proxy"
+    rule_id: str
+    app: str
+    category: str | None
+    reference: str
+    version: str
+    enforced: bool = True
+    exempt: bool = False
+    source_ip: str | None = None
+    source_port: int | None = None
+    dns_question_name: str | None = None
+    dns_question_type: str | None = None
+    url_full: str | None = None
+    url_domain: str | None = None
+    http_method: str | None = None
+    tls_server_name: str | None = None
+    destination_ip: str | None = None
+    destination_port: int | None = None
+    observer_hostname: str = HOSTNAME
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def from_match(
+        cls,
+        match: Match,
+        *,
+        action: str,
+        component: str,
+        version: str,
+        enforced: bool,
+        at: datetime | None = None,
+        exempt: bool = False,
+        **fields: Any,
+    ) -> HitEvent:
+        return cls(
+            timestamp=at or datetime.now(UTC),
+            action=action,
+            component=component,
+            rule_id=match.rule.id,
+            app=match.rule.app,
+            category=match.rule.category,
+            reference=match.rule.source,
+            version=version,
+            enforced=enforced,
+            exempt=exempt,
+            **fields,
+        )
+
+    def to_ecs(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "@timestamp": rfc3339(self.timestamp),
+            "event": {
+                "id": self.id,
+                "kind": "alert",
+                "category": ["network"],
+                "type": ["denied"] if self.enforced else ["allowed"],
+                "action": self.action,
+                "dataset": f"enforcer.{self.component}",
+                "module": "enforcer",
+            },
+            "rule": {
+                "id": self.rule_id,
+                "ruleset": self.app,
+                "reference": self.reference,
+                "version": self.version,
+            },
+            "observer": {"hostname": self.observer_hostname, "type": self.component},
+        }
+        if self.category:
+            doc["rule"]["category"] = self.category
+        if self.exempt:
+            doc["labels"] = {"exempt": True}
+        if self.source_ip is not None:
+            doc["source"] = {"ip": self.source_ip}
+            if self.source_port is not None:
+                doc["source"]["port"] = self.source_port
+        if self.dns_question_name is not None:
+            doc["dns"] = {"question": {"name": self.dns_question_name}}
+            if self.dns_question_type is not None:
+                doc["dns"]["question"]["type"] = self.dns_question_type
+        url: dict[str, Any] = {}
+        if self.url_full is not None:
+            url["full"] = self.url_full
+        if self.url_domain is not None:
+            url["domain"] = self.url_domain
+        if url:
+            doc["url"] = url
+        if self.http_method is not None:
+            doc["http"] = {"request": {"method": self.http_method}}
+        if self.tls_server_name is not None:
+            doc["tls"] = {"client": {"server_name": self.tls_server_name}}
+        if self.destination_ip is not None or self.destination_port is not None:
+            dest: dict[str, Any] = {}
+            if self.destination_ip is not None:
+                dest["ip"] = self.destination_ip
+            if self.destination_port is not None:
+                dest["port"] = self.destination_port
+            doc["destination"] = dest
+        return doc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_ecs(), separators=(",", ":"), ensure_ascii=False)
+
+
+class EventWriter:
+    """Bounded, non-blocking JSON Lines writer with size-based rotation.
+
+    ``emit`` is safe from any thread and from the event loop: it appends to a deque (atomic under the GIL) or counts
+    a drop. The writer thread wakes every ``flush_interval`` seconds, or at once when the queue is half full.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        max_queue: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        backups: int = 5,
+        flush_interval: float = 0.1,
+    ) -> None:
+        self.path = Path(path) if path else None
+        self.max_queue = max_queue
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.flush_interval = flush_interval
+        self.written = 0
+        self.dropped = 0
+        self._queue: collections.deque[HitEvent] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._file: Any = None
+        self._size = 0
+        self._last_error_log = 0.0
+        self._thread: threading.Thread | None = None
+        if self.path is not None:
+            self._thread = threading.Thread(target=self._run, name="enforcer-event-writer", daemon=True)
+            self._thread.start()
+
+    # -- producer side -------------------------------------------------------------------------------------------
+    def emit(self, event: HitEvent) -> bool:
+        """Queue one event; False (and counted as dropped) when the queue is full or the writer is closed."""
+        if self.path is None:
+            return False
+        q = self._queue
+        if self._stop or len(q) >= self.max_queue:
+            self.dropped += 1
+            return False
+        q.append(event)
+        if len(q) == self.max_queue // 2:
+            self._wake.set()
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write everything queued, then stop the thread and close the file."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Block until the queue is empty (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(0.005)
+        # The last batch may still be in the writer's hands.
+        time.sleep(0.01)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- writer thread -------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self._drain()
+            if self._stop:
+                self._drain()
+                if self._file is not None:
+                    try:
+                        self._file.close()
+                    except OSError:
+                        pass
+                return
+
+    def _drain(self) -> None:
+        q = self._queue
+        while q:
+            batch: list[str] = []
+            try:
+                while q and len(batch) < 1000:
+                    batch.append(q.popleft().to_json())
+            except Exception:  # a broken event must not kill the writer
+                log.exception("cannot serialise a hit event")
+                self.dropped += 1
+            if batch:
+                self._write(batch)
+
+    def _write(self, lines: list[str]) -> None:
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        try:
+            if self._file is None:
+                self._open()
+            if self._size and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            self._file.write(data)
+            self._file.flush()
+            self._size += len(data)
+            self.written += len(lines)
+        except OSError as exc:
+            self.dropped += len(lines)
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                self._last_error_log = now
+                log.error("event log %s: cannot write, %d event(s) dropped: %s", self.path, len(lines), exc.strerror)
+            self._close_quietly()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across batches
+        self._size = self._file.tell()
+
+    def _rotate(self) -> None:
+        assert self.path is not None
+        self._close_quietly()
+        for i in range(self.backups - 1, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{i}")
+            if src.exists():
+                os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._open()
+
+    def _close_quietly(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        self._file = None
+        self._size = 0
+
+    # -- metrics -------------------------------------------------------------------------------------------------
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Expose enforcer_events_written_total / enforcer_events_dropped_total from this writer's counters."""
+        registry.register(_WriterCollector(self))
+
+
+class _WriterCollector(Collector):
+    def __init__(self, writer: EventWriter) -> None:
+        self.writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in ((EVENTS_WRITTEN_TOTAL, self.writer.written), (EVENTS_DROPPED_TOTAL, self.writer.dropped)):
+            family = CounterMetricFamily(name[: -len("_total")], SPECS[name].help)
+            family.add_metric([], value)
+            yield family
+        queue = GaugeMetricFamily("enforcer_events_queued", "Hit events waiting to be written.")
+        queue.add_metric([], self.writer.queued)
+        yield queue
+
+
+def iter_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Read a JSON Lines event file; torn or invalid lines are skipped."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                yield doc

@@ -1,0 +1,211 @@
+"""Every Prometheus metric enforcer exposes, defined once; the registry is passed in.
+
+``SPECS`` is the single table of names, types, help texts and label names (docker/ dashboards and alert rules are
+checked against it). ``Metrics(registry)`` builds the prometheus_client objects from it. Components that count on a
+hot path (the resolver, the proxy) may use ``LocalCounter``: a plain dict of ints read at scrape time, with no lock,
+for code that runs on one event-loop thread.
+
+Labels are bounded (app, category, component, action, outcome, result, kind, window, upstream): names, URLs and
+client addresses go into hit events, never into labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Label names.
+COMPONENT = "component"
+APP = "app"
+CATEGORY = "category"
+ACTION = "action"
+OUTCOME = "outcome"
+RESULT = "result"
+KIND = "kind"
+WINDOW = "window"
+UPSTREAM = "upstream"
+REASON = "reason"
+
+# Metric names (as exposed; counters carry their _total suffix here).
+BLOCKED_TOTAL = "enforcer_blocked_total"
+MONITORED_TOTAL = "enforcer_monitored_total"
+DNS_QUERIES_TOTAL = "enforcer_dns_queries_total"
+DNS_QUERY_DURATION = "enforcer_dns_query_duration_seconds"
+DNS_UPSTREAM_ERRORS_TOTAL = "enforcer_dns_upstream_errors_total"
+DNS_UPSTREAM_HEALTHY = "enforcer_dns_upstream_healthy"
+DNS_CACHE_ENTRIES = "enforcer_dns_cache_entries"
+DNS_TCP_CONNECTIONS = "enforcer_dns_tcp_connections"
+PROXY_FLOWS_TOTAL = "enforcer_proxy_flows_total"
+POLICY_RULES = "enforcer_policy_rules"
+POLICY_RELOADS_TOTAL = "enforcer_policy_reloads_total"
+POLICY_INFO = "enforcer_policy_info"
+POLICY_LAST_RELOAD = "enforcer_policy_last_reload_timestamp_seconds"
+EVENTS_WRITTEN_TOTAL = "enforcer_events_written_total"
+EVENTS_DROPPED_TOTAL = "enforcer_events_dropped_total"
+NONCOMPLIANT_CLIENTS = "enforcer_noncompliant_clients"
+LAST_BLOCK_TIMESTAMP = "enforcer_last_block_timestamp_seconds"
+ANALYST_EVENTS_INGESTED_TOTAL = "enforcer_analyst_events_ingested_total"
+ANALYST_INGEST_ERRORS_TOTAL = "enforcer_analyst_ingest_errors_total"
+
+# Resolver latency: most answers take tens of microseconds, forwarded ones up to the 2 s upstream timeout.
+DNS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+
+SPECS: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        MetricSpec(BLOCKED_TOTAL, "counter", "Blocked attempts (enforced policy hits).", (COMPONENT, APP, CATEGORY, ACTION)),
+        MetricSpec(
+            MONITORED_TOTAL,
+            "counter",
+            "Policy hits let through in monitor mode (before the effective date or from an exempt client).",
+            (COMPONENT, APP, CATEGORY, ACTION),
+        ),
+        MetricSpec(
+            DNS_QUERIES_TOTAL,
+            "counter",
+            "DNS queries by outcome (blocked, forwarded, cached, servfail, refused, formerr, dropped, ...).",
+            (OUTCOME,),
+        ),
+        MetricSpec(DNS_QUERY_DURATION, "histogram", "Time to answer a DNS query.", (), DNS_BUCKETS),
+        MetricSpec(DNS_UPSTREAM_ERRORS_TOTAL, "counter", "Failed upstream DNS exchanges (timeouts, errors).", (UPSTREAM,)),
+        MetricSpec(DNS_UPSTREAM_HEALTHY, "gauge", "1 when the upstream is considered healthy.", (UPSTREAM,)),
+        MetricSpec(DNS_CACHE_ENTRIES, "gauge", "Entries in the resolver cache."),
+        MetricSpec(DNS_TCP_CONNECTIONS, "gauge", "Open DNS-over-TCP client connections."),
+        MetricSpec(PROXY_FLOWS_TOTAL, "counter", "Proxy flows by outcome (allowed, blocked, monitored, error).", (OUTCOME,)),
+        MetricSpec(POLICY_RULES, "gauge", "Rules in the active policy (include feeds count their names).", (APP, KIND)),
+        MetricSpec(POLICY_RELOADS_TOTAL, "counter", "Policy (re)loads by result (success, failure).", (RESULT,)),
+        MetricSpec(POLICY_INFO, "gauge", "Always 1; the label carries the active policy fingerprint.", ("fingerprint",)),
+        MetricSpec(POLICY_LAST_RELOAD, "gauge", "Unix time of the last successful policy load."),
+        MetricSpec(EVENTS_WRITTEN_TOTAL, "counter", "Hit events written to the event log."),
+        MetricSpec(EVENTS_DROPPED_TOTAL, "counter", "Hit events dropped (queue full or write error)."),
+        MetricSpec(
+            NONCOMPLIANT_CLIENTS,
+            "gauge",
+            "Clients with at least one enforced blocked attempt in the window (1h, 24h, 7d).",
+            (APP, WINDOW),
+        ),
+        MetricSpec(LAST_BLOCK_TIMESTAMP, "gauge", "Unix time of the latest blocked attempt per app.", (APP,)),
+        MetricSpec(ANALYST_EVENTS_INGESTED_TOTAL, "counter", "Events stored by the analyst."),
+        MetricSpec(ANALYST_INGEST_ERRORS_TOTAL, "counter", "Event lines skipped by the analyst.", (REASON,)),
+    )
+}
+
+
+def _base_name(spec: MetricSpec) -> str:
+    # prometheus_client appends _total to counters itself.
+    return spec.name[: -len("_total")] if spec.kind == "counter" and spec.name.endswith("_total") else spec.name
+
+
+def make_metric(spec: MetricSpec, registry: CollectorRegistry) -> Any:
+    name = _base_name(spec)
+    if spec.kind == "counter":
+        return Counter(name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "gauge":
+        return Gauge(name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "histogram":
+        return Histogram(name, spec.help, spec.labels, registry=registry, buckets=spec.buckets or Histogram.DEFAULT_BUCKETS)
+    raise ValueError(f"unknown metric kind {spec.kind}")
+
+
+class Metrics:
+    """prometheus_client objects for the given metric names (default: all), registered in ``registry``.
+
+    Access by name: ``m[BLOCKED_TOTAL].labels(...).inc()``; a component registers only what it exposes.
+    """
+
+    def __init__(self, registry: CollectorRegistry, names: Iterable[str] | None = None) -> None:
+        self.registry = registry
+        self._m: dict[str, Any] = {}
+        for name in names if names is not None else SPECS:
+            self._m[name] = make_metric(SPECS[name], registry)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._m[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._m
+
+    def set_policy(self, policy: Any) -> None:
+        """Publish the active policy's rule counts and fingerprint (call after every successful load)."""
+        if POLICY_RULES in self._m:
+            g = self._m[POLICY_RULES]
+            g.clear()
+            for (app, kind), n in policy.counts.items():
+                g.labels(app, kind).set(n)
+        if POLICY_INFO in self._m:
+            info = self._m[POLICY_INFO]
+            info.clear()
+            info.labels(policy.fingerprint).set(1)
+
+
+class LocalCounter(Collector):
+    """A counter family kept as plain ints, for single-threaded hot paths; exposed at scrape time.
+
+    ``inc(labels_tuple)`` costs a dict update; no lock, so only one thread may increment it.
+    """
+
+    def __init__(self, name: str, registry: CollectorRegistry | None = None) -> None:
+        self.spec = SPECS[name]
+        self.values: dict[tuple[str, ...], float] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def inc(self, labels: tuple[str, ...] = (), amount: float = 1) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(_base_name(self.spec), self.spec.help, labels=self.spec.labels)
+        for labels, value in list(self.values.items()):
+            family.add_metric(list(labels), value)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(_base_name(self.spec), self.spec.help, labels=self.spec.labels)
+
+
+def serve_metrics(listen: str, registry: CollectorRegistry) -> tuple[Any, Any]:
+    """Start the /metrics HTTP endpoint on ``HOST:PORT`` in a daemon thread; returns (server, thread)."""
+    host, port = split_host_port(listen)
+    return start_http_server(port, addr=host, registry=registry)
+
+
+def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or (with a default) a bare host. Raises ValueError with the reason."""
+    v = value.strip()
+    host, port_s = v, ""
+    if v.startswith("["):
+        end = v.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' in {value!r}")
+        host, rest = v[1:end], v[end + 1 :]
+        if rest.startswith(":"):
+            port_s = rest[1:]
+        elif rest:
+            raise ValueError(f"expected ':PORT' after ']' in {value!r}")
+    elif v.count(":") == 1:
+        host, port_s = v.split(":")
+    if not port_s:
+        if default_port is None:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return host, default_port
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"invalid port {port_s!r} in {value!r}")
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    return host, int(port_s)

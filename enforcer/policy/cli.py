@@ -1,0 +1,165 @@
+"""``enforcer check``, ``enforcer lookup`` and ``enforcer export``: the policy from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config import default_blocklist
+
+
+def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
+    if command == "check":
+        p.add_argument("paths", nargs="*", metavar="PATH", help="blocklist files or folders (default: blocklists/)")
+        p.add_argument("--strict", action="store_true", help="treat warnings (duplicate, shadowed rules) as errors")
+    elif command == "lookup":
+        p.add_argument("queries", nargs="+", metavar="QUERY", help="a domain, a URL or an IP address")
+        p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder (default: blocklists/)")
+        p.add_argument("--at", metavar="ISO-DATE", help="evaluate 'enforced' at this moment instead of now")
+        p.add_argument("--client", metavar="IP", help="the client address (exempt clients are not enforced)")
+        p.add_argument("--method", metavar="METHOD", help="HTTP method for URL queries (e.g. POST)")
+    elif command == "export":
+        from .export import FORMATS
+
+        p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+        p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder (default: blocklists/)")
+        p.add_argument("--zone", default="rpz.enforcer.", help="RPZ zone name (rpz format)")
+        p.add_argument(
+            "--mode",
+            default="nxdomain",
+            help="RPZ/dnsmasq answer for blocked names: nxdomain, nodata, null or ip:ADDR[,ADDR6] (default nxdomain)",
+        )
+        p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    if command == "check":
+        return run_check(args)
+    if command == "lookup":
+        return run_lookup(args)
+    return run_export(args)
+
+
+def _load(paths: list[str]) -> Any:
+    """Load or print the errors; returns the Policy or None."""
+    from . import PolicyError, load_policy
+
+    try:
+        return load_policy(paths)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(str(p), file=sys.stderr)
+        return None
+
+
+def run_check(args: argparse.Namespace) -> int:
+    paths = args.paths or [default_blocklist()]
+    policy = _load(paths)
+    if policy is None:
+        return 1
+    for w in policy.warnings:
+        print(str(w) if not args.strict else str(w).replace(": warning: ", ": ", 1), file=sys.stderr)
+    if args.strict and policy.warnings:
+        return 1
+    kinds: dict[str, int] = {}
+    for (_app, kind), n in policy.counts.items():
+        kinds[kind] = kinds.get(kind, 0) + n
+    print(f"OK: {len(policy.files)} file(s), {len(policy.apps)} app(s): {', '.join(sorted(policy.apps))}")
+    for app in sorted(policy.apps):
+        per = ", ".join(f"{k} {n}" for (a, k), n in sorted(policy.counts.items()) if a == app)
+        a = policy.apps[app]
+        print(f"  {app}: {per}; effective {a.effective.isoformat()} ({a.timezone})")
+    print("rules: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    print(f"fingerprint: {policy.fingerprint}")
+    if policy.warnings:
+        print(f"{len(policy.warnings)} warning(s)")
+    return 0
+
+
+def classify(query: str) -> str:
+    if "://" in query or "/" in query:
+        return "url"
+    try:
+        ipaddress.ip_address(query.strip("[]"))
+    except ValueError:
+        return "domain"
+    return "ip"
+
+
+def parse_when(text: str | None) -> datetime:
+    if not text:
+        return datetime.now(UTC)
+    t = text.strip().replace("Z", "+00:00")
+    when = datetime.fromisoformat(t)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def run_lookup(args: argparse.Namespace) -> int:
+    from .names import InvalidName, normalize_name
+
+    try:
+        at = parse_when(args.at)
+    except ValueError:
+        print(f"--at: not an ISO date or timestamp: {args.at!r}", file=sys.stderr)
+        return 1
+    client = None
+    if args.client:
+        try:
+            client = ipaddress.ip_address(args.client)
+        except ValueError:
+            print(f"--client: not an IP address: {args.client!r}", file=sys.stderr)
+            return 1
+    policy = _load([args.blocklist or default_blocklist()])
+    if policy is None:
+        return 1
+    status = 0
+    for query in args.queries:
+        kind = classify(query)
+        try:
+            if kind == "domain":
+                normalize_name(query)
+                match = policy.match_name(query)
+            elif kind == "ip":
+                match = policy.match_ip(query)
+            else:
+                match = policy.match_url(query, args.method)
+        except (InvalidName, ValueError) as exc:
+            print(f"{query}: invalid {kind}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        out: dict[str, Any] = {"query": query, "kind": kind, "verdict": "none", "app": None, "category": None,
+                               "rule": None, "source": None, "enforced": False}
+        if match is not None:
+            out.update(
+                verdict=match.verdict,
+                app=match.rule.app,
+                category=match.rule.category,
+                rule=match.rule.id,
+                source=match.rule.source,
+                enforced=match.enforced(at, client),
+            )
+        print(json.dumps(out, ensure_ascii=False))
+    return status
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export_policy
+
+    policy = _load([args.blocklist or default_blocklist()])
+    if policy is None:
+        return 1
+    try:
+        text = export_policy(policy, args.format, zone=args.zone, mode=args.mode)
+    except ValueError as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,185 @@
+"""``Policy``: the one decision object both the resolver and the proxy addon ask.
+
+- ``match_name(name)``: exact ``host`` rules, then ``domain``/``include`` suffixes from the longest to the shortest,
+  on label boundaries. One dictionary look-up per label, so a lookup costs about a microsecond whatever the list size.
+- ``match_url(url, method)``: ``url``/``store`` rules of the request's host (more specific than any name rule), then
+  the host itself by name (or by address for an IP literal).
+- ``match_ip(addr)``: ``cidr`` rules, longest prefix first; IPv4-mapped IPv6 addresses are checked as IPv4.
+
+Precedence everywhere: the most specific rule wins; at equal specificity allow wins (resolved once, at build time,
+for names). A ``Policy`` is immutable; reloading builds a new one and swaps the reference.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from .model import AppPolicy, IPAddress, IPNetwork, Match, Rule
+from .names import fast_key
+from .urlrules import ParsedUrl, UrlIndex, parse_request_url
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyStats:
+    apps: int
+    rules_by_app_kind: Mapping[tuple[str, str], int]  # (app, kind) -> count; include counts its names
+    names: int
+    fingerprint: str
+
+
+class CidrTable:
+    """Longest-prefix match over a few hundred networks: one dict per prefix length present."""
+
+    def __init__(self, entries: list[tuple[IPNetwork, Rule]]) -> None:
+        self._v4: dict[int, dict[int, Rule]] = {}
+        self._v6: dict[int, dict[int, Rule]] = {}
+        for net, rule in entries:
+            table = self._v4 if net.version == 4 else self._v6
+            bucket = table.setdefault(net.prefixlen, {})
+            key = int(net.network_address)
+            # At equal prefix (the same network) allow wins.
+            if key not in bucket or rule.action == "allow":
+                bucket[key] = rule
+        self._v4_lengths = sorted(self._v4, reverse=True)
+        self._v6_lengths = sorted(self._v6, reverse=True)
+
+    def lookup(self, addr: IPAddress) -> tuple[Rule, str] | None:
+        if addr.version == 6:
+            mapped = addr.ipv4_mapped  # type: ignore[union-attr]
+            if mapped is not None:
+                addr = mapped
+        if addr.version == 4:
+            table, lengths, bits = self._v4, self._v4_lengths, 32
+        else:
+            table, lengths, bits = self._v6, self._v6_lengths, 128
+        value = int(addr)
+        for plen in lengths:
+            mask = ((1 << plen) - 1) << (bits - plen) if plen else 0
+            rule = table[plen].get(value & mask)
+            if rule is not None:
+                return rule, f"{ipaddress.ip_address(value & mask)}/{plen}"
+        return None
+
+
+class Policy:
+    """The loaded, validated blocklists. Build with ``enforcer.policy.load_policy``."""
+
+    def __init__(
+        self,
+        apps: Mapping[str, AppPolicy],
+        rules: tuple[Rule, ...],
+        hosts: dict[str, Rule],
+        domains: dict[str, Rule],
+        urls: UrlIndex,
+        cidrs: list[tuple[IPNetwork, Rule]],
+        fingerprint: str,
+        counts: Mapping[tuple[str, str], int],
+        warnings: tuple[object, ...] = (),
+        files: tuple[str, ...] = (),
+    ) -> None:
+        self.apps = dict(apps)
+        self.rules = rules
+        self._hosts = hosts
+        self._domains = domains
+        self.urls = urls
+        self.cidrs = tuple(cidrs)
+        self._cidr_table = CidrTable(cidrs)
+        self.fingerprint = fingerprint
+        self.counts = dict(counts)
+        self.warnings = warnings
+        self.files = files
+
+    # -- decisions -------------------------------------------------------------------------------------------
+    def match_name(self, name: str) -> Match | None:
+        """Decide a DNS name (any case, with or without trailing dot, Unicode or punycode)."""
+        key = fast_key(name)
+        rule = self._hosts.get(key)
+        if rule is not None:
+            return Match(rule, self.apps[rule.app], key)
+        domains = self._domains
+        rule = domains.get(key)
+        if rule is not None:
+            return Match(rule, self.apps[rule.app], key)
+        i = key.find(".")
+        while i >= 0:
+            suffix = key[i + 1 :]
+            rule = domains.get(suffix)
+            if rule is not None:
+                return Match(rule, self.apps[rule.app], suffix)
+            i = key.find(".", i + 1)
+        return None
+
+    def match_key(self, key: str) -> Rule | None:
+        """Hot-path variant of ``match_name`` for a name already lower-case without trailing dot (DNS wire)."""
+        rule = self._hosts.get(key)
+        if rule is not None:
+            return rule
+        domains = self._domains
+        rule = domains.get(key)
+        if rule is not None:
+            return rule
+        i = key.find(".")
+        while i >= 0:
+            rule = domains.get(key[i + 1 :])
+            if rule is not None:
+                return rule
+            i = key.find(".", i + 1)
+        return None
+
+    def match_ip(self, addr: str | IPAddress) -> Match | None:
+        """Decide an IP address against the ``cidr`` rules. An unparsable address matches nothing."""
+        if isinstance(addr, str):
+            try:
+                addr = ipaddress.ip_address(addr.strip("[]").split("%", 1)[0])
+            except ValueError:
+                return None
+        found = self._cidr_table.lookup(addr)
+        if found is None:
+            return None
+        rule, net = found
+        return Match(rule, self.apps[rule.app], net)
+
+    def match_url(self, url: str | ParsedUrl, method: str | None = None) -> Match | None:
+        """Decide an HTTP request: URL/store rules first (the most specific), then the host by name or address."""
+        parsed = parse_request_url(url) if isinstance(url, str) else url
+        if self.urls:
+            pattern = self.urls.best(parsed, method)
+            if pattern is not None:
+                return Match(pattern.rule, self.apps[pattern.rule.app], pattern.text)
+        return self.match_host(parsed.host)
+
+    def match_host(self, host: str) -> Match | None:
+        """A host as seen in CONNECT, SNI or Host: an IP literal is checked against CIDRs, a name by name."""
+        h = host.strip("[]")
+        if h and (h[0].isdigit() or ":" in h):
+            try:
+                addr = ipaddress.ip_address(h.split("%", 1)[0])
+            except ValueError:
+                pass
+            else:
+                return self.match_ip(addr)
+        return self.match_name(h)
+
+    def has_url_rules(self, host: str, *, any_host: bool = False) -> bool:
+        """Whether a url/store rule names ``host`` (or a ``*.suffix`` of it): the proxy decrypts only such hosts.
+
+        Rules for any host (``*/mmtls/...``) are left out unless ``any_host``: they would make every TLS
+        connection a decryption candidate.
+        """
+        return self.urls.has_host_rules(fast_key(host), any_host=any_host)
+
+    # -- introspection (export, metrics, check) ---------------------------------------------------------------
+    def name_entries(self) -> Iterator[tuple[str, Rule, bool]]:
+        """Every DNS-level name: (name, rule, is_exact_host)."""
+        for name, rule in self._hosts.items():
+            yield name, rule, True
+        for name, rule in self._domains.items():
+            yield name, rule, False
+
+    def stats(self) -> PolicyStats:
+        return PolicyStats(len(self.apps), self.counts, len(self._hosts) + len(self._domains), self.fingerprint)
+
+    def __repr__(self) -> str:
+        return f"<Policy apps={sorted(self.apps)} names={len(self._hosts) + len(self._domains)} fp={self.fingerprint[:12]}>"

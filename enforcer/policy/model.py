@@ -1,0 +1,111 @@
+"""The frozen objects a loaded policy is made of: apps, rules, matches and the problems found while loading.
+
+Nothing here does I/O or reads the clock; ``Match.enforced`` takes "now" and the client as arguments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+CATEGORIES = ("messaging", "update", "download", "store", "telemetry", "payments", "bypass", "web")
+NAME_KINDS = ("domain", "host", "include")
+KINDS = ("domain", "host", "url", "cidr", "store", "include")
+Action = Literal["block", "allow"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding while loading a policy, located at the YAML node (or feed line) that caused it."""
+
+    path: str
+    line: int
+    col: int
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.path}:{self.line}:{self.col}: {prefix}{self.message}"
+
+
+class PolicyError(Exception):
+    """The policy could not be loaded; ``problems`` holds every error (and the warnings seen so far)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        errors = [p for p in problems if p.severity == "error"]
+        super().__init__("\n".join(str(p) for p in errors) or "invalid policy")
+
+
+@dataclass(frozen=True, slots=True)
+class AppPolicy:
+    """Per-app metadata from the ``policy:`` section: when enforcement starts, who is exempt, what users are told."""
+
+    app: str
+    name: str
+    vendor: str
+    effective: datetime  # timezone-aware
+    timezone: str
+    exempt_clients: tuple[IPNetwork, ...]
+    notice: str
+    reference: str
+    path: str
+
+    def is_exempt(self, client: IPAddress | None) -> bool:
+        if client is None or not self.exempt_clients:
+            return False
+        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+            client = client.ipv4_mapped
+        return any(client.version == net.version and client in net for net in self.exempt_clients)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule as written. ``include`` rules stand for every name of their feed."""
+
+    id: str
+    app: str
+    action: Action
+    kind: str
+    value: str
+    category: str | None
+    source: str  # "PATH:LINE" of the rule's node, shown to admins and put in rule.reference of events
+    method: str | None = None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The winning rule for a query. ``matched`` is the name, CIDR or pattern that matched."""
+
+    rule: Rule
+    app: AppPolicy
+    matched: str = field(default="")
+
+    @property
+    def verdict(self) -> Action:
+        return self.rule.action
+
+    @property
+    def blocked(self) -> bool:
+        return self.rule.action == "block"
+
+    @property
+    def category(self) -> str | None:
+        return self.rule.category
+
+    def enforced(self, at: datetime, client: IPAddress | None = None) -> bool:
+        """True when this match must actually block: a block rule, on or after the effective date, not exempt.
+
+        A block match that is not enforced is a *monitor* hit: logged, traffic allowed.
+        """
+        if self.rule.action != "block":
+            return False
+        if at < self.app.effective:
+            return False
+        return not self.app.is_exempt(client)

@@ -1,0 +1,96 @@
+"""Domain-name normalisation shared by the blocklist parser, the matcher and both front-ends.
+
+A name is compared in one canonical form: lower case, no trailing dot, internationalised labels as their
+A-label (punycode) form. ``normalize_name`` validates and raises ``NameError_`` with a reason;
+``fast_key`` is the hot-path variant for names already known to be ASCII (DNS wire names, HTTP hosts).
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_NAME = 253
+MAX_LABEL = 63
+
+# Letters, digits, hyphen, and underscore (service labels such as _dmarc occur in real zones and feeds).
+_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_ASCII_NAME_RE = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+)
+
+
+class InvalidName(ValueError):
+    """A domain name that cannot be a DNS name; the message says why."""
+
+
+def _idna_label(label: str) -> str:
+    try:
+        encoded = label.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise InvalidName(f"invalid internationalised label {label!r}: {exc}") from None
+    return encoded.lower()
+
+
+def normalize_name(name: str) -> str:
+    """Return the canonical form of ``name`` or raise InvalidName.
+
+    Idempotent: ``normalize_name(normalize_name(x)) == normalize_name(x)``.
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"expected a domain name, got {type(name).__name__}")
+    n = name.strip()
+    if n.endswith("."):
+        n = n[:-1]
+    if not n:
+        raise InvalidName("empty domain name")
+    if not n.isascii():
+        # IDNA 2003 via the stdlib codec; it maps full-width dots and case too.
+        labels = n.replace("\u3002", ".").replace("\uff0e", ".").replace("\uff61", ".").split(".")
+        n = ".".join(_idna_label(lbl) if lbl and not lbl.isascii() else lbl for lbl in labels)
+    n = n.lower()
+    if len(n) > MAX_NAME:
+        raise InvalidName(f"domain name longer than {MAX_NAME} characters ({len(n)})")
+    if _ASCII_NAME_RE.fullmatch(n):
+        for label in n.split("."):
+            if label.startswith("xn--"):
+                _check_a_label(label)
+        return n
+    for label in n.split("."):
+        if not label:
+            raise InvalidName(f"empty label in {name!r}")
+        if len(label) > MAX_LABEL:
+            raise InvalidName(f"label longer than {MAX_LABEL} characters: {label[:20]}...")
+        if not _LABEL_RE.fullmatch(label):
+            raise InvalidName(f"bad character in label {label!r} (letters, digits, '-' and '_' only)")
+    raise InvalidName(f"invalid domain name {name!r}")  # pragma: no cover - regex and loop agree
+
+
+def _check_a_label(label: str) -> None:
+    try:
+        label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
+        raise InvalidName(f"invalid punycode label {label!r}") from None
+
+
+def fast_key(name: str) -> str:
+    """Lower-case, strip one trailing dot; IDNs go through the full normaliser.
+
+    For lookups only: an invalid name simply matches nothing, it is never an error on the hot path.
+    """
+    if name.isascii():
+        n = name.lower()
+        return n[:-1] if n.endswith(".") else n
+    try:
+        return normalize_name(name)
+    except InvalidName:
+        return name.lower().rstrip(".")
+
+
+def parents(name: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b.c", "b.c", "c"]``: the name and every suffix on a label boundary."""
+    out = [name]
+    i = name.find(".")
+    while i >= 0:
+        out.append(name[i + 1 :])
+        i = name.find(".", i + 1)
+    return out

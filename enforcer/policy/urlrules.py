@@ -1,0 +1,236 @@
+"""URL-level rules: ``url:`` globs and ``store:`` app-store expansions, compiled into ``UrlPattern``.
+
+A pattern has a host part (exact name, ``*.suffix`` or ``*``), a path matcher (a glob compiled to a regex, or a
+store regex), required query parameters (any order, extra parameters ignored), and optionally a scheme and an HTTP
+method. ``UrlIndex`` finds the patterns that may apply to a host with dictionary look-ups, so a request only tests
+the few patterns of its own host.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .model import Rule
+from .names import InvalidName, fast_key, normalize_name, parents
+
+ANY_HOST = "*"
+
+
+class InvalidPattern(ValueError):
+    """A url/store rule that cannot be compiled; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class UrlPattern:
+    rule: Rule
+    host: str  # exact host, "*.suffix" or "*"
+    path: re.Pattern[str]
+    query: tuple[tuple[str, str], ...]
+    scheme: str | None
+    specificity: int
+    text: str
+
+    def matches(self, scheme: str, path: str, params: dict[str, list[str]], method: str | None) -> bool:
+        if self.scheme is not None and scheme != self.scheme:
+            return False
+        if self.rule.method is not None and (method or "").upper() != self.rule.method:
+            return False
+        if self.path.match(path) is None:
+            return False
+        for key, value in self.query:
+            values = params.get(key)
+            if values is None or value not in values:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedUrl:
+    """A request URL in the form the matcher compares: lower-case host, percent-decoded path, query by key."""
+
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    params: dict[str, list[str]]
+
+
+def parse_request_url(url: str) -> ParsedUrl:
+    """Split ``url`` for matching. Raises ValueError for a URL without a host."""
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "market":
+        # market://details?id=PKG: the "host" is the Play action; keep it as the host so store rules can see it.
+        host = parts.netloc.lower()
+    else:
+        host = parts.hostname or ""
+        host = fast_key(host) if host else ""
+    if not host:
+        raise ValueError(f"URL has no host: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"URL has an invalid port: {url!r}") from None
+    path = unquote(parts.path or "/", errors="replace")
+    params: dict[str, list[str]] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        params.setdefault(key.lower(), []).append(value.lower())
+    return ParsedUrl(scheme, host, port, path, params)
+
+
+def _glob_to_regex(glob: str) -> re.Pattern[str]:
+    depth = 0
+    for ch in glob:
+        if ch == "[":
+            depth += 1
+        elif ch == "]" and depth:
+            depth -= 1
+    if depth:
+        raise InvalidPattern(f"unterminated character class '[' in glob {glob!r}")
+    return re.compile(fnmatch.translate(glob))
+
+
+def _literal_len(text: str) -> int:
+    return sum(1 for ch in text if ch not in "*?[]")
+
+
+def compile_url_rule(rule: Rule) -> UrlPattern:
+    """Compile a ``url:`` rule value ``[scheme://]HOSTGLOB/PATHGLOB[?k=v&...]``."""
+    text = rule.value
+    scheme: str | None = None
+    rest = text
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InvalidPattern(f"scheme must be http or https, not {scheme!r}")
+    query_text = ""
+    if "?" in rest.split("/", 1)[-1] and "/" in rest:
+        # A '?' after the first '/' may be a glob wildcard or the query separator: the query starts at the
+        # first '?' that is followed by 'key='.
+        m = re.search(r"\?(?=[^/?=&]+=)", rest)
+        if m:
+            rest, query_text = rest[: m.start()], rest[m.start() + 1 :]
+    if "/" not in rest:
+        raise InvalidPattern(f"url rule needs HOST/PATH (e.g. 'dldir1.qq.com/weixin/*'), got {text!r}")
+    host_part, path_part = rest.split("/", 1)
+    path_glob = "/" + path_part
+    host = _compile_host(host_part)
+    query: list[tuple[str, str]] = []
+    if query_text:
+        for item in query_text.split("&"):
+            if "=" not in item:
+                raise InvalidPattern(f"query parameter must be key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            if not key:
+                raise InvalidPattern(f"empty query parameter name in {text!r}")
+            query.append((unquote(key).lower(), unquote(value).lower()))
+    path_re = _glob_to_regex(unquote(path_glob))
+    spec = _literal_len(host_part) + _literal_len(path_glob) + _literal_len(query_text)
+    return UrlPattern(rule, host, path_re, tuple(query), scheme, spec, text)
+
+
+def _compile_host(host_part: str) -> str:
+    if host_part == ANY_HOST:
+        return ANY_HOST
+    if host_part.startswith("*."):
+        try:
+            return "*." + normalize_name(host_part[2:])
+        except InvalidName as exc:
+            raise InvalidPattern(f"bad host in url rule: {exc}") from None
+    if any(ch in host_part for ch in "*?["):
+        raise InvalidPattern(f"host must be a name, '*.suffix' or '*', not {host_part!r}")
+    try:
+        return normalize_name(host_part)
+    except InvalidName as exc:
+        raise InvalidPattern(f"bad host in url rule: {exc}") from None
+
+
+_PKG_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)+")
+_APPLE_ID_RE = re.compile(r"[0-9]{1,12}")
+STORES = ("google_play", "apple", "tencent")
+
+
+def check_store_id(store: str, value: str) -> None:
+    if store == "apple":
+        if not _APPLE_ID_RE.fullmatch(value):
+            raise InvalidPattern(f"apple store id must be the numeric track id (e.g. '414478124'), got {value!r}")
+    elif not _PKG_RE.fullmatch(value):
+        raise InvalidPattern(f"{store} id must be a package name like 'com.tencent.mm', got {value!r}")
+
+
+def compile_store_rule(rule: Rule, stores: dict[str, tuple[str, ...]]) -> list[UrlPattern]:
+    """Expand ``store: {google_play, apple, tencent}`` into the store pages and downloads of those apps."""
+    out: list[UrlPattern] = []
+
+    def add(host: str, path: str, query: tuple[tuple[str, str], ...] = (), scheme: str | None = None) -> None:
+        text = f"{host}{path}" + ("?" + "&".join(f"{k}={v}" for k, v in query) if query else "")
+        out.append(
+            UrlPattern(rule, host, re.compile(path, re.IGNORECASE), query, scheme, 1000 + len(text), text)
+        )
+
+    for pkg in stores.get("google_play", ()):
+        q = (("id", pkg.lower()),)
+        add("play.google.com", r"/store/apps/details/?\Z", q)
+        add("details", r"/?\Z", q, scheme="market")
+    for track in stores.get("apple", ()):
+        seg = rf"(?:.*/)?id{track}(?:/.*)?\Z"
+        add("apps.apple.com", seg)
+        add("itunes.apple.com", seg)
+        add("itunes.apple.com", r"/lookup/?\Z", (("id", track),))
+    for pkg in stores.get("tencent", ()):
+        add("a.app.qq.com", r".*\Z", (("pkgname", pkg.lower()),))
+        add("sj.qq.com", rf"/appdetail/{re.escape(pkg)}(?:/.*)?\Z")
+    return out
+
+
+class UrlIndex:
+    """Patterns grouped by host so a request tests only its own host's patterns."""
+
+    def __init__(self, patterns: Iterable[UrlPattern]) -> None:
+        self._exact: dict[str, list[UrlPattern]] = {}
+        self._suffix: dict[str, list[UrlPattern]] = {}
+        self._any: list[UrlPattern] = []
+        self.patterns: tuple[UrlPattern, ...] = tuple(patterns)
+        for p in self.patterns:
+            if p.host == ANY_HOST:
+                self._any.append(p)
+            elif p.host.startswith("*."):
+                self._suffix.setdefault(p.host[2:], []).append(p)
+            else:
+                self._exact.setdefault(p.host, []).append(p)
+
+    def __len__(self) -> int:
+        return len(self.patterns)
+
+    def candidates(self, host: str) -> Iterator[UrlPattern]:
+        yield from self._exact.get(host, ())
+        if self._suffix:
+            for suffix in parents(host)[1:]:
+                yield from self._suffix.get(suffix, ())
+        yield from self._any
+
+    def has_host_rules(self, host: str, *, any_host: bool = False) -> bool:
+        if host in self._exact or (any_host and self._any):
+            return True
+        return bool(self._suffix) and any(s in self._suffix for s in parents(host)[1:])
+
+    def best(self, url: ParsedUrl, method: str | None) -> UrlPattern | None:
+        """The most specific matching pattern; at equal specificity an allow rule wins."""
+        best: UrlPattern | None = None
+        for p in self.candidates(url.host):
+            if not p.matches(url.scheme, url.path, url.params, method):
+                continue
+            if (
+                best is None
+                or p.specificity > best.specificity
+                or (p.specificity == best.specificity and p.rule.action == "allow" and best.rule.action == "block")
+            ):
+                best = p
+        return best

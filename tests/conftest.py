@@ -1,0 +1,49 @@
+"""Shared test fixtures: paths, free ports, and ``require_tool`` (skip locally when a Debian tool is missing, fail in CI
+where .ci/run installs it, so a missing install step cannot pass silently)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCKLISTS = ROOT / "blocklists"
+DATA = Path(__file__).resolve().parent / "data"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+
+
+def require_tool(name: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed: scripts/system-deps.sh should have installed it")
+        pytest.skip(f"{name} not installed (make system-deps)")
+    return path
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` (the resolver binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture
+def blocklists() -> Path:
+    return BLOCKLISTS
