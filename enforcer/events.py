@@ -1,7 +1,7 @@
 """Hit events: one schema (ECS field names) for the resolver and the proxy, and the one writer that stores them.
 
 - ``HitEvent``: what happened (rule, app, client, name/URL), built from a policy ``Match`` by ``HitEvent.from_match``.
-- ``HitEvent.to_ecs()``: the JSON object of one JSON Lines record (nested ECS objects, fields that do not apply left out).
+- ``HitEvent.to_ecs()``: one JSON Lines record (nested ECS objects; fields that do not apply are left out).
 - ``EventWriter``: ``emit()`` appends to a bounded in-memory queue and returns at once; a background thread serialises,
   writes, flushes and rotates by size. A full queue or a failing disk drops events and counts them, it never blocks
   or raises into the caller. ``close()`` flushes what is queued.
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .metrics import EVENTS_DROPPED_TOTAL, EVENTS_WRITTEN_TOTAL, SPECS
+from .metrics import EVENTS_DROPPED_TOTAL, EVENTS_QUEUED, EVENTS_WRITTEN_TOTAL, SPECS
 from .policy.model import Match
 
 log = logging.getLogger("enforcer.events")
@@ -226,10 +227,8 @@ class EventWriter:
             if self._stop:
                 self._drain()
                 if self._file is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         self._file.close()
-                    except OSError:
-                        pass
                 return
 
     def _drain(self) -> None:
@@ -285,10 +284,8 @@ class EventWriter:
 
     def _close_quietly(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass
         self._file = None
         self._size = 0
 
@@ -307,7 +304,7 @@ class _WriterCollector(Collector):
             family = CounterMetricFamily(name[: -len("_total")], SPECS[name].help)
             family.add_metric([], value)
             yield family
-        queue = GaugeMetricFamily("enforcer_events_queued", "Hit events waiting to be written.")
+        queue = GaugeMetricFamily(EVENTS_QUEUED, SPECS[EVENTS_QUEUED].help)
         queue.add_metric([], self.writer.queued)
         yield queue
 

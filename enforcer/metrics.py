@@ -47,6 +47,7 @@ POLICY_INFO = "enforcer_policy_info"
 POLICY_LAST_RELOAD = "enforcer_policy_last_reload_timestamp_seconds"
 EVENTS_WRITTEN_TOTAL = "enforcer_events_written_total"
 EVENTS_DROPPED_TOTAL = "enforcer_events_dropped_total"
+EVENTS_QUEUED = "enforcer_events_queued"
 NONCOMPLIANT_CLIENTS = "enforcer_noncompliant_clients"
 LAST_BLOCK_TIMESTAMP = "enforcer_last_block_timestamp_seconds"
 ANALYST_EVENTS_INGESTED_TOTAL = "enforcer_analyst_events_ingested_total"
@@ -68,7 +69,9 @@ class MetricSpec:
 SPECS: dict[str, MetricSpec] = {
     s.name: s
     for s in (
-        MetricSpec(BLOCKED_TOTAL, "counter", "Blocked attempts (enforced policy hits).", (COMPONENT, APP, CATEGORY, ACTION)),
+        MetricSpec(
+            BLOCKED_TOTAL, "counter", "Blocked attempts (enforced policy hits).", (COMPONENT, APP, CATEGORY, ACTION)
+        ),
         MetricSpec(
             MONITORED_TOTAL,
             "counter",
@@ -82,17 +85,24 @@ SPECS: dict[str, MetricSpec] = {
             (OUTCOME,),
         ),
         MetricSpec(DNS_QUERY_DURATION, "histogram", "Time to answer a DNS query.", (), DNS_BUCKETS),
-        MetricSpec(DNS_UPSTREAM_ERRORS_TOTAL, "counter", "Failed upstream DNS exchanges (timeouts, errors).", (UPSTREAM,)),
+        MetricSpec(
+            DNS_UPSTREAM_ERRORS_TOTAL, "counter", "Failed upstream DNS exchanges (timeouts, errors).", (UPSTREAM,)
+        ),
         MetricSpec(DNS_UPSTREAM_HEALTHY, "gauge", "1 when the upstream is considered healthy.", (UPSTREAM,)),
         MetricSpec(DNS_CACHE_ENTRIES, "gauge", "Entries in the resolver cache."),
         MetricSpec(DNS_TCP_CONNECTIONS, "gauge", "Open DNS-over-TCP client connections."),
-        MetricSpec(PROXY_FLOWS_TOTAL, "counter", "Proxy flows by outcome (allowed, blocked, monitored, error).", (OUTCOME,)),
+        MetricSpec(
+            PROXY_FLOWS_TOTAL, "counter", "Proxy flows by outcome (allowed, blocked, monitored, error).", (OUTCOME,)
+        ),
         MetricSpec(POLICY_RULES, "gauge", "Rules in the active policy (include feeds count their names).", (APP, KIND)),
         MetricSpec(POLICY_RELOADS_TOTAL, "counter", "Policy (re)loads by result (success, failure).", (RESULT,)),
-        MetricSpec(POLICY_INFO, "gauge", "Always 1; the label carries the active policy fingerprint.", ("fingerprint",)),
+        MetricSpec(
+            POLICY_INFO, "gauge", "Always 1; the label carries the active policy fingerprint.", ("fingerprint",)
+        ),
         MetricSpec(POLICY_LAST_RELOAD, "gauge", "Unix time of the last successful policy load."),
         MetricSpec(EVENTS_WRITTEN_TOTAL, "counter", "Hit events written to the event log."),
         MetricSpec(EVENTS_DROPPED_TOTAL, "counter", "Hit events dropped (queue full or write error)."),
+        MetricSpec(EVENTS_QUEUED, "gauge", "Hit events waiting to be written."),
         MetricSpec(
             NONCOMPLIANT_CLIENTS,
             "gauge",
@@ -118,7 +128,9 @@ def make_metric(spec: MetricSpec, registry: CollectorRegistry) -> Any:
     if spec.kind == "gauge":
         return Gauge(name, spec.help, spec.labels, registry=registry)
     if spec.kind == "histogram":
-        return Histogram(name, spec.help, spec.labels, registry=registry, buckets=spec.buckets or Histogram.DEFAULT_BUCKETS)
+        return Histogram(
+            name, spec.help, spec.labels, registry=registry, buckets=spec.buckets or Histogram.DEFAULT_BUCKETS
+        )
     raise ValueError(f"unknown metric kind {spec.kind}")
 
 

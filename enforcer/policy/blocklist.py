@@ -231,7 +231,11 @@ class _FileParser:
         exempt: list[IPNetwork] = []
         if "exempt_clients" in pol:
             node = pol["exempt_clients"]
-            items = [] if isinstance(node, yaml.SequenceNode) and not node.value else self.string_list(node, "exempt_clients")
+            items = (
+                []
+                if isinstance(node, yaml.SequenceNode) and not node.value
+                else self.string_list(node, "exempt_clients")
+            )
             for value, item in items or []:
                 net = self.network(value, item)
                 if net is not None:
@@ -290,7 +294,9 @@ class _FileParser:
         if "category" in fields:
             category = self.scalar(fields["category"], "category")
             if category is not None and category not in CATEGORIES:
-                self.error(fields["category"], f"unknown category {category!r} (expected one of: {', '.join(CATEGORIES)})")
+                self.error(
+                    fields["category"], f"unknown category {category!r} (expected one of: {', '.join(CATEGORIES)})"
+                )
                 return
         elif action == "block":
             self.error(node, f"block rule needs a 'category' ({'|'.join(CATEGORIES)})")
@@ -486,11 +492,15 @@ class _Builder:
         if app_id in self.apps:
             first = self.app_pos[app_id]
             line, col = parsed.app_pos
-            self.problems.append(Problem(app.path, line, col, f"duplicate app id '{app_id}' (first defined at {first})"))
+            self.problems.append(
+                Problem(app.path, line, col, f"duplicate app id '{app_id}' (first defined at {first})")
+            )
             return
         self.apps[app_id] = app
         self.app_pos[app_id] = f"{app.path}:{parsed.app_pos[0]}"
-        self.digest_lines.append(f"app\0{app_id}\0{app.effective.isoformat()}\0{','.join(map(str, app.exempt_clients))}")
+        self.digest_lines.append(
+            f"app\0{app_id}\0{app.effective.isoformat()}\0{','.join(map(str, app.exempt_clients))}"
+        )
         feeds = {id(rule): (names, digest) for rule, names, digest in parsed.feeds}
         for rule, (payload, node) in parsed.rules:
             self.positions[id(rule)] = (app.path, *_pos(node))
@@ -502,7 +512,9 @@ class _Builder:
                 continue
             self.ids[rule.id] = rule
             self.rules.append(rule)
-            self.digest_lines.append(f"{rule.app}\0{rule.action}\0{rule.kind}\0{rule.value}\0{rule.category}\0{rule.method}")
+            self.digest_lines.append(
+                f"{rule.app}\0{rule.action}\0{rule.kind}\0{rule.value}\0{rule.category}\0{rule.method}"
+            )
             key = (rule.app, rule.kind)
             if rule.kind in ("domain", "host"):
                 self.add_name(self.domains if rule.kind == "domain" else self.hosts, rule.value, rule)
@@ -563,7 +575,10 @@ class _Builder:
                     and covering.category == rule.category
                     and covering.kind != "include"
                 ):
-                    self.warn_at(rule, f"shadowed rule: {rule.kind} {name} is already covered by {covering.id} at {covering.source}")
+                    self.warn_at(
+                        rule,
+                        f"shadowed rule: {rule.kind} {name} is already covered by {covering.id} at {covering.source}",
+                    )
         block_cidrs = [(n, r) for n, r in self.cidrs if r.action == "block"]
         for net, rule in self.cidrs:
             for other, orule in block_cidrs:

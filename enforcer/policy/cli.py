@@ -131,8 +131,16 @@ def run_lookup(args: argparse.Namespace) -> int:
             print(f"{query}: invalid {kind}: {exc}", file=sys.stderr)
             status = 1
             continue
-        out: dict[str, Any] = {"query": query, "kind": kind, "verdict": "none", "app": None, "category": None,
-                               "rule": None, "source": None, "enforced": False}
+        out: dict[str, Any] = {
+            "query": query,
+            "kind": kind,
+            "verdict": "none",
+            "app": None,
+            "category": None,
+            "rule": None,
+            "source": None,
+            "enforced": False,
+        }
         if match is not None:
             out.update(
                 verdict=match.verdict,

@@ -47,7 +47,7 @@ class CidrTable:
 
     def lookup(self, addr: IPAddress) -> tuple[Rule, str] | None:
         if addr.version == 6:
-            mapped = addr.ipv4_mapped  # type: ignore[union-attr]
+            mapped = addr.ipv4_mapped  # type: ignore[union-attr,unused-ignore]
             if mapped is not None:
                 addr = mapped
         if addr.version == 4:
@@ -182,4 +182,5 @@ class Policy:
         return PolicyStats(len(self.apps), self.counts, len(self._hosts) + len(self._domains), self.fingerprint)
 
     def __repr__(self) -> str:
-        return f"<Policy apps={sorted(self.apps)} names={len(self._hosts) + len(self._domains)} fp={self.fingerprint[:12]}>"
+        names = len(self._hosts) + len(self._domains)
+        return f"<Policy apps={sorted(self.apps)} names={names} fp={self.fingerprint[:12]}>"

@@ -171,9 +171,7 @@ def compile_store_rule(rule: Rule, stores: dict[str, tuple[str, ...]]) -> list[U
 
     def add(host: str, path: str, query: tuple[tuple[str, str], ...] = (), scheme: str | None = None) -> None:
         text = f"{host}{path}" + ("?" + "&".join(f"{k}={v}" for k, v in query) if query else "")
-        out.append(
-            UrlPattern(rule, host, re.compile(path, re.IGNORECASE), query, scheme, 1000 + len(text), text)
-        )
+        out.append(UrlPattern(rule, host, re.compile(path, re.IGNORECASE), query, scheme, 1000 + len(text), text))
 
     for pkg in stores.get("google_play", ()):
         q = (("id", pkg.lower()),)
