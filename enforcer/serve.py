@@ -1,0 +1,357 @@
+"""``enforcer serve``: the resolver, the proxy and the analyst together, on embedded defaults, from one config.
+
+Each component runs as its own child process (``python -m enforcer dns|proxy|analyst``): mitmproxy owns its event
+loop and signal handling, a crash in one cannot corrupt another, and each child flushes its events on SIGTERM.
+This module only merges the settings, starts the children, waits until each answers, prints where each user should
+point, relays their logs with a prefix, and stops all of them when one dies or on Ctrl-C / SIGTERM.
+
+Settings per child: a ``serve`` flag beats the config file's section for that child (``dns:``, ``proxy:``,
+``analyst:``), which beats the defaults below; the config file is also passed to each child so its other keys apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, ReplaceAppend, default_blocklist
+from .healthcheck import probe_dns
+from .metrics import split_host_port
+
+DEFAULTS = {
+    "data_dir": "var",
+    "dns_listen": "127.0.0.1:5353",
+    "dns_metrics": "127.0.0.1:9153",
+    "proxy_listen": "127.0.0.1:8080",
+    "proxy_metrics": "127.0.0.1:9154",
+    "analyst_listen": "127.0.0.1:8000",
+}
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="events, analyst DB, CA and token (default: var/)")
+    p.add_argument("--blocklist", help="blocklist file or folder shared by all (default: blocklists/)")
+    p.add_argument("--dns-listen", help=f"resolver address (default {DEFAULTS['dns_listen']})")
+    p.add_argument("--upstream", action=ReplaceAppend, help="resolver upstream (repeatable; default: /etc/resolv.conf)")
+    p.add_argument("--dns-metrics", help=f"resolver /metrics address (default {DEFAULTS['dns_metrics']})")
+    p.add_argument("--proxy-listen", help=f"proxy address (default {DEFAULTS['proxy_listen']})")
+    p.add_argument("--proxy-metrics", help=f"proxy /metrics address (default {DEFAULTS['proxy_metrics']})")
+    p.add_argument("--analyst-listen", help=f"analyst address (default {DEFAULTS['analyst_listen']})")
+    p.add_argument("--no-dns", action="store_true", help="do not start the resolver")
+    p.add_argument("--no-proxy", action="store_true", help="do not start the proxy")
+    p.add_argument("--no-analyst", action="store_true", help="do not start the analyst")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    ready: Any  # async callable -> bool
+    proc: asyncio.subprocess.Process | None = None
+    relay: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _section(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    data = getattr(args, "_config_data", None) or {}
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{args.config}:1:1: section '{name}' must be a mapping")
+    return {str(k).replace("_", "-"): v for k, v in section.items()}
+
+
+def _pick(flag: Any, section: dict[str, Any], key: str, default: Any) -> Any:
+    if flag is not None:
+        return flag
+    if key in section:
+        return section[key]
+    return default
+
+
+def _first(value: Any) -> str:
+    return str(value[0] if isinstance(value, list) else value)
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Child], dict[str, Any]]:
+    """The children to start and the summary facts, from flags, config and defaults."""
+    data = Path(args.data_dir)
+    events = data / "events"
+    blocklist = args.blocklist or default_blocklist()
+    base = [sys.executable, "-m", "enforcer"]
+    cfg = ["--config", args.config] if args.config else []
+    log = ["--log-level", args.log_level]
+    children: list[Child] = []
+    info: dict[str, Any] = {"blocklist": blocklist, "data": str(data), "events": str(events)}
+
+    if not args.no_dns:
+        dns = _section(args, "dns")
+        listen = _first(_pick(args.dns_listen, dns, "listen", DEFAULTS["dns_listen"]))
+        metrics = _pick(args.dns_metrics, dns, "metrics", DEFAULTS["dns_metrics"])
+        ev = _pick(None, dns, "events", str(events / "dns.jsonl"))
+        argv = [
+            *base,
+            "dns",
+            *cfg,
+            *log,
+            "--listen",
+            listen,
+            "--blocklist",
+            blocklist,
+            "--events",
+            ev,
+            "--metrics",
+            metrics,
+        ]
+        for up in args.upstream or []:
+            argv += ["--upstream", up]
+        host, port = split_host_port(listen)
+        children.append(Child("dns", argv, lambda h=host, p=port: _dns_ready(h, p)))
+        info.update(dns=listen, dns_metrics=metrics, dns_events=ev)
+
+    if not args.no_proxy:
+        px = _section(args, "proxy")
+        listen = _pick(args.proxy_listen, px, "listen", DEFAULTS["proxy_listen"])
+        metrics = _pick(args.proxy_metrics, px, "metrics", DEFAULTS["proxy_metrics"])
+        ev = _pick(None, px, "events", str(events / "proxy.jsonl"))
+        confdir = _pick(None, px, "confdir", str(data / "mitmproxy"))
+        argv = [
+            *base,
+            "proxy",
+            *cfg,
+            *log,
+            "--listen",
+            listen,
+            "--blocklist",
+            blocklist,
+            "--events",
+            ev,
+            "--metrics",
+            metrics,
+            "--confdir",
+            confdir,
+        ]
+        host, port = split_host_port(listen)
+        children.append(Child("proxy", argv, lambda h=host, p=port: _tcp_ready(h, p)))
+        info.update(
+            proxy=listen, proxy_metrics=metrics, proxy_events=ev, ca=str(Path(confdir) / "mitmproxy-ca-cert.pem")
+        )
+
+    if not args.no_analyst:
+        an = _section(args, "analyst")
+        listen = _pick(args.analyst_listen, an, "listen", DEFAULTS["analyst_listen"])
+        token_file = _pick(None, an, "token-file", str(data / "analyst.token"))
+        db = _pick(None, an, "db", str(data / "analyst.sqlite"))
+        sources = an.get("events") or [
+            info.get("dns_events", str(events / "dns.jsonl")),
+            info.get("proxy_events", str(events / "proxy.jsonl")),
+        ]
+        sources = sources if isinstance(sources, list) else [sources]
+        argv = [
+            *base,
+            "analyst",
+            *cfg,
+            *log,
+            "--listen",
+            listen,
+            "--blocklist",
+            blocklist,
+            "--db",
+            db,
+            "--token-file",
+            token_file,
+            "--events",
+            *map(str, sources),
+        ]
+        host, port = split_host_port(listen)
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        children.append(Child("analyst", argv, lambda u=url: _http_ready(u + "/healthz")))
+        info.update(analyst=url + "/", analyst_token_file=token_file, analyst_db=db)
+    return children, info
+
+
+async def _dns_ready(host: str, port: int) -> bool:
+    return await asyncio.to_thread(_safe, probe_dns, host, port, 1.0)
+
+
+async def _tcp_ready(host: str, port: int) -> bool:
+    def connect() -> bool:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+
+    return await asyncio.to_thread(_safe, connect)
+
+
+async def _http_ready(url: str) -> bool:
+    def get() -> bool:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            return bool(200 <= resp.status < 300)
+
+    return await asyncio.to_thread(_safe, get)
+
+
+def _safe(fn: Any, *a: Any) -> bool:
+    try:
+        return bool(fn(*a))
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_token(path: Path) -> str:
+    """Create the analyst token file (0600) on first start; reuse it afterwards."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+async def _relay(name: str, stream: asyncio.StreamReader) -> None:
+    prefix = f"[{name}] ".encode()
+    out = sys.stderr.buffer
+    while True:
+        line = await stream.readline()
+        if not line:
+            return
+        out.write(prefix + line)
+        out.flush()
+
+
+def summary(info: dict[str, Any], token: str | None) -> str:
+    lines = [f"enforcer serve: policy {info['blocklist']}, data in {info['data']}/"]
+    if "dns" in info:
+        host, port = split_host_port(info["dns"])
+        lines.append(
+            f"  DNS resolver  {info['dns']} (UDP+TCP)  point clients here; try: dig @{host} -p {port} weixin.qq.com"
+        )
+    if "proxy" in info:
+        lines.append(f"  HTTP(S) proxy {info['proxy']}  set as the devices' proxy")
+        lines.append(f"                CA certificate to install on devices: {info['ca']}")
+    if "analyst" in info:
+        lines.append(f"  Analyst       {info['analyst']}  token: {token} (in {info['analyst_token_file']})")
+    metrics = [f"{k} http://{info[k + '_metrics']}/metrics" for k in ("dns", "proxy") if k + "_metrics" in info]
+    if "analyst" in info:
+        metrics.append(f"analyst {info['analyst']}metrics")
+    if metrics:
+        lines.append("  Metrics       " + ", ".join(metrics))
+    lines.append(f"  Events        {info['events']}/")
+    lines.append("Ctrl-C stops everything.")
+    return "\n".join(lines)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    children, info = plan(args)
+    if not children:
+        print("serve: nothing to run (all of --no-dns, --no-proxy, --no-analyst given)", file=sys.stderr)
+        return 2
+    Path(info["events"]).mkdir(parents=True, exist_ok=True)
+    token = ensure_token(Path(info["analyst_token_file"])) if "analyst" in info else None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    status = 0
+    try:
+        for child in children:
+            child.proc = await asyncio.create_subprocess_exec(
+                *child.argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C goes to serve; serve stops the children in order
+            )
+            assert child.proc.stdout is not None
+            child.relay.append(asyncio.create_task(_relay(child.name, child.proc.stdout)))
+        if not await _wait_ready(children, stop):
+            status = 1
+        else:
+            print(summary(info, token), flush=True)
+            status = await _supervise(children, stop)
+    finally:
+        await _stop_all(children)
+    return status
+
+
+async def _wait_ready(children: list[Child], stop: asyncio.Event) -> bool:
+    deadline = loop_time() + READY_TIMEOUT
+    pending = list(children)
+    while pending:
+        if stop.is_set():
+            return False
+        for child in list(pending):
+            assert child.proc is not None
+            if child.proc.returncode is not None:
+                print(
+                    f"serve: {child.name} exited with status {child.proc.returncode} during start-up "
+                    "(its log lines above say why)",
+                    file=sys.stderr,
+                )
+                return False
+            if await child.ready():
+                pending.remove(child)
+        if loop_time() > deadline:
+            names = ", ".join(c.name for c in pending)
+            print(f"serve: {names} not ready after {READY_TIMEOUT:.0f} s", file=sys.stderr)
+            return False
+        if pending:
+            await asyncio.sleep(0.2)
+    return True
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _supervise(children: list[Child], stop: asyncio.Event) -> int:
+    waits = {asyncio.create_task(c.proc.wait()): c for c in children if c.proc is not None}
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for task in [*waits, stopper]:
+        if task not in done:
+            task.cancel()
+    if stopper in done:
+        print("serve: stopping", file=sys.stderr, flush=True)
+        return 0
+    for task in done:
+        child = waits[task]
+        print(f"serve: {child.name} exited unexpectedly (status {task.result()}); stopping the others", file=sys.stderr)
+    return 1
+
+
+async def _stop_all(children: list[Child]) -> None:
+    for child in children:
+        if child.proc is not None and child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        if child.proc is None:
+            continue
+        try:
+            await asyncio.wait_for(child.proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            print(f"serve: {child.name} did not stop in {STOP_TIMEOUT:.0f} s; killing it", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+            await child.proc.wait()
+        for task in child.relay:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, 2.0)
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args))
