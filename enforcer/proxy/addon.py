@@ -1,0 +1,543 @@
+"""mitmproxy addon enforcing the policy at every layer mitmproxy exposes; also loads alone: ``mitmdump -s addon.py``.
+
+Hooks, in the order a connection meets them:
+- ``http_connect``: CONNECT to a blocked host or a literal IP in a blocked CIDR -> 403 block page before any TLS.
+- ``tls_clienthello``: blocked SNI -> the connection is never decrypted and marked refused (the ``server_connect``
+  gate kills the upstream side, so the client's TLS goes nowhere); an SNI without url/store rules -> passed through
+  undecrypted (decrypt only what the policy needs, ``enforcer_passthrough``).
+- ``server_connect``: the catch-all gate in every mode (regular, upstream, transparent, WireGuard, reverse): a
+  connection refused earlier, or whose address or SNI is blocked, gets ``server.error`` and is never opened.
+- ``requestheaders``: plain HTTP and intercepted HTTPS, HTTP/1 and HTTP/2, websocket upgrades: URL, store and name
+  rules on the destination and on the Host/:authority header -> 403 block page.
+- ``dns_request``: mitmproxy's DNS/WireGuard modes sinkhole the same names as ``enforcer dns`` (A 0.0.0.0, AAAA ::).
+
+No dataclasses are defined here: mitmproxy loads a script without registering it in ``sys.modules``, which
+dataclasses need; the small records live in ``decide``.
+
+mitmproxy hooks fail open (an exception is logged and the flow proceeds), so every hook catches its own errors and
+refuses the flow instead, counting ``enforcer_proxy_flows_total{outcome="error"}``. Flows another addon already
+answered are left alone; decided flows carry ``flow.metadata["enforcer"]``.
+
+Options (``load``/``configure``): ``enforcer_blocklist`` (files/folders, comma-separated), ``enforcer_events``
+(JSON Lines path), ``enforcer_metrics`` (HOST:PORT, own private registry), ``enforcer_passthrough``. The policy is
+watched by ``PolicyHolder.watch`` as a task started in ``running`` and cancelled in ``done`` (the reload parses in a
+worker thread; a broken edit keeps the last good policy). ``done`` also stops the metrics server and closes the
+event writer, so mitmproxy's script live-reload can build a fresh addon on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, dns, exceptions, http, tls
+from mitmproxy.addonmanager import Loader
+from mitmproxy.connection import Client
+from mitmproxy.net.dns import response_codes, types
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from enforcer.config import default_blocklist
+from enforcer.events import EventWriter, HitEvent
+from enforcer.metrics import (
+    BLOCKED_TOTAL,
+    EVENTS_DROPPED_TOTAL,
+    EVENTS_QUEUED,
+    EVENTS_WRITTEN_TOTAL,
+    MONITORED_TOTAL,
+    POLICY_INFO,
+    POLICY_LAST_RELOAD,
+    POLICY_RELOADS_TOTAL,
+    POLICY_RULES,
+    PROXY_FLOWS_TOTAL,
+    SPECS,
+    LocalCounter,
+    Metrics,
+    serve_metrics,
+    split_host_port,
+)
+from enforcer.policy import Match, Policy, PolicyError
+from enforcer.policy.model import IPAddress
+from enforcer.policy.reloader import PolicyHolder
+from enforcer.proxy import blockpage
+from enforcer.proxy.decide import (
+    ALLOWED,
+    BLOCKED,
+    ERROR,
+    INVALID,
+    MONITORED,
+    ConnState,
+    UnparsableRequest,
+    Verdict,
+    client_address,
+    judge,
+    match_request,
+    request_hosts,
+)
+
+log = logging.getLogger("enforcer.proxy")
+
+COMPONENT = "proxy"
+SINKHOLE_TTL = 60
+_ERROR_LOG_INTERVAL = 10.0  # seconds between full tracebacks of hook errors (a broken policy would flood the log)
+
+
+class _EventsCollector(Collector):
+    """The event writer's counters, read at scrape time from whichever writer is current."""
+
+    def __init__(self, addon: EnforcerAddon) -> None:
+        self.addon = addon
+
+    def collect(self) -> Iterator[Metric]:
+        w = self.addon.writer
+        for name, value in ((EVENTS_WRITTEN_TOTAL, w.written), (EVENTS_DROPPED_TOTAL, w.dropped)):
+            family = CounterMetricFamily(name[: -len("_total")], SPECS[name].help)
+            family.add_metric([], value)
+            yield family
+        queued = GaugeMetricFamily(EVENTS_QUEUED, SPECS[EVENTS_QUEUED].help)
+        queued.add_metric([], w.queued)
+        yield queued
+
+
+class EnforcerAddon:
+    def __init__(self) -> None:
+        # Import-time construction must stay cheap and side-effect free: mitmproxy re-imports the script on every
+        # edit; files, threads and sockets are opened in configure()/running() and released in done().
+        self.holder: PolicyHolder | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.flows = LocalCounter(PROXY_FLOWS_TOTAL, self.registry)
+        self.blocked = LocalCounter(BLOCKED_TOTAL, self.registry)
+        self.monitored = LocalCounter(MONITORED_TOTAL, self.registry)
+        self.metrics = Metrics(
+            self.registry, names=(POLICY_RULES, POLICY_RELOADS_TOTAL, POLICY_INFO, POLICY_LAST_RELOAD)
+        )
+        self.writer = EventWriter(None)
+        self.registry.register(_EventsCollector(self))
+        self.passthrough = True
+        self._metrics_server: Any = None
+        self._metrics_listen: str = ""
+        self._watch_task: asyncio.Task[None] | None = None
+        self._sighup_loop: asyncio.AbstractEventLoop | None = None
+        self._conns: dict[str, ConnState] = {}
+        self._last_error_log = 0.0
+        self._suppressed_errors = 0
+
+    # -- options -------------------------------------------------------------------------------------------------
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "enforcer_blocklist",
+            str,
+            default_blocklist(),
+            "enforcer: blocklist files or folders (comma-separated); reloaded when they change.",
+        )
+        loader.add_option("enforcer_events", str, "", "enforcer: write hit events (ECS JSON Lines) to this file.")
+        loader.add_option("enforcer_metrics", str, "", "enforcer: serve Prometheus /metrics on HOST:PORT.")
+        loader.add_option(
+            "enforcer_passthrough",
+            bool,
+            True,
+            "enforcer: pass TLS through undecrypted unless the policy has url/store rules for its server name.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "enforcer_blocklist" in updated:
+            self._configure_blocklist(opts.enforcer_blocklist)
+        if "enforcer_events" in updated:
+            self._configure_events(opts.enforcer_events)
+        if "enforcer_metrics" in updated:
+            self._configure_metrics(opts.enforcer_metrics)
+        if "enforcer_passthrough" in updated:
+            self.passthrough = bool(opts.enforcer_passthrough)
+        if "connection_strategy" in updated and getattr(opts, "connection_strategy", "lazy") == "eager":
+            log.warning(
+                "enforcer: connection_strategy=eager: mitmproxy connects upstream (and may finish a TLS handshake "
+                "with a blocked server) BEFORE this addon decides. Run with --set connection_strategy=lazy "
+                "(`enforcer proxy` does) so blocked flows never reach the network."
+            )
+
+    def _configure_blocklist(self, value: str) -> None:
+        paths = [p.strip() for p in value.split(",") if p.strip()]
+        if not paths:
+            raise exceptions.OptionsError("enforcer_blocklist: no blocklist path given")
+        for p in paths:
+            if not Path(p).exists():
+                raise exceptions.OptionsError(f"enforcer_blocklist: {p}: no such file or directory")
+        try:
+            holder = PolicyHolder(paths, metrics=self.metrics)
+        except PolicyError as exc:
+            raise exceptions.OptionsError(f"enforcer_blocklist: invalid policy:\n{exc}") from None
+        except OSError as exc:
+            raise exceptions.OptionsError(f"enforcer_blocklist: {exc}") from None
+        self.holder = holder
+        log.info("enforcer: policy %s loaded from %s: %s", holder.policy.fingerprint[:12], value, holder.policy)
+        if self._watch_task is not None:  # running already: watch the new files instead
+            self._stop_watch()
+            self._start_watch()
+
+    def _configure_events(self, value: str) -> None:
+        old = self.writer
+        if value:
+            path = Path(value)
+            if path.is_dir():
+                raise exceptions.OptionsError(f"enforcer_events: {value}: is a directory, expected a file path")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab"):
+                    pass
+            except OSError as exc:
+                raise exceptions.OptionsError(f"enforcer_events: {value}: cannot write: {exc.strerror}") from None
+            self.writer = EventWriter(path)
+        else:
+            self.writer = EventWriter(None)
+        # close() joins the writer thread (it flushes what is queued): keep that off the event loop.
+        threading.Thread(target=old.close, name="enforcer-events-close", daemon=True).start()
+
+    def _configure_metrics(self, value: str) -> None:
+        if value == self._metrics_listen and self._metrics_server is not None:
+            return
+        if value:
+            try:
+                split_host_port(value)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"enforcer_metrics: {exc}") from None
+        self._stop_metrics()
+        if value:
+            try:
+                self._metrics_server, _ = serve_metrics(value, self.registry)
+            except OSError as exc:
+                raise exceptions.OptionsError(f"enforcer_metrics: cannot listen on {value}: {exc.strerror}") from None
+            log.info("enforcer: metrics on http://%s/metrics", value)
+        self._metrics_listen = value
+
+    def _stop_metrics(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        self._metrics_listen = ""
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def running(self) -> None:
+        self._start_watch()
+
+    def _start_watch(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self.holder is None:
+            return
+        self._watch_task = loop.create_task(self.holder.watch(), name="enforcer-policy-watch")
+        if self.holder.install_sighup(loop):
+            self._sighup_loop = loop
+
+    def _stop_watch(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+        loop, self._sighup_loop = self._sighup_loop, None
+        if loop is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    def done(self) -> None:
+        self._stop_watch()
+        self._stop_metrics()
+        self.writer.close()
+        self._conns.clear()
+
+    def client_disconnected(self, client: Client) -> None:
+        self._conns.pop(client.id, None)
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        try:
+            req = flow.request
+            match = self._policy().match_host(req.host)
+            if match is None:
+                self.flows.inc((ALLOWED,))
+                return
+            verdict = self._judge(match, flow.client_conn)
+            target = f"{req.host}:{req.port}"
+            self._record(
+                verdict,
+                "connect-block",
+                flow.client_conn,
+                url_domain=req.host,
+                destination_ip=_ip_or_none(req.host),
+                destination_port=req.port,
+            )
+            flow.metadata["enforcer"] = _mark(verdict, "connect-block")
+            if verdict.blocked:
+                assert verdict.match is not None
+                flow.response = _block_response(verdict.match, target)
+        except Exception:
+            self._hook_error("http_connect")
+            flow.metadata["enforcer"] = {"outcome": ERROR}
+            flow.response = _error_response(f"{flow.request.host}:{flow.request.port}")
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        try:
+            policy = self._policy()
+            sni = data.client_hello.sni
+            address = data.context.server.address
+            dest = address[0] if address else None
+            host = sni or dest
+            match = policy.match_host(host) if host else None
+            if (match is None or not match.blocked) and sni and dest and dest != sni:
+                # Transparent/WireGuard: the address is the real destination; a blocked IP with an innocent SNI.
+                match = policy.match_host(dest) or match
+            if match is not None:
+                verdict = self._judge(match, client)
+                self._record(
+                    verdict,
+                    "tls-block",
+                    client,
+                    tls_server_name=sni,
+                    url_domain=host,
+                    destination_ip=_ip_or_none(dest),
+                    destination_port=address[1] if address else None,
+                )
+                if verdict.blocked:
+                    assert verdict.match is not None
+                    self._refuse(data, f"blocked by enforcer rule {verdict.match.rule.id}")
+                    return
+            if self.passthrough and not data.ignore_connection and not (host and policy.has_url_rules(host)):
+                data.ignore_connection = True
+        except Exception:
+            self._hook_error("tls_clienthello")
+            self._refuse(data, "enforcer: policy check failed")
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        server = data.server
+        if server.error:
+            return
+        try:
+            state = self._conns.get(data.client.id)
+            if state is not None and state.refused:
+                server.error = state.refused
+                return
+            policy = self._policy()
+            address = server.address
+            checks: list[tuple[str, str]] = []
+            if address:
+                checks.append((str(address[0]), "connect-block"))
+            if server.sni and (not address or server.sni != address[0]):
+                checks.append((server.sni, "tls-block"))
+            for host, action in checks:
+                if state is not None and host in state.url_allowed:
+                    continue
+                match = policy.match_host(host)
+                if match is None or not match.blocked:
+                    continue
+                verdict = self._judge(match, data.client)
+                self._record(
+                    verdict,
+                    action,
+                    data.client,
+                    url_domain=host if action == "connect-block" else None,
+                    tls_server_name=server.sni if action == "tls-block" else None,
+                    destination_ip=_ip_or_none(str(address[0])) if address else None,
+                    destination_port=address[1] if address else None,
+                )
+                if verdict.blocked:
+                    server.error = f"blocked by enforcer rule {match.rule.id}"
+                    return
+        except Exception:
+            self._hook_error("server_connect")
+            server.error = "enforcer: policy check failed"
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        req = flow.request
+        try:
+            hosts = request_hosts(req.host, req.host_header)
+            match, url = match_request(self._policy(), req.scheme, hosts, req.port, req.path, req.method)
+            if match is None:
+                self.flows.inc((ALLOWED,))
+                return
+            verdict = self._judge(match, flow.client_conn)
+            if not match.blocked and match.rule.kind in ("url", "store"):
+                self._state(flow.client_conn).url_allowed.update(hosts)
+            self._record(
+                verdict,
+                "http-block",
+                flow.client_conn,
+                url_full=url,
+                url_domain=req.host_header or req.host,
+                http_method=req.method,
+                destination_ip=_ip_or_none(req.host),
+                destination_port=req.port,
+            )
+            flow.metadata["enforcer"] = _mark(verdict, "http-block")
+            if verdict.blocked:
+                assert verdict.match is not None
+                req.stream = False  # a response and a streamed request body cannot go together
+                flow.response = _block_response(verdict.match, url)
+        except UnparsableRequest:
+            self.flows.inc((INVALID,))
+            flow.metadata["enforcer"] = {"outcome": INVALID}
+            req.stream = False
+            flow.response = _error_response(req.host_header or req.host)
+        except Exception:
+            self._hook_error("requestheaders")
+            flow.metadata["enforcer"] = {"outcome": ERROR}
+            req.stream = False
+            flow.response = _error_response(req.host_header or req.host)
+
+    def dns_request(self, flow: dns.DNSFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        try:
+            question = flow.request.question
+            if question is None:
+                return
+            match = self._policy().match_name(question.name)
+            if match is None:
+                self.flows.inc((ALLOWED,))
+                return
+            verdict = self._judge(match, flow.client_conn)
+            self._record(
+                verdict,
+                "dns-block",
+                flow.client_conn,
+                dns_question_name=question.name,
+                dns_question_type=types.to_str(question.type),
+            )
+            flow.metadata["enforcer"] = _mark(verdict, "dns-block")
+            if verdict.blocked:
+                flow.response = _sinkhole(flow.request)
+        except Exception:
+            self._hook_error("dns_request")
+            flow.metadata["enforcer"] = {"outcome": ERROR}
+            flow.response = flow.request.fail(response_codes.REFUSED)
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def _policy(self) -> Policy:
+        holder = self.holder
+        if holder is None:
+            raise RuntimeError("enforcer: no policy loaded (enforcer_blocklist not configured)")
+        return holder.policy
+
+    def _state(self, client: Client) -> ConnState:
+        state = self._conns.get(client.id)
+        if state is None:
+            state = self._conns[client.id] = ConnState()
+        return state
+
+    def _judge(self, match: Match, client: Client) -> Verdict:
+        ip, _ = client_address(client.peername)
+        return judge(match, datetime.now(UTC), ip)
+
+    def _refuse(self, data: tls.ClientHelloData, why: str) -> None:
+        # Never decrypt it, and make sure nothing upstream is ever opened for it: the server_connect gate reads the
+        # connection state (that also covers upstream mode, where the opened server is the upstream proxy), and
+        # server.error makes mitmproxy itself drop the attempt.
+        self._state(data.context.client).refused = why
+        data.ignore_connection = True
+        data.context.server.error = why
+
+    def _record(self, verdict: Verdict, action: str, client: Client, **fields: Any) -> None:
+        """Count the decision and, for block matches (enforced or monitored), emit one hit event."""
+        match = verdict.match
+        self.flows.inc((verdict.outcome,))
+        if match is None or not match.blocked:
+            return
+        ip, port = client_address(client.peername)
+        if not verdict.enforced:
+            # A monitored connection would log the same rule at CONNECT, SNI and server connect: once is enough.
+            state = self._state(client)
+            key = f"{action}|{match.rule.id}"
+            if key in state.logged:
+                return
+            state.logged.add(key)
+        labels = (COMPONENT, match.rule.app, match.rule.category or "", action)
+        (self.blocked if verdict.enforced else self.monitored).inc(labels)
+        policy = self.holder.policy if self.holder is not None else None
+        event = HitEvent.from_match(
+            match,
+            action=action,
+            component=COMPONENT,
+            version=policy.fingerprint if policy is not None else "",
+            enforced=verdict.enforced,
+            exempt=match.app.is_exempt(ip),
+            source_ip=str(ip) if ip is not None else None,
+            source_port=port,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+        self.writer.emit(event)
+
+    def _hook_error(self, hook: str) -> None:
+        self.flows.inc((ERROR,))
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            extra = f" ({self._suppressed_errors} more since the last report)" if self._suppressed_errors else ""
+            self._suppressed_errors = 0
+            log.exception("enforcer: %s failed; the flow is refused (fail closed)%s", hook, extra)
+        else:
+            self._suppressed_errors += 1
+
+
+def _mark(verdict: Verdict, action: str) -> dict[str, Any]:
+    match = verdict.match
+    if match is None:
+        return {"outcome": ALLOWED}
+    return {
+        "outcome": verdict.outcome,
+        "action": action if match.blocked else None,
+        "rule": match.rule.id,
+        "app": match.rule.app,
+        "category": match.rule.category,
+        "enforced": verdict.enforced,
+    }
+
+
+def _ip_or_none(host: str | None) -> str | None:
+    if not host:
+        return None
+    try:
+        addr: IPAddress = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    return str(addr)
+
+
+def _block_response(match: Match, target: str) -> http.Response:
+    return http.Response.make(blockpage.STATUS, blockpage.render(match, target), blockpage.headers(match.rule.id))
+
+
+def _error_response(target: str) -> http.Response:
+    return http.Response.make(blockpage.STATUS, blockpage.render_error(target), blockpage.headers(blockpage.ERROR_RULE))
+
+
+def _sinkhole(request: dns.Message) -> dns.Message:
+    """The resolver's default ``null`` answer: A 0.0.0.0 / AAAA ::, NODATA for every other type."""
+    question = request.question
+    assert question is not None
+    if question.type == types.A:
+        return request.succeed([dns.ResourceRecord.A(question.name, ipaddress.IPv4Address(0), ttl=SINKHOLE_TTL)])
+    if question.type == types.AAAA:
+        return request.succeed([dns.ResourceRecord.AAAA(question.name, ipaddress.IPv6Address(0), ttl=SINKHOLE_TTL)])
+    return request.succeed([])
+
+
+__all__ = ["BLOCKED", "MONITORED", "EnforcerAddon", "addons"]
+
+addons = [EnforcerAddon()]

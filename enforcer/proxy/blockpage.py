@@ -1,0 +1,75 @@
+"""The block page: a small self-contained HTML document and the headers of the 403 that carries it.
+
+Every value from the policy or the request goes through ``html.escape``: blocklists and URLs are input, not markup.
+``render`` is pure (bytes); ``headers`` gives the response headers; ``ERROR_RULE`` stands for "refused because the
+addon could not decide" (fail closed).
+"""
+
+from __future__ import annotations
+
+import html
+
+from enforcer.policy import Match
+
+STATUS = 403
+ERROR_RULE = "enforcer:error"
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Blocked: {title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:44em;margin:3em auto;padding:0 1em;color:#222}}
+h1{{font-size:1.4em}} dt{{font-weight:bold;margin-top:.8em}} code{{background:#f3f3f3;padding:0 .2em}}</style>
+</head>
+<body>
+<h1>{title} is blocked on this network</h1>
+<p>{notice}</p>
+<dl>
+<dt>Application</dt><dd>{app}</dd>
+<dt>Rule</dt><dd><code>{rule}</code> ({category})</dd>
+<dt>Request</dt><dd><code>{target}</code></dd>
+<dt>Reference</dt><dd>{reference}</dd>
+</dl>
+</body>
+</html>
+"""
+
+_ERROR_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Blocked: policy check failed</title></head>
+<body>
+<h1>This request was refused</h1>
+<p>The network policy could not be checked for <code>{target}</code>, so the request was refused rather than let
+through. Please report this to your IT security team.</p>
+</body>
+</html>
+"""
+
+
+def render(match: Match, target: str = "") -> bytes:
+    """The page for a blocking match (``target`` = the URL or host that was refused)."""
+    app = match.app
+    e = html.escape
+    return _PAGE.format(
+        title=e(app.name or app.app),
+        notice=e(app.notice or "This connection was blocked by network policy."),
+        app=e(f"{app.name} ({app.vendor})" if app.vendor else app.name or app.app),
+        rule=e(match.rule.id),
+        category=e(match.rule.category or "block"),
+        target=e(target),
+        reference=e(app.reference or app.path),
+    ).encode("utf-8")
+
+
+def render_error(target: str = "") -> bytes:
+    return _ERROR_PAGE.format(target=html.escape(target)).encode("utf-8")
+
+
+def headers(rule_id: str) -> dict[str, str]:
+    # A rule id comes from a YAML file: keep it to printable ASCII so it can never split or break a header.
+    safe = "".join(ch if " " <= ch <= "~" else "?" for ch in rule_id)
+    return {
+        "Content-Type": "text/html; charset=utf-8",
+        "Cache-Control": "no-store",
+        "X-Enforcer-Rule": safe,
+    }
