@@ -1,0 +1,160 @@
+"""Bounded TTL cache of forwarded answers, kept as wire bytes with the TTL positions noted.
+
+- ``Cache(max_entries, max_bytes)``: LRU (``OrderedDict``: eviction is O(1), see reference/dns-performance.md) bounded
+  by entries and by stored bytes.
+- ``cache_key(q, data)``: (name, type, class, EDNS/DO/CD flags): answers differ by DO (DNSSEC records) and by whether
+  the client speaks EDNS (OPT record, size), so those are part of the key.
+- ``Cache.store(key, reply, rule)``: keep an upstream reply for min(TTL) seconds; negative answers (NXDOMAIN and
+  NODATA) for the SOA's min(TTL, MINIMUM) (RFC 2308); SERVFAIL, truncated and SOA-less negative answers are not kept.
+  ``rule`` is set when response policy blocked the answer: a hit then replays the blocked answer (and its event).
+- ``Cache.get(key, data)``: the reply for query ``data`` with its id and question case, TTLs counted down by the
+  whole seconds elapsed; patched bytes are memoised per second so a hot entry costs one join.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import time
+from collections import OrderedDict
+from typing import Any
+
+from ..policy.model import Rule
+from . import wire
+from .wire import Question
+
+MAX_TTL = 86_400
+NEGATIVE_MAX_TTL = 3_600  # RFC 2308 suggests at most 1-3 hours
+_TTL = struct.Struct("!I")
+
+
+def cache_key(q: Question, data: bytes) -> tuple[str, int, int, int]:
+    return (q.key, q.qtype, q.qclass, (2 if q.do else 1 if q.edns else 0) | (data[3] & 0x10))
+
+
+class Entry:
+    __slots__ = ("age", "expires", "offsets", "patched", "qend", "rule", "size", "start", "ttls", "wire")
+
+    def __init__(
+        self, wire_: bytes, qend: int, offsets: tuple[int, ...], ttls: tuple[int, ...], ttl: int, rule: Rule | None
+    ) -> None:
+        now = time.monotonic()
+        self.wire = wire_
+        self.qend = qend
+        self.offsets = offsets
+        self.ttls = ttls
+        self.start = now
+        self.expires = now + ttl
+        self.rule = rule
+        self.age = 0
+        self.patched = wire_
+        self.size = len(wire_) + 200  # + key, entry and tuple overhead (approximate)
+
+
+class Cache:
+    """LRU + TTL cache of reply wire bytes."""
+
+    def __init__(self, max_entries: int = 100_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._d: OrderedDict[Any, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.bytes = 0
+
+    def lookup(self, key: Any) -> Entry | None:
+        """The live entry for ``key`` (refreshing its LRU position), or None."""
+        entry = self._d.get(key)
+        if entry is None:
+            return None
+        now = time.monotonic()
+        if now >= entry.expires:
+            self._remove(key)
+            return None
+        self._d.move_to_end(key)
+        age = int(now - entry.start)
+        if age != entry.age:
+            entry.age = age
+            entry.patched = self._patch(entry, age)
+        return entry
+
+    @staticmethod
+    def reply(entry: Entry, data: bytes, q: Question) -> bytes:
+        """The cached reply for query ``data``: its id and question bytes (0x20 case), the entry's header and rest."""
+        p = entry.patched
+        return data[:2] + p[2:12] + data[12 : q.qend] + p[entry.qend :]
+
+    @staticmethod
+    def _patch(entry: Entry, age: int) -> bytes:
+        buf = bytearray(entry.wire)
+        for off, ttl in zip(entry.offsets, entry.ttls, strict=True):
+            _TTL.pack_into(buf, off, max(ttl - age, 0))
+        return bytes(buf)
+
+    def _remove(self, key: Any) -> None:
+        entry = self._d.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size
+
+    def store(self, key: Any, reply: bytes, rule: Rule | None = None, *, ttl: int | None = None) -> bool:
+        """Cache ``reply`` (an upstream answer for the query of ``key``). Returns whether it was kept."""
+        if self.max_entries <= 0:
+            return False
+        try:
+            resp = wire.walk_records(reply)
+        except wire.WireError:
+            return False
+        if resp.tc or resp.rcode not in (wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN):
+            return False
+        offsets: list[int] = []
+        ttls: list[int] = []
+        has_answer = False
+        soa_ttl: int | None = None
+        for rec in resp.records:
+            if rec.rtype == wire.QTYPE_OPT:
+                continue  # its "TTL" field holds EDNS flags
+            offsets.append(rec.ttl_at)
+            ttls.append(rec.ttl)
+            if rec.section == 0:
+                has_answer = True
+            elif rec.section == 1 and rec.rtype == wire.QTYPE_SOA and rec.rdlen >= 20:
+                minimum = struct.unpack_from("!I", reply, rec.rdata_at + rec.rdlen - 4)[0]
+                soa_ttl = min(rec.ttl, minimum)
+        if ttl is None:
+            if has_answer and resp.rcode == wire.RCODE_NOERROR:
+                ttl = min(ttls, default=0)
+                ttl = min(ttl, MAX_TTL)
+            elif soa_ttl is not None:
+                ttl = min(soa_ttl, NEGATIVE_MAX_TTL)
+            else:
+                return False  # a negative answer without SOA must not be cached (RFC 2308 section 5)
+        if ttl <= 0:
+            return False
+        entry = Entry(reply, resp.qend, tuple(offsets), tuple(ttls), ttl, rule)
+        if entry.size > self.max_bytes:
+            return False
+        self._remove(key)
+        d = self._d
+        d[key] = entry
+        self.bytes += entry.size
+        while len(d) > self.max_entries or self.bytes > self.max_bytes:
+            _, old = d.popitem(last=False)
+            self.bytes -= old.size
+        return True
+
+    def expire(self, budget: int = 1000) -> int:
+        """Drop up to ``budget`` expired entries from the LRU end (called periodically; keeps memory flat)."""
+        now = time.monotonic()
+        dropped = 0
+        d = self._d
+        for key in list(itertools.islice(d.keys(), budget)):
+            entry = d.get(key)
+            if entry is not None and entry.expires <= now:
+                self._remove(key)
+                dropped += 1
+        return dropped

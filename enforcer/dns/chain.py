@@ -1,0 +1,214 @@
+"""The resolver chain, assembled in ONE function (``build_chain``), in execution order, with why each link is there.
+
+    access control -> parse -> sinkhole -> cache -> upstream -> response policy -> (cache store) -> size limit
+
+The result is ``handle(data, addr, tcp)``: bytes in, and out either the reply bytes (answered synchronously: blocked,
+cached, refused, malformed), None (drop), or an awaitable of bytes/None (forwarded upstream). Every link either
+answers or hands the query on unchanged. The synchronous links work on the wire format (wire.py, sinkhole
+templates, cached bytes) so that blocked and cached answers cost a few microseconds; dnslib is used only for
+packets the fast parser declines.
+
+A policy reload is noticed here by identity (``holder.policy is not current``): the first query after a swap
+clears the cache and the sinkhole templates, so no answer decided under the old policy is served afterwards.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..policy.matcher import Policy
+from ..policy.model import Rule
+from . import response_policy, wire
+from .cache import Cache, cache_key
+from .observe import Enforcement, Observer
+from .sinkhole import Sinkhole
+from .upstream import Forwarder
+
+Reply = bytes | None | Awaitable[bytes | None]
+Handler = Callable[[bytes, Any, bool], Reply]
+
+
+class PolicySource:
+    """Anything with a ``.policy`` attribute (``PolicyHolder``, or a fixed policy in tests)."""
+
+    policy: Policy
+
+
+class Acl:
+    """``--allow`` CIDRs; verdicts are memoised per client address (bounded)."""
+
+    def __init__(self, cidrs: list[str] | tuple[str, ...]) -> None:
+        self.nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self._memo: dict[str, bool] = {}
+
+    def allowed(self, host: str) -> bool:
+        ok = self._memo.get(host)
+        if ok is not None:
+            return ok
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            ok = False
+        else:
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            ok = any(addr.version == n.version and addr in n for n in self.nets)
+        if len(self._memo) >= 65_536:
+            self._memo.clear()
+        self._memo[host] = ok
+        return ok
+
+
+@dataclass
+class ChainParts:
+    holder: Any  # PolicySource
+    acl: Acl
+    sinkhole: Sinkhole
+    cache: Cache
+    forwarder: Forwarder
+    observer: Observer
+
+
+def build_chain(parts: ChainParts) -> Handler:
+    """Assemble the resolver: each numbered step below is one link, in the order a query meets them."""
+    holder, acl, sinkhole, cache, forwarder, obs = (
+        parts.holder,
+        parts.acl,
+        parts.sinkhole,
+        parts.cache,
+        parts.forwarder,
+        parts.observer,
+    )
+    parse = wire.parse_query
+    outcome = obs.outcome
+    observe = obs.duration.observe
+    clock = time.perf_counter
+    current: list[Any] = [holder.policy, Enforcement(holder.policy)]
+    REFUSED, SERVFAIL = wire.RCODE_REFUSED, wire.RCODE_SERVFAIL
+
+    def policy_now() -> tuple[Policy, Enforcement]:
+        policy = holder.policy
+        if policy is not current[0]:
+            # A reload swapped the policy: drop everything decided under the old one.
+            cache.clear()
+            sinkhole.clear()
+            current[0], current[1] = policy, Enforcement(policy)
+        return current[0], current[1]
+
+    def fit(reply: bytes, data: bytes, q: wire.Question, tcp: bool) -> bytes:
+        # Last step for UDP: honour the client's EDNS payload size (512 without EDNS); TC makes it retry over TCP.
+        if not tcp and len(reply) > (q.edns or wire.DEFAULT_UDP_SIZE):
+            outcome("truncated")
+            return wire.truncate(reply, data, q)
+        return reply
+
+    def handle(data: bytes, addr: Any, tcp: bool) -> Reply:
+        t0 = clock()
+        host = addr[0] if addr else ""
+
+        # 1. Parse, on the wire. Why first: everything after needs the question; dnslib sees only the odd packets
+        #    (compressed questions, unusual records), malformed ones end here as FORMERR or are dropped.
+        q = parse(data)
+        if q is None:
+            norm = wire.normalize_query(data)
+            if norm.data is None or (q := parse(norm.data)) is None:
+                reply = norm.reply
+                if reply is None:
+                    outcome("dropped")
+                else:
+                    outcome("notimp" if reply[3] & 0x0F == wire.RCODE_NOTIMP else "formerr")
+                return reply
+            data = norm.data
+
+        # 2. Access control. Why before the policy: a client outside --allow learns nothing (not even whether a
+        #    name is blocked) and costs nothing upstream: never an open resolver.
+        if not acl.allowed(host):
+            outcome("refused")
+            return wire.question_reply(data, q, REFUSED)
+
+        # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
+        #    policy reload must take effect on the very next query whatever the cache holds.
+        policy, enforcement = policy_now()
+        rule = policy.match_key(q.key)
+        if rule is not None and rule.action == "block":
+            enforced, exempt = enforcement.enforced(rule, host)
+            obs.hit(
+                policy, rule, q.key, action="dns-block", enforced=enforced, exempt=exempt, addr=addr,
+                qname=q.key, qtype=q.qtype,
+            )  # fmt: skip
+            if enforced:
+                outcome("blocked")
+                reply = fit(sinkhole.answer(data, q, rule), data, q, tcp)
+                observe(clock() - t0)
+                return reply
+            # Not enforced (before the effective date, or an exempt client): logged as a monitor hit, then
+            # resolved like any other name.
+
+        # 4. Cache. Why after the sinkhole and before the upstream: it only ever holds answers the upstream gave
+        #    for names the sinkhole let through (or their response-policy verdict), and saves the round trip.
+        ckey = cache_key(q, data)
+        entry = cache.lookup(ckey)
+        if entry is not None:
+            if entry.rule is None:
+                outcome("cached")
+                reply = fit(Cache.reply(entry, data, q), data, q, tcp)
+                observe(clock() - t0)
+                return reply
+            # The cached answer was blocked by response policy: replay that verdict (and its event) per client.
+            enforced, exempt = enforcement.enforced(entry.rule, host)
+            obs.hit(
+                policy, entry.rule, q.key, action="dns-response-block", enforced=enforced, exempt=exempt,
+                addr=addr, qname=q.key, qtype=q.qtype,
+            )  # fmt: skip
+            if enforced:
+                outcome("response_blocked")
+                reply = fit(sinkhole.answer(data, q, entry.rule), data, q, tcp)
+            else:
+                outcome("cached")
+                reply = fit(Cache.reply(entry, data, q), data, q, tcp)
+            observe(clock() - t0)
+            return reply
+
+        # 5. Upstream (asynchronous from here on).
+        return forward(data, q, ckey, addr, host, rule, t0, tcp)
+
+    async def forward(
+        data: bytes, q: wire.Question, ckey: Any, addr: Any, host: str, name_rule: Rule | None, t0: float, tcp: bool
+    ) -> bytes | None:
+        reply = await forwarder.exchange(data)
+        if reply is None:
+            # Every upstream failed or timed out: SERVFAIL within the timeout, never silence.
+            outcome("servfail")
+            observe(clock() - t0)
+            return wire.question_reply(data, q, SERVFAIL)
+
+        # 6. Response policy. Why after the upstream and before the cache store: only the answer shows CNAME
+        #    disguises and banned addresses, and the verdict must be cached with it so a hit replays the block.
+        #    A question name that matched a rule already got its verdict (an allow exception such as WeCom, or a
+        #    monitor hit): its aliases are not judged again by name; addresses are still checked.
+        policy, enforcement = policy_now()
+        hit = response_policy.check(policy, reply, q.key, names=name_rule is None)
+        if hit is None:
+            cache.store(ckey, reply)
+            outcome("forwarded")
+        else:
+            rule, matched = hit
+            cache.store(ckey, reply, rule)
+            enforced, exempt = enforcement.enforced(rule, host)
+            obs.hit(
+                policy, rule, matched, action="dns-response-block", enforced=enforced, exempt=exempt, addr=addr,
+                qname=q.key, qtype=q.qtype,
+            )  # fmt: skip
+            if enforced:
+                outcome("response_blocked")
+                reply = sinkhole.answer(data, q, rule)
+            else:
+                outcome("forwarded")
+        observe(clock() - t0)
+        return fit(reply, data, q, tcp)
+
+    return handle

@@ -1,0 +1,110 @@
+"""``enforcer dns``: flags (``add_arguments``) and the process around the resolver (``run``).
+
+``run`` validates the flags into ``DnsSettings`` (a bad value: one line on stderr, exit 1), loads the policy (a bad
+blocklist: its ``PATH:LINE:COL`` lines, exit 1), installs uvloop when importable, binds every ``--listen`` address
+(one start-up line each on stdout) and serves until SIGTERM/SIGINT, then stops cleanly and flushes hit events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..config import ReplaceAppend, default_blocklist
+from . import DEFAULT_ALLOW
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        action=ReplaceAppend,
+        default=["127.0.0.1:5353"],
+        metavar="HOST:PORT",
+        help="UDP and TCP listen address (repeatable; [::1]:5353 for IPv6; default 127.0.0.1:5353)",
+    )
+    parser.add_argument(
+        "--upstream",
+        action=ReplaceAppend,
+        default=[],
+        metavar="ADDR",
+        help="IP[:PORT] (UDP, TCP on truncation), tcp://IP[:PORT] or https://HOST/dns-query "
+        "(repeatable, tried in order with failover; default: nameservers of /etc/resolv.conf)",
+    )
+    parser.add_argument(
+        "--blocklist",
+        action=ReplaceAppend,
+        default=[default_blocklist()],
+        metavar="PATH",
+        help="blocklist file or folder (repeatable; default blocklists/)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="null",
+        metavar="MODE",
+        help="answer for blocked names: nxdomain, null (0.0.0.0 / ::), nodata, refused, ip:ADDR[,ADDR6] (default null)",
+    )
+    parser.add_argument("--block-ttl", default=60, metavar="SECONDS", help="TTL of blocked answers (default 60)")
+    parser.add_argument("--events", default=None, metavar="PATH", help="hit events file (ECS JSON Lines)")
+    parser.add_argument("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics here")
+    parser.add_argument(
+        "--allow",
+        action=ReplaceAppend,
+        default=list(DEFAULT_ALLOW),
+        metavar="CIDR",
+        help="clients allowed to query (repeatable; others get REFUSED; default loopback and private ranges)",
+    )
+    parser.add_argument(
+        "--timeout", default=2.0, metavar="SECONDS", help="upstream timeout; SERVFAIL after it (default 2)"
+    )
+    parser.add_argument(
+        "--cache-size", default=100_000, metavar="ENTRIES", help="cache entries (0 disables the cache; default 100000)"
+    )
+    parser.add_argument("--cache-bytes", default="64M", metavar="BYTES",
+                        help="cache memory bound (e.g. 64M; default 64M)")  # fmt: skip
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from ..policy.model import PolicyError
+    from .service import DnsSettings, run_resolver
+
+    try:
+        settings = DnsSettings.from_args(args)
+    except ValueError as exc:
+        print(f"enforcer dns: {exc}", file=sys.stderr)
+        return 1
+
+    try:
+        import uvloop
+    except ImportError:  # optional: the resolver works without it, slower (reference/dns-performance.md)
+        uvloop = None  # type: ignore[assignment]
+
+    def announce(addresses: list[str]) -> None:
+        for addr in addresses:
+            print(f"enforcer dns: listening on {addr} (udp+tcp)", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_resolver(settings, stop, announce=announce)
+
+    try:
+        if uvloop is not None:
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except PolicyError as exc:
+        for problem in exc.problems:
+            if problem.severity == "error":
+                print(str(problem), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"enforcer dns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    logging.getLogger("enforcer.dns").info("stopped")
+    return 0

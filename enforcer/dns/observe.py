@@ -1,0 +1,158 @@
+"""What the resolver tells the outside: outcome counters, blocked/monitored counters, latency histogram, hit events.
+
+- ``Observer``: one per resolver, used only on the event-loop thread. Counters are ``LocalCounter`` (a dict
+  increment per query); the latency histogram is ``FastHistogram`` (a bisect and a list increment per query, no
+  lock), both read by the /metrics thread at scrape time. Hit events go to ``EventWriter.emit``, which appends to a
+  bounded deque and returns: the file write happens on the writer's thread.
+- ``FastHistogram``: a Prometheus histogram kept as plain bucket counts for one writer thread.
+- ``Enforcement``: per policy, whether a block rule is enforced for a client now (effective date, exempt clients),
+  with the common case (past the date, no exempt clients) answered without parsing the client address.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..events import EventWriter, HitEvent
+from ..metrics import (
+    BLOCKED_TOTAL,
+    DNS_BUCKETS,
+    DNS_QUERIES_TOTAL,
+    DNS_QUERY_DURATION,
+    MONITORED_TOTAL,
+    SPECS,
+    LocalCounter,
+)
+from ..policy.matcher import Policy
+from ..policy.model import AppPolicy, Match, Rule
+from .wire import qtype_name
+
+OUTCOMES = (
+    "blocked",
+    "response_blocked",
+    "cached",
+    "forwarded",
+    "servfail",
+    "refused",
+    "formerr",
+    "notimp",
+    "dropped",
+    "truncated",
+    "tcp_rejected",
+    "tcp_timeout",
+    "tcp_bad_frame",
+)
+
+
+class FastHistogram(Collector):
+    """Histogram with fixed buckets, no labels, updated by one thread without a lock."""
+
+    def __init__(self, name: str, registry: CollectorRegistry | None = None) -> None:
+        self.spec = SPECS[name]
+        self.bounds = list(self.spec.buckets or DNS_BUCKETS)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        if registry is not None:
+            registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        counts = list(self.counts)
+        buckets: list[tuple[str, float]] = []
+        acc = 0
+        for bound, c in zip(self.bounds, counts, strict=False):
+            acc += c
+            buckets.append((repr(float(bound)), acc))
+        acc += counts[-1]
+        buckets.append(("+Inf", acc))
+        yield HistogramMetricFamily(self.spec.name, self.spec.help, buckets=buckets, sum_value=self.sum)
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.spec.name, self.spec.help, buckets=[("+Inf", 0)], sum_value=0)
+
+
+class Enforcement:
+    """``enforced(rule, host)`` for the current policy; rebuilt when the policy object changes."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        # app -> (effective unix time, has exempt clients)
+        self.apps: dict[str, tuple[float, bool]] = {
+            name: (app.effective.timestamp(), bool(app.exempt_clients)) for name, app in policy.apps.items()
+        }
+
+    def enforced(self, rule: Rule, host: str) -> tuple[bool, bool]:
+        """(enforced, exempt) for a block rule and a client address."""
+        effective, has_exempt = self.apps[rule.app]
+        if time.time() < effective:
+            return False, self._exempt(self.policy.apps[rule.app], host) if has_exempt else False
+        if not has_exempt:
+            return True, False
+        exempt = self._exempt(self.policy.apps[rule.app], host)
+        return not exempt, exempt
+
+    @staticmethod
+    def _exempt(app: AppPolicy, host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return app.is_exempt(addr)
+
+
+class Observer:
+    def __init__(self, registry: CollectorRegistry | None, writer: EventWriter | None) -> None:
+        self.queries = LocalCounter(DNS_QUERIES_TOTAL, registry)
+        self.blocked_total = LocalCounter(BLOCKED_TOTAL, registry)
+        self.monitored_total = LocalCounter(MONITORED_TOTAL, registry)
+        self.duration = FastHistogram(DNS_QUERY_DURATION, registry)
+        self.writer = writer if writer is not None and writer.path is not None else None
+        for outcome in OUTCOMES:  # present from the first scrape, so rate() works from zero
+            self.queries.values[(outcome,)] = 0
+        self._labels = {o: (o,) for o in OUTCOMES}
+
+    def outcome(self, outcome: str) -> None:
+        self.queries.inc(self._labels[outcome])
+
+    def hit(
+        self,
+        policy: Policy,
+        rule: Rule,
+        matched: str,
+        *,
+        action: str,
+        enforced: bool,
+        exempt: bool,
+        addr: tuple[str, int] | tuple[str, int, int, int] | None,
+        qname: str,
+        qtype: int,
+    ) -> None:
+        labels = ("dns", rule.app, rule.category or "", action)
+        (self.blocked_total if enforced else self.monitored_total).inc(labels)
+        if self.writer is None:
+            return
+        event = HitEvent.from_match(
+            Match(rule, policy.apps[rule.app], matched),
+            action=action,
+            component="dns",
+            version=policy.fingerprint,
+            enforced=enforced,
+            exempt=exempt,
+            at=datetime.now(UTC),
+            source_ip=addr[0] if addr else None,
+            source_port=addr[1] if addr else None,
+            dns_question_name=qname,
+            dns_question_type=qtype_name(qtype),
+        )
+        self.writer.emit(event)

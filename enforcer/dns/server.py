@@ -1,0 +1,212 @@
+"""asyncio transports: UDP and TCP listeners that move bytes between clients and a ``Handler``; no policy here.
+
+- ``UdpServer``: a ``DatagramProtocol``; synchronous replies are sent from ``datagram_received`` directly, forwarded
+  ones from a task (kept in a set until done). The selector transport's read size is cut from 256 KiB to 64 KiB:
+  a 256 KiB buffer per datagram can cost an mmap/munmap each (reference/dns-performance.md).
+- ``TcpServer``: RFC 7766 framing (2-byte length), several queries per connection answered in order, an idle
+  timeout between queries, a read timeout inside a frame (slow or lying clients), a frame-size cap and a cap on
+  open connections (beyond it new connections are closed at once). Each of these is counted as an outcome.
+- ``bind_sockets(host, port, reuse_port)``: the listening sockets, created here so that several worker processes
+  can later share one address with SO_REUSEPORT.
+- ``Listener``: UDP + TCP on one address; ``start()``/``close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from .chain import Handler
+
+log = logging.getLogger("enforcer.dns.server")
+
+TCP_IDLE_TIMEOUT = 10.0  # between queries on a connection (RFC 7766 suggests seconds, not minutes)
+TCP_READ_TIMEOUT = 3.0  # to finish a frame once its length arrived
+TCP_MAX_FRAME = 16_384  # a query is small; a bigger frame is a hostile or broken client
+TCP_MAX_CONNECTIONS = 512
+UDP_READ_SIZE = 65_535
+
+
+def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        for s in (udp, tcp):
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        udp.bind((host, port))
+        tcp.bind((host, udp.getsockname()[1]))  # port 0: TCP takes the port UDP got
+        tcp.listen(1024)
+        for s in (udp, tcp):
+            s.setblocking(False)
+        with contextlib.suppress(OSError):  # a bigger receive buffer absorbs bursts; the kernel caps it
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    except Exception:
+        udp.close()
+        tcp.close()
+        raise
+    return udp, tcp
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, handler: Handler, count: Callable[[str], None]) -> None:
+        self.handler = handler
+        self.count = count
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if hasattr(transport, "max_size"):
+            transport.max_size = UDP_READ_SIZE
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            reply = self.handler(data, addr, False)
+        except Exception:  # a bug in one query's handling must not stop the listener
+            log.exception("error handling a UDP query from %s", addr[0] if addr else "?")
+            self.count("dropped")
+            return
+        if reply is None:
+            return
+        if type(reply) is bytes:
+            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+            return
+        task = asyncio.ensure_future(reply)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, addr))
+
+    def _done(self, task: asyncio.Task[Any], addr: Any) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("error forwarding a query from %s: %r", addr[0] if addr else "?", exc)
+            self.count("dropped")
+            return
+        reply = task.result()
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier replies (client went away): nothing to do, the listener keeps going.
+        log.debug("UDP error: %s", exc)
+
+
+class TcpServer:
+    def __init__(self, handler: Handler, count: Callable[[str], None], max_connections: int = TCP_MAX_CONNECTIONS):
+        self.handler = handler
+        self.count = count
+        self.max_connections = max_connections
+        self.connections = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:
+            self.count("tcp_rejected")
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self.writers.add(writer)
+        peer = writer.get_extra_info("peername")
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        self.count("tcp_bad_frame")
+                    return  # clean close between frames
+                except TimeoutError:
+                    return  # idle: close, as RFC 7766 allows
+                (length,) = struct.unpack("!H", head)
+                if length < 12 or length > TCP_MAX_FRAME:
+                    self.count("tcp_bad_frame")
+                    return
+                try:
+                    data = await asyncio.wait_for(reader.readexactly(length), TCP_READ_TIMEOUT)
+                except asyncio.IncompleteReadError:
+                    self.count("tcp_bad_frame")  # the frame claimed more bytes than the client sent
+                    return
+                except TimeoutError:
+                    self.count("tcp_timeout")  # slow or lying client
+                    return
+                try:
+                    reply: Any = self.handler(data, peer, True)
+                    if reply is not None and type(reply) is not bytes:
+                        reply = await reply
+                except Exception:
+                    log.exception("error handling a TCP query")
+                    self.count("dropped")
+                    return
+                if reply is None:
+                    continue
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await asyncio.wait_for(writer.drain(), TCP_READ_TIMEOUT)
+        except (ConnectionError, TimeoutError, OSError):
+            pass
+        finally:
+            self.connections -= 1
+            self.writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def close_all(self) -> None:
+        for w in list(self.writers):
+            w.transport.abort()
+
+
+class Listener:
+    """UDP and TCP on one address."""
+
+    def __init__(self, host: str, port: int, handler: Handler, count: Callable[[str], None], reuse_port: bool = False):
+        self.host = host
+        self.port = port
+        self.handler = handler
+        self.count = count
+        self.reuse_port = reuse_port
+        self.udp: UdpServer | None = None
+        self.udp_transport: asyncio.DatagramTransport | None = None
+        self.tcp = TcpServer(handler, count)
+        self.tcp_server: asyncio.AbstractServer | None = None
+
+    @property
+    def display(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        udp_sock, tcp_sock = bind_sockets(self.host, self.port, self.reuse_port)
+        self.port = udp_sock.getsockname()[1]
+        handler, count = self.handler, self.count
+        transport, proto = await loop.create_datagram_endpoint(lambda: UdpServer(handler, count), sock=udp_sock)
+        self.udp_transport, self.udp = transport, proto
+        self.tcp_server = await asyncio.start_server(self.tcp.serve, sock=tcp_sock)
+
+    async def close(self) -> None:
+        if self.udp_transport is not None:
+            self.udp_transport.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+        self.tcp.close_all()
+        if self.tcp_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.tcp_server.wait_closed(), 2.0)
+        if self.udp is not None:
+            for t in list(self.udp.tasks):
+                t.cancel()
+
+    @property
+    def pending(self) -> int:
+        return len(self.udp.tasks) if self.udp else 0

@@ -1,0 +1,255 @@
+"""The resolver as a service: settings, policy holder, event writer, metrics and listeners wired together.
+
+Embedding (``enforcer serve`` runs the resolver inside its own asyncio loop)::
+
+    settings = DnsSettings.from_args(args)          # or DnsSettings(...) directly; ValueError on bad values
+    await run_resolver(settings, stop)               # serves until ``stop`` (an asyncio.Event) is set
+
+or, for finer control, ``r = Resolver(settings, registry=..., writer=...)``; ``addrs = await r.start()`` (binds,
+returns the listen addresses as ``HOST:PORT``); ``await r.stop()`` (closes listeners, flushes events). Pass a shared
+``CollectorRegistry`` / ``EventWriter`` to share them with other components (the resolver then neither serves
+``/metrics`` itself unless ``settings.metrics`` is set, nor closes a writer it did not create).
+
+- ``DnsSettings``: validated settings (``from_args`` turns argparse values into them; errors are one line).
+- ``Resolver``: owns the ``PolicyHolder`` (file watch + SIGHUP reload), the cache, the forwarder, the observer
+  (counters, histogram, hit events) and one ``Listener`` (UDP + TCP) per address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from ..events import EventWriter
+from ..metrics import (
+    DNS_CACHE_ENTRIES,
+    DNS_TCP_CONNECTIONS,
+    DNS_UPSTREAM_ERRORS_TOTAL,
+    DNS_UPSTREAM_HEALTHY,
+    POLICY_INFO,
+    POLICY_LAST_RELOAD,
+    POLICY_RELOADS_TOTAL,
+    POLICY_RULES,
+    Metrics,
+    serve_metrics,
+    split_host_port,
+)
+from ..policy.reloader import PolicyHolder
+from . import DEFAULT_ALLOW
+from .cache import Cache
+from .chain import Acl, ChainParts, build_chain
+from .observe import Observer
+from .server import Listener
+from .sinkhole import Mode, Sinkhole, parse_mode
+from .upstream import Forwarder, UpstreamSpec, parse_upstream, resolv_conf_nameservers
+
+log = logging.getLogger("enforcer.dns")
+
+DNS_METRICS = (
+    DNS_UPSTREAM_ERRORS_TOTAL,
+    DNS_UPSTREAM_HEALTHY,
+    DNS_CACHE_ENTRIES,
+    DNS_TCP_CONNECTIONS,
+    POLICY_RULES,
+    POLICY_RELOADS_TOTAL,
+    POLICY_INFO,
+    POLICY_LAST_RELOAD,
+)
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64K``, ``64M``, ``1G`` -> bytes."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(t[-1:], 1)
+    digits = t[:-1] if mult != 1 else t
+    if not digits.isdigit():
+        raise ValueError(f"invalid size {text!r} (e.g. 67108864, 64M)")
+    return int(digits) * mult
+
+
+@dataclass
+class DnsSettings:
+    blocklist: list[str]
+    upstreams: list[UpstreamSpec]
+    listen: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 5353)])
+    mode: Mode = field(default_factory=lambda: parse_mode("null"))
+    block_ttl: int = 60
+    events: str | None = None
+    metrics: str | None = None
+    allow: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOW))
+    timeout: float = 2.0
+    cache_size: int = 100_000
+    cache_bytes: int = 64 * 1024 * 1024
+    reuse_port: bool = False  # for SO_REUSEPORT workers sharing the listen addresses
+    watch_interval: float = 1.0
+
+    @classmethod
+    def from_args(cls, args: Any) -> DnsSettings:
+        """Validate argparse values; ValueError names the flag and the bad value."""
+        listen = []
+        for value in args.listen:
+            try:
+                host, port = split_host_port(value)
+                ipaddress.ip_address(host)
+            except ValueError as exc:
+                raise ValueError(f"--listen {value!r}: {exc}") from None
+            listen.append((host, port))
+        raw_upstreams = list(args.upstream or []) or resolv_conf_nameservers()
+        if not raw_upstreams:
+            raise ValueError("no --upstream given and no nameserver in /etc/resolv.conf")
+        upstreams = []
+        for value in raw_upstreams:
+            try:
+                upstreams.append(parse_upstream(value))
+            except ValueError as exc:
+                raise ValueError(f"--upstream: {exc}") from None
+        try:
+            mode = parse_mode(args.mode)
+        except ValueError as exc:
+            raise ValueError(f"--mode: {exc}") from None
+        for value in args.allow:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"--allow {value!r}: not a CIDR") from None
+        if args.metrics:
+            try:
+                split_host_port(args.metrics)
+            except ValueError as exc:
+                raise ValueError(f"--metrics: {exc}") from None
+
+        def number(flag: str, value: Any, kind: type, low: float, high: float) -> Any:
+            try:
+                n = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{flag} {value!r}: not a number") from None
+            if not low <= n <= high:
+                raise ValueError(f"{flag} {value!r}: must be between {low} and {high}")
+            return n
+
+        try:
+            cache_bytes = parse_size(args.cache_bytes)
+        except ValueError as exc:
+            raise ValueError(f"--cache-bytes: {exc}") from None
+        return cls(
+            blocklist=list(args.blocklist) if isinstance(args.blocklist, list) else [args.blocklist],
+            upstreams=upstreams,
+            listen=listen,
+            mode=mode,
+            block_ttl=number("--block-ttl", args.block_ttl, int, 0, 604_800),
+            events=args.events or None,
+            metrics=args.metrics or None,
+            allow=list(args.allow),
+            timeout=number("--timeout", args.timeout, float, 0.05, 60),
+            cache_size=number("--cache-size", args.cache_size, int, 0, 10_000_000),
+            cache_bytes=cache_bytes,
+        )
+
+
+class Resolver:
+    def __init__(
+        self,
+        settings: DnsSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        writer: EventWriter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._own_writer = writer is None
+        self.writer = writer if writer is not None else EventWriter(settings.events)
+        self.listeners: list[Listener] = []
+        self.holder: PolicyHolder | None = None
+        self.forwarder: Forwarder | None = None
+        self.cache = Cache(settings.cache_size, settings.cache_bytes)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._metrics_server: Any = None
+
+    async def start(self) -> list[str]:
+        """Load the policy, bind every listen address, start watching; returns the addresses as HOST:PORT."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        metrics = Metrics(self.registry, DNS_METRICS)
+        # The first load may read a large feed: off the loop, like every reload.
+        self.holder = await loop.run_in_executor(None, lambda: PolicyHolder(s.blocklist, metrics=metrics))
+        if self._own_writer:
+            self.writer.register_metrics(self.registry)
+        observer = Observer(self.registry, self.writer)
+        errors = metrics[DNS_UPSTREAM_ERRORS_TOTAL]
+        self.forwarder = Forwarder(s.upstreams, s.timeout, on_error=lambda up: errors.labels(up).inc())
+        for i, spec in enumerate(s.upstreams):
+            errors.labels(spec.text)  # exported as 0 from the start
+            fwd = self.forwarder
+            metrics[DNS_UPSTREAM_HEALTHY].labels(spec.text).set_function(lambda i=i, fwd=fwd: float(fwd.healthy(i)))
+        cache = self.cache
+        metrics[DNS_CACHE_ENTRIES].set_function(lambda: float(len(cache)))
+        handler = build_chain(
+            ChainParts(self.holder, Acl(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer)
+        )
+        try:
+            for host, port in s.listen:
+                listener = Listener(host, port, handler, observer.outcome, reuse_port=s.reuse_port)
+                await listener.start()
+                self.listeners.append(listener)
+        except BaseException:
+            await self.stop()
+            raise
+        listeners = self.listeners
+        metrics[DNS_TCP_CONNECTIONS].set_function(lambda: float(sum(li.tcp.connections for li in listeners)))
+        if s.metrics:
+            self._metrics_server = serve_metrics(s.metrics, self.registry)
+        self._spawn(self.holder.watch(s.watch_interval))
+        self._spawn(self._expire_loop())
+        if threading.current_thread() is threading.main_thread():
+            self.holder.install_sighup(loop)
+        return [li.display for li in self.listeners]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            self.cache.expire(5000)
+
+    async def stop(self) -> None:
+        """Close the listeners, cancel background work, flush and close the event writer (if ours)."""
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):
+                await listener.close()
+        self.listeners.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self.forwarder is not None:
+            await self.forwarder.close()
+        if self._metrics_server is not None:
+            server = self._metrics_server[0]
+            server.shutdown()
+            server.server_close()
+            self._metrics_server = None
+        if self._own_writer:
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
+
+
+async def run_resolver(settings: DnsSettings, stop: asyncio.Event, *, announce: Any = None) -> None:
+    """Serve until ``stop`` is set. ``announce(addresses)`` is called once the listeners are bound."""
+    resolver = Resolver(settings)
+    addresses = await resolver.start()
+    try:
+        if announce is not None:
+            announce(addresses)
+        await stop.wait()
+    finally:
+        await resolver.stop()

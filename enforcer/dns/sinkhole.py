@@ -1,0 +1,156 @@
+"""The blocked answer: what a blocked name gets, per ``--mode``, built from prebuilt wire templates.
+
+- ``parse_mode(text)`` -> ``Mode``: ``nxdomain``, ``null`` (0.0.0.0 / ::), ``nodata``, ``refused``, ``ip:ADDR[,ADDR6]``.
+- ``Sinkhole(mode, ttl).answer(data, q, rule)``: the reply bytes for query ``data`` (question ``q``) blocked by
+  ``rule``. A and AAAA (class IN) get the sinkhole address in ``null``/``ip:`` modes; every other type gets NODATA,
+  so HTTPS/SVCB/MX/TXT/ANY never reveal anything. Negative answers (NXDOMAIN, NODATA) carry an SOA in the authority
+  section (owner: the blocked domain when it is a suffix of the name, TTL and minimum = the block TTL, RFC 2308).
+  When the client sent EDNS, an Extended DNS Error (RFC 8914, info-code 15 "Blocked") names the rule.
+
+Templates: the reply is ``query id + header + the query's own question bytes + a tail`` where the tail (answer,
+authority, OPT) depends only on (rule, type family, EDNS, RD) and is built once per rule and reused; building one
+costs tens of microseconds, using one a few hundred nanoseconds. ``clear()`` after a policy reload.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from ..policy.model import Rule
+from . import wire
+from .wire import Question
+
+MODES = ("nxdomain", "null", "nodata", "refused", "ip:ADDR[,ADDR6]")
+SOA_MNAME = wire.encode_name("sinkhole.enforcer.invalid")
+SOA_RNAME = wire.encode_name("hostmaster.enforcer.invalid")
+MAX_TEMPLATES = 50_000  # rules x variants; a 1M-name include feed shares one rule, so this is rarely reached
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    name: str  # nxdomain | null | nodata | refused | ip
+    ipv4: bytes | None = None  # packed address for A answers, None = NODATA
+    ipv6: bytes | None = None
+
+    def __str__(self) -> str:
+        if self.name != "ip":
+            return self.name
+        addrs = [str(ipaddress.ip_address(a)) for a in (self.ipv4, self.ipv6) if a is not None]
+        return "ip:" + ",".join(addrs)
+
+
+def parse_mode(text: str) -> Mode:
+    """``--mode`` value -> Mode; ValueError with the reason on a bad value."""
+    t = text.strip().lower()
+    if t == "null":
+        return Mode("null", bytes(4), bytes(16))
+    if t in ("nxdomain", "nodata", "refused"):
+        return Mode(t)
+    if t.startswith("ip:"):
+        v4: bytes | None = None
+        v6: bytes | None = None
+        parts = [p.strip() for p in t[3:].split(",")]
+        if not 1 <= len(parts) <= 2 or not all(parts):
+            raise ValueError(f"invalid mode {text!r}: expected ip:ADDR or ip:ADDR4,ADDR6")
+        for part in parts:
+            try:
+                addr = ipaddress.ip_address(part)
+            except ValueError:
+                raise ValueError(f"invalid mode {text!r}: {part!r} is not an IP address") from None
+            if addr.version == 4:
+                if v4 is not None:
+                    raise ValueError(f"invalid mode {text!r}: two IPv4 addresses")
+                v4 = addr.packed
+            else:
+                if v6 is not None:
+                    raise ValueError(f"invalid mode {text!r}: two IPv6 addresses")
+                v6 = addr.packed
+        return Mode("ip", v4, v6)
+    raise ValueError(f"invalid mode {text!r} (choose from {', '.join(MODES)})")
+
+
+class Sinkhole:
+    """Blocked answers for one mode and TTL."""
+
+    def __init__(self, mode: Mode, ttl: int = 60) -> None:
+        self.mode = mode
+        self.ttl = ttl
+        # rule id -> variant code -> (header after the id, tail, SOA-owner pointer position in tail or -1)
+        self._templates: dict[str, dict[int, tuple[bytes, bytes, int, int]]] = {}
+        self._count = 0
+
+    def clear(self) -> None:
+        self._templates = {}
+        self._count = 0
+
+    def answer(self, data: bytes, q: Question, rule: Rule) -> bytes:
+        """The blocked reply for ``data``. Hot path: two dict look-ups and a few byte joins."""
+        if q.qclass == wire.CLASS_IN and q.qtype in (wire.QTYPE_A, wire.QTYPE_AAAA):
+            family = 1 if q.qtype == wire.QTYPE_A else 2
+        else:
+            family = 0
+        code = family * 4 + (2 if q.edns else 0) + (data[2] & 0x01)
+        variants = self._templates.get(rule.id)
+        if variants is None:
+            if self._count >= MAX_TEMPLATES:
+                self.clear()
+            variants = self._templates[rule.id] = {}
+        tpl = variants.get(code)
+        if tpl is None:
+            tpl = variants[code] = self._build(family, bool(q.edns), data[2] & 0x01, rule)
+            self._count += 1
+        head, tail, ptr_at, suffix_len = tpl
+        question = data[12 : q.qend]
+        if ptr_at >= 0:
+            # The SOA owner points into the question at the blocked suffix (the qname if it is not a suffix).
+            key = q.key
+            klen = len(key)
+            off = 12
+            # (A key with escaped dots does not map to wire offsets one to one: it keeps the qname.)
+            if (
+                0 < suffix_len < klen
+                and key[klen - suffix_len - 1] == "."
+                and key.endswith(rule.value)
+                and "\\" not in key
+            ):
+                off = 12 + klen - suffix_len
+            tail = tail[:ptr_at] + bytes((0xC0 | (off >> 8), off & 0xFF)) + tail[ptr_at + 2 :]
+        return data[:2] + head + question + tail
+
+    def _build(self, family: int, edns: bool, rd: int, rule: Rule) -> tuple[bytes, bytes, int, int]:
+        mode = self.mode
+        ttl = self.ttl
+        answers = b""
+        an = 0
+        rcode = wire.RCODE_NOERROR
+        if mode.name == "nxdomain":
+            rcode = wire.RCODE_NXDOMAIN
+        elif mode.name == "refused":
+            rcode = wire.RCODE_REFUSED
+        elif mode.name in ("null", "ip"):
+            addr = mode.ipv4 if family == 1 else mode.ipv6 if family == 2 else None
+            if addr is not None:
+                rtype = wire.QTYPE_A if family == 1 else wire.QTYPE_AAAA
+                answers = b"\xc0\x0c" + struct.pack("!HHIH", rtype, wire.CLASS_IN, ttl, len(addr)) + addr
+                an = 1
+        authority = b""
+        ns = 0
+        ptr_at = -1
+        if an == 0 and mode.name != "refused":
+            soa = SOA_MNAME + SOA_RNAME + struct.pack("!IIIII", 1, 3600, 600, 86400, ttl)
+            ptr_at = len(answers)
+            authority = b"\xc0\x0c" + struct.pack("!HHIH", wire.QTYPE_SOA, wire.CLASS_IN, ttl, len(soa)) + soa
+            ns = 1
+        additional = b""
+        ar = 0
+        if edns:
+            text = f"blocked by policy rule {rule.id} ({rule.app})".encode()
+            ede = struct.pack("!HHH", wire.EDE_OPTION, 2 + len(text), wire.EDE_BLOCKED) + text
+            additional = wire.opt_record(options=ede)
+            ar = 1
+        flags = bytes((0x80 | 0x04 | rd, 0x80 | rcode))  # QR, AA (we are the authority for the sinkhole), RD, RA
+        head = flags + struct.pack("!HHHH", 1, an, ns, ar)
+        suffix_len = len(rule.value) if rule.kind in ("domain", "host") else 0
+        return head, answers + authority + additional, ptr_at, suffix_len

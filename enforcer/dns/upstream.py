@@ -1,0 +1,406 @@
+"""Forwarding to upstream resolvers: UDP (TCP retry on TC), DNS over TCP, DNS over HTTPS; failover; timeouts.
+
+- ``parse_upstream(text)`` -> ``UpstreamSpec``: ``IP[:PORT]`` / ``[IPv6]:PORT`` (UDP), ``tcp://IP[:PORT]``,
+  ``https://HOST[:PORT]/dns-query`` (RFC 8484; ``http://`` accepted for a local DoH sidecar or tests).
+- ``UdpUpstream``: a small pool of connected UDP sockets shared by all queries; each query gets a random id on a
+  random socket and the reply must echo the id and the question, so spoofed or stray datagrams are ignored. A reply
+  with TC set is retried over TCP to the same server.
+- ``TcpUpstream``: one connection per exchange (2-byte framing); ``DohUpstream``: POST application/dns-message over
+  one reused ``aiohttp.ClientSession`` (id 0, as RFC 8484 recommends for caching).
+- ``Forwarder``: tries the upstreams in order, healthy ones first; a failure marks an upstream down for a backoff
+  (1 s doubling to 60 s) so the next queries go to the others at once. The whole exchange is bounded by ``timeout``:
+  when it runs out the caller answers SERVFAIL. Failures are counted per upstream (label = the configured text).
+- ``exchange(...)`` returns the reply with the client's id and question bytes restored, or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..metrics import split_host_port
+
+log = logging.getLogger("enforcer.dns.upstream")
+
+UDP_SOCKETS = 4  # per upstream; ids are random across 4 x 65536 slots
+MAX_RESPONSE = 65535
+
+
+class UpstreamError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    text: str  # as configured; the metric label
+    kind: str  # udp | tcp | doh
+    host: str
+    port: int
+    url: str = ""
+
+
+def parse_upstream(text: str) -> UpstreamSpec:
+    """``--upstream`` value -> spec; ValueError with the reason."""
+    t = text.strip()
+    if t.startswith(("https://", "http://")):
+        parts = urlsplit(t)
+        if not parts.hostname:
+            raise ValueError(f"invalid upstream {text!r}: missing host")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return UpstreamSpec(t, "doh", parts.hostname, port, t)
+    kind = "udp"
+    if t.startswith("tcp://"):
+        kind, t = "tcp", t[len("tcp://") :]
+    elif t.startswith("udp://"):
+        t = t[len("udp://") :]
+    try:
+        host, port = split_host_port(t, 53)
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ValueError(
+            f"invalid upstream {text!r}: {exc}; expected IP[:PORT], tcp://IP[:PORT] or https://…"
+        ) from None
+    if not 0 < port <= 65535:
+        raise ValueError(f"invalid upstream {text!r}: port out of range")
+    return UpstreamSpec(text.strip(), kind, host, port)
+
+
+def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    out: list[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    addr = parts[1].split("%", 1)[0]
+                    try:
+                        ip = ipaddress.ip_address(addr)
+                    except ValueError:
+                        continue
+                    out.append(f"[{ip}]:53" if ip.version == 6 else f"{ip}:53")
+    except OSError:
+        pass
+    return out
+
+
+def _question_of(wire: bytes) -> bytes | None:
+    """Lower-cased question section bytes (name + type + class) of a message, or None."""
+    i = 12
+    n = len(wire)
+    while i < n:
+        length = wire[i]
+        if length == 0:
+            end = i + 5
+            return wire[12:end].lower() if end <= n else None
+        if length > 63:
+            return None
+        i += length + 1
+    return None
+
+
+class _UdpSocket(asyncio.DatagramProtocol):
+    def __init__(self, owner: UdpUpstream) -> None:
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) < 12:
+            return
+        qid = (data[0] << 8) | data[1]
+        waiting = self.pending.get(qid)
+        if waiting is None:
+            return
+        fut, question = waiting
+        if _question_of(data) != question:
+            return  # not the answer to our question: ignore (spoofing, or a late reply to a reused id)
+        del self.pending[qid]
+        if not fut.done():
+            fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable etc.: the connected socket cannot tell which query; fail them all now (fast failover).
+        for fut, _ in self.pending.values():
+            if not fut.done():
+                fut.set_exception(UpstreamError(f"udp: {exc}"))
+        self.pending.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.error_received(exc or ConnectionError("closed"))
+        self.owner._lost(self)
+
+
+class UdpUpstream:
+    def __init__(self, spec: UpstreamSpec) -> None:
+        self.spec = spec
+        self._socks: list[_UdpSocket] = []
+        self._opening: asyncio.Lock | None = None
+
+    async def _sockets(self) -> list[_UdpSocket]:
+        if len(self._socks) >= UDP_SOCKETS:
+            return self._socks
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            loop = asyncio.get_running_loop()
+            while len(self._socks) < UDP_SOCKETS:
+                _, proto = await loop.create_datagram_endpoint(
+                    self._make_socket, remote_addr=(self.spec.host, self.spec.port)
+                )
+                self._socks.append(proto)
+        return self._socks
+
+    def _make_socket(self) -> _UdpSocket:
+        return _UdpSocket(self)
+
+    def _lost(self, sock: _UdpSocket) -> None:
+        with contextlib.suppress(ValueError):
+            self._socks.remove(sock)
+
+    async def exchange(self, query: bytes, timeout: float) -> bytes:
+        socks = await self._sockets()
+        sock = random.choice(socks)
+        for _ in range(8):
+            qid = random.getrandbits(16)
+            if qid not in sock.pending:
+                break
+        else:
+            raise UpstreamError("udp: no free query id")
+        question = _question_of(query)
+        if question is None or sock.transport is None:
+            raise UpstreamError("udp: unusable query")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        sock.pending[qid] = (fut, question)
+        try:
+            sock.transport.sendto(struct.pack("!H", qid) + query[2:])
+            reply = await asyncio.wait_for(fut, timeout)
+        finally:
+            sock.pending.pop(qid, None)
+        if reply[2] & 0x02:  # TC: the full answer needs TCP (RFC 7766)
+            return await tcp_exchange(self.spec.host, self.spec.port, query, timeout)
+        return reply
+
+    async def close(self) -> None:
+        for sock in list(self._socks):
+            if sock.transport is not None:
+                sock.transport.close()
+        self._socks.clear()
+
+
+async def tcp_exchange(host: str, port: int, query: bytes, timeout: float) -> bytes:
+    async def go() -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            qid = random.getrandbits(16)
+            writer.write(struct.pack("!HH", len(query), qid) + query[2:])
+            await writer.drain()
+            while True:
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                reply = await reader.readexactly(length)
+                if len(reply) >= 12 and (reply[0] << 8 | reply[1]) == qid:
+                    return reply
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(go(), timeout)
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        raise UpstreamError(f"tcp: {exc}") from None
+
+
+class TcpUpstream:
+    def __init__(self, spec: UpstreamSpec) -> None:
+        self.spec = spec
+
+    async def exchange(self, query: bytes, timeout: float) -> bytes:
+        return await tcp_exchange(self.spec.host, self.spec.port, query, timeout)
+
+    async def close(self) -> None:
+        return None
+
+
+class DohUpstream:
+    def __init__(self, spec: UpstreamSpec) -> None:
+        self.spec = spec
+        self._session: Any = None
+
+    def _get_session(self) -> Any:
+        if self._session is None:
+            import aiohttp  # only DoH users pay for the import
+
+            self._session = aiohttp.ClientSession(
+                headers={"accept": "application/dns-message"},
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300),
+            )
+        return self._session
+
+    async def exchange(self, query: bytes, timeout: float) -> bytes:
+        import aiohttp
+
+        session = self._get_session()
+        body = b"\x00\x00" + query[2:]  # id 0 (RFC 8484 section 4.1)
+        try:
+            async with session.post(
+                self.spec.url,
+                data=body,
+                headers={"content-type": "application/dns-message"},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(f"doh: HTTP {resp.status}")
+                reply = await resp.content.read(MAX_RESPONSE + 1)
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"doh: {exc}") from None
+        if len(reply) < 12 or len(reply) > MAX_RESPONSE:
+            raise UpstreamError("doh: bad reply size")
+        return reply
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+Upstream = UdpUpstream | TcpUpstream | DohUpstream
+
+
+def make_upstream(spec: UpstreamSpec) -> Upstream:
+    if spec.kind == "udp":
+        return UdpUpstream(spec)
+    if spec.kind == "tcp":
+        return TcpUpstream(spec)
+    return DohUpstream(spec)
+
+
+class _Health:
+    __slots__ = ("backoff", "down_until", "failures")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+        self.backoff = 0.0
+
+
+class Forwarder:
+    """Failover over several upstreams with health tracking; the overall exchange is bounded by ``timeout``."""
+
+    def __init__(
+        self,
+        specs: list[UpstreamSpec],
+        timeout: float = 2.0,
+        on_error: Callable[[str], None] | None = None,
+        max_inflight: int = 2048,
+    ) -> None:
+        if not specs:
+            raise ValueError("no upstream configured")
+        self.specs = specs
+        self.upstreams = [make_upstream(s) for s in specs]
+        self.health = [_Health() for _ in specs]
+        self.timeout = timeout
+        self.on_error = on_error
+        self.max_inflight = max_inflight
+        self.inflight = 0
+
+    def healthy(self, i: int) -> bool:
+        return self.health[i].down_until <= time.monotonic()
+
+    def _order(self) -> list[int]:
+        now = time.monotonic()
+        up = [i for i, h in enumerate(self.health) if h.down_until <= now]
+        down = sorted(
+            (i for i, h in enumerate(self.health) if h.down_until > now), key=lambda i: self.health[i].down_until
+        )
+        return up + down
+
+    def _failed(self, i: int, why: str) -> None:
+        h = self.health[i]
+        h.failures += 1
+        h.backoff = min(max(h.backoff * 2, 1.0), 60.0)
+        h.down_until = time.monotonic() + h.backoff
+        if h.failures == 1 or h.failures % 100 == 0:
+            log.warning("upstream %s failed (%s); %d consecutive failure(s)", self.specs[i].text, why, h.failures)
+        if self.on_error is not None:
+            self.on_error(self.specs[i].text)
+
+    def _ok(self, i: int) -> None:
+        h = self.health[i]
+        if h.failures:
+            log.info("upstream %s answers again", self.specs[i].text)
+        h.failures = 0
+        h.backoff = 0.0
+        h.down_until = 0.0
+
+    async def exchange(self, query: bytes) -> bytes | None:
+        """The upstream reply (client id and question restored), or None when every upstream failed in time."""
+        if self.inflight >= self.max_inflight:
+            return None
+        self.inflight += 1
+        try:
+            return await self._exchange(query)
+        finally:
+            self.inflight -= 1
+
+    async def _exchange(self, query: bytes) -> bytes | None:
+        loop_time = time.monotonic
+        deadline = loop_time() + self.timeout
+        order = self._order()
+        n = len(order)
+        for pos, i in enumerate(order):
+            remaining = deadline - loop_time()
+            if remaining <= 0.01:
+                break
+            # Leave time for the others: each attempt gets its share of what is left (the last gets all of it).
+            attempt = remaining if pos == n - 1 else max(remaining / (n - pos), min(0.25, remaining))
+            try:
+                reply = await self.upstreams[i].exchange(query, attempt)
+            except TimeoutError:
+                self._failed(i, "timeout")
+                continue
+            except (UpstreamError, OSError) as exc:
+                self._failed(i, str(exc))
+                continue
+            if len(reply) < 12 or not reply[2] & 0x80:
+                self._failed(i, "not a DNS response")
+                continue
+            self._ok(i)
+            # Restore the client's id and its question bytes (upstreams may change the 0x20 case; DoH sent id 0).
+            qend = _question_end(query)
+            if qend and _question_end(reply) == qend:
+                return query[:2] + reply[2:12] + query[12:qend] + reply[qend:]
+            return query[:2] + reply[2:]
+        return None
+
+    async def close(self) -> None:
+        for u in self.upstreams:
+            with contextlib.suppress(Exception):
+                await u.close()
+
+
+def _question_end(wire: bytes) -> int:
+    i = 12
+    n = len(wire)
+    if n < 17 or wire[4:6] != b"\x00\x01":
+        return 0
+    while i < n:
+        length = wire[i]
+        if length == 0:
+            end = i + 5
+            return end if end <= n else 0
+        if length > 63:
+            return 0
+        i += length + 1
+    return 0

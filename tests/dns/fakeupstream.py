@@ -1,0 +1,149 @@
+"""A fake upstream DNS server on 127.0.0.1 (UDP + TCP, threads) that records every question it is asked.
+
+Answers (dnslib): names in ``records`` get those zone-format records; names in ``nxdomain`` get NXDOMAIN; any other
+A/AAAA query gets 192.0.2.53 / 2001:db8::53 (TTL ``ttl``); other types get NODATA; negative answers carry an SOA.
+``truncate_udp`` sets TC on UDP replies (with no records), ``silent`` drops every query, ``delay`` waits first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import socketserver
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+import dnslib
+
+
+@dataclass
+class Asked:
+    proto: str
+    name: str  # lower-case, no trailing dot
+    qtype: str
+
+
+@dataclass
+class FakeUpstream:
+    host: str = "127.0.0.1"
+    records: dict[str, list[str]] = field(default_factory=dict)
+    nxdomain: set[str] = field(default_factory=set)
+    ttl: int = 300
+    negative_ttl: int = 30
+    truncate_udp: bool = False
+    silent: bool = False
+    delay: float = 0.0
+    asked: list[Asked] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.udp.bind((self.host, 0))
+        self.port = self.udp.getsockname()[1]
+        owner = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock = self.request
+                sock.settimeout(5)
+                with contextlib.suppress(OSError, struct.error):
+                    while True:
+                        head = _recv(sock, 2)
+                        if not head:
+                            return
+                        data = _recv(sock, struct.unpack("!H", head)[0])
+                        reply = owner.answer(data, "tcp")
+                        if reply is not None:
+                            sock.sendall(struct.pack("!H", len(reply)) + reply)
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+            address_family = family
+
+        self.tcp = Server((self.host, self.port), Handler)
+        self._threads = [
+            threading.Thread(target=self._udp_loop, daemon=True),
+            threading.Thread(target=self.tcp.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return [a.name for a in self.asked]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.asked.clear()
+
+    def close(self) -> None:
+        self.tcp.shutdown()
+        self.tcp.server_close()
+        self.udp.close()
+
+    def _udp_loop(self) -> None:
+        while True:
+            try:
+                data, addr = self.udp.recvfrom(65535)
+            except OSError:
+                return
+            reply = self.answer(data, "udp")
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.udp.sendto(reply, addr)
+
+    def answer(self, data: bytes, proto: str) -> bytes | None:
+        try:
+            query = dnslib.DNSRecord.parse(data)
+        except Exception:
+            return None
+        q = query.q
+        name = str(q.qname).rstrip(".").lower()
+        with self._lock:
+            self.asked.append(Asked(proto, name, dnslib.QTYPE.get(q.qtype)))
+        if self.silent:
+            return None
+        if self.delay:
+            time.sleep(self.delay)
+        reply = query.reply()
+        if proto == "udp" and self.truncate_udp:
+            reply.header.tc = 1
+            return reply.pack()
+        soa = dnslib.RR(
+            name.split(".", 1)[-1] + ".",
+            dnslib.QTYPE.SOA,
+            ttl=self.negative_ttl,
+            rdata=dnslib.SOA("ns.example.", "host.example.", (1, 3600, 600, 86400, self.negative_ttl)),
+        )
+        if name in self.nxdomain:
+            reply.header.rcode = dnslib.RCODE.NXDOMAIN
+            reply.add_auth(soa)
+        elif name in self.records:
+            for text in self.records[name]:
+                for rr in dnslib.RR.fromZone(text):
+                    reply.add_answer(rr)
+        elif q.qtype == dnslib.QTYPE.A:
+            reply.add_answer(dnslib.RR(q.qname, dnslib.QTYPE.A, ttl=self.ttl, rdata=dnslib.A("192.0.2.53")))
+        elif q.qtype == dnslib.QTYPE.AAAA:
+            reply.add_answer(dnslib.RR(q.qname, dnslib.QTYPE.AAAA, ttl=self.ttl, rdata=dnslib.AAAA("2001:db8::53")))
+        else:
+            reply.add_auth(soa)
+        return reply.pack()
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf
