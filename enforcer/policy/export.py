@@ -379,13 +379,10 @@ def _unbound(ctx: _Context) -> tuple[list[str], list[str]]:
 
 
 def _dnsmasq(ctx: _Context) -> tuple[list[str], list[str]]:
-    view, skips, mode = ctx.view, ctx.skips, ctx.mode
+    view, mode = ctx.view, ctx.mode
     v4, v6 = mode.addresses
     body: list[str] = []
     for name in view.names():
-        if _has_underscore(name):
-            skips.add("'_' in the name", name)
-            continue
         apex, sub = view.apex(name), view.subtree(name)
         if apex is not None and apex.action == "block":
             if mode.kind == "nxdomain":
