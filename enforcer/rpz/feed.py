@@ -1,0 +1,295 @@
+"""The RPZ feed: serve the policy as a zone by AXFR/IXFR, bump the serial on every change, NOTIFY the secondaries.
+
+- ``RpzFeed.update(policy)``: rebuild the records; when they changed, bump the SOA serial, remember the difference
+  (for IXFR, RFC 1995) and return True so the caller sends NOTIFY.
+- ``RpzFeed.answer(wire, client, tcp)``: the response message(s) for a query inside the zone: SOA/NS/any record,
+  AXFR (TCP only), IXFR (incremental when the client's serial is in the history, else a full transfer), each signed
+  with TSIG (HMAC-SHA256) when a key is configured. Clients outside ``--transfer-allow`` get REFUSED.
+- ``RpzFeed.notify_all()``: NOTIFY (RFC 1996) every ``--notify`` target over UDP, retried until acknowledged.
+
+Message handling uses dnspython: zone transfers need multi-message TSIG and exact IXFR framing, which dnspython
+implements and tests; the resolver's hot path does not come through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.tsig
+import dns.tsigkeyring
+
+from ..policy.matcher import Policy
+from ..policy.model import IPAddress, IPNetwork
+from .zone import RpzRecord, policy_records
+
+log = logging.getLogger("enforcer.rpz")
+
+RECORD_TTL = 60
+SOA_TIMERS = (60, 30, 604800, 30)  # refresh, retry, expire, minimum: secondaries re-check every minute
+RECORDS_PER_MESSAGE = 400
+HISTORY = 32
+NOTIFY_TRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TsigKey:
+    name: str
+    secret: str  # base64
+    algorithm: str = "hmac-sha256"
+
+    @classmethod
+    def parse(cls, spec: str) -> TsigKey:
+        """``NAME:BASE64SECRET`` or ``hmac-sha256:NAME:BASE64SECRET``."""
+        parts = spec.split(":")
+        if len(parts) == 3:
+            alg, name, secret = parts
+        elif len(parts) == 2:
+            alg, (name, secret) = "hmac-sha256", parts
+        else:
+            raise ValueError("TSIG key must be NAME:BASE64SECRET or hmac-sha256:NAME:BASE64SECRET")
+        if alg.lower() != "hmac-sha256":
+            raise ValueError(f"unsupported TSIG algorithm {alg!r} (hmac-sha256 only)")
+        key = cls(name.rstrip(".") + ".", secret, "hmac-sha256")
+        key.keyring()  # validates the base64 secret
+        return key
+
+    def keyring(self) -> dict[dns.name.Name, dns.tsig.Key]:
+        try:
+            return dns.tsigkeyring.from_text({self.name: (self.algorithm, self.secret)})
+        except Exception as exc:
+            raise ValueError(f"invalid TSIG secret for {self.name}: {exc}") from None
+
+
+class RpzFeed:
+    def __init__(
+        self,
+        zone: str,
+        *,
+        mode: str = "nxdomain",
+        transfer_allow: Sequence[IPNetwork] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        notify: Sequence[tuple[str, int]] = (),
+        tsig: TsigKey | None = None,
+    ) -> None:
+        self.origin = dns.name.from_text(zone if zone.endswith(".") else zone + ".")
+        self.mode = mode
+        self.transfer_allow = tuple(transfer_allow)
+        self.notify_targets = tuple(notify)
+        self.tsig = tsig
+        self.keyring = tsig.keyring() if tsig else None
+        self.serial = 0
+        self.records: frozenset[RpzRecord] = frozenset()
+        # (from_serial, to_serial, deleted, added), oldest first
+        self.history: list[tuple[int, int, frozenset[RpzRecord], frozenset[RpzRecord]]] = []
+        self._notify_tasks: set[asyncio.Task[None]] = set()
+        self.records_per_message = RECORDS_PER_MESSAGE
+
+    # -- content ----------------------------------------------------------------------------------------------------
+    def update(self, policy: Policy) -> bool:
+        """Load the policy's records; True when the zone changed (serial bumped)."""
+        new = frozenset(policy_records(policy, self.mode))
+        if self.serial and new == self.records:
+            return False
+        # Serial: unix time when that is larger (restarts keep increasing), else +1 (RFC 1982 arithmetic is fine
+        # for decades at this rate).
+        new_serial = max(self.serial + 1, int(time.time())) & 0xFFFFFFFF
+        if self.serial:
+            self.history.append((self.serial, new_serial, self.records - new, new - self.records))
+            del self.history[:-HISTORY]
+        self.records, self.serial = new, new_serial
+        log.info("RPZ zone %s serial %d: %d records", self.origin, self.serial, len(new))
+        return True
+
+    def in_zone(self, qname: str) -> bool:
+        try:
+            return dns.name.from_text(qname).is_subdomain(self.origin)
+        except dns.exception.DNSException:
+            return False
+
+    def _soa(self, serial: int | None = None) -> dns.rrset.RRset:
+        refresh, retry, expire, minimum = SOA_TIMERS
+        text = f"localhost. hostmaster.localhost. {serial or self.serial} {refresh} {retry} {expire} {minimum}"
+        return dns.rrset.from_text(self.origin, RECORD_TTL, "IN", "SOA", text)
+
+    def _ns(self) -> dns.rrset.RRset:
+        return dns.rrset.from_text(self.origin, RECORD_TTL, "IN", "NS", "localhost.")
+
+    def _rrsets(self, records: frozenset[RpzRecord] | list[RpzRecord]) -> list[dns.rrset.RRset]:
+        out = []
+        for r in sorted(records):
+            owner = dns.name.from_text(r.owner, self.origin)
+            out.append(dns.rrset.from_text(owner, RECORD_TTL, "IN", r.rtype, r.rdata))
+        return out
+
+    # -- queries ----------------------------------------------------------------------------------------------------
+    def allowed(self, client: IPAddress) -> bool:
+        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+            client = client.ipv4_mapped
+        return any(client.version == n.version and client in n for n in self.transfer_allow)
+
+    def answer(self, wire: bytes, client: str, tcp: bool) -> list[bytes] | None:
+        """Response messages for a query inside the zone, or None when the query is not for this zone."""
+        try:
+            query = dns.message.from_wire(wire, keyring=self.keyring, question_only=False)
+        except dns.message.UnknownTSIGKey:
+            return [self._error(wire, dns.rcode.NOTAUTH)]
+        except (dns.tsig.BadSignature, dns.tsig.BadTime, dns.tsig.PeerError):
+            return [self._error(wire, dns.rcode.NOTAUTH)]
+        except dns.exception.DNSException:
+            return None
+        if not query.question:
+            return None
+        q = query.question[0]
+        if not q.name.is_subdomain(self.origin):
+            return None
+        try:
+            addr = ipaddress.ip_address(client.split("%", 1)[0])
+        except ValueError:
+            return [self._rcode(query, dns.rcode.REFUSED)]
+        if not self.allowed(addr):
+            log.warning("RPZ: refused %s %s from %s (not in --transfer-allow)", dns.rdatatype.to_text(q.rdtype),
+                        q.name, client)
+            return [self._rcode(query, dns.rcode.REFUSED)]
+        if self.keyring is not None and not query.had_tsig and q.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
+            log.warning("RPZ: refused unsigned %s from %s (TSIG required)", dns.rdatatype.to_text(q.rdtype), client)
+            return [self._rcode(query, dns.rcode.REFUSED)]
+        if q.rdtype == dns.rdatatype.AXFR:
+            return self._axfr(query) if tcp else [self._rcode(query, dns.rcode.REFUSED)]
+        if q.rdtype == dns.rdatatype.IXFR:
+            return self._ixfr(query, tcp)
+        return [self._lookup(query)]
+
+    def _response(self, query: dns.message.Message) -> dns.message.Message:
+        r = dns.message.make_response(query)
+        r.flags |= dns.flags.AA
+        return r
+
+    def _rcode(self, query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
+        r = dns.message.make_response(query)
+        r.set_rcode(rcode)
+        return r.to_wire()
+
+    def _error(self, wire: bytes, rcode: dns.rcode.Rcode) -> bytes:
+        # A query whose TSIG failed: answer unsigned, with the header and question only.
+        try:
+            query = dns.message.from_wire(wire, question_only=True)
+        except dns.exception.DNSException:
+            return b""
+        r = dns.message.make_response(query)
+        r.set_rcode(rcode)
+        return r.to_wire()
+
+    def _lookup(self, query: dns.message.Message) -> bytes:
+        q = query.question[0]
+        r = self._response(query)
+        if q.name == self.origin and q.rdtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):
+            r.answer.append(self._soa())
+        elif q.name == self.origin and q.rdtype == dns.rdatatype.NS:
+            r.answer.append(self._ns())
+        else:
+            rel = q.name.relativize(self.origin).to_text()
+            matches = [x for x in self.records if x.owner == rel]
+            wanted = [x for x in matches if q.rdtype in (dns.rdatatype.ANY, dns.rdatatype.from_text(x.rtype))]
+            r.answer.extend(self._rrsets(wanted))
+            if not matches and q.name != self.origin:
+                r.set_rcode(dns.rcode.NXDOMAIN)
+            if not wanted:
+                r.authority.append(self._soa())
+        return r.to_wire()
+
+    def _messages(self, query: dns.message.Message, rrsets: list[dns.rrset.RRset]) -> list[bytes]:
+        """Split a transfer into messages; with TSIG, every message is signed in one chained context."""
+        out: list[bytes] = []
+        ctx = None
+        step = self.records_per_message
+        for start in range(0, max(len(rrsets), 1), step):
+            r = self._response(query)
+            r.answer.extend(rrsets[start : start + step])
+            # make_response copied the query's TSIG key; the first message signs over the query's MAC, the
+            # following ones continue the chain through ctx (RFC 8945 5.3.1).
+            out.append(r.to_wire(multi=True, tsig_ctx=ctx) if query.had_tsig else r.to_wire())
+            ctx = getattr(r, "tsig_ctx", None)
+        return out
+
+    def _axfr(self, query: dns.message.Message) -> list[bytes]:
+        soa = self._soa()
+        return self._messages(query, [soa, self._ns(), *self._rrsets(self.records), soa])
+
+    def _ixfr(self, query: dns.message.Message, tcp: bool) -> list[bytes]:
+        client_serial = None
+        for rrset in query.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                client_serial = rrset[0].serial
+        if client_serial == self.serial:
+            return self._messages(query, [self._soa()])
+        steps = []
+        if client_serial is not None:
+            for i, (frm, _to, _d, _a) in enumerate(self.history):
+                if frm == client_serial:
+                    steps = self.history[i:]
+                    break
+        if not steps:
+            if not tcp:  # RFC 1995: a UDP IXFR that cannot be answered incrementally gets the SOA only
+                return self._messages(query, [self._soa()])
+            return self._axfr(query)
+        if not tcp:
+            return self._messages(query, [self._soa()])
+        rrsets = [self._soa()]
+        for frm, to, deleted, added in steps:
+            rrsets.append(self._soa(frm))
+            rrsets.extend(self._rrsets(deleted))
+            rrsets.append(self._soa(to))
+            rrsets.extend(self._rrsets(added))
+        rrsets.append(self._soa())
+        return self._messages(query, rrsets)
+
+    # -- NOTIFY -----------------------------------------------------------------------------------------------------
+    def schedule_notify(self) -> None:
+        """Send NOTIFY to every target in the background (call on the event loop after ``update`` returned True)."""
+        for host, port in self.notify_targets:
+            task = asyncio.get_running_loop().create_task(self._notify(host, port, self.serial))
+            self._notify_tasks.add(task)
+            task.add_done_callback(self._notify_tasks.discard)
+
+    async def notify_all(self) -> None:
+        await asyncio.gather(*(self._notify(h, p, self.serial) for h, p in self.notify_targets))
+
+    async def _notify(self, host: str, port: int, serial: int) -> None:
+        msg = dns.message.make_query(self.origin, dns.rdatatype.SOA)
+        msg.flags = dns.flags.AA  # before set_opcode: the opcode lives in the flags word
+        msg.set_opcode(dns.opcode.NOTIFY)
+        msg.answer.append(self._soa(serial))
+        if self.keyring is not None and self.tsig is not None:
+            msg.use_tsig(self.keyring, keyname=self.tsig.name)
+        wire = msg.to_wire()
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for attempt in range(NOTIFY_TRIES):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_sendto(sock, wire, (host, port))
+                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 2.0)
+                if data[:2] == wire[:2]:
+                    log.info("RPZ: NOTIFY serial %d acknowledged by %s:%d", serial, host, port)
+                    return
+            except (TimeoutError, OSError) as exc:
+                log.debug("RPZ: NOTIFY to %s:%d attempt %d: %s", host, port, attempt + 1, exc)
+            finally:
+                sock.close()
+            await asyncio.sleep(min(2**attempt, 10))
+        log.warning("RPZ: NOTIFY serial %d to %s:%d not acknowledged after %d tries", serial, host, port, NOTIFY_TRIES)
