@@ -119,6 +119,10 @@ class _FileParser:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             what = exc.problem or exc.context or "invalid YAML"
+            if exc.problem and exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+                # "found unexpected end of stream" alone hides where the unclosed thing began.
+                cm = exc.context_mark
+                what += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
             self.problems.append(Problem(self.shown, line, col, f"YAML syntax error: {what}"))
             return None
         except yaml.YAMLError as exc:
@@ -505,9 +509,27 @@ class _Builder:
         for rule, (payload, node) in parsed.rules:
             self.positions[id(rule)] = (app.path, *_pos(node))
             if rule.id in self.ids:
+                first = self.ids[rule.id]
                 line, col = _pos(node)
+                if (first.app, first.action, first.kind, first.value) == (rule.app, rule.action, rule.kind, rule.value):
+                    # The same rule written twice is a warning (an error under --strict); the first one stays.
+                    differs = (
+                        f"; its category {rule.category} differs and is ignored"
+                        if (first.category != rule.category)
+                        else ""
+                    )
+                    self.problems.append(
+                        Problem(
+                            app.path,
+                            line,
+                            col,
+                            f"duplicate rule: {rule.kind} {rule.value} is already listed at {first.source}{differs}",
+                            "warning",
+                        )
+                    )
+                    continue
                 self.problems.append(
-                    Problem(app.path, line, col, f"duplicate rule id '{rule.id}' (first at {self.ids[rule.id].source})")
+                    Problem(app.path, line, col, f"duplicate rule id '{rule.id}' (first at {first.source})")
                 )
                 continue
             self.ids[rule.id] = rule

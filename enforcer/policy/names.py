@@ -8,6 +8,7 @@ A-label (punycode) form. ``normalize_name`` validates and raises ``NameError_`` 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 MAX_NAME = 253
 MAX_LABEL = 63
@@ -15,6 +16,10 @@ MAX_LABEL = 63
 # Letters, digits, hyphen, and underscore (service labels such as _dmarc occur in real zones and feeds).
 _LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _ASCII_NAME_RE = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+# Control, format-less, unassigned, private-use, surrogate and separator characters never occur in a host name.
+_BAD_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}
 
 
 class InvalidName(ValueError):
@@ -65,9 +70,13 @@ def normalize_name(name: str) -> str:
 
 def _check_a_label(label: str) -> None:
     try:
-        label[4:].encode("ascii").decode("punycode")
+        decoded = label[4:].encode("ascii").decode("punycode")
     except UnicodeError:
         raise InvalidName(f"invalid punycode label {label!r}") from None
+    # An A-label stands for a Unicode label: it must decode to something non-ASCII and printable ("xn--a" decodes to
+    # a control character). Not a full IDNA 2008 check, which would need the idna package.
+    if decoded.isascii() or any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in decoded):
+        raise InvalidName(f"invalid punycode label {label!r}: it does not encode a valid Unicode label")
 
 
 def fast_key(name: str) -> str:
