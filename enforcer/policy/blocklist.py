@@ -509,13 +509,13 @@ class _Builder:
         for rule, (payload, node) in parsed.rules:
             self.positions[id(rule)] = (app.path, *_pos(node))
             if rule.id in self.ids:
-                first = self.ids[rule.id]
+                prior = self.ids[rule.id]
                 line, col = _pos(node)
-                if (first.app, first.action, first.kind, first.value) == (rule.app, rule.action, rule.kind, rule.value):
-                    # The same rule written twice is a warning (an error under --strict); the first one stays.
+                if (prior.app, prior.action, prior.kind, prior.value) == (rule.app, rule.action, rule.kind, rule.value):
+                    # The same rule written twice is a warning (an error under --strict); the prior one stays.
                     differs = (
                         f"; its category {rule.category} differs and is ignored"
-                        if (first.category != rule.category)
+                        if (prior.category != rule.category)
                         else ""
                     )
                     self.problems.append(
@@ -523,13 +523,13 @@ class _Builder:
                             app.path,
                             line,
                             col,
-                            f"duplicate rule: {rule.kind} {rule.value} is already listed at {first.source}{differs}",
+                            f"duplicate rule: {rule.kind} {rule.value} is already listed at {prior.source}{differs}",
                             "warning",
                         )
                     )
                     continue
                 self.problems.append(
-                    Problem(app.path, line, col, f"duplicate rule id '{rule.id}' (first at {first.source})")
+                    Problem(app.path, line, col, f"duplicate rule id '{rule.id}' (prior at {prior.source})")
                 )
                 continue
             self.ids[rule.id] = rule
