@@ -529,7 +529,7 @@ class _Builder:
                     )
                     continue
                 self.problems.append(
-                    Problem(app.path, line, col, f"duplicate rule id '{rule.id}' (prior at {prior.source})")
+                    Problem(app.path, line, col, f"duplicate rule id '{rule.id}' (first at {prior.source})")
                 )
                 continue
             self.ids[rule.id] = rule
