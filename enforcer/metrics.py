@@ -52,6 +52,8 @@ NONCOMPLIANT_CLIENTS = "enforcer_noncompliant_clients"
 LAST_BLOCK_TIMESTAMP = "enforcer_last_block_timestamp_seconds"
 ANALYST_EVENTS_INGESTED_TOTAL = "enforcer_analyst_events_ingested_total"
 ANALYST_INGEST_ERRORS_TOTAL = "enforcer_analyst_ingest_errors_total"
+ANALYST_EVENTS_DUPLICATE_TOTAL = "enforcer_analyst_events_duplicate_total"
+ANALYST_EVENTS_STORED = "enforcer_analyst_events_stored"
 
 # Resolver latency: most answers take tens of microseconds, forwarded ones up to the 2 s upstream timeout.
 DNS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -112,6 +114,10 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(LAST_BLOCK_TIMESTAMP, "gauge", "Unix time of the latest blocked attempt per app.", (APP,)),
         MetricSpec(ANALYST_EVENTS_INGESTED_TOTAL, "counter", "Events stored by the analyst."),
         MetricSpec(ANALYST_INGEST_ERRORS_TOTAL, "counter", "Event lines skipped by the analyst.", (REASON,)),
+        MetricSpec(
+            ANALYST_EVENTS_DUPLICATE_TOTAL, "counter", "Events read again (same event.id) and not stored twice."
+        ),
+        MetricSpec(ANALYST_EVENTS_STORED, "gauge", "Events in the analyst's store."),
     )
 }
 

@@ -1,0 +1,150 @@
+"""``enforcer analyst`` and ``enforcer report``: argument definitions and entry points (heavy imports inside run).
+
+- ``add_arguments(command, parser)``: the flags of either command.
+- ``run("report", args)``: stream the event files once and print the report (table, csv, json); exit 1 with one
+  line per problem for a bad blocklist, inventory, time bound or a missing events path.
+- ``run("analyst", args)``: serve until SIGINT/SIGTERM (``web.start_analyst``); exit 1 for a non-loopback
+  ``--listen`` without ``--token-file``, an unreadable or empty token file, a bad inventory or blocklist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, ReplaceAppend, default_blocklist
+
+DEFAULT_EVENTS = "var/events.jsonl"
+
+
+def _flatten(values: Any) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out += _flatten(v) if isinstance(v, list | tuple) else [str(v)]
+    return out
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--events",
+        action=ReplaceAppend,
+        nargs="+",
+        default=[DEFAULT_EVENTS],
+        metavar="PATH",
+        help="event files or folders (a folder: its *.jsonl and rotated *.jsonl.N; a file: with its rotations)",
+    )
+    parser.add_argument("--inventory", metavar="FILE", help="CSV cidr,device,owner,unit mapping clients to devices")
+    parser.add_argument(
+        "--blocklist",
+        action=ReplaceAppend,
+        default=[default_blocklist()],
+        metavar="PATH",
+        help="policy files or folders: their effective dates decide which attempts were enforced",
+    )
+    if command == "report":
+        parser.add_argument("--since", help="from this time (RFC 3339, YYYY-MM-DD, or back from now: 24h, 7d)")
+        parser.add_argument("--until", help="before this time (same forms as --since)")
+        parser.add_argument("--app", action=ReplaceAppend, default=[], metavar="APP", help="only this app (repeatable)")
+        parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    else:
+        parser.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT")
+        parser.add_argument("--token-file", metavar="FILE", help="file holding the API/dashboard bearer token")
+        parser.add_argument("--db", default="var/analyst.sqlite", metavar="PATH", help="SQLite event store")
+        parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between event file polls")
+
+
+def _load_policy(paths: list[str]) -> Any:
+    from ..policy import PolicyError, load_policy
+
+    try:
+        return load_policy(paths)
+    except PolicyError as exc:
+        errors = [str(p) for p in exc.problems if p.severity == "error"] or [str(exc)]
+        raise ConfigError("\n".join(errors)) from None
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    return run_report(args) if command == "report" else run_analyst(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .inventory import Inventory
+    from .report import FORMATTERS, build_report, effective_map, parse_time, stream_report
+
+    events = _flatten(args.events)
+    missing = [p for p in events if not Path(p).exists()]
+    if missing:
+        for p in missing:
+            print(f"report: {p}: no such file or folder", file=sys.stderr)
+        return 1
+    try:
+        since, until = parse_time(args.since), parse_time(args.until)
+    except ValueError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
+    inventory = Inventory.load(args.inventory)
+    effective = effective_map(_load_policy(_flatten(args.blocklist)))
+    pairs, stats = stream_report(events, effective=effective, since=since, until=until, apps=_flatten(args.app))
+    if stats.invalid:
+        print(
+            f"report: skipped {stats.invalid} invalid line(s) (first at {stats.first_invalid}); "
+            f"{stats.recovered} event(s) recovered from torn lines",
+            file=sys.stderr,
+        )
+    report = build_report(pairs, inventory=inventory, since=since, until=until)
+    sys.stdout.write(FORMATTERS[args.format](report))
+    sys.stdout.flush()
+    return 0
+
+
+def _read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"analyst: cannot read --token-file {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"analyst: --token-file {path} is empty")
+    return token
+
+
+def run_analyst(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from ..policy import PolicyError
+    from .web import AnalystSettings, check_listen, start_analyst
+
+    settings = AnalystSettings(
+        listen=args.listen,
+        events=_flatten(args.events),
+        inventory=args.inventory,
+        token=_read_token(args.token_file),
+        db=args.db,
+        blocklist=_flatten(args.blocklist),
+        poll_interval=float(args.poll_interval),
+    )
+    check_listen(settings)  # before anything is opened: the refusal is the whole output
+
+    async def serve() -> int:
+        try:
+            runner = await start_analyst(settings)
+        except PolicyError as exc:
+            errors = [str(p) for p in exc.problems if p.severity == "error"] or [str(exc)]
+            print("\n".join(errors), file=sys.stderr)
+            return 1
+        print(f"analyst: serving on {runner.url}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.stop()
+        return 0
+
+    return asyncio.run(serve())

@@ -1,0 +1,107 @@
+"""Device inventory: a CSV ``cidr,device,owner,unit`` that maps client addresses to devices.
+
+- ``Device``: one inventory row (the network it covers, device, owner, unit).
+- ``Inventory.load(path)``: parse and validate the CSV (an optional header line ``cidr,...`` is skipped); a bad row
+  raises ``ConfigError`` with ``PATH:LINE: message``.
+- ``Inventory.lookup(ip)``: longest-prefix match (the most specific CIDR wins; nested ranges are fine), IPv4 and IPv6;
+  an IPv4-mapped IPv6 client (``::ffff:10.1.2.3``) matches IPv4 rows. Results are memoised in a bounded cache.
+
+The match is a dict probe per distinct prefix length present (at most 33 + 129), not a scan of the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError
+
+_CACHE_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    cidr: str
+    device: str
+    owner: str
+    unit: str
+
+
+class Inventory:
+    def __init__(self, rows: list[Device] | None = None) -> None:
+        # (version, prefixlen) -> {network address as int >> host bits: Device}
+        self._tables: dict[tuple[int, int], dict[int, Device]] = {}
+        self._lens: dict[int, list[int]] = {4: [], 6: []}
+        self._cache: dict[str, Device | None] = {}
+        self.rows: list[Device] = []
+        for row in rows or []:
+            self.add(row)
+
+    def add(self, row: Device) -> None:
+        net = ipaddress.ip_network(row.cidr, strict=False)
+        bits = net.max_prefixlen
+        key = (net.version, net.prefixlen)
+        table = self._tables.setdefault(key, {})
+        table[int(net.network_address) >> (bits - net.prefixlen)] = row
+        lens = self._lens[net.version]
+        if net.prefixlen not in lens:
+            lens.append(net.prefixlen)
+            lens.sort(reverse=True)
+        self.rows.append(row)
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> Inventory:
+        inv = cls()
+        if not path:
+            return inv
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except OSError as exc:
+            raise ConfigError(f"{path}:1: cannot read inventory: {exc.strerror}") from None
+        for lineno, fields in enumerate(csv.reader(text.splitlines()), 1):
+            if not fields or not "".join(fields).strip() or fields[0].lstrip().startswith("#"):
+                continue
+            cidr = fields[0].strip()
+            if lineno == 1 and cidr.lower() == "cidr":
+                continue  # header
+            if len(fields) > 4:
+                raise ConfigError(f"{path}:{lineno}: expected cidr,device,owner,unit, got {len(fields)} fields")
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"{path}:{lineno}: invalid CIDR {cidr!r}") from None
+            device, owner, unit = ([f.strip() for f in fields[1:]] + ["", "", ""])[:3]
+            if not device:
+                raise ConfigError(f"{path}:{lineno}: missing device name for {cidr}")
+            inv.add(Device(str(net), device, owner, unit))
+        return inv
+
+    def lookup(self, client: str) -> Device | None:
+        """The most specific row containing ``client``; None for no match or a value that is not an address."""
+        cache = self._cache
+        if client in cache:
+            return cache[client]
+        found: Device | None = None
+        try:
+            addr = ipaddress.ip_address(client.split("%", 1)[0])
+        except ValueError:
+            addr = None
+        if addr is not None:
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            value, bits = int(addr), addr.max_prefixlen
+            for plen in self._lens[addr.version]:
+                hit = self._tables[(addr.version, plen)].get(value >> (bits - plen))
+                if hit is not None:
+                    found = hit
+                    break
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[client] = found
+        return found

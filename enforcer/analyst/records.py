@@ -1,0 +1,238 @@
+"""One hit-event line -> the few fields the analyst indexes and aggregates.
+
+- ``Record``: the indexed fields of one event (id, time, app, client, category, component, action, rule, denied, name).
+- ``parse_line(line)``: full JSON parse of one JSON Lines record (nested ECS objects as ``EventWriter`` writes them,
+  or flat dotted keys such as ``"event.action"``); ``None`` for a line that is not a usable event.
+- ``fast_fields(line)``: the four fields the report needs (time, app, client, denied), read without a JSON parse
+  from lines shaped like ``EventWriter`` output; any other line falls back to ``parse_line``. This is what lets
+  ``enforcer report`` stream 1M events in a few seconds (a full ``json.loads`` alone costs ~4.5 us per line).
+- ``canonical_ts`` / ``ts_to_us`` / ``us_to_ts``: timestamps as RFC 3339 UTC strings with microseconds and ``Z``
+  (``2023-10-30T04:00:00.000000Z``), which sort like the instants they name, and as integer microseconds (SQLite).
+- ``recover(line)``: a torn line (a crash mid-write followed by a fresh append) often ends with one whole event; it
+  is returned so that only the torn half is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_HEAD = '{"@timestamp":"'
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: str
+    ts: str  # canonical RFC 3339 UTC
+    app: str
+    client: str  # "" when the event has no source.ip
+    category: str
+    component: str  # dns | proxy | rpz | ...
+    action: str
+    rule: str
+    denied: bool
+    name: str  # the name/URL host/SNI/destination that was asked for, for display and search
+
+
+def canonical_ts(value: str) -> str:
+    """Any ISO 8601 / RFC 3339 instant -> ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; ValueError when it is not one.
+
+    A value without an offset is taken as UTC (the writer always writes UTC).
+    """
+    if len(value) == 27 and value[26] == "Z" and value[10] == "T" and value[19] == ".":
+        return value  # already canonical: the writer's own format, the common case
+    dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def dt_to_ts(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ts_to_us(ts: str) -> int:
+    """Canonical timestamp -> integer microseconds since the epoch (exact; no float rounding)."""
+    return (datetime.fromisoformat(ts) - EPOCH) // _US
+
+
+def us_to_ts(us: int) -> str:
+    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _get(doc: dict[str, Any], *path: str) -> Any:
+    cur: Any = doc
+    for key in path:
+        if not isinstance(cur, dict):
+            cur = None
+            break
+        cur = cur.get(key)
+    if cur is None:
+        cur = doc.get(".".join(path))  # flat dotted keys ("event.action": ...)
+    return cur
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return str(value)
+
+
+def record_from_doc(doc: dict[str, Any]) -> Record | None:
+    """The indexed fields of a parsed event; None when time, app or rule id is missing or the time is invalid."""
+    ev, rule_obj, obs = doc.get("event"), doc.get("rule"), doc.get("observer")
+    if type(ev) is dict and type(rule_obj) is dict and type(obs) is dict:
+        fast = _record_nested(doc, ev, rule_obj, obs)
+        if fast is not None:
+            return fast
+    ts_raw = doc.get("@timestamp")
+    app = _get(doc, "rule", "ruleset")
+    rule = _get(doc, "rule", "id")
+    if not isinstance(ts_raw, str) or not isinstance(app, str) or not app or rule is None:
+        return None
+    try:
+        ts = canonical_ts(ts_raw)
+    except ValueError:
+        return None
+    types = _get(doc, "event", "type")
+    denied = "denied" in types if isinstance(types, list) else types == "denied"
+    component = _text(_get(doc, "observer", "type"))
+    if not component:
+        dataset = _text(_get(doc, "event", "dataset"))
+        component = dataset.rpartition(".")[2]
+    name = (
+        _get(doc, "dns", "question", "name")
+        or _get(doc, "url", "domain")
+        or _get(doc, "tls", "client", "server_name")
+        or _get(doc, "destination", "ip")
+        or ""
+    )
+    return Record(
+        id=_text(_get(doc, "event", "id")),
+        ts=ts,
+        app=app,
+        client=_text(_get(doc, "source", "ip")),
+        category=_text(_get(doc, "rule", "category")),
+        component=component,
+        action=_text(_get(doc, "event", "action")),
+        rule=_text(rule),
+        denied=bool(denied),
+        name=_text(name),
+    )
+
+
+def _record_nested(doc: dict[str, Any], ev: dict[str, Any], rule: dict[str, Any], obs: dict[str, Any]) -> Record | None:
+    """``record_from_doc`` for the writer's own nested shape with plain string values (the ingest hot path)."""
+    ts, app, rule_id, types = doc.get("@timestamp"), rule.get("ruleset"), rule.get("id"), ev.get("type")
+    eid, component = ev.get("id", ""), obs.get("type")
+    if not (
+        type(ts) is str
+        and len(ts) == 27
+        and ts[26] == "Z"
+        and type(app) is str
+        and app
+        and type(rule_id) is str
+        and type(types) is list
+        and type(eid) is str
+        and type(component) is str
+    ):
+        return None
+    src = doc.get("source")
+    client = src.get("ip") if type(src) is dict else None
+    dns = doc.get("dns")
+    name = dns.get("question", {}).get("name") if type(dns) is dict and type(dns.get("question")) is dict else None
+    if name is None:
+        url, tls, dest = doc.get("url"), doc.get("tls"), doc.get("destination")
+        if type(url) is dict and url.get("domain"):
+            name = url["domain"]
+        elif type(tls) is dict and type(tls.get("client")) is dict and tls["client"].get("server_name"):
+            name = tls["client"]["server_name"]
+        elif type(dest) is dict:
+            name = dest.get("ip")
+    return Record(
+        id=eid,
+        ts=ts,
+        app=app,
+        client=client if type(client) is str else _text(client),
+        category=_text(rule.get("category")),
+        component=component,
+        action=_text(ev.get("action")),
+        rule=rule_id,
+        denied="denied" in types,
+        name=name if type(name) is str else _text(name),
+    )
+
+
+def parse_line(line: str) -> tuple[Record, dict[str, Any]] | None:
+    """Full parse of one line: (record, document) or None when it is not JSON or not an event."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    rec = record_from_doc(doc)
+    return None if rec is None else (rec, doc)
+
+
+def recover(line: str) -> str | None:
+    """The last whole-looking event inside a torn line (``{"@timestamp"`` not at the start), else None."""
+    i = line.rfind(_HEAD)
+    return line[i:] if i > 0 else None
+
+
+def _between(line: str, key: str) -> str | None:
+    i = line.find(key)
+    if i < 0:
+        return None
+    i += len(key)
+    j = line.find('"', i)
+    if j < 0:
+        return None
+    value = line[i:j]
+    return None if "\\" in value else value
+
+
+def fast_fields(line: str) -> tuple[str, str, str, bool] | None:
+    """(timestamp, app, client, denied) of one line, or None when the line is not an event.
+
+    Lines shaped like ``EventWriter`` output (start with the timestamp, balanced braces, one event, the markers
+    present) are read by substring search. This is sound for valid JSON because an unescaped ``"`` cannot occur
+    inside a JSON string, so ``"ruleset":"`` can only be a key. Anything else goes through ``parse_line``.
+    """
+    if (
+        line.startswith(_HEAD)
+        and line.endswith("}")
+        and line.count("{") == line.count("}")
+        and line.find(_HEAD, 1) < 0
+        and line[42:43] == '"'
+    ):
+        app = _between(line, '"ruleset":"')
+        if app:
+            if '"type":["denied"]' in line:
+                denied = True
+            elif '"type":["allowed"]' in line:
+                denied = False
+            else:
+                denied = None
+            if denied is not None:
+                client = _between(line, '"source":{"ip":"')
+                if client is None and '"source":' in line:
+                    client = None  # source present but not in writer order: parse fully
+                else:
+                    ts = line[15:42]
+                    if ts[26] == "Z" and ts[10] == "T":
+                        return ts, app, client or "", denied
+    parsed = parse_line(line)
+    if parsed is None:
+        return None
+    rec = parsed[0]
+    return rec.ts, rec.app, rec.client, rec.denied
