@@ -59,8 +59,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-size", default=100_000, metavar="ENTRIES", help="cache entries (0 disables the cache; default 100000)"
     )
-    parser.add_argument("--cache-bytes", default="64M", metavar="BYTES",
-                        help="cache memory bound (e.g. 64M; default 64M)")  # fmt: skip
+    parser.add_argument("--cache-bytes", default="64M", metavar="BYTES", help="cache memory bound (default 64M)")
+    parser.add_argument(
+        "--tcp-max-connections",
+        default=512,
+        metavar="N",
+        help="open DNS-over-TCP client connections; beyond it new ones are closed at once (default 512)",
+    )
 
 
 def run(command: str, args: argparse.Namespace) -> int:

@@ -170,7 +170,15 @@ class TcpServer:
 class Listener:
     """UDP and TCP on one address."""
 
-    def __init__(self, host: str, port: int, handler: Handler, count: Callable[[str], None], reuse_port: bool = False):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: Handler,
+        count: Callable[[str], None],
+        reuse_port: bool = False,
+        max_tcp: int = TCP_MAX_CONNECTIONS,
+    ) -> None:
         self.host = host
         self.port = port
         self.handler = handler
@@ -178,7 +186,7 @@ class Listener:
         self.reuse_port = reuse_port
         self.udp: UdpServer | None = None
         self.udp_transport: asyncio.DatagramTransport | None = None
-        self.tcp = TcpServer(handler, count)
+        self.tcp = TcpServer(handler, count, max_tcp)
         self.tcp_server: asyncio.AbstractServer | None = None
 
     @property

@@ -87,6 +87,7 @@ class DnsSettings:
     timeout: float = 2.0
     cache_size: int = 100_000
     cache_bytes: int = 64 * 1024 * 1024
+    tcp_max_connections: int = 512
     reuse_port: bool = False  # for SO_REUSEPORT workers sharing the listen addresses
     watch_interval: float = 1.0
 
@@ -150,6 +151,9 @@ class DnsSettings:
             timeout=number("--timeout", args.timeout, float, 0.05, 60),
             cache_size=number("--cache-size", args.cache_size, int, 0, 10_000_000),
             cache_bytes=cache_bytes,
+            tcp_max_connections=number(
+                "--tcp-max-connections", getattr(args, "tcp_max_connections", 512), int, 1, 100_000
+            ),
         )
 
 
@@ -195,7 +199,9 @@ class Resolver:
         )
         try:
             for host, port in s.listen:
-                listener = Listener(host, port, handler, observer.outcome, reuse_port=s.reuse_port)
+                listener = Listener(
+                    host, port, handler, observer.outcome, reuse_port=s.reuse_port, max_tcp=s.tcp_max_connections
+                )
                 await listener.start()
                 self.listeners.append(listener)
         except BaseException:

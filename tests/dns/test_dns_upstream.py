@@ -1,0 +1,201 @@
+"""Upstream behaviour through the running resolver: TCP retry on TC, tcp://, timeout -> SERVFAIL, failover, DoH."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from dnshelpers import BLOCKLISTS, DnsProcess, addresses, free_port, rcode
+from fakeupstream import FakeUpstream
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeUpstream]]:
+    made: list[FakeUpstream] = []
+    yield made
+    for f in made:
+        f.close()
+
+
+def start(tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> DnsProcess:
+    args = [a for u in upstreams for a in ("--upstream", u)]
+    return DnsProcess(tmp, *args, "--blocklist", str(BLOCKLISTS), *extra, env=env)
+
+
+def test_udp_truncated_retried_over_tcp(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
+    up = FakeUpstream(truncate_udp=True)
+    fakes.append(up)
+    proc = start(tmp_path, up.address)
+    try:
+        msg = proc.query("tc.example", "A")
+        assert addresses(msg) == ["192.0.2.53"]
+        assert [(a.proto, a.name) for a in up.asked] == [("udp", "tc.example"), ("tcp", "tc.example")]
+    finally:
+        assert proc.stop() == 0
+
+
+def test_tcp_upstream(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
+    up = FakeUpstream()
+    fakes.append(up)
+    proc = start(tmp_path, f"tcp://{up.address}")
+    try:
+        assert addresses(proc.query("viatcp.example", "A")) == ["192.0.2.53"]
+        assert addresses(proc.query("viatcp2.example", "AAAA")) == ["2001:db8::53"]
+        assert {a.proto for a in up.asked} == {"tcp"}
+    finally:
+        assert proc.stop() == 0
+
+
+def test_timeout_gives_servfail_within_timeout(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
+    up = FakeUpstream(silent=True)
+    fakes.append(up)
+    proc = start(tmp_path, up.address, extra=("--timeout", "1"))
+    try:
+        t0 = time.monotonic()
+        msg = proc.query("slow.example", "A", timeout=5)
+        elapsed = time.monotonic() - t0
+        assert rcode(msg) == "SERVFAIL"
+        assert 0.9 <= elapsed < 1.8, elapsed
+        assert proc.metric("enforcer_dns_upstream_errors_total", upstream=up.address) >= 1
+        assert proc.metric("enforcer_dns_queries_total", outcome="servfail") >= 1
+        # Blocked names are still answered at once while the upstream is down.
+        t0 = time.monotonic()
+        assert addresses(proc.query("weixin.qq.com", "A")) == ["0.0.0.0"]
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        assert proc.stop() == 0
+
+
+def test_failover_and_health(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
+    dead = FakeUpstream(silent=True)
+    good = FakeUpstream()
+    fakes.extend([dead, good])
+    proc = start(tmp_path, dead.address, good.address, extra=("--timeout", "2"))
+    try:
+        t0 = time.monotonic()
+        assert addresses(proc.query("failover1.example", "A", timeout=5)) == ["192.0.2.53"]
+        assert time.monotonic() - t0 < 1.9
+        # The dead upstream is now marked down: the next query goes to the good one at once.
+        t0 = time.monotonic()
+        assert addresses(proc.query("failover2.example", "A", timeout=5)) == ["192.0.2.53"]
+        assert time.monotonic() - t0 < 0.5
+        assert "failover2.example" not in dead.names()
+        assert proc.metric("enforcer_dns_upstream_healthy", upstream=dead.address) == 0
+        assert proc.metric("enforcer_dns_upstream_healthy", upstream=good.address) == 1
+        assert proc.metric("enforcer_dns_upstream_errors_total", upstream=dead.address) >= 1
+    finally:
+        assert proc.stop() == 0
+
+
+def test_failover_on_refused_port(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
+    good = FakeUpstream()
+    fakes.append(good)
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens: ICMP port unreachable -> immediate failover
+    proc = start(tmp_path, closed, good.address)
+    try:
+        t0 = time.monotonic()
+        assert addresses(proc.query("refused-port.example", "A")) == ["192.0.2.53"]
+        assert time.monotonic() - t0 < 0.9
+    finally:
+        assert proc.stop() == 0
+
+
+# -- DNS over HTTPS ---------------------------------------------------------------------------------------------
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "doh.crt", tmp / "doh.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+class DohServer:
+    """A local RFC 8484 server (aiohttp, TLS) in a thread, answering through a FakeUpstream's answer()."""
+
+    def __init__(self, fake: FakeUpstream, cert: Path, key: Path) -> None:
+        self.fake = fake
+        self.port = free_port()
+        self.requests: list[tuple[str, str, int]] = []
+        self.peers: set[int] = set()
+        self.ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ssl.load_cert_chain(cert, key)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((request.method, request.content_type, int.from_bytes(body[:2], "big")))
+        assert request.transport is not None
+        self.peers.add(request.transport.get_extra_info("peername")[1])
+        reply = self.fake.answer(body, "doh")
+        return web.Response(body=reply, content_type="application/dns-message")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/dns-query", self.handle)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=self.ssl)
+        self.loop.run_until_complete(site.start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_doh_upstream(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
+    fake = FakeUpstream(silent=True)  # its sockets are not used; only its answer() logic
+    fake.silent = False
+    fakes.append(fake)
+    cert, key = _self_signed(tmp_path)
+    server = DohServer(fake, cert, key)
+    # The resolver verifies the server certificate; this test trusts its self-signed CA through SSL_CERT_FILE.
+    proc = start(tmp_path, f"https://127.0.0.1:{server.port}/dns-query", env={"SSL_CERT_FILE": str(cert)})
+    try:
+        for i in range(3):
+            assert addresses(proc.query(f"doh{i}.example", "A")) == ["192.0.2.53"]
+        assert addresses(proc.query("weixin.qq.com", "A")) == ["0.0.0.0"]
+        assert [a.name for a in fake.asked] == ["doh0.example", "doh1.example", "doh2.example"]
+        assert all(m == "POST" and ct == "application/dns-message" and qid == 0 for m, ct, qid in server.requests)
+        assert len(server.peers) == 1  # one reused session and connection
+    finally:
+        assert proc.stop() == 0
+        server.close()
