@@ -111,7 +111,7 @@ def section_defaults(
         action = known.get(str(key))
         if action is None:
             line, col = _key_pos(node, section, str(key))
-            flags = sorted({a.option_strings[-1][2:] for a in known.values()})
+            flags = sorted({_long_flag(a) for a in known.values()})
             errors.append(f"{path}:{line}:{col}: unknown key '{section}.{key}' (known: {', '.join(flags)})")
             continue
         if isinstance(action, ReplaceAppend) and not isinstance(value, list):
@@ -120,10 +120,25 @@ def section_defaults(
             value = [str(v) for v in value]
         elif value is not None and not isinstance(value, bool):
             value = str(value)
+        # argparse checks choices only for values given on the command line, so check the config's here.
+        if action.choices is not None and value is not None:
+            allowed = {str(c) for c in action.choices}
+            bad = [v for v in (value if isinstance(value, list) else [value]) if str(v) not in allowed]
+            if bad:
+                line, col = _key_pos(node, section, str(key))
+                choices = ", ".join(str(c) for c in action.choices)
+                errors.append(
+                    f"{path}:{line}:{col}: invalid value {bad[0]!r} for '{section}.{key}' (choose from {choices})"
+                )
+                continue
         defaults[action.dest] = value
     if errors:
         raise ConfigError("\n".join(errors))
     return defaults
+
+
+def _long_flag(action: argparse.Action) -> str:
+    return next(o[2:] for o in action.option_strings if o.startswith("--"))
 
 
 def default_blocklist() -> str:

@@ -25,7 +25,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     elif command == "export":
         from .export import FORMATS
 
-        p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+        # Not required=True: argparse would then refuse a format given in the --config file.
+        p.add_argument("--format", choices=FORMATS, help="output format (required, on the command line or in --config)")
         p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder (default: blocklists/)")
         p.add_argument("--zone", default="rpz.enforcer.", help="RPZ zone name (rpz format)")
         p.add_argument(
@@ -155,7 +156,11 @@ def run_lookup(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .export import export_policy
+    from .export import FORMATS, export_policy
+
+    if not args.format:
+        print(f"enforcer export: error: --format is required ({', '.join(FORMATS)})", file=sys.stderr)
+        return 2
 
     policy = _load([args.blocklist or default_blocklist()])
     if policy is None:
