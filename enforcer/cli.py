@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyst": ("enforcer.analyst.cli", "run the analyst web service (dashboard, API, metrics)"),
     "report": ("enforcer.analyst.cli", "compliance report from event files"),
     "serve": ("enforcer.serve", "run resolver, proxy and analyst together on embedded defaults"),
+    "rpz-log": ("enforcer.rpz.logs", "turn BIND/Unbound RPZ hit logs into enforcer events (enforcer.rpz)"),
 }
 
 

@@ -66,6 +66,8 @@ class HitEvent:
     destination_port: int | None = None
     observer_hostname: str = HOSTNAME
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Events converted from other engines' logs (BIND/Unbound RPZ hits) keep their own dataset, e.g. enforcer.rpz.
+    dataset: str | None = None
 
     @classmethod
     def from_match(
@@ -103,7 +105,7 @@ class HitEvent:
                 "category": ["network"],
                 "type": ["denied"] if self.enforced else ["allowed"],
                 "action": self.action,
-                "dataset": f"enforcer.{self.component}",
+                "dataset": self.dataset or f"enforcer.{self.component}",
                 "module": "enforcer",
             },
             "rule": {

@@ -171,6 +171,7 @@ rpz:
     finally:
         proc.terminate()
         out = proc.communicate(timeout=10)[0].decode(errors="replace")
+    print("UNBOUND-OUT", out[-3000:])
     assert "rpz" in out.lower() or proc.returncode is not None
 
 

@@ -1,0 +1,115 @@
+"""RPZ hit log lines of real Unbound and BIND (captured from the interop tests' engines) -> HitEvents."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from enforcer.events import iter_events
+from enforcer.policy import load_policy
+from enforcer.rpz.logs import convert, hit_to_event, parse_line
+from tests.conftest import BLOCKLISTS
+
+UNBOUND = (
+    "[1795899598] unbound[15964:0] info: rpz: applied [enforcer] *.kaspersky.com. rpz-nxdomain "
+    "10.20.0.7@40383 box.kaspersky.com. A IN"
+)
+BIND = (
+    "28-Nov-2026 20:57:35.419 client @0x7f59f0edbc98 10.20.0.8#51335 (WX2.qq.com): rpz QNAME NXDOMAIN rewrite "
+    "WX2.qq.com/AAAA/IN via wx2.qq.com.rpz.enforcer"
+)
+
+
+@pytest.fixture(scope="module")
+def policy():  # type: ignore[no-untyped-def]
+    return load_policy(BLOCKLISTS)
+
+
+def test_unbound_line(policy) -> None:  # type: ignore[no-untyped-def]
+    hit = parse_line(UNBOUND, "unbound")
+    assert hit is not None
+    assert (hit.client_ip, hit.client_port, hit.qname, hit.qtype, hit.action) == (
+        "10.20.0.7",
+        40383,
+        "box.kaspersky.com",
+        "A",
+        "nxdomain",
+    )
+    assert hit.timestamp == datetime.fromtimestamp(1795899598, UTC)
+    doc = hit_to_event(hit, policy).to_ecs()
+    assert doc["event"]["dataset"] == "enforcer.rpz" and doc["observer"]["type"] == "dns"
+    assert doc["rule"]["ruleset"] == "kaspersky" and doc["event"]["type"] == ["denied"]
+    assert doc["source"] == {"ip": "10.20.0.7", "port": 40383}
+    assert doc["dns"]["question"] == {"name": "box.kaspersky.com", "type": "A"}
+
+
+def test_bind_line_uses_the_given_timezone(policy) -> None:  # type: ignore[no-untyped-def]
+    hit = parse_line(BIND, "bind", ZoneInfo("America/Toronto"))
+    assert hit is not None and hit.qname == "wx2.qq.com" and hit.qtype == "AAAA"
+    assert hit.timestamp == datetime(2026, 11, 29, 1, 57, 35, 419000, tzinfo=UTC)
+    doc = hit_to_event(hit, policy).to_ecs()
+    assert doc["rule"]["ruleset"] == "wechat" and doc["@timestamp"] == "2026-11-29T01:57:35.419000Z"
+
+
+def test_syslog_prefix_gives_the_observer(policy) -> None:  # type: ignore[no-untyped-def]
+    line = "Nov 28 20:57:35 dns-site-3 named[812]: " + BIND.split(" ", 2)[2]
+    hit = parse_line(line, "bind")
+    assert hit is not None and hit.observer == "dns-site-3"
+    assert hit_to_event(hit, policy).to_ecs()["observer"]["hostname"] == "dns-site-3"
+
+
+def test_passthru_is_a_monitor_event_and_unknown_names_are_skipped(policy) -> None:  # type: ignore[no-untyped-def]
+    passthru = UNBOUND.replace("rpz-nxdomain", "rpz-passthru")
+    unknown = UNBOUND.replace("box.kaspersky.com.", "example.org.")
+    events = list(convert([passthru, unknown, "an unrelated line", UNBOUND], "unbound", policy))
+    assert events[0] is not None and events[0].to_ecs()["event"]["type"] == ["allowed"]
+    assert events[1] is None
+    assert events[2] is not None and events[2].enforced
+    assert len(events) == 3
+
+
+def test_response_ip_trigger_is_attributed_by_address(policy) -> None:  # type: ignore[no-untyped-def]
+    line = (
+        UNBOUND.replace("*.kaspersky.com.", "21.0.176.74.77.rpz-ip.rpz.enforcer.")
+        .replace("applied [enforcer] ", "applied [enforcer] response-ip ")
+        .replace("box.kaspersky.com.", "cdn.example.net.")
+    )
+    hit = parse_line(line, "unbound")
+    assert hit is not None and hit.trigger == "response-ip"
+    doc = hit_to_event(hit, policy).to_ecs()
+    assert doc["event"]["action"] == "dns-response-block" and doc["rule"]["id"] == "kaspersky:cidr:77.74.176.0/21"
+
+
+def test_cli_converts_a_log_file(tmp_path: Path) -> None:
+    log = tmp_path / "named.log"
+    log.write_text("\n".join([BIND, "28-Nov-2026 20:57:36.000 general: something else", BIND]) + "\n")
+    out = tmp_path / "rpz.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "enforcer",
+            "rpz-log",
+            "--engine",
+            "bind",
+            "--events",
+            str(out),
+            "--blocklist",
+            str(BLOCKLISTS),
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2 event(s) written" in proc.stderr
+    events = list(iter_events(out))
+    assert len(events) == 2 and len({e["event"]["id"] for e in events}) == 2
+    assert {json.dumps(e["rule"]["id"]) for e in events} == {'"wechat:domain:wx2.qq.com"'}
