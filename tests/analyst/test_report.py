@@ -1,0 +1,197 @@
+"""``enforcer report``: figures against an independent count, inventory matching, bad lines, the CLI formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from enforcer.analyst.inventory import Inventory
+from enforcer.analyst.report import build_report, effective_map, event_files, stream_report
+from enforcer.config import ConfigError
+from tests.analyst.analyst_helpers import (
+    CLIENTS,
+    INVENTORY_CSV,
+    expected_device,
+    expected_report,
+    generate,
+    ts,
+    write_events,
+)
+from tests.conftest import BLOCKLISTS, ROOT
+
+
+def _rows(report: dict) -> dict[tuple[str, str], dict]:
+    return {(r["client"], r["app"]): r for r in report["clients"]}
+
+
+def test_report_matches_independent_count(tmp_path: Path, policy, inventory_file: Path) -> None:
+    events = generate(policy, 3000, seed=1)
+    write_events(tmp_path / "events.jsonl", events)
+    pairs, stats = stream_report([tmp_path / "events.jsonl"], effective=effective_map(policy))
+    report = build_report(pairs, inventory=Inventory.load(inventory_file))
+    expected = expected_report(policy, events)
+    assert stats.invalid == 0 and stats.events == 3000
+    assert _rows(report) == expected
+    # The data covers both sides of the effective date, both address families and every inventory depth.
+    assert any(r["enforced_attempts"] for r in expected.values())
+    assert any(r["attempts"] > r["enforced_attempts"] > 0 for r in expected.values())
+    assert {r["client"] for r in expected.values()} == set(CLIENTS)
+    assert {r["device"] for r in expected.values()} == {
+        "phone-0007",
+        "lab-tablets",
+        "pool-hq",
+        "v6-team",
+        "v6-fleet",
+        None,
+    }
+    # Exempt clients only ever produce monitor events: never enforced.
+    assert all(r["enforced_attempts"] == 0 for (c, _), r in expected.items() if c.startswith("10.99."))
+    apps = {a["app"]: a for a in report["apps"]}
+    for app in ("wechat", "kaspersky"):
+        mine = [r for (c, a), r in expected.items() if a == app]
+        assert apps[app]["attempts"] == sum(r["attempts"] for r in mine)
+        assert apps[app]["clients"] == len(mine)
+        assert apps[app]["first_seen"] == min(r["first_seen"] for r in mine)
+        assert apps[app]["last_seen"] == max(r["last_seen"] for r in mine)
+
+
+def test_report_filters(tmp_path: Path, policy) -> None:
+    events = generate(policy, 2000, seed=2)
+    write_events(tmp_path / "events.jsonl", events)
+    eff = policy.apps["wechat"].effective
+    since, until = eff - timedelta(days=2), eff + timedelta(days=3)
+    pairs, _ = stream_report(
+        [tmp_path / "events.jsonl"], effective=effective_map(policy), since=ts(since), until=ts(until), apps=["wechat"]
+    )
+    got = _rows(build_report(pairs))
+    want = expected_report(policy, events, since=since, until=until, apps={"wechat"})
+    for row in want.values():
+        row["device"] = None  # no inventory given
+    assert got == want and want
+
+
+def test_inventory_longest_prefix(tmp_path: Path, inventory_file: Path) -> None:
+    inv = Inventory.load(inventory_file)
+    for client in [*CLIENTS, "10.1.2.255", "10.2.0.1", "2001:db8:1:2:ffff::1", "::1"]:
+        dev = inv.lookup(client)
+        assert (dev.device if dev else None) == expected_device(client), client
+    assert inv.lookup("::ffff:10.1.2.7").device == "phone-0007"  # IPv4-mapped IPv6 client
+    assert inv.lookup("not-an-ip") is None
+    row = inv.lookup("10.1.2.7")
+    assert (row.owner, row.unit) == ("Alice Martin", "Finance")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(INVENTORY_CSV + "10.300.0.0/16,x,y,z\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad\.csv:7: invalid CIDR"):
+        Inventory.load(bad)
+
+
+def test_invalid_and_torn_lines_skipped_and_counted(tmp_path: Path, policy) -> None:
+    events = generate(policy, 50, seed=3)
+    lines = [e.to_json() for e in events]
+    path = tmp_path / "events.jsonl"
+    torn = lines[10][: len(lines[10]) // 2]  # a crash mid-write ...
+    text = "\n".join(lines[:10]) + "\n" + torn + lines[11] + "\n"  # ... then the next append on the same line
+    text += "not json at all\n" + '{"@timestamp": "2023-11-01T00:00:00Z"}\n' + "[1, 2]\n" + "\n"
+    text += "\n".join(lines[12:]) + "\n" + lines[0][:30]  # and a torn last line
+    path.write_text(text, encoding="utf-8")
+    pairs, stats = stream_report([path], effective=effective_map(policy))
+    survivors = events[:10] + events[11:]
+    assert _rows(build_report(pairs)) == {
+        k: {**v, "device": None} for k, v in expected_report(policy, survivors).items()
+    }
+    assert stats.invalid == 5 and stats.recovered == 1
+    assert stats.first_invalid == f"{path}:11"
+
+
+def test_flat_dotted_keys(tmp_path: Path, policy) -> None:
+    ev = generate(policy, 1, seed=4)[0]
+    doc = ev.to_ecs()
+    flat = {"@timestamp": doc["@timestamp"]}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            for k2, v2 in value.items():
+                flat[f"{key}.{k2}"] = v2
+    path = tmp_path / "flat.jsonl"
+    path.write_text(json.dumps(flat) + "\n", encoding="utf-8")
+    pairs, stats = stream_report([path], effective=effective_map(policy))
+    assert stats.invalid == 0
+    assert list(pairs) == [(ev.source_ip, ev.app)]
+
+
+def test_folder_and_rotations_read_once(tmp_path: Path, policy) -> None:
+    events = generate(policy, 1500, seed=5)
+    w = write_events(tmp_path / "events.jsonl", events, every=100, max_bytes=60_000, backups=20)
+    files = event_files([tmp_path, tmp_path / "events.jsonl"])
+    assert len(files) > 3 and files[-1].name == "events.jsonl"  # rotated, oldest first, the live file last
+    assert w.written == 1500
+    pairs, stats = stream_report([tmp_path, tmp_path / "events.jsonl"], effective=effective_map(policy))
+    assert stats.events == 1500
+    assert sum(v[0] for v in pairs.values()) == 1500
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "enforcer", "report", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_cli_report_formats(tmp_path: Path, policy, inventory_file: Path) -> None:
+    events = generate(policy, 1200, seed=6)
+    write_events(tmp_path / "ev" / "events.jsonl", events, every=100, max_bytes=100_000, backups=20)
+    expected = expected_report(policy, events)
+    base = ["--events", str(tmp_path / "ev"), "--inventory", str(inventory_file), "--blocklist", str(BLOCKLISTS)]
+
+    out = _cli(*base, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) == {"generated_at", "since", "until", "apps", "clients"}
+    assert _rows(doc) == expected
+    assert doc["since"] is None and doc["generated_at"].endswith("Z")
+
+    out = _cli(*base, "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert list(rows[0]) == ["client", "device", "app", "attempts", "enforced_attempts", "first_seen", "last_seen"]
+    assert {(r["client"], r["app"]): r for r in rows} == {
+        k: {kk: ("" if vv is None else str(vv)) for kk, vv in v.items()} for k, v in expected.items()
+    }
+
+    out = _cli(*base, "--format", "table", "--app", "kaspersky", "--since", "2023-10-30")
+    assert out.returncode == 0, out.stderr
+    table = out.stdout.splitlines()
+    assert table[0].startswith("Compliance report") and "since 2023-10-30T00:00:00.000000Z" in table[0]
+    body = [line.split() for line in table if line.startswith(("10.", "2001:"))]
+    want = expected_report(policy, events, since=datetime(2023, 10, 30, tzinfo=UTC), apps={"kaspersky"})
+    assert {(r[0], r[2]): r for r in body} == {
+        k: [
+            v["client"],
+            v["device"] or "-",
+            v["app"],
+            str(v["attempts"]),
+            str(v["enforced_attempts"]),
+            v["first_seen"],
+            v["last_seen"],
+        ]
+        for k, v in want.items()
+    }
+
+
+def test_cli_report_errors(tmp_path: Path) -> None:
+    out = _cli("--events", str(tmp_path / "missing.jsonl"))
+    assert out.returncode == 1 and out.stderr.strip().endswith("no such file or folder")
+    (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
+    out = _cli("--events", str(tmp_path / "e.jsonl"), "--since", "yesterday-ish")
+    assert out.returncode == 1 and "invalid time" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = _cli("--events", str(tmp_path / "e.jsonl"), "--format", "json")
+    assert out.returncode == 0 and json.loads(out.stdout)["clients"] == []
