@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import dns.exception
 import dns.flags
@@ -99,9 +100,12 @@ class RpzFeed:
         self.records_per_message = RECORDS_PER_MESSAGE
 
     # -- content ----------------------------------------------------------------------------------------------------
-    def update(self, policy: Policy) -> bool:
-        """Load the policy's records; True when the zone changed (serial bumped)."""
-        new = frozenset(policy_records(policy, self.mode))
+    def update(self, policy: Policy, at: datetime | None = None) -> bool:
+        """Load the policy's records as of ``at`` (default now); True when the zone changed (serial bumped).
+
+        Call it again periodically: an app whose effective date passes changes from passthru to blocking.
+        """
+        new = frozenset(policy_records(policy, self.mode, at or datetime.now(UTC)))
         if self.serial and new == self.records:
             return False
         # Serial: unix time when that is larger (restarts keep increasing), else +1 (RFC 1982 arithmetic is fine

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..policy.matcher import Policy
 
@@ -68,14 +69,23 @@ def rpz_ip_owner(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
     return f"{net.prefixlen}." + ".".join(reversed(groups)) + ".rpz-ip"
 
 
-def policy_records(policy: Policy, mode: str = "nxdomain") -> list[RpzRecord]:
-    """Every RPZ record of the policy (without SOA/NS), sorted, no duplicates."""
+def policy_records(policy: Policy, mode: str = "nxdomain", at: datetime | None = None) -> list[RpzRecord]:
+    """Every RPZ record of the policy (without SOA/NS), sorted, no duplicates.
+
+    With ``at``, block rules of an app whose effective date is still ahead become ``rpz-passthru.``: the engines let
+    the traffic through and log the hit (monitor mode), as enforcer's own resolver does.
+    """
     block = mode_actions(mode)
+    monitor = {app for app, a in policy.apps.items() if at is not None and at < a.effective}
+
+    def action_for(rule_action: str, app: str) -> tuple[tuple[str, str], ...]:
+        return block if rule_action == "block" and app not in monitor else (PASSTHRU,)
+
     exact: dict[str, tuple[tuple[str, str], ...]] = {}
     wild: dict[str, tuple[tuple[str, str], ...]] = {}
     hosts: set[str] = set()
     for name, rule, is_host in policy.name_entries():
-        action = block if rule.action == "block" else (PASSTHRU,)
+        action = action_for(rule.action, rule.app)
         if is_host:
             exact[name] = action
             hosts.add(name)
@@ -86,6 +96,6 @@ def policy_records(policy: Policy, mode: str = "nxdomain") -> list[RpzRecord]:
     records = {RpzRecord(n, t, d) for n, acts in exact.items() for t, d in acts}
     records.update(RpzRecord("*." + n, t, d) for n, acts in wild.items() for t, d in acts)
     for net, rule in policy.cidrs:
-        for t, d in block if rule.action == "block" else (PASSTHRU,):
+        for t, d in action_for(rule.action, rule.app):
             records.add(RpzRecord(rpz_ip_owner(net), t, d))
     return sorted(records)

@@ -200,3 +200,22 @@ async def test_notify_reaches_the_secondary() -> None:
         sock.close()
     assert received and received[0].opcode() == dns.opcode.NOTIFY
     assert received[0].answer[0][0].serial == feed.serial
+
+
+def test_apps_before_their_effective_date_are_passthru(tmp_path: Path) -> None:
+    bl = tmp_path / "bl"
+    shutil.copytree(BLOCKLISTS, bl)
+    wechat = bl / "wechat.yaml"
+    wechat.write_text(wechat.read_text().replace("effective: 2023-10-30", "effective: 2030-01-01", 1))
+    policy = load_policy(bl)
+    feed = RpzFeed(ZONE)
+    from datetime import UTC, datetime
+
+    feed.update(policy, at=datetime(2029, 12, 31, tzinfo=UTC))
+    actions = {(r.owner, r.rdata) for r in feed.records}
+    assert ("weixin.qq.com", "rpz-passthru.") in actions
+    assert ("kaspersky.com", ".") in actions
+    serial = feed.serial
+    # The day it takes effect, the same policy blocks: a new serial, so secondaries follow.
+    assert feed.update(policy, at=datetime(2030, 1, 2, tzinfo=UTC))
+    assert feed.serial > serial and ("weixin.qq.com", ".") in {(r.owner, r.rdata) for r in feed.records}
