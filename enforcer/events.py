@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -180,6 +181,8 @@ class EventWriter:
         self._stop = False
         self._file: Any = None
         self._size = 0
+        self._regular = True
+        self._busy = False
         self._last_error_log = 0.0
         self._thread: threading.Thread | None = None
         if self.path is not None:
@@ -211,10 +214,11 @@ class EventWriter:
         """Block until the queue is empty (for tests and shutdown)."""
         deadline = time.monotonic() + timeout
         self._wake.set()
-        while self._queue and time.monotonic() < deadline:
-            time.sleep(0.005)
-        # The last batch may still be in the writer's hands.
-        time.sleep(0.01)
+        # _busy covers the batch the writer has taken off the queue but not yet written.
+        while (self._queue or self._busy) and time.monotonic() < deadline:
+            if self._queue:
+                self._wake.set()
+            time.sleep(0.002)
 
     @property
     def queued(self) -> int:
@@ -234,6 +238,13 @@ class EventWriter:
                 return
 
     def _drain(self) -> None:
+        self._busy = True  # set before the first pop, so flush() never sees "empty and idle" mid-batch
+        try:
+            self._drain_queue()
+        finally:
+            self._busy = False
+
+    def _drain_queue(self) -> None:
         q = self._queue
         while q:
             batch: list[str] = []
@@ -251,7 +262,7 @@ class EventWriter:
         try:
             if self._file is None:
                 self._open()
-            if self._size and self._size + len(data) > self.max_bytes:
+            if self._regular and self._size and self._size + len(data) > self.max_bytes:
                 self._rotate()
             self._file.write(data)
             self._file.flush()
@@ -269,7 +280,10 @@ class EventWriter:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across batches
-        self._size = self._file.tell()
+        st = os.fstat(self._file.fileno())
+        # A pipe or device (a log shipper's FIFO, /dev/stdout) cannot tell() and must never be renamed away.
+        self._regular = stat.S_ISREG(st.st_mode)
+        self._size = st.st_size if self._regular else 0
 
     def _rotate(self) -> None:
         assert self.path is not None
