@@ -1,0 +1,123 @@
+"""``enforcer proxy``: check the flags, then run mitmdump with the enforcer addon and wait for it.
+
+- ``add_arguments``: ``--listen``, ``--blocklist`` (repeatable), ``--events``, ``--metrics``, ``--confdir``; anything
+  after ``--`` is handed to mitmdump unchanged.
+- ``mitmdump_command``: the exact argv (lazy connections so nothing upstream is contacted before the addon decides,
+  ``flow_detail=0`` so the console carries the addon's and mitmproxy's messages, not one line per flow).
+- ``run``: validates the policy first (one ``PATH:LINE:COL`` line per problem, exit 1), then starts mitmdump as a
+  child, forwards SIGINT/SIGTERM/SIGHUP to it and returns its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from enforcer.config import ConfigError, ReplaceAppend, default_blocklist
+
+ADDON_PATH = Path(__file__).resolve().with_name("addon.py")
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="proxy address (%(default)s)")
+    parser.add_argument(
+        "--blocklist",
+        action=ReplaceAppend,
+        default=[default_blocklist()],
+        metavar="PATH",
+        help="blocklist file or folder (repeatable; default %(default)s)",
+    )
+    parser.add_argument("--events", metavar="PATH", help="write hit events (ECS JSON Lines) to this file")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
+    parser.add_argument(
+        "--confdir",
+        default=str(Path("~/.mitmproxy").expanduser()),
+        metavar="DIR",
+        help="mitmproxy configuration and CA directory (%(default)s)",
+    )
+    parser.add_argument("mitmdump_args", nargs="*", metavar="-- MITMDUMP_ARGS", help="passed to mitmdump as is")
+
+
+def mitmdump_executable() -> list[str]:
+    """mitmdump from this interpreter's environment (the addon must import enforcer from the same one)."""
+    local = Path(sys.executable).with_name("mitmdump")
+    if local.exists():
+        return [str(local)]
+    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())"]
+
+
+def mitmdump_command(args: argparse.Namespace) -> list[str]:
+    from enforcer.metrics import split_host_port
+
+    try:
+        host, port = split_host_port(args.listen)
+    except ValueError as exc:
+        raise ConfigError(f"--listen: {exc}") from None
+    if args.metrics:
+        try:
+            split_host_port(args.metrics)
+        except ValueError as exc:
+            raise ConfigError(f"--metrics: {exc}") from None
+    cmd = [
+        *mitmdump_executable(),
+        "--listen-host",
+        host,
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={args.confdir}",
+        "--set",
+        "connection_strategy=lazy",
+        "--set",
+        "flow_detail=0",
+        "-s",
+        str(ADDON_PATH),
+        "--set",
+        "enforcer_blocklist=" + ",".join(str(Path(p).resolve()) for p in args.blocklist),
+    ]
+    if args.events:
+        cmd += ["--set", f"enforcer_events={Path(args.events).resolve()}"]
+    if args.metrics:
+        cmd += ["--set", f"enforcer_metrics={args.metrics}"]
+    return cmd + list(args.mitmdump_args or [])
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    from enforcer.policy import PolicyError, load_policy
+
+    for p in args.blocklist:
+        if not Path(p).exists():
+            print(f"{p}: no such file or directory", file=sys.stderr)
+            return 1
+    try:
+        load_policy([Path(p) for p in args.blocklist])
+    except PolicyError as exc:
+        for problem in exc.problems:
+            if problem.severity == "error":
+                print(problem, file=sys.stderr)
+        return 1
+    cmd = mitmdump_command(args)
+    if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
+        print(f"cannot find mitmdump ({cmd[0]}): install mitmproxy", file=sys.stderr)
+        return 1
+    child = subprocess.Popen(cmd)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: the caller handles signals
+            signal.signal(sig, forward)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:  # pragma: no cover - SIGINT is forwarded, keep waiting for the child
+            continue

@@ -1,0 +1,123 @@
+"""Helpers for the addon unit tests: mitmproxy flows and hook data built the way mitmproxy builds them.
+
+- ``connect_flow`` / ``request_flow``: ``tflow`` HTTP flows for a CONNECT and for a proxied request.
+- ``client_hello_data``: a REAL TLS ClientHello (written by Python's ssl module into a memory BIO, parsed by
+  mitmproxy's own ``parse_client_hello``) wrapped in ``ClientHelloData`` with a fresh connection context.
+- ``server_hook_data``: ``ServerConnectionHookData`` for a server address (and SNI).
+- ``dns_flow``: a DNS flow asking one question.
+- ``write_policy``: a small temporary blocklist (monitor mode, exempt clients, hostile notice text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import textwrap
+from pathlib import Path
+
+from mitmproxy import dns, http
+from mitmproxy.connection import Server
+from mitmproxy.net.dns import classes, types
+from mitmproxy.options import Options
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+from mitmproxy.test import tflow, tutils
+from mitmproxy.tls import ClientHelloData
+
+
+def connect_flow(host: str, port: int = 443, peer: str = "10.1.2.3") -> http.HTTPFlow:
+    f = tflow.tflow()
+    f.client_conn.peername = (peer, 50000)
+    f.request = http.Request.make("CONNECT", f"http://example.invalid:{port}/")
+    f.request.host = host
+    f.request.port = port
+    f.request.authority = f"{host}:{port}"
+    f.request.path = ""
+    return f
+
+
+def request_flow(
+    url: str, method: str = "GET", peer: str = "10.1.2.3", host_header: str | None = None
+) -> http.HTTPFlow:
+    f = tflow.tflow()
+    f.client_conn.peername = (peer, 50001)
+    f.request = http.Request.make(method, url)
+    if host_header is not None:
+        f.request.host_header = host_header
+    return f
+
+
+def client_hello_bytes(sni: str | None) -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def client_hello_data(
+    sni: str | None, address: tuple[str, int] | None = ("10.9.9.9", 443), peer: str = "10.1.2.3"
+) -> ClientHelloData:
+    client = tflow.tclient_conn()
+    client.peername = (peer, 50002)
+    context = Context(client, Options())
+    context.server = Server(address=address)
+    hello = parse_client_hello(client_hello_bytes(sni))
+    assert hello is not None
+    return ClientHelloData(context, hello)
+
+
+def server_hook_data(address: tuple[str, int] | None, sni: str | None = None, peer: str = "10.1.2.3"):
+    client = tflow.tclient_conn()
+    client.peername = (peer, 50003)
+    server = Server(address=address)
+    server.sni = sni
+    return ServerConnectionHookData(client=client, server=server)
+
+
+def dns_flow(name: str, qtype: int = types.A, peer: str = "10.1.2.3") -> dns.DNSFlow:
+    f = tflow.tdnsflow(req=tutils.tdnsreq(questions=[dns.Question(name, qtype, classes.IN)]))
+    f.client_conn.peername = (peer, 50004)
+    return f
+
+
+def write_policy(
+    folder: Path,
+    *,
+    effective: str = "2023-10-30",
+    exempt: str = "[]",
+    notice: str = "Blocked by policy.",
+    name: str = "Test App",
+    rule_id: str | None = None,
+    extra_rules: str = "",
+) -> Path:
+    """A one-app blocklist: domain blocked.test, url shared.test/app/*, cidr 192.0.2.0/24 (TEST-NET-1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "testapp.yaml"
+    rid = f"\n    id: {rule_id!r}" if rule_id else ""
+    text = (
+        textwrap.dedent(
+            f"""\
+            app: testapp
+            name: {name!r}
+            vendor: Test Vendor
+            policy:
+              effective: {effective}
+              exempt_clients: {exempt}
+              notice: {notice!r}
+              reference: "Directive <b>42</b> & co"
+            block:
+              - domain: blocked.test
+                category: messaging@RID@
+              - url: "shared.test/app/*"
+                category: download
+              - cidr: 192.0.2.0/24
+                category: messaging
+            """
+        ).replace("@RID@", rid)
+        + extra_rules
+    )
+    path.write_text(text, encoding="utf-8")
+    return path

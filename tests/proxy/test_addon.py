@@ -1,0 +1,506 @@
+"""Unit tests of the addon through mitmproxy's own harness (``taddons.context``, ``tflow``), no sockets except /metrics.
+
+- The shared match table (tests/data/match_cases.yaml) runs through the hooks: domain cases as CONNECT, as a Host
+  of a plain request and as the SNI of a real ClientHello; url cases as requests with their method; ip cases as
+  CONNECT to the literal and as a server connection to it.
+- Block page, monitor mode, fail closed, skipping answered flows, options validation, reload, metrics, events, DNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mitmproxy import exceptions, http
+from mitmproxy.net.dns import response_codes, types
+from mitmproxy.test import taddons
+from prometheus_client.parser import text_string_to_metric_families
+
+from enforcer.events import iter_events
+from enforcer.proxy.addon import EnforcerAddon
+from tests.conftest import BLOCKLISTS, DATA, free_port
+from tests.proxy.helpers import (
+    client_hello_data,
+    connect_flow,
+    dns_flow,
+    request_flow,
+    server_hook_data,
+    write_policy,
+)
+
+CASES: list[dict[str, Any]] = yaml.safe_load((DATA / "match_cases.yaml").read_text(encoding="utf-8"))
+# market:// is an Android intent, never an HTTP request a proxy can see: those two url cases belong to the matcher.
+HTTP_URL_CASES = [c for c in CASES if c["kind"] == "url" and c["query"].split("://")[0] in ("http", "https")]
+DOMAIN_CASES = [c for c in CASES if c["kind"] == "domain"]
+IP_CASES = [c for c in CASES if c["kind"] == "ip"]
+
+
+def _id(case: dict[str, Any]) -> str:
+    return f"{case.get('method', '')}{case['query']}"[:80]
+
+
+def _shipped_addon() -> Any:
+    a = EnforcerAddon()
+    with taddons.context(a) as tctx:
+        tctx.configure(a, enforcer_blocklist=str(BLOCKLISTS))
+        yield a
+    a.done()
+
+
+# The table runs ~1200 cases against one addon (the hooks keep no state for these flows); tests that change the
+# addon get their own.
+table_addon = pytest.fixture(scope="module")(_shipped_addon)
+addon = pytest.fixture(_shipped_addon)
+
+
+def configured(tctx: taddons.context, folder: Path, **options: Any) -> EnforcerAddon:
+    a = EnforcerAddon()
+    tctx.master.addons.add(a)
+    tctx.configure(a, enforcer_blocklist=str(folder), **options)
+    return a
+
+
+def expect_block(response: http.Response | None, case: dict[str, Any]) -> None:
+    assert response is not None, f"not blocked: {case}"
+    assert response.status_code == 403
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    if case.get("rule"):
+        assert response.headers["X-Enforcer-Rule"] == case["rule"], case
+
+
+def count(addon: EnforcerAddon, name: str, **labels: str) -> float:
+    return addon.registry.get_sample_value(name, labels) or 0.0
+
+
+# -- the shared table --------------------------------------------------------------------------------------------
+def test_table_is_loaded() -> None:
+    assert len(HTTP_URL_CASES) > 100 and len(DOMAIN_CASES) > 200 and len(IP_CASES) > 20
+
+
+@pytest.mark.parametrize("case", DOMAIN_CASES, ids=_id)
+def test_domain_case_as_connect(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
+    f = connect_flow(case["query"])
+    table_addon.http_connect(f)
+    if case["verdict"] == "block":
+        expect_block(f.response, case)
+        assert f.metadata["enforcer"]["rule"] == case.get("rule", f.metadata["enforcer"]["rule"])
+    else:
+        assert f.response is None, case
+
+
+@pytest.mark.parametrize("case", DOMAIN_CASES, ids=_id)
+def test_domain_case_as_host_header(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
+    # An origin-form request whose destination is innocent but whose Host header names the case: the Host counts.
+    f = request_flow("http://192.168.7.7/", host_header=case["query"])
+    table_addon.requestheaders(f)
+    if case["verdict"] == "block":
+        # Same verdict and app; the rule may be a more specific url rule of that app (e.g. *.upd.kaspersky.com/*).
+        expect_block(f.response, {**case, "rule": None})
+        assert f.metadata["enforcer"]["app"] == case["app"]
+    else:
+        assert f.response is None, case
+
+
+@pytest.mark.parametrize("case", [c for c in DOMAIN_CASES if c["query"].isascii()], ids=_id)
+def test_domain_case_as_sni(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
+    sni = case["query"].rstrip(".")
+    data = client_hello_data(sni)
+    table_addon.tls_clienthello(data)
+    gate = server_hook_data(("10.9.9.9", 443))
+    gate.client = data.context.client
+    table_addon.server_connect(gate)
+    if case["verdict"] == "block":
+        # Never decrypted, and the upstream side is refused by the gate.
+        assert data.ignore_connection
+        assert gate.server.error and case.get("rule", "") in gate.server.error
+    else:
+        assert gate.server.error is None, case
+        # Decrypted only when a url/store rule needs the HTTP request.
+        assert data.ignore_connection is not table_addon._policy().has_url_rules(sni)
+
+
+@pytest.mark.parametrize("case", HTTP_URL_CASES, ids=_id)
+def test_url_case_as_request(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
+    f = request_flow(case["query"], case.get("method", "GET"))
+    table_addon.requestheaders(f)
+    if case["verdict"] == "block":
+        expect_block(f.response, case)
+        assert f.metadata["enforcer"]["app"] == case["app"]
+    else:
+        assert f.response is None, case
+
+
+@pytest.mark.parametrize("case", IP_CASES, ids=_id)
+def test_ip_case_as_connect_and_server_connect(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
+    f = connect_flow(case["query"])
+    table_addon.http_connect(f)
+    gate = server_hook_data((case["query"], 443))
+    table_addon.server_connect(gate)
+    if case["verdict"] == "block":
+        expect_block(f.response, case)
+        assert gate.server.error and case.get("rule", "") in gate.server.error
+    else:
+        assert f.response is None and gate.server.error is None, case
+
+
+# -- behaviour beyond the table ----------------------------------------------------------------------------------
+def test_block_page_names_app_rule_notice_reference(addon: EnforcerAddon) -> None:
+    f = request_flow("http://dldir1.qq.com/weixin/android/x.apk")
+    addon.requestheaders(f)
+    assert f.response is not None
+    body = f.response.get_text()
+    app = addon._policy().apps["wechat"]
+    assert "WeChat (Weixin, 微信)" in body and "wechat:url:dldir1.qq.com/weixin/*" in body
+    assert app.notice[:40] in body and "Treasury Board of Canada Secretariat" in body
+
+
+def test_block_page_escapes_everything(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        name="<script>alert('n')</script>",
+        notice="<script>alert(1)</script> & <img src=x onerror=alert(2)>",
+        rule_id="testapp:<script>x</script>",
+    )
+    with taddons.context() as tctx:
+        a = configured(tctx, tmp_path)
+        f = request_flow("http://blocked.test/<script>alert(3)</script>")
+        a.requestheaders(f)
+        assert f.response is not None
+        body = f.response.get_text()
+        assert "<script>" not in body and "<img" not in body and "<b>" not in body
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;img" in body
+        assert "testapp:&lt;script&gt;x&lt;/script&gt;" in body and "Directive &lt;b&gt;42&lt;/b&gt; &amp; co" in body
+        assert f.response.headers["X-Enforcer-Rule"] == "testapp:<script>x</script>"
+        a.done()
+
+
+def test_shared_host_other_paths_pass(addon: EnforcerAddon) -> None:
+    for url, blocked in (
+        ("https://dldir1.qq.com/weixin/Windows/WeChatSetup.exe", True),
+        ("https://dldir1.qq.com/qqfile/qq/QQNT/Windows/QQ_x64.exe", False),
+        ("https://play.google.com/store/apps/details?gl=US&ID=com.tencent.mm&hl=en", True),
+        ("https://play.google.com/store/apps/details?gl=US&id=COM.TENCENT.MM&hl=en", True),
+        ("https://play.google.com/store/apps/details?id=com.tencent.mobileqq", False),
+    ):
+        f = request_flow(url)
+        addon.requestheaders(f)
+        assert (f.response is not None) is blocked, url
+
+
+def test_mmtls_shortlink_post_only(addon: EnforcerAddon) -> None:
+    post = request_flow("http://203.0.113.9/mmtls/0a1b2c3d", "POST")
+    get = request_flow("http://203.0.113.9/mmtls/0a1b2c3d", "GET")
+    addon.requestheaders(post)
+    addon.requestheaders(get)
+    assert post.response is not None and post.response.headers["X-Enforcer-Rule"] == "wechat:url:mmtls-shortlink"
+    assert get.response is None
+
+
+def test_absolute_url_and_host_header_both_count(addon: EnforcerAddon) -> None:
+    # The destination is blocked, the Host header innocent (and the other way round): both are refused.
+    f1 = request_flow("http://weixin.qq.com/", host_header="www.example.org")
+    f2 = request_flow("http://www.example.org/", host_header="weixin.qq.com")
+    for f in (f1, f2):
+        addon.requestheaders(f)
+        assert f.response is not None and f.response.status_code == 403
+
+
+def test_websocket_upgrade_is_blocked(addon: EnforcerAddon) -> None:
+    f = request_flow("http://wx.qq.com/ws")
+    f.request.headers.update({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"})
+    addon.requestheaders(f)
+    assert f.response is not None and f.response.status_code == 403
+
+
+def test_http2_request_uses_authority(addon: EnforcerAddon) -> None:
+    f = request_flow("https://dldir1.qq.com/weixin/x.apk")
+    f.request.http_version = "HTTP/2.0"
+    f.request.authority = "dldir1.qq.com"
+    addon.requestheaders(f)
+    assert f.response is not None and f.response.status_code == 403
+
+
+def test_answered_flows_are_left_alone(addon: EnforcerAddon) -> None:
+    f = request_flow("http://weixin.qq.com/")
+    f.response = http.Response.make(204)
+    addon.requestheaders(f)
+    assert f.response.status_code == 204 and "enforcer" not in f.metadata
+    c = connect_flow("weixin.qq.com")
+    c.response = http.Response.make(407)
+    addon.http_connect(c)
+    assert c.response.status_code == 407
+
+
+def test_sni_with_url_rules_is_intercepted_other_hosts_pass_through(addon: EnforcerAddon) -> None:
+    for sni, intercept in (("dldir1.qq.com", True), ("play.google.com", True), ("www.example.org", False)):
+        data = client_hello_data(sni)
+        addon.tls_clienthello(data)
+        assert data.ignore_connection is not intercept, sni
+    # Without an SNI the destination decides; a literal IP has no url rules.
+    data = client_hello_data(None, ("10.9.9.9", 443))
+    addon.tls_clienthello(data)
+    assert data.ignore_connection
+
+
+def test_transparent_mode_blocked_ip_with_innocent_sni(addon: EnforcerAddon) -> None:
+    data = client_hello_data("www.example.org", ("129.226.3.47", 443))
+    addon.tls_clienthello(data)
+    assert data.ignore_connection and data.context.server.error
+
+
+def test_server_connect_gate_sni_and_address(addon: EnforcerAddon) -> None:
+    by_sni = server_hook_data(("10.9.9.9", 443), sni="sgshort.wechat.com")
+    by_name = server_hook_data(("weixin.qq.com", 80))
+    fine = server_hook_data(("dldir1.qq.com", 443), sni="dldir1.qq.com")
+    for d in (by_sni, by_name, fine):
+        addon.server_connect(d)
+    assert by_sni.server.error and "wechat:domain:wechat.com" in by_sni.server.error
+    assert by_name.server.error and "wechat:domain:weixin.qq.com" in by_name.server.error
+    assert fine.server.error is None
+
+
+def test_dns_mode_sinkholes(addon: EnforcerAddon) -> None:
+    a = dns_flow("long.weixin.qq.com", types.A)
+    aaaa = dns_flow("long.weixin.qq.com", types.AAAA)
+    txt = dns_flow("long.weixin.qq.com", types.TXT)
+    ok = dns_flow("www.qq.com", types.A)
+    for f in (a, aaaa, txt, ok):
+        addon.dns_request(f)
+    assert a.response is not None and str(a.response.answers[0].ipv4_address) == "0.0.0.0"
+    assert aaaa.response is not None and str(aaaa.response.answers[0].ipv6_address) == "::"
+    assert txt.response is not None and txt.response.answers == []
+    assert txt.response.response_code == response_codes.NOERROR
+    assert ok.response is None
+
+
+# -- monitor mode ------------------------------------------------------------------------------------------------
+async def test_monitor_mode_before_effective_date(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    write_policy(tmp_path / "bl", effective="2999-01-01")
+    with taddons.context() as tctx:
+        a = configured(tctx, tmp_path / "bl", enforcer_events=str(events))
+        c = connect_flow("x.blocked.test")
+        r = request_flow("http://shared.test/app/setup.exe")
+        a.http_connect(c)
+        a.requestheaders(r)
+        assert c.response is None and r.response is None
+        assert c.metadata["enforcer"]["outcome"] == "monitored" and c.metadata["enforcer"]["enforced"] is False
+        assert (
+            count(
+                a,
+                "enforcer_monitored_total",
+                component="proxy",
+                app="testapp",
+                category="download",
+                action="http-block",
+            )
+            == 1
+        )
+        assert count(a, "enforcer_proxy_flows_total", outcome="monitored") == 2
+        assert (
+            count(
+                a,
+                "enforcer_blocked_total",
+                component="proxy",
+                app="testapp",
+                category="messaging",
+                action="connect-block",
+            )
+            == 0
+        )
+        a.done()
+    docs = list(iter_events(events))
+    assert [d["event"]["type"] for d in docs] == [["allowed"], ["allowed"]]
+    assert {d["event"]["action"] for d in docs} == {"connect-block", "http-block"}
+
+
+async def test_monitor_mode_for_exempt_client(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    write_policy(tmp_path / "bl", exempt="[10.99.0.0/24]")
+    with taddons.context() as tctx:
+        a = configured(tctx, tmp_path / "bl", enforcer_events=str(events))
+        exempt = connect_flow("blocked.test", peer="10.99.0.7")
+        other = connect_flow("blocked.test", peer="10.98.0.7")
+        a.http_connect(exempt)
+        a.http_connect(other)
+        assert exempt.response is None
+        assert other.response is not None and other.response.status_code == 403
+        a.done()
+    docs = {d["source"]["ip"]: d for d in iter_events(events)}
+    assert docs["10.99.0.7"]["event"]["type"] == ["allowed"] and docs["10.99.0.7"]["labels"] == {"exempt": True}
+    assert docs["10.98.0.7"]["event"]["type"] == ["denied"]
+
+
+# -- fail closed -------------------------------------------------------------------------------------------------
+class ExplodingPolicy:
+    fingerprint = "boom"
+
+    def __getattr__(self, name: str) -> Any:
+        def explode(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"policy.{name} exploded")
+
+        return explode
+
+
+def test_exception_in_policy_blocks_every_hook(addon: EnforcerAddon, caplog: pytest.LogCaptureFixture) -> None:
+    assert addon.holder is not None
+    addon.holder.policy = ExplodingPolicy()  # type: ignore[assignment]
+    c = connect_flow("www.example.org")
+    r = request_flow("http://www.example.org/")
+    hello = client_hello_data("www.example.org")
+    gate = server_hook_data(("www.example.org", 443))
+    d = dns_flow("www.example.org")
+    with caplog.at_level(logging.ERROR, "enforcer.proxy"):
+        addon.http_connect(c)
+        addon.requestheaders(r)
+        addon.tls_clienthello(hello)
+        addon.server_connect(gate)
+        addon.dns_request(d)
+    for f in (c, r):
+        assert f.response is not None and f.response.status_code == 403
+        assert f.response.headers["X-Enforcer-Rule"] == "enforcer:error"
+    assert hello.ignore_connection and hello.context.server.error
+    assert gate.server.error
+    assert d.response is not None and d.response.response_code == response_codes.REFUSED
+    assert count(addon, "enforcer_proxy_flows_total", outcome="error") == 5
+    assert "fail closed" in caplog.text  # reported once, then rate-limited
+
+
+def test_refused_tls_connection_stays_refused_at_the_gate(addon: EnforcerAddon) -> None:
+    hello = client_hello_data("weixin.qq.com", ("127.0.0.1", 8443))
+    addon.tls_clienthello(hello)
+    # Upstream mode: the server opened is the upstream proxy, whose address says nothing; the state refuses it.
+    gate = server_hook_data(("127.0.0.1", 3128))
+    gate.client = hello.context.client
+    addon.server_connect(gate)
+    assert gate.server.error
+    addon.client_disconnected(hello.context.client)
+    assert hello.context.client.id not in addon._conns
+
+
+# -- options -----------------------------------------------------------------------------------------------------
+def test_options_are_validated(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.yaml").write_text("app: bad\npolicy:\n  effective: 2023-10-30\nblock:\n  - domain: 'a b'\n")
+    with taddons.context() as tctx:
+        a = configured(tctx, BLOCKLISTS)
+        good = a.holder
+        assert good is not None
+        with pytest.raises(exceptions.OptionsError, match="no such file or directory"):
+            tctx.configure(a, enforcer_blocklist=str(tmp_path / "missing"))
+        with pytest.raises(exceptions.OptionsError, match=r"bad\.yaml:5:\d+:"):
+            tctx.configure(a, enforcer_blocklist=str(broken))
+        # mitmproxy rolls a rejected option back (configure runs again with the old value): same policy.
+        assert a.holder is not None and a.holder.policy.fingerprint == good.policy.fingerprint
+        for bad in ("nonsense", "127.0.0.1:99999", "[::1"):
+            with pytest.raises(exceptions.OptionsError, match="enforcer_metrics"):
+                tctx.configure(a, enforcer_metrics=bad)
+        with pytest.raises(exceptions.OptionsError, match="is a directory"):
+            tctx.configure(a, enforcer_events=str(tmp_path))
+        a.done()
+
+
+def test_eager_connection_strategy_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with taddons.context() as tctx, caplog.at_level(logging.WARNING, "enforcer.proxy"):
+        # connection_strategy belongs to mitmproxy's proxyserver addon, which the harness does not load.
+        tctx.options.add_option("connection_strategy", str, "lazy", "as in mitmproxy.addons.proxyserver")
+        a = configured(tctx, BLOCKLISTS)
+        tctx.configure(a, connection_strategy="eager")
+        assert "connection_strategy=eager" in caplog.text
+        caplog.clear()
+        tctx.configure(a, connection_strategy="lazy")
+        assert "connection_strategy=eager" not in caplog.text
+        a.done()
+
+
+# -- reload ------------------------------------------------------------------------------------------------------
+async def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+async def test_reload_on_edit_keeps_last_good_policy(tmp_path: Path) -> None:
+    path = write_policy(tmp_path)
+    with taddons.context() as tctx:
+        a = configured(tctx, tmp_path)
+        a.running()
+        assert a._watch_task is not None
+        f = connect_flow("newly.test")
+        a.http_connect(f)
+        assert f.response is None
+        path.write_text(path.read_text() + "  - domain: newly.test\n    category: web\n")
+        assert await wait_for(lambda: a._policy().match_host("newly.test") is not None)
+        good = a._policy().fingerprint
+        path.write_text(path.read_text() + "  - domain: [broken\n")
+        assert await wait_for(lambda: count(a, "enforcer_policy_reloads_total", result="failure") >= 1)
+        assert a._policy().fingerprint == good
+        f = connect_flow("newly.test")
+        a.http_connect(f)
+        assert f.response is not None and f.response.status_code == 403
+        task = a._watch_task
+        a.done()
+        await asyncio.sleep(0)
+        assert task.cancelled() or task.done()
+
+
+# -- metrics and events ------------------------------------------------------------------------------------------
+def scrape(port: int) -> dict[str, list[Any]]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {fam.name: fam.samples for fam in text_string_to_metric_families(text)}
+
+
+async def test_metrics_endpoint_survives_script_reload(tmp_path: Path) -> None:
+    port = free_port()
+    with taddons.context() as tctx:
+        a = configured(tctx, BLOCKLISTS, enforcer_metrics=f"127.0.0.1:{port}")
+        f = connect_flow("weixin.qq.com")
+        a.http_connect(f)
+        families = await asyncio.to_thread(scrape, port)
+        blocked = [s for s in families["enforcer_blocked"] if s.name == "enforcer_blocked_total"]
+        assert (
+            blocked[0].labels
+            == {"component": "proxy", "app": "wechat", "category": "messaging", "action": "connect-block"}
+            and blocked[0].value == 1
+        )
+        assert "enforcer_policy_rules" in families and "enforcer_events_written" in families
+        # mitmproxy's live reload: done() on the old instance, a new instance configured on the same port.
+        tctx.master.addons.remove(a)
+        b = configured(tctx, BLOCKLISTS, enforcer_metrics=f"127.0.0.1:{port}")
+        families = await asyncio.to_thread(scrape, port)
+        assert not [s for s in families["enforcer_blocked"] if s.name == "enforcer_blocked_total"]
+        b.done()
+
+
+async def test_events_are_ecs(tmp_path: Path) -> None:
+    events = tmp_path / "ev" / "events.jsonl"
+    with taddons.context() as tctx:
+        a = configured(tctx, BLOCKLISTS, enforcer_events=str(events))
+        a.requestheaders(request_flow("http://dldir1.qq.com/weixin/x.apk?v=1", peer="10.7.7.7"))
+        a.http_connect(connect_flow("129.226.3.47", 443, peer="10.7.7.8"))
+        hello = client_hello_data("sgshort.wechat.com", ("10.9.9.9", 443), peer="10.7.7.9")
+        a.tls_clienthello(hello)
+        a.done()
+    docs = list(iter_events(events))
+    assert [d["event"]["action"] for d in docs] == ["http-block", "connect-block", "tls-block"]
+    http_ev, conn_ev, tls_ev = docs
+    for d in docs:
+        assert d["event"]["dataset"] == "enforcer.proxy" and d["observer"]["type"] == "proxy"
+        assert d["event"]["type"] == ["denied"] and d["rule"]["ruleset"] == "wechat"
+    assert http_ev["url"] == {"full": "http://dldir1.qq.com/weixin/x.apk?v=1", "domain": "dldir1.qq.com"}
+    assert http_ev["http"]["request"]["method"] == "GET" and http_ev["source"] == {"ip": "10.7.7.7", "port": 50001}
+    assert http_ev["rule"]["id"] == "wechat:url:dldir1.qq.com/weixin/*"
+    assert http_ev["rule"]["reference"].startswith(str(BLOCKLISTS / "wechat.yaml") + ":")
+    assert conn_ev["destination"] == {"ip": "129.226.3.47", "port": 443}
+    assert tls_ev["tls"]["client"]["server_name"] == "sgshort.wechat.com"
