@@ -1,0 +1,81 @@
+"""The ``enforcer`` command line as a real process: entry points, exit codes, lookup output, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from enforcer import __version__
+from enforcer.cli import COMMANDS, available_commands, build_parser
+from tests.conftest import ROOT
+from tests.policy.policy_helpers import enforcer
+
+
+def test_console_script_and_module_agree() -> None:
+    script = ROOT / ".venv" / "bin" / "enforcer"
+    if not script.exists():
+        pytest.skip("no console script in .venv")
+    a = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    b = enforcer("--version")
+    assert a.returncode == b.returncode == 0
+    assert a.stdout.strip() == b.stdout.strip() == f"enforcer {__version__}"
+
+
+def test_no_command_is_a_usage_error() -> None:
+    proc = enforcer()
+    assert proc.returncode == 2 and "COMMAND" in proc.stdout
+    proc = enforcer("no-such-command")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_commands_table() -> None:
+    _parser, subs = build_parser()
+    assert set(subs) == set(available_commands())
+    for name in ("check", "lookup", "export"):
+        assert name in subs and COMMANDS[name][0] == "enforcer.policy.cli"
+    for name, (module, help_text) in COMMANDS.items():
+        assert module.startswith("enforcer.") and help_text, name
+
+
+def test_lookup_kinds_and_invalid_queries() -> None:
+    proc = enforcer("lookup", "--at", "2024-01-01", "WEIXIN.QQ.COM.", "https://dldir1.qq.com/weixin/x.apk",
+                    "93.159.228.1", "qq.com", "bad..name", "http://[::1")  # fmt: skip
+    assert proc.returncode == 1  # some queries were invalid; the valid ones are still answered
+    out = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [(o["kind"], o["verdict"]) for o in out] == [
+        ("domain", "block"),
+        ("url", "block"),
+        ("ip", "block"),
+        ("domain", "none"),
+    ]
+    assert out[0]["query"] == "WEIXIN.QQ.COM." and out[2]["app"] == "kaspersky"
+    assert out[3] == {"query": "qq.com", "kind": "domain", "verdict": "none", "app": None, "category": None,
+                      "rule": None, "source": None, "enforced": False}  # fmt: skip
+    err = proc.stderr.splitlines()
+    assert len(err) == 2 and err[0].startswith("bad..name: invalid domain: ") and err[1].startswith("http://[::1:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_lookup_method_and_bad_at() -> None:
+    url = "http://198.51.100.1/mmtls/0123abcd"
+    post = json.loads(enforcer("lookup", "--method", "POST", url).stdout)
+    get = json.loads(enforcer("lookup", url).stdout)
+    assert post["verdict"] == "block" and post["rule"] == "wechat:url:mmtls-shortlink"
+    assert get["verdict"] == "none"
+    proc = enforcer("lookup", "--at", "yesterday", "qq.com")
+    assert proc.returncode == 1 and proc.stderr.strip() == "--at: not an ISO date or timestamp: 'yesterday'"
+
+
+def test_broken_blocklist_through_lookup_and_export(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("app: t\npolicy:\n  effective: 2023-02-30\n")
+    for args in (["lookup", "--blocklist", str(bad), "x.example"], ["export", "--format", "rpz", "--blocklist",
+                                                                    str(bad)]):  # fmt: skip
+        proc = enforcer(*args)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.splitlines() == [
+            f"{bad}:3:14: 'effective' must be a date (2023-10-30) or an RFC 3339 timestamp, got '2023-02-30'"
+        ]

@@ -1,0 +1,104 @@
+"""``--config``: flags beat config, config beats defaults; unknown keys and bad values are FILE:LINE:COL errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from enforcer.config import ConfigError, ReplaceAppend, load_config, section_defaults
+from tests.conftest import BLOCKLISTS
+from tests.policy.export_fixture import build
+from tests.policy.policy_helpers import enforcer
+
+
+def test_flags_beat_config_beat_defaults(tmp_path: Path) -> None:
+    policy_dir = tmp_path / "p"
+    build(policy_dir)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"export:\n  format: domains\n  blocklist: {policy_dir}\n  zone: rpz.from-config.\n")
+    # Config beats defaults: the format and blocklist come from the file.
+    proc = enforcer("export", "--config", str(conf))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("# enforcer export, format domains") and "blocked.example\n" in proc.stdout
+    # Flags beat config.
+    proc = enforcer("export", "--config", str(conf), "--format", "rpz")
+    assert proc.returncode == 0, proc.stderr
+    assert "$ORIGIN rpz.from-config." in proc.stdout
+    proc = enforcer("export", "--config", str(conf), "--format", "rpz", "--zone", "rpz.flag.", "--blocklist",
+                    str(BLOCKLISTS))  # fmt: skip
+    assert "$ORIGIN rpz.flag." in proc.stdout and "weixin.qq.com CNAME ." in proc.stdout
+    # Defaults: without config the default blocklist (the shipped lists) and zone apply.
+    proc = enforcer("export", "--format", "rpz")
+    assert "$ORIGIN rpz.enforcer." in proc.stdout and "weixin.qq.com CNAME ." in proc.stdout
+
+
+def test_lookup_at_from_config(tmp_path: Path) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text("lookup:\n  at: 2023-01-01\n")
+    before = json.loads(enforcer("lookup", "--config", str(conf), "weixin.qq.com").stdout)
+    after = json.loads(enforcer("lookup", "--config", str(conf), "--at", "2024-01-01", "weixin.qq.com").stdout)
+    assert before["verdict"] == after["verdict"] == "block"
+    assert before["enforced"] is False and after["enforced"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("export:\n  format: rpz\n  formt: rpz\n", "c.yaml:3:3: unknown key 'export.formt' (known: blocklist, format, "
+         "log-level, mode, output, zone)"),
+        ("export:\n  format: bind\n", "c.yaml:2:3: invalid value 'bind' for 'export.format' (choose from rpz, hosts, "
+         "domains, dnsmasq, unbound, adblock, squid, nftables)"),
+        ("export: [1, 2]\n", "c.yaml:1:1: section 'export' must be a mapping of option: value"),
+        ("export:\n  format: rpz\n zone: x\n", "c.yaml:3:2: YAML syntax error: expected <block end>, but found "
+         "'<block mapping start>'"),
+        ("- just\n- a list\n", "c.yaml:1:1: the config must be a mapping of sections (dns:, proxy:, analyst:, ...)"),
+    ],
+)  # fmt: skip
+def test_config_errors_are_one_line_with_position(tmp_path: Path, text: str, error: str) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text(text)
+    proc = enforcer("export", "--config", str(conf), "--format", "rpz")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"{tmp_path}/{error}"]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    proc = enforcer("check", "--config", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"{tmp_path}/nope.yaml:1:1: cannot read config: No such file or directory"
+
+
+def test_other_sections_are_ignored_by_this_command(tmp_path: Path) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text("dns:\n  listen: 127.0.0.1:5353\ncheck:\n  strict: true\n")
+    proc = enforcer("check", "--config", str(conf))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_replace_append_and_section_defaults(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream", action=ReplaceAppend, default=[])
+    parser.add_argument("--listen", default="127.0.0.1:53")
+    conf = tmp_path / "c.yaml"
+    conf.write_text("dns:\n  upstream: [1.1.1.1, 8.8.8.8]\n  listen: 127.0.0.2:53\n")
+    data, node = load_config(str(conf))
+    parser.set_defaults(**section_defaults(parser, data, node, "dns", str(conf)))
+    assert parser.parse_args([]).upstream == ["1.1.1.1", "8.8.8.8"]
+    assert parser.parse_args(["--upstream", "9.9.9.9"]).upstream == ["9.9.9.9"]  # replaced, not appended
+    assert parser.parse_args(["--upstream", "9.9.9.9", "--upstream", "1.0.0.1"]).upstream == ["9.9.9.9", "1.0.0.1"]
+    assert parser.parse_args([]).listen == "127.0.0.2:53"
+    conf.write_text("dns:\n  upstream: 1.1.1.1\n")
+    data, node = load_config(str(conf))
+    assert section_defaults(parser, data, node, "dns", str(conf)) == {"upstream": ["1.1.1.1"]}
+    conf.write_text("dns:\n  listen: x\n  bogus: 1\n  other: 2\n")
+    data, node = load_config(str(conf))
+    with pytest.raises(ConfigError) as info:
+        section_defaults(parser, data, node, "dns", str(conf))
+    assert [x.split(" (known")[0] for x in str(info.value).splitlines()] == [
+        f"{conf}:3:3: unknown key 'dns.bogus'",
+        f"{conf}:4:3: unknown key 'dns.other'",
+    ]
