@@ -104,7 +104,7 @@ class FakeUpstream:
         try:
             query = dnslib.DNSRecord.parse(data)
         except Exception:
-            return None
+            return _formerr(data)
         q = query.q
         name = str(q.qname).rstrip(".").lower()
         with self._lock:
@@ -147,3 +147,15 @@ def _recv(sock: socket.socket, n: int) -> bytes:
             return b""
         buf += chunk
     return buf
+
+
+def _formerr(data: bytes) -> bytes | None:
+    """What a real server sends for a query it cannot parse: FORMERR, echoing the question when it can find it."""
+    if len(data) < 12:
+        return None
+    i = 12
+    while i < len(data) and data[i] != 0 and data[i] < 64:
+        i += data[i] + 1
+    question = data[12 : i + 5] if i + 5 <= len(data) and i < len(data) and data[i] == 0 else b""
+    counts = b"\x00\x01\x00\x00\x00\x00\x00\x00" if question else bytes(8)
+    return data[:2] + bytes((0x80 | (data[2] & 0x01), 0x81)) + counts + question
