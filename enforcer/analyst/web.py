@@ -156,9 +156,9 @@ class Analyst:
         async with self.gate:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    def refresh_gauges(self) -> None:
+    def refresh_gauges(self, now: datetime | None = None) -> None:
         """Blocking: the per-window non-compliant client counts and the last block per app."""
-        now_us = ts_to_us(dt_to_ts(datetime.now(UTC)))
+        now_us = ts_to_us(dt_to_ts(now or datetime.now(UTC)))
         apps = set(self.effective) | set(self.store.facets().get("app", []))
         counts: dict[tuple[str, str], int] = {}
         for window, seconds in WINDOWS.items():
@@ -173,6 +173,9 @@ class Analyst:
         self.ingester.stop()
         self.pool.shutdown(wait=True)
         self.store.close()
+
+
+ANALYST = web.AppKey("analyst", Analyst)
 
 
 class _AnalystCollector(Collector):
@@ -271,7 +274,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    analyst: Analyst = request.app["analyst"]
+    analyst: Analyst = request.app[ANALYST]
     if _protected(request.path) and not _authorized(request, analyst.token):
         if request.path in ("/", "/index.html"):
             # The shell carries no data; its login form is how a browser gets the token in the first place.
@@ -306,12 +309,12 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    ing: Ingester = request.app["analyst"].ingester
+    ing: Ingester = request.app[ANALYST].ingester
     return _json({"status": "ok", "ingested": ing.ingested, "polls": ing.polls})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    body = generate_latest(request.app["analyst"].registry)
+    body = generate_latest(request.app[ANALYST].registry)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -325,7 +328,7 @@ def _parse_cursor(value: str | None) -> tuple[int, int] | None:
 
 
 async def api_events(request: web.Request) -> web.StreamResponse:
-    analyst: Analyst = request.app["analyst"]
+    analyst: Analyst = request.app[ANALYST]
     f, _, _ = filters_from(request)
     try:
         limit = int(request.query.get("limit", DEFAULT_LIMIT))
@@ -339,7 +342,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _report(request: web.Request) -> dict[str, Any]:
-    analyst: Analyst = request.app["analyst"]
+    analyst: Analyst = request.app[ANALYST]
     f, since, until = filters_from(request)
     pairs = await analyst.db(analyst.store.pairs, f, analyst.effective)
     return build_report(pairs, inventory=analyst.inventory, since=since, until=until)
@@ -423,14 +426,14 @@ def _dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
 
 
 async def api_dashboard(request: web.Request) -> web.StreamResponse:
-    analyst: Analyst = request.app["analyst"]
+    analyst: Analyst = request.app[ANALYST]
     f, _, _ = filters_from(request)
     return _json(await analyst.db(_dashboard, analyst, f))
 
 
 def build_app(analyst: Analyst) -> web.Application:
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
-    app["analyst"] = analyst
+    app[ANALYST] = analyst
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)

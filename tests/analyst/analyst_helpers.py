@@ -69,7 +69,7 @@ def generate(
     for i in range(n):
         at = start + timedelta(seconds=rnd.uniform(0, span_days * 86400))
         client = rnd.choice(CLIENTS)
-        if rnd.random() < 0.6:
+        if rnd.random() < 0.6 or i == 3:
             name = HOSTILE if i == 3 else rnd.choice(DNS_NAMES)
             match = policy.match_name(name)
             assert match is not None, name
