@@ -98,7 +98,7 @@ class AnalystSettings:
     db: str = "var/analyst.sqlite"
     blocklist: list[str] = field(default_factory=lambda: [default_blocklist()])
     poll_interval: float = 0.5
-    refresh_interval: float = 10.0
+    refresh_interval: float = 5.0
     parser_process: bool = True
 
 
@@ -414,15 +414,24 @@ def _dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
         "noncompliant_total": len(noncompliant),
         "top_rules": store.top_rules(f, eff, 10),
         "facets": store.facets(),
-        "windows": [
-            {"app": app, "window": window, "clients": n} for (app, window), n in sorted(analyst.noncompliant.items())
-        ],
+        "windows": _windows(analyst, eff),
         "ingest": {
             "ingested": analyst.ingester.ingested,
             "duplicates": analyst.ingester.duplicates,
             "errors": dict(analyst.ingester.errors),
         },
     }
+
+
+def _windows(analyst: Analyst, eff: dict[str, str]) -> list[dict[str, Any]]:
+    """Live per-window counts (the gauges on /metrics are refreshed periodically; the page must not lag them)."""
+    now_us = ts_to_us(dt_to_ts(datetime.now(UTC)))
+    apps = sorted(set(eff) | set(analyst.store.facets().get("app", [])))
+    out = []
+    for window, seconds in WINDOWS.items():
+        per_app = analyst.store.noncompliant(now_us - seconds * 1_000_000, eff)
+        out += [{"app": app, "window": window, "clients": per_app.get(app, 0)} for app in apps]
+    return out
 
 
 async def api_dashboard(request: web.Request) -> web.StreamResponse:

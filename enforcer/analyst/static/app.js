@@ -125,7 +125,8 @@
     chart.appendChild(svg("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }));
     const ticks = n <= 6 ? [...Array(n).keys()] : [0, Math.floor(n / 4), Math.floor(n / 2), Math.floor((3 * n) / 4), n - 1];
     for (const i of ticks) {
-      chart.appendChild(svg("text", { x: x(i), y: H - B + 16, "text-anchor": "middle" }, shortTs(buckets[i]).slice(0, 16)));
+      const anchor = n > 1 && i === 0 ? "start" : n > 1 && i === n - 1 ? "end" : "middle";
+      chart.appendChild(svg("text", { x: x(i), y: H - B + 16, "text-anchor": anchor }, shortTs(buckets[i]).slice(0, 16)));
     }
     apps.forEach((app, k) => {
       const cls = "c" + (k % 6);
