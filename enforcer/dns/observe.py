@@ -5,6 +5,10 @@
   lock), both read by the /metrics thread at scrape time. Hit events go to ``EventWriter.emit``, which appends to a
   bounded deque and returns: the file write happens on the writer's thread.
 - ``FastHistogram``: a Prometheus histogram kept as plain bucket counts for one writer thread.
+- ``DnsHitEvent``: a ``HitEvent`` that is cheap to create on the hot path (a tuple and a float) and is filled in
+  only when read: ``to_json`` (called on the writer's thread) fills a per-rule JSON template made once from the real
+  ``HitEvent.to_json``, so the output is exactly the shared schema at a fraction of the cost; any other field access
+  builds the full ``HitEvent`` first (``__getattr__``).
 - ``Enforcement``: per policy, whether a block rule is enforced for a client now (effective date, exempt clients),
   with the common case (past the date, no exempt clients) answered without parsing the client address.
 """
@@ -12,10 +16,15 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import ipaddress
+import json
+import math
+import random
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -82,6 +91,106 @@ class FastHistogram(Collector):
         yield HistogramMetricFamily(self.spec.name, self.spec.help, buckets=[("+Inf", 0)], sum_value=0)
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(HitEvent))
+_SENTINEL_TIME = datetime(2000, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+_SENTINELS = ('"2000-01-02T03:04:05.678901Z"', '"@@id@@"', '"@@ip@@"', '"@@port@@"', '"@@qname@@"', '"@@qtype@@"')
+_TEMPLATES: dict[tuple[Any, ...], str] = {}
+_SECOND: list[Any] = [-1, ""]
+
+
+def _json_template(key: tuple[Any, ...], policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool) -> str:
+    """The event's JSON with {0}..{5} where timestamp, id, source ip/port and the question go."""
+    tpl = _TEMPLATES.get(key)
+    if tpl is None:
+        sample = HitEvent.from_match(
+            Match(rule, policy.apps[rule.app], ""), action=action, component="dns", version=policy.fingerprint,
+            enforced=enforced, exempt=exempt, at=_SENTINEL_TIME, id="@@id@@", source_ip="@@ip@@",
+            source_port="@@port@@", dns_question_name="@@qname@@", dns_question_type="@@qtype@@",
+        )  # fmt: skip
+        tpl = sample.to_json().replace("{", "{{").replace("}", "}}")
+        for i, sentinel in enumerate(_SENTINELS):
+            if tpl.count(sentinel) != 1:
+                raise ValueError(f"event template: {sentinel} not found exactly once")
+            tpl = tpl.replace(sentinel, "{%d}" % i)  # noqa: UP031 - building a format string
+        if len(_TEMPLATES) > 10_000:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = tpl
+    return tpl
+
+
+def _timestamp(t: float) -> str:
+    """``rfc3339(datetime.fromtimestamp(t, UTC))`` (same rounding), with the seconds part formatted once a second."""
+    frac, whole = math.modf(t)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole += 1
+        us -= 1_000_000
+    sec = int(whole)
+    if sec != _SECOND[0]:
+        _SECOND[0], _SECOND[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_SECOND[1]}.{us:06d}Z"
+
+
+def _json_str(text: str) -> str:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text, ensure_ascii=False)
+
+
+class DnsHitEvent(HitEvent):
+    """A resolver hit event: created from a few references, serialised on the writer thread."""
+
+    __slots__ = ("_lazy",)
+
+    def __init__(
+        self,
+        policy: Policy,
+        rule: Rule,
+        matched: str,
+        action: str,
+        enforced: bool,
+        exempt: bool,
+        addr: Any,
+        qname: str,
+        qtype: int,
+    ) -> None:  # deliberately does not call HitEvent.__init__: fields are filled on first read
+        self._lazy = (policy, rule, matched, action, enforced, exempt, addr, qname, qtype, time.time(),
+                      f"{random.getrandbits(128):032x}")  # fmt: skip
+
+    def _materialize(self) -> None:
+        policy, rule, matched, action, enforced, exempt, addr, qname, qtype, t, event_id = self._lazy
+        full = HitEvent.from_match(
+            Match(rule, policy.apps[rule.app], matched), action=action, component="dns", version=policy.fingerprint,
+            enforced=enforced, exempt=exempt, at=datetime.fromtimestamp(t, UTC), id=event_id,
+            source_ip=addr[0] if addr else None, source_port=addr[1] if addr else None,
+            dns_question_name=qname, dns_question_type=qtype_name(qtype),
+        )  # fmt: skip
+        for name in _FIELDS:
+            object.__setattr__(self, name, getattr(full, name))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a field not filled in yet (slots raise AttributeError until then).
+        if name in _FIELDS:
+            self._materialize()
+            return object.__getattribute__(self, name)
+        raise AttributeError(name)
+
+    def to_ecs(self) -> dict[str, Any]:
+        self._materialize()
+        return HitEvent.to_ecs(self)
+
+    def to_json(self) -> str:
+        policy, rule, _matched, action, enforced, exempt, addr, qname, qtype, t, event_id = self._lazy
+        if not addr:
+            return HitEvent.to_json(self)  # the general path (through to_ecs above)
+        key = (id(policy), rule.id, action, enforced, exempt)
+        tpl = _json_template(key, policy, rule, action, enforced, exempt)
+        return tpl.format(
+            f'"{_timestamp(t)}"', f'"{event_id}"', _json_str(str(addr[0])), int(addr[1]), _json_str(qname),
+            _json_str(qtype_name(qtype)),
+        )  # fmt: skip
+
+
 class Enforcement:
     """``enforced(rule, host)`` for the current policy; rebuilt when the policy object changes."""
 
@@ -142,17 +251,4 @@ class Observer:
         (self.blocked_total if enforced else self.monitored_total).inc(labels)
         if self.writer is None:
             return
-        event = HitEvent.from_match(
-            Match(rule, policy.apps[rule.app], matched),
-            action=action,
-            component="dns",
-            version=policy.fingerprint,
-            enforced=enforced,
-            exempt=exempt,
-            at=datetime.now(UTC),
-            source_ip=addr[0] if addr else None,
-            source_port=addr[1] if addr else None,
-            dns_question_name=qname,
-            dns_question_type=qtype_name(qtype),
-        )
-        self.writer.emit(event)
+        self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype))

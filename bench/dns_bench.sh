@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# DNS resolver benchmark: dnsperf against `enforcer dns` and against dnsmasq with the same blocklist, in one run.
+#
+#   bench/dns_bench.sh                     # 15 s per workload
+#   DURATION=10 FEED_NAMES=100000 bench/dns_bench.sh
+#   SOAK=300 bench/dns_bench.sh            # + a 5-minute memory soak of enforcer dns (RSS sampled every 30 s)
+#
+# Layout: the server under test is pinned to core $SERVER_CPU (taskset), dnsperf to $CLIENT_CPU; a dnsmasq that
+# answers every name (address=/#/192.0.2.1) serves as the local upstream for cache misses (on the client core).
+# Both servers get the same blocklist: the shipped lists + a synthetic include feed of $FEED_NAMES names; dnsmasq
+# loads it through `enforcer export --format dnsmasq --mode null`; enforcer runs with events and metrics on.
+# Workloads: 100 % blocked, 100 % cached allowed (warmed first), 10/90 blocked/cached mix, 100 % cache misses;
+# then blocked and cached paced at $PACED_QPS qps with per-query latencies (dnsperf -v) for p50/p99.
+# Output: one table with qps, average latency, ratio to dnsmasq, p50/p99 at the paced rate, RSS before/after.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PY:-$ROOT/.venv/bin/python}"
+DURATION="${DURATION:-15}"
+FEED_NAMES="${FEED_NAMES:-100000}"
+PACED_QPS="${PACED_QPS:-5000}"
+PACED_SECONDS="${PACED_SECONDS:-8}"
+SERVER_CPU="${SERVER_CPU:-0}"
+CLIENT_CPU="${CLIENT_CPU:-1}"
+SOAK="${SOAK:-0}"
+BASE_PORT="${BASE_PORT:-$((20000 + RANDOM % 20000))}"
+UP_PORT=$BASE_PORT
+ENF_PORT=$((BASE_PORT + 1))
+DM_PORT=$((BASE_PORT + 2))
+METRICS_PORT=$((BASE_PORT + 3))
+
+for tool in dnsperf dnsmasq taskset; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "missing tool: $tool" >&2; exit 1; }
+done
+DNSMASQ="$(command -v dnsmasq || echo /usr/sbin/dnsmasq)"
+
+WORK="$(mktemp -d /tmp/dns-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+miss_names=$(( DURATION * 60000 ))
+"$PY" "$ROOT/bench/dns_bench_data.py" make "$WORK" --feed-names "$FEED_NAMES" --miss-names "$miss_names" >&2
+"$PY" -m enforcer export --format dnsmasq --mode null --blocklist "$WORK/blocklists" --output "$WORK/dnsmasq-block.conf"
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_port() {  # wait until a DNS server answers on 127.0.0.1:$1
+  for _ in $(seq 1 100); do
+    if "$PY" - "$1" <<'PYEOF' 2>/dev/null; then return 0; fi
+import sys, dns.message, dns.query
+dns.query.udp(dns.message.make_query("ready.bench.example", "A"), "127.0.0.1", port=int(sys.argv[1]), timeout=0.5)
+PYEOF
+    sleep 0.2
+  done
+  echo "server on port $1 did not start" >&2; return 1
+}
+perf() {  # perf PORT FILE SECONDS [extra dnsperf args...] -> dnsperf report on stdout
+  local port=$1 file=$2 secs=$3; shift 3
+  taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$secs" -c 4 -q 200 -t 2 "$@" 2>&1
+}
+
+# The local upstream for cache misses.
+taskset -c "$CLIENT_CPU" "$DNSMASQ" -k --port "$UP_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv \
+  --no-hosts --pid-file= --address=/#/192.0.2.1 --cache-size=0 --user=root --log-facility=/dev/null &
+PIDS+=($!)
+wait_port "$UP_PORT"
+
+declare -A QPS AVG P50 P99 RSS0 RSS1 LOST
+
+bench_server() {  # bench_server NAME PORT PID
+  local name=$1 port=$2 pid=$3 out
+  RSS0[$name]=$(rss_kb "$pid")
+  perf "$port" "$WORK/cached.txt" 30 -n 1 >/dev/null  # warm the cache with the allowed names
+  for wl in blocked cached mix miss; do
+    out="$WORK/$name-$wl.out"
+    local file="$WORK/$wl.txt"
+    [ "$wl" = cached ] && file="$WORK/cached.txt"
+    perf "$port" "$file" "$DURATION" >"$out"
+    read -r q a l < <("$PY" "$ROOT/bench/dns_bench_data.py" summary "$out")
+    QPS[$name,$wl]=$q; AVG[$name,$wl]=$a; LOST[$name,$wl]=$l
+  done
+  for wl in blocked cached; do
+    out="$WORK/$name-$wl-paced.out"
+    perf "$port" "$WORK/$wl.txt" "$PACED_SECONDS" -Q "$PACED_QPS" -v >"$out"
+    read -r p50 p99 _n < <("$PY" "$ROOT/bench/dns_bench_data.py" latency "$out")
+    P50[$name,$wl]=$p50; P99[$name,$wl]=$p99
+  done
+  RSS1[$name]=$(rss_kb "$pid")
+}
+
+# --- enforcer dns --------------------------------------------------------------------------------------------
+taskset -c "$SERVER_CPU" "$PY" -m enforcer dns --listen "127.0.0.1:$ENF_PORT" --upstream "127.0.0.1:$UP_PORT" \
+  --blocklist "$WORK/blocklists" --mode null --events "$WORK/events.jsonl" --metrics "127.0.0.1:$METRICS_PORT" \
+  >"$WORK/enforcer.out" 2>"$WORK/enforcer.err" &
+ENF_PID=$!
+PIDS+=($ENF_PID)
+wait_port "$ENF_PORT"
+bench_server enforcer "$ENF_PORT" "$ENF_PID"
+
+if [ "$SOAK" -gt 0 ]; then
+  echo "soak: ${SOAK}s of mixed + miss traffic against enforcer dns, RSS every 30 s (KiB):" >&2
+  end=$(( $(date +%s) + SOAK ))
+  i=0
+  while [ "$(date +%s)" -lt "$end" ]; do
+    if (( i % 2 )); then f="$WORK/miss.txt"; else f="$WORK/mix.txt"; fi
+    perf "$ENF_PORT" "$f" 30 >/dev/null
+    echo "  t=$(( (i + 1) * 30 ))s rss=$(rss_kb "$ENF_PID")" >&2
+    i=$((i + 1))
+  done
+fi
+events=$(wc -l <"$WORK/events.jsonl" 2>/dev/null || echo 0)
+dropped=$(curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk '/^enforcer_events_dropped_total/ {print $2}')
+kill -TERM "$ENF_PID"; wait "$ENF_PID" || true
+
+# --- dnsmasq with the same blocklist --------------------------------------------------------------------------
+taskset -c "$SERVER_CPU" "$DNSMASQ" -k --port "$DM_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv \
+  --no-hosts --pid-file= --server="127.0.0.1#$UP_PORT" --conf-file="$WORK/dnsmasq-block.conf" --cache-size=10000 \
+  --user=root --log-facility=/dev/null &
+DM_PID=$!
+PIDS+=($DM_PID)
+wait_port "$DM_PORT"
+bench_server dnsmasq "$DM_PORT" "$DM_PID"
+kill -TERM "$DM_PID"; wait "$DM_PID" || true
+
+# --- report ---------------------------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+echo "DNS benchmark $(date -u +%FT%TZ): ${DURATION}s per workload, blocklist = shipped + ${FEED_NAMES} feed names,"
+echo "server on CPU $SERVER_CPU, dnsperf (-c 4 -q 200) on CPU $CLIENT_CPU; enforcer with events + metrics on."
+printf "%-9s | %12s %9s | %12s %9s | %8s\n" workload "enforcer qps" "avg ms" "dnsmasq qps" "avg ms" "ratio"
+for wl in blocked cached mix miss; do
+  printf "%-9s | %12s %9s | %12s %9s | %8s\n" "$wl" "${QPS[enforcer,$wl]}" "${AVG[enforcer,$wl]}" \
+    "${QPS[dnsmasq,$wl]}" "${AVG[dnsmasq,$wl]}" "$(ratio "${QPS[enforcer,$wl]}" "${QPS[dnsmasq,$wl]}")"
+done
+echo
+printf "paced at %s qps  | %-22s | %-22s\n" "$PACED_QPS" "enforcer p50 / p99 ms" "dnsmasq p50 / p99 ms"
+for wl in blocked cached; do
+  printf "%-17s | %22s | %22s\n" "$wl" "${P50[enforcer,$wl]} / ${P99[enforcer,$wl]}" \
+    "${P50[dnsmasq,$wl]} / ${P99[dnsmasq,$wl]}"
+done
+echo
+echo "RSS KiB before -> after: enforcer ${RSS0[enforcer]} -> ${RSS1[enforcer]}; dnsmasq ${RSS0[dnsmasq]} -> ${RSS1[dnsmasq]}"
+echo "enforcer hit events written: $events (dropped: ${dropped:-?}); queries lost (enforcer/dnsmasq):" \
+  "$(for wl in blocked cached mix miss; do printf '%s %s/%s  ' "$wl" "${LOST[enforcer,$wl]}" "${LOST[dnsmasq,$wl]}"; done)"
