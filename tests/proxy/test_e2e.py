@@ -192,17 +192,17 @@ def regular(tmp_path_factory: pytest.TempPathFactory, origins: OriginThread) -> 
 
 # -- raw helpers -------------------------------------------------------------------------------------------------
 def raw(port: int, data: bytes, timeout: float = 10) -> bytes:
-    """Send bytes to the proxy, return everything it answers until it closes or goes quiet."""
+    """Send bytes to the proxy; return its first response (or whatever it sent before closing or going quiet)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
         out = b""
         with contextlib.suppress(TimeoutError, ConnectionError):
-            s.settimeout(3)
+            s.settimeout(2)
             while chunk := s.recv(65536):
                 out += chunk
-                if b"\r\n\r\n" in out and b"content-length: 0" in out.lower():
-                    break
-                if len(out) > 4 * 1024 * 1024:
+                head, sep, body = out.partition(b"\r\n\r\n")
+                length = header(head, "Content-Length") if sep else None
+                if length is not None and len(body) >= int(length):
                     break
         return out
 
