@@ -92,6 +92,11 @@ class _NameView:
         """Every name with a rule, sorted so that a parent comes before its children and output is stable."""
         return sorted(self.hosts.keys() | self.domains.keys(), key=_sort_key)
 
+    def verdicts(self, name: str) -> tuple[Rule | None, Rule | None]:
+        """(apex, subtree) of ``name`` with one walk up the domain table."""
+        sub = self.subtree(name)
+        return self.hosts.get(name) or sub, sub
+
     def covering(self, name: str, include_self: bool) -> tuple[str, Rule] | None:
         """The closest ``domain`` rule at ``name`` (if ``include_self``) or above it, on label boundaries."""
         domains = self.domains
@@ -142,8 +147,10 @@ class _NameView:
         return cover is not None and self.level(cover[0], False) == self.level(name, exact)
 
 
-def _sort_key(name: str) -> tuple[str, ...]:
-    return tuple(reversed(name.split(".")))
+def _sort_key(name: str) -> str:
+    # The name read backwards: names group by registrable domain and a parent sorts before its children. A string
+    # key, not a tuple of labels: sorting a million names takes a fraction of a second instead of seconds.
+    return name[::-1]
 
 
 @dataclass
@@ -344,7 +351,7 @@ def _unbound(ctx: _Context) -> tuple[list[str], list[str]]:
             body.append(f'local-data: "{name}. AAAA {v6}"')
 
     for name in view.names():
-        apex, sub = view.apex(name), view.subtree(name)
+        apex, sub = view.verdicts(name)
         apex_block = apex is not None and apex.action == "block"
         sub_block = sub is not None and sub.action == "block"
         if sub_block and apex_block:
@@ -383,7 +390,7 @@ def _dnsmasq(ctx: _Context) -> tuple[list[str], list[str]]:
     v4, v6 = mode.addresses
     body: list[str] = []
     for name in view.names():
-        apex, sub = view.apex(name), view.subtree(name)
+        apex, sub = view.verdicts(name)
         if apex is not None and apex.action == "block":
             if mode.kind == "nxdomain":
                 body.append(f"address=/{name}/")

@@ -83,6 +83,9 @@ class Policy:
         self.rules = rules
         self._hosts = hosts
         self._domains = domains
+        # Whether any suffix rule is a single label ("cn"): without one, lookups skip the top-level label. Feeds
+        # never list bare TLDs, so this usually saves one dictionary probe per query.
+        self._tld_rules = any("." not in name for name in domains)
         self.urls = urls
         self.cidrs = tuple(cidrs)
         self._cidr_table = CidrTable(cidrs)
@@ -94,7 +97,12 @@ class Policy:
     # -- decisions -------------------------------------------------------------------------------------------
     def match_name(self, name: str) -> Match | None:
         """Decide a DNS name (any case, with or without trailing dot, Unicode or punycode)."""
-        key = fast_key(name)
+        if name.isascii():  # fast_key inlined: this runs once per DNS query
+            key = name.lower()
+            if key[-1:] == ".":
+                key = key[:-1]
+        else:
+            key = fast_key(name)
         rule = self._hosts.get(key)
         if rule is not None:
             return Match(rule, self.apps[rule.app], key)
@@ -102,13 +110,17 @@ class Policy:
         rule = domains.get(key)
         if rule is not None:
             return Match(rule, self.apps[rule.app], key)
+        tld = self._tld_rules
         i = key.find(".")
         while i >= 0:
+            j = key.find(".", i + 1)
+            if j < 0 and not tld:
+                return None  # the last label alone: no rule is that short
             suffix = key[i + 1 :]
             rule = domains.get(suffix)
             if rule is not None:
                 return Match(rule, self.apps[rule.app], suffix)
-            i = key.find(".", i + 1)
+            i = j
         return None
 
     def match_key(self, key: str) -> Rule | None:
@@ -120,12 +132,16 @@ class Policy:
         rule = domains.get(key)
         if rule is not None:
             return rule
+        tld = self._tld_rules
         i = key.find(".")
         while i >= 0:
+            j = key.find(".", i + 1)
+            if j < 0 and not tld:
+                return None
             rule = domains.get(key[i + 1 :])
             if rule is not None:
                 return rule
-            i = key.find(".", i + 1)
+            i = j
         return None
 
     def match_ip(self, addr: str | IPAddress) -> Match | None:

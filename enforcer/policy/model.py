@@ -6,9 +6,9 @@ Nothing here does I/O or reads the clock; ``Match.enforced`` takes "now" and the
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 CATEGORIES = ("messaging", "update", "download", "store", "telemetry", "payments", "bypass", "web")
 NAME_KINDS = ("domain", "host", "include")
@@ -79,13 +79,16 @@ class Rule:
     comment: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    """The winning rule for a query. ``matched`` is the name, CIDR or pattern that matched."""
+class Match(NamedTuple):
+    """The winning rule for a query. ``matched`` is the name, CIDR or pattern that matched.
+
+    A NamedTuple rather than a frozen dataclass: it is built on every hit of the DNS hot path, and a tuple is built
+    in half the time of a frozen dataclass (which sets each field through object.__setattr__). Immutable all the same.
+    """
 
     rule: Rule
     app: AppPolicy
-    matched: str = field(default="")
+    matched: str = ""
 
     @property
     def verdict(self) -> Action:

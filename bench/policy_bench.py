@@ -1,0 +1,259 @@
+"""Policy benchmark: load time, peak RSS and lookup rate for large ``include:`` feeds, against dnsmasq in the same run.
+
+Usage: ``.venv/bin/python bench/policy_bench.py [--sizes 100000,1000000] [--lookups 200000] [--json FILE]``
+
+- ``make_feed``: a deterministic feed of N realistic random names (2-4 labels, common TLDs) in a temp folder, with a
+  one-rule blocklist that ``include:``s it.
+- ``child``: run in a FRESH interpreter per size (``--child``), so ``ru_maxrss`` is the peak of that load alone: it
+  times ``load_policy``, then ``match_name`` and ``match_key`` over a mix of hits and misses (4-label names) on one
+  core, and prints one JSON line.
+- ``peer``: the same feed exported with ``enforcer export --format dnsmasq`` (timed too) and loaded by
+  ``dnsmasq --test`` (and ``unbound-checkconf`` on the unbound export), timed in the same run: the ratio is what
+  to compare across machines, the absolute numbers are noisy on a shared 2-core box.
+
+Targets (issue 2): 1M names load in <= 4 s with peak RSS <= 250 MB; >= 400,000 lookups/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TLDS = ["com", "net", "org", "info", "io", "cn", "ru", "de", "co.uk", "com.br", "xyz", "top", "online", "site", "app"]
+SYLLABLES = [
+    "ad", "an", "ar", "ba", "be", "cdn", "cl", "co", "da", "de", "di", "do", "el", "en", "er", "fa", "go", "ha",
+    "in", "io", "ka", "ke", "ki", "la", "le", "li", "lo", "ma", "me", "mi", "mo", "na", "ne", "no", "on", "pa",
+    "pe", "pi", "po", "ra", "re", "ri", "ro", "sa", "se", "si", "so", "ta", "te", "ti", "to", "tr", "un", "va",
+    "ve", "vi", "wa", "we", "xi", "ya", "za", "zo", "track", "stat", "pix", "api", "img", "ads", "log", "push",
+]  # fmt: skip
+SUBS = ["www", "api", "cdn", "static", "img", "m", "t", "track", "log", "s1", "s2", "edge", "mail", "app"]
+
+
+def _label(rng: random.Random) -> str:
+    word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
+    if rng.random() < 0.15:
+        word += str(rng.randint(0, 999))
+    if rng.random() < 0.1:
+        word += "-" + rng.choice(SYLLABLES)
+    return word
+
+
+def random_name(rng: random.Random, labels: int) -> str:
+    """A name of ``labels`` labels counting a two-part TLD such as co.uk as one."""
+    parts = [_label(rng), rng.choice(TLDS)]
+    while len(parts) < labels:
+        parts.insert(0, rng.choice(SUBS) if rng.random() < 0.5 else _label(rng))
+    return ".".join(parts)
+
+
+def make_feed(folder: Path, n: int, seed: int = 1) -> tuple[Path, list[str]]:
+    """Write ``n`` distinct names (2-4 labels) and a blocklist including them; return (blocklist, names)."""
+    rng = random.Random(seed)
+    names: dict[str, None] = {}
+    while len(names) < n:
+        names[random_name(rng, rng.choice((2, 2, 3, 3, 4)))] = None
+    feed = folder / f"feed-{n}.txt"
+    feed.write_text("\n".join(names) + "\n")
+    blocklist = folder / f"bench-{n}.yaml"
+    blocklist.write_text(
+        "app: bench\npolicy:\n  effective: 2023-10-30\nblock:\n"
+        f"  - include: {feed.name}\n    category: web\n"
+        "  - domain: weixin.qq.com\n    category: messaging\n"
+        "allow:\n  - domain: work.weixin.qq.com\n"
+    )
+    return blocklist, list(names)
+
+
+def make_queries(names: list[str], count: int, seed: int = 2) -> list[str]:
+    """Half hits (names below a feed entry, padded to 4 labels), half misses (random 4-label names)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        if i % 2 == 0:
+            base = rng.choice(names)
+            while base.count(".") < 3:
+                base = rng.choice(SUBS) + "." + base
+            out.append(base)
+        else:
+            out.append(random_name(rng, 4))  # fresh random names: almost all miss (hit_ratio shows the real mix)
+    return out
+
+
+# -- child: one measurement in a fresh interpreter --------------------------------------------------------------------
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS. VmHWM belongs to the current address space; ru_maxrss would also count what the
+    parent had resident when it forked us (Linux keeps the pre-exec high-water mark), hence the preference."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:
+    base_rss = peak_rss_kb()
+    from enforcer.policy import load_policy
+
+    import_rss = peak_rss_kb()
+    queries = queries_file.read_text().split("\n")
+    t0 = time.perf_counter()
+    policy = load_policy(blocklist)
+    load_s = time.perf_counter() - t0
+    peak_kb = peak_rss_kb()
+    match_name, match_key = policy.match_name, policy.match_key
+    hits = sum(1 for q in queries if match_name(q) is not None)
+    rates: dict[str, float] = {}
+    for _ in range(3):  # best of three: the box is shared
+        for label, fn in (("match_name", match_name), ("match_key", match_key)):
+            # CPU time of this one thread = lookups per second on one core, whatever else the box is running;
+            # wall time is reported as well.
+            c0, w0 = time.process_time(), time.perf_counter()
+            for q in queries:
+                fn(q)
+            cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            rates[label] = max(rates.get(label, 0.0), len(queries) / cpu)
+            rates[label + "_wall"] = max(rates.get(label + "_wall", 0.0), len(queries) / wall)
+    return {
+        "names": policy.stats().names,
+        "load_s": round(load_s, 3),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "interpreter_rss_mb": round(base_rss / 1024, 1),
+        "after_imports_rss_mb": round(import_rss / 1024, 1),
+        "queries": len(queries),
+        "hit_ratio": round(hits / len(queries), 3),
+        "match_name_per_s": int(rates["match_name"]),
+        "match_key_per_s": int(rates["match_key"]),
+        "match_name_per_s_wall": int(rates["match_name_wall"]),
+        "match_key_per_s_wall": int(rates["match_key_wall"]),
+    }
+
+
+# -- peers ------------------------------------------------------------------------------------------------------------
+
+
+def _timed(cmd: list[str]) -> tuple[float, int, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    return time.perf_counter() - t0, proc.returncode, (proc.stdout + proc.stderr).strip()[-300:]
+
+
+def _max_rss_of(cmd: list[str]) -> float | None:
+    """Peak RSS (MB) of a command: a small fresh interpreter starts it and reads its rusage with wait4, so neither
+    this (large) process nor earlier children leak into the figure."""
+    code = (
+        "import os, subprocess, sys, json\n"
+        "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "_, status, ru = os.wait4(p.pid, 0)\n"
+        "print(json.dumps([os.waitstatus_to_exitcode(status), ru.ru_maxrss]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, timeout=600, check=False)
+    try:
+        rc, kb = json.loads(proc.stdout)
+    except ValueError:
+        return None
+    return round(kb / 1024, 1) if rc == 0 else None
+
+
+def peers(blocklist: Path, folder: Path) -> dict[str, Any]:
+    enforcer = [sys.executable, "-m", "enforcer"]
+    out: dict[str, Any] = {}
+    dm_conf = folder / "dnsmasq.conf"
+    t, rc, msg = _timed([*enforcer, "export", "--format", "dnsmasq", "--blocklist", str(blocklist), "-o", str(dm_conf)])
+    out["enforcer_export_dnsmasq_s"] = round(t, 3) if rc == 0 else f"failed: {msg}"
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    if rc == 0 and Path(dnsmasq).exists():
+        t, rc, msg = _timed([dnsmasq, "--test", f"--conf-file={dm_conf}"])
+        out["dnsmasq_test_s"] = round(t, 3) if rc == 0 else f"failed: {msg}"
+        out["dnsmasq_test_peak_rss_mb"] = _max_rss_of([dnsmasq, "--test", f"--conf-file={dm_conf}"])
+    ub_snippet = folder / "unbound-snippet.conf"
+    t, rc, msg = _timed(
+        [*enforcer, "export", "--format", "unbound", "--blocklist", str(blocklist), "-o", str(ub_snippet)]
+    )
+    checkconf = shutil.which("unbound-checkconf") or "/usr/sbin/unbound-checkconf"
+    if rc == 0 and Path(checkconf).exists():
+        conf = folder / "unbound.conf"
+        conf.write_text(
+            f'server:\n  chroot: ""\n  username: ""\n  directory: "{folder}"\n  pidfile: "{folder}/u.pid"\n'
+            f'include: "{ub_snippet}"\n'
+        )
+        t, rc, msg = _timed([checkconf, str(conf)])
+        out["unbound_checkconf_s"] = round(t, 3) if rc == 0 else f"failed: {msg}"
+    return out
+
+
+def run(sizes: list[int], lookups: int, keep: bool) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
+    results: dict[str, Any] = {"python": sys.version.split()[0], "folder": str(folder), "sizes": {}}
+    try:
+        for n in sizes:
+            t0 = time.perf_counter()
+            blocklist, names = make_feed(folder, n)
+            queries = folder / f"queries-{n}.txt"
+            queries.write_text("\n".join(make_queries(names, lookups)))
+            gen_s = time.perf_counter() - t0
+            del names
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(blocklist), str(queries)],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise SystemExit(f"child failed for {n}: {proc.stderr[-2000:]}")
+            entry = json.loads(proc.stdout.strip().splitlines()[-1])
+            entry["feed_generation_s"] = round(gen_s, 2)
+            entry.update(peers(blocklist, folder))
+            if isinstance(entry.get("dnsmasq_test_s"), float) and entry["dnsmasq_test_s"] > 0:
+                entry["load_ratio_vs_dnsmasq_test"] = round(entry["load_s"] / entry["dnsmasq_test_s"], 2)
+            if isinstance(entry.get("dnsmasq_test_peak_rss_mb"), float):
+                entry["rss_ratio_vs_dnsmasq_test"] = round(entry["peak_rss_mb"] / entry["dnsmasq_test_peak_rss_mb"], 2)
+            results["sizes"][str(n)] = entry
+            print(f"{n:>9} names: {json.dumps(entry)}", file=sys.stderr, flush=True)
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    big = results["sizes"].get("1000000")
+    if big:
+        results["targets"] = {
+            "load_s<=4": big["load_s"] <= 4,
+            "peak_rss_mb<=250": big["peak_rss_mb"] <= 250,
+            "match_name_per_s>=400000": big["match_name_per_s"] >= 400_000,
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--sizes", default="100000,1000000", help="comma-separated feed sizes")
+    ap.add_argument("--lookups", type=int, default=200_000, help="queries per timing pass")
+    ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the generated feeds and exports")
+    ap.add_argument("--child", nargs=2, metavar=("BLOCKLIST", "QUERIES"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(Path(args.child[0]), Path(args.child[1]))))
+        return 0
+    results = run([int(x) for x in args.sizes.split(",")], args.lookups, args.keep)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
