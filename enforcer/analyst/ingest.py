@@ -39,7 +39,7 @@ from .store import Row, Store
 log = logging.getLogger("enforcer.analyst.ingest")
 
 HEAD_BYTES = 64
-CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 16 * 1024 * 1024
 _ROTATED = re.compile(r"\.\d+$")
 _HEX = re.compile(r"[0-9a-f]{32}")
 Parsed = tuple[list[Row], dict[str, int], int, str | None]

@@ -72,7 +72,7 @@ MAX_FILTER_VALUES = 50
 # Chart bucket sizes (seconds); the smallest that keeps the chart at or under MAX_BUCKETS points per series.
 BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400)
 MAX_BUCKETS = 60
-_CURSOR = re.compile(r"^(-?\d{1,20})\.(\d{1,20})$")
+_CURSOR = re.compile(r"^(-?\d{1,20})\.([bt])((?:[0-9a-f]{2}){1,256})$")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -318,13 +318,27 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def _parse_cursor(value: str | None) -> tuple[int, int] | None:
+def _parse_cursor(value: str | None) -> tuple[int, str | bytes] | None:
+    """``TS.bHEX`` (blob id) or ``TS.tHEX`` (text id, UTF-8 as hex): opaque to clients, exact for the keyset."""
     if not value:
         return None
     m = _CURSOR.match(value)
     if not m:
         raise BadRequest("invalid cursor")
-    return int(m.group(1)), int(m.group(2))
+    raw = bytes.fromhex(m.group(3))
+    if m.group(2) == "b":
+        return int(m.group(1)), raw
+    try:
+        return int(m.group(1)), raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("invalid cursor") from None
+
+
+def _format_cursor(cursor: tuple[int, str | bytes] | None) -> str | None:
+    if cursor is None:
+        return None
+    ts, eid = cursor
+    return f"{ts}.b{eid.hex()}" if isinstance(eid, bytes) else f"{ts}.t{eid.encode('utf-8').hex()}"
 
 
 async def api_events(request: web.Request) -> web.StreamResponse:
@@ -338,7 +352,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"limit must be 1..{MAX_LIMIT}")
     cursor = _parse_cursor(request.query.get("cursor") or request.query.get("next"))
     docs, nxt = await analyst.db(analyst.store.events, f, limit, cursor)
-    return _json({"events": docs, "next": f"{nxt[0]}.{nxt[1]}" if nxt else None})
+    return _json({"events": docs, "next": _format_cursor(nxt)})
 
 
 async def _report(request: web.Request) -> dict[str, Any]:
@@ -361,16 +375,13 @@ async def api_report_csv(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
-    """Blocking: everything the dashboard shows for one set of filters."""
-    store, eff = analyst.store, dict(analyst.effective)
-    pairs = store.pairs(f, eff)
-    noncompliant = []
+def _noncompliant_rows(analyst: Analyst, pairs: dict[tuple[str, str], list[Any]]) -> list[dict[str, Any]]:
+    rows = []
     for (client, app), (attempts, enforced, first, last) in pairs.items():
         if enforced <= 0:
             continue
         dev = analyst.inventory.lookup(client) if client else None
-        noncompliant.append(
+        rows.append(
             {
                 "device": dev.device if dev else None,
                 "owner": dev.owner if dev else None,
@@ -383,24 +394,42 @@ def _dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
                 "enforced_attempts": enforced,
             }
         )
-    noncompliant.sort(key=lambda r: (-r["enforced_attempts"], r["app"], r["client"]))
-    series: dict[str, Any] = {"bucket_seconds": None, "buckets": [], "apps": {}}
+    rows.sort(key=lambda r: (-r["enforced_attempts"], r["app"], r["client"]))
+    return rows
+
+
+def _series(store: Store, f: Filters) -> dict[str, Any]:
+    """Blocking: attempts per app per bucket, dense (zeros included), the bucket chosen from the data's time span."""
     bounds = store.bounds(f)
-    if bounds is not None:
-        lo, hi = bounds
-        span = max(1, (hi - lo) // 1_000_000 + 1)
-        bucket = next((b for b in BUCKETS if span / b <= MAX_BUCKETS), BUCKETS[-1])
-        bucket_us = bucket * 1_000_000
-        first_b = lo // bucket_us * bucket_us
-        n = (hi // bucket_us * bucket_us - first_b) // bucket_us + 1
-        apps: dict[str, list[int]] = {}
-        for b, app, count in store.series(f, bucket_us):
-            apps.setdefault(app, [0] * n)[(b - first_b) // bucket_us] = count
-        series = {
-            "bucket_seconds": bucket,
-            "buckets": [us_to_ts(first_b + i * bucket_us) for i in range(n)],
-            "apps": dict(sorted(apps.items())),
-        }
+    if bounds is None:
+        return {"bucket_seconds": None, "buckets": [], "apps": {}}
+    lo, hi = bounds
+    span = max(1, (hi - lo) // 1_000_000 + 1)
+    bucket = next((b for b in BUCKETS if span / b <= MAX_BUCKETS), BUCKETS[-1])
+    bucket_us = bucket * 1_000_000
+    first_b = lo // bucket_us * bucket_us
+    n = (hi // bucket_us * bucket_us - first_b) // bucket_us + 1
+    apps: dict[str, list[int]] = {}
+    for b, app, count in store.series(f, bucket_us):
+        apps.setdefault(app, [0] * n)[(b - first_b) // bucket_us] = count
+    return {
+        "bucket_seconds": bucket,
+        "buckets": [us_to_ts(first_b + i * bucket_us) for i in range(n)],
+        "apps": dict(sorted(apps.items())),
+    }
+
+
+async def _dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
+    """Everything the dashboard shows for one set of filters; the independent queries run in parallel threads."""
+    store, eff = analyst.store, dict(analyst.effective)
+    pairs, series, top_rules, facets, windows = await asyncio.gather(
+        analyst.db(store.pairs, f, eff),
+        analyst.db(_series, store, f),
+        analyst.db(store.top_rules, f, eff, 10),
+        analyst.db(store.facets),
+        analyst.db(_windows, analyst, eff),
+    )
+    noncompliant = _noncompliant_rows(analyst, pairs)
     return {
         "generated_at": dt_to_ts(datetime.now(UTC)),
         "totals": {
@@ -412,9 +441,9 @@ def _dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
         "series": series,
         "noncompliant": noncompliant[:MAX_LIMIT],
         "noncompliant_total": len(noncompliant),
-        "top_rules": store.top_rules(f, eff, 10),
-        "facets": store.facets(),
-        "windows": _windows(analyst, eff),
+        "top_rules": top_rules,
+        "facets": facets,
+        "windows": windows,
         "ingest": {
             "ingested": analyst.ingester.ingested,
             "duplicates": analyst.ingester.duplicates,
@@ -437,7 +466,7 @@ def _windows(analyst: Analyst, eff: dict[str, str]) -> list[dict[str, Any]]:
 async def api_dashboard(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
     f, _, _ = filters_from(request)
-    return _json(await analyst.db(_dashboard, analyst, f))
+    return _json(await _dashboard(analyst, f))
 
 
 def build_app(analyst: Analyst) -> web.Application:

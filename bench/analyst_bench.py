@@ -1,0 +1,293 @@
+"""Analyst benchmark: ingest rate, ``enforcer report`` time and peak RSS, ``/api/events`` first-page latency.
+
+Usage: ``.venv/bin/python bench/analyst_bench.py [--events 1000000] [--workdir /tmp/enforcer-analyst-bench]``
+
+- Generates N hit events with the real ``HitEvent.to_json`` (5,000 clients, IPv4 and IPv6, both apps, DNS and proxy,
+  before and after the effective date) into ``WORKDIR/events.jsonl`` (reused when it already has N lines; never in
+  the repository).
+- Ingest: the real ``Ingester`` into a fresh SQLite store. Peer, same run: the naive single-threaded loop
+  (``json.loads`` + one ``INSERT`` per batch, no pipeline, same schema).
+- Report: ``python -m enforcer report --format json`` as a child process; wall time and the child's peak RSS
+  (``wait4``). Peers, same run: ``wc -l`` on the file (the I/O floor) and a naive ``json.loads`` per line loop.
+- API: a real ``enforcer analyst`` process on the filled store; median and p95 of the first page of ``/api/events``
+  (no filter, ``app=``, ``client=``), against ``/healthz`` on the same server (the HTTP floor).
+
+Prints one JSON object with every figure and the targets (ingest >= 50,000/s, report <= 5 s and <= 200 MB,
+first page <= 100 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from enforcer.analyst.ingest import Ingester  # noqa: E402
+from enforcer.analyst.records import parse_line, ts_to_us  # noqa: E402
+from enforcer.analyst.store import INSERT, SCHEMA, Store  # noqa: E402
+from enforcer.events import HitEvent  # noqa: E402
+from enforcer.policy import load_policy  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def generate(path: Path, n: int, clients: int, seed: int = 1) -> float:
+    if path.exists():
+        with path.open("rb") as fh:
+            if sum(1 for _ in fh) == n:
+                return 0.0
+    policy = load_policy([ROOT / "blocklists"])
+    rnd = random.Random(seed)
+    names = ["long.weixin.qq.com", "www.wechat.com", "kaspersky.com", "dnl-01.geo.kaspersky.com", "dns.weixin.qq.com"]
+    urls = ["http://dldir1.qq.com/weixin/android/weixin.apk", "https://kaspersky-labs.com/update/index.xml"]
+    dns_matches = [(n_, policy.match_name(n_)) for n_ in names]
+    url_matches = [(u, policy.match_url(u)) for u in urls]
+    pool = [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(clients * 4 // 5)]
+    pool += [f"2001:db8:{i // 65536:x}:{i % 65536:x}::1" for i in range(clients - len(pool))]
+    effective = min(a.effective for a in policy.apps.values())
+    start = effective - timedelta(days=10)
+    step = 40 * 86400 / n
+    t0 = time.perf_counter()
+    with path.open("w", encoding="utf-8") as fh:
+        buf = []
+        for i in range(n):
+            at = start + timedelta(seconds=i * step)
+            client = pool[rnd.randrange(len(pool))]
+            if rnd.random() < 0.7:
+                name, m = dns_matches[rnd.randrange(len(dns_matches))]
+                kw = {"dns_question_name": name, "dns_question_type": "A"}
+                comp, action = "dns", "dns-block"
+            else:
+                url, m = url_matches[rnd.randrange(len(url_matches))]
+                kw = {"url_full": url, "url_domain": url.split("/")[2], "http_method": "GET"}
+                comp, action = "proxy", "http-block"
+            assert m is not None
+            ev = HitEvent.from_match(
+                m,
+                action=action,
+                component=comp,
+                version=policy.fingerprint,
+                enforced=m.enforced(at),
+                at=at,
+                source_ip=client,
+                source_port=40000 + i % 20000,
+                **kw,
+            )
+            buf.append(ev.to_json())
+            if len(buf) >= 10000:
+                fh.write("\n".join(buf) + "\n")
+                buf.clear()
+        if buf:
+            fh.write("\n".join(buf) + "\n")
+    return time.perf_counter() - t0
+
+
+def fresh_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def bench_ingest(events: Path, db: Path) -> dict[str, float]:
+    fresh_db(db)
+    store = Store(db)
+    ing = Ingester(store, [events])
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    n = ing.poll_once()
+    dt = time.perf_counter() - t0
+    cpu_main = time.process_time() - cpu0
+    ing.stop()  # reaps the parser process, so its CPU time shows in RUSAGE_CHILDREN
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_parser = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    store.close()
+    return {
+        "events": n,
+        "seconds": round(dt, 2),
+        "events_per_s": round(n / dt),
+        "cpu_seconds_writer": round(cpu_main, 2),
+        "cpu_seconds_parser": round(cpu_parser, 2),
+        # The rate the slower of the two pipeline stages allows with a core to itself (the machine is shared).
+        "events_per_cpu_s_bottleneck": round(n / max(cpu_main, cpu_parser)),
+    }
+
+
+def bench_naive_ingest(events: Path, db: Path, limit: int) -> dict[str, float]:
+    """The straightforward loop, same schema: parse every line, then insert in batches, one thread."""
+    fresh_db(db)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    t0 = time.perf_counter()
+    n = 0
+    with events.open(encoding="utf-8") as fh:
+        batch = []
+        for line in fh:
+            parsed = parse_line(line)
+            if parsed is None:
+                continue
+            r, _ = parsed
+            batch.append(
+                (r.id, ts_to_us(r.ts), r.app, r.client, r.category, r.component, r.action, r.rule, int(r.denied),
+                 r.name, line.rstrip("\n"))
+            )  # fmt: skip
+            n += 1
+            if len(batch) == 5000:
+                conn.execute("BEGIN")
+                conn.executemany(INSERT, batch)
+                conn.execute("COMMIT")
+                batch.clear()
+            if n >= limit:
+                break
+        if batch:
+            conn.execute("BEGIN")
+            conn.executemany(INSERT, batch)
+            conn.execute("COMMIT")
+    dt = time.perf_counter() - t0
+    conn.close()
+    fresh_db(db)
+    return {"events": n, "seconds": round(dt, 2), "events_per_s": round(n / dt)}
+
+
+def run_child(cmd: list[str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS in MB of that child alone, return code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    dt = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return dt, rusage.ru_maxrss // 1024, proc.returncode
+
+
+def bench_report(events: Path) -> dict[str, float]:
+    dt, rss, rc = run_child([sys.executable, "-m", "enforcer", "report", "--events", str(events), "--format", "json"])
+    assert rc == 0, "enforcer report failed"
+    wc, _, _ = run_child(["wc", "-l", str(events)])
+    naive_code = (
+        "import json,sys\nn=0\nfor line in open(sys.argv[1],encoding='utf-8'):\n json.loads(line); n+=1\nprint(n)"
+    )
+    naive, _, _ = run_child([sys.executable, "-c", naive_code, str(events)])
+    return {
+        "seconds": round(dt, 2),
+        "peak_rss_mb": rss,
+        "peer_wc_l_seconds": round(wc, 2),
+        "peer_json_loads_loop_seconds": round(naive, 2),
+        "ratio_vs_json_loads_loop": round(dt / naive, 2),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _latencies(url: str, n: int, auth: bool = True) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {TOKEN}"} if auth else {}
+    out = []
+    for _ in range(n):
+        req = urllib.request.Request(url, headers=headers)
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+        out.append((time.perf_counter() - t0) * 1000)
+    out.sort()
+    return {"median_ms": round(statistics.median(out), 1), "p95_ms": round(out[int(len(out) * 0.95) - 1], 1)}
+
+
+def bench_api(events: Path, db: Path, workdir: Path) -> dict[str, object]:
+    token = workdir / "token"
+    token.write_text(TOKEN, encoding="utf-8")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enforcer", "analyst", "--listen", f"127.0.0.1:{port}", "--events", str(events),
+         "--db", str(db), "--token-file", str(token)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=2) as resp:
+                    resp.read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        time.sleep(1.0)  # let the startup poll (nothing new: offsets are stored) and first refresh pass
+        some_client = json.loads(urllib.request.urlopen(
+            urllib.request.Request(base + "/api/events?limit=1", headers={"Authorization": f"Bearer {TOKEN}"}),
+            timeout=30).read())["events"][0]["source"]["ip"]  # fmt: skip
+        return {
+            "first_page": _latencies(base + "/api/events?limit=100", 50),
+            "first_page_app_filter": _latencies(base + "/api/events?limit=100&app=kaspersky", 50),
+            "first_page_client_filter": _latencies(base + f"/api/events?limit=100&client={some_client}", 50),
+            "first_page_category_filter": _latencies(base + "/api/events?limit=100&category=download", 20),
+            "peer_healthz": _latencies(base + "/healthz", 50, auth=False),
+            "dashboard": _latencies(base + "/api/dashboard", 3),
+            "report_api": _latencies(base + "/api/report", 3),
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--clients", type=int, default=5000)
+    ap.add_argument("--workdir", default="/tmp/enforcer-analyst-bench")
+    ap.add_argument("--naive-limit", type=int, default=0, help="events for the naive ingest peer (default: all)")
+    args = ap.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    events = workdir / f"events-{args.events}.jsonl"
+    db = workdir / "analyst.sqlite"
+    gen = generate(events, args.events, args.clients)
+    result: dict[str, object] = {
+        "events": args.events,
+        "file_mb": round(events.stat().st_size / 2**20, 1),
+        "generated_seconds": round(gen, 1),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg()[0],
+    }
+    result["report"] = bench_report(events)
+    naive = bench_naive_ingest(events, workdir / "naive.sqlite", min(args.naive_limit or args.events, args.events))
+    ingest = bench_ingest(events, db)
+    ingest["ratio_vs_naive_loop"] = round(ingest["events_per_s"] / naive["events_per_s"], 2)
+    result["ingest"] = ingest
+    result["peer_naive_ingest"] = naive
+    result["db_mb"] = round(db.stat().st_size / 2**20, 1)
+    result["api"] = bench_api(events, db, workdir)
+    result["loadavg_after"] = os.getloadavg()[0]
+    result["targets"] = {
+        "ingest_events_per_s": ">= 50000",
+        "report_seconds": "<= 5",
+        "report_peak_rss_mb": "<= 200",
+        "first_page_ms": "<= 100",
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""bench/analyst_bench.py runs end to end: a small run in the default suite, the 1M-event run under ``-m slow``.
+
+No timing is asserted (the machine is shared); the figures are checked for completeness and consistency only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _bench(tmp_path: Path, events: int, timeout: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "analyst_bench.py"), "--events", str(events), "--workdir", str(tmp_path),
+         "--naive-limit", str(min(events, 20000))],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _check(result: dict, events: int) -> None:
+    assert result["events"] == events
+    assert result["ingest"]["events"] == events  # every generated event stored once
+    assert result["report"]["seconds"] > 0 and result["report"]["peak_rss_mb"] > 0
+    for key in ("first_page", "first_page_app_filter", "first_page_client_filter", "peer_healthz"):
+        assert result["api"][key]["median_ms"] > 0
+
+
+def test_bench_small(tmp_path: Path) -> None:
+    _check(_bench(tmp_path, 5000, 100), 5000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bench_one_million(tmp_path: Path) -> None:
+    result = _bench(Path("/tmp/enforcer-analyst-bench"), 1_000_000, 880)
+    _check(result, 1_000_000)
+    print(json.dumps(result, indent=2))
