@@ -23,6 +23,7 @@ PACED_SECONDS="${PACED_SECONDS:-8}"
 SERVER_CPU="${SERVER_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
 SOAK="${SOAK:-0}"
+EVENTS="${EVENTS:-1}"  # EVENTS=0 runs enforcer without --events (to see what hit events cost)
 BASE_PORT="${BASE_PORT:-$((20000 + RANDOM % 20000))}"
 UP_PORT=$BASE_PORT
 ENF_PORT=$((BASE_PORT + 1))
@@ -65,7 +66,8 @@ perf() {  # perf PORT FILE SECONDS [extra dnsperf args...] -> dnsperf report on 
 
 # The local upstream for cache misses.
 taskset -c "$CLIENT_CPU" "$DNSMASQ" -k --port "$UP_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv \
-  --no-hosts --pid-file= --address=/#/192.0.2.1 --cache-size=0 --user=root --log-facility=/dev/null &
+  --no-hosts --pid-file= --address=/#/192.0.2.1 --local-ttl=3600 --cache-size=0 --user=root \
+  --log-facility=/dev/null &
 PIDS+=($!)
 wait_port "$UP_PORT"
 
@@ -93,8 +95,10 @@ bench_server() {  # bench_server NAME PORT PID
 }
 
 # --- enforcer dns --------------------------------------------------------------------------------------------
+EVENT_ARGS=()
+[ "$EVENTS" = 1 ] && EVENT_ARGS=(--events "$WORK/events.jsonl")
 taskset -c "$SERVER_CPU" "$PY" -m enforcer dns --listen "127.0.0.1:$ENF_PORT" --upstream "127.0.0.1:$UP_PORT" \
-  --blocklist "$WORK/blocklists" --mode null --events "$WORK/events.jsonl" --metrics "127.0.0.1:$METRICS_PORT" \
+  --blocklist "$WORK/blocklists" --mode null "${EVENT_ARGS[@]}" --metrics "127.0.0.1:$METRICS_PORT" \
   >"$WORK/enforcer.out" 2>"$WORK/enforcer.err" &
 ENF_PID=$!
 PIDS+=($ENF_PID)
@@ -112,7 +116,7 @@ if [ "$SOAK" -gt 0 ]; then
     i=$((i + 1))
   done
 fi
-events=$(wc -l <"$WORK/events.jsonl" 2>/dev/null || echo 0)
+events=$(cat "$WORK"/events.jsonl* 2>/dev/null | wc -l)  # the writer rotates at 64 MiB
 dropped=$(curl -s "127.0.0.1:$METRICS_PORT/metrics" | awk '/^enforcer_events_dropped_total/ {print $2}')
 kill -TERM "$ENF_PID"; wait "$ENF_PID" || true
 
@@ -130,7 +134,7 @@ kill -TERM "$DM_PID"; wait "$DM_PID" || true
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "DNS benchmark $(date -u +%FT%TZ): ${DURATION}s per workload, blocklist = shipped + ${FEED_NAMES} feed names,"
-echo "server on CPU $SERVER_CPU, dnsperf (-c 4 -q 200) on CPU $CLIENT_CPU; enforcer with events + metrics on."
+echo "server on CPU $SERVER_CPU, dnsperf (-c 4 -q 200) on CPU $CLIENT_CPU; enforcer metrics on, events=$EVENTS."
 printf "%-9s | %12s %9s | %12s %9s | %8s\n" workload "enforcer qps" "avg ms" "dnsmasq qps" "avg ms" "ratio"
 for wl in blocked cached mix miss; do
   printf "%-9s | %12s %9s | %12s %9s | %8s\n" "$wl" "${QPS[enforcer,$wl]}" "${AVG[enforcer,$wl]}" \

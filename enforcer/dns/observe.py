@@ -94,12 +94,14 @@ class FastHistogram(Collector):
 _FIELDS = tuple(f.name for f in dataclasses.fields(HitEvent))
 _SENTINEL_TIME = datetime(2000, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 _SENTINELS = ('"2000-01-02T03:04:05.678901Z"', '"@@id@@"', '"@@ip@@"', '"@@port@@"', '"@@qname@@"', '"@@qtype@@"')
-_TEMPLATES: dict[tuple[Any, ...], str] = {}
+_TEMPLATES: dict[tuple[Any, ...], tuple[str, ...]] = {}
 _SECOND: list[Any] = [-1, ""]
 
 
-def _json_template(key: tuple[Any, ...], policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool) -> str:
-    """The event's JSON with {0}..{5} where timestamp, id, source ip/port and the question go."""
+def _json_template(
+    key: tuple[Any, ...], policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool
+) -> tuple[str, ...]:
+    """The event's JSON cut into 7 fixed parts around timestamp, id, source ip, port, question name and type."""
     tpl = _TEMPLATES.get(key)
     if tpl is None:
         sample = HitEvent.from_match(
@@ -107,11 +109,20 @@ def _json_template(key: tuple[Any, ...], policy: Policy, rule: Rule, action: str
             enforced=enforced, exempt=exempt, at=_SENTINEL_TIME, id="@@id@@", source_ip="@@ip@@",
             source_port="@@port@@", dns_question_name="@@qname@@", dns_question_type="@@qtype@@",
         )  # fmt: skip
-        tpl = sample.to_json().replace("{", "{{").replace("}", "}}")
-        for i, sentinel in enumerate(_SENTINELS):
-            if tpl.count(sentinel) != 1:
+        text = sample.to_json()
+        positions = []
+        for sentinel in _SENTINELS:
+            if text.count(sentinel) != 1:
                 raise ValueError(f"event template: {sentinel} not found exactly once")
-            tpl = tpl.replace(sentinel, "{%d}" % i)  # noqa: UP031 - building a format string
+            positions.append((text.index(sentinel), sentinel))
+        if [p for p, _ in positions] != sorted(p for p, _ in positions):
+            raise ValueError("event template: fields not in the expected order")
+        parts, start = [], 0
+        for pos, sentinel in positions:
+            parts.append(text[start:pos])
+            start = pos + len(sentinel)
+        parts.append(text[start:])
+        tpl = tuple(parts)
         if len(_TEMPLATES) > 10_000:
             _TEMPLATES.clear()
         _TEMPLATES[key] = tpl
@@ -184,11 +195,11 @@ class DnsHitEvent(HitEvent):
         if not addr:
             return HitEvent.to_json(self)  # the general path (through to_ecs above)
         key = (id(policy), rule.id, action, enforced, exempt)
-        tpl = _json_template(key, policy, rule, action, enforced, exempt)
-        return tpl.format(
-            f'"{_timestamp(t)}"', f'"{event_id}"', _json_str(str(addr[0])), int(addr[1]), _json_str(qname),
-            _json_str(qtype_name(qtype)),
-        )  # fmt: skip
+        p = _json_template(key, policy, rule, action, enforced, exempt)
+        return (
+            f'{p[0]}"{_timestamp(t)}"{p[1]}"{event_id}"{p[2]}{_json_str(str(addr[0]))}{p[3]}{int(addr[1])}'
+            f"{p[4]}{_json_str(qname)}{p[5]}{_json_str(qtype_name(qtype))}{p[6]}"
+        )
 
 
 class Enforcement:

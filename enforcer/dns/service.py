@@ -10,6 +10,10 @@ returns the listen addresses as ``HOST:PORT``); ``await r.stop()`` (closes liste
 ``CollectorRegistry`` / ``EventWriter`` to share them with other components (the resolver then neither serves
 ``/metrics`` itself unless ``settings.metrics`` is set, nor closes a writer it did not create).
 
+Under ``enforcer serve``, start it inside the running loop (``asyncio.create_task(run_resolver(settings, stop))``);
+the process owner decides about uvloop and ``sys.setswitchinterval`` (``enforcer dns`` sets 0.5 ms, see cli.py).
+Several worker processes can share the listen addresses with ``DnsSettings(reuse_port=True)`` (SO_REUSEPORT).
+
 - ``DnsSettings``: validated settings (``from_args`` turns argparse values into them; errors are one line).
 - ``Resolver``: owns the ``PolicyHolder`` (file watch + SIGHUP reload), the cache, the forwarder, the observer
   (counters, histogram, hit events) and one ``Listener`` (UDP + TCP) per address.

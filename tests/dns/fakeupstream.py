@@ -102,6 +102,12 @@ class FakeUpstream:
 
     def answer(self, data: bytes, proto: str) -> bytes | None:
         try:
+            return self._answer(data, proto)
+        except Exception:  # a name dnslib cannot rebuild (fuzzing): answer like a server that gave up
+            return _formerr(data)
+
+    def _answer(self, data: bytes, proto: str) -> bytes | None:
+        try:
             query = dnslib.DNSRecord.parse(data)
         except Exception:
             return _formerr(data)

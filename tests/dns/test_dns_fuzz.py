@@ -137,6 +137,7 @@ def test_fuzz_packet_path(harness: Harness, data: bytes, tcp: bool) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @settings(max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=packets, tcp=st.booleans())
 def test_fuzz_packet_path_long(harness: Harness, data: bytes, tcp: bool) -> None:
