@@ -30,7 +30,11 @@ def _idna_label(label: str) -> str:
     try:
         encoded = label.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise InvalidName(f"invalid internationalised label {label!r}: {exc}") from None
+        # Python 3.11 wraps the codec's reason ("encoding with 'idna' codec failed (UnicodeError: X)"), 3.12 does
+        # not: report the reason alone so the message is the same on both.
+        reason = str(exc)
+        wrapped = re.search(r"\(UnicodeError: (.*)\)$", reason)
+        raise InvalidName(f"invalid internationalised label {label!r}: {wrapped[1] if wrapped else reason}") from None
     return encoded.lower()
 
 
