@@ -183,7 +183,7 @@ class EventWriter:
         self._size = 0
         self._regular = True
         self._busy = False
-        self._last_error_log = 0.0
+        self._last_error_log = float("-inf")  # the first error is always logged, even right after boot
         self._thread: threading.Thread | None = None
         if self.path is not None:
             self._thread = threading.Thread(target=self._run, name="enforcer-event-writer", daemon=True)
