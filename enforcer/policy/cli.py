@@ -32,7 +32,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--mode",
             default="nxdomain",
-            help="RPZ/dnsmasq answer for blocked names: nxdomain, nodata, null or ip:ADDR[,ADDR6] (default nxdomain)",
+            help="answer for blocked names (rpz, unbound, dnsmasq, hosts): nxdomain, nodata, null, refused (unbound) "
+            "or ip:ADDR[,ADDR6] (default nxdomain)",
         )
         p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
 
