@@ -22,11 +22,11 @@ import dns.rdatatype
 import pytest
 from dnslib import AAAA, QTYPE, RR, A, DNSRecord
 
-from enforcer.policy import Policy
+from enforcer.policy import Policy, load_policy
 from enforcer.policy.export import export_policy
 from tests.conftest import BLOCKLISTS, free_port, require_tool
 from tests.policy.export_fixture import BLOCKED, NOT_BLOCKED, build
-from tests.policy.policy_helpers import shipped
+from tests.policy.policy_helpers import app_yaml, shipped, write
 
 UPSTREAM_V4 = "127.0.0.7"
 TOOL_TIMEOUT = 60
@@ -36,9 +36,15 @@ def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT, check=False, **kw)  # type: ignore[call-overload]
 
 
-@pytest.fixture(params=["shipped", "fixture"])
+@pytest.fixture(params=["shipped", "fixture", "no-names"])
 def policy(request: pytest.FixtureRequest, tmp_path: Path) -> Policy:
-    return shipped() if request.param == "shipped" else build(tmp_path / "policy")
+    if request.param == "shipped":
+        return shipped()
+    if request.param == "no-names":
+        # Nothing for DNS or the firewall: every export must still be a valid, empty file for its tool.
+        path = write(tmp_path, "t.yaml", app_yaml("t", 'block:\n  - url: "dl.example/app/*"\n    category: download\n'))
+        return load_policy(path)
+    return build(tmp_path / "policy")
 
 
 # -- static checks with the real tools -------------------------------------------------------------------------------
@@ -166,7 +172,7 @@ def test_nftables_check(policy: Policy, tmp_path: Path) -> None:
         pytest.skip(f"nft -c needs CAP_NET_ADMIN here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     # Overlapping prefixes are what nft rejects in an interval set (the export subtracts and merges them).
-    rules.write_text(rules.read_text().replace("elements = {", "elements = {\n\t\t\t0.0.0.0/1, 1.0.0.0/8,", 1))
+    rules.write_text(rules.read_text() + "add element inet enforcer blocked_v4 { 0.0.0.0/1, 1.0.0.0/8 }\n")
     assert _run([tool, "-c", "-f", str(rules)]).returncode != 0
 
 
