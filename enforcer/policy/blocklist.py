@@ -424,8 +424,9 @@ class _FileParser:
         fullmatch = _ASCII_NAME_RE.fullmatch
         errors = 0
         for lineno, line in enumerate(text.splitlines(), 1):
-            # Fast path: a bare lower-case ASCII name, the shape of nearly every line of a large feed.
-            if len(line) <= MAX_NAME and fullmatch(line):
+            # Fast path: a bare lower-case ASCII name, the shape of nearly every line of a large feed. A-labels
+            # (xn--) take the slow path, which checks their punycode.
+            if len(line) <= MAX_NAME and fullmatch(line) and "xn--" not in line:
                 append(line)
                 continue
             stripped = line.split("#", 1)[0].strip()

@@ -146,6 +146,14 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
         ],
     ),
     (
+        "include-feed-bad-a-label",
+        {
+            "t.yaml": H + "block:\n  - include: f.txt\n    category: web\n",
+            "f.txt": "xn--wchat-bsa.com\nxn--a.com\n",
+        },
+        ["f.txt:2:1: invalid domain: invalid punycode label 'xn--a': it does not encode a valid Unicode label"],
+    ),
+    (
         "include-missing",
         {"t.yaml": H + "block:\n  - include: nope.txt\n    category: web\n"},
         ["t.yaml:5:14: cannot read include file 'nope.txt': No such file or directory"],
