@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,12 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--until", help="before this time (same forms as --since)")
         parser.add_argument("--app", action=ReplaceAppend, default=[], metavar="APP", help="only this app (repeatable)")
         parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=min(4, os.cpu_count() or 1),
+            help="processes for inputs over 64 MB (each reads its own byte ranges; default: CPUs, at most 4)",
+        )
     else:
         parser.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT")
         parser.add_argument("--token-file", metavar="FILE", help="file holding the API/dashboard bearer token")
@@ -86,7 +93,9 @@ def run_report(args: argparse.Namespace) -> int:
         return 1
     inventory = Inventory.load(args.inventory)
     effective = effective_map(_load_policy(_flatten(args.blocklist)))
-    pairs, stats = stream_report(events, effective=effective, since=since, until=until, apps=_flatten(args.app))
+    pairs, stats = stream_report(
+        events, effective=effective, since=since, until=until, apps=_flatten(args.app), workers=max(1, args.workers)
+    )
     if stats.invalid:
         print(
             f"report: skipped {stats.invalid} invalid line(s) (first at {stats.first_invalid}); "

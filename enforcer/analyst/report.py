@@ -7,7 +7,9 @@
 - ``event_files(paths)``: files and folders -> the files to read (a folder: its ``*.jsonl`` plus rotated
   ``*.jsonl.N``; a file: itself plus its rotated siblings ``FILE.N``), oldest first, each file once (by inode).
 - ``Pairs`` / ``add_event``: the only state, one entry per (client, app): attempts, enforced, first, last.
-- ``stream_report(paths, ...)``: one pass over the files, memory ~ number of (client, app) pairs, never ~ events.
+- ``stream_report(paths, ...)``: one pass over the files, memory ~ number of (client, app) pairs, never ~ events;
+  ``scan_range`` is the per-line loop (bytes, writer-shaped lines without a JSON parse), run in worker processes
+  over byte ranges of big inputs (``workers``), merged exactly with ``merge_pairs``.
 - ``build_report(pairs, ...)``: the CONTRACT JSON document (``apps`` and ``clients``); the store builds the same
   ``Pairs`` with SQL, so ``/api/report`` and ``enforcer report`` share this function.
 - ``to_csv`` / ``to_table`` / ``to_json``: the output formats.
@@ -130,6 +132,13 @@ class ReportStats:
     first_invalid: str | None = None
     missing: list[str] = field(default_factory=list)
 
+    def merge(self, other: ReportStats) -> None:
+        self.lines += other.lines
+        self.events += other.events
+        self.invalid += other.invalid
+        self.recovered += other.recovered
+        self.first_invalid = self.first_invalid or other.first_invalid
+
 
 def add_event(pairs: Pairs, ts: str, app: str, client: str, denied: bool, effective: dict[str, str]) -> None:
     enforced = denied and ts >= effective.get(app, "")
@@ -146,48 +155,139 @@ def add_event(pairs: Pairs, ts: str, app: str, client: str, denied: bool, effect
         entry[3] = ts
 
 
-def stream_report(
-    paths: Iterable[str | Path],
-    *,
+def merge_pairs(into: Pairs, other: Pairs) -> None:
+    for key, (n, enf, first, last) in other.items():
+        entry = into.get(key)
+        if entry is None:
+            into[key] = [n, enf, first, last]
+        else:
+            entry[0] += n
+            entry[1] += enf
+            entry[2] = min(entry[2], first)
+            entry[3] = max(entry[3], last)
+
+
+# Byte markers of the writer's own line shape (see records.fast_fields for why substring search is sound).
+_B_HEAD = b'{"@timestamp":"'
+_B_RULESET = b'"ruleset":"'
+_B_SOURCE_IP = b'"source":{"ip":"'
+_B_SOURCE = b'"source":'
+_B_DENIED = b'"type":["denied"]'
+_B_ALLOWED = b'"type":["allowed"]'
+_READ = 8 * 1024 * 1024
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than starting workers
+RANGE_BYTES = 64 * 1024 * 1024
+
+
+def _slow_fields(line: bytes) -> tuple[bytes, bytes, bytes, bool] | None:
+    """Any other line: full JSON parse (and recovery of a torn line's whole tail); values as bytes."""
+    f = fast_fields(line.decode("utf-8", "replace"))
+    if f is None:
+        return None
+    return f[0].encode(), f[1].encode(), f[2].encode(), f[3]
+
+
+def scan_range(
+    path: str,
+    start: int,
+    end: int | None,
     effective: dict[str, str],
-    since: str | None = None,
-    until: str | None = None,
-    apps: Iterable[str] = (),
+    since: str | None,
+    until: str | None,
+    apps: tuple[str, ...],
 ) -> tuple[Pairs, ReportStats]:
-    """One streaming pass over the event files. ``since`` inclusive, ``until`` exclusive (canonical timestamps)."""
-    pairs: Pairs = {}
+    """Aggregate the lines that *start* in ``[start, end)`` of one file (``end`` None: to EOF).
+
+    Works on bytes (no UTF-8 decode for the writer's lines) and decodes only the (client, app) keys at the end. A
+    plain function of its arguments so that workers can run it; ``first_invalid`` is ``FILE:LINE`` for a range that
+    starts at 0 and ``FILE@BYTE`` otherwise.
+    """
+    eff = {k.encode(): v.encode() for k, v in effective.items()}
+    eff_get = eff.get
+    since_b = since.encode() if since else None
+    until_b = until.encode() if until else None
+    app_filter = {a.encode() for a in apps}
+    pairs: dict[tuple[bytes, bytes], list[Any]] = {}
+    pairs_get = pairs.get
     stats = ReportStats()
-    app_filter = set(apps)
-    eff_get = effective.get
-    for raw in paths:
-        if not Path(raw).exists():
-            stats.missing.append(str(raw))
-    for path in event_files(paths):
-        with open(path, encoding="utf-8", errors="replace", newline="\n") as fh:
-            for lineno, raw_line in enumerate(fh, 1):
-                line = raw_line.rstrip()
+    lineno = 0
+    with open(path, "rb") as fh:
+        pos = start
+        if start > 0:
+            fh.seek(start - 1)
+            if fh.read(1) != b"\n":
+                skipped = fh.readline()  # the line in progress belongs to the previous range
+                pos += len(skipped)
+        rest = b""
+        while end is None or pos < end:
+            chunk = fh.read(_READ)
+            if not chunk:
+                if rest.strip():
+                    chunk_lines = [rest]  # last line without a newline: usually torn
+                    rest = b""
+                else:
+                    break
+            else:
+                chunk = rest + chunk
+                cut = chunk.rfind(b"\n")
+                if cut < 0:
+                    rest = chunk
+                    continue
+                rest = chunk[cut + 1 :]
+                chunk_lines = chunk[:cut].split(b"\n")
+            for line in chunk_lines:
+                if end is not None and pos >= end:
+                    break
+                line_pos = pos
+                pos += len(line) + 1
+                lineno += 1
+                line = line.strip()
                 if not line:
                     continue
                 stats.lines += 1
-                f = fast_fields(line)
+                # Fast path, inlined: this loop runs once per event.
+                f: tuple[bytes, bytes, bytes, bool] | None = None
+                if (
+                    line[:15] == _B_HEAD
+                    and line[-1:] == b"}"
+                    and line.count(b"{") == line.count(b"}")
+                    and line.find(_B_HEAD, 1) < 0
+                    and line[42:43] == b'"'
+                ):
+                    i = line.find(_B_RULESET)
+                    if i >= 0:
+                        i += 11
+                        app = line[i : line.find(b'"', i)]
+                        denied = True if _B_DENIED in line else (False if _B_ALLOWED in line else None)
+                        i = line.find(_B_SOURCE_IP)
+                        if i >= 0:
+                            i += 16
+                            client = line[i : line.find(b'"', i)]
+                        elif _B_SOURCE in line:
+                            denied = None  # source present but not in writer order: parse fully
+                        else:
+                            client = b""
+                        if denied is not None and app and b"\\" not in app and b"\\" not in client:
+                            f = (line[15:42], app, client, denied)
                 if f is None:
-                    stats.invalid += 1
-                    if stats.first_invalid is None:
-                        stats.first_invalid = f"{path}:{lineno}"
-                    tail = recover(line)
-                    f = fast_fields(tail) if tail else None
+                    f = _slow_fields(line)
                     if f is None:
-                        continue
-                    stats.recovered += 1
+                        stats.invalid += 1
+                        if stats.first_invalid is None:
+                            stats.first_invalid = f"{path}:{lineno}" if start == 0 else f"{path}@{line_pos}"
+                        tail = recover(line.decode("utf-8", "replace"))
+                        f = _slow_fields(tail.encode()) if tail else None
+                        if f is None:
+                            continue
+                        stats.recovered += 1
                 ts, app, client, denied = f
-                if (since is not None and ts < since) or (until is not None and ts >= until):
+                if (since_b is not None and ts < since_b) or (until_b is not None and ts >= until_b):
                     continue
                 if app_filter and app not in app_filter:
                     continue
                 stats.events += 1
-                # add_event inlined: this loop runs once per event.
-                enforced = denied and ts >= eff_get(app, "")
-                entry = pairs.get((client, app))
+                enforced = denied and ts >= eff_get(app, b"")
+                entry = pairs_get((client, app))
                 if entry is None:
                     pairs[(client, app)] = [1, 1 if enforced else 0, ts, ts]
                     continue
@@ -198,6 +298,64 @@ def stream_report(
                     entry[2] = ts
                 elif ts > entry[3]:
                     entry[3] = ts
+    out: Pairs = {
+        (c.decode("utf-8", "replace"), a.decode("utf-8", "replace")): [n, e, first.decode(), last.decode()]
+        for (c, a), (n, e, first, last) in pairs.items()
+    }
+    return out, stats
+
+
+def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | None]]:
+    out: list[tuple[str, int, int | None]] = []
+    for p in files:
+        size = p.stat().st_size
+        if not parallel or size <= RANGE_BYTES:
+            out.append((str(p), 0, None))
+            continue
+        starts = list(range(0, size, RANGE_BYTES))
+        for i, s0 in enumerate(starts):
+            out.append((str(p), s0, starts[i + 1] if i + 1 < len(starts) else None))
+    return out
+
+
+def stream_report(
+    paths: Iterable[str | Path],
+    *,
+    effective: dict[str, str],
+    since: str | None = None,
+    until: str | None = None,
+    apps: Iterable[str] = (),
+    workers: int = 1,
+) -> tuple[Pairs, ReportStats]:
+    """One streaming pass over the event files. ``since`` inclusive, ``until`` exclusive (canonical timestamps).
+
+    Memory ~ (client, app) pairs per worker. With ``workers`` > 1 and more than ``PARALLEL_MIN_BYTES`` of input,
+    the files are cut into byte ranges (at line starts) that worker processes aggregate; the partial results merge
+    exactly (sums, min, max), so the figures do not depend on the number of workers.
+    """
+    paths = list(paths)
+    stats = ReportStats(missing=[str(p) for p in paths if not Path(p).exists()])
+    files = event_files(paths)
+    total = sum(f.stat().st_size for f in files)
+    parallel = workers > 1 and total > PARALLEL_MIN_BYTES
+    tasks = _ranges(files, parallel)
+    pairs: Pairs = {}
+    app_list = tuple(apps)
+    if parallel and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(scan_range, p, s0, e0, effective, since, until, app_list) for p, s0, e0 in tasks]
+            for fut in futures:
+                part, part_stats = fut.result()
+                merge_pairs(pairs, part)
+                stats.merge(part_stats)
+    else:
+        for p, s0, e0 in tasks:
+            part, part_stats = scan_range(p, s0, e0, effective, since, until, app_list)
+            merge_pairs(pairs, part)
+            stats.merge(part_stats)
     return pairs, stats
 
 

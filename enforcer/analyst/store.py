@@ -211,9 +211,14 @@ class Store:
         if cursor is not None:
             where += " AND (ts, eid) < (?, ?)"
             params += [cursor[0], cursor[1]]
-        rows = self.reader().execute(
-            f"SELECT ts, eid, doc FROM events WHERE {where} ORDER BY ts DESC, eid DESC LIMIT ?", [*params, limit + 1]
-        ).fetchall()
+        rows = (
+            self.reader()
+            .execute(
+                f"SELECT ts, eid, doc FROM events WHERE {where} ORDER BY ts DESC, eid DESC LIMIT ?",
+                [*params, limit + 1],
+            )
+            .fetchall()
+        )
         nxt = None
         if len(rows) > limit:
             rows = rows[:limit]

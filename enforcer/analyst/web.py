@@ -503,10 +503,9 @@ class AnalystRunner:
         self._runner = runner
         self._site = site
         self._tasks = tasks
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        host, port = sockets[0].getsockname()[:2] if sockets else ("127.0.0.1", 0)
-        self.port = int(port)
+        addresses = runner.addresses
+        host, port = (str(addresses[0][0]), int(addresses[0][1])) if addresses else ("127.0.0.1", 0)
+        self.port = port
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     async def stop(self) -> None:
@@ -525,6 +524,9 @@ async def start_analyst(settings: AnalystSettings) -> AnalystRunner:
     loop = asyncio.get_running_loop()
     # Loading the policy and inventory and opening SQLite touch the disk: do it off the loop.
     analyst = await loop.run_in_executor(None, Analyst, settings)
+    for path in settings.events:
+        if not Path(path).exists():
+            log.warning("events path %s does not exist yet; it will be read when it appears", path)
     analyst.ingester.start()
     tasks: list[asyncio.Task[Any]] = [
         asyncio.create_task(_refresh_loop(analyst, settings.refresh_interval), name="analyst-refresh"),

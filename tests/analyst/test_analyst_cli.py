@@ -70,3 +70,13 @@ def test_serves_and_stops_cleanly(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
+
+
+def test_bad_blocklist_is_one_line_per_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "app: wechat\npolicy:\n  effective: not-a-date\nblock:\n  - domain: weixin.qq.com\n", encoding="utf-8"
+    )
+    out = _run("--blocklist", str(bad), "--db", str(tmp_path / "a.sqlite"), "--listen", "127.0.0.1:0")
+    assert out.returncode == 1
+    assert all(line.startswith(f"{bad}:") for line in out.stderr.strip().splitlines()), out.stderr

@@ -28,7 +28,7 @@ def _bench(tmp_path: Path, events: int, timeout: int) -> dict:
 def _check(result: dict, events: int) -> None:
     assert result["events"] == events
     assert result["ingest"]["events"] == events  # every generated event stored once
-    assert result["report"]["seconds"] > 0 and result["report"]["peak_rss_mb"] > 0
+    assert result["report"]["seconds"] > 0 and result["report"]["peak_rss_mb_per_process"] > 0
     for key in ("first_page", "first_page_app_filter", "first_page_client_filter", "peer_healthz"):
         assert result["api"][key]["median_ms"] > 0
 

@@ -195,3 +195,27 @@ def test_cli_report_errors(tmp_path: Path) -> None:
     assert out.returncode == 1 and "invalid time" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = _cli("--events", str(tmp_path / "e.jsonl"), "--format", "json")
     assert out.returncode == 0 and json.loads(out.stdout)["clients"] == []
+
+
+def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    import enforcer.analyst.report as report_mod
+
+    events = generate(policy, 3000, seed=8)
+    lines = [e.to_json() for e in events]
+    lines.insert(1234, "garbage in the middle")
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    eff = effective_map(policy)
+    sequential, seq_stats = stream_report([path], effective=eff)
+    # Ranges of ~100 KB cut lines anywhere; each line must be counted by exactly one worker.
+    monkeypatch.setattr(report_mod, "RANGE_BYTES", 100_000)
+    monkeypatch.setattr(report_mod, "PARALLEL_MIN_BYTES", 0)
+    assert len(report_mod._ranges([path], True)) > 10
+    parallel, par_stats = stream_report([path], effective=eff, workers=2)
+    assert parallel == sequential
+    assert _rows(build_report(parallel)) == {
+        k: {**v, "device": None} for k, v in expected_report(policy, events).items()
+    }
+    assert (par_stats.events, par_stats.invalid) == (seq_stats.events, seq_stats.invalid) == (3000, 1)
+    assert seq_stats.first_invalid == f"{path}:1235"
+    assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}@")
