@@ -1,9 +1,9 @@
 """Exports loaded by the real software: named-checkzone, unbound-checkconf, dnsmasq --test, squid -k parse, nft -c.
 
 Each check also feeds the tool one broken line, so a tool that accepts anything cannot make the test pass. The
-behavioural tests start unbound (snippet and RPZ) and dnsmasq on 127.0.0.1 with a local catch-all upstream (so a
-name the export fails to block resolves to 127.0.0.7 instead of reaching the internet), query them with dnspython
-and compare each answer with ``Policy.match_name``.
+behavioural tests start unbound (snippet and RPZ), BIND (RPZ) and dnsmasq on 127.0.0.1 with a local catch-all
+upstream (so a name the export fails to block resolves to 127.0.0.7 instead of reaching the internet), query them
+with dnspython and compare each answer with ``Policy.match_name``.
 """
 
 from __future__ import annotations
@@ -315,6 +315,39 @@ def test_unbound_serves_the_rpz_zone(tmp_path: Path, upstream: CatchAllUpstream)
     with _serving([tool, "-d", "-c", str(conf)], port):
         _assert_engine(port, policy, "nxdomain", _names(policy))
         # RPZ can express an exact host: the name below it is not blocked.
+        assert _a(_ask(port, "below.exact.shared.example")) == [UPSTREAM_V4]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["nxdomain", "null"])
+def test_bind_serves_the_rpz_zone(tmp_path: Path, upstream: CatchAllUpstream, mode: str) -> None:
+    """BIND, the reference RPZ implementation: exact vs wildcard triggers and passthru exceptions as the matcher."""
+    tool = require_tool("named")
+    policy = build(tmp_path / "policy")
+    zone = tmp_path / "rpz.zone"
+    zone.write_text(export_policy(policy, "rpz", mode=mode))
+    port = free_port(host="127.0.0.1")
+    conf = tmp_path / "named.conf"
+    conf.write_text(
+        "options {\n"
+        f'  directory "{tmp_path}";\n'
+        f'  pid-file "{tmp_path}/named.pid";\n'
+        f"  listen-on port {port} {{ 127.0.0.1; }};\n"
+        "  listen-on-v6 { none; };\n"
+        "  recursion yes;\n"
+        "  allow-query { 127.0.0.1; };\n"
+        f"  forwarders {{ 127.0.0.1 port {upstream.port}; }};\n"
+        "  forward only;\n"
+        "  dnssec-validation no;\n"
+        '  response-policy { zone "rpz.enforcer."; } qname-wait-recurse no;\n'
+        "};\n"
+        'zone "rpz.enforcer." { type primary; file "rpz.zone"; };\n'
+        "controls { };\n"
+    )
+    with _serving([tool, "-g", "-c", str(conf), "-n", "1"], port):
+        # In null mode '_' names are skipped (check-names), as the export's header says.
+        names = _names(policy) if mode == "nxdomain" else [n for n in _names(policy) if "_" not in n]
+        _assert_engine(port, policy, mode, names)
         assert _a(_ask(port, "below.exact.shared.example")) == [UPSTREAM_V4]
 
 
