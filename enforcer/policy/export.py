@@ -15,6 +15,7 @@ nuance (an exact host in dnsmasq, suffixes in a hosts file) the header says what
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -81,11 +82,12 @@ def parse_mode(mode: str) -> Mode:
 
 
 class _NameView:
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, monitor: frozenset[str] = frozenset()) -> None:
         self.hosts: dict[str, Rule] = {}
         self.domains: dict[str, Rule] = {}
+        as_exception = _monitor_rules(monitor)
         for name, rule, exact in policy.name_entries():
-            (self.hosts if exact else self.domains)[name] = rule
+            (self.hosts if exact else self.domains)[name] = as_exception(rule)
         self._levels: dict[str, int | None] = {}
 
     def names(self) -> list[str]:
@@ -174,6 +176,24 @@ class _Skips:
         return out
 
 
+def _monitor_rules(monitor: frozenset[str]) -> Callable[[Rule], Rule]:
+    """Rule -> the rule as exported: a block rule of an app still in monitor mode (before its effective date) is
+    written as an exception, since at run time such a hit is logged and let through, whatever it is inside."""
+    if not monitor:
+        return lambda rule: rule
+    memo: dict[int, Rule] = {}  # one include rule stands for a million names: replace it once
+
+    def convert(rule: Rule) -> Rule:
+        if rule.app not in monitor or rule.action != "block":
+            return rule
+        new = memo.get(id(rule))
+        if new is None:
+            new = memo[id(rule)] = dataclasses.replace(rule, action="allow")
+        return new
+
+    return convert
+
+
 @dataclass(frozen=True, slots=True)
 class _Context:
     policy: Policy
@@ -182,6 +202,11 @@ class _Context:
     mode: Mode
     zone: str
     when: datetime
+    monitor: frozenset[str] = frozenset()
+
+    def cidrs(self) -> list[tuple[IPNetwork, Rule]]:
+        convert = _monitor_rules(self.monitor)
+        return [(net, convert(rule)) for net, rule in self.policy.cidrs]
 
 
 def _has_underscore(name: str) -> bool:
@@ -207,8 +232,18 @@ def export_policy(
     if allowed is not None and parsed.kind not in allowed:
         raise ValueError(f"mode {mode!r} is not supported by the {fmt} format (use one of: {', '.join(allowed)})")
     when = (now or datetime.now(UTC)).astimezone(UTC)
-    ctx = _Context(policy, _NameView(policy), _Skips(), parsed, _check_zone(zone) if fmt == "rpz" else zone, when)
+    # Apps whose effective date is still ahead are in monitor mode: nothing of theirs may be blocked yet.
+    monitor = frozenset(app for app, a in policy.apps.items() if when < a.effective)
+    view = _NameView(policy, monitor)
+    ctx = _Context(policy, view, _Skips(), parsed, _check_zone(zone) if fmt == "rpz" else zone, when, monitor)
     body, notes = _WRITERS[fmt](ctx)
+    if monitor:
+        pending = ", ".join(f"{app} (effective {policy.apps[app].effective.isoformat()})" for app in sorted(monitor))
+        notes = [
+            f"monitor mode at generation time: {pending}: their block rules are written as exceptions",
+            "(nothing of theirs is blocked yet); export again once the effective date has passed.",
+            *notes,
+        ]
     header = _header(policy, fmt, when, notes + ctx.skips.notes(), parsed if fmt in _MODES_OF else None)
     return "\n".join(header + body) + "\n"
 
@@ -271,7 +306,7 @@ def rpz_ip_trigger(net: IPNetwork) -> str:
 
 
 def _rpz(ctx: _Context) -> tuple[list[str], list[str]]:
-    policy, view, skips, zone, mode, when = ctx.policy, ctx.view, ctx.skips, ctx.zone, ctx.mode, ctx.when
+    view, skips, zone, mode, when = ctx.view, ctx.skips, ctx.zone, ctx.mode, ctx.when
     address_data = mode.kind in ("null", "ip")
     serial = int(when.timestamp()) % (2**32)
     body = [
@@ -306,7 +341,7 @@ def _rpz(ctx: _Context) -> tuple[list[str], list[str]]:
                 skips.add("wildcard too long below the RPZ zone name", name)
                 continue
             emit(f"*.{name}", sub)
-    for net, rule in _dedupe_cidrs(policy.cidrs):
+    for net, rule in _dedupe_cidrs(ctx.cidrs()):
         emit(rpz_ip_trigger(net), rule)
     notes = [
         f"Response Policy Zone {zone}: QNAME triggers (a domain rule is NAME plus *.NAME, an exact host NAME only),",
@@ -478,6 +513,8 @@ def _adblock(ctx: _Context) -> tuple[list[str], list[str]]:
     urls = 0
     unexpressed: dict[str, None] = {}
     for pattern in policy.urls.patterns:
+        if pattern.rule.app in ctx.monitor and pattern.rule.action == "block":
+            continue  # monitor mode: not blocked yet
         line = _adblock_url(pattern)
         if line is None:
             unexpressed[pattern.rule.id] = None  # a store rule expands to several patterns: count it once
@@ -594,7 +631,6 @@ def _effective_ranges(cidrs: Iterable[tuple[IPNetwork, Rule]], version: int) -> 
 
 
 def _nftables(ctx: _Context) -> tuple[list[str], list[str]]:
-    policy = ctx.policy
     body = [
         "# (re)load atomically: the empty declaration makes the delete valid on the first load",
         "table inet enforcer {}",
@@ -602,7 +638,7 @@ def _nftables(ctx: _Context) -> tuple[list[str], list[str]]:
         "table inet enforcer {",
     ]
     for version, name, typ in ((4, "blocked_v4", "ipv4_addr"), (6, "blocked_v6", "ipv6_addr")):
-        nets = _effective_ranges(policy.cidrs, version)
+        nets = _effective_ranges(ctx.cidrs(), version)
         body.append(f"\tset {name} {{")
         body.append(f"\t\ttype {typ}")
         body.append("\t\tflags interval")

@@ -196,3 +196,23 @@ def test_cli_export_to_file_and_errors(tmp_path: Path) -> None:
     ]
     proc = enforcer("export", "--format", "nope")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_apps_before_their_effective_date_are_not_blocked(tmp_path: Path) -> None:
+    """Monitor mode: before the effective date a hit is let through, so the export must not block it either."""
+    early = datetime(2023, 10, 29, tzinfo=UTC)  # the fixture app is effective 2023-10-30 (Toronto)
+    policy = build(tmp_path)
+    rpz = _body(export_policy(policy, "rpz", now=early), ";")
+    assert "blocked.example CNAME rpz-passthru." in rpz and "blocked.example CNAME ." not in rpz
+    assert "24.0.100.51.198.rpz-ip CNAME rpz-passthru." in rpz
+    assert not [x for x in _body(export_policy(policy, "hosts", now=early))]
+    assert not [x for x in _body(export_policy(policy, "dnsmasq", now=early)) if x.startswith("address=")]
+    assert not [x for x in _body(export_policy(policy, "unbound", now=early)) if "always_nxdomain" in x]
+    assert "elements" not in export_policy(policy, "nftables", now=early)
+    assert not [x for x in _body(export_policy(policy, "adblock", now=early), "!") if not x.startswith("@@")]
+    text = export_policy(policy, "squid", now=early)
+    assert _body(text) == []  # nothing blocked
+    assert "monitor mode at generation time: testapp (effective 2023-10-30T00:00:00-04:00)" in text
+    # From the effective date on, the same policy blocks.
+    later = export_policy(policy, "rpz", now=datetime(2023, 10, 30, 4, 0, tzinfo=UTC))
+    assert "blocked.example CNAME ." in _body(later, ";") and "monitor mode" not in later
