@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from enforcer.analyst.inventory import Inventory
-from enforcer.analyst.report import build_report, effective_map, event_files, stream_report
+from enforcer.analyst.report import build_report, effective_map, event_files, parse_time, stream_report
 from enforcer.config import ConfigError
 from tests.analyst.analyst_helpers import (
     CLIENTS,
@@ -219,3 +219,17 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     assert (par_stats.events, par_stats.invalid) == (seq_stats.events, seq_stats.invalid) == (3000, 1)
     assert seq_stats.first_invalid == f"{path}:1235"
     assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}@")
+
+
+def test_parse_time_forms() -> None:
+    now = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+    assert parse_time("24h", now) == "2024-02-29T12:00:00.000000Z"
+    assert parse_time("7d", now) == "2024-02-23T12:00:00.000000Z"
+    assert parse_time("90m", now) == "2024-03-01T10:30:00.000000Z"
+    assert parse_time("2023-10-30") == "2023-10-30T00:00:00.000000Z"
+    assert parse_time("2023-10-30T00:00:00-04:00") == "2023-10-30T04:00:00.000000Z"
+    assert parse_time("2023-10-30T04:00:00Z") == "2023-10-30T04:00:00.000000Z"
+    assert parse_time("") is None and parse_time(None) is None
+    for bad in ("yesterday", "7x", "2023-13-01", "10"):
+        with pytest.raises(ValueError, match="invalid time"):
+            parse_time(bad, now)
