@@ -237,6 +237,12 @@ def export_policy(
     view = _NameView(policy, monitor)
     ctx = _Context(policy, view, _Skips(), parsed, _check_zone(zone) if fmt == "rpz" else zone, when, monitor)
     body, notes = _WRITERS[fmt](ctx)
+    exempt = [
+        f"{app}: {', '.join(map(str, a.exempt_clients))}" for app, a in sorted(policy.apps.items()) if a.exempt_clients
+    ]
+    if exempt and fmt != "domains":
+        # Per-app client exceptions exist only in the enforcer itself (the resolver and the proxy).
+        notes = [f"exempt clients are not expressible here and are blocked like any other: {'; '.join(exempt)}", *notes]
     if monitor:
         pending = ", ".join(f"{app} (effective {policy.apps[app].effective.isoformat()})" for app in sorted(monitor))
         notes = [

@@ -216,3 +216,12 @@ def test_apps_before_their_effective_date_are_not_blocked(tmp_path: Path) -> Non
     # From the effective date on, the same policy blocks.
     later = export_policy(policy, "rpz", now=datetime(2023, 10, 30, 4, 0, tzinfo=UTC))
     assert "blocked.example CNAME ." in _body(later, ";") and "monitor mode" not in later
+
+
+def test_exempt_clients_are_named_in_the_header(tmp_path: Path) -> None:
+    text = app_yaml("t", "block:\n  - domain: a.example\n    category: web\n").replace(
+        "  timezone: America/Toronto\n", "  timezone: America/Toronto\n  exempt_clients: [10.99.0.0/24]\n"
+    )
+    policy = load_policy(write(tmp_path, "t.yaml", text))
+    out = export_policy(policy, "unbound")
+    assert "# exempt clients are not expressible here and are blocked like any other: t: 10.99.0.0/24" in out
