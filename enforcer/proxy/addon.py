@@ -9,7 +9,8 @@ Hooks, in the order a connection meets them:
   connection refused earlier, or whose address or SNI is blocked, gets ``server.error`` and is never opened.
 - ``requestheaders``: plain HTTP and intercepted HTTPS, HTTP/1 and HTTP/2, websocket upgrades: URL, store and name
   rules on the destination and on the Host/:authority header -> 403 block page.
-- ``dns_request``: mitmproxy's DNS/WireGuard modes sinkhole the same names as ``enforcer dns`` (A 0.0.0.0, AAAA ::).
+- ``dns_request``: mitmproxy's DNS/WireGuard modes sinkhole the same names as ``enforcer dns`` (A 0.0.0.0, AAAA ::),
+  replacing the answer mitmproxy's resolver (which runs before scripts) already put there.
 
 No dataclasses are defined here: mitmproxy loads a script without registering it in ``sys.modules``, which
 dataclasses need; the small records live in ``decide``.
@@ -402,8 +403,9 @@ class EnforcerAddon:
             flow.response = _error_response(req.host_header or req.host)
 
     def dns_request(self, flow: dns.DNSFlow) -> None:
-        if flow.response is not None or flow.error is not None:
-            return
+        # Unlike the HTTP hooks, an existing answer is NOT a reason to skip: mitmproxy's own DnsResolver runs before
+        # script addons and has already resolved the name by now (its lookup cannot be prevented from here), so a
+        # blocked name always gets the sinkhole answer, replacing whatever was there.
         try:
             question = flow.request.question
             if question is None:
@@ -422,10 +424,12 @@ class EnforcerAddon:
             )
             flow.metadata["enforcer"] = _mark(verdict, "dns-block")
             if verdict.blocked:
+                flow.error = None
                 flow.response = _sinkhole(flow.request)
         except Exception:
             self._hook_error("dns_request")
             flow.metadata["enforcer"] = {"outcome": ERROR}
+            flow.error = None
             flow.response = flow.request.fail(response_codes.REFUSED)
 
     # -- helpers -------------------------------------------------------------------------------------------------

@@ -5,15 +5,21 @@
   mitmproxy's own ``parse_client_hello``) wrapped in ``ClientHelloData`` with a fresh connection context.
 - ``server_hook_data``: ``ServerConnectionHookData`` for a server address (and SNI).
 - ``dns_flow``: a DNS flow asking one question.
+- ``harness``: ``taddons.context`` that also closes the event loop it had to create (an unclosed loop is finalised
+  by the GC at a random moment, which on CPython 3.11.7 can corrupt the AST recursion counter of a later compile:
+  "SystemError: AST constructor recursion depth mismatch").
 - ``write_policy``: a small temporary blocklist (monitor mode, exempt clients, hostile notice text).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import dns, http
 from mitmproxy.connection import Server
@@ -22,8 +28,23 @@ from mitmproxy.options import Options
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
-from mitmproxy.test import tflow, tutils
+from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tls import ClientHelloData
+
+
+@contextlib.contextmanager
+def harness(*addons: Any) -> Iterator[taddons.context]:
+    try:
+        asyncio.get_running_loop()
+        own_loop = False
+    except RuntimeError:
+        own_loop = True
+    with taddons.context(*addons) as tctx:
+        try:
+            yield tctx
+        finally:
+            if own_loop:
+                tctx.master.event_loop.close()
 
 
 def connect_flow(host: str, port: int = 443, peer: str = "10.1.2.3") -> http.HTTPFlow:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from mitmproxy import exceptions, http
+from mitmproxy import dns, exceptions, http
 from mitmproxy.net.dns import response_codes, types
 from mitmproxy.test import taddons
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,6 +29,7 @@ from tests.proxy.helpers import (
     client_hello_data,
     connect_flow,
     dns_flow,
+    harness,
     request_flow,
     server_hook_data,
     write_policy,
@@ -46,7 +48,7 @@ def _id(case: dict[str, Any]) -> str:
 
 def _shipped_addon() -> Any:
     a = EnforcerAddon()
-    with taddons.context(a) as tctx:
+    with harness(a) as tctx:
         tctx.configure(a, enforcer_blocklist=str(BLOCKLISTS))
         yield a
     a.done()
@@ -167,7 +169,7 @@ def test_block_page_escapes_everything(tmp_path: Path) -> None:
         notice="<script>alert(1)</script> & <img src=x onerror=alert(2)>",
         rule_id="testapp:<script>x</script>",
     )
-    with taddons.context() as tctx:
+    with harness() as tctx:
         a = configured(tctx, tmp_path)
         f = request_flow("http://blocked.test/<script>alert(3)</script>")
         a.requestheaders(f)
@@ -279,11 +281,23 @@ def test_dns_mode_sinkholes(addon: EnforcerAddon) -> None:
     assert ok.response is None
 
 
+def test_dns_mode_replaces_the_resolvers_answer(addon: EnforcerAddon) -> None:
+    # mitmproxy's DnsResolver runs before script addons: its real answer must not survive for a blocked name.
+    f = dns_flow("weixin.qq.com", types.A)
+    f.response = f.request.succeed([dns.ResourceRecord.A("weixin.qq.com", ipaddress.IPv4Address("203.205.219.1"))])
+    ok = dns_flow("www.qq.com", types.A)
+    ok.response = ok.request.succeed([dns.ResourceRecord.A("www.qq.com", ipaddress.IPv4Address("192.0.2.9"))])
+    addon.dns_request(f)
+    addon.dns_request(ok)
+    assert [str(a.ipv4_address) for a in f.response.answers] == ["0.0.0.0"]
+    assert [str(a.ipv4_address) for a in ok.response.answers] == ["192.0.2.9"]
+
+
 # -- monitor mode ------------------------------------------------------------------------------------------------
 async def test_monitor_mode_before_effective_date(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     write_policy(tmp_path / "bl", effective="2999-01-01")
-    with taddons.context() as tctx:
+    with harness() as tctx:
         a = configured(tctx, tmp_path / "bl", enforcer_events=str(events))
         c = connect_flow("x.blocked.test")
         r = request_flow("http://shared.test/app/setup.exe")
@@ -323,7 +337,7 @@ async def test_monitor_mode_before_effective_date(tmp_path: Path) -> None:
 async def test_monitor_mode_for_exempt_client(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     write_policy(tmp_path / "bl", exempt="[10.99.0.0/24]")
-    with taddons.context() as tctx:
+    with harness() as tctx:
         a = configured(tctx, tmp_path / "bl", enforcer_events=str(events))
         exempt = connect_flow("blocked.test", peer="10.99.0.7")
         other = connect_flow("blocked.test", peer="10.98.0.7")
@@ -389,7 +403,7 @@ def test_options_are_validated(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "bad.yaml").write_text("app: bad\npolicy:\n  effective: 2023-10-30\nblock:\n  - domain: 'a b'\n")
-    with taddons.context() as tctx:
+    with harness() as tctx:
         a = configured(tctx, BLOCKLISTS)
         good = a.holder
         assert good is not None
@@ -408,7 +422,7 @@ def test_options_are_validated(tmp_path: Path) -> None:
 
 
 def test_eager_connection_strategy_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with taddons.context() as tctx, caplog.at_level(logging.WARNING, "enforcer.proxy"):
+    with harness() as tctx, caplog.at_level(logging.WARNING, "enforcer.proxy"):
         # connection_strategy belongs to mitmproxy's proxyserver addon, which the harness does not load.
         tctx.options.add_option("connection_strategy", str, "lazy", "as in mitmproxy.addons.proxyserver")
         a = configured(tctx, BLOCKLISTS)
@@ -433,7 +447,7 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
 
 async def test_reload_on_edit_keeps_last_good_policy(tmp_path: Path) -> None:
     path = write_policy(tmp_path)
-    with taddons.context() as tctx:
+    with harness() as tctx:
         a = configured(tctx, tmp_path)
         a.running()
         assert a._watch_task is not None
@@ -463,7 +477,7 @@ def scrape(port: int) -> dict[str, list[Any]]:
 
 async def test_metrics_endpoint_survives_script_reload(tmp_path: Path) -> None:
     port = free_port()
-    with taddons.context() as tctx:
+    with harness() as tctx:
         a = configured(tctx, BLOCKLISTS, enforcer_metrics=f"127.0.0.1:{port}")
         f = connect_flow("weixin.qq.com")
         a.http_connect(f)
@@ -485,7 +499,7 @@ async def test_metrics_endpoint_survives_script_reload(tmp_path: Path) -> None:
 
 async def test_events_are_ecs(tmp_path: Path) -> None:
     events = tmp_path / "ev" / "events.jsonl"
-    with taddons.context() as tctx:
+    with harness() as tctx:
         a = configured(tctx, BLOCKLISTS, enforcer_events=str(events))
         a.requestheaders(request_flow("http://dldir1.qq.com/weixin/x.apk?v=1", peer="10.7.7.7"))
         a.http_connect(connect_flow("129.226.3.47", 443, peer="10.7.7.8"))
