@@ -99,7 +99,8 @@ def test_invalid_and_torn_lines_skipped_and_counted(tmp_path: Path, policy) -> N
     torn = lines[10][: len(lines[10]) // 2]  # a crash mid-write ...
     text = "\n".join(lines[:10]) + "\n" + torn + lines[11] + "\n"  # ... then the next append on the same line
     text += "not json at all\n" + '{"@timestamp": "2023-11-01T00:00:00Z"}\n' + "[1, 2]\n" + "\n"
-    text += "\n".join(lines[12:]) + "\n" + lines[0][:30]  # and a torn last line
+    text += "  \n" + lines[12] + "\r\n"  # a blank line with spaces and a CRLF line (edited on Windows)
+    text += "\n".join(lines[13:]) + "\n" + lines[0][:30]  # and a torn last line
     path.write_text(text, encoding="utf-8")
     pairs, stats = stream_report([path], effective=effective_map(policy))
     survivors = events[:10] + events[11:]
