@@ -523,12 +523,21 @@ def _ip_or_none(host: str | None) -> str | None:
     return str(addr)
 
 
+def _response(rule_id: str, body: bytes) -> http.Response:
+    # Built directly rather than with Response.make: make() re-encodes the body and re-derives the headers on every
+    # call, which is most of what a blocked flow costs.
+    now = time.time()
+    fields = [(k.encode(), v.encode()) for k, v in blockpage.headers(rule_id).items()]
+    fields.append((b"content-length", str(len(body)).encode()))
+    return http.Response(b"HTTP/1.1", blockpage.STATUS, b"Forbidden", http.Headers(fields), body, None, now, now)
+
+
 def _block_response(match: Match, target: str) -> http.Response:
-    return http.Response.make(blockpage.STATUS, blockpage.render(match, target), blockpage.headers(match.rule.id))
+    return _response(match.rule.id, blockpage.render(match, target))
 
 
 def _error_response(target: str) -> http.Response:
-    return http.Response.make(blockpage.STATUS, blockpage.render_error(target), blockpage.headers(blockpage.ERROR_RULE))
+    return _response(blockpage.ERROR_RULE, blockpage.render_error(target))
 
 
 def _sinkhole(request: dns.Message) -> dns.Message:

@@ -1,12 +1,14 @@
 """The block page: a small self-contained HTML document and the headers of the 403 that carries it.
 
 Every value from the policy or the request goes through ``html.escape``: blocklists and URLs are input, not markup.
-``render`` is pure (bytes); ``headers`` gives the response headers; ``ERROR_RULE`` stands for "refused because the
+``render`` is pure (bytes; the policy part of a rule's page is escaped once and cached);
+``headers`` gives the response headers; ``ERROR_RULE`` stands for "refused because the
 addon could not decide" (fail closed).
 """
 
 from __future__ import annotations
 
+import functools
 import html
 
 from enforcer.policy import Match
@@ -46,19 +48,31 @@ through. Please report this to your IT security team.</p>
 """
 
 
-def render(match: Match, target: str = "") -> bytes:
-    """The page for a blocking match (``target`` = the URL or host that was refused)."""
+_TARGET = "\x00target\x00"
+
+
+@functools.lru_cache(maxsize=256)
+def _halves(match: Match) -> tuple[bytes, bytes]:
+    """The page of one rule split around the request target (policy values are escaped once per rule)."""
     app = match.app
     e = html.escape
-    return _PAGE.format(
+    page = _PAGE.format(
         title=e(app.name or app.app),
         notice=e(app.notice or "This connection was blocked by network policy."),
         app=e(f"{app.name} ({app.vendor})" if app.vendor else app.name or app.app),
         rule=e(match.rule.id),
         category=e(match.rule.category or "block"),
-        target=e(target),
+        target=_TARGET,
         reference=e(app.reference or app.path),
-    ).encode("utf-8")
+    )
+    before, _, after = page.partition(_TARGET)
+    return before.encode("utf-8"), after.encode("utf-8")
+
+
+def render(match: Match, target: str = "") -> bytes:
+    """The page for a blocking match (``target`` = the URL or host that was refused)."""
+    before, after = _halves(Match(match.rule, match.app))
+    return before + html.escape(target).encode("utf-8") + after
 
 
 def render_error(target: str = "") -> bytes:
