@@ -216,6 +216,18 @@ def _has_underscore(name: str) -> bool:
 # -- entry point ----------------------------------------------------------------------------------------------------
 
 
+def _context(policy: Policy, fmt: str, zone: str, mode: str, now: datetime | None) -> _Context:
+    parsed = parse_mode(mode)
+    allowed = _MODES_OF.get(fmt)
+    if allowed is not None and parsed.kind not in allowed:
+        raise ValueError(f"mode {mode!r} is not supported by the {fmt} format (use one of: {', '.join(allowed)})")
+    when = (now or datetime.now(UTC)).astimezone(UTC)
+    # Apps whose effective date is still ahead are in monitor mode: nothing of theirs may be blocked yet.
+    monitor = frozenset(app for app, a in policy.apps.items() if when < a.effective)
+    view = _NameView(policy, monitor)
+    return _Context(policy, view, _Skips(), parsed, _check_zone(zone) if fmt == "rpz" else zone, when, monitor)
+
+
 def export_policy(
     policy: Policy,
     fmt: str,
@@ -227,15 +239,8 @@ def export_policy(
     """Render ``policy`` in ``fmt``. ValueError for an unknown format, a bad zone or a mode the format lacks."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (expected one of: {', '.join(FORMATS)})")
-    parsed = parse_mode(mode)
-    allowed = _MODES_OF.get(fmt)
-    if allowed is not None and parsed.kind not in allowed:
-        raise ValueError(f"mode {mode!r} is not supported by the {fmt} format (use one of: {', '.join(allowed)})")
-    when = (now or datetime.now(UTC)).astimezone(UTC)
-    # Apps whose effective date is still ahead are in monitor mode: nothing of theirs may be blocked yet.
-    monitor = frozenset(app for app, a in policy.apps.items() if when < a.effective)
-    view = _NameView(policy, monitor)
-    ctx = _Context(policy, view, _Skips(), parsed, _check_zone(zone) if fmt == "rpz" else zone, when, monitor)
+    ctx = _context(policy, fmt, zone, mode, now)
+    monitor, when, parsed = ctx.monitor, ctx.when, ctx.mode
     body, notes = _WRITERS[fmt](ctx)
     exempt = [
         f"{app}: {', '.join(map(str, a.exempt_clients))}" for app, a in sorted(policy.apps.items()) if a.exempt_clients
@@ -311,21 +316,25 @@ def rpz_ip_trigger(net: IPNetwork) -> str:
     return f"{net.prefixlen}.{'.'.join(reversed(words))}.rpz-ip"
 
 
-def _rpz(ctx: _Context) -> tuple[list[str], list[str]]:
-    view, skips, zone, mode, when = ctx.view, ctx.skips, ctx.zone, ctx.mode, ctx.when
+def rpz_records(
+    policy: Policy, *, zone: str = "rpz.enforcer.", mode: str = "nxdomain", now: datetime | None = None
+) -> list[tuple[str, str, str]]:
+    """The zone's policy records as (owner relative to the zone, type, rdata), without SOA/NS.
+
+    The one source of RPZ content: the ``rpz`` export renders it as a zone file, the RPZ feed serves it by AXFR/IXFR.
+    """
+    return _rpz_triggers(_context(policy, "rpz", zone, mode, now))
+
+
+def _rpz_triggers(ctx: _Context) -> list[tuple[str, str, str]]:
+    view, skips, zone, mode = ctx.view, ctx.skips, ctx.zone, ctx.mode
     address_data = mode.kind in ("null", "ip")
-    serial = int(when.timestamp()) % (2**32)
-    body = [
-        f"$ORIGIN {zone}",
-        "$TTL 60",
-        f"@ SOA localhost. hostmaster.localhost. {serial} 3600 600 604800 60",
-        "@ NS localhost.",
-    ]
     room = _MAX_NAME - len(zone)  # owner text + "." + zone must fit a DNS name
+    out: list[tuple[str, str, str]] = []
 
     def emit(owner: str, rule: Rule) -> None:
         for rtype, rdata in _rpz_action(rule, mode):
-            body.append(f"{owner} {rtype} {rdata}")
+            out.append((owner, rtype, rdata))
 
     for name in view.names():
         if name.rsplit(".", 1)[-1] in _RPZ_SPECIAL_TLDS:
@@ -349,6 +358,19 @@ def _rpz(ctx: _Context) -> tuple[list[str], list[str]]:
             emit(f"*.{name}", sub)
     for net, rule in _dedupe_cidrs(ctx.cidrs()):
         emit(rpz_ip_trigger(net), rule)
+    return out
+
+
+def _rpz(ctx: _Context) -> tuple[list[str], list[str]]:
+    zone = ctx.zone
+    serial = int(ctx.when.timestamp()) % (2**32)
+    body = [
+        f"$ORIGIN {zone}",
+        "$TTL 60",
+        f"@ SOA localhost. hostmaster.localhost. {serial} 3600 600 604800 60",
+        "@ NS localhost.",
+    ]
+    body.extend(f"{owner} {rtype} {rdata}" for owner, rtype, rdata in _rpz_triggers(ctx))
     notes = [
         f"Response Policy Zone {zone}: QNAME triggers (a domain rule is NAME plus *.NAME, an exact host NAME only),",
         "rpz-ip triggers for the CIDR rules (BIND applies them to answer addresses), allow exceptions as rpz-passthru.",
@@ -356,6 +378,7 @@ def _rpz(ctx: _Context) -> tuple[list[str], list[str]]:
         f'      options {{ response-policy {{ zone "{zone}"; }}; }};',
         f'Unbound: rpz:\\n  name: "{zone}"\\n  zonefile: "FILE"   (module-config: "respip validator iterator")',
         "url/store rules need the HTTP request and are not exported (they act in the proxy).",
+        "enforcer dns --rpz-zone serves the same records by AXFR/IXFR with NOTIFY (docs/scale.md).",
     ]
     return body, [n.replace("\\n", "\n") for n in notes]
 

@@ -36,7 +36,7 @@ import dns.tsigkeyring
 
 from ..policy.matcher import Policy
 from ..policy.model import IPAddress, IPNetwork
-from .zone import RpzRecord, policy_records
+from .zone import RpzRecord, policy_records, rpz_mode
 
 log = logging.getLogger("enforcer.rpz")
 
@@ -87,6 +87,7 @@ class RpzFeed:
         tsig: TsigKey | None = None,
     ) -> None:
         self.origin = dns.name.from_text(zone if zone.endswith(".") else zone + ".")
+        rpz_mode(mode)  # ValueError now rather than at the first update
         self.mode = mode
         self.transfer_allow = tuple(transfer_allow)
         self.notify_targets = tuple(notify)
@@ -105,7 +106,7 @@ class RpzFeed:
 
         Call it again periodically: an app whose effective date passes changes from passthru to blocking.
         """
-        new = frozenset(policy_records(policy, self.mode, at or datetime.now(UTC)))
+        new = frozenset(policy_records(policy, self.mode, at or datetime.now(UTC), self.origin.to_text()))
         if self.serial and new == self.records:
             return False
         # Serial: unix time when that is larger (restarts keep increasing), else +1 (RFC 1982 arithmetic is fine

@@ -24,9 +24,10 @@ import dns.zone
 import pytest
 
 from enforcer.policy import load_policy
+from enforcer.policy.export import rpz_ip_trigger
 from enforcer.rpz.feed import RpzFeed, TsigKey
 from enforcer.rpz.server import FeedServer
-from enforcer.rpz.zone import mode_actions, policy_records, rpz_ip_owner
+from enforcer.rpz.zone import policy_records, rpz_mode
 from tests.conftest import BLOCKLISTS, free_port
 
 ZONE = "rpz.enforcer."
@@ -57,12 +58,13 @@ async def _serve(feed: RpzFeed) -> tuple[FeedServer, int]:
     return server, port
 
 
-def test_rpz_ip_owner_formats() -> None:
-    assert rpz_ip_owner(ipaddress.ip_network("77.74.176.0/21")) == "21.0.176.74.77.rpz-ip"
-    assert rpz_ip_owner(ipaddress.ip_network("2a03:2480:68::/48")) == "48.zz.68.2480.2a03.rpz-ip"
-    assert rpz_ip_owner(ipaddress.ip_network("2001:db8::1/128")) == "128.1.zz.db8.2001.rpz-ip"
+def test_rpz_ip_trigger_formats_and_modes() -> None:
+    assert rpz_ip_trigger(ipaddress.ip_network("77.74.176.0/21")) == "21.0.176.74.77.rpz-ip"
+    assert rpz_ip_trigger(ipaddress.ip_network("2a03:2480:68::/48")) == "48.zz.68.2480.2a03.rpz-ip"
+    assert rpz_ip_trigger(ipaddress.ip_network("2001:db8::1/128")) == "128.1.zz.db8.2001.rpz-ip"
+    assert rpz_mode("refused") == "nxdomain" and rpz_mode("null") == "null"
     with pytest.raises(ValueError, match="unknown mode"):
-        mode_actions("bogus")
+        rpz_mode("bogus")
 
 
 def test_records_follow_policy_precedence() -> None:
