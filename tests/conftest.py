@@ -17,7 +17,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def find_tool(name: str) -> str | None:
-    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+    candidates = (f"/usr/sbin/{name}", f"/sbin/{name}")
+    return shutil.which(name) or next((p for p in candidates if os.access(p, os.X_OK)), None)
 
 
 def require_tool(name: str) -> str:
