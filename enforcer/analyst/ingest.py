@@ -128,7 +128,14 @@ class Ingester:
             assert self._states is not None
             stored = 0
             present: set[tuple[int, int]] = set()
-            for path in event_files(self.sources):
+            files = event_files(self.sources)
+            # Identities as listed, not only as opened: a rotation between listing and opening makes a name open a
+            # different file, and the file that moved away must keep its offset.
+            for path in files:
+                with contextlib.suppress(OSError):
+                    st = path.stat()
+                    present.add((st.st_dev, st.st_ino))
+            for path in files:
                 if self._stop.is_set():
                     break
                 try:

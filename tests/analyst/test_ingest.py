@@ -163,3 +163,33 @@ def test_torn_and_invalid_lines(tmp_path: Path, policy, caplog: pytest.LogCaptur
     want = [e.id for e in events[:6] + events[7:30]]
     assert sorted(_stored_ids(tmp_path / "s.sqlite")) == sorted(want)
     store.close()
+
+
+def test_live_follow_while_the_writer_rotates(tmp_path: Path, policy) -> None:
+    """The ingest thread and the writer thread run at the same time; rotations race with polls."""
+    import time
+
+    events = generate(policy, 4000, seed=16)
+    path = tmp_path / "events.jsonl"
+    store = Store(tmp_path / "s.sqlite")
+    ing = Ingester(store, [path], interval=0.02, parser_process=False)
+    ing.start()
+    try:
+        writer = EventWriter(path, max_bytes=50_000, backups=200, flush_interval=0.005)
+        for i, ev in enumerate(events, 1):
+            while not writer.emit(ev):
+                time.sleep(0.001)
+            if i % 40 == 0:
+                time.sleep(0.002)  # small batches: many rotations during the run
+        writer.close()
+        assert writer.dropped == 0
+        deadline = time.monotonic() + 30
+        while ing.ingested < len(events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ing.stop()
+    assert len(list(tmp_path.glob("events.jsonl.*"))) > 20
+    assert ing.ingested == len(events)
+    assert sorted(_stored_ids(tmp_path / "s.sqlite")) == sorted(e.id for e in events)
+    assert ing.errors == {}
+    store.close()
