@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import ConfigError, ReplaceAppend, default_blocklist
 
-DEFAULT_EVENTS = "var/events.jsonl"
+DEFAULT_EVENTS = "var/events"
 
 
 def _flatten(values: Any) -> list[str]:

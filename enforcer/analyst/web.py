@@ -92,7 +92,7 @@ T = TypeVar("T")
 @dataclass
 class AnalystSettings:
     listen: str = "127.0.0.1:8000"
-    events: list[str] = field(default_factory=lambda: ["var/events.jsonl"])
+    events: list[str] = field(default_factory=lambda: ["var/events"])  # the folder enforcer serve writes to
     inventory: str | None = None
     token: str | None = None
     db: str = "var/analyst.sqlite"
