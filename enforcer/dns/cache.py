@@ -48,7 +48,8 @@ class Entry:
         self.rule = rule
         self.age = 0
         self.patched = wire_
-        self.size = len(wire_) + 200  # + key, entry and tuple overhead (approximate)
+        # + the key, this object, its tuples and the LRU node: ~600 bytes measured with tracemalloc (CPython 3.11).
+        self.size = len(wire_) + 600
 
 
 class Cache:

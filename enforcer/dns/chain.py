@@ -117,6 +117,8 @@ def build_chain(parts: ChainParts) -> Handler:
             norm = wire.normalize_query(data)
             if norm.data is None or (q := parse(norm.data)) is None:
                 reply = norm.reply
+                if norm.data is not None:  # rebuilt but still not parseable: treat as malformed, never silence
+                    reply = wire.error_reply(data, wire.RCODE_FORMERR)
                 if reply is None:
                     outcome("dropped")
                 else:

@@ -44,6 +44,8 @@ from ..policy.matcher import Policy
 from ..policy.model import AppPolicy, Match, Rule
 from .wire import qtype_name
 
+# One outcome per query (blocked ... dropped); "truncated" is counted in addition to the query's outcome, and the
+# tcp_* outcomes count connections cut for misbehaving (they carry no query).
 OUTCOMES = (
     "blocked",
     "response_blocked",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -33,6 +34,17 @@ UDP_READ_SIZE = 65_535
 
 
 def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets bound to the same port (port 0: an ephemeral port free for both, retried)."""
+    for attempt in range(20 if port == 0 else 1):
+        try:
+            return _bind_pair(host, port, reuse_port)
+        except OSError as exc:
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _bind_pair(host: str, port: int, reuse_port: bool) -> tuple[socket.socket, socket.socket]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     udp = socket.socket(family, socket.SOCK_DGRAM)
     tcp = socket.socket(family, socket.SOCK_STREAM)

@@ -40,9 +40,6 @@ class FakeUpstream:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.udp.bind((self.host, 0))
-        self.port = self.udp.getsockname()[1]
         owner = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -64,7 +61,18 @@ class FakeUpstream:
             daemon_threads = True
             address_family = family
 
-        self.tcp = Server((self.host, self.port), Handler)
+        # UDP and TCP on the same port: the port UDP got may be taken for TCP (other tests share the host): retry.
+        for _ in range(50):
+            self.udp = socket.socket(family, socket.SOCK_DGRAM)
+            self.udp.bind((self.host, 0))
+            self.port = self.udp.getsockname()[1]
+            try:
+                self.tcp = Server((self.host, self.port), Handler)
+                break
+            except OSError:
+                self.udp.close()
+        else:
+            raise RuntimeError("no port free for both UDP and TCP")
         self._threads = [
             threading.Thread(target=self._udp_loop, daemon=True),
             threading.Thread(target=self.tcp.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True),
