@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,6 +71,7 @@ WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_FILTER_VALUES = 50
+MEMO_SIZE = 8  # memoised aggregations (a 1M-event store: a few MB each)
 # Chart bucket sizes (seconds); the smallest that keeps the chart at or under MAX_BUCKETS points per series.
 BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400)
 MAX_BUCKETS = 60
@@ -142,6 +145,7 @@ class Analyst:
         )
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="enforcer-analyst-db")
         self.gate = asyncio.Semaphore(16)  # bounds queued DB work; further requests wait here, not in the pool
+        self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         # Gauges computed off the loop every refresh_interval and read at scrape time.
         self.noncompliant: dict[tuple[str, str], int] = {}
         self.last_block: dict[str, float] = {}
@@ -155,6 +159,19 @@ class Analyst:
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         async with self.gate:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def aggregate(self, name: str, fn: Callable[..., T], f: Filters, *args: Any) -> T:
+        """``db(fn, f, *args)`` memoised until the next stored event: aggregations over a large store take seconds,
+        and an analyst flips between the same views (and exports the CSV of the view just seen)."""
+        key = (name, f, tuple(sorted(self.effective.items())), self.ingester.ingested)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        value = await self.db(fn, f, *args)
+        self._memo[key] = value
+        while len(self._memo) > MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return value
 
     def refresh_gauges(self, now: datetime | None = None) -> None:
         """Blocking: the per-window non-compliant client counts and the last block per app."""
@@ -358,7 +375,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
 async def _report(request: web.Request) -> dict[str, Any]:
     analyst: Analyst = request.app[ANALYST]
     f, since, until = filters_from(request)
-    pairs = await analyst.db(analyst.store.pairs, f, analyst.effective)
+    pairs = await analyst.aggregate("pairs", analyst.store.pairs, f, analyst.effective)
     return build_report(pairs, inventory=analyst.inventory, since=since, until=until)
 
 
@@ -423,9 +440,9 @@ async def _dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
     """Everything the dashboard shows for one set of filters; the independent queries run in parallel threads."""
     store, eff = analyst.store, dict(analyst.effective)
     pairs, series, top_rules, facets, windows = await asyncio.gather(
-        analyst.db(store.pairs, f, eff),
-        analyst.db(_series, store, f),
-        analyst.db(store.top_rules, f, eff, 10),
+        analyst.aggregate("pairs", store.pairs, f, eff),
+        analyst.aggregate("series", functools.partial(_series, store), f),
+        analyst.aggregate("top_rules", store.top_rules, f, eff, 10),
         analyst.db(store.facets),
         analyst.db(_windows, analyst, eff),
     )

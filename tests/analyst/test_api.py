@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -218,3 +219,19 @@ async def test_metrics(client: Any, policy, events: list[HitEvent]) -> None:
         assert last[app] == pytest.approx(newest.timestamp(), abs=1e-6)
     ingested = families["enforcer_analyst_events_ingested"].samples
     assert ingested[0].value == len(events)
+
+
+async def test_new_events_show_up_in_memoised_views(
+    client: Any, policy, events: list[HitEvent], tmp_path: Path
+) -> None:
+    first = await (await client.get("/api/report", headers=AUTH)).json()
+    again = await (await client.get("/api/report", headers=AUTH)).json()
+    assert again["clients"] == first["clients"]  # served from the memo: same figures
+    more = generate(policy, 150, seed=23, start=NOW - timedelta(days=1), span_days=1)
+    write_events(tmp_path / "dns.jsonl", more)  # appends to the file the analyst follows
+    analyst = client.analyst
+    assert await asyncio.get_running_loop().run_in_executor(None, analyst.ingester.poll_once) == 150
+    after = await (await client.get("/api/report", headers=AUTH)).json()
+    assert {(r["client"], r["app"]): r for r in after["clients"]} == expected_report(policy, events + more)
+    dash = await (await client.get("/api/dashboard", headers=AUTH)).json()
+    assert dash["totals"]["attempts"] == len(events) + 150
