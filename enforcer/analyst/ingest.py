@@ -10,11 +10,13 @@
   renaming ``events.jsonl`` -> ``events.jsonl.1`` and opening a new file, so the renamed file keeps its offset and the
   new file starts at 0. A reused inode (first bytes differ) or a truncated file (size < offset) starts again at 0.
 - Offsets live in the store's ``files`` table and are committed in the same transaction as the events read up to
-  them: a restart resumes exactly where the last commit ended. ``event.id`` is UNIQUE in the store, so anything read
-  twice anyway (copy-truncate rotation, a file listed twice) is stored once and counted as a duplicate.
+  them: a restart resumes exactly where the last commit ended. (time, ``event.id``) is UNIQUE in the store, so
+  anything read twice anyway (copy-truncate rotation, a file listed twice) is stored once and counted as a duplicate.
+- Pipeline: JSON parsing of chunk N+1 runs in a parser process while chunk N is inserted; a parser process that
+  dies is replaced on the next poll.
 - Lines: an incomplete last line of the live file is left for the next poll (the writer may be mid-write); in a
   rotated file it is torn for good: skipped and counted. Invalid lines are skipped, counted by reason
-  (``invalid_json``, ``not_event``, ``torn``) and logged at most once per file per poll with ``FILE:LINE``.
+  (``invalid_json``, ``not_event``, ``torn``) and logged once per chunk with the file, byte offset and first one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +89,14 @@ class Ingester:
         self._stop = threading.Event()
         # JSON parsing runs in a separate process: in a thread it would hold the GIL against the inserts (the two
         # convoy on the GIL and ingest gets slower, not faster). "spawn" because forking a threaded process is unsafe.
-        self._parser: Executor = (
-            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            if parser_process
-            else ThreadPoolExecutor(1, thread_name_prefix="enforcer-analyst-parse")
-        )
+        self._parser_process = parser_process
+        self._parser = self._new_parser()
         self._thread: threading.Thread | None = None
+
+    def _new_parser(self) -> Executor:
+        if self._parser_process:
+            return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return ThreadPoolExecutor(1, thread_name_prefix="enforcer-analyst-parse")
 
     # -- thread -----------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +119,10 @@ class Ingester:
         while not self._stop.is_set():
             try:
                 self.poll_once()
+            except BrokenExecutor:
+                log.error("the event parser process died; starting a new one")
+                self._parser.shutdown(wait=False, cancel_futures=True)
+                self._parser = self._new_parser()
             except Exception:  # a broken file or a full disk must not end ingestion for good
                 log.exception("ingest poll failed; retrying")
             self._stop.wait(self.interval)

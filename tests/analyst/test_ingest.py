@@ -193,3 +193,35 @@ def test_live_follow_while_the_writer_rotates(tmp_path: Path, policy) -> None:
     assert sorted(_stored_ids(tmp_path / "s.sqlite")) == sorted(e.id for e in events)
     assert ing.errors == {}
     store.close()
+
+
+def test_parser_process_death_is_survived(tmp_path: Path, policy, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import signal
+    import time
+
+    events = generate(policy, 600, seed=17)
+    path = tmp_path / "events.jsonl"
+    store = Store(tmp_path / "s.sqlite")
+    ing = Ingester(store, [path], interval=0.05, parser_process=True)
+    ing.start()
+    try:
+        write_events(path, events[:300])
+        deadline = time.monotonic() + 30
+        while ing.ingested < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ing.ingested == 300
+        pids = list(ing._parser._processes)  # type: ignore[attr-defined]
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        write_events(path, events[300:])
+        deadline = time.monotonic() + 30
+        while ing.ingested < 600 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ing.stop()
+    assert ing.ingested == 600
+    assert "parser process died" in caplog.text
+    assert sorted(_stored_ids(tmp_path / "s.sqlite")) == sorted(e.id for e in events)
+    store.close()
