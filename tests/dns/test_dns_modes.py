@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.rdatatype
 import pytest
@@ -85,3 +86,19 @@ def test_bad_flags(flags: list[str], code: int) -> None:
     assert lines and "Traceback" not in proc.stderr
     if code == 1:
         assert len(lines) == 1, lines
+
+
+def test_config_file_section(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """``--config`` YAML (section dns, keys mirror the flags) is applied; a flag beats the config."""
+    cfg = tmp_path / "enforcer.yaml"
+    cfg.write_text(
+        f"dns:\n  mode: nxdomain\n  block-ttl: 17\n  upstream: ['{upstream.address}']\n  blocklist: ['{BLOCKLISTS}']\n"
+    )
+    proc = DnsProcess(tmp_path, "--config", str(cfg), "--block-ttl", "23")
+    try:
+        msg = proc.query("weixin.qq.com", "A")
+        assert rcode(msg) == "NXDOMAIN"
+        assert msg.authority[0].ttl == 23
+        assert addresses(proc.query("config.example", "A")) == ["192.0.2.53"]
+    finally:
+        assert proc.stop() == 0
