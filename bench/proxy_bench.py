@@ -274,6 +274,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="bare/addon alternations per scenario (%(default)s)")
     ap.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="run only these")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    ap.add_argument(
+        "--profile",
+        metavar="SCENARIO",
+        choices=list(SCENARIOS),
+        help="instead: run the addon's mitmdump under cProfile for one scenario and print the hooks' share of its CPU",
+    )
     ap.add_argument("--serve-origins", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_origins:
@@ -292,6 +298,9 @@ def main() -> int:
             assert origins.stdout is not None
             ports = json.loads(origins.stdout.readline())
             bare_cmd, addon_cmd, bare_port, addon_port = proxy_commands(tmp)
+            if args.profile:
+                profile_share(args, tmp, addon_cmd, addon_port, ports, procs)
+                return 0
             for cmd, port in ((bare_cmd, bare_port), (addon_cmd, addon_port)):
                 log = open(tmp / f"mitmdump-{port}.log", "wb")  # noqa: SIM115 - lives as long as the process
                 procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
@@ -314,6 +323,47 @@ def main() -> int:
                     os.killpg(p.pid, signal.SIGKILL)
     report(results, args)
     return 0
+
+
+def profile_share(
+    args: argparse.Namespace,
+    tmp: Path,
+    addon_cmd: list[str],
+    port: int,
+    ports: dict[str, int],
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """A noise-free complement to the throughput ratio: CPU seconds in the addon's hooks per flow vs per flow overall.
+
+    cProfile slows everything alike, so the ratio (hook time per flow / process CPU time per flow) estimates the
+    addon's share of mitmdump's work for that scenario, whatever the neighbours on the machine are doing.
+    """
+    import pstats
+
+    out = tmp / "mitmdump.prof"
+    code = (
+        f"import cProfile, sys; sys.argv = {['mitmdump', *addon_cmd[1:]]!r}; "
+        f"from mitmproxy.tools.main import mitmdump; cProfile.run('mitmdump()', {str(out)!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, start_new_session=True)
+    procs.append(proc)
+    wait_port(port, proc)
+    cpu0 = _proc_cpu(proc.pid)
+    rate = asyncio.run(measure(SCENARIOS[args.profile], port, ports, args.duration, args.concurrency))
+    cpu = _proc_cpu(proc.pid) - cpu0
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(30)
+    stats = pstats.Stats(str(out)).stats  # type: ignore[attr-defined]
+    hooks = ("http_connect", "tls_clienthello", "server_connect", "requestheaders", "client_disconnected")
+    hook_time = sum(v[3] for k, v in stats.items() if k[0].endswith("enforcer/proxy/addon.py") and k[2] in hooks)
+    flows = rate * args.duration
+    print(f"profile {args.profile}: {rate:.1f} flows/s under cProfile, mitmdump CPU {cpu:.2f}s for ~{flows:.0f} flows")
+    print(f"  addon hooks: {hook_time:.3f}s cumulative (incl. warm-up) = {hook_time / cpu:.1%} of mitmdump's CPU time")
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> None:
