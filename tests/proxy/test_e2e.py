@@ -513,3 +513,41 @@ def test_reload_on_blocklist_edit(stack: Stack) -> None:
         assert c.get("http://reload.example.net/").status_code == 403
     local.write_text(original)
     assert "local.yaml:" in stack.log.read_text()  # the PATH:LINE:COL error was logged
+
+
+def test_standalone_script_survives_live_reload(tmp_path: Path) -> None:
+    """``mitmdump -s addon.py`` (a copy, so no other mitmdump sees the edit); touching it makes mitmproxy reload it."""
+    script = tmp_path / "addon.py"
+    shutil.copy(ROOT / "enforcer" / "proxy" / "addon.py", script)
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path / "mitmdump.log"
+    cmd = [str(Path(sys.executable).with_name("mitmdump")), "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    cmd += ["--set", f"confdir={tmp_path / 'confdir'}", "--set", "connection_strategy=lazy", "-s", str(script)]
+    cmd += ["--set", f"enforcer_blocklist={BLOCKLISTS}", "--set", f"enforcer_metrics=127.0.0.1:{metrics_port}"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port(port, proc, log)
+        wait_port(metrics_port, proc, log)
+        head, s = connect(port, "weixin.qq.com:443")
+        s.close()
+        assert status(head) == 403
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'enforcer_proxy_flows_total{outcome="blocked"} 1.0' in metrics
+        later = time.time() + 5
+        os.utime(script, (later, later))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and log.read_text().count("Loading script") < 2:
+            time.sleep(0.2)
+        assert log.read_text().count("Loading script") == 2
+        wait_port(metrics_port, proc, log)
+        # The new instance serves its own (fresh) registry on the same port, and still blocks.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'outcome="blocked"' not in metrics and "enforcer_policy_rules" in metrics
+        head, s = connect(port, "weixin.qq.com:443")
+        s.close()
+        assert status(head) == 403 and proc.poll() is None
+        text = log.read_text()
+        assert "Traceback" not in text and "Address already in use" not in text, text[-3000:]
+    finally:
+        stop_proxy(proc)
