@@ -551,3 +551,16 @@ def test_standalone_script_survives_live_reload(tmp_path: Path) -> None:
         assert "Traceback" not in text and "Address already in use" not in text, text[-3000:]
     finally:
         stop_proxy(proc)
+
+
+def test_sighup_reloads(stack: Stack) -> None:
+    def successes() -> float:
+        return scrape(stack).get(("enforcer_policy_reloads_total", (("result", "success"),)), 0.0)
+
+    before = successes()
+    stack.proc.send_signal(signal.SIGHUP)  # enforcer proxy forwards it to mitmdump
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and successes() <= before:
+        time.sleep(0.2)
+    assert successes() > before and stack.alive()
+    assert "SIGHUP: reloading the policy" in stack.log.read_text()
