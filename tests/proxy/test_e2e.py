@@ -516,7 +516,11 @@ def test_reload_on_blocklist_edit(stack: Stack) -> None:
 
 
 def test_standalone_script_survives_live_reload(tmp_path: Path) -> None:
-    """``mitmdump -s addon.py`` (a copy, so no other mitmdump sees the edit); touching it makes mitmproxy reload it."""
+    """``mitmdump -s addon.py`` (a copy, so no other mitmdump sees the edit); touching it makes mitmproxy reload it.
+
+    Regular mode, but safe: with lazy connections a CONNECT that failed open would only be answered 200, and the
+    test closes the socket without sending a byte, so mitmdump never resolves or dials weixin.qq.com.
+    """
     script = tmp_path / "addon.py"
     shutil.copy(ROOT / "enforcer" / "proxy" / "addon.py", script)
     port, metrics_port = free_port(), free_port()
