@@ -27,7 +27,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -187,6 +187,44 @@ def _slow_fields(line: bytes) -> tuple[bytes, bytes, bytes, bool] | None:
     return f[0].encode(), f[1].encode(), f[2].encode(), f[3]
 
 
+def _range_chunks(path: str, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, whole lines) of the lines that start in ``[start, end)``; the last piece may lack a newline."""
+    with open(path, "rb") as fh:
+        pos = start
+        if start > 0:
+            fh.seek(start - 1)
+            if fh.read(1) != b"\n":
+                pos += len(fh.readline())  # the line in progress belongs to the previous range
+        fh.seek(pos)
+        rest = b""
+        while True:
+            data = fh.read(_READ)
+            if not data:
+                if rest:
+                    yield pos, rest
+                return
+            data = rest + data
+            if end is not None and pos + len(data) >= end:
+                # The line holding byte end-1 starts in this range: take it whole, then stop.
+                cut = data.find(b"\n", max(0, end - pos - 1))
+                while cut < 0:
+                    more = fh.read(_READ)
+                    if not more:
+                        break
+                    data += more
+                    cut = data.find(b"\n", max(0, end - pos - 1))
+                if end > pos:
+                    yield pos, data[: cut + 1] if cut >= 0 else data
+                return
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            yield pos, data[: cut + 1]
+            rest = data[cut + 1 :]
+            pos += cut + 1
+
+
 def scan_range(
     path: str,
     start: int,
@@ -199,8 +237,8 @@ def scan_range(
     """Aggregate the lines that *start* in ``[start, end)`` of one file (``end`` None: to EOF).
 
     Works on bytes (no UTF-8 decode for the writer's lines) and decodes only the (client, app) keys at the end. A
-    plain function of its arguments so that workers can run it; ``first_invalid`` is ``FILE:LINE`` for a range that
-    starts at 0 and ``FILE@BYTE`` otherwise.
+    plain function of its arguments so that workers can run it. ``first_invalid`` is ``FILE:LINE`` for a range that
+    starts at 0, else ``FILE:+LINE@BYTE`` (line counted from the range start).
     """
     eff = {k.encode(): v.encode() for k, v in effective.items()}
     eff_get = eff.get
@@ -210,95 +248,74 @@ def scan_range(
     pairs: dict[tuple[bytes, bytes], list[Any]] = {}
     pairs_get = pairs.get
     stats = ReportStats()
-    lineno = 0
-    with open(path, "rb") as fh:
-        pos = start
-        if start > 0:
-            fh.seek(start - 1)
-            if fh.read(1) != b"\n":
-                skipped = fh.readline()  # the line in progress belongs to the previous range
-                pos += len(skipped)
-        rest = b""
-        while end is None or pos < end:
-            chunk = fh.read(_READ)
-            if not chunk:
-                if rest.strip():
-                    chunk_lines = [rest]  # last line without a newline: usually torn
-                    rest = b""
-                else:
-                    break
-            else:
-                chunk = rest + chunk
-                cut = chunk.rfind(b"\n")
-                if cut < 0:
-                    rest = chunk
-                    continue
-                rest = chunk[cut + 1 :]
-                chunk_lines = chunk[:cut].split(b"\n")
-            for line in chunk_lines:
-                if end is not None and pos >= end:
-                    break
-                line_pos = pos
-                pos += len(line) + 1
-                lineno += 1
-                if line[-1:] in (b"\r", b" ", b"\t") or line[:1] in (b" ", b"\t"):
-                    line = line.strip()  # rarely needed: the writer emits neither CR nor padding
+    events = 0
+    lines_before = 0
+    for _, data in _range_chunks(path, start, end):
+        lines = data.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        stats.lines += len(lines)
+        for i, line in enumerate(lines):
+            # Fast path, inlined: this loop runs once per event (see records.fast_fields for why it is sound).
+            f: tuple[bytes, bytes, bytes, bool] | None = None
+            if (
+                line[:15] == _B_HEAD
+                and line[-1:] == b"}"
+                and line.count(b"{") == line.count(b"}")
+                and line.find(_B_HEAD, 1) < 0
+                and line[42:43] == b'"'
+            ):
+                j = line.find(_B_RULESET)
+                if j >= 0:
+                    j += 11
+                    app = line[j : line.find(b'"', j)]
+                    denied = True if _B_DENIED in line else (False if _B_ALLOWED in line else None)
+                    j = line.find(_B_SOURCE_IP)
+                    if j >= 0:
+                        j += 16
+                        client = line[j : line.find(b'"', j)]
+                    elif _B_SOURCE in line:
+                        denied = None  # source present but not in writer order: parse fully
+                    else:
+                        client = b""
+                    if denied is not None and app and b"\\" not in app and b"\\" not in client:
+                        f = (line[15:42], app, client, denied)
+            if f is None:
+                line = line.strip()
                 if not line:
+                    stats.lines -= 1  # blank lines are not lines of the log
                     continue
-                stats.lines += 1
-                # Fast path, inlined: this loop runs once per event.
-                f: tuple[bytes, bytes, bytes, bool] | None = None
-                if (
-                    line[:15] == _B_HEAD
-                    and line[-1:] == b"}"
-                    and line.count(b"{") == line.count(b"}")
-                    and line.find(_B_HEAD, 1) < 0
-                    and line[42:43] == b'"'
-                ):
-                    i = line.find(_B_RULESET)
-                    if i >= 0:
-                        i += 11
-                        app = line[i : line.find(b'"', i)]
-                        denied = True if _B_DENIED in line else (False if _B_ALLOWED in line else None)
-                        i = line.find(_B_SOURCE_IP)
-                        if i >= 0:
-                            i += 16
-                            client = line[i : line.find(b'"', i)]
-                        elif _B_SOURCE in line:
-                            denied = None  # source present but not in writer order: parse fully
-                        else:
-                            client = b""
-                        if denied is not None and app and b"\\" not in app and b"\\" not in client:
-                            f = (line[15:42], app, client, denied)
+                f = _slow_fields(line)
                 if f is None:
-                    f = _slow_fields(line)
+                    stats.invalid += 1
+                    if stats.first_invalid is None:
+                        n = lines_before + i + 1
+                        stats.first_invalid = f"{path}:{n}" if start == 0 else f"{path}:+{n}@{start}"
+                    tail = recover(line.decode("utf-8", "replace"))
+                    f = _slow_fields(tail.encode()) if tail else None
                     if f is None:
-                        stats.invalid += 1
-                        if stats.first_invalid is None:
-                            stats.first_invalid = f"{path}:{lineno}" if start == 0 else f"{path}@{line_pos}"
-                        tail = recover(line.decode("utf-8", "replace"))
-                        f = _slow_fields(tail.encode()) if tail else None
-                        if f is None:
-                            continue
-                        stats.recovered += 1
-                ts, app, client, denied = f
-                if (since_b is not None and ts < since_b) or (until_b is not None and ts >= until_b):
-                    continue
-                if app_filter and app not in app_filter:
-                    continue
-                stats.events += 1
-                enforced = denied and ts >= eff_get(app, b"")
-                entry = pairs_get((client, app))
-                if entry is None:
-                    pairs[(client, app)] = [1, 1 if enforced else 0, ts, ts]
-                    continue
-                entry[0] += 1
-                if enforced:
-                    entry[1] += 1
-                if ts < entry[2]:
-                    entry[2] = ts
-                elif ts > entry[3]:
-                    entry[3] = ts
+                        continue
+                    stats.recovered += 1
+            ts, app, client, denied = f
+            if (since_b is not None and ts < since_b) or (until_b is not None and ts >= until_b):
+                continue
+            if app_filter and app not in app_filter:
+                continue
+            events += 1
+            enforced = denied and ts >= eff_get(app, b"")
+            entry = pairs_get((client, app))
+            if entry is None:
+                pairs[(client, app)] = [1, 1 if enforced else 0, ts, ts]
+                continue
+            entry[0] += 1
+            if enforced:
+                entry[1] += 1
+            if ts < entry[2]:
+                entry[2] = ts
+            elif ts > entry[3]:
+                entry[3] = ts
+        lines_before += len(lines)
+    stats.events = events
     out: Pairs = {
         (c.decode("utf-8", "replace"), a.decode("utf-8", "replace")): [n, e, first.decode(), last.decode()]
         for (c, a), (n, e, first, last) in pairs.items()

@@ -219,7 +219,7 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     }
     assert (par_stats.events, par_stats.invalid) == (seq_stats.events, seq_stats.invalid) == (3000, 1)
     assert seq_stats.first_invalid == f"{path}:1235"
-    assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}@")
+    assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}:+")
 
 
 def test_parse_time_forms() -> None:
