@@ -19,6 +19,10 @@ mitmproxy hooks fail open (an exception is logged and the flow proceeds), so eve
 refuses the flow instead, counting ``enforcer_proxy_flows_total{outcome="error"}``. Flows another addon already
 answered are left alone; decided flows carry ``flow.metadata["enforcer"]``.
 
+``enforcer_proxy_flows_total{outcome}`` counts decisions: every CONNECT, HTTP request and DNS question, plus each TLS
+handshake or server connection that matched a rule (allowed, blocked, monitored, invalid = unparsable host, error).
+Enforced hits count in ``enforcer_blocked_total``, monitor hits in ``enforcer_monitored_total``, each with one event.
+
 Options (``load``/``configure``): ``enforcer_blocklist`` (files/folders, comma-separated), ``enforcer_events``
 (JSON Lines path), ``enforcer_metrics`` (HOST:PORT, own private registry), ``enforcer_passthrough``. The policy is
 watched by ``PolicyHolder.watch`` as a task started in ``running`` and cancelled in ``done`` (the reload parses in a
