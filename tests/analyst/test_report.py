@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -234,3 +235,25 @@ def test_parse_time_forms() -> None:
     for bad in ("yesterday", "7x", "2023-13-01", "10"):
         with pytest.raises(ValueError, match="invalid time"):
             parse_time(bad, now)
+
+
+def test_ranges_cut_exactly_at_line_starts(tmp_path: Path, policy) -> None:
+    from enforcer.analyst.report import merge_pairs, scan_range
+
+    lines = [e.to_json() for e in generate(policy, 50, seed=9)]
+    path = tmp_path / "e.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line.encode()) + 1)
+    eff = effective_map(policy)
+    whole, _ = scan_range(str(path), 0, None, eff, None, None, ())
+    # Boundaries at line starts, one byte before, one byte after, and single-line ranges.
+    for cuts in ([0, starts[10], starts[20], None], [0, starts[10] - 1, starts[20] + 1, None], [*starts[:-1], None]):
+        merged: dict = {}
+        total = 0
+        for a, b in itertools.pairwise(cuts):
+            part, st = scan_range(str(path), a, b, eff, None, None, ())
+            merge_pairs(merged, part)
+            total += st.events
+        assert total == 50 and merged == whole, cuts
