@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 def _bench(tmp_path: Path, events: int, timeout: int) -> dict:
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "analyst_bench.py"), "--events", str(events), "--workdir", str(tmp_path),
-         "--naive-limit", str(min(events, 20000))],
+         "--naive-limit", str(min(events, 2000))],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
