@@ -34,7 +34,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[DEFAULT_EVENTS],
         metavar="PATH",
-        help="event files or folders (a folder: its *.jsonl and rotated *.jsonl.N; a file: with its rotations)",
+        help="event files or folders (a folder: its *.jsonl and rotated *.jsonl.N; a file: with its rotations; "
+        "default: var/events)",
     )
     parser.add_argument("--inventory", metavar="FILE", help="CSV cidr,device,owner,unit mapping clients to devices")
     parser.add_argument(
@@ -56,10 +57,18 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             help="processes for inputs over 64 MB (each reads its own byte ranges; default: CPUs, at most 4)",
         )
     else:
-        parser.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT")
-        parser.add_argument("--token-file", metavar="FILE", help="file holding the API/dashboard bearer token")
-        parser.add_argument("--db", default="var/analyst.sqlite", metavar="PATH", help="SQLite event store")
-        parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between event file polls")
+        parser.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="default: %(default)s")
+        parser.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="file holding the bearer token for / and /api/* (required to listen beyond loopback)",
+        )
+        parser.add_argument(
+            "--db", default="var/analyst.sqlite", metavar="PATH", help="SQLite event store (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--poll-interval", type=float, default=0.5, metavar="SECONDS", help="between event file polls (0.5)"
+        )
 
 
 def _load_policy(paths: list[str]) -> Any:
