@@ -11,7 +11,8 @@ returns the listen addresses as ``HOST:PORT``); ``await r.stop()`` (closes liste
 ``/metrics`` itself unless ``settings.metrics`` is set, nor closes a writer it did not create).
 
 Under ``enforcer serve``, start it inside the running loop (``asyncio.create_task(run_resolver(settings, stop))``);
-the process owner decides about uvloop and ``sys.setswitchinterval`` (``enforcer dns`` sets 0.5 ms, see cli.py).
+the process owner decides about uvloop, ``sys.setswitchinterval`` and GC tuning (see what ``enforcer dns`` does in
+cli.py: 0.5 ms switch interval, higher GC thresholds, ``gc.freeze()`` once the policy is loaded).
 Several worker processes can share the listen addresses with ``DnsSettings(reuse_port=True)`` (SO_REUSEPORT).
 
 - ``DnsSettings``: validated settings (``from_args`` turns argparse values into them; errors are one line).
