@@ -15,10 +15,10 @@ import pytest
 from tests.conftest import ROOT
 
 
-def _bench(tmp_path: Path, events: int, timeout: int) -> dict:
+def _bench(workdir: Path, events: int, timeout: int, *extra: str) -> dict:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "analyst_bench.py"), "--events", str(events), "--workdir", str(tmp_path),
-         "--naive-limit", str(min(events, 2000))],
+        [sys.executable, str(ROOT / "bench" / "analyst_bench.py"), "--events", str(events), "--workdir", str(workdir),
+         *extra],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -34,7 +34,7 @@ def _check(result: dict, events: int) -> None:
 
 
 def test_bench_small(tmp_path: Path) -> None:
-    _check(_bench(tmp_path, 5000, 100), 5000)
+    _check(_bench(tmp_path, 5000, 100, "--naive-limit", "2000"), 5000)
 
 
 @pytest.mark.slow
