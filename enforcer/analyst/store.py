@@ -2,13 +2,14 @@
 
 - Schema (``SCHEMA``): ``events`` (``seq`` rowid in arrival order, ``ts`` integer microseconds UTC, ``eid`` =
   ``event.id`` (16-byte blob for the writer's uuid4 hex), app, client, category, component, action, rule, denied,
-  name, and ``doc`` the ECS JSON as read). Indexes: UNIQUE ``(ts, eid)`` is both the dedupe key (an event seen twice
-  has the same time and id, and is stored once) and the time index; unlike a UNIQUE index on the random id alone,
-  inserts land at its end, which keeps ingest fast as the store grows. ``(app, ts, denied)`` and
-  ``(client, app, ts, denied)`` cover the per-app and per-client aggregations (report pairs, chart, gauges) without
-  reading the table. ``files`` = ingest offsets per
-  physical file (device, inode, first bytes, offset), committed in the same transaction as the events they cover,
-  so a restart neither loses nor repeats lines; ``facets`` = distinct apps/categories/components for the filters.
+  name, and ``doc`` the ECS JSON line as read, UTF-8 bytes). Indexes: UNIQUE ``(ts, eid)`` is both the dedupe key
+  (an event seen twice has the same time and id, and is stored once) and the time index; unlike a UNIQUE index on
+  the random id alone, inserts land at its end, which keeps ingest fast as the store grows. ``(app, ts, denied,
+  category, component, rule, client)`` and ``(client, app, ts, denied, category, component)`` cover the per-app and
+  per-client aggregations (report pairs, chart, top rules, gauges, filters) without reading the table. ``files`` =
+  ingest offsets per physical file (device, inode, first bytes, offset), committed in the same transaction as the
+  events they cover, so a restart neither loses nor repeats lines; ``facets`` = distinct apps/categories/components
+  for the filters.
 - ``Store(path)``: opens/creates the database (WAL, synchronous=NORMAL). ``writer()`` is the one write connection
   (used by the ingest thread only); every other method reads through a per-thread connection, so handlers can run
   them in a thread pool while the ingester writes (WAL: readers never wait for the writer).
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS events (
     rule TEXT NOT NULL,
     denied INTEGER NOT NULL,
     name TEXT NOT NULL,
-    doc TEXT NOT NULL
+    doc BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_ts_eid ON events (ts, eid);
 CREATE INDEX IF NOT EXISTS events_app ON events (app, ts, denied, category, component, rule, client);
@@ -68,7 +69,7 @@ INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # One stored row as inserted: eid, ts_us, app, client, category, component, action, rule, denied, name, doc.
-Row = tuple[str | bytes, int, str, str, str, str, str, str, int, str, str]
+Row = tuple[str | bytes, int, str, str, str, str, str, str, int, str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
