@@ -225,3 +225,29 @@ def test_parser_process_death_is_survived(tmp_path: Path, policy, caplog: pytest
     assert "parser process died" in caplog.text
     assert sorted(_stored_ids(tmp_path / "s.sqlite")) == sorted(e.id for e in events)
     store.close()
+
+
+def test_flat_keys_and_invalid_utf8_take_the_text_path(tmp_path: Path, policy) -> None:
+    import json
+
+    a, b = generate(policy, 2, seed=18)
+    flat = {"@timestamp": a.to_ecs()["@timestamp"]}
+    for key, value in a.to_ecs().items():
+        if isinstance(value, dict):
+            for k2, v2 in value.items():
+                flat[f"{key}.{k2}"] = v2
+    b.dns_question_name = "caf\u00e9.weixin.qq.com"
+    broken = b.to_json().encode("utf-8").replace("\u00e9".encode(), b"\xe9")  # Latin-1 byte: invalid UTF-8
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(json.dumps(flat).encode() + b"\n" + broken + b"\n")
+    store = Store(tmp_path / "s.sqlite")
+    ing = Ingester(store, [path], parser_process=False)
+    try:
+        assert ing.poll_once() == 2
+    finally:
+        ing.stop()
+    docs, _ = store.events(Filters(), 10)
+    by_id = {d["event"]["id"]: d for d in docs}
+    assert by_id[a.id]["rule"]["ruleset"] == a.app and by_id[a.id]["source"]["ip"] == a.source_ip  # re-nested
+    assert by_id[b.id]["dns"]["question"]["name"] == "caf\ufffd.weixin.qq.com"  # replacement character, not lost
+    store.close()
