@@ -220,8 +220,9 @@ class _AnalystCollector(Collector):
         errs = CounterMetricFamily(
             ANALYST_INGEST_ERRORS_TOTAL[: -len("_total")], SPECS[ANALYST_INGEST_ERRORS_TOTAL].help, labels=["reason"]
         )
-        for reason in sorted({"invalid_json", "not_event", "torn", *ing.errors}):
-            errs.add_metric([reason], ing.errors.get(reason, 0))
+        counts = dict(ing.errors)  # one C-level copy: the ingest thread may add a reason meanwhile
+        for reason in sorted({"invalid_json", "not_event", "torn", *counts}):
+            errs.add_metric([reason], counts.get(reason, 0))
         out.append(errs)
         stored = GaugeMetricFamily(ANALYST_EVENTS_STORED, SPECS[ANALYST_EVENTS_STORED].help)
         stored.add_metric([], self.a.stored)
