@@ -235,3 +235,36 @@ async def test_new_events_show_up_in_memoised_views(
     assert {(r["client"], r["app"]): r for r in after["clients"]} == expected_report(policy, events + more)
     dash = await (await client.get("/api/dashboard", headers=AUTH)).json()
     assert dash["totals"]["attempts"] == len(events) + 150
+
+
+async def test_start_analyst_in_a_running_loop(tmp_path: Path, policy, events: list[HitEvent]) -> None:
+    """The entry point for embedding (``start_analyst``): listens on a free port, ingests, stops cleanly."""
+    import aiohttp
+
+    from enforcer.analyst.web import start_analyst
+
+    write_events(tmp_path / "ev" / "a.jsonl", events[:200])
+    runner = await start_analyst(
+        AnalystSettings(
+            listen="127.0.0.1:0",
+            events=[str(tmp_path / "ev")],
+            db=str(tmp_path / "a.sqlite"),
+            blocklist=[str(BLOCKLISTS)],
+            poll_interval=0.05,
+        )
+    )
+    try:
+        assert runner.port > 0 and runner.url == f"http://127.0.0.1:{runner.port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                async with session.get(runner.url + "/healthz") as resp:
+                    assert resp.status == 200
+                    if (await resp.json())["ingested"] == 200:
+                        break
+                await asyncio.sleep(0.05)
+            async with session.get(runner.url + "/api/report") as resp:  # no token configured: open on loopback
+                doc = await resp.json()
+        assert sum(a["attempts"] for a in doc["apps"]) == 200
+    finally:
+        await runner.stop()
+    assert runner.analyst.ingester._thread is None  # the ingest thread was joined
