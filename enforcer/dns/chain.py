@@ -1,9 +1,11 @@
 """The resolver chain, assembled in ONE function (``build_chain``), in execution order, with why each link is there.
 
-    access control -> parse -> sinkhole -> cache -> upstream -> response policy -> (cache store) -> size limit
+    [RPZ feed] -> parse -> access control -> sinkhole -> cache -> upstream -> response policy -> (cache store)
+    -> size limit
 
 The result is ``handle(data, addr, tcp)``: bytes in, and out either the reply bytes (answered synchronously: blocked,
-cached, refused, malformed), None (drop), or an awaitable of bytes/None (forwarded upstream). Every link either
+cached, refused, malformed), None (drop), an awaitable of bytes/None (forwarded upstream), or a list of messages
+(a zone transfer from the RPZ feed, TCP only). Every link either
 answers or hands the query on unchanged. The synchronous links work on the wire format (wire.py, sinkhole
 templates, cached bytes) so that blocked and cached answers cost a few microseconds; dnslib is used only for
 packets the fast parser declines.
@@ -28,7 +30,7 @@ from .observe import Enforcement, Observer
 from .sinkhole import Sinkhole
 from .upstream import Forwarder
 
-Reply = bytes | None | Awaitable[bytes | None]
+Reply = bytes | None | Awaitable[bytes | None] | list[bytes]
 Handler = Callable[[bytes, Any, bool], Reply]
 
 
@@ -71,6 +73,7 @@ class ChainParts:
     cache: Cache
     forwarder: Forwarder
     observer: Observer
+    feed: Any = None  # enforcer.rpz.feed.RpzFeed when --rpz-zone is set
 
 
 def build_chain(parts: ChainParts) -> Handler:
@@ -89,6 +92,8 @@ def build_chain(parts: ChainParts) -> Handler:
     clock = time.perf_counter
     current: list[Any] = [holder.policy, Enforcement(holder.policy)]
     REFUSED, SERVFAIL = wire.RCODE_REFUSED, wire.RCODE_SERVFAIL
+    feed = parts.feed
+    zone_wire = feed.origin.to_wire().lower() if feed is not None else b""
 
     def policy_now() -> tuple[Policy, Enforcement]:
         policy = holder.policy
@@ -109,6 +114,15 @@ def build_chain(parts: ChainParts) -> Handler:
     def handle(data: bytes, addr: Any, tcp: bool) -> Reply:
         t0 = clock()
         host = addr[0] if addr else ""
+
+        # 0. RPZ feed (only with --rpz-zone). Why first: zone transfers (AXFR, IXFR with an SOA in the authority
+        #    section, TSIG) are not queries for the resolver and have their own ACL (--transfer-allow); the byte
+        #    search keeps the cost for every other query at one scan of a short packet.
+        if feed is not None and zone_wire in data.lower():
+            replies = feed.answer(data, host, tcp)
+            if replies is not None:
+                outcome("zone")
+                return replies if tcp else (replies[0] if replies else None)
 
         # 1. Parse, on the wire. Why first: everything after needs the question; dnslib sees only the odd packets
         #    (compressed questions, unusual records), malformed ones end here as FORMERR or are dropped.

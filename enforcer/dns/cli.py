@@ -66,6 +66,30 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="open DNS-over-TCP client connections; beyond it new ones are closed at once (default 512)",
     )
+    rpz = parser.add_argument_group("RPZ feed (BIND/Unbound/PowerDNS secondaries enforce the same policy)")
+    rpz.add_argument(
+        "--rpz-zone",
+        nargs="?",
+        const="rpz.enforcer.",
+        default=None,
+        metavar="NAME",
+        help="serve the policy as this Response Policy Zone by AXFR/IXFR (NAME defaults to rpz.enforcer.)",
+    )
+    rpz.add_argument(
+        "--transfer-allow",
+        action=ReplaceAppend,
+        default=["127.0.0.0/8", "::1/128"],
+        metavar="CIDR",
+        help="clients allowed to transfer the zone (repeatable; others get REFUSED; default loopback)",
+    )
+    rpz.add_argument(
+        "--notify", action=ReplaceAppend, default=[], metavar="IP[:PORT]", help="send NOTIFY here on every change"
+    )
+    rpz.add_argument(
+        "--tsig-key-file",
+        metavar="FILE",
+        help="TSIG key (HMAC-SHA256) required for transfers and used for NOTIFY: a file holding NAME:BASE64SECRET",
+    )
 
 
 def run(command: str, args: argparse.Namespace) -> int:

@@ -57,6 +57,7 @@ OUTCOMES = (
     "notimp",
     "dropped",
     "truncated",
+    "zone",  # answered by the RPZ feed (SOA, AXFR, IXFR for --rpz-zone)
     "tcp_rejected",
     "tcp_timeout",
     "tcp_bad_frame",

@@ -93,6 +93,10 @@ class UdpServer(asyncio.DatagramProtocol):
         if type(reply) is bytes:
             self.transport.sendto(reply, addr)  # type: ignore[union-attr]
             return
+        if type(reply) is list:  # the chain returns lists over TCP only; keep UDP to one datagram regardless
+            if reply:
+                self.transport.sendto(reply[0], addr)  # type: ignore[union-attr]
+            return
         task = asyncio.ensure_future(reply)  # type: ignore[arg-type]
         self.tasks.add(task)
         task.add_done_callback(lambda t: self._done(t, addr))
@@ -155,7 +159,7 @@ class TcpServer:
                     return
                 try:
                     reply: Any = self.handler(data, peer, True)
-                    if reply is not None and type(reply) is not bytes:
+                    if reply is not None and type(reply) is not bytes and type(reply) is not list:
                         reply = await reply
                 except Exception:
                     log.exception("error handling a TCP query")
@@ -163,8 +167,9 @@ class TcpServer:
                     return
                 if reply is None:
                     continue
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await asyncio.wait_for(writer.drain(), TCP_READ_TIMEOUT)
+                for message in reply if type(reply) is list else (reply,):  # a zone transfer is several messages
+                    writer.write(struct.pack("!H", len(message)) + message)
+                    await asyncio.wait_for(writer.drain(), TCP_READ_TIMEOUT)
         except (ConnectionError, TimeoutError, OSError):
             pass
         finally:

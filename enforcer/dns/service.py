@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -95,6 +96,12 @@ class DnsSettings:
     tcp_max_connections: int = 512
     reuse_port: bool = False  # for SO_REUSEPORT workers sharing the listen addresses
     watch_interval: float = 1.0
+    # RPZ feed (--rpz-zone): the policy served to BIND/Unbound secondaries by AXFR/IXFR, NOTIFY on change.
+    rpz_zone: str | None = None
+    transfer_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    notify: list[tuple[str, int]] = field(default_factory=list)
+    tsig: Any = None  # enforcer.rpz.feed.TsigKey
+    rpz_refresh: float = 60.0  # re-evaluate effective dates this often (monitor -> enforced moves the serial)
 
     @classmethod
     def from_args(cls, args: Any) -> DnsSettings:
@@ -144,7 +151,9 @@ class DnsSettings:
             cache_bytes = parse_size(args.cache_bytes)
         except ValueError as exc:
             raise ValueError(f"--cache-bytes: {exc}") from None
+        rpz = _rpz_settings(args)
         return cls(
+            **rpz,
             blocklist=list(args.blocklist) if isinstance(args.blocklist, list) else [args.blocklist],
             upstreams=upstreams,
             listen=listen,
@@ -160,6 +169,46 @@ class DnsSettings:
                 "--tcp-max-connections", getattr(args, "tcp_max_connections", 512), int, 1, 100_000
             ),
         )
+
+
+def _rpz_settings(args: Any) -> dict[str, Any]:
+    """The RPZ-feed flags, validated (ValueError names the flag)."""
+    zone = getattr(args, "rpz_zone", None)
+    if not zone:
+        return {}
+    from ..policy.names import InvalidName, normalize_name
+    from ..rpz.feed import TsigKey
+
+    try:
+        zone = normalize_name(zone) + "."
+    except InvalidName as exc:
+        raise ValueError(f"--rpz-zone {zone!r}: {exc}") from None
+    allow = list(getattr(args, "transfer_allow", None) or ["127.0.0.0/8", "::1/128"])
+    for value in allow:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"--transfer-allow {value!r}: not a CIDR") from None
+    notify = []
+    for value in getattr(args, "notify", None) or []:
+        try:
+            host, port = split_host_port(value, 53)
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ValueError(f"--notify {value!r}: {exc} (expected IP[:PORT])") from None
+        notify.append((host, port))
+    tsig = None
+    key_file = getattr(args, "tsig_key_file", None)
+    if key_file:
+        try:
+            text = Path(key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"--tsig-key-file {key_file}: {exc.strerror}") from None
+        try:
+            tsig = TsigKey.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"--tsig-key-file {key_file}: {exc}") from None
+    return {"rpz_zone": zone, "transfer_allow": allow, "notify": notify, "tsig": tsig}
 
 
 class Resolver:
@@ -180,6 +229,7 @@ class Resolver:
         self.cache = Cache(settings.cache_size, settings.cache_bytes)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._metrics_server: Any = None
+        self.feed: Any = None  # RpzFeed with --rpz-zone
 
     async def start(self) -> list[str]:
         """Load the policy, bind every listen address, start watching; returns the addresses as HOST:PORT."""
@@ -199,8 +249,12 @@ class Resolver:
             metrics[DNS_UPSTREAM_HEALTHY].labels(spec.text).set_function(lambda i=i, fwd=fwd: float(fwd.healthy(i)))
         cache = self.cache
         metrics[DNS_CACHE_ENTRIES].set_function(lambda: float(len(cache)))
+        if s.rpz_zone:
+            await self._start_feed(loop)
         handler = build_chain(
-            ChainParts(self.holder, Acl(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer)
+            ChainParts(
+                self.holder, Acl(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer, self.feed
+            )
         )
         try:
             for host, port in s.listen:
@@ -221,6 +275,46 @@ class Resolver:
         if threading.current_thread() is threading.main_thread():
             self.holder.install_sighup(loop)
         return [li.display for li in self.listeners]
+
+    async def _start_feed(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The RPZ feed: built off the loop (a large policy takes a while), rebuilt in the reload thread after every
+        policy change and every ``rpz_refresh`` seconds (effective dates), NOTIFY after each new serial."""
+        from ..rpz.feed import RpzFeed
+
+        s, holder = self.settings, self.holder
+        assert holder is not None
+        feed = RpzFeed(
+            s.rpz_zone or "rpz.enforcer.",
+            mode=str(s.mode),
+            transfer_allow=[ipaddress.ip_network(c, strict=False) for c in s.transfer_allow],
+            notify=s.notify,
+            tsig=s.tsig,
+        )
+
+        def changed_at() -> float:
+            return max((mtime_ns / 1e9 for _path, mtime_ns, _size, _ino in holder.snapshot()), default=0.0)
+
+        def rebuild(policy: Any) -> None:  # runs in a worker thread
+            if feed.update(policy, changed_at=changed_at()):
+                loop.call_soon_threadsafe(feed.schedule_notify)
+
+        await loop.run_in_executor(None, rebuild, holder.policy)
+        previous = holder.on_change
+
+        def on_change(policy: Any) -> None:
+            if previous is not None:
+                previous(policy)
+            rebuild(policy)
+
+        holder.on_change = on_change
+
+        async def refresh() -> None:
+            while True:
+                await asyncio.sleep(s.rpz_refresh)
+                await loop.run_in_executor(None, rebuild, holder.policy)
+
+        self.feed = feed
+        self._spawn(refresh())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -357,7 +357,12 @@ def _rpz_triggers(ctx: _Context) -> list[tuple[str, str, str]]:
                 continue
             emit(f"*.{name}", sub)
     for net, rule in _dedupe_cidrs(ctx.cidrs()):
-        emit(rpz_ip_trigger(net), rule)
+        # An rpz-ip trigger replaces answers of its own family: Unbound rejects AAAA data on an IPv4 trigger.
+        family = "A" if net.version == 4 else "AAAA"
+        for rtype, rdata in _rpz_action(rule, mode):
+            if rtype in ("A", "AAAA") and rtype != family:
+                continue
+            out.append((rpz_ip_trigger(net), rtype, rdata))
     return out
 
 

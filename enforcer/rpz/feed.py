@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +44,17 @@ SOA_TIMERS = (60, 30, 604800, 30)  # refresh, retry, expire, minimum: secondarie
 RECORDS_PER_MESSAGE = 400
 HISTORY = 32
 NOTIFY_TRIES = 5
+
+
+Step = tuple[int, int, frozenset[RpzRecord], frozenset[RpzRecord]]  # (from serial, to serial, deleted, added)
+
+
+@dataclass(frozen=True, slots=True)
+class _Zone:
+    serial: int
+    records: frozenset[RpzRecord]
+    by_owner: dict[str, list[RpzRecord]]
+    history: tuple[Step, ...]  # oldest first, at most HISTORY steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,30 +103,46 @@ class RpzFeed:
         self.notify_targets = tuple(notify)
         self.tsig = tsig
         self.keyring = tsig.keyring() if tsig else None
-        self.serial = 0
-        self.records: frozenset[RpzRecord] = frozenset()
-        # (from_serial, to_serial, deleted, added), oldest first
-        self.history: list[tuple[int, int, frozenset[RpzRecord], frozenset[RpzRecord]]] = []
+        # The zone is one immutable snapshot swapped by a single assignment: ``update`` may run in the policy
+        # reload thread while the event loop answers transfers from the previous snapshot.
+        self.zone = _Zone(0, frozenset(), {}, ())
         self._notify_tasks: set[asyncio.Task[None]] = set()
         self.records_per_message = RECORDS_PER_MESSAGE
 
+    @property
+    def serial(self) -> int:
+        return self.zone.serial
+
+    @property
+    def records(self) -> frozenset[RpzRecord]:
+        return self.zone.records
+
     # -- content ----------------------------------------------------------------------------------------------------
-    def update(self, policy: Policy, at: datetime | None = None) -> bool:
+    def update(self, policy: Policy, at: datetime | None = None, changed_at: float | None = None) -> bool:
         """Load the policy's records as of ``at`` (default now); True when the zone changed (serial bumped).
 
         Call it again periodically: an app whose effective date passes changes from passthru to blocking.
+        ``changed_at`` (unix time of the latest blocklist change) makes the serial the same in every worker process
+        that loads the same files; without it the current time is used.
         """
-        new = frozenset(policy_records(policy, self.mode, at or datetime.now(UTC), self.origin.to_text()))
-        if self.serial and new == self.records:
+        now = at or datetime.now(UTC)
+        new = frozenset(policy_records(policy, self.mode, now, self.origin.to_text()))
+        old = self.zone
+        if old.serial and new == old.records:
             return False
-        # Serial: unix time when that is larger (restarts keep increasing), else +1 (RFC 1982 arithmetic is fine
-        # for decades at this rate).
-        new_serial = max(self.serial + 1, int(time.time())) & 0xFFFFFFFF
-        if self.serial:
-            self.history.append((self.serial, new_serial, self.records - new, new - self.records))
-            del self.history[:-HISTORY]
-        self.records, self.serial = new, new_serial
-        log.info("RPZ zone %s serial %d: %d records", self.origin, self.serial, len(new))
+        # Serial: the time of the change that produced this content (the latest file change or effective date
+        # passed), so that workers agree; at least old + 1. RFC 1982 arithmetic is fine for decades at this rate.
+        passed = [a.effective.timestamp() for a in policy.apps.values() if a.effective <= now]
+        base = int(max([changed_at if changed_at is not None else time.time(), *passed]))
+        new_serial = max(old.serial + 1, base) & 0xFFFFFFFF
+        history = old.history
+        if old.serial:
+            history = (*history, (old.serial, new_serial, old.records - new, new - old.records))[-HISTORY:]
+        by_owner: dict[str, list[RpzRecord]] = {}
+        for r in new:
+            by_owner.setdefault(r.owner, []).append(r)
+        self.zone = _Zone(new_serial, new, by_owner, history)
+        log.info("RPZ zone %s serial %d: %d records", self.origin, new_serial, len(new))
         return True
 
     def in_zone(self, qname: str) -> bool:
@@ -125,9 +151,9 @@ class RpzFeed:
         except dns.exception.DNSException:
             return False
 
-    def _soa(self, serial: int | None = None) -> dns.rrset.RRset:
+    def _soa(self, serial: int) -> dns.rrset.RRset:
         refresh, retry, expire, minimum = SOA_TIMERS
-        text = f"localhost. hostmaster.localhost. {serial or self.serial} {refresh} {retry} {expire} {minimum}"
+        text = f"localhost. hostmaster.localhost. {serial} {refresh} {retry} {expire} {minimum}"
         return dns.rrset.from_text(self.origin, RECORD_TTL, "IN", "SOA", text)
 
     def _ns(self) -> dns.rrset.RRset:
@@ -172,11 +198,12 @@ class RpzFeed:
         if self.keyring is not None and not query.had_tsig and q.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             log.warning("RPZ: refused unsigned %s from %s (TSIG required)", dns.rdatatype.to_text(q.rdtype), client)
             return [self._rcode(query, dns.rcode.REFUSED)]
+        zone = self.zone
         if q.rdtype == dns.rdatatype.AXFR:
-            return self._axfr(query) if tcp else [self._rcode(query, dns.rcode.REFUSED)]
+            return self._axfr(query, zone) if tcp else [self._rcode(query, dns.rcode.REFUSED)]
         if q.rdtype == dns.rdatatype.IXFR:
-            return self._ixfr(query, tcp)
-        return [self._lookup(query)]
+            return self._ixfr(query, zone, tcp)
+        return [self._lookup(query, zone)]
 
     def _response(self, query: dns.message.Message) -> dns.message.Message:
         r = dns.message.make_response(query)
@@ -198,22 +225,22 @@ class RpzFeed:
         r.set_rcode(rcode)
         return r.to_wire()
 
-    def _lookup(self, query: dns.message.Message) -> bytes:
+    def _lookup(self, query: dns.message.Message, zone: _Zone) -> bytes:
         q = query.question[0]
         r = self._response(query)
         if q.name == self.origin and q.rdtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):
-            r.answer.append(self._soa())
+            r.answer.append(self._soa(zone.serial))
         elif q.name == self.origin and q.rdtype == dns.rdatatype.NS:
             r.answer.append(self._ns())
         else:
             rel = q.name.relativize(self.origin).to_text()
-            matches = [x for x in self.records if x.owner == rel]
+            matches = zone.by_owner.get(rel, [])
             wanted = [x for x in matches if q.rdtype in (dns.rdatatype.ANY, dns.rdatatype.from_text(x.rtype))]
             r.answer.extend(self._rrsets(wanted))
             if not matches and q.name != self.origin:
                 r.set_rcode(dns.rcode.NXDOMAIN)
             if not wanted:
-                r.authority.append(self._soa())
+                r.authority.append(self._soa(zone.serial))
         return r.to_wire()
 
     def _messages(self, query: dns.message.Message, rrsets: list[dns.rrset.RRset]) -> list[bytes]:
@@ -230,36 +257,36 @@ class RpzFeed:
             ctx = getattr(r, "tsig_ctx", None)
         return out
 
-    def _axfr(self, query: dns.message.Message) -> list[bytes]:
-        soa = self._soa()
-        return self._messages(query, [soa, self._ns(), *self._rrsets(self.records), soa])
+    def _axfr(self, query: dns.message.Message, zone: _Zone) -> list[bytes]:
+        soa = self._soa(zone.serial)
+        return self._messages(query, [soa, self._ns(), *self._rrsets(zone.records), soa])
 
-    def _ixfr(self, query: dns.message.Message, tcp: bool) -> list[bytes]:
+    def _ixfr(self, query: dns.message.Message, zone: _Zone, tcp: bool) -> list[bytes]:
         client_serial = None
         for rrset in query.authority:
             if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
                 client_serial = rrset[0].serial
-        if client_serial == self.serial:
-            return self._messages(query, [self._soa()])
-        steps = []
+        if client_serial == zone.serial:
+            return self._messages(query, [self._soa(zone.serial)])
+        steps: tuple[Step, ...] = ()
         if client_serial is not None:
-            for i, (frm, _to, _d, _a) in enumerate(self.history):
+            for i, (frm, _to, _d, _a) in enumerate(zone.history):
                 if frm == client_serial:
-                    steps = self.history[i:]
+                    steps = zone.history[i:]
                     break
         if not steps:
             if not tcp:  # RFC 1995: a UDP IXFR that cannot be answered incrementally gets the SOA only
-                return self._messages(query, [self._soa()])
-            return self._axfr(query)
+                return self._messages(query, [self._soa(zone.serial)])
+            return self._axfr(query, zone)
         if not tcp:
-            return self._messages(query, [self._soa()])
-        rrsets = [self._soa()]
+            return self._messages(query, [self._soa(zone.serial)])
+        rrsets = [self._soa(zone.serial)]
         for frm, to, deleted, added in steps:
             rrsets.append(self._soa(frm))
             rrsets.extend(self._rrsets(deleted))
             rrsets.append(self._soa(to))
             rrsets.extend(self._rrsets(added))
-        rrsets.append(self._soa())
+        rrsets.append(self._soa(zone.serial))
         return self._messages(query, rrsets)
 
     # -- NOTIFY -----------------------------------------------------------------------------------------------------
@@ -282,19 +309,38 @@ class RpzFeed:
             msg.use_tsig(self.keyring, keyname=self.tsig.name)
         wire = msg.to_wire()
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(NOTIFY_TRIES):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
+            # A datagram endpoint rather than loop.sock_*: uvloop (used by enforcer dns) does not implement those.
+            reply: asyncio.Future[bytes] = loop.create_future()
+            transport = None
             try:
-                await loop.sock_sendto(sock, wire, (host, port))
-                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 2.0)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda fut=reply: _Reply(fut), remote_addr=(host, port)  # type: ignore[misc]
+                )
+                transport.sendto(wire)
+                data = await asyncio.wait_for(reply, 2.0)
                 if data[:2] == wire[:2]:
                     log.info("RPZ: NOTIFY serial %d acknowledged by %s:%d", serial, host, port)
                     return
             except (TimeoutError, OSError) as exc:
-                log.debug("RPZ: NOTIFY to %s:%d attempt %d: %s", host, port, attempt + 1, exc)
+                log.debug("RPZ: NOTIFY to %s:%d attempt %d: %r", host, port, attempt + 1, exc)
             finally:
-                sock.close()
+                if transport is not None:
+                    transport.close()
             await asyncio.sleep(min(2**attempt, 10))
         log.warning("RPZ: NOTIFY serial %d to %s:%d not acknowledged after %d tries", serial, host, port, NOTIFY_TRIES)
+
+
+class _Reply(asyncio.DatagramProtocol):
+    """Resolves ``future`` with the first datagram received (the NOTIFY acknowledgement)."""
+
+    def __init__(self, future: asyncio.Future[bytes]) -> None:
+        self.future = future
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.future.done():
+            self.future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable: the secondary is not there (yet)
+        if not self.future.done():
+            self.future.set_exception(exc)

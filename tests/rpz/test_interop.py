@@ -1,4 +1,4 @@
-"""Real Unbound and real BIND as RPZ secondaries of enforcer's feed, with nothing but loopback.
+"""Real Unbound and real BIND as RPZ secondaries of a real `enforcer dns --rpz-zone`, with nothing but loopback.
 
 Each engine transfers the zone from the feed, forwards every other name to a local fake upstream (TEST-NET answers,
 TTL 0 so nothing is cached), and must give the same verdict as enforcer for every domain case of the shared match
@@ -9,10 +9,13 @@ table. After a blocklist edit the feed bumps its serial and sends NOTIFY; the en
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -23,11 +26,9 @@ import pytest
 import yaml
 
 from enforcer.policy import load_policy
-from enforcer.policy.reloader import PolicyHolder
-from enforcer.rpz.feed import RpzFeed
-from enforcer.rpz.server import FeedServer
 from tests.conftest import BLOCKLISTS, DATA, free_port, require_tool
-from tests.rpz.fake_upstream import FakeUpstream
+from tests.dns.dnshelpers import DnsProcess
+from tests.dns.fakeupstream import FakeUpstream
 
 ZONE = "rpz.enforcer."
 pytestmark = pytest.mark.e2e
@@ -43,54 +44,54 @@ async def _query(port: int, name: str, rdtype: str = "A") -> dns.message.Message
     return await asyncio.to_thread(dns.query.udp, q, "127.0.0.1", timeout=3, port=port)
 
 
-async def _wait_for(port: int, name: str, rcode: dns.rcode.Rcode, timeout: float) -> float:
-    """Seconds until ``name`` gets ``rcode`` from the engine; fails after ``timeout``."""
+def _verdict(msg: dns.message.Message) -> str:
+    """The resolver runs in its default mode (null): a blocked name is answered 0.0.0.0 by the engine."""
+    addrs = [rr.to_text() for rrset in msg.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset]
+    if msg.rcode() == dns.rcode.NOERROR and addrs == ["0.0.0.0"]:
+        return "block"
+    if msg.rcode() == dns.rcode.NOERROR and addrs == ["192.0.2.53"]:
+        return "pass"
+    return f"unexpected {dns.rcode.to_text(msg.rcode())} {addrs}"
+
+
+async def _wait_for(port: int, name: str, verdict: str, timeout: float) -> float:
+    """Seconds until the engine gives ``verdict`` for ``name``; fails after ``timeout``."""
     start = time.monotonic()
-    last = None
+    last: object = None
     while time.monotonic() - start < timeout:
         try:
-            last = (await _query(port, name)).rcode()
-            if last == rcode:
+            last = _verdict(await _query(port, name))
+            if last == verdict:
                 return time.monotonic() - start
         except Exception as exc:  # engine still starting
             last = exc
         await asyncio.sleep(0.2)
-    pytest.fail(f"{name}: expected {dns.rcode.to_text(rcode)} within {timeout} s, last answer {last!r}")
+    pytest.fail(f"{name}: expected {verdict} within {timeout} s, last answer {last!r}")
 
 
 @pytest.fixture
-async def feed_env(tmp_path: Path) -> AsyncIterator[dict]:
+def feed_env(tmp_path: Path) -> Iterator[dict]:
+    """A real `enforcer dns --rpz-zone` (the feed) whose NOTIFY goes to the engine's port, and the fake upstream."""
     bl = tmp_path / "blocklists"
     shutil.copytree(BLOCKLISTS, bl)
     engine_port = free_port()
-    feed = RpzFeed(ZONE, notify=[("127.0.0.1", engine_port)])
-    loop = asyncio.get_running_loop()
-
-    def on_change(policy: object) -> None:  # runs in the reload thread
-        if feed.update(policy):  # type: ignore[arg-type]
-            loop.call_soon_threadsafe(feed.schedule_notify)
-
-    holder = PolicyHolder(bl, on_change=on_change)
-    feed.update(holder.policy)
-    feed_port = free_port()
-    server = FeedServer(feed)
-    await server.start("127.0.0.1", feed_port)
-    upstream = FakeUpstream()
-    up_port = await upstream.start()
-    watcher = asyncio.create_task(holder.watch(interval=0.3, settle=0.1))
+    upstream = FakeUpstream(ttl=0)
+    resolver = DnsProcess(
+        tmp_path, "--blocklist", str(bl), "--upstream", upstream.address,
+        "--rpz-zone", ZONE, "--notify", f"127.0.0.1:{engine_port}",
+    )  # fmt: skip
     try:
         yield {
             "bl": bl,
-            "feed": feed,
-            "feed_port": feed_port,
+            "feed_port": resolver.port,
             "engine_port": engine_port,
-            "up_port": up_port,
+            "up_port": upstream.port,
             "upstream": upstream,
             "tmp": tmp_path,
+            "resolver": resolver,
         }
     finally:
-        watcher.cancel()
-        await server.close()
+        resolver.stop()
         upstream.close()
 
 
@@ -103,29 +104,28 @@ async def _start(argv: list[str], env: dict) -> subprocess.Popen[bytes]:
 async def _check_verdicts_and_follow_edit(env: dict) -> None:
     port = env["engine_port"]
     # The zone arrived when a blocked name is answered NXDOMAIN.
-    await _wait_for(port, "weixin.qq.com", dns.rcode.NXDOMAIN, 20)
-    env["upstream"].seen.clear()  # queries sent while the zone was still loading do not count
+    await _wait_for(port, "weixin.qq.com", "block", 20)
+    env["upstream"].clear()  # queries sent while the zone was still loading do not count
     policy = load_policy(env["bl"])
     mismatches = []
     for case in _domain_cases():
         name = case["query"]
-        r = await _query(port, name)
-        got = "block" if r.rcode() == dns.rcode.NXDOMAIN else ("pass" if r.rcode() == dns.rcode.NOERROR else r.rcode())
+        got = _verdict(await _query(port, name))
         match = policy.match_name(name)
         want = "block" if match is not None and match.blocked else "pass"
         if got != want:
             mismatches.append(f"{name}: engine {got}, enforcer {want}")
     assert not mismatches, "\n".join(mismatches)
-    assert "weixin.qq.com." not in env["upstream"].seen, "a blocked name reached the upstream"
-    assert "qq.com." in env["upstream"].seen, "allowed names are forwarded"
+    assert "weixin.qq.com" not in env["upstream"].names(), "a blocked name reached the upstream"
+    assert "qq.com" in env["upstream"].names(), "allowed names are forwarded"
 
     # An edit: the feed reloads, bumps the serial, NOTIFYs; the engine follows by IXFR.
-    assert (await _query(port, "newly-banned.example")).rcode() == dns.rcode.NOERROR
+    assert _verdict(await _query(port, "newly-banned.example")) == "pass"
     wechat = env["bl"] / "wechat.yaml"
     wechat.write_text(
         wechat.read_text().replace("block:\n", "block:\n  - domain: newly-banned.example\n    category: web\n", 1)
     )
-    took = await _wait_for(port, "sub.newly-banned.example", dns.rcode.NXDOMAIN, 10)
+    took = await _wait_for(port, "sub.newly-banned.example", "block", 10)
     assert took < 10
 
 
@@ -171,8 +171,7 @@ rpz:
     finally:
         proc.terminate()
         out = proc.communicate(timeout=10)[0].decode(errors="replace")
-    print("UNBOUND-OUT", out[-3000:])
-    assert "rpz" in out.lower() or proc.returncode is not None
+    _fleet_hits_reach_the_report(out, "unbound", feed_env)
 
 
 async def test_bind_follows_the_feed(feed_env: dict) -> None:
@@ -210,11 +209,41 @@ zone "{ZONE.rstrip(".")}" {{
     proc = await _start([named, "-g", "-c", str(conf), "-n", "1"], feed_env)
     try:
         await _check_verdicts_and_follow_edit(feed_env)
-    except BaseException:
-        proc.terminate()
-        print(proc.communicate(timeout=15)[0].decode(errors="replace")[-4000:])
-        raise
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.communicate(timeout=15)
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0].decode(errors="replace")
+    _fleet_hits_reach_the_report(out, "bind", feed_env)
+
+
+def _fleet_hits_reach_the_report(log_text: str, engine: str, env: dict) -> None:
+    """The engine's own RPZ hit log -> `enforcer rpz-log` -> `enforcer report`: the fleet's devices are visible.
+
+    The expected count is taken from the log independently: lines where the engine says it rewrote a WeChat name.
+    """
+    log = env["tmp"] / f"{engine}.log"
+    log.write_text(log_text)
+    policy = load_policy(env["bl"])
+    pattern = (
+        re.compile(r"rpz: applied \[enforcer\] \S+ \S+ 127\.0\.0\.1@\d+ (\S+)\. ")
+        if engine == "unbound"
+        else re.compile(r"\): rpz QNAME \S+ rewrite ([^/]+)/")
+    )
+    expected = 0
+    for line in log_text.splitlines():
+        m = pattern.search(line)
+        if m:
+            match = policy.match_name(m.group(1))
+            expected += match is not None and match.blocked and match.rule.app == "wechat"
+    assert expected > 50, f"the engine logged only {expected} WeChat hits"
+    events = env["tmp"] / f"{engine}-rpz.jsonl"
+    run = [sys.executable, "-m", "enforcer"]
+    conv = subprocess.run([*run, "rpz-log", "--engine", engine, "--events", str(events), "--blocklist", str(env["bl"]),
+                           str(log)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert conv.returncode == 0, conv.stderr
+    rep = subprocess.run([*run, "report", "--events", str(events), "--blocklist", str(env["bl"]), "--format", "json"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    rows = [c for c in json.loads(rep.stdout)["clients"] if c["app"] == "wechat"]
+    assert len(rows) == 1 and rows[0]["client"] == "127.0.0.1", rows
+    assert rows[0]["attempts"] == expected
