@@ -40,6 +40,7 @@ DNS_UPSTREAM_ERRORS_TOTAL = "enforcer_dns_upstream_errors_total"
 DNS_UPSTREAM_HEALTHY = "enforcer_dns_upstream_healthy"
 DNS_CACHE_ENTRIES = "enforcer_dns_cache_entries"
 DNS_TCP_CONNECTIONS = "enforcer_dns_tcp_connections"
+DNS_WORKERS = "enforcer_dns_workers"
 PROXY_FLOWS_TOTAL = "enforcer_proxy_flows_total"
 POLICY_RULES = "enforcer_policy_rules"
 POLICY_RELOADS_TOTAL = "enforcer_policy_reloads_total"
@@ -93,6 +94,7 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(DNS_UPSTREAM_HEALTHY, "gauge", "1 when the upstream is considered healthy.", (UPSTREAM,)),
         MetricSpec(DNS_CACHE_ENTRIES, "gauge", "Entries in the resolver cache."),
         MetricSpec(DNS_TCP_CONNECTIONS, "gauge", "Open DNS-over-TCP client connections."),
+        MetricSpec(DNS_WORKERS, "gauge", "Resolver worker processes answering (enforcer dns --workers)."),
         MetricSpec(
             PROXY_FLOWS_TOTAL, "counter", "Proxy flows by outcome (allowed, blocked, monitored, error).", (OUTCOME,)
         ),

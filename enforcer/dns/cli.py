@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..config import ReplaceAppend, default_blocklist
 from . import DEFAULT_ALLOW
@@ -66,6 +67,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="open DNS-over-TCP client connections; beyond it new ones are closed at once (default 512)",
     )
+    parser.add_argument(
+        "--workers",
+        default=1,
+        metavar="N",
+        help="resolver processes sharing the listen addresses (SO_REUSEPORT), one per core; /metrics sums them "
+        "(default 1)",
+    )
     rpz = parser.add_argument_group("RPZ feed (BIND/Unbound/PowerDNS secondaries enforce the same policy)")
     rpz.add_argument(
         "--rpz-zone",
@@ -93,19 +101,37 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(command: str, args: argparse.Namespace) -> int:
-    import asyncio
-    import gc
-    import logging
-    import signal
-
-    from ..policy.model import PolicyError
-    from .service import DnsSettings, run_resolver
+    from .service import DnsSettings
 
     try:
         settings = DnsSettings.from_args(args)
     except ValueError as exc:
         print(f"enforcer dns: {exc}", file=sys.stderr)
         return 1
+
+    try:
+        workers = int(getattr(args, "workers", 1))
+        if not 1 <= workers <= 64:
+            raise ValueError
+    except (TypeError, ValueError):
+        print(f"enforcer dns: --workers {args.workers!r}: must be a whole number from 1 to 64", file=sys.stderr)
+        return 1
+    if workers > 1:
+        from .workers import run_workers
+
+        return run_workers(settings, workers)
+    return run_single(settings)
+
+
+def run_single(settings: Any, started: Any = None, quiet: bool = False) -> int:
+    """Serve ``settings`` in this process until SIGTERM/SIGINT; 0 on a clean stop, 1 on a start-up error."""
+    import asyncio
+    import gc
+    import logging
+    import signal
+
+    from ..policy.model import PolicyError
+    from .service import run_resolver
 
     # The event writer's thread serialises hit events in batches; with the default 5 ms GIL switch interval a query
     # arriving meanwhile can wait up to 5 ms for the GIL. 0.5 ms keeps p99 latency low at a negligible switch cost.
@@ -123,7 +149,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         # The policy (a 100k-name feed is ~10^6 objects) and everything loaded so far live for the whole run: move
         # them out of the cyclic collector's sight, so full collections do not pause answering for tens of ms.
         gc.freeze()
-        for addr in addresses:
+        for addr in [] if quiet else addresses:
             print(f"enforcer dns: listening on {addr} (udp+tcp)", flush=True)
 
     async def main() -> None:
@@ -131,7 +157,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_resolver(settings, stop, announce=announce)
+        await run_resolver(settings, stop, announce=announce, started=started)
 
     try:
         if uvloop is not None:

@@ -316,6 +316,11 @@ class Resolver:
         self.feed = feed
         self._spawn(refresh())
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The port /metrics is served on (useful with ``metrics="127.0.0.1:0"``)."""
+        return int(self._metrics_server[0].server_address[1]) if self._metrics_server is not None else None
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -348,13 +353,17 @@ class Resolver:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
 
 
-async def run_resolver(settings: DnsSettings, stop: asyncio.Event, *, announce: Any = None) -> None:
-    """Serve until ``stop`` is set. ``announce(addresses)`` is called once the listeners are bound."""
+async def run_resolver(
+    settings: DnsSettings, stop: asyncio.Event, *, announce: Any = None, started: Any = None
+) -> None:
+    """Serve until ``stop`` is set. ``announce(addresses)`` (and ``started(resolver)``) run once listening."""
     resolver = Resolver(settings)
     addresses = await resolver.start()
     try:
         if announce is not None:
             announce(addresses)
+        if started is not None:
+            started(resolver)
         await stop.wait()
     finally:
         await resolver.stop()

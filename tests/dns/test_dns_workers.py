@@ -1,0 +1,75 @@
+"""`enforcer dns --workers 2`: two processes share the listen address (SO_REUSEPORT), one /metrics adds them up,
+each writes its own event file, an edit reaches both, a killed worker is replaced, SIGTERM stops all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from dnshelpers import BLOCKLISTS, DnsProcess
+from fakeupstream import FakeUpstream
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, timeout=10)
+    return [int(x) for x in out.stdout.split()]
+
+
+def _workers(pid: int) -> list[int]:
+    # spawn's resource tracker is a child too; workers are the ones running the resolver.
+    return [c for c in _children(pid) if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_two_workers_share_the_address_and_the_metrics(tmp_path: Path) -> None:
+    bl = tmp_path / "blocklists"
+    shutil.copytree(BLOCKLISTS, bl)
+    up = FakeUpstream()
+    proc = DnsProcess(tmp_path, "--workers", "2", "--blocklist", str(bl), "--upstream", up.address)
+    try:
+        assert "2 workers" in proc.lines[0]
+        pids = _workers(proc.proc.pid)
+        assert len(pids) == 2
+        for _ in range(200):  # a new source port per query: the kernel spreads them over the workers
+            assert proc.query("weixin.qq.com").answer[0][0].to_text() == "0.0.0.0"
+        assert proc.metric("enforcer_dns_queries_total", outcome="blocked") == 200
+        assert proc.metric("enforcer_dns_workers") == 2
+        deadline = time.monotonic() + 10
+        counts: list[int] = []
+        while time.monotonic() < deadline:
+            files = sorted(tmp_path.glob(f"{proc.events.stem}-w*.jsonl"))
+            counts = [len(f.read_text().splitlines()) for f in files]
+            if sum(counts) == 200:
+                break
+            time.sleep(0.2)
+        assert len(counts) == 2 and sum(counts) == 200 and min(counts) > 0, counts
+
+        # An edit reaches both workers (each watches the files).
+        wechat = bl / "wechat.yaml"
+        wechat.write_text(wechat.read_text().replace("block:\n", "block:\n  - domain: newly-banned.example\n"
+                                                     "    category: web\n", 1))  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.metric("enforcer_policy_reloads_total", result="success") < 4:
+            time.sleep(0.2)
+        answers = {proc.query("newly-banned.example").answer[0][0].to_text() for _ in range(50)}
+        assert answers == {"0.0.0.0"}
+
+        # A worker that dies is replaced; the address keeps answering meanwhile.
+        os.kill(pids[0], signal.SIGKILL)
+        assert proc.query("kaspersky.com").answer[0][0].to_text() == "0.0.0.0"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (len(_workers(proc.proc.pid)) < 2 or pids[0] in _workers(proc.proc.pid)):
+            time.sleep(0.2)
+        assert len(_workers(proc.proc.pid)) == 2 and pids[0] not in _workers(proc.proc.pid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.metric("enforcer_dns_workers") < 2:
+            time.sleep(0.2)
+        assert proc.metric("enforcer_dns_workers") == 2
+    finally:
+        code = proc.stop()
+        up.close()
+    assert code == 0, proc.stderr_text()
+    assert _children(proc.proc.pid) == []
