@@ -204,10 +204,18 @@ def build_chain(parts: ChainParts) -> Handler:
 
         # 6. Response policy. Why after the upstream and before the cache store: only the answer shows CNAME
         #    disguises and banned addresses, and the verdict must be cached with it so a hit replays the block.
-        #    A question name that matched a rule already got its verdict (an allow exception such as WeCom, or a
-        #    monitor hit): its aliases are not judged again by name; addresses are still checked.
+        #    A question name that matched an allow exception (such as WeCom) keeps it: its aliases are not judged
+        #    again by name; addresses are still checked.
         policy, enforcement = policy_now()
-        hit = response_policy.check(policy, reply, q.key, names=name_rule is None)
+        try:
+            # Names are skipped only after an allow exception; a monitor hit (not enforced) still has its aliases
+            # judged, since they may belong to another app that is enforced.
+            hit = response_policy.check(policy, reply, q.key, names=name_rule is None or name_rule.action != "allow")
+        except wire.WireError:
+            # An answer that cannot be checked is not served (it could hide a banned address): fail closed.
+            outcome("servfail")
+            observe(clock() - t0)
+            return wire.question_reply(data, q, SERVFAIL)
         if hit is None:
             cache.store(ckey, reply)
             outcome("forwarded")

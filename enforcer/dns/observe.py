@@ -197,7 +197,8 @@ class DnsHitEvent(HitEvent):
         policy, rule, _matched, action, enforced, exempt, addr, qname, qtype, t, event_id = self._lazy
         if not addr:
             return HitEvent.to_json(self)  # the general path (through to_ecs above)
-        key = (id(policy), rule.id, action, enforced, exempt)
+        # The fingerprint, not id(policy): a freed policy's id can be reused by the next one.
+        key = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt)
         p = _json_template(key, policy, rule, action, enforced, exempt)
         return (
             f'{p[0]}"{_timestamp(t)}"{p[1]}"{event_id}"{p[2]}{_json_str(str(addr[0]))}{p[3]}{int(addr[1])}'

@@ -8,8 +8,8 @@
   to directly without asking for A/AAAA.
 Allow rules win here as in the sinkhole: a name that matches an allow rule does not block the answer.
 
-The caller (chain.py) replaces a blocked answer with the sinkhole answer for the original question. Only replies
-that parse (``wire.walk_records``) are inspected; an unparsable upstream reply is SERVFAIL before it gets here.
+The caller (chain.py) replaces a blocked answer with the sinkhole answer for the original question. A reply that does
+not parse strictly (``wire.walk_records`` raises) cannot be inspected: the chain answers SERVFAIL instead.
 """
 
 from __future__ import annotations
@@ -43,14 +43,13 @@ def _ip_rule(policy: Policy, packed: bytes) -> tuple[Rule, str] | None:
 def check(policy: Policy, reply: bytes, qkey: str, names: bool = True) -> tuple[Rule, str] | None:
     """The rule that blocks this forwarded reply and what matched (a name or an address), or None.
 
+    Raises ``wire.WireError`` for a reply that does not parse strictly: it cannot be checked, so it is not served.
+
     ``qkey`` (the question, already decided by the sinkhole) is not looked up again. ``names=False`` skips the
     name checks: the chain passes it when the question itself matched an allow rule (an explicit exception, such
     as WeCom, stays reachable even if its CDN alias sits under a blocked domain); addresses are still checked.
     """
-    try:
-        resp = wire.walk_records(reply)
-    except wire.WireError:
-        return None
+    resp = wire.walk_records(reply)  # WireError propagates: the chain answers SERVFAIL, never the unchecked reply
     has_cidrs = bool(policy.cidrs)
     seen: set[str] = {qkey}
     for rec in resp.records:

@@ -1,6 +1,7 @@
 """The resolver as a service: settings, policy holder, event writer, metrics and listeners wired together.
 
-Embedding (``enforcer serve`` runs the resolver inside its own asyncio loop)::
+Embedding (for a program that runs the resolver inside its own asyncio loop; ``enforcer serve`` runs ``enforcer dns``
+as a child process instead)::
 
     settings = DnsSettings.from_args(args)          # or DnsSettings(...) directly; ValueError on bad values
     await run_resolver(settings, stop)               # serves until ``stop`` (an asyncio.Event) is set
@@ -10,7 +11,7 @@ returns the listen addresses as ``HOST:PORT``); ``await r.stop()`` (closes liste
 ``CollectorRegistry`` / ``EventWriter`` to share them with other components (the resolver then neither serves
 ``/metrics`` itself unless ``settings.metrics`` is set, nor closes a writer it did not create).
 
-Under ``enforcer serve``, start it inside the running loop (``asyncio.create_task(run_resolver(settings, stop))``);
+Inside another program, start it in the running loop (``asyncio.create_task(run_resolver(settings, stop))``);
 the process owner decides about uvloop, ``sys.setswitchinterval`` and GC tuning (see what ``enforcer dns`` does in
 cli.py: 0.5 ms switch interval, higher GC thresholds, ``gc.freeze()`` once the policy is loaded).
 Several worker processes can share the listen addresses with ``DnsSettings(reuse_port=True)`` (SO_REUSEPORT).
@@ -123,6 +124,10 @@ class DnsSettings:
                 upstreams.append(parse_upstream(value))
             except ValueError as exc:
                 raise ValueError(f"--upstream: {exc}") from None
+        for spec in upstreams:
+            # Forwarding to ourselves loops every query until the in-flight cap (e.g. resolv.conf naming this host).
+            if spec.kind != "doh" and any(_same_endpoint(spec.host, spec.port, h, p) for h, p in listen):
+                raise ValueError(f"--upstream {spec.text}: that is this resolver's own --listen address (a loop)")
         try:
             mode = parse_mode(args.mode)
         except ValueError as exc:
@@ -169,6 +174,13 @@ class DnsSettings:
                 "--tcp-max-connections", getattr(args, "tcp_max_connections", 512), int, 1, 100_000
             ),
         )
+
+
+def _same_endpoint(host_a: str, port_a: int, host_b: str, port_b: int) -> bool:
+    if port_a != port_b:
+        return False
+    a, b = ipaddress.ip_address(host_a), ipaddress.ip_address(host_b)
+    return a == b or (b.is_unspecified and a.version == b.version and (a.is_loopback or a.is_private))
 
 
 def _rpz_settings(args: Any) -> dict[str, Any]:

@@ -181,15 +181,20 @@ class UdpUpstream:
         question = _question_of(query)
         if question is None or sock.transport is None:
             raise UpstreamError("udp: unusable query")
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fut: asyncio.Future[bytes] = loop.create_future()
         sock.pending[qid] = (fut, question)
         try:
             sock.transport.sendto(struct.pack("!H", qid) + query[2:])
             reply = await asyncio.wait_for(fut, timeout)
         finally:
             sock.pending.pop(qid, None)
-        if reply[2] & 0x02:  # TC: the full answer needs TCP (RFC 7766)
-            return await tcp_exchange(self.spec.host, self.spec.port, query, timeout)
+        if reply[2] & 0x02:  # TC: the full answer needs TCP (RFC 7766), within what is left of the same timeout
+            left = timeout - (loop.time() - started)
+            if left <= 0:
+                raise TimeoutError
+            return await tcp_exchange(self.spec.host, self.spec.port, query, left)
         return reply
 
     async def close(self) -> None:

@@ -2,7 +2,8 @@
 
 Answers (dnslib): names in ``records`` get those zone-format records; names in ``nxdomain`` get NXDOMAIN; any other
 A/AAAA query gets 192.0.2.53 / 2001:db8::53 (TTL ``ttl``); other types get NODATA; negative answers carry an SOA.
-``truncate_udp`` sets TC on UDP replies (with no records), ``silent`` drops every query, ``delay`` waits first.
+``truncate_udp`` sets TC on UDP replies (with no records), ``silent`` drops every query, ``delay`` waits first,
+``trailing`` names get a reply with a junk byte after the message (lenient parsers still read it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FakeUpstream:
     truncate_udp: bool = False
     silent: bool = False
     delay: float = 0.0
+    trailing: set[str] = field(default_factory=set)  # names whose reply carries a junk byte after the message
     asked: list[Asked] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -150,7 +152,7 @@ class FakeUpstream:
             reply.add_answer(dnslib.RR(q.qname, dnslib.QTYPE.AAAA, ttl=self.ttl, rdata=dnslib.AAAA("2001:db8::53")))
         else:
             reply.add_auth(soa)
-        return reply.pack()
+        return reply.pack() + (b"\x00" if name in self.trailing else b"")
 
 
 def _recv(sock: socket.socket, n: int) -> bytes:
