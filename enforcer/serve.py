@@ -79,40 +79,30 @@ def _pick(flag: Any, section: dict[str, Any], key: str, default: Any) -> Any:
     return default
 
 
-def _first(value: Any) -> str:
-    return str(value[0] if isinstance(value, list) else value)
-
-
 def plan(args: argparse.Namespace) -> tuple[list[Child], dict[str, Any]]:
     """The children to start and the summary facts, from flags, config and defaults."""
     data = Path(args.data_dir)
     events = data / "events"
-    blocklist = args.blocklist or default_blocklist()
     base = [sys.executable, "-m", "enforcer"]
     cfg = ["--config", args.config] if args.config else []
     log = ["--log-level", args.log_level]
+    # --blocklist given to serve is shared by all three; otherwise each child takes its own config section's
+    # blocklist or the default (the same folder unless the config says otherwise).
+    shared = ["--blocklist", args.blocklist] if args.blocklist else []
     children: list[Child] = []
-    info: dict[str, Any] = {"blocklist": blocklist, "data": str(data), "events": str(events)}
+    info: dict[str, Any] = {"blocklist": args.blocklist or default_blocklist(), "data": str(data)}
+    info["events"] = str(events)
 
     if not args.no_dns:
         dns = _section(args, "dns")
-        listen = _first(_pick(args.dns_listen, dns, "listen", DEFAULTS["dns_listen"]))
+        listens = _pick(args.dns_listen, dns, "listen", DEFAULTS["dns_listen"])
+        listens = [str(x) for x in listens] if isinstance(listens, list) else [str(listens)]
+        listen = listens[0]
         metrics = _pick(args.dns_metrics, dns, "metrics", DEFAULTS["dns_metrics"])
         ev = _pick(None, dns, "events", str(events / "dns.jsonl"))
-        argv = [
-            *base,
-            "dns",
-            *cfg,
-            *log,
-            "--listen",
-            listen,
-            "--blocklist",
-            blocklist,
-            "--events",
-            ev,
-            "--metrics",
-            metrics,
-        ]
+        argv = [*base, "dns", *cfg, *log, *shared, "--events", ev, "--metrics", metrics]
+        for address in listens:
+            argv += ["--listen", address]
         for up in args.upstream or []:
             argv += ["--upstream", up]
         host, port = split_host_port(listen)
@@ -125,22 +115,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Child], dict[str, Any]]:
         metrics = _pick(args.proxy_metrics, px, "metrics", DEFAULTS["proxy_metrics"])
         ev = _pick(None, px, "events", str(events / "proxy.jsonl"))
         confdir = _pick(None, px, "confdir", str(data / "mitmproxy"))
-        argv = [
-            *base,
-            "proxy",
-            *cfg,
-            *log,
-            "--listen",
-            listen,
-            "--blocklist",
-            blocklist,
-            "--events",
-            ev,
-            "--metrics",
-            metrics,
-            "--confdir",
-            confdir,
-        ]
+        argv = [*base, "proxy", *cfg, *log, *shared, "--listen", listen, "--events", ev, "--metrics", metrics]
+        argv += ["--confdir", confdir]
         host, port = split_host_port(listen)
         children.append(Child("proxy", argv, lambda h=host, p=port: _tcp_ready(h, p)))
         info.update(
@@ -157,22 +133,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Child], dict[str, Any]]:
             info.get("proxy_events", str(events / "proxy.jsonl")),
         ]
         sources = sources if isinstance(sources, list) else [sources]
-        argv = [
-            *base,
-            "analyst",
-            *cfg,
-            *log,
-            "--listen",
-            listen,
-            "--blocklist",
-            blocklist,
-            "--db",
-            db,
-            "--token-file",
-            token_file,
-            "--events",
-            *map(str, sources),
-        ]
+        argv = [*base, "analyst", *cfg, *log, *shared, "--listen", listen, "--db", db, "--token-file", token_file]
+        argv += ["--events", *map(str, sources)]
         host, port = split_host_port(listen)
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         children.append(Child("analyst", argv, lambda u=url: _http_ready(u + "/healthz")))
@@ -211,9 +173,12 @@ def ensure_token(path: Path) -> str:
     """Create the analyst token file (0600) on first start; reuse it afterwards."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"analyst token file {path}: cannot create it: {exc.strerror}") from None
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     return token

@@ -136,3 +136,30 @@ def test_grafana_provisioning() -> None:
         assert p["datasource"]["uid"] == uid
         for t in p["targets"]:
             assert t["expr"].strip()
+
+
+def test_image_default_command_plans_children_from_the_baked_config() -> None:
+    """`docker run enforcer` = `serve --config /etc/enforcer/enforcer.yaml`: every child gets the image's blocklists,
+    and everything writable is under /var/lib/enforcer (the only directory the non-root user owns)."""
+    from enforcer.serve import plan
+
+    config_file = DOCKER / "enforcer.docker.yaml"
+    parser, subparsers = build_parser()
+    text = config_file.read_text()
+    data, node = yaml.safe_load(text), yaml.compose(text)
+    subparsers["serve"].set_defaults(
+        **section_defaults(subparsers["serve"], data, node, "serve", str(config_file)), _config_data=data
+    )
+    args = parser.parse_args(["serve", "--config", str(config_file)])
+    children, info = plan(args)
+    assert [c.name for c in children] == ["dns", "proxy", "analyst"]
+    for child in children:
+        argv = child.argv
+        assert argv[argv.index("--blocklist") + 1] == "/etc/enforcer/blocklists", argv
+        for flag in ("--events", "--confdir", "--db", "--token-file"):
+            if flag in argv:
+                assert argv[argv.index(flag) + 1].startswith("/var/lib/enforcer/"), (flag, argv)
+    assert info["analyst_token_file"].startswith("/var/lib/enforcer/")
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    for sub in ("events", "mitmproxy", "analyst"):
+        assert f"/var/lib/enforcer/{sub}" in dockerfile, f"the image must create /var/lib/enforcer/{sub}"
