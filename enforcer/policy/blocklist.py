@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -134,20 +134,23 @@ class _FileParser:
         top = self.mapping(root, "the top level", TOP_KEYS)
         if top is None:
             return None
+        # A problem in 'app' or 'policy' does not stop here: the rules are still checked, so one `enforcer check`
+        # run lists every problem of the file.
         app_node = top.get("app")
+        app_id: str | None = None
         if app_node is None:
             self.error(root, "missing required key 'app'")
-            return None
-        app_id = self.scalar(app_node, "app")
-        if app_id is None:
-            return None
-        if not APP_RE.fullmatch(app_id):
-            self.error(app_node, f"app id must match [a-z0-9-]+, got {app_id!r}")
-            return None
-        app = self.parse_policy(root, top, app_id)
-        if app is None:
-            return None
-        parsed = _Parsed(app, app_pos=_pos(app_node))
+        else:
+            app_id = self.scalar(app_node, "app")
+            if app_id is not None and not APP_RE.fullmatch(app_id):
+                self.error(app_node, f"app id must match [a-z0-9-]+, got {app_id!r}")
+                app_id = None
+        app = self.parse_policy(root, top, app_id or "invalid")
+        if app is None or app_id is None:
+            app_id = app_id or "invalid"
+            app = AppPolicy(app_id, app_id, "", datetime(1970, 1, 1, tzinfo=UTC), "UTC", (), "", "", self.shown)
+            self.ok = False
+        parsed = _Parsed(app, app_pos=_pos(app_node if app_node is not None else root))
         for section in ("block", "allow"):
             node = top.get(section)
             if node is None:
