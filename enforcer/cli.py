@@ -13,7 +13,7 @@ import logging
 import sys
 
 from . import __version__
-from .config import ConfigError, find_config_arg, load_config, section_defaults
+from .config import ConfigError, check_sections, find_config_arg, load_config, section_defaults
 
 # command -> (module, one-line help). The order is the order of `enforcer --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if config_path is not None and command in subparsers:
         try:
             data, node = load_config(config_path)
+            check_sections(data, node, set(COMMANDS), config_path)
             subparsers[command].set_defaults(
                 **section_defaults(subparsers[command], data, node, command, config_path), _config_data=data
             )

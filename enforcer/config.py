@@ -114,6 +114,11 @@ def section_defaults(
             flags = sorted({_long_flag(a) for a in known.values()})
             errors.append(f"{path}:{line}:{col}: unknown key '{section}.{key}' (known: {', '.join(flags)})")
             continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
+            # A quoted "no" arrives as a string, which would read as true.
+            line, col = _key_pos(node, section, str(key))
+            errors.append(f"{path}:{line}:{col}: '{section}.{key}' must be true or false, got {value!r}")
+            continue
         if isinstance(action, ReplaceAppend) and not isinstance(value, list):
             value = [value]
         if isinstance(value, list):
@@ -135,6 +140,17 @@ def section_defaults(
     if errors:
         raise ConfigError("\n".join(errors))
     return defaults
+
+
+def check_sections(config: dict[str, Any], node: yaml.Node | None, known: set[str], path: str) -> None:
+    """Every top-level section must name a command: a typo (``dnss:``) would otherwise be ignored silently."""
+    errors = []
+    for section in config:
+        if str(section) not in known:
+            line, col = _key_pos(node, str(section), None)
+            errors.append(f"{path}:{line}:{col}: unknown section '{section}' (known: {', '.join(sorted(known))})")
+    if errors:
+        raise ConfigError("\n".join(errors))
 
 
 def _long_flag(action: argparse.Action) -> str:

@@ -55,6 +55,8 @@ def test_lookup_at_from_config(tmp_path: Path) -> None:
         ("export:\n  format: rpz\n zone: x\n", "c.yaml:3:2: YAML syntax error: expected <block end>, but found "
          "'<block mapping start>'"),
         ("- just\n- a list\n", "c.yaml:1:1: the config must be a mapping of sections (dns:, proxy:, analyst:, ...)"),
+        ("export:\n  format: rpz\ndnss:\n  listen: x\n", "c.yaml:3:1: unknown section 'dnss' (known: analyst, "
+         "check, dns, export, lookup, proxy, report, rpz-log, serve)"),
     ],
 )  # fmt: skip
 def test_config_errors_are_one_line_with_position(tmp_path: Path, text: str, error: str) -> None:
@@ -102,3 +104,11 @@ def test_replace_append_and_section_defaults(tmp_path: Path) -> None:
         f"{conf}:3:3: unknown key 'dns.bogus'",
         f"{conf}:4:3: unknown key 'dns.other'",
     ]
+
+
+def test_string_for_a_switch_is_an_error_not_true(tmp_path: Path) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text('check:\n  strict: "no"\n')
+    proc = enforcer("check", "--config", str(conf))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"{conf}:2:3: 'check.strict' must be true or false, got 'no'"]
