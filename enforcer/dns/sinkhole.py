@@ -18,11 +18,11 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from ..policy.export import parse_mode as parse_answer_mode
 from ..policy.model import Rule
 from . import wire
 from .wire import Question
 
-MODES = ("nxdomain", "null", "nodata", "refused", "ip:ADDR[,ADDR6]")
 SOA_MNAME = wire.encode_name("sinkhole.enforcer.invalid")
 SOA_RNAME = wire.encode_name("hostmaster.enforcer.invalid")
 MAX_TEMPLATES = 50_000  # rules x variants; a 1M-name include feed shares one rule, so this is rarely reached
@@ -42,33 +42,19 @@ class Mode:
 
 
 def parse_mode(text: str) -> Mode:
-    """``--mode`` value -> Mode; ValueError with the reason on a bad value."""
-    t = text.strip().lower()
-    if t == "null":
-        return Mode("null", bytes(4), bytes(16))
-    if t in ("nxdomain", "nodata", "refused"):
-        return Mode(t)
-    if t.startswith("ip:"):
-        v4: bytes | None = None
-        v6: bytes | None = None
-        parts = [p.strip() for p in t[3:].split(",")]
-        if not 1 <= len(parts) <= 2 or not all(parts):
-            raise ValueError(f"invalid mode {text!r}: expected ip:ADDR or ip:ADDR4,ADDR6")
-        for part in parts:
-            try:
-                addr = ipaddress.ip_address(part)
-            except ValueError:
-                raise ValueError(f"invalid mode {text!r}: {part!r} is not an IP address") from None
-            if addr.version == 4:
-                if v4 is not None:
-                    raise ValueError(f"invalid mode {text!r}: two IPv4 addresses")
-                v4 = addr.packed
-            else:
-                if v6 is not None:
-                    raise ValueError(f"invalid mode {text!r}: two IPv6 addresses")
-                v6 = addr.packed
-        return Mode("ip", v4, v6)
-    raise ValueError(f"invalid mode {text!r} (choose from {', '.join(MODES)})")
+    """``--mode`` value -> Mode; ValueError with the reason on a bad value.
+
+    The syntax is the one the exports use (``enforcer.policy.export.parse_mode``): one parser for every ``--mode``.
+    """
+    m = parse_answer_mode(text)
+    if m.kind in ("null", "ip"):
+        v4, v6 = m.addresses
+        return Mode(
+            m.kind,
+            ipaddress.ip_address(v4).packed if v4 else None,
+            ipaddress.ip_address(v6).packed if v6 else None,
+        )
+    return Mode(m.kind)
 
 
 class Sinkhole:
