@@ -11,7 +11,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,24 +27,10 @@ import dns.rcode
 import dns.rdatatype
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import free_port  # re-exported: the resolver tests import it from here
+
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKLISTS = ROOT / "blocklists"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for TCP and UDP on ``host``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as u:
-                u.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
 
 
 class DnsProcess:
