@@ -119,6 +119,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
+        # Confined to loopback: every name fails to resolve, only the analyst's 127.0.0.1 literal is reachable.
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         "--window-size=1400,2200",
     ):

@@ -515,17 +515,23 @@ def test_reload_on_blocklist_edit(stack: Stack) -> None:
     assert "local.yaml:" in stack.log.read_text()  # the PATH:LINE:COL error was logged
 
 
-def test_standalone_script_survives_live_reload(tmp_path: Path) -> None:
+def test_standalone_script_survives_live_reload(tmp_path: Path, origins: OriginThread) -> None:
     """``mitmdump -s addon.py`` (a copy, so no other mitmdump sees the edit); touching it makes mitmproxy reload it.
 
-    Regular mode, but safe: with lazy connections a CONNECT that failed open would only be answered 200, and the
-    test closes the socket without sending a byte, so mitmdump never resolves or dials weixin.qq.com.
+    Upstream mode towards a local ``CatchAllProxy``, like the ``stack`` fixture: had the addon failed open, the
+    CONNECT to weixin.qq.com would only ever reach the catch-all on 127.0.0.1 (which records it), never the name.
     """
+    cert, key = make_cert(tmp_path)
+    tls = TlsOrigin(cert, key)
+    tls.port = origins.start(tls.handle)
+    catch_all = CatchAllProxy(tls)
+    catch_all.port = origins.start(catch_all.handle)
     script = tmp_path / "addon.py"
     shutil.copy(ROOT / "enforcer" / "proxy" / "addon.py", script)
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "mitmdump.log"
     cmd = [str(Path(sys.executable).with_name("mitmdump")), "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    cmd += ["--mode", f"upstream:http://127.0.0.1:{catch_all.port}", "--set", "ssl_insecure=true"]
     cmd += ["--set", f"confdir={tmp_path / 'confdir'}", "--set", "connection_strategy=lazy", "-s", str(script)]
     cmd += ["--set", f"enforcer_blocklist={BLOCKLISTS}", "--set", f"enforcer_metrics=127.0.0.1:{metrics_port}"]
     with open(log, "wb") as fh:
@@ -538,19 +544,28 @@ def test_standalone_script_survives_live_reload(tmp_path: Path) -> None:
         assert status(head) == 403
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert 'enforcer_proxy_flows_total{outcome="blocked"} 1.0' in metrics
+        loaded_before = len(log.read_text())
         later = time.time() + 5
         os.utime(script, (later, later))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and log.read_text().count("Loading script") < 2:
+        # mitmproxy polls the script's mtime (every second): wait for a load logged after the change.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "Loading script" not in log.read_text()[loaded_before:]:
             time.sleep(0.2)
-        assert log.read_text().count("Loading script") == 2
-        wait_port(metrics_port, proc, log)
+        assert "Loading script" in log.read_text()[loaded_before:], log.read_text()[-3000:]
         # The new instance serves its own (fresh) registry on the same port, and still blocks.
-        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
-        assert 'outcome="blocked"' not in metrics and "enforcer_policy_rules" in metrics
+        deadline = time.monotonic() + 30
+        metrics = ""
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+                if 'outcome="blocked"' not in metrics and "enforcer_policy_rules" in metrics:
+                    break
+            time.sleep(0.2)
+        assert 'outcome="blocked"' not in metrics and "enforcer_policy_rules" in metrics, metrics[-2000:]
         head, s = connect(port, "weixin.qq.com:443")
         s.close()
         assert status(head) == 403 and proc.poll() is None
+        assert not [t for t in catch_all.rec.targets() if "weixin" in t]
         text = log.read_text()
         assert "Traceback" not in text and "Address already in use" not in text, text[-3000:]
     finally:
