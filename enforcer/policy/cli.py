@@ -53,8 +53,11 @@ def _load(paths: list[str]) -> Any:
     try:
         return load_policy(paths)
     except PolicyError as exc:
+        # The errors only: warnings (duplicates, an empty rule list) would bury them; `check` shows warnings once
+        # the file loads.
         for p in exc.problems:
-            print(str(p), file=sys.stderr)
+            if p.severity == "error":
+                print(str(p), file=sys.stderr)
         return None
 
 
