@@ -64,6 +64,7 @@ class Inventory:
             text = Path(path).read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise ConfigError(f"{path}:1: cannot read inventory: {exc.strerror}") from None
+        seen: dict[str, int] = {}
         for lineno, fields in enumerate(csv.reader(text.splitlines()), 1):
             if not fields or not "".join(fields).strip() or fields[0].lstrip().startswith("#"):
                 continue
@@ -79,6 +80,10 @@ class Inventory:
             device, owner, unit = ([f.strip() for f in fields[1:]] + ["", "", ""])[:3]
             if not device:
                 raise ConfigError(f"{path}:{lineno}: missing device name for {cidr}")
+            if str(net) in seen:
+                # Two devices for one range: which one an attempt belongs to would depend on row order.
+                raise ConfigError(f"{path}:{lineno}: {net} is already mapped at line {seen[str(net)]}")
+            seen[str(net)] = lineno
             inv.add(Device(str(net), device, owner, unit))
         return inv
 

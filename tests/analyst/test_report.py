@@ -257,3 +257,12 @@ def test_ranges_cut_exactly_at_line_starts(tmp_path: Path, policy) -> None:
             merge_pairs(merged, part)
             total += st.events
         assert total == 50 and merged == whole, cuts
+
+
+def test_inventory_with_the_same_range_twice_is_an_error(tmp_path: Path) -> None:
+    from enforcer.config import ConfigError
+
+    inv = tmp_path / "inv.csv"
+    inv.write_text("cidr,device,owner,unit\n10.0.0.0/24,laptop-1,a,b\n10.0.0.0/24,laptop-2,c,d\n")
+    with pytest.raises(ConfigError, match=r"inv.csv:3: 10.0.0.0/24 is already mapped at line 2"):
+        Inventory.load(inv)
