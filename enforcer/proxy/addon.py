@@ -173,7 +173,9 @@ class EnforcerAddon:
             )
 
     def _configure_blocklist(self, value: str) -> None:
-        paths = [p.strip() for p in value.split(",") if p.strip()]
+        # Several paths are comma-separated; a single existing path is taken whole, so a comma in a name works.
+        whole = value.strip()
+        paths = [whole] if whole and Path(whole).exists() else [p.strip() for p in value.split(",") if p.strip()]
         if not paths:
             raise exceptions.OptionsError("enforcer_blocklist: no blocklist path given")
         for p in paths:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -518,3 +519,19 @@ async def test_events_are_ecs(tmp_path: Path) -> None:
     assert http_ev["rule"]["reference"].startswith(str(BLOCKLISTS / "wechat.yaml") + ":")
     assert conn_ev["destination"] == {"ip": "129.226.3.47", "port": 443}
     assert tls_ev["tls"]["client"]["server_name"] == "sgshort.wechat.com"
+
+
+def test_blocklist_path_with_a_comma_and_comma_separated_lists(tmp_path: Path) -> None:
+    odd = tmp_path / "lists, site A"
+    shutil.copytree(BLOCKLISTS, odd)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "local.yaml").write_text(
+        "app: local\npolicy:\n  effective: 2023-10-30\nblock:\n  - domain: banned.example\n    category: web\n"
+    )
+    with harness() as tctx:
+        a = configured(tctx, odd)
+        assert a.holder is not None and set(a.holder.policy.apps) == {"wechat", "kaspersky"}
+        tctx.configure(a, enforcer_blocklist=f"{BLOCKLISTS},{extra}")
+        assert set(a.holder.policy.apps) == {"wechat", "kaspersky", "local"}
+        a.done()
