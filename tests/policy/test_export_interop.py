@@ -2,7 +2,7 @@
 
 Each check also feeds the tool one broken line, so a tool that accepts anything cannot make the test pass. The
 behavioural tests start unbound (snippet and RPZ), BIND (RPZ) and dnsmasq on 127.0.0.1 with a local catch-all
-upstream (so a name the export fails to block resolves to 127.0.0.7 instead of reaching the internet), query them
+upstream (so a name the export fails to block resolves to 192.0.2.53 instead of reaching the internet), query them
 with dnspython and compare each answer with ``Policy.match_name``.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,15 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from dnslib import AAAA, QTYPE, RR, A, DNSRecord
 
 from enforcer.policy import Policy, load_policy
 from enforcer.policy.export import export_policy
 from tests.conftest import BLOCKLISTS, free_port, require_tool
+from tests.dns.fakeupstream import FakeUpstream
 from tests.policy.export_fixture import BLOCKED, NOT_BLOCKED, build
 from tests.policy.policy_helpers import app_yaml, shipped, write
 
-UPSTREAM_V4 = "127.0.0.7"
+UPSTREAM_V4 = "192.0.2.53"  # FakeUpstream's answer for any A query
 TOOL_TIMEOUT = 60
 
 
@@ -179,50 +178,10 @@ def test_nftables_check(policy: Policy, tmp_path: Path) -> None:
 # -- behaviour: real resolvers answering from the exports -----------------------------------------------------------
 
 
-class CatchAllUpstream:
-    """A UDP DNS server on 127.0.0.1 that answers every A with 127.0.0.7 (AAAA ::7): what 'not blocked' looks like."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.queries: list[str] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                continue
-            try:
-                req = DNSRecord.parse(data)
-            except Exception:
-                continue
-            reply = req.reply()
-            q = req.q
-            self.queries.append(str(q.qname).rstrip(".").lower())
-            if q.qtype == QTYPE.A:
-                reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(UPSTREAM_V4), ttl=5))
-            elif q.qtype == QTYPE.AAAA:
-                reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA("::7"), ttl=5))
-            with contextlib.suppress(OSError):
-                self.sock.sendto(reply.pack(), peer)
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
-
-
 @pytest.fixture
-def upstream() -> Iterator[CatchAllUpstream]:
-    u = CatchAllUpstream()
+def upstream() -> Iterator[FakeUpstream]:
+    """What 'not blocked' looks like: every A gets UPSTREAM_V4 (TTL 5, so the engines cache little)."""
+    u = FakeUpstream(ttl=5)
     yield u
     u.close()
 
@@ -282,7 +241,7 @@ def _names(policy: Policy) -> list[str]:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["nxdomain", "null"])
-def test_unbound_serves_the_snippet(tmp_path: Path, upstream: CatchAllUpstream, mode: str) -> None:
+def test_unbound_serves_the_snippet(tmp_path: Path, upstream: FakeUpstream, mode: str) -> None:
     tool = require_tool("unbound")
     policy = build(tmp_path / "policy")
     snippet = tmp_path / "enforcer.conf"
@@ -300,12 +259,12 @@ def test_unbound_serves_the_snippet(tmp_path: Path, upstream: CatchAllUpstream, 
         else:
             # Documented limit: unbound has no NXDOMAIN for one name only.
             assert _ask(port, "below.exact.shared.example").rcode() == dns.rcode.NXDOMAIN
-    assert "open.blocked.example" in upstream.queries
-    assert "blocked.example" not in upstream.queries
+    assert "open.blocked.example" in upstream.names()
+    assert "blocked.example" not in upstream.names()
 
 
 @pytest.mark.timeout(60)
-def test_unbound_serves_the_rpz_zone(tmp_path: Path, upstream: CatchAllUpstream) -> None:
+def test_unbound_serves_the_rpz_zone(tmp_path: Path, upstream: FakeUpstream) -> None:
     tool = require_tool("unbound")
     policy = build(tmp_path / "policy")
     zone = tmp_path / "rpz.zone"
@@ -320,7 +279,7 @@ def test_unbound_serves_the_rpz_zone(tmp_path: Path, upstream: CatchAllUpstream)
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["nxdomain", "null"])
-def test_bind_serves_the_rpz_zone(tmp_path: Path, upstream: CatchAllUpstream, mode: str) -> None:
+def test_bind_serves_the_rpz_zone(tmp_path: Path, upstream: FakeUpstream, mode: str) -> None:
     """BIND, the reference RPZ implementation: exact vs wildcard triggers and passthru exceptions as the matcher."""
     tool = require_tool("named")
     policy = build(tmp_path / "policy")
@@ -353,7 +312,7 @@ def test_bind_serves_the_rpz_zone(tmp_path: Path, upstream: CatchAllUpstream, mo
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["nxdomain", "null"])
-def test_dnsmasq_serves_the_export(tmp_path: Path, upstream: CatchAllUpstream, mode: str) -> None:
+def test_dnsmasq_serves_the_export(tmp_path: Path, upstream: FakeUpstream, mode: str) -> None:
     tool = require_tool("dnsmasq")
     policy = build(tmp_path / "policy")
     conf = tmp_path / "enforcer.conf"
