@@ -33,35 +33,16 @@ ENF_PORT=$((BASE_PORT + 1))
 DM_PORT=$((BASE_PORT + 2))
 METRICS_PORT=$((BASE_PORT + 3))
 
-for tool in dnsperf dnsmasq taskset; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "missing tool: $tool" >&2; exit 1; }
-done
-DNSMASQ="$(command -v dnsmasq || echo /usr/sbin/dnsmasq)"
-
-WORK="$(mktemp -d /tmp/dns-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/dns_bench_common.sh
+source "$ROOT/bench/dns_bench_common.sh"
+require_tools dnsperf dnsmasq taskset
+start_workdir dns-bench
 
 miss_names=$(( DURATION * 60000 ))
 "$PY" "$ROOT/bench/dns_bench_data.py" make "$WORK" --feed-names "$FEED_NAMES" --miss-names "$miss_names" >&2
 "$PY" -m enforcer export --format dnsmasq --mode null --blocklist "$WORK/blocklists" --output "$WORK/dnsmasq-block.conf"
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-wait_port() {  # wait until a DNS server answers on 127.0.0.1:$1
-  for _ in $(seq 1 100); do
-    if "$PY" - "$1" <<'PYEOF' 2>/dev/null; then return 0; fi
-import sys, dns.message, dns.query
-dns.query.udp(dns.message.make_query("ready.bench.example", "A"), "127.0.0.1", port=int(sys.argv[1]), timeout=0.5)
-PYEOF
-    sleep 0.2
-  done
-  echo "server on port $1 did not start" >&2; return 1
-}
 perf() {  # perf PORT FILE SECONDS [extra dnsperf args...] -> dnsperf report on stdout
   local port=$1 file=$2 secs=$3; shift 3
   taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$secs" -c 4 -q 200 -t 2 "$@" 2>&1

@@ -21,34 +21,16 @@ UP_PORT=$BASE_PORT
 ENF_PORT=$((BASE_PORT + 1))
 METRICS_PORT=$((BASE_PORT + 2))
 
-for tool in dnsperf dnsmasq; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "missing tool: $tool" >&2; exit 1; }
-done
-DNSMASQ="$(command -v dnsmasq || echo /usr/sbin/dnsmasq)"
-WORK="$(mktemp -d /tmp/dns-workers-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/dns_bench_common.sh
+source "$ROOT/bench/dns_bench_common.sh"
+require_tools dnsperf dnsmasq
+start_workdir dns-workers-bench
 
 "$PY" "$ROOT/bench/dns_bench_data.py" make "$WORK" --feed-names "$FEED_NAMES" --miss-names 1000 >&2
 "$DNSMASQ" -k --port "$UP_PORT" --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts --pid-file= \
   --address=/#/192.0.2.1 --local-ttl=3600 --cache-size=0 --user=root --log-facility=/dev/null &
 PIDS+=($!)
 
-wait_port() {
-  for _ in $(seq 1 150); do
-    if "$PY" - "$1" <<'PYEOF' 2>/dev/null; then return 0; fi
-import sys, dns.message, dns.query
-dns.query.udp(dns.message.make_query("ready.bench.example", "A"), "127.0.0.1", port=int(sys.argv[1]), timeout=0.5)
-PYEOF
-    sleep 0.2
-  done
-  echo "server on port $1 did not start" >&2; return 1
-}
 wait_port "$UP_PORT"
 
 declare -A RESULTS
