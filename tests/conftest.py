@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,12 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
 @pytest.fixture
 def blocklists() -> Path:
     return BLOCKLISTS
+
+
+@pytest.fixture
+def loopback_netns() -> Iterator[None]:
+    """The test runs in a fresh network namespace with only loopback (for tests that name real or banned addresses)."""
+    from tests.netns import loopback_only_netns
+
+    with loopback_only_netns():
+        yield
