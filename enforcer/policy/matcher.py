@@ -4,7 +4,11 @@
   on label boundaries. One dictionary look-up per label, so a lookup costs about a microsecond whatever the list size.
 - ``match_url(url, method)``: ``url``/``store`` rules of the request's host (more specific than any name rule), then
   the host itself by name (or by address for an IP literal).
-- ``match_ip(addr)``: ``cidr`` rules, longest prefix first; IPv4-mapped IPv6 addresses are checked as IPv4.
+- ``match_ip(addr, nat64_prefixes)``: ``cidr`` rules, longest prefix first. An IPv6 address that embeds an IPv4
+  address (IPv4-mapped, NAT64, 6to4: ``addresses.embedded_ipv4``) is judged by an IPv6 rule if one covers it, else
+  by the IPv4 rules for the address it embeds. A string goes through ``addresses.parse_ip_literal`` (every
+  spelling glibc accepts).
+- ``match_host(host)``: CONNECT/SNI/Host values; any IP literal spelling by address, anything else by name.
 
 Precedence everywhere: the most specific rule wins; at equal specificity allow wins (resolved once, at build time,
 for names). A ``Policy`` is immutable; reloading builds a new one and swaps the reference.
@@ -13,9 +17,10 @@ for names). A ``Policy`` is immutable; reloading builds a new one and swaps the 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from .addresses import embedded_ipv4, parse_ip_literal
 from .model import AppPolicy, IPAddress, IPNetwork, Match, Rule
 from .names import fast_key
 from .urlrules import ParsedUrl, UrlIndex, parse_request_url
@@ -45,11 +50,16 @@ class CidrTable:
         self._v4_lengths = sorted(self._v4, reverse=True)
         self._v6_lengths = sorted(self._v6, reverse=True)
 
-    def lookup(self, addr: IPAddress) -> tuple[Rule, str] | None:
-        if addr.version == 6:
-            mapped = addr.ipv4_mapped  # type: ignore[union-attr,unused-ignore]
-            if mapped is not None:
-                addr = mapped
+    def lookup(self, addr: IPAddress, nat64_prefixes: Sequence[ipaddress.IPv6Network] = ()) -> tuple[Rule, str] | None:
+        if isinstance(addr, ipaddress.IPv6Address):
+            embedded = embedded_ipv4(addr, nat64_prefixes)
+            if embedded is not None:
+                # A rule written for the IPv6 range itself is the more specific statement; otherwise the traffic
+                # ends at the embedded IPv4 address, so the IPv4 rules decide.
+                return self._lookup(addr) or self._lookup(embedded)
+        return self._lookup(addr)
+
+    def _lookup(self, addr: IPAddress) -> tuple[Rule, str] | None:
         if addr.version == 4:
             table, lengths, bits = self._v4, self._v4_lengths, 32
         else:
@@ -144,14 +154,17 @@ class Policy:
             i = j
         return None
 
-    def match_ip(self, addr: str | IPAddress) -> Match | None:
-        """Decide an IP address against the ``cidr`` rules. An unparsable address matches nothing."""
+    def match_ip(self, addr: str | IPAddress, nat64_prefixes: Sequence[ipaddress.IPv6Network] = ()) -> Match | None:
+        """Decide an IP address against the ``cidr`` rules. An unparsable address matches nothing.
+
+        ``nat64_prefixes``: the site's NAT64 prefixes (RFC 6052 layouts) besides the well-known 64:ff9b::/96.
+        """
         if isinstance(addr, str):
-            try:
-                addr = ipaddress.ip_address(addr.strip("[]").split("%", 1)[0])
-            except ValueError:
+            parsed = parse_ip_literal(addr.strip())
+            if parsed is None:
                 return None
-        found = self._cidr_table.lookup(addr)
+            addr = parsed
+        found = self._cidr_table.lookup(addr, nat64_prefixes)
         if found is None:
             return None
         rule, net = found
@@ -168,15 +181,10 @@ class Policy:
 
     def match_host(self, host: str) -> Match | None:
         """A host as seen in CONNECT, SNI or Host: an IP literal is checked against CIDRs, a name by name."""
-        h = host.strip("[]")
-        if h and (h[0].isdigit() or ":" in h):
-            try:
-                addr = ipaddress.ip_address(h.split("%", 1)[0])
-            except ValueError:
-                pass
-            else:
-                return self.match_ip(addr)
-        return self.match_name(h)
+        addr = parse_ip_literal(host)
+        if addr is not None:
+            return self.match_ip(addr)
+        return self.match_name(host.strip("[]"))
 
     def has_url_rules(self, host: str, *, any_host: bool = False) -> bool:
         """Whether a url/store rule names ``host`` (or a ``*.suffix`` of it): the proxy decrypts only such hosts.
