@@ -55,6 +55,8 @@ ANALYST_EVENTS_INGESTED_TOTAL = "enforcer_analyst_events_ingested_total"
 ANALYST_INGEST_ERRORS_TOTAL = "enforcer_analyst_ingest_errors_total"
 ANALYST_EVENTS_DUPLICATE_TOTAL = "enforcer_analyst_events_duplicate_total"
 ANALYST_EVENTS_STORED = "enforcer_analyst_events_stored"
+ANALYST_FILES_SKIPPED_TOTAL = "enforcer_analyst_files_skipped_total"
+ANALYST_HOST_REFUSED_TOTAL = "enforcer_analyst_host_refused_total"
 
 # Resolver latency: most answers take tens of microseconds, forwarded ones up to the 2 s upstream timeout.
 DNS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -120,6 +122,13 @@ SPECS: dict[str, MetricSpec] = {
             ANALYST_EVENTS_DUPLICATE_TOTAL, "counter", "Events read again (same event.id) and not stored twice."
         ),
         MetricSpec(ANALYST_EVENTS_STORED, "gauge", "Events in the analyst's store."),
+        MetricSpec(
+            ANALYST_FILES_SKIPPED_TOTAL,
+            "counter",
+            "Event files the analyst refused to read (not a regular file, over --max-file-size).",
+            (REASON,),
+        ),
+        MetricSpec(ANALYST_HOST_REFUSED_TOTAL, "counter", "Analyst requests refused for a foreign Host header."),
     )
 }
 
