@@ -4,15 +4,22 @@ Every problem is reported with the file, line and column of the YAML node (or fe
 problems of all files are collected before failing, so one ``enforcer check`` run shows everything to fix.
 
 Flow: ``load_policy(paths)`` -> ``_expand_paths`` -> per file ``_FileParser`` (YAML node tree -> AppPolicy + Rules,
-feeds read as they are met) -> ``_Builder`` (name/host tables, url index, CIDRs, precedence, duplicate/shadow
-warnings, fingerprint) -> ``Policy``.
+feeds read as they are met) -> ``_Builder`` (name/host tables, url index, CIDRs, precedence, duplicate/shadow and
+over-broad warnings (``lint``), fingerprint) -> ``Policy``.
+
+Every input is bounded (``Limits``): ``read_regular`` opens only regular files (a FIFO, a device or a symlink to one
+is refused without blocking), reads at most the size cap, and ``_BoundedLoader`` stops YAML nesting at a fixed depth
+(PyYAML composes recursively: 500 nested brackets would be a RecursionError). An include feed must live inside the
+folder of the file that includes it, so a blocklist edit cannot make the loader read (and echo) a foreign file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -21,7 +28,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+import yaml.composer
 
+from . import lint
 from .matcher import Policy
 from .model import CATEGORIES, AppPolicy, IPNetwork, PolicyError, Problem, Rule
 from .names import _ASCII_NAME_RE, MAX_NAME, InvalidName, normalize_name, parents
@@ -35,9 +44,106 @@ RULE_KINDS = ("domain", "host", "url", "cidr", "store", "include")
 RULE_EXTRA_KEYS = {"category", "source", "id", "method", "comment"}
 HOSTS_FILE_SKIP = {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback"}
 MAX_FEED_ERRORS = 20
+MiB = 1024 * 1024
 
 
-def load_policy(paths: str | Path | Sequence[str | Path]) -> Policy:
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on what one load may read. A 1M-name feed is ~25 MB; the shipped YAML files are a few KB each."""
+
+    yaml_bytes: int = 8 * MiB
+    feed_bytes: int = 64 * MiB
+    yaml_depth: int = 32  # the blocklist schema needs 4 levels (top, block, rule, store); 32 leaves room
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Unreadable(Exception):
+    """A file that is not read: missing, not a regular file, or over its size cap. The message says which."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return what
+    return "not a plain file"
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """Read a regular file of at most ``limit`` bytes; raise ``Unreadable`` otherwise, never block.
+
+    The path is checked with stat() before opening (so a device is never even opened), then opened with O_NONBLOCK
+    (a FIFO swapped in meanwhile cannot block open()) and checked again with fstat() on what was actually opened.
+    Reading stops one byte past the cap, so a file that grows while being read cannot exhaust memory either.
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable(f"not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size > limit:
+            raise Unreadable(f"file too large ({st.st_size} bytes; the limit is {limit})")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Unreadable(exc.strerror or str(exc)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable(f"not a regular file ({_file_kind(st.st_mode)})")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(4 * MiB, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise Unreadable(f"file too large (more than {limit} bytes)")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise Unreadable(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses nesting deeper than ``max_depth`` (checked before recursing)."""
+
+    max_depth = DEFAULT_LIMITS.yaml_depth
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > self.max_depth:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {self.max_depth} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def compose_bounded(text: str, max_depth: int = DEFAULT_LIMITS.yaml_depth) -> yaml.Node | None:
+    """``yaml.compose`` with a nesting limit (raises a MarkedYAMLError at the node that goes too deep)."""
+    loader = _BoundedLoader(text)
+    loader.max_depth = max_depth
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def load_policy(paths: str | Path | Sequence[str | Path], *, limits: Limits = DEFAULT_LIMITS) -> Policy:
     """Load blocklist files or folders. Raises PolicyError listing every error; warnings land in ``.warnings``."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -45,7 +151,7 @@ def load_policy(paths: str | Path | Sequence[str | Path]) -> Policy:
     files = _expand_paths(paths, problems)
     builder = _Builder(problems)
     for f in files:
-        parsed = _FileParser(f, problems).parse()
+        parsed = _FileParser(f, problems, limits).parse()
         if parsed is not None:
             builder.add_file(*parsed)
     if not files and not problems:
@@ -62,11 +168,13 @@ def _expand_paths(paths: Iterable[str | Path], problems: list[Problem]) -> list[
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.is_file())
+            # Not only regular files: a FIFO or a device named *.yaml is listed so that reading it reports it
+            # (silently skipping it would hide a rule file). A dangling symlink (an editor's lock file) is skipped.
+            found = sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.exists() and not x.is_dir())
             if not found:
                 problems.append(Problem(str(p), 1, 1, "folder has no blocklist files (*.yaml)"))
             files.extend(found)
-        elif p.is_file():
+        elif p.exists():
             files.append(p)
         else:
             problems.append(Problem(str(p), 1, 1, "no such file or folder"))
@@ -89,10 +197,11 @@ class _Parsed:
 
 
 class _FileParser:
-    def __init__(self, path: Path, problems: list[Problem]) -> None:
+    def __init__(self, path: Path, problems: list[Problem], limits: Limits = DEFAULT_LIMITS) -> None:
         self.path = path
         self.shown = str(path)
         self.problems = problems
+        self.limits = limits
         self.ok = True
 
     def error(self, node: yaml.Node | None, message: str) -> None:
@@ -106,15 +215,18 @@ class _FileParser:
 
     def parse(self) -> tuple[_Parsed, str] | None:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_regular(self.path, self.limits.yaml_bytes).decode("utf-8")
         except UnicodeDecodeError as exc:
             self.problems.append(Problem(self.shown, 1, 1, f"not UTF-8 text: {exc.reason}"))
             return None
-        except OSError as exc:
-            self.problems.append(Problem(self.shown, 1, 1, f"cannot read: {exc.strerror}"))
+        except Unreadable as exc:
+            self.problems.append(Problem(self.shown, 1, 1, f"cannot read: {exc}"))
             return None
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            root = compose_bounded(text, self.limits.yaml_depth)
+        except RecursionError:  # belt and braces: the depth limit should make this unreachable
+            self.problems.append(Problem(self.shown, 1, 1, "YAML syntax error: nesting too deep"))
+            return None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -247,6 +359,9 @@ class _FileParser:
                 net = self.network(value, item)
                 if net is not None:
                     exempt.append(net)
+                    broad = lint.network_warning(net, "exempt_clients:")
+                    if broad is not None:
+                        self.warn(item, broad + ": the policy is not enforced for them")
         text = {k: (self.scalar(pol[k], k) or "") if k in pol else "" for k in ("notice", "reference")}
         name = self.scalar(top["name"], "name") if "name" in top else None
         vendor = self.scalar(top["vendor"], "vendor") if "vendor" in top else None
@@ -412,10 +527,16 @@ class _FileParser:
     def read_feed(self, raw: str, node: yaml.Node) -> tuple[list[str] | None, str]:
         feed = (self.path.parent / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
         shown = str(self.path.parent / raw) if not Path(raw).is_absolute() else raw
+        folder = self.path.parent.resolve()
+        if not feed.resolve().is_relative_to(folder):
+            # Checked on the resolved path, so '..' and symlinks that lead out are caught alike; nothing of the
+            # foreign file is read, so nothing of it can appear in a message, an export or the RPZ feed.
+            self.error(node, f"include file {raw!r} is outside the blocklist folder {folder} (feeds must be in it)")
+            return None, ""
         try:
-            data = feed.read_bytes()
-        except OSError as exc:
-            self.error(node, f"cannot read include file {raw!r}: {exc.strerror}")
+            data = read_regular(feed, self.limits.feed_bytes)
+        except Unreadable as exc:
+            self.error(node, f"cannot read include file {raw!r}: {exc}")
             return None, ""
         try:
             text = data.decode("utf-8")
@@ -457,6 +578,21 @@ class _FileParser:
             return None, ""
         if not names:
             self.warn(node, f"include file {raw!r} has no domains")
+        for name in lint.public_feed_names(names):
+            # Rare: find the line only for a flagged name, so the common case costs one set look-up per name.
+            lineno, col = next(
+                ((i, line.find(name) + 1) for i, line in enumerate(text.splitlines(), 1) if name in line.split()),
+                (1, 1),
+            )
+            self.problems.append(
+                Problem(
+                    shown,
+                    lineno,
+                    col,
+                    f"over-broad feed entry: {name} is a public suffix: this include blocks every name under it",
+                    "warning",
+                )
+            )
         return names, hashlib.sha256("\n".join(names).encode()).hexdigest()
 
     def feed_error(self, shown: str, line: int, col: int, message: str) -> None:
@@ -614,8 +750,26 @@ class _Builder:
                     self.warn_at(rule, f"shadowed rule: cidr {net} is inside {other} ({orule.source})")
                     break
 
+    def check_breadth(self) -> None:
+        """Warn about rules that cover a public suffix, a huge address range or every URL (``lint``)."""
+        for rule in self.rules:
+            if rule.kind in ("domain", "host"):
+                msg = lint.name_warning(rule.kind, rule.value, rule.action)
+                if msg is not None:
+                    self.warn_at(rule, msg)
+        for net, rule in self.cidrs:
+            msg = lint.network_warning(net, "rule: cidr")
+            if msg is not None:
+                self.warn_at(rule, msg)
+        for pattern in self.patterns:
+            if pattern.rule.kind == "url":
+                msg = lint.url_warning(pattern)
+                if msg is not None:
+                    self.warn_at(pattern.rule, msg)
+
     def build(self, files: tuple[str, ...]) -> Policy:
         self.check_shadowing()
+        self.check_breadth()
         warnings = tuple(p for p in self.problems if p.severity == "warning")
         return Policy(
             apps=self.apps,
