@@ -10,12 +10,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..config import default_blocklist
+from .blocklist import DEFAULT_LIMITS, Limits
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     if command == "check":
         p.add_argument("paths", nargs="*", metavar="PATH", help="blocklist files or folders (default: blocklists/)")
-        p.add_argument("--strict", action="store_true", help="treat warnings (duplicate, shadowed rules) as errors")
+        p.add_argument(
+            "--strict", action="store_true", help="treat warnings (duplicate, shadowed, over-broad rules) as errors"
+        )
+        p.add_argument(
+            "--max-yaml-bytes",
+            type=int,
+            default=DEFAULT_LIMITS.yaml_bytes,
+            metavar="N",
+            help=f"refuse a blocklist YAML file larger than N bytes (default {DEFAULT_LIMITS.yaml_bytes})",
+        )
+        p.add_argument(
+            "--max-feed-bytes",
+            type=int,
+            default=DEFAULT_LIMITS.feed_bytes,
+            metavar="N",
+            help=f"refuse an include feed larger than N bytes (default {DEFAULT_LIMITS.feed_bytes})",
+        )
     elif command == "lookup":
         p.add_argument("queries", nargs="+", metavar="QUERY", help="a domain, a URL or an IP address")
         p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder (default: blocklists/)")
@@ -46,12 +63,12 @@ def run(command: str, args: argparse.Namespace) -> int:
     return run_export(args)
 
 
-def _load(paths: list[str]) -> Any:
+def _load(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> Any:
     """Load or print the errors; returns the Policy or None."""
     from . import PolicyError, load_policy
 
     try:
-        return load_policy(paths)
+        return load_policy(paths, limits=limits)
     except PolicyError as exc:
         # The errors only: warnings (duplicates, an empty rule list) would bury them; `check` shows warnings once
         # the file loads.
@@ -63,7 +80,10 @@ def _load(paths: list[str]) -> Any:
 
 def run_check(args: argparse.Namespace) -> int:
     paths = args.paths or [default_blocklist()]
-    policy = _load(paths)
+    if args.max_yaml_bytes < 1 or args.max_feed_bytes < 1:
+        print("enforcer check: --max-yaml-bytes and --max-feed-bytes must be positive", file=sys.stderr)
+        return 2
+    policy = _load(paths, Limits(yaml_bytes=args.max_yaml_bytes, feed_bytes=args.max_feed_bytes))
     if policy is None:
         return 1
     for w in policy.warnings:

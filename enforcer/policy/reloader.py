@@ -5,7 +5,10 @@ sees either the old or the new policy, never a mix, and none waits. A broken edi
 ``PATH:LINE:COL: message`` and counts ``enforcer_policy_reloads_total{result="failure"}``.
 
 Watching polls ``stat`` of the few files once a second: portable, cheap, and it sees edits made by editors that
-replace files (new inode) as well as in-place writes.
+replace files (new inode) as well as in-place writes. ``stat`` never opens a file and the loader reads only regular
+files of bounded size (``blocklist.read_regular``), so a FIFO or a device in the folder or as an include is one
+failed reload, never a wedged watcher: the next good edit is applied as usual. Warnings (duplicate, shadowed,
+over-broad rules) are logged after every successful load and never refuse the policy.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..metrics import POLICY_LAST_RELOAD, POLICY_RELOADS_TOTAL, Metrics
-from .blocklist import load_policy
+from .blocklist import DEFAULT_LIMITS, Limits, load_policy
 from .matcher import Policy
 from .model import PolicyError
 
@@ -38,13 +41,16 @@ class PolicyHolder:
         *,
         metrics: Metrics | None = None,
         on_change: Callable[[Policy], None] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
         self.metrics = metrics
+        self.limits = limits
         self.on_change = on_change
         self.last_error: str | None = None
         self._lock = threading.Lock()  # one build at a time (watcher and SIGHUP may race)
-        self.policy: Policy = load_policy(self.paths)  # the first load must succeed: PolicyError propagates
+        # The first load must succeed: PolicyError propagates.
+        self.policy: Policy = load_policy(self.paths, limits=limits)
         self._snapshot = self.snapshot()
         self._record_success(self.policy)
 
@@ -54,7 +60,7 @@ class PolicyHolder:
         with self._lock:
             snap = self.snapshot()
             try:
-                new = load_policy(self.paths)
+                new = load_policy(self.paths, limits=self.limits)
             except PolicyError as exc:
                 self._snapshot = snap
                 errors = [str(p) for p in exc.problems if p.severity == "error"]
