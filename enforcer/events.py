@@ -5,15 +5,25 @@
 - ``EventWriter``: ``emit()`` appends to a bounded in-memory queue and returns at once; a background thread serialises,
   writes, flushes and rotates by size. A full queue or a failing disk drops events and counts them, it never blocks
   or raises into the caller. ``close()`` flushes what is queued.
+- External rotation: before every batch (and at least every ``check_interval`` seconds when idle) the writer compares
+  the (device, inode) of its path with the file it holds; when the file was renamed away (logrotate without
+  copytruncate) or deleted, it opens a fresh one. A batch that landed in a file deleted meanwhile (link count 0 after
+  the write) is written again to the new file, so ``written`` counts only events that are in a linked file.
+  A copytruncate rotation is followed too (the writer re-reads the size; O_APPEND writes go to the new end).
+- ``reopen()`` (one writer) and ``reopen_all()`` (every writer of the process) ask for a reopen; both only set a flag
+  the writer thread reads within ``flush_interval``, so they are safe from any thread and from a signal handler.
+  ``install_reopen_signal(loop)`` routes SIGUSR1, the usual "reopen your logs" signal, to ``reopen_all``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import stat
 import threading
@@ -36,6 +46,31 @@ log = logging.getLogger("enforcer.events")
 
 ACTIONS = ("dns-block", "dns-response-block", "http-block", "tls-block", "connect-block")
 HOSTNAME = socket.gethostname()
+
+# Bumped by reopen_all() (SIGUSR1); every writer compares it with the value it saw when it opened its file. A plain
+# int increment is safe inside a signal handler, where taking a lock the interrupted thread holds would deadlock.
+_reopen_generation = 0
+
+
+def reopen_all() -> None:
+    """Ask every EventWriter of this process to reopen its file (async-signal-safe: sets a counter only)."""
+    global _reopen_generation
+    _reopen_generation += 1
+
+
+def install_reopen_signal(loop: asyncio.AbstractEventLoop | None = None) -> bool:
+    """SIGUSR1 -> ``reopen_all()``. With a loop, through ``loop.add_signal_handler``; without one, ``signal.signal``
+    (main thread only). Returns False where the handler cannot be installed (not the main thread, no SIGUSR1)."""
+    sig = getattr(signal, "SIGUSR1", None)
+    if sig is None:
+        return False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        if loop is not None:
+            loop.add_signal_handler(sig, reopen_all)
+        else:
+            signal.signal(sig, lambda _signum, _frame: reopen_all())
+        return True
+    return False
 
 
 def rfc3339(ts: datetime) -> str:
@@ -168,12 +203,15 @@ class EventWriter:
         max_bytes: int = 64 * 1024 * 1024,
         backups: int = 5,
         flush_interval: float = 0.1,
+        check_interval: float = 1.0,
     ) -> None:
         self.path = Path(path) if path else None
         self.max_queue = max_queue
         self.max_bytes = max_bytes
         self.backups = backups
         self.flush_interval = flush_interval
+        self.check_interval = check_interval
+        self.reopened = 0  # files reopened after an outside rotation, a delete or a reopen request
         self.written = 0
         self.dropped = 0
         self._queue: collections.deque[HitEvent] = collections.deque()
@@ -182,6 +220,10 @@ class EventWriter:
         self._file: Any = None
         self._size = 0
         self._regular = True
+        self._ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the open file
+        self._seen_generation = _reopen_generation
+        self._reopen_requested = False
+        self._last_check = 0.0
         self._busy = False
         self._last_error_log = float("-inf")  # the first error is always logged, even right after boot
         self._thread: threading.Thread | None = None
@@ -220,6 +262,10 @@ class EventWriter:
                 self._wake.set()
             time.sleep(0.002)
 
+    def reopen(self) -> None:
+        """Close and reopen the file before the next write (within ``flush_interval`` when idle). Thread-safe."""
+        self._reopen_requested = True
+
     @property
     def queued(self) -> int:
         return len(self._queue)
@@ -229,6 +275,8 @@ class EventWriter:
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
+            # Idle too: release a rotated or deleted file promptly (its disk space, logrotate's compress step).
+            self._check_file(self.check_interval)
             self._drain()
             if self._stop:
                 self._drain()
@@ -257,16 +305,63 @@ class EventWriter:
             if batch:
                 self._write(batch)
 
+    def _check_file(self, every: float) -> None:
+        """Close the file (the next write opens the path afresh) when a reopen was asked for, or when the path no
+        longer names the file held open: renamed away or deleted. Checks the path at most every ``every`` seconds."""
+        if self._file is None:
+            self._reopen_requested = False
+            self._seen_generation = _reopen_generation
+            return
+        if self._reopen_requested or self._seen_generation != _reopen_generation:
+            self._reopen_requested = False
+            self._seen_generation = _reopen_generation
+            log.info("event log %s: reopening on request", self.path)
+            self._reopen_now()
+            return
+        if not self._regular:  # a FIFO or device is never rotated by name
+            return
+        now = time.monotonic()
+        if now - self._last_check < every:
+            return
+        self._last_check = now
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            log.info("event log %s was deleted; writing to a new file", self.path)
+            self._reopen_now()
+            return
+        except OSError:
+            return  # e.g. a permission change on the folder: keep writing to the file we hold
+        if (st.st_dev, st.st_ino) != self._ident:
+            log.info("event log %s was moved away (rotated); writing to a new file", self.path)
+            self._reopen_now()
+        elif st.st_size < self._size:
+            self._size = st.st_size  # truncated under us (copytruncate): O_APPEND writes go to its new end
+
+    def _reopen_now(self) -> None:
+        self._close_quietly()
+        self.reopened += 1
+
     def _write(self, lines: list[str]) -> None:
         data = ("\n".join(lines) + "\n").encode("utf-8")
         try:
-            if self._file is None:
-                self._open()
-            if self._regular and self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            self._file.write(data)
-            self._file.flush()
-            self._size += len(data)
+            self._check_file(0.0)
+            for _attempt in range(2):
+                if self._file is None:
+                    self._open()
+                if self._regular and self._size and self._size + len(data) > self.max_bytes:
+                    self._rotate()
+                self._file.write(data)
+                self._file.flush()
+                self._size += len(data)
+                # Deleted between the check and the write: those lines are in no file. Write them again, once.
+                if not self._regular or os.fstat(self._file.fileno()).st_nlink > 0:
+                    break
+                log.info("event log %s was deleted while writing; writing the batch to a new file", self.path)
+                self._reopen_now()
+            else:
+                raise OSError(0, "the event file keeps being deleted")
             self.written += len(lines)
         except OSError as exc:
             self.dropped += len(lines)
@@ -284,6 +379,9 @@ class EventWriter:
         # A pipe or device (a log shipper's FIFO, /dev/stdout) cannot tell() and must never be renamed away.
         self._regular = stat.S_ISREG(st.st_mode)
         self._size = st.st_size if self._regular else 0
+        self._ident = (st.st_dev, st.st_ino)
+        self._last_check = time.monotonic()
+        self._seen_generation = _reopen_generation
 
     def _rotate(self) -> None:
         assert self.path is not None
