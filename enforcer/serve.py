@@ -230,6 +230,8 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGUSR1: the event writers reopen their files
+        loop.add_signal_handler(signal.SIGUSR1, _forward_usr1, children)
 
     status = 0
     try:
@@ -250,6 +252,14 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         await _stop_all(children)
     return status
+
+
+def _forward_usr1(children: list[Child]) -> None:
+    for child in children:
+        # Only the children that write events handle SIGUSR1; for the others it would be fatal.
+        if child.name in ("dns", "proxy") and child.proc is not None and child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGUSR1)
 
 
 async def _wait_ready(children: list[Child], stop: asyncio.Event) -> bool:

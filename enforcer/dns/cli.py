@@ -130,6 +130,7 @@ def run_single(settings: Any, started: Any = None, quiet: bool = False) -> int:
     import logging
     import signal
 
+    from ..events import install_reopen_signal
     from ..policy.model import PolicyError
     from .service import run_resolver
 
@@ -157,6 +158,7 @@ def run_single(settings: Any, started: Any = None, quiet: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        install_reopen_signal(loop)  # SIGUSR1: the event writer reopens its file (logrotate)
         await run_resolver(settings, stop, announce=announce, started=started)
 
     try:

@@ -158,14 +158,15 @@ def run_workers(settings: Any, count: int) -> int:
     def on_stop(signum: int, frame: Any) -> None:
         stopping.set()
 
-    def on_hup(signum: int, frame: Any) -> None:
+    def on_hup(signum: int, frame: Any) -> None:  # SIGHUP (reload) and SIGUSR1 (reopen the event files)
         for w in workers:
             if w.process.pid is not None and w.process.is_alive():
-                os.kill(w.process.pid, signal.SIGHUP)
+                os.kill(w.process.pid, signum)
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGUSR1, on_hup)
     restarts: list[float] = []
     status = 0
     while not stopping.wait(0.5):

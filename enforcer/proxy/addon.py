@@ -54,7 +54,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from enforcer.config import default_blocklist
-from enforcer.events import EventWriter, HitEvent
+from enforcer.events import EventWriter, HitEvent, install_reopen_signal
 from enforcer.metrics import (
     BLOCKED_TOTAL,
     EVENTS_DROPPED_TOTAL,
@@ -249,6 +249,7 @@ class EnforcerAddon:
         self._watch_task = loop.create_task(self.holder.watch(), name="enforcer-policy-watch")
         if self.holder.install_sighup(loop):
             self._sighup_loop = loop
+        install_reopen_signal(loop)  # SIGUSR1: the event writer reopens its file (logrotate)
 
     def _stop_watch(self) -> None:
         task, self._watch_task = self._watch_task, None

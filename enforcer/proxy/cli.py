@@ -113,7 +113,7 @@ def run(command: str, args: argparse.Namespace) -> int:
         if child.poll() is None:
             child.send_signal(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):  # USR1: reopen the event file
         with contextlib.suppress(ValueError):  # not the main thread: the caller handles signals
             signal.signal(sig, forward)
     while True:
