@@ -3,7 +3,8 @@
 - ``match_name(name)``: exact ``host`` rules, then ``domain``/``include`` suffixes from the longest to the shortest,
   on label boundaries. One dictionary look-up per label, so a lookup costs about a microsecond whatever the list size.
 - ``match_url(url, method)``: ``url``/``store`` rules of the request's host (more specific than any name rule), then
-  the host itself by name (or by address for an IP literal).
+  the host itself by name (or by address for an IP literal). The path is judged on every reading an origin may serve
+  (``urlrules.request_paths``); a blocking reading wins.
 - ``match_ip(addr, nat64_prefixes)``: ``cidr`` rules, longest prefix first. An IPv6 address that embeds an IPv4
   address (IPv4-mapped, NAT64, 6to4: ``addresses.embedded_ipv4``) is judged by an IPv6 rule if one covers it, else
   by the IPv4 rules for the address it embeds. A string goes through ``addresses.parse_ip_literal`` (every
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from .addresses import embedded_ipv4, parse_ip_literal
 from .model import AppPolicy, IPAddress, IPNetwork, Match, Rule
 from .names import fast_key
-from .urlrules import ParsedUrl, UrlIndex, parse_request_url
+from .urlrules import ParsedUrl, UrlIndex, UrlPattern, parse_request_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +175,18 @@ class Policy:
         """Decide an HTTP request: URL/store rules first (the most specific), then the host by name or address."""
         parsed = parse_request_url(url) if isinstance(url, str) else url
         if self.urls:
-            pattern = self.urls.best(parsed, method)
-            if pattern is not None:
-                return Match(pattern.rule, self.apps[pattern.rule.app], pattern.text)
+            # Every reading the origin may serve (urlrules.request_paths, either case): one that a block pattern
+            # matches decides; otherwise the canonical reading does.
+            first: UrlPattern | None = None
+            for i, pattern in enumerate(self.urls.readings(parsed, method)):
+                if pattern is None:
+                    continue
+                if pattern.rule.action == "block":
+                    return Match(pattern.rule, self.apps[pattern.rule.app], pattern.text)
+                if i == 0:
+                    first = pattern
+            if first is not None:
+                return Match(first.rule, self.apps[first.rule.app], first.text)
         return self.match_host(parsed.host)
 
     def match_host(self, host: str) -> Match | None:

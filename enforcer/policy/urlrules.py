@@ -4,6 +4,12 @@ A pattern has a host part (exact name, ``*.suffix`` or ``*``), a path matcher (a
 store regex), required query parameters (any order, extra parameters ignored), and optionally a scheme and an HTTP
 method. ``UrlIndex`` finds the patterns that may apply to a host with dictionary look-ups, so a request only tests
 the few patterns of its own host.
+
+Paths are matched as the origin will read them (``request_paths``): the percent-decoded path as sent, and that path
+with backslashes as ``/``, repeated slashes merged and dot segments removed (RFC 3986 section 5.2.4, what nginx, IIS
+and most frameworks serve), with and without ``;params`` (Tomcat/Jetty drop them per segment). A rule decides on
+each reading, and each case-sensitively and case-insensitively (IIS and macOS serve ``/WEIXIN/`` as ``/weixin/``):
+``UrlIndex.best`` returns the first blocking pattern of any reading, else the best pattern of the canonical one.
 """
 
 from __future__ import annotations
@@ -33,13 +39,17 @@ class UrlPattern:
     scheme: str | None
     specificity: int
     text: str
+    path_ci: re.Pattern[str] | None = None  # the same glob, case-insensitive (None: ``path`` already is)
 
-    def matches(self, scheme: str, path: str, params: dict[str, list[str]], method: str | None) -> bool:
+    def matches(
+        self, scheme: str, path: str, params: dict[str, list[str]], method: str | None, *, fold: bool = False
+    ) -> bool:
         if self.scheme is not None and scheme != self.scheme:
             return False
         if self.rule.method is not None and (method or "").upper() != self.rule.method:
             return False
-        if self.path.match(path) is None:
+        regex = self.path_ci if fold and self.path_ci is not None else self.path
+        if regex.match(path) is None:
             return False
         for key, value in self.query:
             values = params.get(key)
@@ -50,13 +60,60 @@ class UrlPattern:
 
 @dataclass(frozen=True, slots=True)
 class ParsedUrl:
-    """A request URL in the form the matcher compares: lower-case host, percent-decoded path, query by key."""
+    """A request URL in the form the matcher compares: lower-case host, percent-decoded path, query by key.
+
+    ``path`` is the canonical reading (decoded, dot segments removed); ``paths`` every reading an origin may serve
+    (``request_paths``), ``path`` first.
+    """
 
     scheme: str
     host: str
     port: int | None
     path: str
     params: dict[str, list[str]]
+    paths: tuple[str, ...] = ()
+
+
+_SLASHES_RE = re.compile(r"/{2,}")
+_PARAMS_RE = re.compile(r";[^/]*")
+_MAX_PATH = 8192  # longer paths are judged on their first 8 KiB (servers refuse far less: nginx 8 KiB lines)
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4 on an absolute path, plus merged slashes; the result always starts with ``/``."""
+    out: list[str] = []
+    segments = _SLASHES_RE.sub("/", path).split("/")
+    for seg in segments[1:]:
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg != ".":
+            out.append(seg)
+    trailing = segments[-1] in (".", "..") and len(segments) > 1
+    result = "/" + "/".join(out)
+    if trailing and not result.endswith("/"):
+        result += "/"
+    return result
+
+
+def request_paths(raw_path: str) -> tuple[str, ...]:
+    """Every reading of a request path an origin may serve, the canonical one first (see the module docstring).
+
+    Percent-escapes are decoded once (``%252e`` stays ``%2e``: decoding twice is what IIS refuses by default).
+    """
+    decoded = unquote(raw_path[:_MAX_PATH] or "/", errors="replace")
+    if not decoded.startswith("/"):
+        decoded = "/" + decoded
+    slashed = decoded.replace("\\", "/")
+    canonical = remove_dot_segments(slashed)
+    readings = [canonical]
+    if decoded != canonical:
+        readings.append(decoded)
+    if ";" in slashed:
+        stripped = remove_dot_segments(_PARAMS_RE.sub("", slashed))
+        if stripped not in readings:
+            readings.append(stripped)
+    return tuple(readings)
 
 
 def parse_request_url(url: str) -> ParsedUrl:
@@ -77,11 +134,11 @@ def parse_request_url(url: str) -> ParsedUrl:
         port = parts.port
     except ValueError:
         raise ValueError(f"URL has an invalid port: {url!r}") from None
-    path = unquote(parts.path or "/", errors="replace")
+    paths = request_paths(parts.path)
     params: dict[str, list[str]] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         params.setdefault(key.lower(), []).append(value.lower())
-    return ParsedUrl(scheme, host, port, path, params)
+    return ParsedUrl(scheme, host, port, paths[0], params, paths)
 
 
 def _glob_to_regex(glob: str) -> re.Pattern[str]:
@@ -133,7 +190,8 @@ def compile_url_rule(rule: Rule) -> UrlPattern:
             query.append((unquote(key).lower(), unquote(value).lower()))
     path_re = _glob_to_regex(unquote(path_glob))
     spec = _literal_len(host_part) + _literal_len(path_glob) + _literal_len(query_text)
-    return UrlPattern(rule, host, path_re, tuple(query), scheme, spec, text)
+    path_ci = re.compile(path_re.pattern, re.IGNORECASE)
+    return UrlPattern(rule, host, path_re, tuple(query), scheme, spec, text, path_ci)
 
 
 def _compile_host(host_part: str) -> str:
@@ -220,10 +278,19 @@ class UrlIndex:
         return bool(self._suffix) and any(s in self._suffix for s in parents(host)[1:])
 
     def best(self, url: ParsedUrl, method: str | None) -> UrlPattern | None:
-        """The most specific matching pattern; at equal specificity an allow rule wins."""
+        """The most specific matching pattern for the canonical path; at equal specificity an allow rule wins."""
+        return self.best_for(url, url.path, method)
+
+    def readings(self, url: ParsedUrl, method: str | None) -> Iterator[UrlPattern | None]:
+        """``best_for`` each reading of the path (``ParsedUrl.paths``), case-sensitive then case-insensitive."""
+        for fold in (False, True):
+            for path in url.paths or (url.path,):
+                yield self.best_for(url, path, method, fold=fold)
+
+    def best_for(self, url: ParsedUrl, path: str, method: str | None, *, fold: bool = False) -> UrlPattern | None:
         best: UrlPattern | None = None
         for p in self.candidates(url.host):
-            if not p.matches(url.scheme, url.path, url.params, method):
+            if not p.matches(url.scheme, path, url.params, method, fold=fold):
                 continue
             if (
                 best is None
