@@ -195,21 +195,44 @@ async def _relay(name: str, stream: asyncio.StreamReader) -> None:
         out.flush()
 
 
+def reachable(address: str) -> str:
+    """HOST:PORT with a wildcard host (0.0.0.0, ::) replaced by an address clients can use: the host's address on its
+    default route, or a placeholder when it has none (a container without a network, a published port)."""
+    host, port = split_host_port(address)
+    if host not in ("0.0.0.0", "::", ""):
+        return address if ":" not in host else f"[{host}]:{port}"
+    family, probe = (socket.AF_INET6, "2001:db8::1") if host == "::" else (socket.AF_INET, "192.0.2.1")
+    try:
+        # connect() on UDP only picks the route's source address; nothing is sent.
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            found = str(s.getsockname()[0])
+    except OSError:
+        return f"<this host's address>:{port}"
+    return f"[{found}]:{port}" if ":" in found else f"{found}:{port}"
+
+
 def summary(info: dict[str, Any], token: str | None) -> str:
     lines = [f"enforcer serve: policy {info['blocklist']}, data in {info['data']}/"]
     if "dns" in info:
-        host, port = split_host_port(info["dns"])
+        host, port = split_host_port(reachable(info["dns"]))
+        wide = " on every address" if reachable(info["dns"]) != info["dns"] else ""
         lines.append(
-            f"  DNS resolver  {info['dns']} (UDP+TCP)  point clients here; try: dig @{host} -p {port} weixin.qq.com"
+            f"  DNS resolver  {info['dns']} (UDP+TCP{wide})  point clients here; "
+            f"try: dig @{host} -p {port} weixin.qq.com"
         )
     if "proxy" in info:
         lines.append(f"  HTTP(S) proxy {info['proxy']}  set as the devices' proxy")
         lines.append(f"                CA certificate to install on devices: {info['ca']}")
+    analyst = ""
     if "analyst" in info:
-        lines.append(f"  Analyst       {info['analyst']}  token: {token} (in {info['analyst_token_file']})")
-    metrics = [f"{k} http://{info[k + '_metrics']}/metrics" for k in ("dns", "proxy") if k + "_metrics" in info]
-    if "analyst" in info:
-        metrics.append(f"analyst {info['analyst']}metrics")
+        analyst = "http://" + reachable(info["analyst"].removeprefix("http://").rstrip("/")) + "/"
+        lines.append(f"  Analyst       {analyst}  token: {token} (in {info['analyst_token_file']})")
+    metrics = [
+        f"{k} http://{reachable(info[k + '_metrics'])}/metrics" for k in ("dns", "proxy") if k + "_metrics" in info
+    ]
+    if analyst:
+        metrics.append(f"analyst {analyst}metrics")
     if metrics:
         lines.append("  Metrics       " + ", ".join(metrics))
     lines.append(f"  Events        {info['events']}/")
