@@ -2,9 +2,11 @@
 
 - ``add_arguments(command, parser)``: the flags of either command.
 - ``run("report", args)``: stream the event files once and print the report (table, csv, json); exit 1 with one
-  line per problem for a bad blocklist, inventory, time bound or a missing events path.
+  line per problem for a bad blocklist, inventory, time bound, a missing events path, or an event file that is not
+  a regular file or is over ``--max-file-size``.
 - ``run("analyst", args)``: serve until SIGINT/SIGTERM (``web.start_analyst``); exit 1 for a non-loopback
   ``--listen`` without ``--token-file``, an unreadable or empty token file, a bad inventory or blocklist.
+  ``--allowed-host`` names join the Host header allow-list (``web.host_allowed``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="policy files or folders: their effective dates decide which attempts were enforced",
     )
+    parser.add_argument(
+        "--max-file-size",
+        default="4G",
+        metavar="SIZE",
+        help="largest event file read (bytes, or with K/M/G); a larger one is refused (report: exit 1; analyst: "
+        "skipped and counted). Only regular files are read, lines over 1 MiB are skipped (default: %(default)s)",
+    )
     if command == "report":
         parser.add_argument("--since", help="from this time (RFC 3339, YYYY-MM-DD, or back from now: 24h, 7d)")
         parser.add_argument("--until", help="before this time (same forms as --since)")
@@ -69,6 +78,15 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--poll-interval", type=float, default=0.5, metavar="SECONDS", help="between event file polls (0.5)"
         )
+        parser.add_argument(
+            "--allowed-host",
+            action=ReplaceAppend,
+            default=[],
+            metavar="NAME",
+            help="another name this analyst may be reached by (repeatable). Without a token, a request whose Host "
+            "header is not the listen address, localhost, 127.0.0.1, [::1] or one of these (with the port) is "
+            "refused (DNS rebinding); with a token, the check applies only when names are given",
+        )
 
 
 def _load_policy(paths: list[str]) -> Any:
@@ -87,30 +105,52 @@ def run(command: str, args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from .inventory import Inventory
-    from .report import FORMATTERS, build_report, effective_map, parse_time, stream_report
+    from .lines import EventFileError, parse_size
+    from .report import FORMATTERS, build_report, check_files, effective_map, event_files, parse_range, stream_report
 
     events = _flatten(args.events)
-    missing = [p for p in events if not Path(p).exists()]
+    missing = [p for p in events if not Path(p).exists() and not Path(p).is_symlink()]
     if missing:
         for p in missing:
             print(f"report: {p}: no such file or folder", file=sys.stderr)
         return 1
     try:
-        since, until = parse_time(args.since), parse_time(args.until)
+        since, until = parse_range(args.since, args.until)
+        max_bytes = parse_size(args.max_file_size)
     except ValueError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
+    # Every input is checked before anything is read: a FIFO, a device or a directory named like an event file, or
+    # a file over --max-file-size, is one line each and exit 1, never a hang or an unbounded read.
+    problems = check_files(event_files(events), max_bytes)
+    if problems:
+        for problem in problems:
+            print(f"report: {problem}", file=sys.stderr)
+        return 1
     inventory = Inventory.load(args.inventory)
     effective = effective_map(_load_policy(_flatten(args.blocklist)))
-    pairs, stats = stream_report(
-        events, effective=effective, since=since, until=until, apps=_flatten(args.app), workers=max(1, args.workers)
-    )
+    try:
+        pairs, stats = stream_report(
+            events,
+            effective=effective,
+            since=since,
+            until=until,
+            apps=_flatten(args.app),
+            workers=max(1, args.workers),
+            max_file_bytes=max_bytes,
+        )
+    except EventFileError as exc:  # replaced between the check and the read
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
     if stats.invalid:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(stats.skipped.items()))
         print(
-            f"report: skipped {stats.invalid} invalid line(s) (first at {stats.first_invalid}); "
+            f"report: skipped {stats.invalid} line(s) ({reasons}; first at {stats.first_invalid}); "
             f"{stats.recovered} event(s) recovered from torn lines",
             file=sys.stderr,
         )
+    if stats.duplicates:
+        print(f"report: {stats.duplicates} duplicate event(s) (same time and event.id) counted once", file=sys.stderr)
     report = build_report(pairs, inventory=inventory, since=since, until=until)
     sys.stdout.write(FORMATTERS[args.format](report))
     sys.stdout.flush()
@@ -129,6 +169,15 @@ def _read_token(path: str | None) -> str | None:
     return token
 
 
+def _size(value: str) -> int:
+    from .lines import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"analyst: --max-file-size: {exc}") from None
+
+
 def run_analyst(args: argparse.Namespace) -> int:
     import asyncio
     import signal
@@ -144,6 +193,8 @@ def run_analyst(args: argparse.Namespace) -> int:
         db=args.db,
         blocklist=_flatten(args.blocklist),
         poll_interval=float(args.poll_interval),
+        max_file_bytes=_size(args.max_file_size),
+        allowed_hosts=_flatten(args.allowed_host),
     )
     check_listen(settings)  # before anything is opened: the refusal is the whole output
 

@@ -14,16 +14,19 @@
   anything read twice anyway (copy-truncate rotation, a file listed twice) is stored once and counted as a duplicate.
 - Pipeline: JSON parsing of chunk N+1 runs in a parser process while chunk N is inserted; a parser process that
   dies is replaced on the next poll.
-- Lines: an incomplete last line of the live file is left for the next poll (the writer may be mid-write); in a
-  rotated file it is torn for good: skipped and counted. Invalid lines are skipped, counted by reason
-  (``invalid_json``, ``not_event``, ``torn``) and logged once per chunk with the file, byte offset and first one.
+- Lines: every line goes through ``lines.parse_event_line``, the rule ``enforcer report`` applies too, so both count
+  the same events. An incomplete last line of the live file is left for the next poll (the writer may be
+  mid-write); in a rotated file it is final and parsed as it is, as the report does. Skipped lines are counted by
+  reason (``invalid_json``, ``not_event``, ``oversize``, ``torn``) and logged once per chunk with the file, byte
+  offset and first one. A line over ``lines.MAX_LINE_BYTES`` is skipped without being held in memory.
+- Files: only regular files of at most ``max_file_bytes`` are opened (``lines.open_event_file``, non-blocking, so a
+  FIFO cannot hang the thread); any other (a FIFO, ``/dev/zero``, a directory named like an event file, a file too
+  large) is skipped, counted once in ``files_skipped`` by reason and logged once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -34,7 +37,14 @@ from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExec
 from pathlib import Path
 from typing import Any
 
-from .records import parse_line, record_from_doc, recover, ts_to_us
+from .lines import (
+    DEFAULT_MAX_FILE_BYTES,
+    MAX_LINE_BYTES,
+    EventFileError,
+    open_event_file,
+    parse_event_line,
+    skip_line,
+)
 from .report import event_files
 from .store import Row, Store
 
@@ -43,45 +53,29 @@ log = logging.getLogger("enforcer.analyst.ingest")
 HEAD_BYTES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
 _ROTATED = re.compile(r"\.\d+$")
-_HEX = re.compile(r"[0-9a-f]{32}")
 Parsed = tuple[list[Row], dict[str, int], int, str | None]
-
-
-def _sha1(line: bytes) -> str:
-    return hashlib.sha1(line).hexdigest()
-
-
-def _nest(doc: dict[str, Any]) -> dict[str, Any]:
-    """Flat dotted keys ("event.action": ...) -> nested ECS objects, so the API always returns one shape."""
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        if "." in key and key != "@timestamp":
-            parts = key.split(".")
-            cur = out
-            for p in parts[:-1]:
-                nxt = cur.get(p)
-                if not isinstance(nxt, dict):
-                    nxt = cur[p] = {}
-                cur = nxt
-            cur.setdefault(parts[-1], value)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**value, **out[key]}
-        else:
-            out[key] = value
-    return out
 
 
 class Ingester:
     def __init__(
-        self, store: Store, sources: Iterable[str | Path], *, interval: float = 0.5, parser_process: bool = True
+        self,
+        store: Store,
+        sources: Iterable[str | Path],
+        *,
+        interval: float = 0.5,
+        parser_process: bool = True,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self.store = store
         self.sources = [Path(s) for s in sources]
         self.interval = interval
+        self.max_file_bytes = max_file_bytes
         self.ingested = 0
         self.duplicates = 0
         self.lines = 0
         self.errors: dict[str, int] = {}
+        self.files_skipped: dict[str, int] = {}
+        self._refused: set[tuple[str, str]] = set()  # (path, reason) already counted and logged
         self.polls = 0
         self._conn: Any = None
         self._states: dict[tuple[int, int], tuple[bytes, int, str]] | None = None
@@ -158,10 +152,26 @@ class Ingester:
             self.polls += 1
             return stored
 
+    def _refuse(self, path: Path, exc: EventFileError) -> None:
+        if exc.reason == "unreadable" and not os.path.lexists(path):
+            return  # renamed or deleted since the listing (rotation): read under its new name, or gone
+        if (str(path), exc.reason) in self._refused:
+            return
+        self._refused.add((str(path), exc.reason))
+        self.files_skipped[exc.reason] = self.files_skipped.get(exc.reason, 0) + 1
+        log.warning("skipping event file %s", exc)
+
     def _read_file(self, path: Path, present: set[tuple[int, int]]) -> int:
         assert self._states is not None
+        try:
+            fh = open_event_file(path, self.max_file_bytes)
+        except EventFileError as exc:
+            self._refuse(path, exc)
+            return 0
+        for key in [k for k in self._refused if k[0] == str(path)]:
+            self._refused.discard(key)  # fine again: a later refusal is news
         stored = 0
-        with open(path, "rb") as fh:
+        with fh:
             st = os.fstat(fh.fileno())
             ident = (st.st_dev, st.st_ino)
             present.add(ident)
@@ -180,7 +190,7 @@ class Ingester:
                 return 0
             rotated = bool(_ROTATED.search(path.name))
             fh.seek(offset)
-            # Parse chunk N+1 in the parser thread while chunk N is inserted here: sqlite3 releases the GIL while it
+            # Parse chunk N+1 in the parser process while chunk N is inserted here: sqlite3 releases the GIL while it
             # updates the B-trees, so the two overlap on two cores.
             pending: tuple[Future[Parsed], int] | None = None
             read_to = offset
@@ -190,17 +200,26 @@ class Ingester:
                     break
                 eof = len(chunk) < CHUNK_BYTES
                 end = chunk.rfind(b"\n")
-                if end < 0 and eof and not rotated:
-                    break  # the live file's last line is still being written: wait for its newline
-                if end < 0 or (eof and rotated and end + 1 < len(chunk)):
-                    # A rotated file is never appended to again, so its partial last line is torn for good (as is a
-                    # single "line" longer than a chunk).
-                    body, torn = chunk, True
+                future: Future[Parsed]
+                if end < 0 and len(chunk) > MAX_LINE_BYTES:
+                    # One line over the limit: skip it whole without holding it, and count it once, when its end
+                    # is known (the live file's may still be growing: look again on the next poll).
+                    nxt = skip_line(fh, read_to + len(chunk))
+                    if nxt is None and not rotated:
+                        break
+                    new_to = nxt if nxt is not None else fh.tell()
+                    future = Future()
+                    future.set_result(([], {"oversize": 1}, 1, f"{path}: oversize line after byte {read_to}"))
+                    read_to = new_to
+                    fh.seek(read_to)
                 else:
-                    body, torn = chunk[: end + 1], False
-                fh.seek(read_to + len(body))
-                future = self._parser.submit(parse_chunk, body, str(path), read_to, torn)
-                read_to += len(body)
+                    if end < 0 and not rotated:
+                        break  # the live file's last line is still being written: wait for its newline
+                    # A rotated file is never appended to again: its unterminated last line is final, parsed as is.
+                    body = chunk if (end < 0 or (eof and rotated)) else chunk[: end + 1]
+                    fh.seek(read_to + len(body))
+                    future = self._parser.submit(parse_chunk, body, str(path), read_to)
+                    read_to += len(body)
                 if pending is not None:
                     stored += self._commit(ident, head, path, *pending)
                 pending = (future, read_to)
@@ -237,70 +256,38 @@ class Ingester:
         conn.execute("COMMIT")
 
 
-def parse_chunk(body: bytes, path: str, offset: int, torn_tail: bool) -> Parsed:
-    """Whole lines -> (rows to insert, error counts by reason, lines seen, first problem for the log).
+def parse_chunk(body: bytes, path: str, offset: int) -> Parsed:
+    """Lines -> (rows to insert, skipped lines by reason, lines seen, first problem for the log).
 
-    A plain function of its arguments so that it can run in the parser process. The writer's lines are parsed and
-    stored as the bytes read (``json.loads`` takes UTF-8 bytes): no decode here, and the rows go back to the writer
-    process as bytes, which pickle at memcpy speed. Anything else takes the text path (replacement characters for
-    invalid UTF-8, torn-line recovery, flat dotted keys re-nested).
+    A plain function of its arguments so that it can run in the parser process. Every line goes through
+    ``lines.parse_event_line`` (the rule ``enforcer report`` applies too); the writer's lines are stored as the bytes
+    read, and the rows go back to the writer process as bytes, which pickle at memcpy speed.
     """
     rows: list[Row] = []
     errors: dict[str, int] = {}
     seen = 0
     strings: dict[str, str] = {}
     same = strings.setdefault
-    lines = body.split(b"\n")
-    last = len(lines) - 1
     first_bad: str | None = None
+    lines = body.split(b"\n")
+    last = len(lines) - 1 if lines[-1] else -1  # a rotated file's unterminated last line
     for i, raw in enumerate(lines):
-        if raw[:1] != b"{" or raw[-1:] != b"}":
-            raw = raw.strip()
-            if not raw:
-                continue
+        parsed, reason = parse_event_line(raw, i == last)
+        if parsed is None and reason is None:
+            continue  # blank
         seen += 1
-        if torn_tail and i == last:
-            errors["torn"] = errors.get("torn", 0) + 1
-            first_bad = first_bad or f"{path}: torn last line after byte {offset}"
+        if reason is not None:
+            errors[reason] = errors.get(reason, 0) + 1
+            first_bad = first_bad or f"{path}: {reason} line after byte {offset}: {raw[:80]!r}"
+        if parsed is None:
             continue
-        doc: Any = None
-        with contextlib.suppress(ValueError):  # UnicodeDecodeError is a ValueError too
-            doc = json.loads(raw)
-        rec = record_from_doc(doc) if type(doc) is dict else None
-        stored: bytes = raw
-        if rec is None or ("event" not in doc and any("." in k for k in doc if k != "@timestamp")):
-            line = raw.decode("utf-8", "replace")
-            parsed = parse_line(line)
-            if parsed is None:
-                tail = recover(line)
-                parsed = parse_line(tail) if tail else None
-                reason = "torn" if parsed is not None else ("invalid_json" if not _is_json(line) else "not_event")
-                errors[reason] = errors.get(reason, 0) + 1
-                first_bad = first_bad or f"{path}: {reason} line after byte {offset}: {line[:80]!r}"
-                if parsed is None:
-                    continue
-                line = tail or line
-            rec, doc = parsed
-            if "event" not in doc and any("." in k for k in doc if k != "@timestamp"):
-                line = json.dumps(_nest(doc), separators=(",", ":"), ensure_ascii=False)
-            stored = line.encode("utf-8")
-        try:
-            ts_us = ts_to_us(rec.ts)
-        except ValueError:
-            errors["not_event"] = errors.get("not_event", 0) + 1
-            first_bad = first_bad or f"{path}: invalid @timestamp after byte {offset}: {rec.ts[:40]!r}"
-            continue
-        eid = rec.id
-        # 16-byte blobs for the writer's uuid4 hex ids: half the UNIQUE index of the hex text, faster inserts.
-        key: str | bytes = (
-            bytes.fromhex(eid) if len(eid) == 32 and _HEX.fullmatch(eid) else (eid or "sha1:" + _sha1(stored))
-        )
+        rec = parsed.record
         # The same few strings repeat on every row: one object each, so that pickling the rows back to the writer
         # stores a memo reference instead of the string again.
         rows.append(
             (
-                key,
-                ts_us,
+                parsed.key,
+                parsed.ts_us,
                 same(rec.app, rec.app),
                 same(rec.client, rec.client),
                 same(rec.category, rec.category),
@@ -309,15 +296,7 @@ def parse_chunk(body: bytes, path: str, offset: int, torn_tail: bool) -> Parsed:
                 same(rec.rule, rec.rule),
                 1 if rec.denied else 0,
                 same(rec.name, rec.name),
-                stored,
+                parsed.doc,
             )
         )
     return rows, errors, seen, first_bad
-
-
-def _is_json(line: str) -> bool:
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True

@@ -7,7 +7,8 @@
   from lines shaped like ``EventWriter`` output; any other line falls back to ``parse_line``. Substring search costs
   about half of ``json.loads`` plus field access per line (``report.scan_range`` inlines the same test on bytes).
 - ``canonical_ts`` / ``ts_to_us`` / ``us_to_ts``: timestamps as RFC 3339 UTC strings with microseconds and ``Z``
-  (``2023-10-30T04:00:00.000000Z``), which sort like the instants they name, and as integer microseconds (SQLite).
+  (``2023-10-30T04:00:00.000000Z``), which sort like the instants they name, and as integer microseconds (SQLite);
+  only ``MIN_TS``..``MAX_TS`` (1970 to 9999) is accepted, anything else is a ValueError.
 - ``recover(line)``: a torn line (a crash mid-write followed by a fresh append) often ends with one whole event; it
   is returned so that only the torn half is lost.
 """
@@ -15,12 +16,20 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+# Every time the analyst accepts (event times, --since/--until, cursors) lies in this range: nothing in an event file
+# predates the Unix epoch, and year 9999 is the last that datetime (and a 4-digit sortable string) can hold.
+MIN_YEAR = 1970
+MIN_TS = "1970-01-01T00:00:00.000000Z"
+MAX_TS = "9999-12-31T23:59:59.999999Z"
+MAX_US = 253402300799999999  # MAX_TS in microseconds since the epoch
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _HEAD = '{"@timestamp":"'
 
 
@@ -38,23 +47,41 @@ class Record:
     name: str  # the name/URL host/SNI/destination that was asked for, for display and search
 
 
+def is_canonical(value: str) -> bool:
+    """The writer's own format, inside the accepted range (the common case: no datetime parse needed)."""
+    return len(value) == 27 and value >= MIN_TS and _CANONICAL.fullmatch(value) is not None
+
+
 def canonical_ts(value: str) -> str:
-    """Any ISO 8601 / RFC 3339 instant -> ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; ValueError when it is not one.
+    """Any ISO 8601 / RFC 3339 instant -> ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; ValueError when it is not one or lies
+    outside ``MIN_TS``..``MAX_TS``.
 
     A value without an offset is taken as UTC (the writer always writes UTC).
     """
-    if len(value) == 27 and value[26] == "Z" and value[10] == "T" and value[19] == ".":
-        return value  # already canonical: the writer's own format, the common case
-    dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if is_canonical(value):
+        return value
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt_to_ts(dt)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise ValueError(f"time out of range: {value[:40]!r}") from None
 
 
 def dt_to_ts(dt: datetime) -> str:
+    """Aware (or naive UTC) datetime -> canonical timestamp; ValueError outside ``MIN_TS``..``MAX_TS``.
+
+    Formatted by hand: ``strftime("%Y")`` writes year 1 as ``1``, not ``0001``, which would neither sort nor parse.
+    """
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    dt = dt.astimezone(UTC)
+    if dt.year < MIN_YEAR:
+        raise ValueError(f"time {dt.date().isoformat()} is before {MIN_TS[:10]}")
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond:06d}Z"
+    )
 
 
 def ts_to_us(ts: str) -> int:
@@ -63,7 +90,7 @@ def ts_to_us(ts: str) -> int:
 
 
 def us_to_ts(us: int) -> str:
-    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt_to_ts(EPOCH + timedelta(microseconds=us))
 
 
 def _get(doc: dict[str, Any], *path: str) -> Any:
@@ -135,8 +162,7 @@ def _record_nested(doc: dict[str, Any], ev: dict[str, Any], rule: dict[str, Any]
     eid, component = ev.get("id", ""), obs.get("type")
     if not (
         type(ts) is str
-        and len(ts) == 27
-        and ts[26] == "Z"
+        and is_canonical(ts)
         and type(app) is str
         and app
         and type(rule_id) is str

@@ -2,45 +2,53 @@
 
 - ``effective_map(policy)``: app -> canonical effective timestamp; an attempt is *enforced* when it is a denied event
   (``event.type`` ``["denied"]``) at or after its app's effective date (an app missing from the policy: any denied).
-- ``parse_time(value)``: ``--since``/``--until`` values: RFC 3339, a date (midnight UTC), or a duration back from
-  now (``90m``, ``24h``, ``7d``, ``2w``).
+- ``parse_time(value)`` / ``parse_range(since, until)``: THE parser of time bounds, for ``--since``/``--until`` and
+  the API's ``since``/``until``: RFC 3339, a date (midnight UTC), or a duration back from now (``90m``, ``24h``,
+  ``7d``, ``2w``); ValueError with one line for anything else, outside 1970..9999, or ``until`` before ``since``.
 - ``event_files(paths)``: files and folders -> the files to read (a folder: its ``*.jsonl`` plus rotated
   ``*.jsonl.N``; a file: itself plus its rotated siblings ``FILE.N``), oldest first, each file once (by inode).
-- ``Pairs`` / ``add_event``: the only state, one entry per (client, app): attempts, enforced, first, last.
-- ``stream_report(paths, ...)``: one pass over the files, memory ~ number of (client, app) pairs, never ~ events;
-  ``scan_range`` is the per-line loop (bytes, writer-shaped lines without a JSON parse), run in worker processes
-  over byte ranges of big inputs (``workers``), merged exactly with ``merge_pairs``.
+  Entries named like event files that are not regular files are listed too, so that the caller refuses them
+  (``check_files``) instead of silently skipping them.
+- ``Pairs`` / ``add_event``: one entry per (client, app): attempts, enforced, first, last.
+- ``stream_report(paths, ...)``: one pass over the files; ``scan_range`` is the per-line loop (``lines.line_blocks``
+  and ``lines.parse_event_line``, the same reader and rule as the analyst's ingest), run in worker processes over
+  byte ranges of big inputs (``workers``), merged exactly with ``merge_pairs``.
 - ``build_report(pairs, ...)``: the CONTRACT JSON document (``apps`` and ``clients``); the store builds the same
   ``Pairs`` with SQL, so ``/api/report`` and ``enforcer report`` share this function.
-- ``to_csv`` / ``to_table`` / ``to_json``: the output formats.
+- ``to_csv`` / ``to_table`` / ``to_json``: the output formats; ``csv_cell`` neutralises spreadsheet formulas.
 
-Duplicates: the report counts event *lines*; it does not dedupe by ``event.id`` because that needs memory ~ events
-(10M ids is ~1 GB in Python). A line is only ever written once by ``EventWriter`` (rotation renames, it never
-copies), and a file named twice (directly and through its folder) is read once, so lines == events in practice;
-the SQLite store, which has an index anyway, dedupes by ``event.id``.
+Duplicates: an event is counted once per (time, ``event.id``), as the store's UNIQUE index does (the first line read
+wins). The report keeps a 64-bit fingerprint per event in the selected time range (``lines.fingerprint``, about 70
+bytes an event in memory); workers return theirs sorted, and a duplicate that spans two workers' ranges makes the
+report take one sequential pass instead, so the first occurrence in file order wins there too.
 """
 
 from __future__ import annotations
 
 import csv
+import heapq
 import io
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+import unicodedata
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .inventory import Inventory
-from .records import canonical_ts, dt_to_ts, fast_fields, recover
+from .lines import DEFAULT_MAX_FILE_BYTES, EventFileError, fingerprint, line_blocks, open_event_file, parse_event_line
+from .records import MIN_TS, canonical_ts, dt_to_ts
 
 # (client, app) -> [attempts, enforced_attempts, first_seen, last_seen]
 Pairs = dict[tuple[str, str], list[Any]]
 
 CLIENT_FIELDS = ("client", "device", "app", "attempts", "enforced_attempts", "first_seen", "last_seen")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_DURATION = re.compile(r"^(\d{1,15}(?:\.\d{1,6})?)\s*([smhdw])$", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _ROTATED = re.compile(r"^(.*)\.(\d+)$")
 
@@ -52,21 +60,47 @@ def effective_map(policy: Any) -> dict[str, str]:
     return {app: dt_to_ts(ap.effective) for app, ap in policy.apps.items()}
 
 
+_FORMS = "RFC 3339, YYYY-MM-DD, or a duration like 24h / 7d"
+
+
 def parse_time(value: str | None, now: datetime | None = None) -> str | None:
-    """A time bound -> canonical timestamp (None for empty). Raises ValueError with the reason."""
+    """A time bound -> canonical timestamp (None for empty). Raises ValueError with one line: not a time, or outside
+    1970-01-01..9999-12-31 (``0001-01-01``, ``99999999999d``)."""
     if value is None or not str(value).strip():
         return None
     v = str(value).strip()
+    shown = v if len(v) <= 40 else v[:40] + "..."
     m = _DURATION.match(v.lower())
     if m:
         now = now or datetime.now(UTC)
-        return dt_to_ts(now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]))
+        try:
+            return dt_to_ts(now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]))
+        except (ValueError, OverflowError):
+            raise ValueError(f"duration {shown!r} reaches before {MIN_TS[:10]}") from None
+    if len(v) > 64 or not v.isascii():
+        raise ValueError(f"invalid time {shown!r} ({_FORMS})")
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
             v += "T00:00:00+00:00"
         return canonical_ts(v)
-    except ValueError:
-        raise ValueError(f"invalid time {value!r} (RFC 3339, YYYY-MM-DD, or a duration like 24h / 7d)") from None
+    except ValueError as exc:
+        detail = str(exc) if str(exc).startswith("time ") else _FORMS
+        raise ValueError(f"invalid time {shown!r} ({detail})") from None
+
+
+def parse_range(since: str | None, until: str | None, now: datetime | None = None) -> tuple[str | None, str | None]:
+    """``--since``/``--until`` (and the API's) -> canonical bounds; ValueError (one line, naming the parameter)."""
+    now = now or datetime.now(UTC)
+    bounds: list[str | None] = []
+    for name, value in (("since", since), ("until", until)):
+        try:
+            bounds.append(parse_time(value, now))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    lo, hi = bounds
+    if lo is not None and hi is not None and hi < lo:
+        raise ValueError(f"until ({hi}) is before since ({lo})")
+    return lo, hi
 
 
 def _rotation_key(path: Path) -> tuple[str, int]:
@@ -88,9 +122,21 @@ def rotated_siblings(path: Path) -> list[Path]:
     for name in names:
         if name.startswith(prefix) and name[len(prefix) :].isdigit():
             out.append(parent / name)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         out.append(path)
     return sorted(out, key=_rotation_key)
+
+
+def check_files(files: Iterable[Path], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[EventFileError]:
+    """Every file that ``open_event_file`` refuses (not a regular file, too large, unreadable), for the caller to
+    report; the files are opened the same way again when they are read."""
+    problems: list[EventFileError] = []
+    for f in files:
+        try:
+            open_event_file(f, max_bytes).close()
+        except EventFileError as exc:
+            problems.append(exc)
+    return problems
 
 
 def event_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -100,9 +146,7 @@ def event_files(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            bases = sorted(
-                q for q in p.iterdir() if q.is_file() and (q.suffix == ".jsonl" or _is_rotated_jsonl(q.name))
-            )
+            bases = sorted(q for q in p.iterdir() if q.suffix == ".jsonl" or _is_rotated_jsonl(q.name))
             candidates = sorted(bases, key=_rotation_key)
         else:
             candidates = rotated_siblings(p)
@@ -110,6 +154,9 @@ def event_files(paths: Iterable[str | Path]) -> list[Path]:
             try:
                 st = q.stat()
             except OSError:
+                # A dangling symlink named like an event file: listed, so that opening it says why.
+                if q.is_symlink():
+                    out.append(q)
                 continue
             ident = (st.st_dev, st.st_ino)
             if ident not in seen:
@@ -127,16 +174,26 @@ def _is_rotated_jsonl(name: str) -> bool:
 class ReportStats:
     lines: int = 0
     events: int = 0
-    invalid: int = 0
-    recovered: int = 0
+    invalid: int = 0  # skipped lines, all reasons (``skipped`` by reason)
+    recovered: int = 0  # events recovered from the tail of a torn line (counted, and their line in ``invalid``)
+    duplicates: int = 0  # events read again (same time and event.id), counted once
+    skipped: dict[str, int] = field(default_factory=dict)
     first_invalid: str | None = None
     missing: list[str] = field(default_factory=list)
+    keys: array = field(default_factory=lambda: array("Q"))  # sorted fingerprints of the range's events (workers)
+
+    def skip(self, reason: str) -> None:
+        self.invalid += 1
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def merge(self, other: ReportStats) -> None:
         self.lines += other.lines
         self.events += other.events
         self.invalid += other.invalid
         self.recovered += other.recovered
+        self.duplicates += other.duplicates
+        for reason, n in other.skipped.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
         self.first_invalid = self.first_invalid or other.first_invalid
 
 
@@ -167,62 +224,8 @@ def merge_pairs(into: Pairs, other: Pairs) -> None:
             entry[3] = max(entry[3], last)
 
 
-# Byte markers of the writer's own line shape (see records.fast_fields for why substring search is sound).
-_B_HEAD = b'{"@timestamp":"'
-_B_RULESET = b'"ruleset":"'
-_B_SOURCE_IP = b'"source":{"ip":"'
-_B_SOURCE = b'"source":'
-_B_DENIED = b'"type":["denied"]'
-_B_ALLOWED = b'"type":["allowed"]'
-_READ = 1024 * 1024
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than starting workers
 RANGE_BYTES = 64 * 1024 * 1024
-
-
-def _slow_fields(line: bytes) -> tuple[bytes, bytes, bytes, bool] | None:
-    """Any other line: full JSON parse (and recovery of a torn line's whole tail); values as bytes."""
-    f = fast_fields(line.decode("utf-8", "replace"))
-    if f is None:
-        return None
-    return f[0].encode(), f[1].encode(), f[2].encode(), f[3]
-
-
-def _range_chunks(path: str, start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, whole lines) of the lines that start in ``[start, end)``; the last piece may lack a newline."""
-    with open(path, "rb") as fh:
-        pos = start
-        if start > 0:
-            fh.seek(start - 1)
-            if fh.read(1) != b"\n":
-                pos += len(fh.readline())  # the line in progress belongs to the previous range
-        fh.seek(pos)
-        rest = b""
-        while True:
-            data = fh.read(_READ)
-            if not data:
-                if rest:
-                    yield pos, rest
-                return
-            data = rest + data
-            if end is not None and pos + len(data) >= end:
-                # The line holding byte end-1 starts in this range: take it whole, then stop.
-                cut = data.find(b"\n", max(0, end - pos - 1))
-                while cut < 0:
-                    more = fh.read(_READ)
-                    if not more:
-                        break
-                    data += more
-                    cut = data.find(b"\n", max(0, end - pos - 1))
-                if end > pos:
-                    yield pos, data[: cut + 1] if cut >= 0 else data
-                return
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
-                continue
-            yield pos, data[: cut + 1]
-            rest = data[cut + 1 :]
-            pos += cut + 1
 
 
 def scan_range(
@@ -233,94 +236,68 @@ def scan_range(
     since: str | None,
     until: str | None,
     apps: tuple[str, ...],
+    seen: set[int] | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> tuple[Pairs, ReportStats]:
-    """Aggregate the lines that *start* in ``[start, end)`` of one file (``end`` None: to EOF).
+    """Aggregate the events on the lines that *start* in ``[start, end)`` of one file (``end`` None: to EOF).
 
-    Works on bytes (no UTF-8 decode for the writer's lines) and decodes only the (client, app) keys at the end. A
-    plain function of its arguments so that workers can run it. ``first_invalid`` is ``FILE:LINE`` for a range that
-    starts at 0, else ``FILE:+LINE@BYTE`` (line counted from the range start).
+    A plain function of its arguments so that workers can run it. ``seen``: the fingerprints of events already
+    counted (shared across the files of a sequential pass); without it the range dedupes on its own and returns its
+    fingerprints sorted in ``stats.keys``. ``first_invalid`` is ``FILE:LINE`` for a range that starts at 0, else
+    ``FILE:+LINE@BYTE`` (line counted from the range start). Raises ``EventFileError`` for a file that is not
+    (any longer) a regular file of at most ``max_file_bytes``.
     """
-    eff = {k.encode(): v.encode() for k, v in effective.items()}
-    eff_get = eff.get
-    since_b = since.encode() if since else None
-    until_b = until.encode() if until else None
-    app_filter = {a.encode() for a in apps}
-    pairs: dict[tuple[bytes, bytes], list[Any]] = {}
-    pairs_get = pairs.get
+    own = seen is None
+    seen_set: set[int] = set() if seen is None else seen
+    app_filter = set(apps)
+    pairs: Pairs = {}
     stats = ReportStats()
-    events = 0
-    lines_before = 0
-    for _, data in _range_chunks(path, start, end):
-        lines = data.split(b"\n")
-        if lines and not lines[-1]:
-            lines.pop()
-        stats.lines += len(lines)
-        for i, line in enumerate(lines):
-            # Fast path, inlined: this loop runs once per event (see records.fast_fields for why it is sound).
-            f: tuple[bytes, bytes, bytes, bool] | None = None
-            if (
-                line[:15] == _B_HEAD
-                and line[-1:] == b"}"
-                and line.count(b"{") == line.count(b"}")
-                and line.find(_B_HEAD, 1) < 0
-                and line[42:43] == b'"'
-            ):
-                j = line.find(_B_RULESET)
-                if j >= 0:
-                    j += 11
-                    app = line[j : line.find(b'"', j)]
-                    denied = True if _B_DENIED in line else (False if _B_ALLOWED in line else None)
-                    j = line.find(_B_SOURCE_IP)
-                    if j >= 0:
-                        j += 16
-                        client = line[j : line.find(b'"', j)]
-                    elif _B_SOURCE in line:
-                        denied = None  # source present but not in writer order: parse fully
-                    else:
-                        client = b""
-                    if denied is not None and app and b"\\" not in app and b"\\" not in client:
-                        f = (line[15:42], app, client, denied)
-            if f is None:
-                line = line.strip()
-                if not line:
-                    stats.lines -= 1  # blank lines are not lines of the log
+    n = 0
+
+    def bad(reason: str) -> None:
+        stats.skip(reason)
+        if stats.first_invalid is None:
+            stats.first_invalid = f"{path}:{n}" if start == 0 else f"{path}:+{n}@{start}"
+
+    with open_event_file(path, max_file_bytes) as fh:
+        for block in line_blocks(fh, start, end):
+            if block is None:
+                n += 1
+                stats.lines += 1
+                bad("oversize")
+                continue
+            lines = block.split(b"\n")
+            if not lines[-1]:
+                lines.pop()
+            last = -1 if block.endswith(b"\n") else len(lines) - 1  # the file's unterminated last line
+            for i, raw in enumerate(lines):
+                n += 1
+                parsed, reason = parse_event_line(raw, i == last)
+                if parsed is None:
+                    if reason is not None:
+                        stats.lines += 1
+                        bad(reason)
                     continue
-                f = _slow_fields(line)
-                if f is None:
-                    stats.invalid += 1
-                    if stats.first_invalid is None:
-                        n = lines_before + i + 1
-                        stats.first_invalid = f"{path}:{n}" if start == 0 else f"{path}:+{n}@{start}"
-                    tail = recover(line.decode("utf-8", "replace"))
-                    f = _slow_fields(tail.encode()) if tail else None
-                    if f is None:
-                        continue
+                stats.lines += 1
+                if reason is not None:  # torn: the line is skipped, the event found at its end counts
+                    bad(reason)
                     stats.recovered += 1
-            ts, app, client, denied = f
-            if (since_b is not None and ts < since_b) or (until_b is not None and ts >= until_b):
-                continue
-            if app_filter and app not in app_filter:
-                continue
-            events += 1
-            enforced = denied and ts >= eff_get(app, b"")
-            entry = pairs_get((client, app))
-            if entry is None:
-                pairs[(client, app)] = [1, 1 if enforced else 0, ts, ts]
-                continue
-            entry[0] += 1
-            if enforced:
-                entry[1] += 1
-            if ts < entry[2]:
-                entry[2] = ts
-            elif ts > entry[3]:
-                entry[3] = ts
-        lines_before += len(lines)
-    stats.events = events
-    out: Pairs = {
-        (c.decode("utf-8", "replace"), a.decode("utf-8", "replace")): [n, e, first.decode(), last.decode()]
-        for (c, a), (n, e, first, last) in pairs.items()
-    }
-    return out, stats
+                rec = parsed.record
+                ts = rec.ts
+                if (since is not None and ts < since) or (until is not None and ts >= until):
+                    continue
+                fp = fingerprint(parsed.ts_us, parsed.key)
+                if fp in seen_set:
+                    stats.duplicates += 1
+                    continue
+                seen_set.add(fp)
+                if app_filter and rec.app not in app_filter:
+                    continue
+                stats.events += 1
+                add_event(pairs, ts, rec.app, rec.client, rec.denied, effective)
+    if own:
+        stats.keys = array("Q", sorted(seen_set))
+    return pairs, stats
 
 
 def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | None]]:
@@ -336,6 +313,12 @@ def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | Non
     return out
 
 
+def _overlap(parts: list[array]) -> bool:
+    """Whether two sorted fingerprint arrays share a value (an event seen by two workers)."""
+    merged = heapq.merge(*parts)
+    return any(a == b for a, b in itertools.pairwise(merged))
+
+
 def stream_report(
     paths: Iterable[str | Path],
     *,
@@ -344,36 +327,52 @@ def stream_report(
     until: str | None = None,
     apps: Iterable[str] = (),
     workers: int = 1,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> tuple[Pairs, ReportStats]:
     """One streaming pass over the event files. ``since`` inclusive, ``until`` exclusive (canonical timestamps).
 
-    Memory ~ (client, app) pairs per worker. With ``workers`` > 1 and more than ``PARALLEL_MIN_BYTES`` of input,
-    the files are cut into byte ranges (at line starts) that worker processes aggregate; the partial results merge
-    exactly (sums, min, max), so the figures do not depend on the number of workers.
+    Memory ~ (client, app) pairs plus one fingerprint per selected event. With ``workers`` > 1 and more than
+    ``PARALLEL_MIN_BYTES`` of input, the files are cut into byte ranges (at line starts) that worker processes
+    aggregate; the partial results merge exactly (sums, min, max), so the figures do not depend on the number of
+    workers. Raises ``EventFileError`` for a file that is not a regular file of at most ``max_file_bytes``.
     """
     paths = list(paths)
     stats = ReportStats(missing=[str(p) for p in paths if not Path(p).exists()])
     files = event_files(paths)
+    problems = check_files(files, max_file_bytes)
+    if problems:
+        raise problems[0]
     total = sum(f.stat().st_size for f in files)
     parallel = workers > 1 and total > PARALLEL_MIN_BYTES
     tasks = _ranges(files, parallel)
-    pairs: Pairs = {}
     app_list = tuple(apps)
     if parallel and len(tasks) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        pairs: Pairs = {}
+        part_stats: list[ReportStats] = []
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(scan_range, p, s0, e0, effective, since, until, app_list) for p, s0, e0 in tasks]
+            futures = [
+                pool.submit(scan_range, p, s0, e0, effective, since, until, app_list, None, max_file_bytes)
+                for p, s0, e0 in tasks
+            ]
             for fut in futures:
-                part, part_stats = fut.result()
+                part, st = fut.result()
                 merge_pairs(pairs, part)
-                stats.merge(part_stats)
-    else:
-        for p, s0, e0 in tasks:
-            part, part_stats = scan_range(p, s0, e0, effective, since, until, app_list)
-            merge_pairs(pairs, part)
-            stats.merge(part_stats)
+                part_stats.append(st)
+        if not _overlap([st.keys for st in part_stats]):
+            for st in part_stats:
+                st.keys = array("Q")
+                stats.merge(st)
+            return pairs, stats
+        # The same event in two ranges: only one pass in file order says which occurrence counts.
+    pairs = {}
+    seen: set[int] = set()
+    for p, s0, e0 in _ranges(files, False):
+        part, st = scan_range(p, s0, e0, effective, since, until, app_list, seen, max_file_bytes)
+        merge_pairs(pairs, part)
+        stats.merge(st)
     return pairs, stats
 
 
@@ -422,11 +421,25 @@ def build_report(
     }
 
 
-def _csv_cell(value: Any) -> Any:
-    # A cell starting with = + - @ is a formula in spreadsheets (CSV injection); quote it as text.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+_FORMULA = frozenset("=+-@")
+_CONTROL_START = ("\t", "\r", "\n")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell, with spreadsheet formulas neutralised (OWASP CSV injection): a text that starts with a tab, CR
+    or LF, or whose first non-blank character is ``= + - @`` or a compatibility form of one (full-width ``＝ ＋ － ＠``,
+    small ``﹦ ﹢ ﹣ ﹫``: NFKC maps them to ASCII, and spreadsheets do the same), gets a leading ``'``, which
+    spreadsheets read as "text" and which a reader strips to get the value back."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value:
+        return value
+    if value.startswith(_CONTROL_START):
         return "'" + value
-    return "" if value is None else value
+    head = value.lstrip()
+    if head and (head[0] in _FORMULA or unicodedata.normalize("NFKC", head[0])[:1] in _FORMULA):
+        return "'" + value
+    return value
 
 
 def to_csv(report: dict[str, Any]) -> str:
@@ -434,7 +447,7 @@ def to_csv(report: dict[str, Any]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CLIENT_FIELDS)
     for row in report["clients"]:
-        w.writerow([_csv_cell(row[k]) for k in CLIENT_FIELDS])
+        w.writerow([csv_cell(row[k]) for k in CLIENT_FIELDS])
     return buf.getvalue()
 
 

@@ -16,6 +16,13 @@
   ``hmac.compare_digest``) and answer 401 otherwise. ``/`` without the header still returns the page *shell* (with
   status 401): it holds no data, only a login form; the script keeps the token in ``sessionStorage`` (gone when the
   tab closes) and sends it as a Bearer header on every API call. No cookie, hence no CSRF surface.
+- Host check (DNS rebinding): without a token, and with a token when ``allowed_hosts`` is given, a request whose
+  ``Host`` header is not one of this analyst's names (``host_allowed``: the listen address, ``localhost``,
+  ``127.0.0.1``, ``[::1]``, the ``--allowed-host`` names, each with the port the request came in on) is refused with
+  403 and counted; a page on ``attacker.example`` that resolves to 127.0.0.1 gets nothing.
+- Bad parameters (a time outside 1970..9999, ``until`` before ``since``, a malformed cursor, a limit out of range)
+  are 400 with ``{"error": "<one line>"}``; times go through ``report.parse_range``, the parser of ``enforcer
+  report``.
 - Every response carries the security headers (``SECURITY_HEADERS``: CSP without inline script or style,
   nosniff, frame denial, no referrer). The page builds the DOM with ``textContent`` only, so event data (a hostile
   ``dns.question.name``) is never parsed as HTML.
@@ -50,6 +57,8 @@ from ..metrics import (
     ANALYST_EVENTS_DUPLICATE_TOTAL,
     ANALYST_EVENTS_INGESTED_TOTAL,
     ANALYST_EVENTS_STORED,
+    ANALYST_FILES_SKIPPED_TOTAL,
+    ANALYST_HOST_REFUSED_TOTAL,
     ANALYST_INGEST_ERRORS_TOTAL,
     LAST_BLOCK_TIMESTAMP,
     NONCOMPLIANT_CLIENTS,
@@ -58,8 +67,9 @@ from ..metrics import (
 )
 from .ingest import Ingester
 from .inventory import Inventory
-from .records import dt_to_ts, ts_to_us, us_to_ts
-from .report import build_report, effective_map, parse_time, to_csv
+from .lines import DEFAULT_MAX_FILE_BYTES, SKIP_REASONS
+from .records import MAX_US, dt_to_ts, ts_to_us, us_to_ts
+from .report import build_report, effective_map, parse_range, to_csv
 from .store import Filters, Store
 
 log = logging.getLogger("enforcer.analyst")
@@ -75,7 +85,9 @@ MEMO_SIZE = 8  # memoised aggregations (a 1M-event store: a few MB each)
 # Chart bucket sizes (seconds); the smallest that keeps the chart at or under MAX_BUCKETS points per series.
 BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400)
 MAX_BUCKETS = 60
-_CURSOR = re.compile(r"^(-?\d{1,20})\.([bt])((?:[0-9a-f]{2}){1,256})$")
+_CURSOR = re.compile(r"(\d{1,18})\.([bt])((?:[0-9a-f]{2}){1,256})", re.ASCII)
+_LIMIT = re.compile(r"\d{1,6}", re.ASCII)
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -103,6 +115,8 @@ class AnalystSettings:
     poll_interval: float = 0.5
     refresh_interval: float = 5.0
     parser_process: bool = True
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    allowed_hosts: list[str] = field(default_factory=list)  # --allowed-host: further names for the Host check
 
 
 def is_loopback(host: str) -> bool:
@@ -112,6 +126,47 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _bracket(host: str) -> str:
+    h = host.strip().lower().strip("[]")
+    return f"[{h}]" if ":" in h else h.removesuffix(".")
+
+
+def host_names(settings: AnalystSettings) -> frozenset[str]:
+    """The names a request's Host header may carry: loopback, the listen address, the configured names."""
+    names = set(LOOPBACK_NAMES)
+    with contextlib.suppress(ValueError):
+        names.add(_bracket(split_host_port(settings.listen)[0]))
+    names.update(_bracket(h) for h in settings.allowed_hosts if h.strip())
+    return frozenset(names)
+
+
+def host_allowed(header: str, names: frozenset[str], port: int | None, local: str | None = None) -> bool:
+    """Whether ``Host: header`` names this analyst: a name in ``names`` (or the local address the request came in
+    on), and the port the request came in on (no port: only when that is 80). Case and one trailing dot of a name
+    are ignored."""
+    h = header.strip().lower()
+    if not h or not h.isascii():
+        return False
+    if h.startswith("["):
+        close = h.find("]")
+        if close < 0:
+            return False
+        host, rest = h[: close + 1], h[close + 1 :]
+    else:
+        host, sep, tail = h.partition(":")
+        rest = sep + tail
+    if rest:
+        if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
+            return False
+        given = int(rest[1:])
+    else:
+        given = 80
+    if port is not None and given != port:
+        return False
+    host = _bracket(host)
+    return host in names or (local is not None and host == _bracket(local))
 
 
 def check_listen(settings: AnalystSettings) -> tuple[str, int]:
@@ -141,8 +196,18 @@ class Analyst:
         self.effective: dict[str, str] = effective_map(self.holder.policy)
         self.store = Store(settings.db)
         self.ingester = Ingester(
-            self.store, settings.events, interval=settings.poll_interval, parser_process=settings.parser_process
+            self.store,
+            settings.events,
+            interval=settings.poll_interval,
+            parser_process=settings.parser_process,
+            max_file_bytes=settings.max_file_bytes,
         )
+        # The Host check: always without a token (the only thing between a rebinding page and the data), and with
+        # one when names are configured (defence in depth; by default a token-protected analyst may be reached by
+        # any name a site gives it).
+        self.host_check = not self.token or bool(settings.allowed_hosts)
+        self.host_names = host_names(settings)
+        self.host_refused = 0
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="enforcer-analyst-db")
         self.gate = asyncio.Semaphore(16)  # bounds queued DB work; further requests wait here, not in the pool
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -221,9 +286,21 @@ class _AnalystCollector(Collector):
             ANALYST_INGEST_ERRORS_TOTAL[: -len("_total")], SPECS[ANALYST_INGEST_ERRORS_TOTAL].help, labels=["reason"]
         )
         counts = dict(ing.errors)  # one C-level copy: the ingest thread may add a reason meanwhile
-        for reason in sorted({"invalid_json", "not_event", "torn", *counts}):
+        for reason in sorted({*SKIP_REASONS, *counts}):
             errs.add_metric([reason], counts.get(reason, 0))
         out.append(errs)
+        skipped = CounterMetricFamily(
+            ANALYST_FILES_SKIPPED_TOTAL[: -len("_total")], SPECS[ANALYST_FILES_SKIPPED_TOTAL].help, labels=["reason"]
+        )
+        files = dict(ing.files_skipped)
+        for reason in sorted({"not_regular", "too_large", "unreadable", *files}):
+            skipped.add_metric([reason], files.get(reason, 0))
+        out.append(skipped)
+        refused = CounterMetricFamily(
+            ANALYST_HOST_REFUSED_TOTAL[: -len("_total")], SPECS[ANALYST_HOST_REFUSED_TOTAL].help
+        )
+        refused.add_metric([], self.a.host_refused)
+        out.append(refused)
         stored = GaugeMetricFamily(ANALYST_EVENTS_STORED, SPECS[ANALYST_EVENTS_STORED].help)
         stored.add_metric([], self.a.stored)
         out.append(stored)
@@ -244,15 +321,11 @@ def _values(request: web.Request, name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _time(request: web.Request, name: str) -> str | None:
-    try:
-        return parse_time(request.query.get(name))
-    except ValueError as exc:
-        raise BadRequest(f"{name}: {exc}") from None
-
-
 def filters_from(request: web.Request) -> tuple[Filters, str | None, str | None]:
-    since, until = _time(request, "since"), _time(request, "until")
+    try:
+        since, until = parse_range(request.query.get("since"), request.query.get("until"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     f = Filters(
         apps=_values(request, "app"),
         clients=_values(request, "client"),
@@ -290,9 +363,25 @@ def _protected(path: str) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _host_ok(request: web.Request, analyst: Analyst) -> bool:
+    hosts = request.headers.getall("Host", [])
+    if not hosts:
+        return True  # HTTP/1.0 without Host: not a browser, so not a rebinding page
+    if len(hosts) > 1:
+        return False
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    local, port = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) and len(sock) >= 2 else (None, None)
+    return host_allowed(hosts[0], analyst.host_names, port, local)
+
+
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
+    if analyst.host_check and not _host_ok(request, analyst):
+        analyst.host_refused += 1
+        return _json(
+            {"error": "forbidden: the Host header is not a name of this analyst (see --allowed-host)"}, status=403
+        )
     if _protected(request.path) and not _authorized(request, analyst.token):
         if request.path in ("/", "/index.html"):
             # The shell carries no data; its login form is how a browser gets the token in the first place.
@@ -340,16 +429,16 @@ def _parse_cursor(value: str | None) -> tuple[int, str | bytes] | None:
     """``TS.bHEX`` (blob id) or ``TS.tHEX`` (text id, UTF-8 as hex): opaque to clients, exact for the keyset."""
     if not value:
         return None
-    m = _CURSOR.match(value)
-    if not m:
-        raise BadRequest("invalid cursor")
+    m = _CURSOR.fullmatch(value)
+    if not m or int(m.group(1)) > MAX_US:
+        raise BadRequest("invalid cursor (use the 'next' value of the previous page)")
     raw = bytes.fromhex(m.group(3))
     if m.group(2) == "b":
         return int(m.group(1)), raw
     try:
         return int(m.group(1)), raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest("invalid cursor") from None
+        raise BadRequest("invalid cursor (use the 'next' value of the previous page)") from None
 
 
 def _format_cursor(cursor: tuple[int, str | bytes] | None) -> str | None:
@@ -362,10 +451,10 @@ def _format_cursor(cursor: tuple[int, str | bytes] | None) -> str | None:
 async def api_events(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
     f, _, _ = filters_from(request)
-    try:
-        limit = int(request.query.get("limit", DEFAULT_LIMIT))
-    except ValueError:
-        raise BadRequest("limit must be an integer") from None
+    raw_limit = request.query.get("limit", str(DEFAULT_LIMIT)).strip()
+    if not _LIMIT.fullmatch(raw_limit):
+        raise BadRequest(f"limit must be an integer 1..{MAX_LIMIT}")
+    limit = int(raw_limit)
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be 1..{MAX_LIMIT}")
     cursor = _parse_cursor(request.query.get("cursor") or request.query.get("next"))

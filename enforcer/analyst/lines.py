@@ -1,0 +1,268 @@
+"""The one reader of event files and event lines, shared by ``enforcer report`` (report.py) and the analyst's ingest
+(ingest.py), so that both count exactly the same events.
+
+- ``open_event_file(path, max_bytes)``: only regular files, opened with ``O_NONBLOCK`` (opening a FIFO cannot hang),
+  at most ``max_bytes`` long; ``EventFileError`` (``reason`` ``not_regular`` / ``too_large`` / ``unreadable``, and a
+  one-line message) otherwise. ``parse_size`` reads ``--max-file-size`` (``4G``, ``512M``, ``65536``).
+- ``line_blocks(fh, start, end)``: the whole lines that start in ``[start, end)`` as blocks of bytes, in bounded
+  memory: a line longer than ``MAX_LINE_BYTES`` is skipped without being held (``None`` stands for it), and the start
+  of a range inside a line is found without reading that line into memory. ``skip_line`` moves past one line.
+- ``parse_event_line(raw)``: THE rule for one line (docs/hardening-analyst.md): ``(Parsed, None)`` for an event,
+  ``(Parsed, "torn")`` for an event recovered from the tail of a torn line, ``(None, reason)`` for a skipped line
+  (``invalid_json``, ``not_event``, ``oversize``), ``(None, None)`` for a blank line (not a line of the log).
+- ``Parsed``: the indexed fields (``records.Record``), the time in microseconds, the dedupe identity ``key`` (the
+  store's UNIQUE ``(ts, eid)``) and the bytes to store; ``fingerprint(ts_us, key)`` is its 64-bit digest, which the
+  report keeps in memory to count each event once, as the store does.
+
+Kept apart from the callers' loops so that later fields (e.g. DHCP identities) are added in one place: extend
+``records.Record`` / ``record_from_doc`` and both the report and the store see them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from .records import Record, record_from_doc, recover, ts_to_us
+
+# Far above any line the writer produces (a URL-heavy proxy event is a few KB), far below what would hurt memory.
+MAX_LINE_BYTES = 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = 4 * 1024**3
+READ_BYTES = 1024 * 1024
+SKIP_REASONS = ("invalid_json", "not_event", "oversize", "torn")
+_HEX = re.compile(r"[0-9a-f]{32}")
+_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
+_MASK64 = (1 << 64) - 1
+_SIZE = re.compile(r"(\d{1,19})([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+class EventFileError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64K``, ``512M``, ``4G`` -> bytes; ValueError (one line) otherwise."""
+    m = _SIZE.fullmatch(str(text).strip())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"invalid size {text!r} (e.g. 4G, 512M, 1048576)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_event_file(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BinaryIO:
+    """Open an event file for reading, refusing anything but a regular file of at most ``max_bytes``.
+
+    ``O_NONBLOCK``: opening a FIFO for reading would otherwise wait for a writer forever. The type is checked on the
+    opened descriptor (``fstat``), so a name swapped for a FIFO or a device between listing and opening is caught.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise EventFileError("not_regular", f"{path}: is a directory, not an event file") from None
+    except OSError as exc:
+        raise EventFileError("unreadable", f"{path}: cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise EventFileError("not_regular", f"{path}: {_kind(st.st_mode)}, not a regular file; not read")
+        if st.st_size > max_bytes:
+            raise EventFileError(
+                "too_large", f"{path}: {st.st_size} bytes, over --max-file-size ({max_bytes} bytes); not read"
+            )
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def skip_line(fh: BinaryIO, pos: int) -> int | None:
+    """From ``pos`` (inside a line), the offset just after that line's newline; None when the file ends first."""
+    fh.seek(pos)
+    while True:
+        data = fh.read(READ_BYTES)
+        if not data:
+            return None
+        i = data.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(data)
+
+
+def line_blocks(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[bytes | None]:
+    """Blocks of whole lines (each ending in a newline, except a last line that lacks one) that start in
+    ``[start, end)``; ``None`` for a line over ``MAX_LINE_BYTES`` that was skipped unread.
+
+    Memory stays below ``MAX_LINE_BYTES + READ_BYTES`` whatever the file holds (``/dev/zero``-like content, one
+    gigabyte line). A block may still hold a line somewhat over the limit: ``parse_event_line`` measures every line.
+    """
+    pos = start
+    if start > 0:
+        fh.seek(start - 1)
+        if fh.read(1) != b"\n":
+            nxt = skip_line(fh, start)  # the line in progress belongs to the previous range
+            if nxt is None:
+                return
+            pos = nxt
+    fh.seek(pos)
+    rest = b""
+    while end is None or pos < end:
+        data = fh.read(READ_BYTES)
+        if not data:
+            if rest:
+                yield None if len(rest) > MAX_LINE_BYTES else rest
+            return
+        buf = rest + data if rest else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            if len(buf) > MAX_LINE_BYTES:
+                yield None
+                nxt = skip_line(fh, pos + len(buf))
+                if nxt is None:
+                    return
+                pos, rest = nxt, b""
+                fh.seek(pos)
+            else:
+                rest = buf
+            continue
+        whole, rest = buf[: cut + 1], buf[cut + 1 :]
+        if end is not None and pos + len(whole) > end:
+            # Only the lines starting before ``end``: up to the newline that ends the line holding byte end-1.
+            k = whole.find(b"\n", max(0, end - pos - 1))
+            yield whole[: k + 1]
+            return
+        yield whole
+        pos += len(whole)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    record: Record
+    ts_us: int
+    key: str | bytes  # the event id (16 bytes for the writer's uuid4 hex), else sha1 of the stored line
+    doc: bytes  # the line as stored (flat dotted keys re-nested)
+
+
+def _nest(doc: dict[str, Any]) -> dict[str, Any]:
+    """Flat dotted keys ("event.action": ...) -> nested ECS objects, so the API always returns one shape."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if "." in key and key != "@timestamp":
+            parts = key.split(".")
+            cur = out
+            for p in parts[:-1]:
+                nxt = cur.get(p)
+                if not isinstance(nxt, dict):
+                    nxt = cur[p] = {}
+                cur = nxt
+            cur.setdefault(parts[-1], value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**value, **out[key]}
+        else:
+            out[key] = value
+    return out
+
+
+def _loads(data: bytes | str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting is a RecursionError
+        return _INVALID
+
+
+_INVALID = object()
+
+
+def _flat(doc: dict[str, Any]) -> bool:
+    return "event" not in doc and any("." in k for k in doc if k != "@timestamp")
+
+
+def _finish(rec: Record, doc: dict[str, Any], stored: bytes) -> Parsed | None:
+    try:
+        ts_us = ts_to_us(rec.ts)
+    except (ValueError, OverflowError):
+        return None
+    if _flat(doc):
+        stored = json.dumps(_nest(doc), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    eid = rec.id
+    key: str | bytes = (
+        bytes.fromhex(eid)
+        if len(eid) == 32 and _HEX.fullmatch(eid)
+        else (eid or "sha1:" + hashlib.sha1(stored).hexdigest())
+    )
+    return Parsed(rec, ts_us, key, stored)
+
+
+def _event(text: bytes | str) -> Parsed | None:
+    doc = _loads(text)
+    if type(doc) is not dict:
+        return None
+    rec = record_from_doc(doc)
+    if rec is None:
+        return None
+    return _finish(rec, doc, text if isinstance(text, bytes) else text.encode("utf-8"))
+
+
+def parse_event_line(raw: bytes, final: bool = False) -> tuple[Parsed | None, str | None]:
+    """One line (without its newline) -> (event, None) | (event, "torn") | (None, reason) | (None, None) if blank.
+
+    ``final``: the unterminated last line of a file that will not grow (a rotated file, or any file the report
+    reads): when it is not JSON it is a write cut short, ``torn``.
+    """
+    if len(raw) > MAX_LINE_BYTES:
+        return None, "oversize"
+    if raw[:1] != b"{" or raw[-1:] != b"}":
+        raw = raw.strip()
+        if not raw:
+            return None, None
+    doc = _loads(raw)  # bytes: must be valid UTF-8
+    if doc is _INVALID:
+        text = raw.decode("utf-8", "replace")  # invalid UTF-8 inside strings becomes U+FFFD, as for any reader
+        doc = _loads(text)
+        data = text.encode("utf-8")
+    else:
+        data = raw
+    if type(doc) is dict:
+        rec = record_from_doc(doc)
+        if rec is not None:
+            parsed = _finish(rec, doc, data)
+            return (parsed, None) if parsed is not None else (None, "not_event")
+    # A crash mid-write followed by a fresh append: the line often ends with one whole event.
+    tail = recover(data.decode("utf-8", "replace"))
+    if tail:
+        recovered = _event(tail)
+        if recovered is not None:
+            return recovered, "torn"
+    return None, (("torn" if final else "invalid_json") if doc is _INVALID else "not_event")
+
+
+def fingerprint(ts_us: int, key: str | bytes) -> int:
+    """64-bit digest of the store's dedupe identity (time, id): the report's in-memory set holds these, ~70 bytes
+    an event instead of the ids themselves (a false match among 10M events: about 3 in a million)."""
+    if isinstance(key, bytes) and len(key) == 16:
+        # The writer's uuid4 ids: their first 8 bytes are already random; mixing in the time costs no hash.
+        return int.from_bytes(key[:8], "big") ^ ((ts_us * _GOLDEN) & _MASK64)
+    tag = b"b" + key if isinstance(key, bytes) else b"t" + key.encode("utf-8", "surrogatepass")
+    h = hashlib.blake2b(ts_us.to_bytes(8, "big", signed=True) + tag, digest_size=8)
+    return int.from_bytes(h.digest(), "big")
