@@ -2,13 +2,20 @@
 
 Hooks, in the order a connection meets them:
 - ``http_connect``: CONNECT to a blocked host or a literal IP in a blocked CIDR -> 403 block page before any TLS.
-- ``tls_clienthello``: blocked SNI -> the connection is never decrypted and marked refused (the ``server_connect``
-  gate kills the upstream side, so the client's TLS goes nowhere); an SNI without url/store rules -> passed through
-  undecrypted (decrypt only what the policy needs, ``enforcer_passthrough``).
+- ``tls_clienthello``: blocked SNI (or blocked CONNECT host / destination address) -> the connection is never
+  decrypted and marked refused (the ``server_connect`` gate kills the upstream side, so the client's TLS goes
+  nowhere). Passed through undecrypted (``enforcer_passthrough``) only when neither the SNI nor the CONNECT host
+  has url/store rules and the client named its server (TLS to a bare IP without SNI is decrypted: the Host header
+  inside is the only name it will show).
 - ``server_connect``: the catch-all gate in every mode (regular, upstream, transparent, WireGuard, reverse): a
-  connection refused earlier, or whose address or SNI is blocked, gets ``server.error`` and is never opened.
+  connection refused earlier, or whose address (any IP literal spelling) or SNI is blocked, gets ``server.error``
+  and is never opened. A name is resolved here first and every address it resolves to is judged by the ``cidr``
+  rules; the connection is then pinned to the first address judged (what asyncio would have dialled first), so a
+  second lookup cannot swap in another address (DNS rebinding). ``server_connected`` puts the name back on the open
+  connection (mitmproxy reuses connections and picks the upstream SNI by it) and checks the peer address once more.
 - ``requestheaders``: plain HTTP and intercepted HTTPS, HTTP/1 and HTTP/2, websocket upgrades: URL, store and name
-  rules on the destination and on the Host/:authority header -> 403 block page.
+  rules on every host the request names (destination, :authority, Host, the tunnel's CONNECT host and SNI) -> 403
+  block page; a Host that can be read two ways (two Host fields, ``host:80:80``, userinfo) -> 400.
 - ``dns_request``: mitmproxy's DNS/WireGuard modes sinkhole the same names as ``enforcer dns`` (A 0.0.0.0, AAAA ::),
   replacing the answer mitmproxy's resolver (which runs before scripts) already put there.
 
@@ -37,6 +44,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -73,7 +81,7 @@ from enforcer.metrics import (
     split_host_port,
 )
 from enforcer.policy import Match, Policy, PolicyError
-from enforcer.policy.model import IPAddress
+from enforcer.policy.addresses import parse_ip_literal
 from enforcer.policy.reloader import PolicyHolder
 from enforcer.proxy import blockpage
 from enforcer.proxy.decide import (
@@ -82,6 +90,7 @@ from enforcer.proxy.decide import (
     ERROR,
     INVALID,
     MONITORED,
+    BadHost,
     ConnState,
     UnparsableRequest,
     Verdict,
@@ -96,6 +105,8 @@ log = logging.getLogger("enforcer.proxy")
 COMPONENT = "proxy"
 SINKHOLE_TTL = 60
 _ERROR_LOG_INTERVAL = 10.0  # seconds between full tracebacks of hook errors (a broken policy would flood the log)
+RESOLVE_TIMEOUT = 10.0  # seconds for the gate's own lookup of a server name (mitmproxy's own connect has no bound)
+_MAX_PINNED = 4096  # server connections between server_connect and server_connected (a bound, not a working size)
 
 
 class _EventsCollector(Collector):
@@ -135,6 +146,7 @@ class EnforcerAddon:
         self._watch_task: asyncio.Task[None] | None = None
         self._sighup_loop: asyncio.AbstractEventLoop | None = None
         self._conns: dict[str, ConnState] = {}
+        self._pinned: dict[str, tuple[str, int]] = {}  # server connection id -> the address as mitmproxy had it
         self._last_error_log = 0.0
         self._suppressed_errors = 0
 
@@ -308,7 +320,8 @@ class EnforcerAddon:
             host = sni or dest
             match = policy.match_host(host) if host else None
             if (match is None or not match.blocked) and sni and dest and dest != sni:
-                # Transparent/WireGuard: the address is the real destination; a blocked IP with an innocent SNI.
+                # Regular mode: the CONNECT host; transparent/WireGuard: the real destination address. Either may be
+                # blocked behind an innocent SNI.
                 match = policy.match_host(dest) or match
             if match is not None:
                 verdict = self._judge(match, client)
@@ -325,13 +338,13 @@ class EnforcerAddon:
                     assert verdict.match is not None
                     self._refuse(data, f"blocked by enforcer rule {verdict.match.rule.id}")
                     return
-            if self.passthrough and not data.ignore_connection and not (host and policy.has_url_rules(host)):
+            if self.passthrough and not data.ignore_connection and not _needs_decryption(policy, sni, dest):
                 data.ignore_connection = True
         except Exception:
             self._hook_error("tls_clienthello")
             self._refuse(data, "enforcer: policy check failed")
 
-    def server_connect(self, data: ServerConnectionHookData) -> None:
+    async def server_connect(self, data: ServerConnectionHookData) -> None:
         server = data.server
         if server.error:
             return
@@ -350,32 +363,92 @@ class EnforcerAddon:
             for host, action in checks:
                 if state is not None and host in state.url_allowed:
                     continue
-                match = policy.match_host(host)
-                if match is None or not match.blocked:
-                    continue
-                verdict = self._judge(match, data.client)
-                self._record(
-                    verdict,
-                    action,
-                    data.client,
-                    url_domain=host if action == "connect-block" else None,
-                    tls_server_name=server.sni if action == "tls-block" else None,
-                    destination_ip=_ip_or_none(str(address[0])) if address else None,
-                    destination_port=address[1] if address else None,
-                )
-                if verdict.blocked:
-                    server.error = f"blocked by enforcer rule {match.rule.id}"
+                if self._gate(policy, host, action, data, address):
                     return
+            if address and parse_ip_literal(str(address[0])) is None:
+                await self._resolve_and_pin(policy, data)
         except Exception:
             self._hook_error("server_connect")
             server.error = "enforcer: policy check failed"
+
+    def _gate(
+        self,
+        policy: Policy,
+        host: str,
+        action: str,
+        data: ServerConnectionHookData,
+        address: tuple[str, int] | None,
+        ip: str | None = None,
+    ) -> bool:
+        """Judge one host of a server connection; True (and ``server.error`` set) when it must not be opened."""
+        match = policy.match_host(host)
+        if match is None or not match.blocked:
+            return False
+        verdict = self._judge(match, data.client)
+        self._record(
+            verdict,
+            action,
+            data.client,
+            url_domain=host if action == "connect-block" and ip is None else None,
+            tls_server_name=data.server.sni if action == "tls-block" else None,
+            destination_ip=ip or (_ip_or_none(str(address[0])) if address else None),
+            destination_port=address[1] if address else None,
+        )
+        if verdict.blocked:
+            data.server.error = f"blocked by enforcer rule {match.rule.id}"
+            return True
+        return False
+
+    async def _resolve_and_pin(self, policy: Policy, data: ServerConnectionHookData) -> None:
+        """Resolve the server name, judge every address, and connect to the first one only (see module docstring)."""
+        server = data.server
+        assert server.address is not None
+        name, port = str(server.address[0]), int(server.address[1])
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(name, port, type=socket.SOCK_STREAM), timeout=RESOLVE_TIMEOUT
+            )
+        except (OSError, UnicodeError) as exc:
+            # mitmproxy's own lookup would fail the same way; a second lookup must not get a different chance.
+            server.error = f"cannot resolve {name}: {exc}"
+            return
+        except TimeoutError:
+            server.error = f"cannot resolve {name}: no answer within {RESOLVE_TIMEOUT:g}s"
+            return
+        addresses: list[str] = []
+        for info in infos:
+            ip = str(info[4][0]).split("%", 1)[0]
+            if ip not in addresses:
+                addresses.append(ip)
+        for ip in addresses:
+            if self._gate(policy, ip, "connect-block", data, server.address, ip=ip):
+                return
+        if not addresses:
+            server.error = f"cannot resolve {name}: no address"
+            return
+        if len(self._pinned) >= _MAX_PINNED:
+            self._pinned.pop(next(iter(self._pinned)))
+        self._pinned[server.id] = (name, port)
+        server.address = (addresses[0], port)
+
+    def server_connected(self, data: ServerConnectionHookData) -> None:
+        original = self._pinned.pop(data.server.id, None)
+        if original is not None:
+            # The pin only chose the address to dial. Give the open connection its name back: mitmproxy matches later
+            # requests to open connections, and picks the upstream SNI, by name. Server refuses a new address once
+            # open; this is the same destination under its own name, so that check is stepped around on purpose.
+            object.__setattr__(data.server, "address", original)
+
+    def server_connect_error(self, data: ServerConnectionHookData) -> None:
+        self._pinned.pop(data.server.id, None)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
         req = flow.request
         try:
-            hosts = request_hosts(req.host, req.host_header)
+            hosts = request_hosts(req.host, req.headers.get_all("host"), req.authority, _connection_hosts(flow))
             match, url = match_request(self._policy(), req.scheme, hosts, req.port, req.path, req.method)
             if match is None:
                 self.flows.inc((ALLOWED,))
@@ -398,6 +471,11 @@ class EnforcerAddon:
                 assert verdict.match is not None
                 req.stream = False  # a response and a streamed request body cannot go together
                 flow.response = _block_response(verdict.match, url)
+        except BadHost as exc:
+            self.flows.inc((INVALID,))
+            flow.metadata["enforcer"] = {"outcome": INVALID, "reason": str(exc)}
+            req.stream = False
+            flow.response = _bad_request(str(exc))
         except UnparsableRequest:
             self.flows.inc((INVALID,))
             flow.metadata["enforcer"] = {"outcome": INVALID}
@@ -521,13 +599,31 @@ def _mark(verdict: Verdict, action: str) -> dict[str, Any]:
 
 
 def _ip_or_none(host: str | None) -> str | None:
-    if not host:
-        return None
-    try:
-        addr: IPAddress = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return None
-    return str(addr)
+    """The canonical text of an IP literal in any spelling (``1296740613`` -> ``77.74.177.5``); None for a name."""
+    addr = parse_ip_literal(host) if host else None
+    return str(addr) if addr is not None else None
+
+
+def _needs_decryption(policy: Policy, sni: str | None, dest: str | None) -> bool:
+    """Whether a TLS connection must be decrypted for url/store rules to see its requests.
+
+    Every name the client gave counts, not the SNI alone: ``CONNECT dldir1.qq.com:443`` with SNI ``example.com`` still
+    reaches dldir1.qq.com. A client that names nothing (a literal IP, no SNI) is decrypted whenever the policy has
+    url/store rules: the Host header inside is then the only name it will show.
+    """
+    names = [h for h in (sni, dest) if h and parse_ip_literal(h) is None]
+    if any(policy.has_url_rules(h) for h in names):
+        return True
+    return not names and bool(policy.urls)
+
+
+def _connection_hosts(flow: http.HTTPFlow) -> list[str | None]:
+    """Names of the connection a request arrived on that the origin may route by: TLS SNI and the CONNECT host."""
+    client = flow.client_conn
+    hosts: list[str | None] = [client.sni]
+    if client.tls_established and flow.server_conn.address:
+        hosts.append(str(flow.server_conn.address[0]))
+    return hosts
 
 
 def _response(rule_id: str, body: bytes) -> http.Response:
@@ -545,6 +641,14 @@ def _block_response(match: Match, target: str) -> http.Response:
 
 def _error_response(target: str) -> http.Response:
     return _response(blockpage.ERROR_RULE, blockpage.render_error(target))
+
+
+def _bad_request(why: str) -> http.Response:
+    now = time.time()
+    body = blockpage.render_bad_request(why)
+    fields = [(k.encode(), v.encode()) for k, v in blockpage.headers(blockpage.BAD_REQUEST_RULE).items()]
+    fields += [(b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    return http.Response(b"HTTP/1.1", 400, b"Bad Request", http.Headers(fields), body, None, now, now)
 
 
 def _sinkhole(request: dns.Message) -> dns.Message:

@@ -3,7 +3,8 @@
 Every value from the policy or the request goes through ``html.escape``: blocklists and URLs are input, not markup.
 ``render`` is pure (bytes; the policy part of a rule's page is escaped once and cached);
 ``headers`` gives the response headers; ``ERROR_RULE`` stands for "refused because the
-addon could not decide" (fail closed).
+addon could not decide" (fail closed); ``render_bad_request`` is the 400 page for a request whose Host can be read
+two ways (``BAD_REQUEST_RULE``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from enforcer.policy import Match
 
 STATUS = 403
 ERROR_RULE = "enforcer:error"
+BAD_REQUEST_RULE = "enforcer:bad-host"
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -43,6 +45,18 @@ _ERROR_PAGE = """<!DOCTYPE html>
 <h1>This request was refused</h1>
 <p>The network policy could not be checked for <code>{target}</code>, so the request was refused rather than let
 through. Please report this to your IT security team.</p>
+</body>
+</html>
+"""
+
+
+_BAD_REQUEST_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Bad request</title></head>
+<body>
+<h1>Bad request</h1>
+<p>The request names its server in a way that cannot be read one way only, so it was refused:
+<code>{why}</code></p>
 </body>
 </html>
 """
@@ -77,6 +91,10 @@ def render(match: Match, target: str = "") -> bytes:
 
 def render_error(target: str = "") -> bytes:
     return _ERROR_PAGE.format(target=html.escape(target)).encode("utf-8")
+
+
+def render_bad_request(why: str) -> bytes:
+    return _BAD_REQUEST_PAGE.format(why=html.escape(why)).encode("utf-8")
 
 
 def headers(rule_id: str) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Pure decision helpers for the addon: no mitmproxy objects, no I/O, "now" passed in.
 
 - ``Verdict`` / ``judge``: a policy ``Match`` plus the time and client -> blocked, monitored or allowed.
-- ``request_hosts``: every host an HTTP request names (destination and Host header), so a request cannot hide a
-  blocked host behind an allowed one.
+- ``request_hosts``: every host an HTTP request names (destination, :authority, Host, the tunnel's CONNECT host and
+  SNI), so a request cannot hide a blocked host behind an allowed one; ``BadHost`` for a request whose Host cannot be
+  read one way only (two Host fields, ``a:80:80``, userinfo, a bad port): the addon answers it 400.
+- ``authority_host``: the host of one Host/:authority value, strictly.
 - ``match_request``: the URL/store/name decision for a request across those hosts; the blocking match wins.
 - ``ConnState``: what earlier hooks decided about one client connection.
 - ``client_address``: a peer address tuple -> ``ip_address`` (None when it is not an IP, e.g. a unix socket).
@@ -11,7 +13,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,6 +30,10 @@ INVALID = "invalid"
 
 class UnparsableRequest(ValueError):
     """No host of the request can be parsed into a URL: the addon refuses it rather than guess."""
+
+
+class BadHost(ValueError):
+    """A Host or :authority that different servers would read differently: refused with 400, never forwarded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +85,67 @@ def client_address(peer: object) -> tuple[IPAddress | None, int | None]:
     return None, None
 
 
-def request_hosts(destination: str, host_header: str | None) -> list[str]:
-    """The destination host, then the Host/:authority host when it differs (without its port)."""
-    hosts = [destination] if destination else []
-    if host_header:
-        h = host_header.strip()
-        if h.startswith("["):
-            h = h[1 : h.find("]")] if "]" in h else h[1:]
-        elif h.count(":") == 1:
-            h = h.split(":", 1)[0]
-        if h and h.lower() != destination.lower():
-            hosts.append(h)
+# Characters that never belong in a host and that some server or library splits on (userinfo, path, query, escape,
+# whitespace, a second port): a Host holding one is read differently by different parsers, so it is refused.
+_BAD_HOST_CHARS = frozenset("@/\\?#% \t\r\n\x00,")
+
+
+def authority_host(value: str) -> str | None:
+    """The host of a Host header or :authority value (``host``, ``host:port``, ``[v6]``, ``[v6]:port``).
+
+    None for an empty value; raises BadHost for anything with two readings.
+    """
+    v = value.strip(" \t")
+    if not v:
+        return None
+    if v.startswith("["):
+        end = v.find("]")
+        host, rest = (v[1:end], v[end + 1 :]) if end > 0 else ("", "")
+        if not host or ":" not in host:
+            raise BadHost(f"malformed IPv6 authority {value[:100]!r}")
+        if rest and not rest.startswith(":"):
+            raise BadHost(f"junk after the IPv6 address in {value[:100]!r}")
+        port = rest[1:]
+    else:
+        if v.count(":") > 1:
+            raise BadHost(f"more than one ':' in {value[:100]!r}")
+        host, _, port = v.partition(":")
+        if not host:
+            raise BadHost(f"no host in {value[:100]!r}")
+        if any(ch in _BAD_HOST_CHARS or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in host):
+            raise BadHost(f"forbidden character in host {value[:100]!r}")
+    if port and (not port.isascii() or not port.isdigit() or len(port) > 5 or int(port) > 65535):
+        raise BadHost(f"bad port in {value[:100]!r}")
+    return host
+
+
+def request_hosts(
+    destination: str, host_headers: Sequence[str] = (), authority: str = "", also: Iterable[str | None] = ()
+) -> list[str]:
+    """Every host a request names, the destination first, each once (compared without case or trailing dot).
+
+    ``host_headers``: every Host field (more than one is BadHost, RFC 9112 section 3.2); ``authority``: the request
+    target's authority or HTTP/2 ``:authority``; ``also``: hosts of the connection (CONNECT host, TLS SNI) that the
+    origin may route on too.
+    """
+    if len(host_headers) > 1:
+        raise BadHost(f"{len(host_headers)} Host header fields")
+    hosts: list[str] = []
+    seen: set[str] = set()
+
+    def add(host: str | None) -> None:
+        if host:
+            key = host.lower().rstrip(".")
+            if key not in seen:
+                seen.add(key)
+                hosts.append(host)
+
+    add(destination)
+    add(authority_host(authority) if authority else None)
+    for value in host_headers:
+        add(authority_host(value))
+    for host in also:
+        add(host)
     return hosts
 
 

@@ -3,7 +3,8 @@
 - ``connect_flow`` / ``request_flow``: ``tflow`` HTTP flows for a CONNECT and for a proxied request.
 - ``client_hello_data``: a REAL TLS ClientHello (written by Python's ssl module into a memory BIO, parsed by
   mitmproxy's own ``parse_client_hello``) wrapped in ``ClientHelloData`` with a fresh connection context.
-- ``server_hook_data``: ``ServerConnectionHookData`` for a server address (and SNI).
+- ``server_hook_data``: ``ServerConnectionHookData`` for a server address (and SNI); ``gate`` runs the (async)
+  ``server_connect`` hook to completion for an address that needs no lookup, and fails if it would look one up.
 - ``dns_flow``: a DNS flow asking one question.
 - ``harness``: ``taddons.context`` that also closes the event loop it had to create (an unclosed loop is finalised
   by the GC at a random moment, which on CPython 3.11.7 can corrupt the AST recursion counter of a later compile:
@@ -96,6 +97,17 @@ def server_hook_data(address: tuple[str, int] | None, sni: str | None = None, pe
     server = Server(address=address)
     server.sni = sni
     return ServerConnectionHookData(client=client, server=server)
+
+
+def gate(addon: Any, data: ServerConnectionHookData) -> ServerConnectionHookData:
+    """Run ``addon.server_connect(data)``, which must finish without awaiting anything (no name lookup)."""
+    coro = addon.server_connect(data)
+    try:
+        coro.send(None)
+    except StopIteration:
+        return data
+    coro.close()
+    raise AssertionError(f"server_connect looked up {data.server.address!r}; use an async test for names")
 
 
 def dns_flow(name: str, qtype: int = types.A, peer: str = "10.1.2.3") -> dns.DNSFlow:

@@ -30,6 +30,7 @@ from tests.proxy.helpers import (
     client_hello_data,
     connect_flow,
     dns_flow,
+    gate,
     harness,
     request_flow,
     server_hook_data,
@@ -115,15 +116,15 @@ def test_domain_case_as_sni(table_addon: EnforcerAddon, case: dict[str, Any]) ->
     sni = case["query"].rstrip(".")
     data = client_hello_data(sni)
     table_addon.tls_clienthello(data)
-    gate = server_hook_data(("10.9.9.9", 443))
-    gate.client = data.context.client
-    table_addon.server_connect(gate)
+    hook = server_hook_data(("10.9.9.9", 443))
+    hook.client = data.context.client
+    gate(table_addon, hook)
     if case["verdict"] == "block":
         # Never decrypted, and the upstream side is refused by the gate.
         assert data.ignore_connection
-        assert gate.server.error and case.get("rule", "") in gate.server.error
+        assert hook.server.error and case.get("rule", "") in hook.server.error
     else:
-        assert gate.server.error is None, case
+        assert hook.server.error is None, case
         # Decrypted only when a url/store rule needs the HTTP request.
         assert data.ignore_connection is not table_addon._policy().has_url_rules(sni)
 
@@ -143,13 +144,12 @@ def test_url_case_as_request(table_addon: EnforcerAddon, case: dict[str, Any]) -
 def test_ip_case_as_connect_and_server_connect(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
     f = connect_flow(case["query"])
     table_addon.http_connect(f)
-    gate = server_hook_data((case["query"], 443))
-    table_addon.server_connect(gate)
+    hook = gate(table_addon, server_hook_data((case["query"], 443)))
     if case["verdict"] == "block":
         expect_block(f.response, case)
-        assert gate.server.error and case.get("rule", "") in gate.server.error
+        assert hook.server.error and case.get("rule", "") in hook.server.error
     else:
-        assert f.response is None and gate.server.error is None, case
+        assert f.response is None and hook.server.error is None, case
 
 
 # -- behaviour beyond the table ----------------------------------------------------------------------------------
@@ -245,10 +245,11 @@ def test_sni_with_url_rules_is_intercepted_other_hosts_pass_through(addon: Enfor
         data = client_hello_data(sni)
         addon.tls_clienthello(data)
         assert data.ignore_connection is not intercept, sni
-    # Without an SNI the destination decides; a literal IP has no url rules.
-    data = client_hello_data(None, ("10.9.9.9", 443))
-    addon.tls_clienthello(data)
-    assert data.ignore_connection
+    # Without an SNI the CONNECT host decides.
+    for host, intercept in (("dldir1.qq.com", True), ("www.example.org", False)):
+        data = client_hello_data(None, (host, 443))
+        addon.tls_clienthello(data)
+        assert data.ignore_connection is not intercept, host
 
 
 def test_transparent_mode_blocked_ip_with_innocent_sni(addon: EnforcerAddon) -> None:
@@ -260,9 +261,9 @@ def test_transparent_mode_blocked_ip_with_innocent_sni(addon: EnforcerAddon) -> 
 def test_server_connect_gate_sni_and_address(addon: EnforcerAddon) -> None:
     by_sni = server_hook_data(("10.9.9.9", 443), sni="sgshort.wechat.com")
     by_name = server_hook_data(("weixin.qq.com", 80))
-    fine = server_hook_data(("dldir1.qq.com", 443), sni="dldir1.qq.com")
+    fine = server_hook_data(("10.9.9.9", 443), sni="dldir1.qq.com")
     for d in (by_sni, by_name, fine):
-        addon.server_connect(d)
+        gate(addon, d)
     assert by_sni.server.error and "wechat:domain:wechat.com" in by_sni.server.error
     assert by_name.server.error and "wechat:domain:weixin.qq.com" in by_name.server.error
     assert fine.server.error is None
@@ -369,19 +370,19 @@ def test_exception_in_policy_blocks_every_hook(addon: EnforcerAddon, caplog: pyt
     c = connect_flow("www.example.org")
     r = request_flow("http://www.example.org/")
     hello = client_hello_data("www.example.org")
-    gate = server_hook_data(("www.example.org", 443))
+    hook = server_hook_data(("www.example.org", 443))
     d = dns_flow("www.example.org")
     with caplog.at_level(logging.ERROR, "enforcer.proxy"):
         addon.http_connect(c)
         addon.requestheaders(r)
         addon.tls_clienthello(hello)
-        addon.server_connect(gate)
+        gate(addon, hook)
         addon.dns_request(d)
     for f in (c, r):
         assert f.response is not None and f.response.status_code == 403
         assert f.response.headers["X-Enforcer-Rule"] == "enforcer:error"
     assert hello.ignore_connection and hello.context.server.error
-    assert gate.server.error
+    assert hook.server.error
     assert d.response is not None and d.response.response_code == response_codes.REFUSED
     assert count(addon, "enforcer_proxy_flows_total", outcome="error") == 5
     assert "fail closed" in caplog.text  # reported once, then rate-limited
@@ -391,10 +392,10 @@ def test_refused_tls_connection_stays_refused_at_the_gate(addon: EnforcerAddon) 
     hello = client_hello_data("weixin.qq.com", ("127.0.0.1", 8443))
     addon.tls_clienthello(hello)
     # Upstream mode: the server opened is the upstream proxy, whose address says nothing; the state refuses it.
-    gate = server_hook_data(("127.0.0.1", 3128))
-    gate.client = hello.context.client
-    addon.server_connect(gate)
-    assert gate.server.error
+    hook = server_hook_data(("127.0.0.1", 3128))
+    hook.client = hello.context.client
+    gate(addon, hook)
+    assert hook.server.error
     addon.client_disconnected(hello.context.client)
     assert hello.context.client.id not in addon._conns
 
