@@ -4,8 +4,13 @@
   by entries and by stored bytes.
 - ``cache_key(q, data)``: (name, type, class, EDNS/DO/CD flags): answers differ by DO (DNSSEC records) and by whether
   the client speaks EDNS (OPT record, size), so those are part of the key.
+- ``Cache.clamp(reply)``: the reply with every TTL brought into [``min_ttl``, ``max_ttl``] (``--min-cache-ttl``,
+  ``--max-cache-ttl``) after a TTL with the top bit set is read as 0 (RFC 2181 section 8); the chain serves and
+  caches the clamped reply, so a client never sees a TTL the cache would not honour.
 - ``Cache.store(key, reply, rule)``: keep an upstream reply for min(TTL) seconds; negative answers (NXDOMAIN and
-  NODATA) for the SOA's min(TTL, MINIMUM) (RFC 2308); SERVFAIL, truncated and SOA-less negative answers are not kept.
+  NODATA) for the SOA's min(TTL, MINIMUM) (RFC 2308), at most ``NEGATIVE_MAX_TTL`` and ``max_ttl``; SERVFAIL,
+  truncated and SOA-less negative answers are not kept, nor answers carrying an EDNS Client Subnet option (scoped
+  to one client's subnet: the key has no subnet, and the chain strips ECS from forwarded queries, wire.strip_ecs).
   ``rule`` is set when response policy blocked the answer: a hit then replays the blocked answer (and its event).
 - ``Cache.get(key, data)``: the reply for query ``data`` with its id and question case, TTLs counted down by the
   whole seconds elapsed; patched bytes are memoised per second so a hot entry costs one join.
@@ -23,9 +28,24 @@ from ..policy.model import Rule
 from . import wire
 from .wire import Question
 
-MAX_TTL = 86_400
+MAX_TTL = 86_400  # --max-cache-ttl default: one day
 NEGATIVE_MAX_TTL = 3_600  # RFC 2308 suggests at most 1-3 hours
 _TTL = struct.Struct("!I")
+
+
+def _ttl(raw: int, low: int, high: int) -> int:
+    # RFC 2181 section 8: a TTL with the most significant bit set is to be treated as zero.
+    return max(min(0 if raw & 0x8000_0000 else raw, high), low)
+
+
+def _has_ecs(reply: bytes, rdata_at: int, rdlen: int) -> bool:
+    i, end = rdata_at, rdata_at + rdlen
+    while i + 4 <= end:
+        code, length = struct.unpack_from("!HH", reply, i)
+        if code == wire.ECS_OPTION:
+            return True
+        i += 4 + length
+    return False
 
 
 def cache_key(q: Question, data: bytes) -> tuple[str, int, int, int]:
@@ -55,9 +75,13 @@ class Entry:
 class Cache:
     """LRU + TTL cache of reply wire bytes."""
 
-    def __init__(self, max_entries: int = 100_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, max_entries: int = 100_000, max_bytes: int = 64 * 1024 * 1024, *, min_ttl: int = 0, max_ttl: int = MAX_TTL
+    ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
         self.bytes = 0
         self._d: OrderedDict[Any, Entry] = OrderedDict()
 
@@ -97,6 +121,25 @@ class Cache:
             _TTL.pack_into(buf, off, max(ttl - age, 0))
         return bytes(buf)
 
+    def clamp(self, reply: bytes) -> bytes:
+        """``reply`` with every record's TTL in [min_ttl, max_ttl] (top bit set: 0 first); the same object when every
+        TTL already is, so the common answer costs one walk and no copy. A malformed reply is returned as is."""
+        try:
+            resp = wire.walk_records(reply)
+        except wire.WireError:
+            return reply
+        low, high = self.min_ttl, self.max_ttl
+        buf: bytearray | None = None
+        for rec in resp.records:
+            if rec.rtype == wire.QTYPE_OPT:
+                continue  # its "TTL" field holds EDNS flags
+            ttl = _ttl(rec.ttl, low, high)
+            if ttl != rec.ttl:
+                if buf is None:
+                    buf = bytearray(reply)
+                _TTL.pack_into(buf, rec.ttl_at, ttl)
+        return reply if buf is None else bytes(buf)
+
     def _remove(self, key: Any) -> None:
         entry = self._d.pop(key, None)
         if entry is not None:
@@ -116,22 +159,24 @@ class Cache:
         ttls: list[int] = []
         has_answer = False
         soa_ttl: int | None = None
+        low, high = self.min_ttl, self.max_ttl
         for rec in resp.records:
             if rec.rtype == wire.QTYPE_OPT:
+                if rec.rdlen and _has_ecs(reply, rec.rdata_at, rec.rdlen):
+                    return False  # scoped to some client's subnet: never served to another client
                 continue  # its "TTL" field holds EDNS flags
             offsets.append(rec.ttl_at)
-            ttls.append(rec.ttl)
+            ttls.append(_ttl(rec.ttl, low, high))
             if rec.section == 0:
                 has_answer = True
             elif rec.section == 1 and rec.rtype == wire.QTYPE_SOA and rec.rdlen >= 20:
                 minimum = struct.unpack_from("!I", reply, rec.rdata_at + rec.rdlen - 4)[0]
-                soa_ttl = min(rec.ttl, minimum)
+                soa_ttl = min(_ttl(rec.ttl, 0, high), _ttl(minimum, 0, high))
         if ttl is None:
             if has_answer and resp.rcode == wire.RCODE_NOERROR:
                 ttl = min(ttls, default=0)
-                ttl = min(ttl, MAX_TTL)
             elif soa_ttl is not None:
-                ttl = min(soa_ttl, NEGATIVE_MAX_TTL)
+                ttl = max(min(soa_ttl, NEGATIVE_MAX_TTL), low)
             else:
                 return False  # a negative answer without SOA must not be cached (RFC 2308 section 5)
         if ttl <= 0:

@@ -1,6 +1,6 @@
 """The resolver chain, assembled in ONE function (``build_chain``), in execution order, with why each link is there.
 
-    [RPZ feed] -> parse -> access control -> sinkhole -> cache -> upstream -> response policy -> (cache store)
+    access control -> [RPZ feed] -> parse -> sinkhole -> cache -> upstream -> response policy -> (cache store)
     -> size limit
 
 The result is ``handle(data, addr, tcp)``: bytes in, and out either the reply bytes (answered synchronously: blocked,
@@ -17,6 +17,7 @@ clears the cache and the sinkhole templates, so no answer decided under the old 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,12 +27,16 @@ from ..policy.matcher import Policy
 from ..policy.model import Rule
 from . import response_policy, wire
 from .cache import Cache, cache_key
-from .observe import Enforcement, Observer
+from .observe import Enforcement, Observer, RateLimitedLog
 from .sinkhole import Sinkhole
 from .upstream import Forwarder
 
 Reply = bytes | None | Awaitable[bytes | None] | list[bytes]
 Handler = Callable[[bytes, Any, bool], Reply]
+
+log = logging.getLogger("enforcer.dns")
+# Whatever a packet aimed at the RPZ feed makes go wrong is logged at most once a minute (a sender can repeat it).
+ratelog = RateLimitedLog(log)
 
 
 class PolicySource:
@@ -74,6 +79,16 @@ class ChainParts:
     forwarder: Forwarder
     observer: Observer
     feed: Any = None  # enforcer.rpz.feed.RpzFeed when --rpz-zone is set
+    nat64: tuple[ipaddress.IPv6Network, ...] = ()  # --nat64-prefix: judged besides the well-known 64:ff9b::/96
+
+
+def admission(parts: ChainParts) -> Callable[[str], bool]:
+    """Who may open a TCP connection at all: ``--allow`` clients and, with the RPZ feed, ``--transfer-allow`` ones."""
+    acl = parts.acl
+    if parts.feed is None:
+        return acl.allowed
+    transfer = Acl([str(n) for n in parts.feed.transfer_allow])
+    return lambda host: acl.allowed(host) or transfer.allowed(host)
 
 
 def build_chain(parts: ChainParts) -> Handler:
@@ -91,9 +106,12 @@ def build_chain(parts: ChainParts) -> Handler:
     observe = obs.duration.observe
     clock = time.perf_counter
     current: list[Any] = [holder.policy, Enforcement(holder.policy)]
-    REFUSED, SERVFAIL = wire.RCODE_REFUSED, wire.RCODE_SERVFAIL
+    SERVFAIL = wire.RCODE_SERVFAIL
     feed = parts.feed
     zone_wire = feed.origin.to_wire().lower() if feed is not None else b""
+    transfer_acl = Acl([str(n) for n in feed.transfer_allow]) if feed is not None else None
+    nat64 = parts.nat64
+    clamp = cache.clamp
 
     def policy_now() -> tuple[Policy, Enforcement]:
         policy = holder.policy
@@ -111,18 +129,47 @@ def build_chain(parts: ChainParts) -> Handler:
             return wire.truncate(reply, data, q)
         return reply
 
+    def zone(data: bytes, host: str, tcp: bool) -> Reply | bool:
+        """The feed's answer; False when the packet is not for the zone (the resolver goes on with it)."""
+        try:
+            replies = feed.answer(data, host, tcp)
+        except Exception as exc:  # a packet must never cost a traceback per packet: count, log once in a while
+            outcome("zone_bad")
+            ratelog("zone-error", logging.WARNING, "RPZ feed: dropped a packet from %s it could not answer: %r",
+                    host, exc)  # fmt: skip
+            return None
+        if replies is None:
+            return False
+        if not replies:
+            outcome("zone_bad")  # the feed saw a packet it does not answer (a response, an odd opcode): dropped
+            return None
+        outcome("zone")
+        return replies if tcp else replies[0]
+
     def handle(data: bytes, addr: Any, tcp: bool) -> Reply:
         t0 = clock()
         host = addr[0] if addr else ""
 
-        # 0. RPZ feed (only with --rpz-zone). Why first: zone transfers (AXFR, IXFR with an SOA in the authority
-        #    section, TSIG) are not queries for the resolver and have their own ACL (--transfer-allow); the byte
-        #    search keeps the cost for every other query at one scan of a short packet.
+        # 0. Access control, from the source address alone, before a byte of the packet is parsed: a client outside
+        #    --allow learns nothing (not whether its packet was well formed, nor whether a name is blocked) and
+        #    costs one memoised look-up; never an open resolver. A secondary allowed only by --transfer-allow may
+        #    still reach the RPZ feed. (Over TCP such a client was already closed at accept, server.py.)
+        if not acl.allowed(host):
+            if transfer_acl is not None and transfer_acl.allowed(host) and zone_wire in data.lower():
+                answered = zone(data, host, tcp)
+                if answered is not False:
+                    return answered  # type: ignore[return-value]
+            refusal = wire.refusal(data)
+            outcome("dropped" if refusal is None else "refused")
+            return refusal
+
+        # 0b. RPZ feed (only with --rpz-zone). Why before parsing: zone transfers (AXFR, IXFR with an SOA in the
+        #    authority section, TSIG) are not queries for the resolver and have their own ACL (--transfer-allow); the
+        #    byte search keeps the cost for every other query at one scan of a short packet.
         if feed is not None and zone_wire in data.lower():
-            replies = feed.answer(data, host, tcp)
-            if replies is not None:
-                outcome("zone")
-                return replies if tcp else (replies[0] if replies else None)
+            answered = zone(data, host, tcp)
+            if answered is not False:
+                return answered  # type: ignore[return-value]
 
         # 1. Parse, on the wire. Why first: everything after needs the question; dnslib sees only the odd packets
         #    (compressed questions, unusual records), malformed ones end here as FORMERR or are dropped.
@@ -139,12 +186,6 @@ def build_chain(parts: ChainParts) -> Handler:
                     outcome("notimp" if reply[3] & 0x0F == wire.RCODE_NOTIMP else "formerr")
                 return reply
             data = norm.data
-
-        # 2. Access control. Why before the policy: a client outside --allow learns nothing (not even whether a
-        #    name is blocked) and costs nothing upstream: never an open resolver.
-        if not acl.allowed(host):
-            outcome("refused")
-            return wire.question_reply(data, q, REFUSED)
 
         # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
         #    policy reload must take effect on the very next query whatever the cache holds.
@@ -195,7 +236,9 @@ def build_chain(parts: ChainParts) -> Handler:
     async def forward(
         data: bytes, q: wire.Question, ckey: Any, addr: Any, host: str, name_rule: Rule | None, t0: float, tcp: bool
     ) -> bytes | None:
-        reply = await forwarder.exchange(data)
+        # EDNS Client Subnet is never forwarded: an answer scoped to one subnet would reach every client through a
+        # cache keyed on the question alone (and the upstream learns no client subnets).
+        reply = await forwarder.exchange(wire.strip_ecs(data, q))
         if reply is None:
             # Every upstream failed or timed out: SERVFAIL within the timeout, never silence.
             outcome("servfail")
@@ -210,12 +253,16 @@ def build_chain(parts: ChainParts) -> Handler:
         try:
             # Names are skipped only after an allow exception; a monitor hit (not enforced) still has its aliases
             # judged, since they may belong to another app that is enforced.
-            hit = response_policy.check(policy, reply, q.key, names=name_rule is None or name_rule.action != "allow")
+            hit = response_policy.check(
+                policy, reply, q.key, names=name_rule is None or name_rule.action != "allow", nat64=nat64
+            )
         except wire.WireError:
             # An answer that cannot be checked is not served (it could hide a banned address): fail closed.
             outcome("servfail")
             observe(clock() - t0)
             return wire.question_reply(data, q, SERVFAIL)
+        # TTLs as the cache will honour them (top bit set: 0; --min/--max-cache-ttl), for this client too.
+        reply = clamp(reply)
         if hit is None:
             cache.store(ckey, reply)
             outcome("forwarded")

@@ -68,6 +68,45 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         help="open DNS-over-TCP client connections; beyond it new ones are closed at once (default 512)",
     )
     parser.add_argument(
+        "--tcp-max-per-source",
+        default=32,
+        metavar="N",
+        help="open DNS-over-TCP connections per client address (IPv6: per /64); beyond it new ones from that source "
+        "are closed at once (default 32)",
+    )
+    parser.add_argument(
+        "--tcp-initial-timeout",
+        default=2.0,
+        metavar="SECONDS",
+        help="a new TCP connection must send its first query's length within this (default 2)",
+    )
+    parser.add_argument(
+        "--tcp-idle-timeout",
+        default=10.0,
+        metavar="SECONDS",
+        help="a TCP connection idle this long between queries is closed (default 10)",
+    )
+    parser.add_argument(
+        "--nat64-prefix",
+        action=ReplaceAppend,
+        default=[],
+        metavar="PREFIX",
+        help="NAT64 prefix whose AAAA answers embed IPv4 (repeatable; /32 /40 /48 /56 /64 /96); the well-known "
+        "64:ff9b::/96, 6to4 and IPv4-mapped are always judged by the IPv4 cidr rules",
+    )
+    parser.add_argument(
+        "--max-cache-ttl",
+        default=86_400,
+        metavar="SECONDS",
+        help="longest TTL kept in the cache and given to clients (default 86400)",
+    )
+    parser.add_argument(
+        "--min-cache-ttl",
+        default=0,
+        metavar="SECONDS",
+        help="shortest TTL kept in the cache and given to clients (default 0)",
+    )
+    parser.add_argument(
         "--workers",
         default=1,
         metavar="N",

@@ -11,6 +11,8 @@
   builds the full ``HitEvent`` first (``__getattr__``).
 - ``Enforcement``: per policy, whether a block rule is enforced for a client now (effective date, exempt clients),
   with the common case (past the date, no exempt clients) answered without parsing the client address.
+- ``RateLimitedLog``: at most one log line per key and interval, for anything a client can trigger per packet (a
+  hostile sender must not be able to fill the disk with tracebacks); the lines held back are counted in the next one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import bisect
 import dataclasses
 import ipaddress
 import json
+import logging
 import math
 import random
 import time
@@ -58,10 +61,39 @@ OUTCOMES = (
     "dropped",
     "truncated",
     "zone",  # answered by the RPZ feed (SOA, AXFR, IXFR for --rpz-zone)
-    "tcp_rejected",
+    "zone_bad",  # a packet aimed at the RPZ feed that it cannot answer (a response, odd opcode, unparsable): dropped
+    "tcp_rejected",  # the global --tcp-max-connections cap was full
+    "tcp_source_limit",  # the client's source (address, IPv6 /64) already holds --tcp-max-per-source connections
+    "tcp_refused",  # a source outside --allow (and --transfer-allow): closed at accept
     "tcp_timeout",
     "tcp_bad_frame",
 )
+
+
+class RateLimitedLog:
+    """``log(key, level, msg, *args)``: at most one line per ``key`` every ``interval`` seconds.
+
+    Keys are fixed strings chosen by the caller (bounded); what was held back is counted in the next line written.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        """Log now (True) or count the line as suppressed (False)."""
+        now = time.monotonic()
+        last, held = self._state.get(key, (-math.inf, 0))
+        if now - last < self.interval:
+            self._state[key] = (last, held + 1)
+            return False
+        self._state[key] = (now, 0)
+        if held:
+            msg += " (%d similar line(s) held back in the last %.0f s)"
+            args = (*args, held, self.interval)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
 
 
 class FastHistogram(Collector):

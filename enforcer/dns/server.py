@@ -3,9 +3,14 @@
 - ``UdpServer``: a ``DatagramProtocol``; synchronous replies are sent from ``datagram_received`` directly, forwarded
   ones from a task (kept in a set until done). The selector transport's read size is cut from 256 KiB to 64 KiB:
   a 256 KiB buffer per datagram can cost an mmap/munmap each (reference/dns-performance.md).
-- ``TcpServer``: RFC 7766 framing (2-byte length), several queries per connection answered in order, an idle
-  timeout between queries, a read timeout inside a frame (slow or lying clients), a frame-size cap and a cap on
-  open connections (beyond it new connections are closed at once). Each of these is counted as an outcome.
+- ``TcpServer``: RFC 7766 framing (2-byte length), several queries per connection answered in order. At accept,
+  from the source address alone: a source outside ``--allow`` is closed at once (``admit``), a source already
+  holding ``--tcp-max-per-source`` connections (IPv6: per /64, what one host can own) is closed, and beyond the
+  global ``--tcp-max-connections`` new connections are closed. Then a short timeout for the first query's length
+  (``--tcp-initial-timeout``: a connect-and-wait client gives its slot back quickly), an idle timeout between
+  queries (``--tcp-idle-timeout``), a read timeout inside a frame (slow or lying clients) and a frame-size cap.
+  Each of these is counted as an outcome.
+- ``source_key(host)``: what the per-source cap counts by.
 - ``bind_sockets(host, port, reuse_port)``: the listening sockets, created here so that several worker processes
   can later share one address with SO_REUSEPORT.
 - ``Listener``: UDP + TCP on one address; ``start()``/``close()``.
@@ -16,21 +21,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .chain import Handler
+from .observe import RateLimitedLog
 
 log = logging.getLogger("enforcer.dns.server")
+# A packet that trips a bug is logged with its traceback at most once a minute (a sender can repeat it at will).
+ratelog = RateLimitedLog(log)
 
 TCP_IDLE_TIMEOUT = 10.0  # between queries on a connection (RFC 7766 suggests seconds, not minutes)
+TCP_INITIAL_TIMEOUT = 2.0  # for the first query's length: a real client writes its query right after connecting
 TCP_READ_TIMEOUT = 3.0  # to finish a frame once its length arrived
 TCP_MAX_FRAME = 16_384  # a query is small; a bigger frame is a hostile or broken client
 TCP_MAX_CONNECTIONS = 512
+# Per source: enough for a NAT gateway's truncation retries and a few zone transfers, a small share of the total.
+TCP_MAX_PER_SOURCE = 32
 UDP_READ_SIZE = 65_535
+
+
+def source_key(host: str) -> str:
+    """The per-source TCP cap's key: the IPv4 address, or the IPv6 /64 (one host commonly holds a whole /64)."""
+    if ":" not in host:
+        return host
+    try:
+        addr = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.IPv6Network((addr, 64), strict=False))
 
 
 def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
@@ -85,7 +111,8 @@ class UdpServer(asyncio.DatagramProtocol):
         try:
             reply = self.handler(data, addr, False)
         except Exception:  # a bug in one query's handling must not stop the listener
-            log.exception("error handling a UDP query from %s", addr[0] if addr else "?")
+            ratelog("udp", logging.ERROR, "error handling a UDP query from %s", addr[0] if addr else "?",
+                    exc_info=True)  # fmt: skip
             self.count("dropped")
             return
         if reply is None:
@@ -107,7 +134,7 @@ class UdpServer(asyncio.DatagramProtocol):
             return
         exc = task.exception()
         if exc is not None:
-            log.error("error forwarding a query from %s: %r", addr[0] if addr else "?", exc)
+            ratelog("forward", logging.ERROR, "error forwarding a query from %s: %r", addr[0] if addr else "?", exc)
             self.count("dropped")
             return
         reply = task.result()
@@ -119,32 +146,68 @@ class UdpServer(asyncio.DatagramProtocol):
         log.debug("UDP error: %s", exc)
 
 
+@dataclass(frozen=True, slots=True)
+class TcpLimits:
+    max_connections: int = TCP_MAX_CONNECTIONS
+    max_per_source: int = TCP_MAX_PER_SOURCE
+    initial_timeout: float = TCP_INITIAL_TIMEOUT
+    idle_timeout: float = TCP_IDLE_TIMEOUT
+
+
 class TcpServer:
-    def __init__(self, handler: Handler, count: Callable[[str], None], max_connections: int = TCP_MAX_CONNECTIONS):
+    def __init__(
+        self,
+        handler: Handler,
+        count: Callable[[str], None],
+        limits: TcpLimits | None = None,
+        admit: Callable[[str], bool] | None = None,
+    ) -> None:
         self.handler = handler
         self.count = count
-        self.max_connections = max_connections
+        self.limits = limits or TcpLimits()
+        self.max_connections = self.limits.max_connections
+        self.admit = admit  # the source-address ACL; None admits everyone
         self.connections = 0
+        self.per_source: dict[str, int] = {}  # only sources with an open connection: bounded by max_connections
         self.writers: set[asyncio.StreamWriter] = set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if peer else ""
+        # All three refusals are decided from the source address before reading a byte: a refused client holds
+        # no slot and no timer.
+        if self.admit is not None and not self.admit(host):
+            self.count("tcp_refused")
+            writer.transport.abort()
+            return
+        source = source_key(host)
+        held = self.per_source.get(source, 0)
+        if held >= self.limits.max_per_source:
+            self.count("tcp_source_limit")
+            writer.transport.abort()
+            return
         if self.connections >= self.max_connections:
             self.count("tcp_rejected")
             writer.transport.abort()
             return
+        self.per_source[source] = held + 1
         self.connections += 1
         self.writers.add(writer)
-        peer = writer.get_extra_info("peername")
+        first = True
         try:
             while True:
+                wait = self.limits.initial_timeout if first else self.limits.idle_timeout
                 try:
-                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                    head = await asyncio.wait_for(reader.readexactly(2), wait)
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial:
                         self.count("tcp_bad_frame")
                     return  # clean close between frames
                 except TimeoutError:
+                    if first:
+                        self.count("tcp_timeout")  # connected and sent no query in time: a slot squatter
                     return  # idle: close, as RFC 7766 allows
+                first = False
                 (length,) = struct.unpack("!H", head)
                 if length < 12 or length > TCP_MAX_FRAME:
                     self.count("tcp_bad_frame")
@@ -162,7 +225,7 @@ class TcpServer:
                     if reply is not None and type(reply) is not bytes and type(reply) is not list:
                         reply = await reply
                 except Exception:
-                    log.exception("error handling a TCP query")
+                    ratelog("tcp", logging.ERROR, "error handling a TCP query from %s", host, exc_info=True)
                     self.count("dropped")
                     return
                 if reply is None:
@@ -174,6 +237,11 @@ class TcpServer:
             pass
         finally:
             self.connections -= 1
+            left = self.per_source.get(source, 1) - 1
+            if left > 0:
+                self.per_source[source] = left
+            else:
+                self.per_source.pop(source, None)
             self.writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
@@ -194,7 +262,8 @@ class Listener:
         handler: Handler,
         count: Callable[[str], None],
         reuse_port: bool = False,
-        max_tcp: int = TCP_MAX_CONNECTIONS,
+        tcp_limits: TcpLimits | None = None,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -203,7 +272,7 @@ class Listener:
         self.reuse_port = reuse_port
         self.udp: UdpServer | None = None
         self.udp_transport: asyncio.DatagramTransport | None = None
-        self.tcp = TcpServer(handler, count, max_tcp)
+        self.tcp = TcpServer(handler, count, tcp_limits, admit)
         self.tcp_server: asyncio.AbstractServer | None = None
 
     @property

@@ -48,12 +48,13 @@ from ..metrics import (
     serve_metrics,
     split_host_port,
 )
+from ..policy.addresses import check_nat64_prefix
 from ..policy.reloader import PolicyHolder
 from . import DEFAULT_ALLOW
 from .cache import Cache
-from .chain import Acl, ChainParts, build_chain
+from .chain import Acl, ChainParts, admission, build_chain
 from .observe import Observer
-from .server import Listener
+from .server import Listener, TcpLimits
 from .sinkhole import Mode, Sinkhole, parse_mode
 from .upstream import Forwarder, UpstreamSpec, parse_upstream, resolv_conf_nameservers
 
@@ -95,6 +96,12 @@ class DnsSettings:
     cache_size: int = 100_000
     cache_bytes: int = 64 * 1024 * 1024
     tcp_max_connections: int = 512
+    tcp_max_per_source: int = 32
+    tcp_initial_timeout: float = 2.0
+    tcp_idle_timeout: float = 10.0
+    nat64_prefixes: tuple[ipaddress.IPv6Network, ...] = ()
+    min_cache_ttl: int = 0
+    max_cache_ttl: int = 86_400
     reuse_port: bool = False  # for SO_REUSEPORT workers sharing the listen addresses
     watch_interval: float = 1.0
     # RPZ feed (--rpz-zone): the policy served to BIND/Unbound secondaries by AXFR/IXFR, NOTIFY on change.
@@ -157,6 +164,16 @@ class DnsSettings:
         except ValueError as exc:
             raise ValueError(f"--cache-bytes: {exc}") from None
         rpz = _rpz_settings(args)
+        nat64 = []
+        for value in getattr(args, "nat64_prefix", None) or []:
+            try:
+                nat64.append(check_nat64_prefix(ipaddress.IPv6Network(value)))
+            except ValueError as exc:
+                raise ValueError(f"--nat64-prefix {value!r}: {exc}") from None
+        min_ttl = number("--min-cache-ttl", getattr(args, "min_cache_ttl", 0), int, 0, 604_800)
+        max_ttl = number("--max-cache-ttl", getattr(args, "max_cache_ttl", 86_400), int, 0, 2**31 - 1)
+        if min_ttl > max_ttl:
+            raise ValueError(f"--min-cache-ttl {min_ttl}: above --max-cache-ttl {max_ttl}")
         return cls(
             **rpz,
             blocklist=list(args.blocklist) if isinstance(args.blocklist, list) else [args.blocklist],
@@ -173,6 +190,14 @@ class DnsSettings:
             tcp_max_connections=number(
                 "--tcp-max-connections", getattr(args, "tcp_max_connections", 512), int, 1, 100_000
             ),
+            tcp_max_per_source=number("--tcp-max-per-source", getattr(args, "tcp_max_per_source", 32), int, 1, 100_000),
+            tcp_initial_timeout=number(
+                "--tcp-initial-timeout", getattr(args, "tcp_initial_timeout", 2.0), float, 0.1, 60
+            ),
+            tcp_idle_timeout=number("--tcp-idle-timeout", getattr(args, "tcp_idle_timeout", 10.0), float, 0.1, 600),
+            nat64_prefixes=tuple(nat64),
+            min_cache_ttl=min_ttl,
+            max_cache_ttl=max_ttl,
         )
 
 
@@ -238,7 +263,9 @@ class Resolver:
         self.listeners: list[Listener] = []
         self.holder: PolicyHolder | None = None
         self.forwarder: Forwarder | None = None
-        self.cache = Cache(settings.cache_size, settings.cache_bytes)
+        self.cache = Cache(
+            settings.cache_size, settings.cache_bytes, min_ttl=settings.min_cache_ttl, max_ttl=settings.max_cache_ttl
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._metrics_server: Any = None
         self.feed: Any = None  # RpzFeed with --rpz-zone
@@ -263,15 +290,17 @@ class Resolver:
         metrics[DNS_CACHE_ENTRIES].set_function(lambda: float(len(cache)))
         if s.rpz_zone:
             await self._start_feed(loop)
-        handler = build_chain(
-            ChainParts(
-                self.holder, Acl(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer, self.feed
-            )
-        )
+        parts = ChainParts(
+            self.holder, Acl(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer, self.feed,
+            s.nat64_prefixes,
+        )  # fmt: skip
+        handler = build_chain(parts)
+        limits = TcpLimits(s.tcp_max_connections, s.tcp_max_per_source, s.tcp_initial_timeout, s.tcp_idle_timeout)
+        admit = admission(parts)
         try:
             for host, port in s.listen:
                 listener = Listener(
-                    host, port, handler, observer.outcome, reuse_port=s.reuse_port, max_tcp=s.tcp_max_connections
+                    host, port, handler, observer.outcome, reuse_port=s.reuse_port, tcp_limits=limits, admit=admit
                 )
                 await listener.start()
                 self.listeners.append(listener)

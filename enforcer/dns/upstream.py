@@ -2,11 +2,14 @@
 
 - ``parse_upstream(text)`` -> ``UpstreamSpec``: ``IP[:PORT]`` / ``[IPv6]:PORT`` (UDP), ``tcp://IP[:PORT]``,
   ``https://HOST[:PORT]/dns-query`` (RFC 8484; ``http://`` accepted for a local DoH sidecar or tests).
+- Every transport checks a reply with the same ``wire.answer_mismatch(sent, reply)``: id, QR, opcode, question name
+  (case-insensitive), type and class must be the query's. An answer to another question is never served or cached.
 - ``UdpUpstream``: a small pool of connected UDP sockets shared by all queries; each query gets a random id on a
-  random socket and the reply must echo the id and the question, so spoofed or stray datagrams are ignored. A reply
-  with TC set is retried over TCP to the same server.
+  random socket; a datagram that does not answer it is ignored (spoofed, stray or late) and the query keeps
+  waiting. A reply with TC set is retried over TCP to the same server.
 - ``TcpUpstream``: one connection per exchange (2-byte framing); ``DohUpstream``: POST application/dns-message over
-  one reused ``aiohttp.ClientSession`` (id 0, as RFC 8484 recommends for caching).
+  one reused ``aiohttp.ClientSession`` (id 0, as RFC 8484 recommends for caching). On these a mismatching reply is
+  an upstream failure (counted, failover): the server itself sent it.
 - ``Forwarder``: tries the upstreams in order, healthy ones first; a failure marks an upstream down for a backoff
   (1 s doubling to 60 s) so the next queries go to the others at once. The whole exchange is bounded by ``timeout``:
   when it runs out the caller answers SERVFAIL. Failures are counted per upstream (label = the configured text).
@@ -28,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..metrics import split_host_port
+from .wire import answer_mismatch, question_end
 
 log = logging.getLogger("enforcer.dns.upstream")
 
@@ -92,21 +96,6 @@ def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
     return out
 
 
-def _question_of(wire: bytes) -> bytes | None:
-    """Lower-cased question section bytes (name + type + class) of a message, or None."""
-    i = 12
-    n = len(wire)
-    while i < n:
-        length = wire[i]
-        if length == 0:
-            end = i + 5
-            return wire[12:end].lower() if end <= n else None
-        if length > 63:
-            return None
-        i += length + 1
-    return None
-
-
 class _UdpSocket(asyncio.DatagramProtocol):
     def __init__(self, owner: UdpUpstream) -> None:
         self.owner = owner
@@ -123,8 +112,8 @@ class _UdpSocket(asyncio.DatagramProtocol):
         waiting = self.pending.get(qid)
         if waiting is None:
             return
-        fut, question = waiting
-        if _question_of(data) != question:
+        fut, sent = waiting
+        if answer_mismatch(sent, data) is not None:
             return  # not the answer to our question: ignore (spoofing, or a late reply to a reused id)
         del self.pending[qid]
         if not fut.done():
@@ -178,15 +167,15 @@ class UdpUpstream:
                 break
         else:
             raise UpstreamError("udp: no free query id")
-        question = _question_of(query)
-        if question is None or sock.transport is None:
-            raise UpstreamError("udp: unusable query")
+        if sock.transport is None:
+            raise UpstreamError("udp: socket closed")
         loop = asyncio.get_running_loop()
         started = loop.time()
         fut: asyncio.Future[bytes] = loop.create_future()
-        sock.pending[qid] = (fut, question)
+        sent = struct.pack("!H", qid) + query[2:]
+        sock.pending[qid] = (fut, sent)
         try:
-            sock.transport.sendto(struct.pack("!H", qid) + query[2:])
+            sock.transport.sendto(sent)
             reply = await asyncio.wait_for(fut, timeout)
         finally:
             sock.pending.pop(qid, None)
@@ -208,14 +197,16 @@ async def tcp_exchange(host: str, port: int, query: bytes, timeout: float) -> by
     async def go() -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            qid = random.getrandbits(16)
-            writer.write(struct.pack("!HH", len(query), qid) + query[2:])
+            sent = struct.pack("!H", random.getrandbits(16)) + query[2:]
+            writer.write(struct.pack("!H", len(sent)) + sent)
             await writer.drain()
-            while True:
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-                reply = await reader.readexactly(length)
-                if len(reply) >= 12 and (reply[0] << 8 | reply[1]) == qid:
-                    return reply
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            reply = await reader.readexactly(length)
+            # One query per connection: whatever comes back must be its answer (the server chose to send it).
+            why = answer_mismatch(sent, reply)
+            if why is not None:
+                raise UpstreamError(f"tcp: {why}")
+            return reply
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -272,6 +263,9 @@ class DohUpstream:
             raise UpstreamError(f"doh: {exc}") from None
         if len(reply) < 12 or len(reply) > MAX_RESPONSE:
             raise UpstreamError("doh: bad reply size")
+        why = answer_mismatch(body, reply)
+        if why is not None:
+            raise UpstreamError(f"doh: {why}")
         return reply
 
     async def close(self) -> None:
@@ -378,34 +372,14 @@ class Forwarder:
             except (UpstreamError, OSError) as exc:
                 self._failed(i, str(exc))
                 continue
-            if len(reply) < 12 or not reply[2] & 0x80:
-                self._failed(i, "not a DNS response")
-                continue
             self._ok(i)
             # Restore the client's id and its question bytes (upstreams may change the 0x20 case; DoH sent id 0).
-            qend = _question_end(query)
-            if qend and _question_end(reply) == qend:
-                return query[:2] + reply[2:12] + query[12:qend] + reply[qend:]
-            return query[:2] + reply[2:]
+            # answer_mismatch checked that the question is the query's, so it ends at the same offset.
+            qend = question_end(query)
+            return query[:2] + reply[2:12] + query[12:qend] + reply[qend:]
         return None
 
     async def close(self) -> None:
         for u in self.upstreams:
             with contextlib.suppress(Exception):
                 await u.close()
-
-
-def _question_end(wire: bytes) -> int:
-    i = 12
-    n = len(wire)
-    if n < 17 or wire[4:6] != b"\x00\x01":
-        return 0
-    while i < n:
-        length = wire[i]
-        if length == 0:
-            end = i + 5
-            return end if end <= n else 0
-        if length > 63:
-            return 0
-        i += length + 1
-    return 0

@@ -5,10 +5,14 @@
 - ``Question``: the parsed fields every link needs (lower-case key without the dot, type, class, where the question
   ends, EDNS payload size and DO bit).
 - ``header_reply(...)``/``error_reply(...)``: small replies built from the query's own bytes (REFUSED, FORMERR,
-  SERVFAIL, truncated).
+  SERVFAIL, truncated); ``refusal(data)``: the answer to a client outside ``--allow``, decided without parsing.
+- ``strip_ecs(data, q)``: the query without an EDNS Client Subnet option (never forwarded: see cache.py).
+- ``answer_mismatch(sent, reply)``: why an upstream reply does not answer the query sent (id, QR, opcode, question
+  name case-insensitively, type, class), or None; every upstream transport calls it.
 - ``walk_records(wire)``: offsets of every resource record of a response (for TTL patching in the cache and the
   response-policy checks) without dnslib; raises ``WireError`` on anything malformed.
-- ``read_name(wire, offset)``: a (possibly compressed) name as a lower-case key.
+- ``read_name(wire, offset)``: a (possibly compressed) name as a lower-case key; strict (pointers only backwards,
+  at most ``MAX_POINTER_HOPS``), since response policy must fail closed on a name it cannot read.
 
 Why by hand: dnslib's parse + pack costs ~60 µs per query, the hand-written path ~2 µs (reference/dns-performance.md).
 dnslib stays for the rare paths (malformed or unusual queries, see ``normalize_query``).
@@ -43,6 +47,9 @@ DEFAULT_UDP_SIZE = 512  # without EDNS (RFC 1035)
 MAX_UDP_SIZE = 1232  # what we advertise and the most we send over UDP (DNS flag day 2020)
 EDE_OPTION = 15  # RFC 8914
 EDE_BLOCKED = 15
+ECS_OPTION = 8  # RFC 7871 EDNS Client Subnet
+# A real name needs one or two pointers; a long chain only exists to lose a parser (glibc follows far more).
+MAX_POINTER_HOPS = 64
 
 _H = struct.Struct("!HHHHHH")
 _U16 = struct.Struct("!H")
@@ -215,6 +222,81 @@ def error_reply(data: bytes, rcode: int) -> bytes:
     return data[:2] + header_flags(data, rcode) + b"\x00\x00\x00\x00\x00\x00\x00\x00"
 
 
+def refusal(data: bytes) -> bytes | None:
+    """For a client outside ``--allow``: a header-only REFUSED (12 bytes, never larger than what it sent), or None
+    (silence) for what is not a query header. Only the first 3 bytes are looked at, whatever follows: the client
+    learns nothing about how its packet would have been read and costs no parse."""
+    if len(data) < 12 or data[2] & 0x80:  # never answer a response (reflection loops)
+        return None
+    return error_reply(data, RCODE_REFUSED)
+
+
+def strip_ecs(data: bytes, q: Question) -> bytes:
+    """``data`` (a query ``parse_query`` accepted) without EDNS Client Subnet options; the same object when none.
+
+    Why: an answer scoped to one client's subnet must not reach another client through the cache, and the cache is
+    keyed on the question only. Not forwarding ECS at all also keeps clients' subnets from the upstream.
+    """
+    j = q.qend
+    if not q.edns or len(data) <= j + 11:
+        return data
+    rdlen = (data[j + 9] << 8) | data[j + 10]
+    if not rdlen:
+        return data
+    i, end = j + 11, j + 11 + rdlen
+    kept = bytearray()
+    found = False
+    while i + 4 <= end:
+        code, length = struct.unpack_from("!HH", data, i)
+        if code == ECS_OPTION:
+            found = True
+        else:
+            kept += data[i : i + 4 + length]
+        i += 4 + length
+    if not found:
+        return data
+    return data[: j + 9] + _U16.pack(len(kept)) + bytes(kept)
+
+
+def answer_mismatch(sent: bytes, reply: bytes) -> str | None:
+    """Why ``reply`` is not the answer to query ``sent`` (as sent: its id), or None when it is.
+
+    Checked: the id, the QR bit, the opcode, one question with the same name (ASCII case folded, RFC 4343), type and
+    class. A reply without the question (some servers' header-only errors) is not an answer either: the forwarder
+    tries the next upstream.
+    """
+    if len(reply) < 12:
+        return "short reply"
+    if reply[:2] != sent[:2]:
+        return "id differs"
+    if not reply[2] & 0x80:
+        return "not a response (QR=0)"
+    if (reply[2] ^ sent[2]) & 0x78:
+        return "opcode differs"
+    if reply[4:6] != b"\x00\x01":
+        return "not exactly one question"
+    end = question_end(sent)
+    if not end or len(reply) < end:
+        return "question differs"
+    # Lower-case the name only: bytes.lower() would also fold a type or class byte in 0x41-0x5A (HTTPS is 65).
+    if reply[12 : end - 4].lower() != sent[12 : end - 4].lower() or reply[end - 4 : end] != sent[end - 4 : end]:
+        return "question differs"
+    return None
+
+
+def question_end(data: bytes) -> int:
+    """Offset after the (uncompressed) question of a message, or 0."""
+    i, n = 12, len(data)
+    while i < n:
+        length = data[i]
+        if length == 0:
+            return i + 5 if i + 5 <= n else 0
+        if length > 63:
+            return 0
+        i += length + 1
+    return 0
+
+
 def opt_record(size: int = MAX_UDP_SIZE, options: bytes = b"", do: bool = False, ext_rcode: int = 0) -> bytes:
     return b"\x00" + struct.pack("!HHBBHH", QTYPE_OPT, size, ext_rcode, 0, 0x8000 if do else 0, len(options)) + options
 
@@ -263,7 +345,12 @@ def skip_name(wire: bytes, i: int) -> int:
 
 
 def read_name(wire: bytes, i: int) -> str:
-    """A (possibly compressed) name as a lower-case key without trailing dot."""
+    """A (possibly compressed) name as a lower-case key without trailing dot.
+
+    Strict, because a name that is skipped is a name that is not judged: every pointer must point backwards (RFC
+    1035 4.1.4: "a prior occurrence") and past the header, and at most ``MAX_POINTER_HOPS`` are followed; anything
+    else raises ``WireError`` (forward pointers, loops, long chains), and the caller fails closed.
+    """
     labels: list[str] = []
     n = len(wire)
     hops = 0
@@ -278,9 +365,12 @@ def read_name(wire: bytes, i: int) -> str:
             if i + 1 >= n:
                 raise WireError("truncated pointer")
             hops += 1
-            if hops > 64:
-                raise WireError("compression loop")
-            i = ((length & 0x3F) << 8) | wire[i + 1]
+            if hops > MAX_POINTER_HOPS:
+                raise WireError("compression pointer chain too long")
+            target = ((length & 0x3F) << 8) | wire[i + 1]
+            if target >= i or target < 12:
+                raise WireError("compression pointer not backwards into the message")
+            i = target
             continue
         if length & 0xC0:
             raise WireError("unknown label type")

@@ -4,7 +4,10 @@
   (for IXFR, RFC 1995) and return True so the caller sends NOTIFY.
 - ``RpzFeed.answer(wire, client, tcp)``: the response message(s) for a query inside the zone: SOA/NS/any record,
   AXFR (TCP only), IXFR (incremental when the client's serial is in the history, else a full transfer), each signed
-  with TSIG (HMAC-SHA256) when a key is configured. Clients outside ``--transfer-allow`` get REFUSED.
+  with TSIG (HMAC-SHA256) when a key is configured. Clients outside ``--transfer-allow`` get REFUSED, decided
+  before the packet is parsed. A packet the feed does not answer (a response, an opcode other than QUERY, no
+  question) gives ``[]``: the caller drops and counts it. Every log line a client can trigger goes through a
+  ``RateLimitedLog`` (at most one a minute per kind), so a flood of bad packets cannot fill the log.
 - ``RpzFeed.notify_all()``: NOTIFY (RFC 1996) every ``--notify`` target over UDP, retried until acknowledged.
 
 Message handling uses dnspython: zone transfers need multi-message TSIG and exact IXFR framing, which dnspython
@@ -33,11 +36,13 @@ import dns.rrset
 import dns.tsig
 import dns.tsigkeyring
 
+from ..dns.observe import RateLimitedLog
 from ..policy.matcher import Policy
 from ..policy.model import IPAddress, IPNetwork
 from .zone import RpzRecord, policy_records, rpz_mode
 
 log = logging.getLogger("enforcer.rpz")
+ratelog = RateLimitedLog(log)
 
 RECORD_TTL = 60
 SOA_TIMERS = (60, 30, 604800, 30)  # refresh, retry, expire, minimum: secondaries re-check every minute
@@ -173,7 +178,31 @@ class RpzFeed:
         return any(client.version == n.version and client in n for n in self.transfer_allow)
 
     def answer(self, wire: bytes, client: str, tcp: bool) -> list[bytes] | None:
-        """Response messages for a query inside the zone, or None when the query is not for this zone."""
+        """Response messages for a query inside the zone, None when the packet is not for this zone (the resolver
+        handles it), ``[]`` for a packet aimed at the zone that gets no answer (dropped; the caller counts it)."""
+        if len(wire) < 12 or wire[2] & 0x80:
+            return []  # a response (QR=1) is never answered: no reflection loops, no parse
+        if (wire[2] >> 3) & 0x0F != dns.opcode.QUERY:
+            return []  # NOTIFY, UPDATE, ...: this feed is a primary that takes no updates
+        try:
+            addr = ipaddress.ip_address(client.split("%", 1)[0])
+            allowed = self.allowed(addr)
+        except ValueError:
+            allowed = False
+        if not allowed:
+            # Only the question is read (no TSIG processing): such a client learns nothing about keys or the zone.
+            try:
+                name = dns.message.from_wire(wire, question_only=True).question[0].name
+            except (dns.exception.DNSException, IndexError):
+                return None  # not a readable query: the resolver's parser answers it (FORMERR)
+            if not name.is_subdomain(self.origin):
+                return None
+            ratelog("refused", logging.WARNING, "RPZ: refused %s from %s (not in --transfer-allow)", name, client)
+            refused = bytearray(wire[:12])
+            refused[2] = 0x80 | (wire[2] & 0x79)
+            refused[3] = dns.rcode.REFUSED
+            refused[4:12] = bytes(8)
+            return [bytes(refused)]
         try:
             query = dns.message.from_wire(wire, keyring=self.keyring, question_only=False)
         except dns.message.UnknownTSIGKey:
@@ -187,16 +216,9 @@ class RpzFeed:
         q = query.question[0]
         if not q.name.is_subdomain(self.origin):
             return None
-        try:
-            addr = ipaddress.ip_address(client.split("%", 1)[0])
-        except ValueError:
-            return [self._rcode(query, dns.rcode.REFUSED)]
-        if not self.allowed(addr):
-            log.warning("RPZ: refused %s %s from %s (not in --transfer-allow)", dns.rdatatype.to_text(q.rdtype),
-                        q.name, client)
-            return [self._rcode(query, dns.rcode.REFUSED)]
         if self.keyring is not None and not query.had_tsig and q.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
-            log.warning("RPZ: refused unsigned %s from %s (TSIG required)", dns.rdatatype.to_text(q.rdtype), client)
+            ratelog("unsigned", logging.WARNING, "RPZ: refused unsigned %s from %s (TSIG required)",
+                    dns.rdatatype.to_text(q.rdtype), client)  # fmt: skip
             return [self._rcode(query, dns.rcode.REFUSED)]
         zone = self.zone
         if q.rdtype == dns.rdatatype.AXFR:

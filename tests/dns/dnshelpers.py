@@ -71,7 +71,8 @@ class DnsProcess:
         raise RuntimeError(f"enforcer dns did not start: {line!r}; stderr: {self.stderr_text()}")
 
     def stderr_text(self) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:  # closed by stop(), e.g. after a failed start
+            self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
 
     # -- queries -------------------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Answers (dnslib): names in ``records`` get those zone-format records; names in `
 A/AAAA query gets 192.0.2.53 / 2001:db8::53 (TTL ``ttl``); other types get NODATA; negative answers carry an SOA.
 ``truncate_udp`` sets TC on UDP replies (with no records), ``silent`` drops every query, ``delay`` waits first,
 ``trailing`` names get a reply with a junk byte after the message (lenient parsers still read it).
+
+Hostile upstreams: ``mismatch`` maps a name to how its reply is made to answer another question (``name``, ``type``,
+``class``, ``id``, ``qr``, ``opcode``); ``raw`` maps a name to a function building the whole reply from the query
+bytes (compression-pointer tricks, TTLs with the top bit set); ``ecs_scope`` echoes an EDNS Client Subnet option
+with that scope in every reply (as a subnet-scoping CDN resolver would, even when the query carried none). Each
+``Asked`` records whether the query carried an ECS option.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import socketserver
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dnslib
@@ -24,6 +31,7 @@ class Asked:
     proto: str
     name: str  # lower-case, no trailing dot
     qtype: str
+    ecs: bool = False  # the query carried an EDNS Client Subnet option
 
 
 @dataclass
@@ -37,6 +45,9 @@ class FakeUpstream:
     silent: bool = False
     delay: float = 0.0
     trailing: set[str] = field(default_factory=set)  # names whose reply carries a junk byte after the message
+    mismatch: dict[str, str] = field(default_factory=dict)  # name -> name | type | class | id | qr | opcode
+    raw: dict[str, Callable[[bytes], bytes]] = field(default_factory=dict)  # name -> reply built from the query
+    ecs_scope: int | None = None
     asked: list[Asked] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -123,13 +134,21 @@ class FakeUpstream:
             return _formerr(data)
         q = query.q
         name = str(q.qname).rstrip(".").lower()
+        opt = [r for r in query.ar if r.rtype == dnslib.QTYPE.OPT]
+        ecs = any(o.code == 8 for r in opt for o in (r.rdata or []))
         with self._lock:
-            self.asked.append(Asked(proto, name, dnslib.QTYPE.get(q.qtype)))
+            self.asked.append(Asked(proto, name, dnslib.QTYPE.get(q.qtype), ecs))
         if self.silent:
             return None
         if self.delay:
             time.sleep(self.delay)
+        if name in self.raw:
+            return self.raw[name](data)
         reply = query.reply()
+        if self.ecs_scope is not None:
+            # family 1, source /24, scope as configured, 198.51.100.0 (RFC 7871 section 6)
+            option = dnslib.EDNSOption(8, struct.pack("!HBB", 1, 24, self.ecs_scope) + bytes([198, 51, 100]))
+            reply.add_ar(dnslib.EDNS0(udp_len=1232, opts=[option]))
         if proto == "udp" and self.truncate_udp:
             reply.header.tc = 1
             return reply.pack()
@@ -152,7 +171,34 @@ class FakeUpstream:
             reply.add_answer(dnslib.RR(q.qname, dnslib.QTYPE.AAAA, ttl=self.ttl, rdata=dnslib.AAAA("2001:db8::53")))
         else:
             reply.add_auth(soa)
-        return reply.pack() + (b"\x00" if name in self.trailing else b"")
+        packed = reply.pack()
+        if name in self.mismatch:
+            packed = _mismatch(packed, self.mismatch[name])
+        return packed + (b"\x00" if name in self.trailing else b"")
+
+
+def _mismatch(reply: bytes, kind: str) -> bytes:
+    """The reply altered to answer another question (or to not be an answer): what a hostile upstream sends."""
+    out = bytearray(reply)
+    qend = 12
+    while out[qend]:
+        qend += out[qend] + 1
+    qend += 1
+    if kind == "name":  # same length, another name: the first label's first byte changed
+        out[13] = ord("z") if out[13] != ord("z") else ord("y")
+    elif kind == "type":
+        out[qend : qend + 2] = struct.pack("!H", 16 if struct.unpack_from("!H", out, qend)[0] != 16 else 1)
+    elif kind == "class":
+        out[qend + 2 : qend + 4] = struct.pack("!H", 3)
+    elif kind == "id":
+        out[0] ^= 0x5A
+    elif kind == "qr":
+        out[2] &= 0x7F
+    elif kind == "opcode":
+        out[2] = (out[2] & 0x87) | (2 << 3)  # STATUS
+    else:
+        raise ValueError(kind)
+    return bytes(out)
 
 
 def _recv(sock: socket.socket, n: int) -> bytes:
