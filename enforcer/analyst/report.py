@@ -444,7 +444,9 @@ def csv_cell(value: Any) -> Any:
 
 def to_csv(report: dict[str, Any]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    # RFC 4180 CRLF rows: the csv module quotes a field holding any character of the line terminator, so with
+    # "\n" alone a CR inside a hostile value would go out unquoted and split the row in a spreadsheet.
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CLIENT_FIELDS)
     for row in report["clients"]:
         w.writerow([csv_cell(row[k]) for k in CLIENT_FIELDS])

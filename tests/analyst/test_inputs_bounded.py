@@ -184,9 +184,7 @@ def test_ingest_skips_and_counts_what_is_not_a_bounded_regular_file(tmp_path: Pa
     with (ev / "big.jsonl").open("wb") as fh:
         fh.truncate(5 * 1024 * 1024)
     store = Store(tmp_path / "a.sqlite")
-    ing = Ingester(
-        store, [ev, tmp_path / "direct.jsonl"], parser_process=False, max_file_bytes=4 * 1024 * 1024
-    )
+    ing = Ingester(store, [ev, tmp_path / "direct.jsonl"], parser_process=False, max_file_bytes=4 * 1024 * 1024)
     try:
         with _unblock(fifos):
             assert _poll_with_deadline(ing) == 300
