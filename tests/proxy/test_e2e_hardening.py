@@ -1,0 +1,302 @@
+"""Issue 10 end to end: the real ``enforcer proxy`` (mitmdump + addon, regular mode) against hostile clients.
+
+Where it runs: a loopback-only network namespace (tests/netns.py) in which ``lo`` also carries 77.74.177.5, an
+address of a blocked ``cidr`` rule (kaspersky 77.74.176.0/21). So a proxy that failed open reaches only a local
+recorder, never the real host. mitmdump runs in a private mount namespace whose /etc/resolv.conf points at a fake
+DNS server on 127.0.0.1:53 in the same network namespace: glibc ``getaddrinfo`` (mitmproxy's and the gate's) does
+real DNS over UDP, with answers the test chooses:
+
+- ``evil.test`` -> 77.74.177.5 (a name into a blocked range);
+- ``rebind.test`` -> 127.0.0.1 and 77.74.177.5 by turns, TTL 0 (DNS rebinding: a second lookup gets the other);
+- ``good.test``, ``dldir1.qq.com``, ``example.com`` -> 127.0.0.1.
+
+The origins listen on 0.0.0.0 and record the local address of every connection: "never connected to the blocked
+address" is checked there, not inferred from the proxy's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dnslib
+import pytest
+
+from tests.conftest import BLOCKLISTS, ROOT, free_port, require_tool
+from tests.netns import loopback_only_netns
+from tests.proxy.origins import OriginThread, PlainOrigin, TlsOrigin, make_cert
+from tests.proxy.test_e2e import connect, header, raw, status, stop_proxy, wait_port
+
+pytestmark = pytest.mark.e2e
+
+BLOCKED_IP = "77.74.177.5"
+
+
+class FakeDns:
+    """UDP DNS on 127.0.0.1:53 (the namespace's own): A answers from ``names``; a list is served in turn."""
+
+    def __init__(self, names: dict[str, list[str]]) -> None:
+        self.names = names
+        self.turn: dict[str, int] = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 53))
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="fake-dns", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with contextlib.suppress(Exception):
+                self.sock.sendto(self._answer(data), peer)
+
+    def _answer(self, data: bytes) -> bytes:
+        query = dnslib.DNSRecord.parse(data)
+        reply = query.reply()
+        name = str(query.q.qname).rstrip(".").lower()
+        if name not in self.names:
+            reply.header.rcode = dnslib.RCODE.NXDOMAIN
+        elif query.q.qtype == dnslib.QTYPE.A:
+            answers = self.names[name]
+            i = self.turn.get(name, 0)
+            self.turn[name] = i + 1
+            reply.add_answer(dnslib.RR(query.q.qname, dnslib.QTYPE.A, ttl=0, rdata=dnslib.A(answers[i % len(answers)])))
+        return reply.pack()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self.thread.join(2)
+
+
+@dataclass
+class Local:
+    """Which local address each accepted connection was made to."""
+
+    addresses: list[str] = field(default_factory=list)
+
+    def reached_blocked(self) -> bool:
+        return BLOCKED_IP in self.addresses
+
+
+@dataclass
+class Net:
+    port: int
+    ca: Path
+    plain: PlainOrigin
+    plain_local: Local
+    tls: TlsOrigin
+    tls_local: Local
+    dns: FakeDns
+    log: Path
+
+
+def _serve_any(thread: OriginThread, origin: PlainOrigin | TlsOrigin, local: Local) -> int:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        local.addresses.append(str(writer.get_extra_info("sockname")[0]))
+        await origin.handle(reader, writer)
+
+    async def go() -> int:
+        server = await asyncio.start_server(handle, "0.0.0.0", 0)
+        thread._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    return asyncio.run_coroutine_threadsafe(go(), thread.loop).result(10)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    ip = require_tool("ip")
+    unshare = require_tool("unshare")
+    tmp = tmp_path_factory.mktemp("e2e-hardening")
+    with loopback_only_netns():
+        subprocess.run([ip, "addr", "add", f"{BLOCKED_IP}/32", "dev", "lo"], check=True, timeout=10)
+        dns = FakeDns(
+            {
+                "evil.test": [BLOCKED_IP],
+                "rebind.test": ["127.0.0.1", BLOCKED_IP],
+                "good.test": ["127.0.0.1"],
+                "dldir1.qq.com": ["127.0.0.1"],
+                "example.com": ["127.0.0.1"],
+            }
+        )
+        origins = OriginThread()
+        cert, key = make_cert(tmp)
+        plain, plain_local = PlainOrigin(), Local()
+        plain.port = _serve_any(origins, plain, plain_local)
+        tls, tls_local = TlsOrigin(cert, key), Local()
+        tls.port = _serve_any(origins, tls, tls_local)
+        resolv = tmp / "resolv.conf"
+        resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n", encoding="utf-8")
+        port = free_port()
+        log = tmp / "mitmdump.log"
+        cmd = [
+            unshare,
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+            str(resolv),
+            sys.executable,
+            "-m",
+            "enforcer",
+            "proxy",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--blocklist",
+            str(BLOCKLISTS),
+            "--events",
+            str(tmp / "events.jsonl"),
+            "--confdir",
+            str(tmp / "confdir"),
+            "--",
+            "--set",
+            "ssl_insecure=true",
+        ]
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        try:
+            wait_port(port, proc, log)
+            yield Net(port, tmp / "confdir" / "mitmproxy-ca-cert.pem", plain, plain_local, tls, tls_local, dns, log)
+        finally:
+            stop_proxy(proc)
+            origins.stop()
+            dns.close()
+
+
+def _get(net: Net, url: str, host: str | None = None) -> bytes:
+    host_line = f"Host: {host}\r\n" if host else ""
+    return raw(net.port, f"GET {url} HTTP/1.1\r\n{host_line}Connection: close\r\n\r\n".encode())
+
+
+# -- 1. literals and names that lead into a blocked range -------------------------------------------------------
+@pytest.mark.parametrize("spelling", ["1296740613", "0x4d4ab105", "0115.0112.0261.05", "77.74.45317", "77.4894981"])
+def test_literal_spellings_never_connect(net: Net, spelling: str) -> None:
+    out = _get(net, f"http://{spelling}:{net.plain.port}/x")
+    assert status(out) == 403 and (header(out, "X-Enforcer-Rule") or "").startswith("kaspersky:cidr:"), out[:200]
+    head, s = connect(net.port, f"{spelling}:{net.tls.port}")
+    s.close()
+    assert status(head) == 403, head[:200]
+    out = _get(net, f"http://good.test:{net.plain.port}/x", host=spelling)
+    assert status(out) == 403, out[:200]
+    assert not net.plain_local.reached_blocked() and not net.tls_local.reached_blocked()
+
+
+def test_name_resolving_into_a_blocked_range_never_connects(net: Net) -> None:
+    out = _get(net, f"http://evil.test:{net.plain.port}/x")
+    assert status(out) != 200 and b"kaspersky:cidr:77.74.176.0/21" in out, out[:300]
+    # Through a CONNECT tunnel (passed through: no url rules for evil.test) the client's TLS goes nowhere.
+    head, s = connect(net.port, f"evil.test:{net.tls.port}")
+    assert status(head) == 200  # lazy: the CONNECT is answered before any server is dialled
+    with contextlib.suppress(OSError), s:
+        ctx = ssl._create_unverified_context()
+        with pytest.raises((ssl.SSLError, OSError)), ctx.wrap_socket(s, server_hostname="evil.test") as t:
+            t.sendall(b"GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+            if not t.recv(100):
+                raise OSError("closed")
+    assert not net.plain_local.reached_blocked() and not net.tls_local.reached_blocked()
+    # The same proxy still serves a name that resolves somewhere allowed, by name (Host kept).
+    out = _get(net, f"http://good.test:{net.plain.port}/fine", host=f"good.test:{net.plain.port}")
+    seen = net.plain.rec.requests[-1]
+    assert status(out) == 200 and seen.target == "/fine" and seen.headers["host"] == f"good.test:{net.plain.port}"
+
+
+def test_rebinding_name_is_dialled_at_the_address_judged(net: Net) -> None:
+    # Each lookup of rebind.test alternates 127.0.0.1 / 77.74.177.5. The gate judges its own lookup and dials exactly
+    # that address: a request either reaches 127.0.0.1 or is refused, never the blocked address.
+    outcomes = []
+    for i in range(6):
+        out = _get(net, f"http://rebind.test:{net.plain.port}/r{i}")
+        outcomes.append(status(out))
+    assert 200 in outcomes and any(code != 200 for code in outcomes), outcomes
+    assert not net.plain_local.reached_blocked(), net.plain_local.addresses
+
+
+# -- 2. decryption is not decided by the SNI alone -------------------------------------------------------------
+def _through_tunnel(net: Net, target: str, sni: str | None, request: bytes) -> bytes:
+    head, s = connect(net.port, target)
+    assert status(head) == 200, head
+    ctx = ssl.create_default_context(cafile=str(net.ca))
+    if sni is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    with s, ctx.wrap_socket(s, server_hostname=sni) as t:
+        t.sendall(request)
+        out = b""
+        with contextlib.suppress(TimeoutError, OSError):
+            t.settimeout(5)
+            while chunk := t.recv(65536):
+                out += chunk
+        return out
+
+
+def test_connect_host_with_url_rules_is_decrypted_despite_the_sni(net: Net) -> None:
+    before = len(net.tls.rec.requests)
+    # CONNECT dldir1.qq.com with SNI example.com: decrypted (the client must trust the proxy CA), then judged.
+    out = _through_tunnel(
+        net,
+        f"dldir1.qq.com:{net.tls.port}",
+        "example.com",
+        b"GET /weixin/android/x.apk HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    )
+    assert status(out) == 403 and header(out, "X-Enforcer-Rule") == "wechat:url:dldir1.qq.com/weixin/*", out[:300]
+    out = _through_tunnel(
+        net,
+        f"dldir1.qq.com:{net.tls.port}",
+        "example.com",
+        b"GET /qqfile/QQ.exe HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    )
+    assert status(out) == 200
+    assert [s.target for s in net.tls.rec.requests[before:]] == ["/qqfile/QQ.exe"]
+
+
+# -- 3. paths as the origin reads them, HTTP/1.1 and HTTP/2 ------------------------------------------------------
+@pytest.mark.parametrize(
+    "path", ["//weixin/x.apk", "/./weixin/x.apk", "/%2e/weixin/x.apk", "/x/../weixin/x.apk", "/x/%2e%2e/weixin/x.apk"]
+)
+def test_path_variants_blocked_over_http1_and_http2(net: Net, path: str, tmp_path: Path) -> None:
+    before = len(net.plain.rec.requests) + len(net.tls.rec.requests)
+    out = _get(net, f"http://dldir1.qq.com:{net.plain.port}{path}")
+    assert status(out) == 403, (path, out[:200])
+    curl = require_tool("curl")
+    cmd = [curl, "-s", "--path-as-is", "--http2", "--cacert", str(net.ca), "-x", f"http://127.0.0.1:{net.port}"]
+    cmd += ["-o", os.devnull, "-w", "%{http_version} %{http_code}", "--max-time", "15"]
+    url = f"https://dldir1.qq.com:{net.tls.port}{path}"
+    got = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=30)
+    assert got.stdout == "2 403", (path, got.stdout, got.stderr)
+    assert len(net.plain.rec.requests) + len(net.tls.rec.requests) == before
+
+
+# -- 4. Host header anomalies ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "Host: weixin.qq.com:80:80\r\n",
+        "Host: good.test\r\nHost: weixin.qq.com\r\n",
+        "Host: weixin.qq.com\r\nHost: good.test\r\n",
+        "Host: user@good.test\r\n",
+    ],
+)
+def test_ambiguous_host_gets_400(net: Net, extra: str) -> None:
+    before = len(net.plain.rec.requests)
+    out = raw(net.port, f"GET http://good.test:{net.plain.port}/h HTTP/1.1\r\n{extra}\r\n".encode())
+    assert status(out) == 400, out[:300]
+    assert len(net.plain.rec.requests) == before
