@@ -1,11 +1,10 @@
 """One hit-event line -> the few fields the analyst indexes and aggregates.
 
 - ``Record``: the indexed fields of one event (id, time, app, client, category, component, action, rule, denied, name).
-- ``parse_line(line)``: full JSON parse of one JSON Lines record (nested ECS objects as ``EventWriter`` writes them,
-  or flat dotted keys such as ``"event.action"``); ``None`` for a line that is not a usable event.
-- ``fast_fields(line)``: the four fields the report needs (time, app, client, denied), read without a JSON parse
-  from lines shaped like ``EventWriter`` output; any other line falls back to ``parse_line``. Substring search costs
-  about half of ``json.loads`` plus field access per line (``report.scan_range`` inlines the same test on bytes).
+- ``record_from_doc(doc)``: the fields of a parsed document (nested ECS objects as ``EventWriter`` writes them, or
+  flat dotted keys such as ``"event.action"``); ``None`` for a document that is not a usable event. The report and
+  the ingest reach it through ``lines.parse_event_line``; ``parse_line(line)`` (JSON text -> record) serves the
+  benchmarks.
 - ``canonical_ts`` / ``ts_to_us`` / ``us_to_ts``: timestamps as RFC 3339 UTC strings with microseconds and ``Z``
   (``2023-10-30T04:00:00.000000Z``), which sort like the instants they name, and as integer microseconds (SQLite);
   only ``MIN_TS``..``MAX_TS`` (1970 to 9999) is accepted, anything else is a ValueError.
@@ -66,7 +65,7 @@ def canonical_ts(value: str) -> str:
             dt = dt.replace(tzinfo=UTC)
         return dt_to_ts(dt)
     except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        raise ValueError(f"time out of range: {value[:40]!r}") from None
+        raise ValueError(f"time out of range ({MIN_TS[:10]}..{MAX_TS[:10]})") from None
 
 
 def dt_to_ts(dt: datetime) -> str:
@@ -213,52 +212,3 @@ def recover(line: str) -> str | None:
     """The last whole-looking event inside a torn line (``{"@timestamp"`` not at the start), else None."""
     i = line.rfind(_HEAD)
     return line[i:] if i > 0 else None
-
-
-def _between(line: str, key: str) -> str | None:
-    i = line.find(key)
-    if i < 0:
-        return None
-    i += len(key)
-    j = line.find('"', i)
-    if j < 0:
-        return None
-    value = line[i:j]
-    return None if "\\" in value else value
-
-
-def fast_fields(line: str) -> tuple[str, str, str, bool] | None:
-    """(timestamp, app, client, denied) of one line, or None when the line is not an event.
-
-    Lines shaped like ``EventWriter`` output (start with the timestamp, balanced braces, one event, the markers
-    present) are read by substring search. This is sound for valid JSON because an unescaped ``"`` cannot occur
-    inside a JSON string, so ``"ruleset":"`` can only be a key. Anything else goes through ``parse_line``.
-    """
-    if (
-        line.startswith(_HEAD)
-        and line.endswith("}")
-        and line.count("{") == line.count("}")
-        and line.find(_HEAD, 1) < 0
-        and line[42:43] == '"'
-    ):
-        app = _between(line, '"ruleset":"')
-        if app:
-            if '"type":["denied"]' in line:
-                denied = True
-            elif '"type":["allowed"]' in line:
-                denied = False
-            else:
-                denied = None
-            if denied is not None:
-                client = _between(line, '"source":{"ip":"')
-                if client is None and '"source":' in line:
-                    client = None  # source present but not in writer order: parse fully
-                else:
-                    ts = line[15:42]
-                    if ts[26] == "Z" and ts[10] == "T":
-                        return ts, app, client or "", denied
-    parsed = parse_line(line)
-    if parsed is None:
-        return None
-    rec = parsed[0]
-    return rec.ts, rec.app, rec.client, rec.denied
