@@ -142,6 +142,8 @@ def build_chain(parts: ChainParts) -> Handler:
             return False
         if not replies:
             outcome("zone_bad")  # the feed saw a packet it does not answer (a response, an odd opcode): dropped
+            ratelog("zone-bad", logging.WARNING, "RPZ feed: dropped a packet from %s that is not a query (a response "
+                    "or an opcode other than QUERY); counted in outcome=zone_bad", host)  # fmt: skip
             return None
         outcome("zone")
         return replies if tcp else replies[0]

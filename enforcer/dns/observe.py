@@ -90,7 +90,7 @@ class RateLimitedLog:
             return False
         self._state[key] = (now, 0)
         if held:
-            msg += " (%d similar line(s) held back in the last %.0f s)"
+            msg += " (%d similar line(s) held back in the last %g s)"
             args = (*args, held, self.interval)
         self.logger.log(level, msg, *args, exc_info=exc_info)
         return True

