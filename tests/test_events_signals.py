@@ -164,3 +164,41 @@ def test_proxy_forwards_sigusr1_to_the_addon(proxy: tuple[subprocess.Popen[bytes
     assert _blocked_request(port, "c.blocked.example").split()[1] == b"403"
     assert _wait(lambda: _lines(events) == 1)
     assert _lines(events.with_name("proxy.jsonl.1")) == 2
+
+
+@pytest.mark.e2e
+def test_serve_forwards_sigusr1_to_its_event_writers_only(tmp_path: Path, lists: Path) -> None:
+    dns_port, proxy_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "enforcer", "serve", "--data-dir", str(tmp_path / "var"), "--blocklist", str(lists),
+           "--dns-listen", f"127.0.0.1:{dns_port}", "--upstream", f"127.0.0.1:{free_port()}",
+           "--dns-metrics", f"127.0.0.1:{free_port()}", "--proxy-listen", f"127.0.0.1:{proxy_port}",
+           "--proxy-metrics", f"127.0.0.1:{free_port()}", "--analyst-listen", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    descendants: list[int] = []  # serve starts each child in its own session: stopped one by one at the end
+    try:
+        assert _wait(lambda: b"Ctrl-C stops everything" in log.read_bytes(), timeout=60), log.read_text()[-3000:]
+        dns_events, proxy_events = tmp_path / "var/events/dns.jsonl", tmp_path / "var/events/proxy.jsonl"
+        q = dns.message.make_query("a.blocked.example", "A")
+        assert dns.query.udp(q, "127.0.0.1", port=dns_port, timeout=3).answer
+        assert _blocked_request(proxy_port, "a.blocked.example").split()[1] == b"403"
+        assert _wait(lambda: _lines(dns_events) == 1 and _lines(proxy_events) == 1)
+        children = {Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[3].decode(): c for c in _children(proc.pid)}
+        assert set(children) == {"dns", "proxy", "analyst"}
+        mitmdump = _children(children["proxy"])[0]
+        descendants += [*children.values(), mitmdump]
+        assert _holds(children["dns"], dns_events) and _holds(mitmdump, proxy_events)
+
+        proc.send_signal(signal.SIGUSR1)
+        assert _wait(lambda: not _holds(children["dns"], dns_events) and not _holds(mitmdump, proxy_events))
+        assert proc.poll() is None
+        assert all(Path(f"/proc/{pid}").exists() for pid in [*children.values(), mitmdump])  # the analyst too
+        assert dns.query.udp(q, "127.0.0.1", port=dns_port, timeout=3).answer
+        assert _blocked_request(proxy_port, "b.blocked.example").split()[1] == b"403"
+        assert _wait(lambda: _lines(dns_events) == 2 and _lines(proxy_events) == 2)
+    finally:
+        _stop(proc)
+        for pid in descendants:  # left behind only if serve died (an unhandled SIGUSR1)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
