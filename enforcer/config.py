@@ -50,12 +50,18 @@ def find_config_arg(argv: list[str]) -> str | None:
 
 def load_config(path: str) -> tuple[dict[str, Any], yaml.Node | None]:
     """Parse the config file; returns the data and its node tree (for positions in error messages)."""
+    # Bounded like a blocklist: a regular file only (a FIFO would hang), at most 1 MiB (a config is a few KB), and
+    # nesting checked while composing, before safe_load recurses as deep as the file nests.
+    from .policy.blocklist import MiB, Unreadable, compose_bounded, read_regular
+
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}:1:1: cannot read config: {exc.strerror}") from None
+        text = read_regular(path, MiB).decode("utf-8")
+    except Unreadable as exc:
+        raise ConfigError(f"{path}:1:1: cannot read config: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}:1:1: cannot read config: not UTF-8 text: {exc.reason}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = compose_bounded(text)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
