@@ -385,11 +385,15 @@ class EnforcerAddon:
         if match is None or not match.blocked:
             return False
         verdict = self._judge(match, data.client)
+        if ip is not None:  # a resolved address is logged with the name that led to it
+            domain = str(address[0]) if address else None
+        else:
+            domain = host if action == "connect-block" else None
         self._record(
             verdict,
             action,
             data.client,
-            url_domain=host if action == "connect-block" and ip is None else None,
+            url_domain=domain,
             tls_server_name=data.server.sni if action == "tls-block" else None,
             destination_ip=ip or (_ip_or_none(str(address[0])) if address else None),
             destination_port=address[1] if address else None,

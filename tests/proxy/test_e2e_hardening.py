@@ -24,13 +24,16 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dnslib
 import pytest
 
+from enforcer.events import iter_events
 from tests.conftest import BLOCKLISTS, ROOT, free_port, require_tool
 from tests.netns import loopback_only_netns
 from tests.proxy.origins import OriginThread, PlainOrigin, TlsOrigin, make_cert
@@ -104,6 +107,7 @@ class Net:
     tls_local: Local
     dns: FakeDns
     log: Path
+    events: Path
 
 
 def _serve_any(thread: OriginThread, origin: PlainOrigin | TlsOrigin, local: Local) -> int:
@@ -175,7 +179,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
             wait_port(port, proc, log)
-            yield Net(port, tmp / "confdir" / "mitmproxy-ca-cert.pem", plain, plain_local, tls, tls_local, dns, log)
+            ca = tmp / "confdir" / "mitmproxy-ca-cert.pem"
+            yield Net(port, ca, plain, plain_local, tls, tls_local, dns, log, tmp / "events.jsonl")
         finally:
             stop_proxy(proc)
             origins.stop()
@@ -202,7 +207,7 @@ def test_literal_spellings_never_connect(net: Net, spelling: str) -> None:
 
 def test_name_resolving_into_a_blocked_range_never_connects(net: Net) -> None:
     out = _get(net, f"http://evil.test:{net.plain.port}/x")
-    assert status(out) != 200 and b"kaspersky:cidr:77.74.176.0/21" in out, out[:300]
+    assert status(out) == 502 and b"blocked by enforcer rule kaspersky:cidr:77.74.176.0/21" in out, out[:300]
     # Through a CONNECT tunnel (passed through: no url rules for evil.test) the client's TLS goes nowhere.
     head, s = connect(net.port, f"evil.test:{net.tls.port}")
     assert status(head) == 200  # lazy: the CONNECT is answered before any server is dialled
@@ -217,6 +222,15 @@ def test_name_resolving_into_a_blocked_range_never_connects(net: Net) -> None:
     out = _get(net, f"http://good.test:{net.plain.port}/fine", host=f"good.test:{net.plain.port}")
     seen = net.plain.rec.requests[-1]
     assert status(out) == 200 and seen.target == "/fine" and seen.headers["host"] == f"good.test:{net.plain.port}"
+    # The hit event names the address the name resolved to.
+    deadline = time.monotonic() + 10
+    hits: list[dict[str, Any]] = []
+    while not hits and time.monotonic() < deadline:
+        time.sleep(0.1)
+        docs = list(iter_events(net.events)) if net.events.exists() else []
+        hits = [d for d in docs if d.get("url", {}).get("domain") == "evil.test"]
+    assert hits and hits[0]["event"]["action"] == "connect-block" and hits[0]["destination"]["ip"] == BLOCKED_IP
+    assert hits[0]["rule"]["id"] == "kaspersky:cidr:77.74.176.0/21"
 
 
 def test_rebinding_name_is_dialled_at_the_address_judged(net: Net) -> None:
