@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .records import Record, record_from_doc, recover, ts_to_us
+from .records import MIN_TS, Record, record_from_doc, recover, ts_to_us
 
 # Far above any line the writer produces (a URL-heavy proxy event is a few KB), far below what would hurt memory.
 MAX_LINE_BYTES = 1024 * 1024
@@ -156,7 +156,7 @@ def line_blocks(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterato
         pos += len(whole)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per line, and frozen init costs a setattr per field
 class Parsed:
     record: Record
     ts_us: int
@@ -224,18 +224,107 @@ def _event(text: bytes | str) -> Parsed | None:
     return _finish(rec, doc, text if isinstance(text, bytes) else text.encode("utf-8"))
 
 
+# The writer's own line (events.HitEvent.to_ecs, json.dumps with compact separators), matched whole: a line that
+# matches is valid JSON with exactly these keys in this order, so the fields read from the groups are the values a
+# JSON parse would give, provided no string holds an escape (``_S``/``_C`` refuse backslashes and control characters)
+# and the line is valid UTF-8. Anything else (another key order, another field, an escape) takes the JSON parse:
+# this only saves time (a third of the parse's cost), the rule stays that of ``record_from_doc``.
+_S = rb'"[^"\\\x00-\x1f]*"'
+_C = rb'"([^"\\\x00-\x1f]*)"'
+_N = rb"(?:0|[1-9][0-9]{0,18})"
+_WRITER_LINE = re.compile(
+    (
+        rb'\{"@timestamp":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)"'
+        rb',"event":\{"id":"([0-9a-f]{32})","kind":' + _S + rb',"category":\[(?:' + _S + rb"(?:," + _S + rb")*)?\]"
+        rb',"type":\["(denied|allowed)"\],"action":' + _C + rb',"dataset":' + _S + rb',"module":' + _S + rb"\}"
+        rb',"rule":\{"id":'
+        + _C
+        + rb',"ruleset":"([^"\\\x00-\x1f]+)","reference":'
+        + _S
+        + rb',"version":'
+        + _S
+        + rb'(?:,"category":'
+        + _C
+        + rb")?\}"
+        rb',"observer":\{"hostname":' + _S + rb',"type":' + _C + rb"\}"
+        rb'(?:,"labels":\{"exempt":true\})?'
+        rb'(?:,"source":\{"ip":' + _C + rb'(?:,"port":' + _N + rb")?\})?"
+        rb'(?:,"dns":\{"question":\{"name":' + _C + rb'(?:,"type":' + _S + rb")?\}\})?"
+        rb'(?:,"url":\{(?:"full":' + _S + rb'(?:,"domain":' + _C + rb')?|"domain":' + _C + rb")\})?"
+        rb'(?:,"http":\{"request":\{"method":' + _S + rb"\}\})?"
+        rb'(?:,"tls":\{"client":\{"server_name":' + _C + rb"\}\})?"
+        rb'(?:,"destination":\{(?:"ip":' + _C + rb'(?:,"port":' + _N + rb')?|"port":' + _N + rb")\})?"
+        rb"\}"
+    ).decode("ascii"),
+    re.ASCII,  # on text, so that \d is 0-9 only
+)
+
+
+def _writer_line(raw: bytes) -> Parsed | None:
+    """The writer's own line without a JSON parse (see ``_WRITER_LINE``); None: take the full parse."""
+    try:
+        text = raw.decode("utf-8")  # strict, as json.loads on bytes: invalid UTF-8 takes the full parse
+    except UnicodeDecodeError:
+        return None
+    m = _WRITER_LINE.fullmatch(text)
+    if m is None:
+        return None
+    ts, eid, kind, action, rule_id, app, category, component, client, dns_name, domain1, domain2, sni, dest_ip = (
+        m.groups()
+    )
+    if ts < MIN_TS:
+        return None
+    try:
+        ts_us = ts_to_us(ts)
+    except ValueError:
+        return None
+    # records._record_nested: the DNS name (even empty), else a non-empty URL domain, else a non-empty SNI, else the
+    # destination address.
+    domain = domain1 if domain1 is not None else domain2
+    if dns_name is not None:
+        name = dns_name
+    elif domain:
+        name = domain
+    elif sni:
+        name = sni
+    else:
+        name = dest_ip or ""
+    rec = Record(
+        eid,
+        ts,
+        app,
+        client if client is not None else "",
+        category if category is not None else "",
+        component,
+        action,
+        rule_id,
+        kind == "denied",
+        name,
+    )
+    return Parsed(rec, ts_us, bytes.fromhex(eid), raw)
+
+
 def parse_event_line(raw: bytes, final: bool = False) -> tuple[Parsed | None, str | None]:
     """One line (without its newline) -> (event, None) | (event, "torn") | (None, reason) | (None, None) if blank.
 
     ``final``: the unterminated last line of a file that will not grow (a rotated file, or any file the report
     reads): when it is not JSON it is a write cut short, ``torn``.
     """
+    return _parse(raw, final, True)
+
+
+def _parse(raw: bytes, final: bool, fast: bool) -> tuple[Parsed | None, str | None]:
+    """``parse_event_line``; ``fast`` False: always the JSON parse (the definition the fast path must equal)."""
     if len(raw) > MAX_LINE_BYTES:
         return None, "oversize"
     if raw[:1] != b"{" or raw[-1:] != b"}":
         raw = raw.strip()
         if not raw:
             return None, None
+    if fast and raw[:15] == b'{"@timestamp":"':
+        quick = _writer_line(raw)
+        if quick is not None:
+            return quick, None
     doc = _loads(raw)  # bytes: must be valid UTF-8
     if doc is _INVALID:
         text = raw.decode("utf-8", "replace")  # invalid UTF-8 inside strings becomes U+FFFD, as for any reader
