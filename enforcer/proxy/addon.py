@@ -413,19 +413,19 @@ class EnforcerAddon:
             infos = await asyncio.wait_for(
                 loop.getaddrinfo(name, port, type=socket.SOCK_STREAM), timeout=RESOLVE_TIMEOUT
             )
+        except TimeoutError:  # before OSError, of which it is a subclass
+            server.error = f"cannot resolve {name}: no answer within {RESOLVE_TIMEOUT:g}s"
+            return
         except (OSError, UnicodeError) as exc:
             # mitmproxy's own lookup would fail the same way; a second lookup must not get a different chance.
             server.error = f"cannot resolve {name}: {exc}"
             return
-        except TimeoutError:
-            server.error = f"cannot resolve {name}: no answer within {RESOLVE_TIMEOUT:g}s"
-            return
-        addresses: list[str] = []
+        addresses: list[str] = []  # as getaddrinfo gave them (a link-local address keeps its %zone for dialling)
         for info in infos:
-            ip = str(info[4][0]).split("%", 1)[0]
-            if ip not in addresses:
-                addresses.append(ip)
-        for ip in addresses:
+            if str(info[4][0]) not in addresses:
+                addresses.append(str(info[4][0]))
+        for dial in addresses:
+            ip = dial.split("%", 1)[0]
             if self._gate(policy, ip, "connect-block", data, server.address, ip=ip):
                 return
         if not addresses:
