@@ -41,7 +41,7 @@ BROAD = [
     ('url: "https://*/**"', "10", "over-broad rule: url https://*/** matches every URL"),
     ('url: "*.com/*"', "10", "over-broad rule: url *.com/* matches every URL under the public suffix com"),
     ('url: "*.co.uk/*"', "10", "over-broad rule: url *.co.uk/* matches every URL under the public suffix co.uk"),
-    ('url: "*/*"\n    method: POST', "10", "over-broad rule: url */* matches every URL (method POST)"),
+    ('url: "*/*"\n    method: POST\n    id: t:post', "10", "over-broad rule: url */* matches every URL (method POST)"),
 ]
 
 NARROW = [
@@ -74,16 +74,28 @@ def _overbroad(warnings: tuple[object, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize(("rule", "col", "message"), BROAD, ids=[b[0].split("\n")[0] for b in BROAD])
-def test_overbroad_rule_is_a_located_warning_and_strict_fails(
-    tmp_path: Path, rule: str, col: str, message: str
-) -> None:
+def test_overbroad_rule_is_a_located_warning(tmp_path: Path, rule: str, col: str, message: str) -> None:
     path = _one_rule(tmp_path, rule)
-    expected = f"{path}:6:{col}: warning: {message}"
-    assert _overbroad(load_policy(path.parent).warnings) == [expected]
+    assert _overbroad(load_policy(path.parent).warnings) == [f"{path}:6:{col}: warning: {message}"]
+
+
+def test_check_prints_every_overbroad_warning_and_strict_fails(tmp_path: Path) -> None:
+    # All of them in one file: two real `enforcer check` runs instead of two per rule.
+    body = "block:\n" + "".join(f"  - {rule}\n    category: web\n" for rule, _col, _msg in BROAD)
+    path = write(tmp_path / "lists", "t.yaml", app_yaml("t", body))
+    lines, expected = 5, []
+    for rule, col, message in BROAD:
+        lines += 1
+        expected.append(f"{path}:{lines}:{col}: warning: {message}")
+        lines += 1 + rule.count("\n")
     proc = enforcer("check", str(path.parent))
-    assert proc.returncode == 0 and expected in proc.stderr.splitlines()
+    assert proc.returncode == 0
+    assert [x for x in proc.stderr.splitlines() if "over-broad" in x] == expected
     strict = enforcer("check", "--strict", str(path.parent))
-    assert strict.returncode == 1 and f"{path}:6:{col}: {message}" in strict.stderr.splitlines()
+    assert strict.returncode == 1 and proc.stdout.startswith("OK:") and strict.stdout == ""
+    assert [x for x in strict.stderr.splitlines() if "over-broad" in x] == [
+        x.replace(": warning: ", ": ", 1) for x in expected
+    ]
 
 
 @pytest.mark.parametrize("rule", NARROW)
