@@ -91,7 +91,7 @@ def open_event_file(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_F
             raise EventFileError(
                 "too_large", f"{path}: {st.st_size} bytes, over --max-file-size ({max_bytes} bytes); not read"
             )
-        return os.fdopen(fd, "rb", buffering=0)
+        return os.fdopen(fd, "rb")  # buffered: read(n) returns n bytes unless the file ends
     except BaseException:
         os.close(fd)
         raise
