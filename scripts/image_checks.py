@@ -232,7 +232,8 @@ def container(name: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        podman("rm", "--force", "--ignore", "--time", "5", name, check=False)
+        # --volumes: the image's VOLUME gives every container an anonymous volume, left behind without it.
+        podman("rm", "--force", "--ignore", "--volumes", "--time", "5", name, check=False)
 
 
 def part_defaults(image: str) -> None:
@@ -376,6 +377,9 @@ def part_compose(image: str, compose: str) -> None:
                     f"compose: an empty secret did not fail the token step once with a clear line: {status} {text!r}"
                 )
         finally:
+            # The containers' anonymous volumes (the image's VOLUME) first; `down --volumes` takes the named ones.
+            for cname in (f"{project}_{s}_1" for s in ("resolver", "proxy", "analyst", "analyst-token")):
+                podman("rm", "--force", "--ignore", "--volumes", "--time", "10", cname, check=False)
             run("down", "--volumes", "--timeout", "10", check=False)
             up.close()
 
