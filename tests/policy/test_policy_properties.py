@@ -6,6 +6,7 @@ The default run keeps example counts moderate; ``-m slow`` runs the same propert
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enforcer.policy import InvalidName, Policy, load_policy, normalize_name
+from enforcer.proxy.decide import url_for
 from tests.policy.policy_helpers import app_yaml, shipped
 
 LABEL = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
@@ -111,3 +113,70 @@ def test_label_boundary_slow(rule: str, prefix: str, joiner: str) -> None:
 @given(raw=RAW)
 def test_normalize_idempotent_slow(raw: str) -> None:
     test_normalize_name_is_idempotent.hypothesis.inner_test(raw)  # type: ignore[attr-defined]
+
+
+# -- hostile spellings (issue 10): what the origin or the resolver reads is what is judged ---------------------------
+def _obfuscate(path: str, draw: st.DrawFn) -> str:
+    """Spell ``path`` another way that a normalising origin (nginx, IIS) reads back as ``path``."""
+    out = []
+    for seg in path.split("/")[1:]:
+        for _ in range(draw(st.integers(0, 2))):
+            out.append(draw(st.sampled_from(["", ".", "%2e", "x/..", "y/%2e%2e", "z;p=1/.."])))
+        chars = []
+        for ch in seg:
+            how = draw(st.sampled_from(["keep", "keep", "upper", "escape"]))
+            chars.append(ch.upper() if how == "upper" else f"%{ord(ch):02x}" if how == "escape" else ch)
+        out.append("".join(chars))
+    seps = [draw(st.sampled_from(["/", "/", "//", "\\", "%2F", "/./"])) for _ in out]
+    return "".join(sep + seg for sep, seg in zip(seps, out, strict=True))
+
+
+@st.composite
+def _spelled_path(draw: st.DrawFn, base: str) -> str:
+    name = draw(st.from_regex(r"[a-z0-9_]{1,8}\.(apk|exe|dmg)", fullmatch=True))
+    return _obfuscate(f"{base}{name}", draw)
+
+
+@DEFAULT
+@given(blocked=_spelled_path("/weixin/android/"), other=_spelled_path("/qqfile/qq/"))
+def test_every_spelling_of_a_blocked_path_is_blocked(blocked: str, other: str) -> None:
+    # As the proxy builds the URL from a request's path (a leading backslash stays in the path, after a "/").
+    policy = shipped()
+    m = policy.match_url(url_for("https", "dldir1.qq.com", 443, blocked))
+    assert m is not None and m.rule.id == "wechat:url:dldir1.qq.com/weixin/*", blocked
+    assert policy.match_url(url_for("https", "dldir1.qq.com", 443, other)) is None, other
+
+
+def _spell_ipv4(value: int, draw: st.DrawFn) -> str:
+    nparts = draw(st.integers(1, 4))
+    sizes = [8] * (nparts - 1) + [32 - 8 * (nparts - 1)]
+    parts, shift = [], 32
+    for size in sizes:
+        shift -= size
+        parts.append((value >> shift) & ((1 << size) - 1))
+    styles: list[Callable[[int], str]] = [str, hex, lambda v: "0" + oct(v)[2:]]
+    return ".".join(draw(st.sampled_from(styles))(p) for p in parts)
+
+
+@st.composite
+def _spelled_ip(draw: st.DrawFn, low: int, high: int) -> str:
+    return _spell_ipv4(draw(st.integers(low, high)), draw)
+
+
+KASPERSKY_21 = (0x4D4AB000, 0x4D4AB7FF)  # 77.74.176.0/21
+
+
+@DEFAULT
+@given(spelled=_spelled_ip(*KASPERSKY_21), outside=_spelled_ip(0x08080000, 0x0808FFFF))
+def test_every_spelling_of_a_blocked_address_is_blocked(spelled: str, outside: str) -> None:
+    policy = shipped()
+    m = policy.match_host(spelled)
+    assert m is not None and m.rule.id == "kaspersky:cidr:77.74.176.0/21", spelled
+    assert policy.match_host(outside) is None, outside
+
+
+@pytest.mark.slow
+@SLOW
+@given(blocked=_spelled_path("/weixin/android/"), other=_spelled_path("/qqfile/qq/"))
+def test_every_spelling_of_a_blocked_path_slow(blocked: str, other: str) -> None:
+    test_every_spelling_of_a_blocked_path_is_blocked.hypothesis.inner_test(blocked, other)  # type: ignore[attr-defined]
