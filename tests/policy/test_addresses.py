@@ -20,6 +20,7 @@ from enforcer.policy.addresses import check_nat64_prefix, embedded_ipv4, parse_i
 from tests.policy.policy_helpers import app_yaml, write
 
 V4 = ipaddress.IPv4Address("77.74.177.5")
+GLIBC = platform.libc_ver()[0] == "glibc"
 
 SPELLINGS_V4 = [
     "77.74.177.5",
@@ -64,7 +65,8 @@ NOT_LITERALS = [
 @pytest.mark.parametrize("text", SPELLINGS_V4)
 def test_ipv4_spellings_denote_the_address(text: str) -> None:
     assert parse_ip_literal(text) == V4
-    assert socket.getaddrinfo(text, None, flags=socket.AI_NUMERICHOST)[0][4][0] == "77.74.177.5"
+    if GLIBC:
+        assert socket.getaddrinfo(text, None, flags=socket.AI_NUMERICHOST)[0][4][0] == "77.74.177.5"
 
 
 @pytest.mark.parametrize("text", SPELLINGS_V6)
@@ -79,7 +81,7 @@ def test_names_and_invalid_literals_are_not_addresses(text: str) -> None:
     assert parse_ip_literal(text) is None
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the oracle is glibc's getaddrinfo")
+@pytest.mark.skipif(not GLIBC, reason="the oracle is glibc's getaddrinfo")
 def test_parser_agrees_with_getaddrinfo_on_random_spellings() -> None:
     rng = random.Random(20261130)
     fmts: list[Callable[[int], str]] = [str, hex, lambda v: "0" + oct(v)[2:], lambda v: hex(v).upper()]
