@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -82,3 +83,34 @@ def test_two_workers_share_the_address_and_the_metrics(tmp_path: Path) -> None:
         up.close()
     assert code == 0, proc.stderr_text()
     assert _children(proc.proc.pid) == []
+
+
+def test_workers_apply_the_hardening_options_and_sum_their_outcomes(tmp_path: Path) -> None:
+    """--allow, --tcp-max-per-source and --max-cache-ttl reach every worker; /metrics adds the new outcomes."""
+    up = FakeUpstream(ttl=7200)
+    proc = DnsProcess(tmp_path, "--workers", "2", "--blocklist", str(BLOCKLISTS), "--upstream", up.address,
+                      "--allow", "127.0.0.1/32", "--tcp-max-per-source", "2", "--max-cache-ttl", "60")  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        assert proc.query("ttl.example").answer[0].ttl == 60
+        for _ in range(6):  # an outsider: a 12-byte REFUSED from whichever worker the kernel picks
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.2", 0))
+                s.settimeout(3)
+                s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3fabc", ("127.0.0.1", proc.port))
+                reply = s.recv(512)
+                assert len(reply) == 12 and reply[3] & 0x0F == 5
+        for _ in range(10):  # silent connections from one source: at most 2 per worker are held
+            held.append(socket.create_connection(("127.0.0.1", proc.port)))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit") < 6:
+            time.sleep(0.1)
+        assert proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit") >= 6
+        assert proc.metric("enforcer_dns_queries_total", outcome="refused") == 6
+        assert proc.metric("enforcer_dns_queries_total", outcome="formerr") == 0
+    finally:
+        for s in held:
+            s.close()
+        code = proc.stop()
+        up.close()
+    assert code == 0, proc.stderr_text()
