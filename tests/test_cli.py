@@ -59,6 +59,23 @@ def test_lookup_kinds_and_invalid_queries() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_lookup_reads_every_ip_spelling_and_refuses_address_lookalikes() -> None:
+    """An address is the address it denotes (decimal, hex, octal, short forms, IPv4 in IPv6), and a query that only
+    looks like an address is an error, not a domain that matches nothing."""
+    spellings = ["77.74.177.5", "1296740613", "0x4d4ab105", "0115.0112.0261.05", "77.74.45317", "77.4894981",
+                 "[::ffff:77.74.177.5]", "64:ff9b::4d4a:b105"]  # fmt: skip
+    lookalikes = ["300.1.1.1", "1.2.3.4.5", "0x1ffffffff", "1:2:3"]
+    proc = enforcer("lookup", "--at", "2024-01-01", *spellings, *lookalikes)
+    assert proc.returncode == 1
+    out = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [(o["query"], o["kind"], o["verdict"], o["app"]) for o in out] == [
+        (q, "ip", "block", "kaspersky") for q in spellings
+    ]
+    err = proc.stderr.splitlines()
+    assert [e.split(":", 1)[0] if not e.startswith("1:2:3") else "1:2:3" for e in err] == lookalikes
+    assert all("invalid ip" in e for e in err) and "Traceback" not in proc.stderr
+
+
 def test_lookup_method_and_bad_at() -> None:
     url = "http://198.51.100.1/mmtls/0123abcd"
     post = json.loads(enforcer("lookup", "--method", "POST", url).stdout)

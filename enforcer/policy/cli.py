@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from ..config import default_blocklist
+from .addresses import parse_ip_literal
 from .blocklist import DEFAULT_LIMITS, Limits
 
 
@@ -105,14 +107,19 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# The last label of a name is never all digits (RFC 3696 section 2) nor a 0x number: such a query means an address.
+_ADDRESS_LIKE = re.compile(r"(?:.*\.)?(?:[0-9]+|0[xX][0-9a-fA-F]*)\.?")
+
+
 def classify(query: str) -> str:
+    """``url``, ``ip`` or ``domain``. Every IPv4 spelling glibc accepts (``1296740613``, ``0x4d4ab105``) is an ``ip``,
+    and so is a query that only looks like one (``300.1.1.1``): run_lookup then reports it as invalid rather than
+    answering ``none`` for a name nobody can resolve."""
     if "://" in query or "/" in query:
         return "url"
-    try:
-        ipaddress.ip_address(query.strip("[]"))
-    except ValueError:
-        return "domain"
-    return "ip"
+    if ":" in query or parse_ip_literal(query) is not None or _ADDRESS_LIKE.fullmatch(query):
+        return "ip"
+    return "domain"
 
 
 def parse_when(text: str | None) -> datetime:
@@ -149,7 +156,10 @@ def run_lookup(args: argparse.Namespace) -> int:
                 normalize_name(query)
                 match = policy.match_name(query)
             elif kind == "ip":
-                match = policy.match_ip(query)
+                addr = parse_ip_literal(query)
+                if addr is None:
+                    raise ValueError("not an IP address in any form the platform resolver accepts")
+                match = policy.match_ip(addr)
             else:
                 match = policy.match_url(query, args.method)
         except (InvalidName, ValueError) as exc:
