@@ -7,7 +7,7 @@
 - ``line_blocks(fh, start, end)``: the whole lines that start in ``[start, end)`` as blocks of bytes, in bounded
   memory: a line longer than ``MAX_LINE_BYTES`` is skipped without being held (``None`` stands for it), and the start
   of a range inside a line is found without reading that line into memory. ``skip_line`` moves past one line.
-- ``parse_event_line(raw)``: THE rule for one line (docs/hardening-analyst.md): ``(Parsed, None)`` for an event,
+- ``parse_event_line(raw)``: THE rule for one line (docs/operators.md, section 9.4): ``(Parsed, None)`` for an event,
   ``(Parsed, "torn")`` for an event recovered from the tail of a torn line, ``(None, reason)`` for a skipped line
   (``invalid_json``, ``not_event``, ``oversize``), ``(None, None)`` for a blank line (not a line of the log).
 - ``Parsed``: the indexed fields (``records.Record``), the time in microseconds, the dedupe identity ``key`` (the

@@ -7,7 +7,7 @@
   list keeps a 1M-name feed at a fraction of a second; only the few candidates go through the library.
 - ``name_warning`` / ``network_warning`` / ``url_warning``: the warning text for one rule (or exempt range), or None.
 
-Thresholds (documented in docs/hardening-loaders.md): an IPv4 prefix shorter than /8 or an IPv6 prefix shorter than
+Thresholds (documented in docs/operators.md, section 9.3): an IPv4 prefix shorter than /8 or an IPv6 prefix shorter than
 /16 is over-broad (no single vendor holds more; a /8 is exactly one legacy class A), and a url rule whose host part
 covers every host (``*``) or a whole public suffix (``*.com``) while its path part matches every path.
 """

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from ..events import EventWriter, HitEvent
+from ..events import EventWriter, HitEvent, install_reopen_signal
 from ..policy.matcher import Policy
 
 UNBOUND_RE = re.compile(
@@ -217,6 +217,8 @@ def run(command: str, args: argparse.Namespace) -> int:
             print(f"{p}: no such file", file=sys.stderr)
             return 1
     writer = EventWriter(args.events)
+    # logrotate's postrotate may send SIGUSR1 to every enforcer process: reopen, never die of it.
+    install_reopen_signal()
     written = skipped = 0
     try:
         for event in convert(_lines(args.logs, args.follow), args.engine, policy, tz, args.observer):

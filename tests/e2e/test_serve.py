@@ -12,10 +12,7 @@ everything with the events on disk.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -23,8 +20,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -32,7 +27,7 @@ import dns.query
 import pytest
 import yaml
 
-from tests.conftest import BLOCKLISTS, IN_CI, ROOT, free_port, require_tool
+from tests.conftest import BLOCKLISTS, ROOT, free_port, require_tool
 from tests.dns.fakeupstream import FakeUpstream
 from tests.netns import loopback_only_netns
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -113,3 +116,37 @@ def test_cli_converts_a_log_file(tmp_path: Path) -> None:
     events = list(iter_events(out))
     assert len(events) == 2 and len({e["event"]["id"] for e in events}) == 2
     assert {json.dumps(e["rule"]["id"]) for e in events} == {'"wechat:domain:wx2.qq.com"'}
+
+
+def _wait_for(check: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_follow_survives_sigusr1_and_writes_to_the_new_file(tmp_path: Path) -> None:
+    """logrotate's postrotate signal reaches rpz-log too: it reopens the event file instead of dying."""
+    log = tmp_path / "named.log"
+    log.write_text(BIND + "\n")
+    out = tmp_path / "rpz.jsonl"
+    argv = [sys.executable, "-m", "enforcer", "rpz-log", "--engine", "bind", "--follow", "--events", str(out),
+            "--blocklist", str(BLOCKLISTS), str(log)]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: out.exists() and len(list(iter_events(out))) == 1)
+        os.rename(out, tmp_path / "rpz.jsonl.1")
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        assert proc.poll() is None, "SIGUSR1 ended rpz-log"
+        with log.open("a") as fh:
+            fh.write(BIND + "\n")
+        _wait_for(lambda: out.exists() and len(list(iter_events(out))) == 1)
+        assert len(list(iter_events(tmp_path / "rpz.jsonl.1"))) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "2 event(s) written" in err
