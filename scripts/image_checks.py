@@ -332,6 +332,12 @@ def part_compose(image: str, compose: str) -> None:
                 raise Failed(f"podman-compose {' '.join(args)}: {(out.stderr or out.stdout).strip()[-400:]}")
             return out
 
+        def teardown() -> None:
+            # The containers' anonymous volumes (the image's VOLUME) first; `down --volumes` takes the named ones.
+            for cname in (f"{project}_{s}_1" for s in ("resolver", "proxy", "analyst", "analyst-token")):
+                podman("rm", "--force", "--ignore", "--volumes", "--time", "10", cname, check=False)
+            run("down", "--volumes", "--timeout", "10", check=False)
+
         try:
             run("up", "--detach", "--no-build", "resolver", "proxy", "analyst")
             names = {s: f"{project}_{s}_1" for s in ("resolver", "proxy", "analyst", "analyst-token")}
@@ -364,23 +370,31 @@ def part_compose(image: str, compose: str) -> None:
                 check_health(names[svc])
                 check_uid(names[svc])
                 check_loopback_only(names[svc])
-            # A bad secret: the token step fails once, with one clear line, and is not restarted.
+            # A bad secret, from a clean start: the token step fails once with one clear line and is not restarted;
+            # the analyst is either not started (a failed dependency) or waits with one line: no restart loop.
+            teardown()
             token_file.write_text("")
-            run("up", "--detach", "--no-build", "analyst-token", check=False)
-            time.sleep(3)
+            run("up", "--detach", "--no-build", "analyst", check=False)
+            time.sleep(8)
             status = podman(
                 "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}", names["analyst-token"]
             ).stdout.split()
             text = logs(names["analyst-token"]).strip()
-            if status[:2] != ["exited", "1"] or status[2] != "0" or "analyst_token" not in text:
+            # One line per start: podman-compose starts the step, and podman starts it once more as the analyst's
+            # dependency (--requires); never by a restart policy (RestartCount 0).
+            lines = set(text.splitlines())
+            if status != ["exited", "1", "0"] or len(lines) != 1 or "analyst_token is missing or empty" not in text:
                 raise Failed(
                     f"compose: an empty secret did not fail the token step once with a clear line: {status} {text!r}"
                 )
+            state = podman("inspect", "--format", "{{.State.Status}} {{.RestartCount}}", names["analyst"], check=False)
+            waiting = [line for line in logs(names["analyst"]).splitlines() if "analyst: waiting for" in line]
+            if state.returncode == 0 and (
+                state.stdout.split()[1] != "0" or (state.stdout.split()[0] == "running" and len(waiting) != 1)
+            ):
+                raise Failed(f"compose: without a token the analyst is {state.stdout.strip()!r}, {len(waiting)} lines")
         finally:
-            # The containers' anonymous volumes (the image's VOLUME) first; `down --volumes` takes the named ones.
-            for cname in (f"{project}_{s}_1" for s in ("resolver", "proxy", "analyst", "analyst-token")):
-                podman("rm", "--force", "--ignore", "--volumes", "--time", "10", cname, check=False)
-            run("down", "--volumes", "--timeout", "10", check=False)
+            teardown()
             up.close()
 
 

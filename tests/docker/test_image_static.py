@@ -160,6 +160,10 @@ def test_analyst_token_is_installed_for_uid_10001_only() -> None:
     assert "secrets" not in analyst, "uid 10001 cannot read a 0600 secret file: the analyst takes the installed copy"
     assert analyst["depends_on"]["analyst-token"]["condition"] == "service_completed_successfully"
     assert any(v.startswith("analyst-token:") and v.endswith(":ro") for v in analyst["volumes"])
+    assert f"rm -f {m.group(1)};" in script, "a withdrawn secret must not leave the previous token in use"
+    # Where the token step failed (podman-compose starts the analyst anyway) the analyst waits instead of crash-looping.
+    wait = " ".join(analyst["entrypoint"])
+    assert f"t={m.group(1)};" in wait and 'exec enforcer "$$@"' in wait, wait
 
 
 def test_the_secret_file_is_ignored_by_git() -> None:
