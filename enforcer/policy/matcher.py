@@ -11,6 +11,9 @@
   spelling glibc accepts).
 - ``match_host(host)``: CONNECT/SNI/Host values; any IP literal spelling by address, anything else by name.
 
+- ``enforcement``: the ``enforcement.Enforcement`` table of this policy's apps: whether a block match is enforced
+  (effective date, exempt clients), for a rule's app, a client and a time.
+
 Precedence everywhere: the most specific rule wins; at equal specificity allow wins (resolved once, at build time,
 for names). A ``Policy`` is immutable; reloading builds a new one and swaps the reference.
 """
@@ -22,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .addresses import embedded_ipv4, parse_ip_literal
+from .enforcement import Enforcement
 from .model import AppPolicy, IPAddress, IPNetwork, Match, Rule
 from .names import fast_key
 from .urlrules import ParsedUrl, UrlIndex, UrlPattern, parse_request_url
@@ -91,6 +95,7 @@ class Policy:
         files: tuple[str, ...] = (),
     ) -> None:
         self.apps = dict(apps)
+        self.enforcement = Enforcement(self.apps)
         self.rules = rules
         self._hosts = hosts
         self._domains = domains

@@ -1,14 +1,17 @@
 """The frozen objects a loaded policy is made of: apps, rules, matches and the problems found while loading.
 
-Nothing here does I/O or reads the clock; ``Match.enforced`` takes "now" and the client as arguments.
+Nothing here does I/O or reads the clock; ``Match.enforced`` takes "now" and the client as arguments and asks the
+app's ``Cutover`` (``enforcement.py``, the one owner of the effective-date / exempt-client rule).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple
+
+from .enforcement import Cutover, to_us
 
 CATEGORIES = ("messaging", "update", "download", "store", "telemetry", "payments", "bypass", "web")
 NAME_KINDS = ("domain", "host", "include")
@@ -55,13 +58,13 @@ class AppPolicy:
     notice: str
     reference: str
     path: str
+    cutover: Cutover = field(init=False, repr=False, compare=False)
 
-    def is_exempt(self, client: IPAddress | None) -> bool:
-        if client is None or not self.exempt_clients:
-            return False
-        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
-            client = client.ipv4_mapped
-        return any(client.version == net.version and client in net for net in self.exempt_clients)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cutover", Cutover(self.app, self.effective, self.exempt_clients))
+
+    def is_exempt(self, client: IPAddress | str | None) -> bool:
+        return self.cutover.is_exempt(client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,4 @@ class Match(NamedTuple):
         """
         if self.rule.action != "block":
             return False
-        if at < self.app.effective:
-            return False
-        return not self.app.is_exempt(client)
+        return self.app.cutover.decide(client, to_us(at))[0]
