@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .net import split_host_port as split_host_port  # re-exported until the last caller imports it from enforcer.net
+
 # Label names.
 COMPONENT = "component"
 APP = "app"
@@ -212,29 +214,3 @@ def serve_metrics(listen: str, registry: CollectorRegistry) -> tuple[Any, Any]:
     """Start the /metrics HTTP endpoint on ``HOST:PORT`` in a daemon thread; returns (server, thread)."""
     host, port = split_host_port(listen)
     return start_http_server(port, addr=host, registry=registry)
-
-
-def split_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT`` or (with a default) a bare host. Raises ValueError with the reason."""
-    v = value.strip()
-    host, port_s = v, ""
-    if v.startswith("["):
-        end = v.find("]")
-        if end < 0:
-            raise ValueError(f"missing ']' in {value!r}")
-        host, rest = v[1:end], v[end + 1 :]
-        if rest.startswith(":"):
-            port_s = rest[1:]
-        elif rest:
-            raise ValueError(f"expected ':PORT' after ']' in {value!r}")
-    elif v.count(":") == 1:
-        host, port_s = v.split(":")
-    if not port_s:
-        if default_port is None:
-            raise ValueError(f"expected HOST:PORT, got {value!r}")
-        return host, default_port
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise ValueError(f"invalid port {port_s!r} in {value!r}")
-    if not host:
-        raise ValueError(f"missing host in {value!r}")
-    return host, int(port_s)

@@ -19,7 +19,6 @@ from enforcer.metrics import (
     LocalCounter,
     Metrics,
     serve_metrics,
-    split_host_port,
 )
 from tests.conftest import ROOT, free_port
 
@@ -124,23 +123,3 @@ def test_serve_metrics_over_http() -> None:
         thread.join(5)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["enforcer_dns_queries"].samples[0].value == 1
-
-
-@pytest.mark.parametrize(
-    ("value", "default", "expected"),
-    [
-        ("127.0.0.1:9153", None, ("127.0.0.1", 9153)),
-        ("[::1]:53", None, ("::1", 53)),
-        ("[::1]", 5353, ("::1", 5353)),
-        ("localhost", 80, ("localhost", 80)),
-        ("::1", 53, ("::1", 53)),
-    ],
-)
-def test_split_host_port(value: str, default: int | None, expected: tuple[str, int]) -> None:
-    assert split_host_port(value, default) == expected
-
-
-@pytest.mark.parametrize("value", ["127.0.0.1", "127.0.0.1:99999", "[::1", "[::1]x", ":53", "host:port"])
-def test_split_host_port_errors(value: str) -> None:
-    with pytest.raises(ValueError):
-        split_host_port(value)
