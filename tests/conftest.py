@@ -1,13 +1,18 @@
-"""Shared test fixtures: paths, free ports, and ``require_tool`` (skip locally when a Debian tool is missing, fail in CI
-where .ci/run installs it, so a missing install step cannot pass silently)."""
+"""Shared test fixtures: paths, free ports, ``require_tool`` (skip locally when a Debian tool is missing, fail in CI
+where .ci/run installs it, so a missing install step cannot pass silently) and ``eventually`` (the one deadline-polling
+helper: a test waits for a condition with it, never with a hand-rolled ``while time.monotonic() < deadline`` loop).
+
+Helpers are imported as ``from tests.conftest import ...`` (the one import style for test helpers)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -15,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCKLISTS = ROOT / "blocklists"
 DATA = Path(__file__).resolve().parent / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+T = TypeVar("T")
 
 
 def find_tool(name: str) -> str | None:
@@ -44,6 +51,33 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
             continue
         return port
     raise RuntimeError("no free port")
+
+
+def eventually(
+    check: Callable[[], T | None],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition not met",
+) -> T:
+    """Call ``check`` until it returns a truthy value and return that value; fail the test after ``timeout`` seconds.
+
+    ``message`` (or the text it returns, computed only on failure, e.g. to include a process's log) explains what
+    did not happen. An exception raised by ``check`` propagates at once: only a falsy result is retried. The check
+    runs once more after the deadline, so a slow machine that let time pass during the last sleep still sees it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    value = check()
+    if value:
+        return value
+    text = message() if callable(message) else message
+    pytest.fail(f"after {timeout:g}s: {text}")
 
 
 @pytest.fixture
