@@ -14,7 +14,7 @@ import struct
 import sys
 import urllib.request
 
-from .metrics import split_host_port
+from .net import split_host_port
 
 
 def probe_dns(host: str, port: int, timeout: float = 3.0) -> bool:

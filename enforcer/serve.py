@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import ConfigError, ReplaceAppend, default_blocklist
 from .healthcheck import probe_dns
-from .metrics import split_host_port
+from .net import format_host_port, split_host_port
 
 DEFAULTS = {
     "data_dir": "var",
@@ -200,7 +200,7 @@ def reachable(address: str) -> str:
     default route, or a placeholder when it has none (a container without a network, a published port)."""
     host, port = split_host_port(address)
     if host not in ("0.0.0.0", "::", ""):
-        return address if ":" not in host else f"[{host}]:{port}"
+        return address if ":" not in host else format_host_port(host, port)
     family, probe = (socket.AF_INET6, "2001:db8::1") if host == "::" else (socket.AF_INET, "192.0.2.1")
     try:
         # connect() on UDP only picks the route's source address; nothing is sent.
@@ -209,7 +209,7 @@ def reachable(address: str) -> str:
             found = str(s.getsockname()[0])
     except OSError:
         return f"<this host's address>:{port}"
-    return f"[{found}]:{port}" if ":" in found else f"{found}:{port}"
+    return format_host_port(found, port)
 
 
 def summary(info: dict[str, Any], token: str | None) -> str:
