@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from enforcer.policy import load_policy
-from enforcer.policy.export import FORMATS, _effective_ranges, export_policy, parse_mode, rpz_ip_trigger
+from enforcer.policy.export import FORMATS, export_policy, rpz_ip_trigger
+from enforcer.policy.export_filters import effective_ranges
+from enforcer.policy.modes import parse_mode
 from tests.policy.export_fixture import build
 from tests.policy.policy_helpers import app_yaml, enforcer, write
 
@@ -144,7 +146,7 @@ def test_nftables_subtracts_allow_holes() -> None:
             (ipaddress.ip_network(n), Rule(n, "a", act, "cidr", n, None, "x:1"))  # type: ignore[arg-type]
             for n, act in rules
         ]
-        return [str(n) for n in _effective_ranges(items, 4)]
+        return [str(n) for n in effective_ranges(items, 4)]
 
     assert ranges(("10.0.0.0/8", "block"), ("10.0.0.0/9", "allow")) == ["10.128.0.0/9"]
     assert ranges(("10.0.0.0/24", "block"), ("10.0.0.0/24", "allow")) == []  # allow wins at equal specificity
