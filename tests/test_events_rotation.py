@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import pytest
 
 import enforcer.events
 from enforcer.events import EventWriter, HitEvent, iter_events
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, eventually, free_port
 
 
 def _event(i: int) -> HitEvent:
@@ -49,15 +49,6 @@ def _emit(writer: EventWriter, start: int, count: int) -> list[str]:
         assert writer.emit(_event(i))
     writer.flush()
     return [f"n{i}.blocked.example" for i in range(start, start + count)]
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def _open_targets(pid: int | None = None) -> list[str]:
@@ -159,11 +150,11 @@ def test_idle_writer_lets_go_of_a_rotated_or_deleted_file_within_a_second(tmp_pa
     rotated = tmp_path / "events.jsonl.1"
     os.rename(path, rotated)
     started = time.monotonic()
-    assert _wait(lambda: str(rotated) not in _open_targets(), timeout=3.0)
+    eventually(lambda: str(rotated) not in _open_targets(), timeout=3.0, interval=0.02)
     assert time.monotonic() - started < 1.5
     _emit(writer, 3, 1)
     path.unlink()
-    assert _wait(lambda: f"{path} (deleted)" not in _open_targets(), timeout=3.0)
+    eventually(lambda: f"{path} (deleted)" not in _open_targets(), timeout=3.0, interval=0.02)
     assert writer.reopened == 2
 
 
@@ -190,7 +181,7 @@ def test_reopen_request_closes_and_reopens_the_file(tmp_path: Path, writer: Even
     _emit(writer, 0, 2)
     assert str(path) in _open_targets()
     writer.reopen() if how == "method" else enforcer.events.reopen_all()
-    assert _wait(lambda: str(path) not in _open_targets(), timeout=2.0)
+    eventually(lambda: str(path) not in _open_targets(), timeout=2.0, interval=0.02)
     assert writer.reopened == 1
     _emit(writer, 2, 2)
     assert len(_names(path)) == 4 and writer.written == 4
@@ -203,7 +194,7 @@ def test_sigusr1_handler_reopens_in_process(tmp_path: Path, writer: EventWriter)
         assert enforcer.events.install_reopen_signal() is True
         _emit(writer, 0, 1)
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert _wait(lambda: writer.reopened == 1 and str(path) not in _open_targets(), timeout=2.0)
+        eventually(lambda: writer.reopened == 1 and str(path) not in _open_targets(), timeout=2.0, interval=0.02)
     finally:
         signal.signal(signal.SIGUSR1, old)
 
@@ -279,25 +270,25 @@ def _sorted_names(path: Path) -> list[str]:
 def test_real_resolver_follows_rename_delete_and_sigusr1(tmp_path: Path, dns_proc: _Dns) -> None:
     events = dns_proc.events
     first = dns_proc.block("a", 5)
-    assert _wait(lambda: len(_names(events)) == 5)
+    eventually(lambda: len(_names(events)) == 5, timeout=5.0, interval=0.02)
     os.rename(events, tmp_path / "dns.jsonl.1")
     second = dns_proc.block("b", 5)
-    assert _wait(lambda: len(_names(events)) == 5)
+    eventually(lambda: len(_names(events)) == 5, timeout=5.0, interval=0.02)
     assert _sorted_names(tmp_path / "dns.jsonl.1") == sorted(first)
     assert _sorted_names(events) == sorted(second)
 
     events.unlink()
     third = dns_proc.block("c", 5)
-    assert _wait(lambda: len(_names(events)) == 5)
+    eventually(lambda: len(_names(events)) == 5, timeout=5.0, interval=0.02)
     assert _sorted_names(events) == sorted(third)
 
     # SIGUSR1: the resolver survives it (without a handler it is fatal) and lets go of its file at once.
     assert str(events) in _open_targets(dns_proc.proc.pid)
     dns_proc.proc.send_signal(signal.SIGUSR1)
-    assert _wait(lambda: str(events) not in _open_targets(dns_proc.proc.pid), timeout=3.0)
+    eventually(lambda: str(events) not in _open_targets(dns_proc.proc.pid), timeout=3.0, interval=0.02)
     assert dns_proc.proc.poll() is None
     fourth = dns_proc.block("d", 5)
-    assert _wait(lambda: len(_names(events)) == 10)
+    eventually(lambda: len(_names(events)) == 10, timeout=5.0, interval=0.02)
     assert _sorted_names(events) == sorted(third + fourth)
 
     # Honest counters: 20 written (all of them in a file we can read), none dropped.

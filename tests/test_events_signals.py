@@ -11,15 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
 import dns.query
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, eventually, free_port
 
 BLOCKLIST = """\
 app: t
@@ -29,15 +28,6 @@ block:
   - domain: blocked.example
     category: web
 """
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def _holds(pid: int, path: Path) -> bool:
@@ -95,16 +85,16 @@ def test_dns_workers_parent_forwards_sigusr1(tmp_path: Path, lists: Path) -> Non
                 assert dns.query.udp(q, "127.0.0.1", port=port, timeout=3).answer
 
         query(60)
-        assert _wait(lambda: all(_lines(f) > 0 for f in files) and sum(_lines(f) for f in files) == 60)
+        eventually(lambda: all(_lines(f) > 0 for f in files) and sum(_lines(f) for f in files) == 60)
         workers = [c for c in _children(proc.pid) if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(workers) == 2
         assert all(any(_holds(w, f) for w in workers) for f in files)
 
         proc.send_signal(signal.SIGUSR1)
-        assert _wait(lambda: not any(_holds(w, f) for w in workers for f in files))
+        eventually(lambda: not any(_holds(w, f) for w in workers for f in files))
         assert proc.poll() is None and all(Path(f"/proc/{w}").exists() for w in workers)
         query(60)
-        assert _wait(lambda: sum(_lines(f) for f in files) == 120)
+        eventually(lambda: sum(_lines(f) for f in files) == 120)
     finally:
         _stop(proc)
         if proc.stdout is not None:
@@ -121,13 +111,13 @@ def _blocked_request(port: int, name: str) -> bytes:
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert proc.poll() is None, log.read_text()[-3000:]
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"proxy not listening:\n{log.read_text()[-3000:]}")
+            return True
+        return False
+
+    eventually(listening, timeout=40, interval=0.1, message=lambda: f"proxy not listening:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture
@@ -149,20 +139,20 @@ def proxy(tmp_path: Path, lists: Path) -> Iterator[tuple[subprocess.Popen[bytes]
 def test_proxy_forwards_sigusr1_to_the_addon(proxy: tuple[subprocess.Popen[bytes], int, Path]) -> None:
     proc, port, events = proxy
     assert _blocked_request(port, "a.blocked.example").split()[1] == b"403"
-    assert _wait(lambda: _lines(events) == 1)
+    eventually(lambda: _lines(events) == 1)
     mitmdump = _children(proc.pid)
     assert len(mitmdump) == 1 and _holds(mitmdump[0], events)
 
     proc.send_signal(signal.SIGUSR1)
-    assert _wait(lambda: not _holds(mitmdump[0], events))
+    eventually(lambda: not _holds(mitmdump[0], events))
     assert proc.poll() is None and Path(f"/proc/{mitmdump[0]}").exists()
     assert _blocked_request(port, "b.blocked.example").split()[1] == b"403"
-    assert _wait(lambda: _lines(events) == 2)
+    eventually(lambda: _lines(events) == 2)
 
     # And an outside rotation without any signal: the next event goes to a new file at the path.
     events.rename(events.with_name("proxy.jsonl.1"))
     assert _blocked_request(port, "c.blocked.example").split()[1] == b"403"
-    assert _wait(lambda: _lines(events) == 1)
+    eventually(lambda: _lines(events) == 1)
     assert _lines(events.with_name("proxy.jsonl.1")) == 2
 
 
@@ -178,12 +168,14 @@ def test_serve_forwards_sigusr1_to_its_event_writers_only(tmp_path: Path, lists:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     descendants: list[int] = []  # serve starts each child in its own session: stopped one by one at the end
     try:
-        assert _wait(lambda: b"Ctrl-C stops everything" in log.read_bytes(), timeout=60), log.read_text()[-3000:]
+        eventually(
+            lambda: b"Ctrl-C stops everything" in log.read_bytes(), timeout=60, message=lambda: log.read_text()[-3000:]
+        )
         dns_events, proxy_events = tmp_path / "var/events/dns.jsonl", tmp_path / "var/events/proxy.jsonl"
         q = dns.message.make_query("a.blocked.example", "A")
         assert dns.query.udp(q, "127.0.0.1", port=dns_port, timeout=3).answer
         assert _blocked_request(proxy_port, "a.blocked.example").split()[1] == b"403"
-        assert _wait(lambda: _lines(dns_events) == 1 and _lines(proxy_events) == 1)
+        eventually(lambda: _lines(dns_events) == 1 and _lines(proxy_events) == 1)
         children = {Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[3].decode(): c for c in _children(proc.pid)}
         assert set(children) == {"dns", "proxy", "analyst"}
         mitmdump = _children(children["proxy"])[0]
@@ -191,12 +183,12 @@ def test_serve_forwards_sigusr1_to_its_event_writers_only(tmp_path: Path, lists:
         assert _holds(children["dns"], dns_events) and _holds(mitmdump, proxy_events)
 
         proc.send_signal(signal.SIGUSR1)
-        assert _wait(lambda: not _holds(children["dns"], dns_events) and not _holds(mitmdump, proxy_events))
+        eventually(lambda: not _holds(children["dns"], dns_events) and not _holds(mitmdump, proxy_events))
         assert proc.poll() is None
         assert all(Path(f"/proc/{pid}").exists() for pid in [*children.values(), mitmdump])  # the analyst too
         assert dns.query.udp(q, "127.0.0.1", port=dns_port, timeout=3).answer
         assert _blocked_request(proxy_port, "b.blocked.example").split()[1] == b"403"
-        assert _wait(lambda: _lines(dns_events) == 2 and _lines(proxy_events) == 2)
+        eventually(lambda: _lines(dns_events) == 2 and _lines(proxy_events) == 2)
     finally:
         _stop(proc)
         for pid in descendants:  # left behind only if serve died (an unhandled SIGUSR1)
