@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,11 +26,13 @@ import dns.query
 import pytest
 import yaml
 
-from tests.conftest import BLOCKLISTS, ROOT, free_port, require_tool
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
 from tests.dns.fakeupstream import FakeUpstream
 from tests.netns import loopback_only_netns
 
 pytestmark = pytest.mark.e2e
+
+
 class Serve:
     """`python -m enforcer serve` with its output collected by a thread."""
 
@@ -49,14 +50,14 @@ class Serve:
             self.lines.append(line.rstrip("\n"))
 
     def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def printed() -> bool:
             if any(text in line for line in self.lines):
-                return
+                return True
             if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        pytest.fail(f"serve did not print {text!r}:\n" + "\n".join(self.lines[-60:]))
+                pytest.fail(f"serve exited before printing {text!r}:\n" + "\n".join(self.lines[-60:]))
+            return False
+
+        eventually(printed, timeout, 0.1, lambda: f"serve did not print {text!r}:\n" + "\n".join(self.lines[-60:]))
 
     @property
     def output(self) -> str:
@@ -156,23 +157,25 @@ def test_serve_blocks_shows_alerts_and_stops_cleanly(tmp_path: Path) -> None:
             # Analyst: token required; the client shows up as non-compliant for WeChat.
             analyst = f"http://127.0.0.1:{ports['analyst']}"
             assert _http(f"{analyst}/api/report")[0] == 401
-            deadline = time.monotonic() + 30
             rows: list[dict] = []
-            while time.monotonic() < deadline:
+
+            def reported() -> bool:
+                nonlocal rows
                 status, _, body = _http(f"{analyst}/api/report", token)
                 assert status == 200
                 rows = [c for c in json.loads(body)["clients"] if c["app"] == "wechat"]
-                if rows and rows[0]["enforced_attempts"] >= 2:
-                    break
-                time.sleep(0.5)
+                return bool(rows) and rows[0]["enforced_attempts"] >= 2
+
+            eventually(reported, timeout=30, interval=0.5, message=lambda: f"report rows: {rows}")
             assert rows and rows[0]["client"] == "127.0.0.1" and rows[0]["enforced_attempts"] >= 2, rows
 
             # Prometheus: the shipped alert rule fires for WeChat.
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not _firing(
-                f"127.0.0.1:{ports['prometheus']}", "EnforcerNoncompliantDevice", "wechat"
-            ):
-                time.sleep(1)
+            eventually(
+                lambda: _firing(f"127.0.0.1:{ports['prometheus']}", "EnforcerNoncompliantDevice", "wechat"),
+                timeout=60,
+                interval=1,
+                message="EnforcerNoncompliantDevice never fired for wechat",
+            )
             assert _firing(f"127.0.0.1:{ports['prometheus']}", "EnforcerNoncompliantDevice", "wechat")
             assert not _firing(f"127.0.0.1:{ports['prometheus']}", "EnforcerNoncompliantDevice", "kaspersky")
         finally:
