@@ -355,7 +355,8 @@ def profile_share(
     proc.wait(30)
     stats = pstats.Stats(str(out)).stats  # type: ignore[attr-defined]
     hooks = ("http_connect", "tls_clienthello", "server_connect", "requestheaders", "client_disconnected")
-    hook_time = sum(v[3] for k, v in stats.items() if k[0].endswith("enforcer/proxy/addon.py") and k[2] in hooks)
+    # The hooks live in the addon parts composed by enforcer/proxy/addon.py (tunnel, server, request, lifecycle).
+    hook_time = sum(v[3] for k, v in stats.items() if "enforcer/proxy/" in k[0] and k[2] in hooks)
     flows = rate * args.duration
     print(f"profile {args.profile}: {rate:.1f} flows/s under cProfile, mitmdump CPU {cpu:.2f}s for ~{flows:.0f} flows")
     print(f"  addon hooks: {hook_time:.3f}s cumulative (incl. warm-up) = {hook_time / cpu:.1%} of mitmdump's CPU time")

@@ -54,7 +54,7 @@ def mitmdump_executable() -> list[str]:
 
 
 def mitmdump_command(args: argparse.Namespace) -> list[str]:
-    from enforcer.metrics import split_host_port
+    from enforcer.net import split_host_port
 
     try:
         host, port = split_host_port(args.listen)

@@ -1,13 +1,15 @@
 """Pure decision helpers for the addon: no mitmproxy objects, no I/O, "now" passed in.
 
-- ``Verdict`` / ``judge``: a policy ``Match`` plus the time and client -> blocked, monitored or allowed.
+- ``Verdict`` / ``judge``: a policy ``Match`` plus the time and client -> blocked, monitored or allowed, asked of
+  ``Policy.enforcement`` (the one owner of "on or after the effective date, not an exempt client").
 - ``request_hosts``: every host an HTTP request names (destination, :authority, Host, the tunnel's CONNECT host and
   SNI), so a request cannot hide a blocked host behind an allowed one; ``BadHost`` for a request whose Host cannot be
   read one way only (two Host fields, ``a:80:80``, userinfo, a bad port): the addon answers it 400.
 - ``authority_host``: the host of one Host/:authority value, strictly.
 - ``match_request``: the URL/store/name decision for a request across those hosts; the blocking match wins.
 - ``ConnState``: what earlier hooks decided about one client connection.
-- ``client_address``: a peer address tuple -> ``ip_address`` (None when it is not an IP, e.g. a unix socket).
+- ``client_address``: a peer address tuple -> ``ip_address`` (``%zone`` stripped; None when it is not an IP, e.g. a
+  unix socket).
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
+from enforcer.net import IPAddress, strip_zone
 from enforcer.policy import Match, Policy
-from enforcer.policy.model import IPAddress
 
 # Outcomes of enforcer_proxy_flows_total (bounded label values).
 ALLOWED = "allowed"
@@ -38,10 +39,12 @@ class BadHost(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do with a flow: ``match`` is the winning rule (or None); ``enforced`` says whether it blocks."""
+    """What to do with a flow: ``match`` is the winning rule (or None); ``enforced`` says whether it blocks,
+    ``exempt`` whether the client is one of the app's exempt clients (the event says so)."""
 
     match: Match | None
     enforced: bool = False
+    exempt: bool = False
 
     @property
     def blocked(self) -> bool:
@@ -69,17 +72,19 @@ class ConnState:
     url_allowed: set[str] = field(default_factory=set)  # hosts an explicit url/store allow rule let through
 
 
-def judge(match: Match | None, now: datetime, client: IPAddress | None) -> Verdict:
+def judge(policy: Policy, match: Match | None, at_us: int, client: IPAddress | None) -> Verdict:
+    """The verdict on ``match`` for ``client`` at ``at_us`` (integer microseconds since the epoch)."""
     if match is None or not match.blocked:
         return Verdict(match) if match is not None else ALLOW
-    return Verdict(match, match.enforced(now, client))
+    enforced, exempt = policy.enforcement.decide(match.rule.app, client, at_us)
+    return Verdict(match, enforced, exempt)
 
 
 def client_address(peer: object) -> tuple[IPAddress | None, int | None]:
     """(ip, port) of a socket peer tuple; (None, None) for anything else."""
     if isinstance(peer, tuple) and len(peer) >= 2:
         try:
-            return ipaddress.ip_address(str(peer[0]).split("%", 1)[0]), int(peer[1])
+            return ipaddress.ip_address(strip_zone(str(peer[0]))), int(peer[1])
         except ValueError:
             return None, None
     return None, None

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from enforcer.events import iter_events
 from enforcer.proxy.addon import EnforcerAddon
-from tests.conftest import BLOCKLISTS, DATA, free_port
+from tests.conftest import BLOCKLISTS, DATA, eventually, free_port
 from tests.proxy.helpers import (
     client_hello_data,
     connect_flow,
@@ -33,6 +33,7 @@ from tests.proxy.helpers import (
     gate,
     harness,
     request_flow,
+    run_hook,
     server_hook_data,
     write_policy,
 )
@@ -53,7 +54,7 @@ def _shipped_addon() -> Any:
     with harness(a) as tctx:
         tctx.configure(a, enforcer_blocklist=str(BLOCKLISTS))
         yield a
-    a.done()
+    run_hook(a, "done")
 
 
 # The table runs ~1200 cases against one addon (the hooks keep no state for these flows); tests that change the
@@ -90,7 +91,7 @@ def test_table_is_loaded() -> None:
 @pytest.mark.parametrize("case", DOMAIN_CASES, ids=_id)
 def test_domain_case_as_connect(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
     f = connect_flow(case["query"])
-    table_addon.http_connect(f)
+    run_hook(table_addon, "http_connect", f)
     if case["verdict"] == "block":
         expect_block(f.response, case)
         assert f.metadata["enforcer"]["rule"] == case.get("rule", f.metadata["enforcer"]["rule"])
@@ -102,7 +103,7 @@ def test_domain_case_as_connect(table_addon: EnforcerAddon, case: dict[str, Any]
 def test_domain_case_as_host_header(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
     # An origin-form request whose destination is innocent but whose Host header names the case: the Host counts.
     f = request_flow("http://192.168.7.7/", host_header=case["query"])
-    table_addon.requestheaders(f)
+    run_hook(table_addon, "requestheaders", f)
     if case["verdict"] == "block":
         # Same verdict and app; the rule may be a more specific url rule of that app (e.g. *.upd.kaspersky.com/*).
         expect_block(f.response, {**case, "rule": None})
@@ -115,7 +116,7 @@ def test_domain_case_as_host_header(table_addon: EnforcerAddon, case: dict[str, 
 def test_domain_case_as_sni(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
     sni = case["query"].rstrip(".")
     data = client_hello_data(sni)
-    table_addon.tls_clienthello(data)
+    run_hook(table_addon, "tls_clienthello", data)
     hook = server_hook_data(("10.9.9.9", 443))
     hook.client = data.context.client
     gate(table_addon, hook)
@@ -126,13 +127,13 @@ def test_domain_case_as_sni(table_addon: EnforcerAddon, case: dict[str, Any]) ->
     else:
         assert hook.server.error is None, case
         # Decrypted only when a url/store rule needs the HTTP request.
-        assert data.ignore_connection is not table_addon._policy().has_url_rules(sni)
+        assert data.ignore_connection is not table_addon.policy().has_url_rules(sni)
 
 
 @pytest.mark.parametrize("case", HTTP_URL_CASES, ids=_id)
 def test_url_case_as_request(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
     f = request_flow(case["query"], case.get("method", "GET"))
-    table_addon.requestheaders(f)
+    run_hook(table_addon, "requestheaders", f)
     if case["verdict"] == "block":
         expect_block(f.response, case)
         assert f.metadata["enforcer"]["app"] == case["app"]
@@ -143,7 +144,7 @@ def test_url_case_as_request(table_addon: EnforcerAddon, case: dict[str, Any]) -
 @pytest.mark.parametrize("case", IP_CASES, ids=_id)
 def test_ip_case_as_connect_and_server_connect(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
     f = connect_flow(case["query"])
-    table_addon.http_connect(f)
+    run_hook(table_addon, "http_connect", f)
     hook = gate(table_addon, server_hook_data((case["query"], 443)))
     if case["verdict"] == "block":
         expect_block(f.response, case)
@@ -155,10 +156,10 @@ def test_ip_case_as_connect_and_server_connect(table_addon: EnforcerAddon, case:
 # -- behaviour beyond the table ----------------------------------------------------------------------------------
 def test_block_page_names_app_rule_notice_reference(addon: EnforcerAddon) -> None:
     f = request_flow("http://dldir1.qq.com/weixin/android/x.apk")
-    addon.requestheaders(f)
+    run_hook(addon, "requestheaders", f)
     assert f.response is not None
     body = f.response.get_text()
-    app = addon._policy().apps["wechat"]
+    app = addon.policy().apps["wechat"]
     assert "WeChat (Weixin, 微信)" in body and "wechat:url:dldir1.qq.com/weixin/*" in body
     assert app.notice[:40] in body and "Treasury Board of Canada Secretariat" in body
 
@@ -173,14 +174,14 @@ def test_block_page_escapes_everything(tmp_path: Path) -> None:
     with harness() as tctx:
         a = configured(tctx, tmp_path)
         f = request_flow("http://blocked.test/<script>alert(3)</script>")
-        a.requestheaders(f)
+        run_hook(a, "requestheaders", f)
         assert f.response is not None
         body = f.response.get_text()
         assert "<script>" not in body and "<img" not in body and "<b>" not in body
         assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;img" in body
         assert "testapp:&lt;script&gt;x&lt;/script&gt;" in body and "Directive &lt;b&gt;42&lt;/b&gt; &amp; co" in body
         assert f.response.headers["X-Enforcer-Rule"] == "testapp:<script>x</script>"
-        a.done()
+        run_hook(a, "done")
 
 
 def test_shared_host_other_paths_pass(addon: EnforcerAddon) -> None:
@@ -192,15 +193,15 @@ def test_shared_host_other_paths_pass(addon: EnforcerAddon) -> None:
         ("https://play.google.com/store/apps/details?id=com.tencent.mobileqq", False),
     ):
         f = request_flow(url)
-        addon.requestheaders(f)
+        run_hook(addon, "requestheaders", f)
         assert (f.response is not None) is blocked, url
 
 
 def test_mmtls_shortlink_post_only(addon: EnforcerAddon) -> None:
     post = request_flow("http://203.0.113.9/mmtls/0a1b2c3d", "POST")
     get = request_flow("http://203.0.113.9/mmtls/0a1b2c3d", "GET")
-    addon.requestheaders(post)
-    addon.requestheaders(get)
+    run_hook(addon, "requestheaders", post)
+    run_hook(addon, "requestheaders", get)
     assert post.response is not None and post.response.headers["X-Enforcer-Rule"] == "wechat:url:mmtls-shortlink"
     assert get.response is None
 
@@ -210,14 +211,14 @@ def test_absolute_url_and_host_header_both_count(addon: EnforcerAddon) -> None:
     f1 = request_flow("http://weixin.qq.com/", host_header="www.example.org")
     f2 = request_flow("http://www.example.org/", host_header="weixin.qq.com")
     for f in (f1, f2):
-        addon.requestheaders(f)
+        run_hook(addon, "requestheaders", f)
         assert f.response is not None and f.response.status_code == 403
 
 
 def test_websocket_upgrade_is_blocked(addon: EnforcerAddon) -> None:
     f = request_flow("http://wx.qq.com/ws")
     f.request.headers.update({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"})
-    addon.requestheaders(f)
+    run_hook(addon, "requestheaders", f)
     assert f.response is not None and f.response.status_code == 403
 
 
@@ -225,36 +226,36 @@ def test_http2_request_uses_authority(addon: EnforcerAddon) -> None:
     f = request_flow("https://dldir1.qq.com/weixin/x.apk")
     f.request.http_version = "HTTP/2.0"
     f.request.authority = "dldir1.qq.com"
-    addon.requestheaders(f)
+    run_hook(addon, "requestheaders", f)
     assert f.response is not None and f.response.status_code == 403
 
 
 def test_answered_flows_are_left_alone(addon: EnforcerAddon) -> None:
     f = request_flow("http://weixin.qq.com/")
     f.response = http.Response.make(204)
-    addon.requestheaders(f)
+    run_hook(addon, "requestheaders", f)
     assert f.response.status_code == 204 and "enforcer" not in f.metadata
     c = connect_flow("weixin.qq.com")
     c.response = http.Response.make(407)
-    addon.http_connect(c)
+    run_hook(addon, "http_connect", c)
     assert c.response.status_code == 407
 
 
 def test_sni_with_url_rules_is_intercepted_other_hosts_pass_through(addon: EnforcerAddon) -> None:
     for sni, intercept in (("dldir1.qq.com", True), ("play.google.com", True), ("www.example.org", False)):
         data = client_hello_data(sni)
-        addon.tls_clienthello(data)
+        run_hook(addon, "tls_clienthello", data)
         assert data.ignore_connection is not intercept, sni
     # Without an SNI the CONNECT host decides.
     for host, intercept in (("dldir1.qq.com", True), ("www.example.org", False)):
         data = client_hello_data(None, (host, 443))
-        addon.tls_clienthello(data)
+        run_hook(addon, "tls_clienthello", data)
         assert data.ignore_connection is not intercept, host
 
 
 def test_transparent_mode_blocked_ip_with_innocent_sni(addon: EnforcerAddon) -> None:
     data = client_hello_data("www.example.org", ("129.226.3.47", 443))
-    addon.tls_clienthello(data)
+    run_hook(addon, "tls_clienthello", data)
     assert data.ignore_connection and data.context.server.error
 
 
@@ -275,7 +276,7 @@ def test_dns_mode_sinkholes(addon: EnforcerAddon) -> None:
     txt = dns_flow("long.weixin.qq.com", types.TXT)
     ok = dns_flow("www.qq.com", types.A)
     for f in (a, aaaa, txt, ok):
-        addon.dns_request(f)
+        run_hook(addon, "dns_request", f)
     assert a.response is not None and str(a.response.answers[0].ipv4_address) == "0.0.0.0"
     assert aaaa.response is not None and str(aaaa.response.answers[0].ipv6_address) == "::"
     assert txt.response is not None and txt.response.answers == []
@@ -289,8 +290,8 @@ def test_dns_mode_replaces_the_resolvers_answer(addon: EnforcerAddon) -> None:
     f.response = f.request.succeed([dns.ResourceRecord.A("weixin.qq.com", ipaddress.IPv4Address("203.205.219.1"))])
     ok = dns_flow("www.qq.com", types.A)
     ok.response = ok.request.succeed([dns.ResourceRecord.A("www.qq.com", ipaddress.IPv4Address("192.0.2.9"))])
-    addon.dns_request(f)
-    addon.dns_request(ok)
+    run_hook(addon, "dns_request", f)
+    run_hook(addon, "dns_request", ok)
     assert [str(a.ipv4_address) for a in f.response.answers] == ["0.0.0.0"]
     assert [str(a.ipv4_address) for a in ok.response.answers] == ["192.0.2.9"]
 
@@ -303,8 +304,8 @@ async def test_monitor_mode_before_effective_date(tmp_path: Path) -> None:
         a = configured(tctx, tmp_path / "bl", enforcer_events=str(events))
         c = connect_flow("x.blocked.test")
         r = request_flow("http://shared.test/app/setup.exe")
-        a.http_connect(c)
-        a.requestheaders(r)
+        run_hook(a, "http_connect", c)
+        run_hook(a, "requestheaders", r)
         assert c.response is None and r.response is None
         assert c.metadata["enforcer"]["outcome"] == "monitored" and c.metadata["enforcer"]["enforced"] is False
         assert (
@@ -330,7 +331,7 @@ async def test_monitor_mode_before_effective_date(tmp_path: Path) -> None:
             )
             == 0
         )
-        a.done()
+        run_hook(a, "done")
     docs = list(iter_events(events))
     assert [d["event"]["type"] for d in docs] == [["allowed"], ["allowed"]]
     assert {d["event"]["action"] for d in docs} == {"connect-block", "http-block"}
@@ -343,11 +344,11 @@ async def test_monitor_mode_for_exempt_client(tmp_path: Path) -> None:
         a = configured(tctx, tmp_path / "bl", enforcer_events=str(events))
         exempt = connect_flow("blocked.test", peer="10.99.0.7")
         other = connect_flow("blocked.test", peer="10.98.0.7")
-        a.http_connect(exempt)
-        a.http_connect(other)
+        run_hook(a, "http_connect", exempt)
+        run_hook(a, "http_connect", other)
         assert exempt.response is None
         assert other.response is not None and other.response.status_code == 403
-        a.done()
+        run_hook(a, "done")
     docs = {d["source"]["ip"]: d for d in iter_events(events)}
     assert docs["10.99.0.7"]["event"]["type"] == ["allowed"] and docs["10.99.0.7"]["labels"] == {"exempt": True}
     assert docs["10.98.0.7"]["event"]["type"] == ["denied"]
@@ -373,11 +374,11 @@ def test_exception_in_policy_blocks_every_hook(addon: EnforcerAddon, caplog: pyt
     hook = server_hook_data(("www.example.org", 443))
     d = dns_flow("www.example.org")
     with caplog.at_level(logging.ERROR, "enforcer.proxy"):
-        addon.http_connect(c)
-        addon.requestheaders(r)
-        addon.tls_clienthello(hello)
+        run_hook(addon, "http_connect", c)
+        run_hook(addon, "requestheaders", r)
+        run_hook(addon, "tls_clienthello", hello)
         gate(addon, hook)
-        addon.dns_request(d)
+        run_hook(addon, "dns_request", d)
     for f in (c, r):
         assert f.response is not None and f.response.status_code == 403
         assert f.response.headers["X-Enforcer-Rule"] == "enforcer:error"
@@ -390,14 +391,14 @@ def test_exception_in_policy_blocks_every_hook(addon: EnforcerAddon, caplog: pyt
 
 def test_refused_tls_connection_stays_refused_at_the_gate(addon: EnforcerAddon) -> None:
     hello = client_hello_data("weixin.qq.com", ("127.0.0.1", 8443))
-    addon.tls_clienthello(hello)
+    run_hook(addon, "tls_clienthello", hello)
     # Upstream mode: the server opened is the upstream proxy, whose address says nothing; the state refuses it.
     hook = server_hook_data(("127.0.0.1", 3128))
     hook.client = hello.context.client
     gate(addon, hook)
     assert hook.server.error
-    addon.client_disconnected(hello.context.client)
-    assert hello.context.client.id not in addon._conns
+    run_hook(addon, "client_disconnected", hello.context.client)
+    assert hello.context.client.id not in addon.runtime.conns
 
 
 # -- options -----------------------------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ def test_options_are_validated(tmp_path: Path) -> None:
                 tctx.configure(a, enforcer_metrics=bad)
         with pytest.raises(exceptions.OptionsError, match="is a directory"):
             tctx.configure(a, enforcer_events=str(tmp_path))
-        a.done()
+        run_hook(a, "done")
 
 
 def test_eager_connection_strategy_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -433,40 +434,35 @@ def test_eager_connection_strategy_warns(caplog: pytest.LogCaptureFixture) -> No
         caplog.clear()
         tctx.configure(a, connection_strategy="lazy")
         assert "connection_strategy=eager" not in caplog.text
-        a.done()
+        run_hook(a, "done")
 
 
 # -- reload ------------------------------------------------------------------------------------------------------
 async def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
+    # eventually() sleeps: polled from a worker thread, so the watch task keeps running on this loop meanwhile.
+    return bool(await asyncio.to_thread(eventually, predicate, timeout, 0.05))
 
 
 async def test_reload_on_edit_keeps_last_good_policy(tmp_path: Path) -> None:
     path = write_policy(tmp_path)
     with harness() as tctx:
         a = configured(tctx, tmp_path)
-        a.running()
-        assert a._watch_task is not None
+        run_hook(a, "running")
+        assert a.lifecycle.watch_task is not None
         f = connect_flow("newly.test")
-        a.http_connect(f)
+        run_hook(a, "http_connect", f)
         assert f.response is None
         path.write_text(path.read_text() + "  - domain: newly.test\n    category: web\n")
-        assert await wait_for(lambda: a._policy().match_host("newly.test") is not None)
-        good = a._policy().fingerprint
+        assert await wait_for(lambda: a.policy().match_host("newly.test") is not None)
+        good = a.policy().fingerprint
         path.write_text(path.read_text() + "  - domain: [broken\n")
         assert await wait_for(lambda: count(a, "enforcer_policy_reloads_total", result="failure") >= 1)
-        assert a._policy().fingerprint == good
+        assert a.policy().fingerprint == good
         f = connect_flow("newly.test")
-        a.http_connect(f)
+        run_hook(a, "http_connect", f)
         assert f.response is not None and f.response.status_code == 403
-        task = a._watch_task
-        a.done()
+        task = a.lifecycle.watch_task
+        run_hook(a, "done")
         await asyncio.sleep(0)
         assert task.cancelled() or task.done()
 
@@ -482,7 +478,7 @@ async def test_metrics_endpoint_survives_script_reload(tmp_path: Path) -> None:
     with harness() as tctx:
         a = configured(tctx, BLOCKLISTS, enforcer_metrics=f"127.0.0.1:{port}")
         f = connect_flow("weixin.qq.com")
-        a.http_connect(f)
+        run_hook(a, "http_connect", f)
         families = await asyncio.to_thread(scrape, port)
         blocked = [s for s in families["enforcer_blocked"] if s.name == "enforcer_blocked_total"]
         assert (
@@ -496,18 +492,18 @@ async def test_metrics_endpoint_survives_script_reload(tmp_path: Path) -> None:
         b = configured(tctx, BLOCKLISTS, enforcer_metrics=f"127.0.0.1:{port}")
         families = await asyncio.to_thread(scrape, port)
         assert not [s for s in families["enforcer_blocked"] if s.name == "enforcer_blocked_total"]
-        b.done()
+        run_hook(b, "done")
 
 
 async def test_events_are_ecs(tmp_path: Path) -> None:
     events = tmp_path / "ev" / "events.jsonl"
     with harness() as tctx:
         a = configured(tctx, BLOCKLISTS, enforcer_events=str(events))
-        a.requestheaders(request_flow("http://dldir1.qq.com/weixin/x.apk?v=1", peer="10.7.7.7"))
-        a.http_connect(connect_flow("129.226.3.47", 443, peer="10.7.7.8"))
+        run_hook(a, "requestheaders", request_flow("http://dldir1.qq.com/weixin/x.apk?v=1", peer="10.7.7.7"))
+        run_hook(a, "http_connect", connect_flow("129.226.3.47", 443, peer="10.7.7.8"))
         hello = client_hello_data("sgshort.wechat.com", ("10.9.9.9", 443), peer="10.7.7.9")
-        a.tls_clienthello(hello)
-        a.done()
+        run_hook(a, "tls_clienthello", hello)
+        run_hook(a, "done")
     docs = list(iter_events(events))
     assert [d["event"]["action"] for d in docs] == ["http-block", "connect-block", "tls-block"]
     http_ev, conn_ev, tls_ev = docs
@@ -535,4 +531,4 @@ def test_blocklist_path_with_a_comma_and_comma_separated_lists(tmp_path: Path) -
         assert a.holder is not None and set(a.holder.policy.apps) == {"wechat", "kaspersky"}
         tctx.configure(a, enforcer_blocklist=f"{BLOCKLISTS},{extra}")
         assert set(a.holder.policy.apps) == {"wechat", "kaspersky", "local"}
-        a.done()
+        run_hook(a, "done")

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from mitmproxy import http
 
-from enforcer.proxy.addon import EnforcerAddon, _ip_or_none
+from enforcer.proxy.addon import EnforcerAddon
 from enforcer.proxy.decide import BadHost, authority_host, request_hosts
+from enforcer.proxy.runtime import ip_or_none
 from tests.conftest import BLOCKLISTS
 from tests.netns import loopback_only_netns
 from tests.policy.policy_helpers import app_yaml, write
-from tests.proxy.helpers import client_hello_data, connect_flow, gate, harness, request_flow, server_hook_data
+from tests.proxy.helpers import client_hello_data, connect_flow, gate, harness, request_flow, run_hook, server_hook_data
 
 SPELLINGS = [
     "1296740613",
@@ -46,7 +47,7 @@ def shipped() -> Iterator[EnforcerAddon]:
     with harness(a) as tctx:
         tctx.configure(a, enforcer_blocklist=str(BLOCKLISTS))
         yield a
-    a.done()
+    run_hook(a, "done")
 
 
 def _addon(tctx: Any, folder: Path, body: str) -> EnforcerAddon:
@@ -69,14 +70,14 @@ def _blocked(f: http.HTTPFlow, rule_prefix: str = "") -> bool:
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_literal_spellings_blocked_in_connect_uri_and_host(shipped: EnforcerAddon, spelling: str) -> None:
     c = connect_flow(spelling)
-    shipped.http_connect(c)
+    run_hook(shipped, "http_connect", c)
     assert _blocked(c, "kaspersky:cidr:77.74.176.0/21"), spelling
     authority = f"[{spelling}]" if ":" in spelling else spelling
     r = request_flow(f"http://{authority}/index/u1313g.xml")
-    shipped.requestheaders(r)
+    run_hook(shipped, "requestheaders", r)
     assert _blocked(r, "kaspersky:cidr:"), spelling
     h = request_flow("http://192.168.7.7/", host_header=authority)
-    shipped.requestheaders(h)
+    run_hook(shipped, "requestheaders", h)
     assert _blocked(h, "kaspersky:cidr:"), spelling
     hook = gate(shipped, server_hook_data((spelling, 443)))
     assert hook.server.error and "kaspersky:cidr:77.74.176.0/21" in hook.server.error
@@ -84,10 +85,10 @@ def test_literal_spellings_blocked_in_connect_uri_and_host(shipped: EnforcerAddo
 
 def test_event_names_the_canonical_address(shipped: EnforcerAddon) -> None:
     c = connect_flow("0x4d4ab105")
-    shipped.http_connect(c)
+    run_hook(shipped, "http_connect", c)
     assert c.metadata["enforcer"]["rule"] == "kaspersky:cidr:77.74.176.0/21"
-    assert _ip_or_none("0x4d4ab105") == "77.74.177.5" and _ip_or_none("[::ffff:4d4a:b105]") == "::ffff:4d4a:b105"
-    assert _ip_or_none("weixin.qq.com") is None
+    assert ip_or_none("0x4d4ab105") == "77.74.177.5" and ip_or_none("[::ffff:4d4a:b105]") == "::ffff:4d4a:b105"
+    assert ip_or_none("weixin.qq.com") is None
 
 
 async def test_gate_judges_every_address_a_name_resolves_to(tmp_path: Path) -> None:
@@ -95,24 +96,24 @@ async def test_gate_judges_every_address_a_name_resolves_to(tmp_path: Path) -> N
     with harness() as tctx:
         a = _addon(tctx, tmp_path / "v4", "block:\n  - cidr: 127.0.0.0/8\n    category: messaging\n")
         hook = server_hook_data(("localhost", 80))
-        await a.server_connect(hook)
+        await a.server.server_connect(hook)
         assert hook.server.error == "blocked by enforcer rule t:cidr:127.0.0.0/8"
         assert hook.server.address == ("localhost", 80)  # refused before any pin
         assert a.registry.get_sample_value("enforcer_blocked_total", _labels("connect-block")) == 1
-        a.done()
+        run_hook(a, "done")
     with harness() as tctx:
         b = _addon(tctx, tmp_path / "other", "block:\n  - cidr: 10.0.0.0/8\n    category: messaging\n")
         ok = server_hook_data(("localhost", 8080))
-        await b.server_connect(ok)
+        await b.server.server_connect(ok)
         assert ok.server.error is None
         # Pinned to an address that was judged, and renamed back once connected.
         assert ok.server.address is not None
         pinned = ipaddress.ip_address(ok.server.address[0])
         assert pinned.is_loopback and ok.server.address[1] == 8080
-        b.server_connected(ok)
+        b.server.server_connected(ok)
         assert ok.server.address == ("localhost", 8080)
-        assert not b._pinned
-        b.done()
+        assert not b.server.pinned
+        run_hook(b, "done")
 
 
 def _labels(action: str) -> dict[str, str]:
@@ -124,9 +125,9 @@ async def test_gate_fails_closed_when_a_name_does_not_resolve(tmp_path: Path) ->
         a = _addon(tctx, tmp_path, "block:\n  - cidr: 192.0.2.0/24\n    category: messaging\n")
         with loopback_only_netns():  # no route to any nameserver: the lookup fails fast
             hook = server_hook_data(("nothing-here.enforcer-test.invalid", 443))
-            await a.server_connect(hook)
+            await a.server.server_connect(hook)
         assert hook.server.error is not None and hook.server.error.startswith("cannot resolve nothing-here")
-        a.done()
+        run_hook(a, "done")
 
 
 # -- 2. decryption is not decided by the SNI alone -----------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_decrypt_when_any_name_has_url_rules(
     shipped: EnforcerAddon, connect_host: str, sni: str | None, decrypt: bool
 ) -> None:
     data = client_hello_data(sni, (connect_host, 443))
-    shipped.tls_clienthello(data)
+    run_hook(shipped, "tls_clienthello", data)
     assert data.ignore_connection is not decrypt
     assert data.context.server.error is None
 
@@ -158,7 +159,7 @@ def test_decrypt_when_any_name_has_url_rules(
 def test_bare_ip_without_sni_in_a_blocked_range_is_refused(shipped: EnforcerAddon) -> None:
     for ip in ("77.74.177.5", "1296740613", "::ffff:4d4a:b105"):
         data = client_hello_data(None, (ip, 443))
-        shipped.tls_clienthello(data)
+        run_hook(shipped, "tls_clienthello", data)
         assert data.ignore_connection and data.context.server.error, ip
 
 
@@ -167,19 +168,19 @@ def test_request_inside_a_mismatched_tunnel_is_judged_on_the_connect_host(shippe
     f = request_flow("https://example.com/weixin/android/x.apk")
     f.client_conn.sni = "example.com"
     f.server_conn.address = ("dldir1.qq.com", 443)
-    shipped.requestheaders(f)
+    run_hook(shipped, "requestheaders", f)
     assert _blocked(f, "wechat:url:dldir1.qq.com/weixin/*")
     # ... and on the SNI when that is the url-rule host.
     g = request_flow("https://example.com/store/apps/details?id=com.tencent.mm")
     g.client_conn.sni = "play.google.com"
     g.server_conn.address = ("203.0.113.1", 443)
-    shipped.requestheaders(g)
+    run_hook(shipped, "requestheaders", g)
     assert _blocked(g, "wechat:store:wechat")
     # Other paths through the same tunnel pass.
     ok = request_flow("https://example.com/qqfile/QQ.exe")
     ok.client_conn.sni = "example.com"
     ok.server_conn.address = ("dldir1.qq.com", 443)
-    shipped.requestheaders(ok)
+    run_hook(shipped, "requestheaders", ok)
     assert ok.response is None
 
 
@@ -211,7 +212,7 @@ def test_ambiguous_host_is_refused_with_400(shipped: EnforcerAddon, value: str) 
     with pytest.raises(BadHost):
         authority_host(value)
     f = request_flow("http://192.168.7.7/", host_header=value)
-    shipped.requestheaders(f)
+    run_hook(shipped, "requestheaders", f)
     assert f.response is not None and f.response.status_code == 400, value
     assert f.metadata["enforcer"]["outcome"] == "invalid"
 
@@ -246,7 +247,7 @@ def test_two_host_fields_are_refused(shipped: EnforcerAddon, values: list[str]) 
     f.request.headers.pop("Host", None)
     for v in values:
         f.request.headers.add("Host", v)
-    shipped.requestheaders(f)
+    run_hook(shipped, "requestheaders", f)
     assert f.response is not None and f.response.status_code == 400
     with pytest.raises(BadHost):
         request_hosts("192.168.7.7", values)
@@ -259,7 +260,7 @@ def test_every_candidate_host_is_judged(shipped: EnforcerAddon) -> None:
         f.request.http_version = "HTTP/2.0"
         f.request.authority = authority
         f.request.headers["Host"] = host
-        shipped.requestheaders(f)
+        run_hook(shipped, "requestheaders", f)
         assert _blocked(f, "wechat:domain:weixin.qq.com"), (authority, host)
     # Absolute URI against Host, both directions, and a url rule reached through the Host only.
     for url, host in (
@@ -268,6 +269,6 @@ def test_every_candidate_host_is_judged(shipped: EnforcerAddon) -> None:
         ("http://www.example.org/", "0x4d4ab105"),
     ):
         f = request_flow(url, host_header=host)
-        shipped.requestheaders(f)
+        run_hook(shipped, "requestheaders", f)
         assert f.response is not None and f.response.status_code == 403, (url, host)
     assert request_hosts("a.example", ["A.EXAMPLE.:80"], "a.example:80", ["a.example", None]) == ["a.example"]

@@ -1,0 +1,173 @@
+"""The addon's options and lifecycle: what mitmproxy configures, starts and stops; no flow is judged here.
+
+- ``load``: the options ``enforcer_blocklist`` (files/folders, comma-separated), ``enforcer_events`` (JSON Lines
+  path), ``enforcer_metrics`` (HOST:PORT, the runtime's private registry), ``enforcer_passthrough``.
+- ``configure``: loads the policy (a bad one is an ``OptionsError``: mitmproxy keeps the old value), opens the event
+  writer, starts the /metrics server; warns when ``connection_strategy=eager`` lets mitmproxy dial before we decide.
+- ``running``: ``PolicyHolder.watch`` as a task (the reload parses in a worker thread; a broken edit keeps the last
+  good policy), SIGHUP -> reload, SIGUSR1 -> the event writer reopens its file.
+- ``done``: cancels the watch, stops the metrics server and closes the writer, so mitmproxy's script live-reload can
+  build a fresh addon on the same port. ``client_disconnected`` drops the connection's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
+from mitmproxy.connection import Client
+
+from enforcer.config import default_blocklist
+from enforcer.events import EventWriter, install_reopen_signal
+from enforcer.metrics import serve_metrics
+from enforcer.net import split_host_port
+from enforcer.policy import PolicyError
+from enforcer.policy.reloader import PolicyHolder
+from enforcer.proxy.runtime import Runtime
+
+log = logging.getLogger("enforcer.proxy")
+
+
+class Lifecycle:
+    name = "enforcer_lifecycle"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.metrics_server: Any = None
+        self.metrics_listen = ""
+        self.watch_task: asyncio.Task[None] | None = None
+        self._sighup_loop: asyncio.AbstractEventLoop | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "enforcer_blocklist",
+            str,
+            default_blocklist(),
+            "enforcer: blocklist files or folders (comma-separated); reloaded when they change.",
+        )
+        loader.add_option("enforcer_events", str, "", "enforcer: write hit events (ECS JSON Lines) to this file.")
+        loader.add_option("enforcer_metrics", str, "", "enforcer: serve Prometheus /metrics on HOST:PORT.")
+        loader.add_option(
+            "enforcer_passthrough",
+            bool,
+            True,
+            "enforcer: pass TLS through undecrypted unless the policy has url/store rules for its server name.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "enforcer_blocklist" in updated:
+            self._configure_blocklist(opts.enforcer_blocklist)
+        if "enforcer_events" in updated:
+            self._configure_events(opts.enforcer_events)
+        if "enforcer_metrics" in updated:
+            self._configure_metrics(opts.enforcer_metrics)
+        if "enforcer_passthrough" in updated:
+            self.rt.passthrough = bool(opts.enforcer_passthrough)
+        if "connection_strategy" in updated and getattr(opts, "connection_strategy", "lazy") == "eager":
+            log.warning(
+                "enforcer: connection_strategy=eager: mitmproxy connects upstream (and may finish a TLS handshake "
+                "with a blocked server) BEFORE this addon decides. Run with --set connection_strategy=lazy "
+                "(`enforcer proxy` does) so blocked flows never reach the network."
+            )
+
+    def _configure_blocklist(self, value: str) -> None:
+        # Several paths are comma-separated; a single existing path is taken whole, so a comma in a name works.
+        whole = value.strip()
+        paths = [whole] if whole and Path(whole).exists() else [p.strip() for p in value.split(",") if p.strip()]
+        if not paths:
+            raise exceptions.OptionsError("enforcer_blocklist: no blocklist path given")
+        for p in paths:
+            if not Path(p).exists():
+                raise exceptions.OptionsError(f"enforcer_blocklist: {p}: no such file or directory")
+        try:
+            holder = PolicyHolder(paths, metrics=self.rt.metrics)
+        except PolicyError as exc:
+            raise exceptions.OptionsError(f"enforcer_blocklist: invalid policy:\n{exc}") from None
+        except OSError as exc:
+            raise exceptions.OptionsError(f"enforcer_blocklist: {exc}") from None
+        self.rt.holder = holder
+        log.info("enforcer: policy %s loaded from %s: %s", holder.policy.fingerprint[:12], value, holder.policy)
+        if self.watch_task is not None:  # running already: watch the new files instead
+            self._stop_watch()
+            self._start_watch()
+
+    def _configure_events(self, value: str) -> None:
+        if value:
+            path = Path(value)
+            if path.is_dir():
+                raise exceptions.OptionsError(f"enforcer_events: {value}: is a directory, expected a file path")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab"):
+                    pass
+            except OSError as exc:
+                raise exceptions.OptionsError(f"enforcer_events: {value}: cannot write: {exc.strerror}") from None
+        old = self.rt.set_writer(EventWriter(Path(value) if value else None))
+        # close() joins the writer thread (it flushes what is queued): keep that off the event loop.
+        threading.Thread(target=old.close, name="enforcer-events-close", daemon=True).start()
+
+    def _configure_metrics(self, value: str) -> None:
+        if value == self.metrics_listen and self.metrics_server is not None:
+            return
+        if value:
+            try:
+                split_host_port(value)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"enforcer_metrics: {exc}") from None
+        self._stop_metrics()
+        if value:
+            try:
+                self.metrics_server, _ = serve_metrics(value, self.rt.registry)
+            except OSError as exc:
+                raise exceptions.OptionsError(f"enforcer_metrics: cannot listen on {value}: {exc.strerror}") from None
+            log.info("enforcer: metrics on http://%s/metrics", value)
+        self.metrics_listen = value
+
+    def _stop_metrics(self) -> None:
+        server, self.metrics_server = self.metrics_server, None
+        self.metrics_listen = ""
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def running(self) -> None:
+        self._start_watch()
+
+    def _start_watch(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        holder = self.rt.holder
+        if holder is None:
+            return
+        self.watch_task = loop.create_task(holder.watch(), name="enforcer-policy-watch")
+        if holder.install_sighup(loop):
+            self._sighup_loop = loop
+        install_reopen_signal(loop)  # SIGUSR1: the event writer reopens its file (logrotate)
+
+    def _stop_watch(self) -> None:
+        task, self.watch_task = self.watch_task, None
+        if task is not None:
+            task.cancel()
+        loop, self._sighup_loop = self._sighup_loop, None
+        if loop is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    def done(self) -> None:
+        self._stop_watch()
+        self._stop_metrics()
+        self.rt.writer.close()
+        self.rt.conns.clear()
+
+    def client_disconnected(self, client: Client) -> None:
+        self.rt.conns.pop(client.id, None)
