@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PYTAG := $(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])' 2>/dev/null)
 LOCK := requirements/lock-py$(PYTAG)-test.txt
 
-.PHONY: run test test-image lock lint system-deps bench clean
+.PHONY: run test test-fast test-image lock lint system-deps bench clean
 
 $(STAMP): pyproject.toml $(wildcard $(LOCK)) requirements/build.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ lint: $(STAMP)
 
 test: system-deps $(STAMP) lint
 	$(BIN)/pytest
+
+# The inner loop: every test but the end-to-end ones (marker e2e: they start real resolver, mitmdump, analyst or
+# third-party server processes) and the slow ones; no lint, no system-deps (tests needing a missing tool skip).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not e2e"
 
 test-image: $(STAMP)
 	bash scripts/image-test.sh

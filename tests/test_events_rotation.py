@@ -267,6 +267,7 @@ def _sorted_names(path: Path) -> list[str]:
     return sorted(_names(path))
 
 
+@pytest.mark.e2e
 def test_real_resolver_follows_rename_delete_and_sigusr1(tmp_path: Path, dns_proc: _Dns) -> None:
     events = dns_proc.events
     first = dns_proc.block("a", 5)

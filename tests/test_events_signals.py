@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import ROOT, eventually, free_port
 
+pytestmark = pytest.mark.e2e  # every test here starts real enforcer processes
+
 BLOCKLIST = """\
 app: t
 policy:
@@ -156,7 +158,6 @@ def test_proxy_forwards_sigusr1_to_the_addon(proxy: tuple[subprocess.Popen[bytes
     assert _lines(events.with_name("proxy.jsonl.1")) == 2
 
 
-@pytest.mark.e2e
 def test_serve_forwards_sigusr1_to_its_event_writers_only(tmp_path: Path, lists: Path) -> None:
     dns_port, proxy_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "enforcer", "serve", "--data-dir", str(tmp_path / "var"), "--blocklist", str(lists),
