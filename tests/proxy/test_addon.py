@@ -532,3 +532,25 @@ def test_blocklist_path_with_a_comma_and_comma_separated_lists(tmp_path: Path) -
         tctx.configure(a, enforcer_blocklist=f"{BLOCKLISTS},{extra}")
         assert set(a.holder.policy.apps) == {"wechat", "kaspersky", "local"}
         run_hook(a, "done")
+
+
+def test_event_counters_follow_the_current_writer(tmp_path: Path) -> None:
+    # The writer is replaced on every enforcer_events change; /metrics must show the counters of the one in use.
+    def written(a: EnforcerAddon) -> float:
+        return count(a, "enforcer_events_written_total")
+
+    with harness() as tctx:
+        a = configured(tctx, BLOCKLISTS)
+        run_hook(a, "http_connect", connect_flow("weixin.qq.com"))
+        assert written(a) == 0 and count(a, "enforcer_events_queued") == 0  # no file: nothing written, nothing queued
+        for i, n in ((1, 2), (2, 1)):
+            tctx.configure(a, enforcer_events=str(tmp_path / f"events{i}.jsonl"))
+            for _ in range(n):
+                run_hook(a, "http_connect", connect_flow("weixin.qq.com"))
+            a.runtime.writer.flush()
+            assert written(a) == n, i
+        tctx.configure(a, enforcer_events="")
+        assert written(a) == 0
+        run_hook(a, "done")
+    assert len(list(iter_events(tmp_path / "events1.jsonl"))) == 2
+    assert len(list(iter_events(tmp_path / "events2.jsonl"))) == 1

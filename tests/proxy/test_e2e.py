@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from enforcer.events import iter_events
 from enforcer.policy import load_policy
-from tests.conftest import BLOCKLISTS, ROOT, free_port, require_tool
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
 from tests.proxy.origins import PAYLOAD, CatchAllProxy, OriginThread, PlainOrigin, TlsOrigin, make_cert
 
 pytestmark = pytest.mark.e2e
@@ -63,14 +63,14 @@ class Stack:
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"enforcer proxy exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"port {port} not listening after {timeout}s:\n{log.read_text()[-3000:]}")
+            return True
+        return False
+
+    eventually(listening, timeout, 0.1, lambda: f"port {port} not listening:\n{log.read_text()[-3000:]}")
 
 
 def start_proxy(tmp: Path, mode_args: list[str], blocklists: Path) -> tuple[subprocess.Popen[bytes], int, int, Path]:
@@ -478,13 +478,12 @@ def test_metrics_and_events(stack: Stack) -> None:
     assert any(dict(k[1]).get("action") == "http-block" and v >= 1 for k, v in blocked.items())
     assert m[("enforcer_proxy_flows_total", (("outcome", "blocked"),))] >= 1
     assert m[("enforcer_policy_reloads_total", (("result", "success"),))] >= 1
-    deadline = time.monotonic() + 10
-    docs: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+
+    def written() -> list[dict[str, Any]]:
         docs = list(iter_events(stack.events)) if stack.events.exists() else []
-        if any(d.get("url", {}).get("full") == "http://dldir1.qq.com/weixin/x.apk" for d in docs):
-            break
-        time.sleep(0.1)
+        return docs if any(d.get("url", {}).get("full") == "http://dldir1.qq.com/weixin/x.apk" for d in docs) else []
+
+    docs = eventually(written, 10, 0.1, "no http-block event for x.apk")
     http_events = [d for d in docs if d.get("url", {}).get("full") == "http://dldir1.qq.com/weixin/x.apk"]
     assert http_events and http_events[-1]["event"]["action"] == "http-block"
     assert http_events[-1]["source"]["ip"] == "127.0.0.1" and http_events[-1]["observer"]["type"] == "proxy"
@@ -498,17 +497,12 @@ def test_reload_on_blocklist_edit(stack: Stack) -> None:
     with stack.client() as c:
         assert c.get("http://reload.example.net/").status_code == 200
         local.write_text(original + "  - domain: reload.example.net\n    category: web\n")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and c.get("http://reload.example.net/").status_code != 403:
-            time.sleep(0.3)
+        eventually(lambda: c.get("http://reload.example.net/").status_code == 403, 15, 0.3, "edit not applied")
         assert c.get("http://reload.example.net/").status_code == 403
         # A broken edit keeps the last good policy and is counted.
         local.write_text(original + "  - domain: [broken\n")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not scrape(stack).get(
-            ("enforcer_policy_reloads_total", (("result", "failure"),))
-        ):
-            time.sleep(0.3)
+        failure = ("enforcer_policy_reloads_total", (("result", "failure"),))
+        eventually(lambda: scrape(stack).get(failure), 15, 0.3, "broken edit not counted")
         assert scrape(stack)[("enforcer_policy_reloads_total", (("result", "failure"),))] >= 1
         assert c.get("http://reload.example.net/").status_code == 403
     local.write_text(original)
@@ -548,19 +542,19 @@ def test_standalone_script_survives_live_reload(tmp_path: Path, origins: OriginT
         later = time.time() + 5
         os.utime(script, (later, later))
         # mitmproxy polls the script's mtime (every second): wait for a load logged after the change.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "Loading script" not in log.read_text()[loaded_before:]:
-            time.sleep(0.2)
-        assert "Loading script" in log.read_text()[loaded_before:], log.read_text()[-3000:]
+        eventually(
+            lambda: "Loading script" in log.read_text()[loaded_before:], 30, 0.2, lambda: log.read_text()[-3000:]
+        )
+
         # The new instance serves its own (fresh) registry on the same port, and still blocks.
-        deadline = time.monotonic() + 30
-        metrics = ""
-        while time.monotonic() < deadline:
+        def fresh_registry() -> str:
             with contextlib.suppress(httpx.HTTPError):
-                metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
-                if 'outcome="blocked"' not in metrics and "enforcer_policy_rules" in metrics:
-                    break
-            time.sleep(0.2)
+                text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+                if 'outcome="blocked"' not in text and "enforcer_policy_rules" in text:
+                    return text
+            return ""
+
+        metrics = eventually(fresh_registry, 30, 0.2, "the reloaded addon's own registry was never served")
         assert 'outcome="blocked"' not in metrics and "enforcer_policy_rules" in metrics, metrics[-2000:]
         head, s = connect(port, "weixin.qq.com:443")
         s.close()
@@ -578,8 +572,6 @@ def test_sighup_reloads(stack: Stack) -> None:
 
     before = successes()
     stack.proc.send_signal(signal.SIGHUP)  # enforcer proxy forwards it to mitmdump
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and successes() <= before:
-        time.sleep(0.2)
+    eventually(lambda: successes() > before, 15, 0.2, "SIGHUP did not reload")
     assert successes() > before and stack.alive()
     assert "SIGHUP: reloading the policy" in stack.log.read_text()

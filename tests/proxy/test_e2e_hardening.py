@@ -24,7 +24,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ import dnslib
 import pytest
 
 from enforcer.events import iter_events
-from tests.conftest import BLOCKLISTS, ROOT, free_port, require_tool
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
 from tests.netns import loopback_only_netns
 from tests.proxy.origins import OriginThread, PlainOrigin, TlsOrigin, make_cert
 from tests.proxy.test_e2e import connect, header, raw, status, stop_proxy, wait_port
@@ -149,32 +148,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n", encoding="utf-8")
         port = free_port()
         log = tmp / "mitmdump.log"
-        cmd = [
-            unshare,
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            'mount --bind "$0" /etc/resolv.conf && exec "$@"',
-            str(resolv),
-            sys.executable,
-            "-m",
-            "enforcer",
-            "proxy",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--blocklist",
-            str(BLOCKLISTS),
-            "--events",
-            str(tmp / "events.jsonl"),
-            "--confdir",
-            str(tmp / "confdir"),
-            "--",
-            "--set",
-            "ssl_insecure=true",
-        ]
+        # mitmdump in a private mount namespace whose /etc/resolv.conf is the fake DNS above.
+        cmd = [unshare, "--mount", "--propagation", "private", "--", "sh", "-c",
+               'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv),
+               sys.executable, "-m", "enforcer", "proxy", "--listen", f"127.0.0.1:{port}",
+               "--blocklist", str(BLOCKLISTS), "--events", str(tmp / "events.jsonl"),
+               "--confdir", str(tmp / "confdir"), "--", "--set", "ssl_insecure=true"]  # fmt: skip
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
@@ -223,12 +202,12 @@ def test_name_resolving_into_a_blocked_range_never_connects(net: Net) -> None:
     seen = net.plain.rec.requests[-1]
     assert status(out) == 200 and seen.target == "/fine" and seen.headers["host"] == f"good.test:{net.plain.port}"
     # The hit event names the address the name resolved to.
-    deadline = time.monotonic() + 10
-    hits: list[dict[str, Any]] = []
-    while not hits and time.monotonic() < deadline:
-        time.sleep(0.1)
+
+    def hits_for_evil() -> list[dict[str, Any]]:
         docs = list(iter_events(net.events)) if net.events.exists() else []
-        hits = [d for d in docs if d.get("url", {}).get("domain") == "evil.test"]
+        return [d for d in docs if d.get("url", {}).get("domain") == "evil.test"]
+
+    hits = eventually(hits_for_evil, 10, 0.1, "no hit event for evil.test")
     assert hits and hits[0]["event"]["action"] == "connect-block" and hits[0]["destination"]["ip"] == BLOCKED_IP
     assert hits[0]["rule"]["id"] == "kaspersky:cidr:77.74.176.0/21"
 

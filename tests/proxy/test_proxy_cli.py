@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from enforcer.cli import main
 from enforcer.proxy.cli import ADDON_PATH, add_arguments, mitmdump_command
 from tests.conftest import BLOCKLISTS, ROOT
 
@@ -54,9 +57,12 @@ def test_broken_blocklist_exits_1_with_path_line_col(tmp_path: Path) -> None:
     assert lines and all(line.startswith(f"{tmp_path / 'bad.yaml'}:5:") for line in lines), out.stderr
 
 
-def test_bad_addresses_exit_1() -> None:
+def test_bad_addresses_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process (the CLI's own main): these exits happen before mitmdump would start. The subprocess path of the
+    # same command is covered by test_broken_blocklist_exits_1_with_path_line_col.
     for flag, value in (("--listen", "nonsense"), ("--metrics", "127.0.0.1:99999")):
-        out = run_cli(flag, value)
-        assert out.returncode == 1 and flag in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    out = run_cli("--blocklist", "/nonexistent/blocklists")
-    assert out.returncode == 1 and "no such file or directory" in out.stderr
+        code = main(["proxy", flag, value])
+        err = capsys.readouterr().err
+        assert code == 1 and flag in err and len(err.strip().splitlines()) == 1, err
+    code = main(["proxy", "--blocklist", "/nonexistent/blocklists"])
+    assert code == 1 and "no such file or directory" in capsys.readouterr().err
