@@ -6,7 +6,7 @@
   a regular file or is over ``--max-file-size``.
 - ``run("analyst", args)``: serve until SIGINT/SIGTERM (``web.start_analyst``); exit 1 for a non-loopback
   ``--listen`` without ``--token-file``, an unreadable or empty token file, a bad inventory or blocklist.
-  ``--allowed-host`` names join the Host header allow-list (``web.host_allowed``).
+  ``--allowed-host`` names join the Host header allow-list (``hostcheck.host_allowed``).
 """
 
 from __future__ import annotations
@@ -104,9 +104,11 @@ def run(command: str, args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from .files import check_files, event_files
+    from .formats import FORMATTERS
     from .inventory import Inventory
     from .lines import EventFileError, parse_size
-    from .report import FORMATTERS, build_report, check_files, effective_map, event_files, parse_range, stream_report
+    from .report import build_report, enforcement_of, parse_range, stream_report
 
     events = _flatten(args.events)
     missing = [p for p in events if not Path(p).exists() and not Path(p).is_symlink()]
@@ -128,11 +130,11 @@ def run_report(args: argparse.Namespace) -> int:
             print(f"report: {problem}", file=sys.stderr)
         return 1
     inventory = Inventory.load(args.inventory)
-    effective = effective_map(_load_policy(_flatten(args.blocklist)))
+    enforcement = enforcement_of(_load_policy(_flatten(args.blocklist)))
     try:
         pairs, stats = stream_report(
             events,
-            effective=effective,
+            enforcement=enforcement,
             since=since,
             until=until,
             apps=_flatten(args.app),
@@ -183,7 +185,9 @@ def run_analyst(args: argparse.Namespace) -> int:
     import signal
 
     from ..policy import PolicyError
-    from .web import AnalystSettings, check_listen, start_analyst
+    from .hostcheck import check_listen
+    from .state import AnalystSettings
+    from .web import start_analyst
 
     settings = AnalystSettings(
         listen=args.listen,

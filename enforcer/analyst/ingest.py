@@ -30,13 +30,13 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import re
 import threading
 from collections.abc import Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from .files import event_files, is_rotated
 from .lines import (
     DEFAULT_MAX_FILE_BYTES,
     MAX_LINE_BYTES,
@@ -45,14 +45,13 @@ from .lines import (
     parse_event_line,
     skip_line,
 )
-from .report import event_files
 from .store import Row, Store
 
 log = logging.getLogger("enforcer.analyst.ingest")
 
 HEAD_BYTES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
-_ROTATED = re.compile(r"\.\d+$")
+_SHOWN_BYTES = 80  # of a bad line, quoted in the log
 Parsed = tuple[list[Row], dict[str, int], int, str | None]
 
 
@@ -162,7 +161,6 @@ class Ingester:
         log.warning("skipping event file %s", exc)
 
     def _read_file(self, path: Path, present: set[tuple[int, int]]) -> int:
-        assert self._states is not None
         try:
             fh = open_event_file(path, self.max_file_bytes)
         except EventFileError as exc:
@@ -170,62 +168,81 @@ class Ingester:
             return 0
         for key in [k for k in self._refused if k[0] == str(path)]:
             self._refused.discard(key)  # fine again: a later refusal is news
-        stored = 0
         with fh:
             st = os.fstat(fh.fileno())
             ident = (st.st_dev, st.st_ino)
             present.add(ident)
             head = fh.read(HEAD_BYTES)
-            state = self._states.get(ident)
-            offset = 0
-            if state is not None:
-                old_head, old_offset, _ = state
-                if head.startswith(old_head) and st.st_size >= old_offset:
-                    offset = old_offset
-                else:
-                    log.info("%s: new or truncated file under a known inode; reading from the start", path)
-            if offset >= st.st_size:
-                if state is None or state[0] != head:
-                    self._states[ident] = (head, offset, str(path))
+            offset = self._resume_at(path, ident, head, st.st_size)
+            if offset is None:
                 return 0
-            rotated = bool(_ROTATED.search(path.name))
-            fh.seek(offset)
-            # Parse chunk N+1 in the parser process while chunk N is inserted here: sqlite3 releases the GIL while it
-            # updates the B-trees, so the two overlap on two cores.
-            pending: tuple[Future[Parsed], int] | None = None
-            read_to = offset
-            while not self._stop.is_set():
-                chunk = fh.read(CHUNK_BYTES)
-                if not chunk:
-                    break
-                eof = len(chunk) < CHUNK_BYTES
-                end = chunk.rfind(b"\n")
-                future: Future[Parsed]
-                if end < 0 and len(chunk) > MAX_LINE_BYTES:
-                    # One line over the limit: skip it whole without holding it, and count it once, when its end
-                    # is known (the live file's may still be growing: look again on the next poll).
-                    nxt = skip_line(fh, read_to + len(chunk))
-                    if nxt is None and not rotated:
-                        break
-                    new_to = nxt if nxt is not None else fh.tell()
-                    future = Future()
-                    future.set_result(([], {"oversize": 1}, 1, f"{path}: oversize line after byte {read_to}"))
-                    read_to = new_to
-                    fh.seek(read_to)
-                else:
-                    if end < 0 and not rotated:
-                        break  # the live file's last line is still being written: wait for its newline
-                    # A rotated file is never appended to again: its unterminated last line is final, parsed as is.
-                    body = chunk if (end < 0 or (eof and rotated)) else chunk[: end + 1]
-                    fh.seek(read_to + len(body))
-                    future = self._parser.submit(parse_chunk, body, str(path), read_to)
-                    read_to += len(body)
-                if pending is not None:
-                    stored += self._commit(ident, head, path, *pending)
-                pending = (future, read_to)
+            return self._read_from(fh, path, ident, head, offset)
+
+    def _resume_at(self, path: Path, ident: tuple[int, int], head: bytes, size: int) -> int | None:
+        """Where to go on reading the file (its stored offset while its first bytes are unchanged, else 0); None
+        when there is nothing new."""
+        assert self._states is not None
+        state = self._states.get(ident)
+        offset = 0
+        if state is not None:
+            old_head, old_offset, _ = state
+            if head.startswith(old_head) and size >= old_offset:
+                offset = old_offset
+            else:
+                log.info("%s: new or truncated file under a known inode; reading from the start", path)
+        if offset >= size:
+            if state is None or state[0] != head:
+                self._states[ident] = (head, offset, str(path))
+            return None
+        return offset
+
+    def _read_from(self, fh: BinaryIO, path: Path, ident: tuple[int, int], head: bytes, offset: int) -> int:
+        rotated = is_rotated(path)
+        fh.seek(offset)
+        # Parse chunk N+1 in the parser process while chunk N is inserted here: sqlite3 releases the GIL while it
+        # updates the B-trees, so the two overlap on two cores.
+        pending: tuple[Future[Parsed], int] | None = None
+        read_to = offset
+        stored = 0
+        while not self._stop.is_set():
+            chunk = fh.read(CHUNK_BYTES)
+            if not chunk:
+                break
+            step = self._submit(fh, path, chunk, read_to, rotated)
+            if step is None:
+                break
             if pending is not None:
                 stored += self._commit(ident, head, path, *pending)
+            pending = step
+            read_to = step[1]
+        if pending is not None:
+            stored += self._commit(ident, head, path, *pending)
         return stored
+
+    def _submit(
+        self, fh: BinaryIO, path: Path, chunk: bytes, read_to: int, rotated: bool
+    ) -> tuple[Future[Parsed], int] | None:
+        """The whole lines of ``chunk`` (read at ``read_to``) handed to the parser, and the offset after them; the
+        file is left positioned there. None: stop here until the next poll."""
+        eof = len(chunk) < CHUNK_BYTES
+        end = chunk.rfind(b"\n")
+        if end < 0 and len(chunk) > MAX_LINE_BYTES:
+            # One line over the limit: skip it whole without holding it, and count it once, when its end
+            # is known (the live file's may still be growing: look again on the next poll).
+            nxt = skip_line(fh, read_to + len(chunk))
+            if nxt is None and not rotated:
+                return None
+            new_to = nxt if nxt is not None else fh.tell()
+            future: Future[Parsed] = Future()
+            future.set_result(([], {"oversize": 1}, 1, f"{path}: oversize line after byte {read_to}"))
+            fh.seek(new_to)
+            return future, new_to
+        if end < 0 and not rotated:
+            return None  # the live file's last line is still being written: wait for its newline
+        # A rotated file is never appended to again: its unterminated last line is final, parsed as is.
+        body = chunk if (end < 0 or (eof and rotated)) else chunk[: end + 1]
+        fh.seek(read_to + len(body))
+        return self._parser.submit(parse_chunk, body, str(path), read_to), read_to + len(body)
 
     def _commit(self, ident: tuple[int, int], head: bytes, path: Path, future: Future[Parsed], offset: int) -> int:
         """Store one parsed chunk and the file offset after it in one transaction."""
@@ -278,7 +295,7 @@ def parse_chunk(body: bytes, path: str, offset: int) -> Parsed:
         seen += 1
         if reason is not None:
             errors[reason] = errors.get(reason, 0) + 1
-            first_bad = first_bad or f"{path}: {reason} line after byte {offset}: {raw[:80]!r}"
+            first_bad = first_bad or f"{path}: {reason} line after byte {offset}: {raw[:_SHOWN_BYTES]!r}"
         if parsed is None:
             continue
         rec = parsed.record

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .records import MIN_TS, Record, record_from_doc, recover, ts_to_us
+from .records import EVENT_HEAD, MIN_TS, Record, record_from_doc, recover, ts_to_us
 
 # Far above any line the writer produces (a URL-heavy proxy event is a few KB), far below what would hurt memory.
 MAX_LINE_BYTES = 1024 * 1024
@@ -39,6 +39,9 @@ SKIP_REASONS = ("invalid_json", "not_event", "oversize", "torn")
 _HEX = re.compile(r"[0-9a-f]{32}")
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
 _MASK64 = (1 << 64) - 1
+_EVENT_HEAD = EVENT_HEAD.encode("ascii")
+_UUID_BYTES = 16  # the writer's event.id: a uuid4, 32 hex digits
+_RANDOM_BYTES = 8  # a uuid4's first 8 bytes are random but for none of their bits: usable as a 64-bit digest
 _SIZE = re.compile(r"(\d{1,19})([KMGT]?)(?:I?B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -321,7 +324,7 @@ def _parse(raw: bytes, final: bool, fast: bool) -> tuple[Parsed | None, str | No
         raw = raw.strip()
         if not raw:
             return None, None
-    if fast and raw[:15] == b'{"@timestamp":"':
+    if fast and raw.startswith(_EVENT_HEAD):
         quick = _writer_line(raw)
         if quick is not None:
             return quick, None
@@ -349,9 +352,9 @@ def _parse(raw: bytes, final: bool, fast: bool) -> tuple[Parsed | None, str | No
 def fingerprint(ts_us: int, key: str | bytes) -> int:
     """64-bit digest of the store's dedupe identity (time, id): the report's in-memory set holds these, ~70 bytes
     an event instead of the ids themselves (a false match among 10M events: about 3 in a million)."""
-    if isinstance(key, bytes) and len(key) == 16:
+    if isinstance(key, bytes) and len(key) == _UUID_BYTES:
         # The writer's uuid4 ids: their first 8 bytes are already random; mixing in the time costs no hash.
-        return int.from_bytes(key[:8], "big") ^ ((ts_us * _GOLDEN) & _MASK64)
+        return int.from_bytes(key[:_RANDOM_BYTES], "big") ^ ((ts_us * _GOLDEN) & _MASK64)
     tag = b"b" + key if isinstance(key, bytes) else b"t" + key.encode("utf-8", "surrogatepass")
     h = hashlib.blake2b(ts_us.to_bytes(8, "big", signed=True) + tag, digest_size=8)
     return int.from_bytes(h.digest(), "big")

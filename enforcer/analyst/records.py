@@ -28,8 +28,13 @@ MIN_YEAR = 1970
 MIN_TS = "1970-01-01T00:00:00.000000Z"
 MAX_TS = "9999-12-31T23:59:59.999999Z"
 MAX_US = 253402300799999999  # MAX_TS in microseconds since the epoch
+TS_LEN = len(MIN_TS)  # every canonical timestamp has this length
+MIN_DATE = MIN_TS.partition("T")[0]
+MAX_DATE = MAX_TS.partition("T")[0]
 _CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-_HEAD = '{"@timestamp":"'
+# How every line of the writer (events.HitEvent.to_ecs) starts: the fast path's gate and where a torn line's
+# surviving event begins.
+EVENT_HEAD = '{"@timestamp":"'
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, a cost paid on every line read.
@@ -49,7 +54,7 @@ class Record:
 
 def is_canonical(value: str) -> bool:
     """The writer's own format, inside the accepted range (the common case: no datetime parse needed)."""
-    return len(value) == 27 and value >= MIN_TS and _CANONICAL.fullmatch(value) is not None
+    return len(value) == TS_LEN and value >= MIN_TS and _CANONICAL.fullmatch(value) is not None
 
 
 def canonical_ts(value: str) -> str:
@@ -66,7 +71,7 @@ def canonical_ts(value: str) -> str:
             dt = dt.replace(tzinfo=UTC)
         return dt_to_ts(dt)
     except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        raise ValueError(f"time out of range ({MIN_TS[:10]}..{MAX_TS[:10]})") from None
+        raise ValueError(f"time out of range ({MIN_DATE}..{MAX_DATE})") from None
 
 
 def dt_to_ts(dt: datetime) -> str:
@@ -78,7 +83,7 @@ def dt_to_ts(dt: datetime) -> str:
         dt = dt.replace(tzinfo=UTC)
     dt = dt.astimezone(UTC)
     if dt.year < MIN_YEAR:
-        raise ValueError(f"time {dt.date().isoformat()} is before {MIN_TS[:10]}")
+        raise ValueError(f"time {dt.date().isoformat()} is before {MIN_DATE}")
     return (
         f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond:06d}Z"
     )
@@ -211,5 +216,5 @@ def parse_line(line: str) -> tuple[Record, dict[str, Any]] | None:
 
 def recover(line: str) -> str | None:
     """The last whole-looking event inside a torn line (``{"@timestamp"`` not at the start), else None."""
-    i = line.rfind(_HEAD)
+    i = line.rfind(EVENT_HEAD)
     return line[i:] if i > 0 else None

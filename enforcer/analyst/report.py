@@ -1,21 +1,20 @@
 """The compliance report: pure aggregations, the streaming pass over event files, and the three output formats.
 
-- ``effective_map(policy)``: app -> canonical effective timestamp; an attempt is *enforced* when it is a denied event
-  (``event.type`` ``["denied"]``) at or after its app's effective date (an app missing from the policy: any denied).
+- ``enforcement_of(policy)``: the policy's ``Enforcement`` table; an attempt is *enforced* when it is a denied event
+  (``event.type`` ``["denied"]``) that the table enforces for its app, client and time (on or after the app's
+  effective date, not from an exempt client; an app missing from the policy: any denied). The store's SQL is
+  rendered from the same table (``Enforcement.sql``), so both count the same attempts.
 - ``parse_time(value)`` / ``parse_range(since, until)``: THE parser of time bounds, for ``--since``/``--until`` and
   the API's ``since``/``until``: RFC 3339, a date (midnight UTC), or a duration back from now (``90m``, ``24h``,
   ``7d``, ``2w``); ValueError with one line for anything else, outside 1970..9999, or ``until`` before ``since``.
-- ``event_files(paths)``: files and folders -> the files to read (a folder: its ``*.jsonl`` plus rotated
-  ``*.jsonl.N``; a file: itself plus its rotated siblings ``FILE.N``), oldest first, each file once (by inode).
-  Entries named like event files that are not regular files are listed too, so that the caller refuses them
-  (``check_files``) instead of silently skipping them.
 - ``Pairs`` / ``add_event``: one entry per (client, app): attempts, enforced, first, last.
-- ``stream_report(paths, ...)``: one pass over the files; ``scan_range`` is the per-line loop (``lines.line_blocks``
-  and ``lines.parse_event_line``, the same reader and rule as the analyst's ingest), run in worker processes over
-  byte ranges of big inputs (``workers``), merged exactly with ``merge_pairs``.
+- ``stream_report(paths, ...)``: one pass over the files (``files.event_files``); ``scan_range`` is the per-line loop
+  (``lines.line_blocks`` and ``lines.parse_event_line``, the same reader and rule as the analyst's ingest) counting
+  what a ``Selection`` picks, run in worker processes over byte ranges of big inputs (``workers``), merged exactly
+  with ``merge_pairs``.
 - ``build_report(pairs, ...)``: the CONTRACT JSON document (``apps`` and ``clients``); the store builds the same
   ``Pairs`` with SQL, so ``/api/report`` and ``enforcer report`` share this function.
-- ``to_csv`` / ``to_table`` / ``to_json``: the output formats; ``csv_cell`` neutralises spreadsheet formulas.
+- The output formats of the document: formats.py.
 
 Duplicates: an event is counted once per (time, ``event.id``), as the store's UNIQUE index does (the first line read
 wins). The report keeps a 64-bit fingerprint per event in the selected time range (``lines.fingerprint``, about 70
@@ -25,39 +24,37 @@ report take one sequential pass instead, so the first occurrence in file order w
 
 from __future__ import annotations
 
-import csv
 import heapq
-import io
 import itertools
-import json
-import os
 import re
-import unicodedata
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from ..policy.enforcement import Enforcement
+from .files import check_files, event_files
 from .inventory import Inventory
-from .lines import DEFAULT_MAX_FILE_BYTES, EventFileError, fingerprint, line_blocks, open_event_file, parse_event_line
-from .records import MIN_TS, canonical_ts, dt_to_ts
+from .lines import DEFAULT_MAX_FILE_BYTES, Parsed, fingerprint, line_blocks, open_event_file, parse_event_line
+
+if TYPE_CHECKING:
+    from ..policy import Policy
+from .records import MIN_DATE, canonical_ts, dt_to_ts
 
 # (client, app) -> [attempts, enforced_attempts, first_seen, last_seen]
 Pairs = dict[tuple[str, str], list[Any]]
 
-CLIENT_FIELDS = ("client", "device", "app", "attempts", "enforced_attempts", "first_seen", "last_seen")
 _DURATION = re.compile(r"^(\d{1,15}(?:\.\d{1,6})?)\s*([smhdw])$", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_ROTATED = re.compile(r"^(.*)\.(\d+)$")
+_SHOWN_CHARS = 40  # of a bad time value, quoted in its error line
+_MAX_TIME_CHARS = 64  # longer than any RFC 3339 spelling: refused before parsing
 
 
-def effective_map(policy: Any) -> dict[str, str]:
-    """app -> canonical timestamp from which its denied events count as enforced."""
-    if policy is None:
-        return {}
-    return {app: dt_to_ts(ap.effective) for app, ap in policy.apps.items()}
+def enforcement_of(policy: Policy | None) -> Enforcement:
+    """The rule for an enforced attempt under ``policy`` (None: no policy, every denied event is enforced)."""
+    return policy.enforcement if policy is not None else Enforcement(())
 
 
 _FORMS = "RFC 3339, YYYY-MM-DD, or a duration like 24h / 7d"
@@ -69,15 +66,15 @@ def parse_time(value: str | None, now: datetime | None = None) -> str | None:
     if value is None or not str(value).strip():
         return None
     v = str(value).strip()
-    shown = v if len(v) <= 40 else v[:40] + "..."
+    shown = v if len(v) <= _SHOWN_CHARS else v[:_SHOWN_CHARS] + "..."
     m = _DURATION.match(v.lower())
     if m:
         now = now or datetime.now(UTC)
         try:
             return dt_to_ts(now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)]))
         except (ValueError, OverflowError):
-            raise ValueError(f"duration {shown!r} reaches before {MIN_TS[:10]}") from None
-    if len(v) > 64 or not v.isascii():
+            raise ValueError(f"duration {shown!r} reaches before {MIN_DATE}") from None
+    if len(v) > _MAX_TIME_CHARS or not v.isascii():
         raise ValueError(f"invalid time {shown!r} ({_FORMS})")
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
@@ -103,73 +100,6 @@ def parse_range(since: str | None, until: str | None, now: datetime | None = Non
     return lo, hi
 
 
-def _rotation_key(path: Path) -> tuple[str, int]:
-    m = _ROTATED.match(path.name)
-    if m and m.group(2).isdigit():
-        return m.group(1), -int(m.group(2))  # oldest rotation (highest N) first
-    return path.name, 0
-
-
-def rotated_siblings(path: Path) -> list[Path]:
-    """``path`` and its rotations ``path.1`` .. ``path.N`` that exist, oldest first."""
-    out: list[Path] = []
-    parent = path.parent if str(path.parent) else Path(".")
-    prefix = path.name + "."
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        names = []
-    for name in names:
-        if name.startswith(prefix) and name[len(prefix) :].isdigit():
-            out.append(parent / name)
-    if path.exists() or path.is_symlink():
-        out.append(path)
-    return sorted(out, key=_rotation_key)
-
-
-def check_files(files: Iterable[Path], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[EventFileError]:
-    """Every file that ``open_event_file`` refuses (not a regular file, too large, unreadable), for the caller to
-    report; the files are opened the same way again when they are read."""
-    problems: list[EventFileError] = []
-    for f in files:
-        try:
-            open_event_file(f, max_bytes).close()
-        except EventFileError as exc:
-            problems.append(exc)
-    return problems
-
-
-def event_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders into the event files to read; each physical file once."""
-    seen: set[tuple[int, int]] = set()
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            bases = sorted(q for q in p.iterdir() if q.suffix == ".jsonl" or _is_rotated_jsonl(q.name))
-            candidates = sorted(bases, key=_rotation_key)
-        else:
-            candidates = rotated_siblings(p)
-        for q in candidates:
-            try:
-                st = q.stat()
-            except OSError:
-                # A dangling symlink named like an event file: listed, so that opening it says why.
-                if q.is_symlink():
-                    out.append(q)
-                continue
-            ident = (st.st_dev, st.st_ino)
-            if ident not in seen:
-                seen.add(ident)
-                out.append(q)
-    return out
-
-
-def _is_rotated_jsonl(name: str) -> bool:
-    m = _ROTATED.match(name)
-    return bool(m and m.group(1).endswith(".jsonl"))
-
-
 @dataclass
 class ReportStats:
     lines: int = 0
@@ -182,9 +112,14 @@ class ReportStats:
     missing: list[str] = field(default_factory=list)
     keys: array = field(default_factory=lambda: array("Q"))  # sorted fingerprints of the range's events (workers)
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, where: str | None = None, *, recovered: bool = False) -> None:
+        """One skipped line (``where``: its ``FILE:LINE``, kept for the first); ``recovered``: its event counts."""
         self.invalid += 1
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if recovered:
+            self.recovered += 1
+        if self.first_invalid is None:
+            self.first_invalid = where
 
     def merge(self, other: ReportStats) -> None:
         self.lines += other.lines
@@ -197,8 +132,8 @@ class ReportStats:
         self.first_invalid = self.first_invalid or other.first_invalid
 
 
-def add_event(pairs: Pairs, ts: str, app: str, client: str, denied: bool, effective: dict[str, str]) -> None:
-    enforced = denied and ts >= effective.get(app, "")
+def add_event(pairs: Pairs, ts: str, app: str, client: str, enforced: bool) -> None:
+    """Count one event of ``client`` for ``app`` at ``ts``; ``enforced``: the analyst's rule said so."""
     entry = pairs.get((client, app))
     if entry is None:
         pairs[(client, app)] = [1, 1 if enforced else 0, ts, ts]
@@ -228,14 +163,36 @@ PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than 
 RANGE_BYTES = 64 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a pass counts: the rule for an enforced attempt, the time range and the apps (empty: every app)."""
+
+    enforcement: Enforcement
+    since: str | None = None
+    until: str | None = None
+    apps: frozenset[str] = frozenset()
+
+
+def _range_lines(fh: BinaryIO, start: int, end: int | None) -> Iterator[tuple[Parsed | None, str | None]]:
+    """Every line that starts in ``[start, end)`` as ``lines.parse_event_line`` judges it (an oversize line, skipped
+    unread, as ``(None, "oversize")``)."""
+    for block in line_blocks(fh, start, end):
+        if block is None:
+            yield None, "oversize"
+            continue
+        lines = block.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        last = -1 if block.endswith(b"\n") else len(lines) - 1  # the file's unterminated last line
+        for i, raw in enumerate(lines):
+            yield parse_event_line(raw, i == last)
+
+
 def scan_range(
     path: str,
     start: int,
     end: int | None,
-    effective: dict[str, str],
-    since: str | None,
-    until: str | None,
-    apps: tuple[str, ...],
+    select: Selection,
     seen: set[int] | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> tuple[Pairs, ReportStats]:
@@ -247,57 +204,40 @@ def scan_range(
     ``FILE:+LINE@BYTE`` (line counted from the range start). Raises ``EventFileError`` for a file that is not
     (any longer) a regular file of at most ``max_file_bytes``.
     """
-    own = seen is None
     seen_set: set[int] = set() if seen is None else seen
-    app_filter = set(apps)
     pairs: Pairs = {}
     stats = ReportStats()
-    n = 0
-
-    def bad(reason: str) -> None:
-        stats.skip(reason)
-        if stats.first_invalid is None:
-            stats.first_invalid = f"{path}:{n}" if start == 0 else f"{path}:+{n}@{start}"
-
+    where = f"{path}:{{}}" if start == 0 else f"{path}:+{{}}@{start}"
     with open_event_file(path, max_file_bytes) as fh:
-        for block in line_blocks(fh, start, end):
-            if block is None:
-                n += 1
-                stats.lines += 1
-                bad("oversize")
-                continue
-            lines = block.split(b"\n")
-            if not lines[-1]:
-                lines.pop()
-            last = -1 if block.endswith(b"\n") else len(lines) - 1  # the file's unterminated last line
-            for i, raw in enumerate(lines):
-                n += 1
-                parsed, reason = parse_event_line(raw, i == last)
-                if parsed is None:
-                    if reason is not None:
-                        stats.lines += 1
-                        bad(reason)
-                    continue
-                stats.lines += 1
-                if reason is not None:  # torn: the line is skipped, the event found at its end counts
-                    bad(reason)
-                    stats.recovered += 1
-                rec = parsed.record
-                ts = rec.ts
-                if (since is not None and ts < since) or (until is not None and ts >= until):
-                    continue
-                fp = fingerprint(parsed.ts_us, parsed.key)
-                if fp in seen_set:
-                    stats.duplicates += 1
-                    continue
-                seen_set.add(fp)
-                if app_filter and rec.app not in app_filter:
-                    continue
-                stats.events += 1
-                add_event(pairs, ts, rec.app, rec.client, rec.denied, effective)
-    if own:
+        for n, (parsed, reason) in enumerate(_range_lines(fh, start, end), 1):
+            if parsed is None and reason is None:
+                continue  # a blank line
+            stats.lines += 1
+            if reason is not None:  # skipped; "torn": the line is skipped, the event found at its end counts
+                stats.skip(reason, where.format(n), recovered=parsed is not None)
+            if parsed is not None:
+                _count(parsed, select, seen_set, pairs, stats)
+    if seen is None:
         stats.keys = array("Q", sorted(seen_set))
     return pairs, stats
+
+
+def _count(parsed: Parsed, select: Selection, seen: set[int], pairs: Pairs, stats: ReportStats) -> None:
+    """One event read: in the time range, once per (time, id), of a selected app -> counted in ``pairs``."""
+    rec = parsed.record
+    ts = rec.ts
+    if (select.since is not None and ts < select.since) or (select.until is not None and ts >= select.until):
+        return
+    fp = fingerprint(parsed.ts_us, parsed.key)
+    if fp in seen:
+        stats.duplicates += 1
+        return
+    seen.add(fp)
+    if select.apps and rec.app not in select.apps:
+        return
+    stats.events += 1
+    enforced = select.enforcement.enforced_attempt(rec.denied, rec.app, rec.client, parsed.ts_us)
+    add_event(pairs, ts, rec.app, rec.client, enforced)
 
 
 def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | None]]:
@@ -322,7 +262,7 @@ def _overlap(parts: list[array]) -> bool:
 def stream_report(
     paths: Iterable[str | Path],
     *,
-    effective: dict[str, str],
+    enforcement: Enforcement,
     since: str | None = None,
     until: str | None = None,
     apps: Iterable[str] = (),
@@ -345,7 +285,7 @@ def stream_report(
     total = sum(f.stat().st_size for f in files)
     parallel = workers > 1 and total > PARALLEL_MIN_BYTES
     tasks = _ranges(files, parallel)
-    app_list = tuple(apps)
+    select = Selection(enforcement, since, until, frozenset(apps))
     if parallel and len(tasks) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -353,10 +293,7 @@ def stream_report(
         pairs: Pairs = {}
         part_stats: list[ReportStats] = []
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [
-                pool.submit(scan_range, p, s0, e0, effective, since, until, app_list, None, max_file_bytes)
-                for p, s0, e0 in tasks
-            ]
+            futures = [pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes) for p, s0, e0 in tasks]
             for fut in futures:
                 part, st = fut.result()
                 merge_pairs(pairs, part)
@@ -370,7 +307,7 @@ def stream_report(
     pairs = {}
     seen: set[int] = set()
     for p, s0, e0 in _ranges(files, False):
-        part, st = scan_range(p, s0, e0, effective, since, until, app_list, seen, max_file_bytes)
+        part, st = scan_range(p, s0, e0, select, seen, max_file_bytes)
         merge_pairs(pairs, part)
         stats.merge(st)
     return pairs, stats
@@ -419,96 +356,3 @@ def build_report(
         ],
         "clients": clients,
     }
-
-
-_FORMULA = frozenset("=+-@")
-_CONTROL_START = ("\t", "\r", "\n")
-
-
-def csv_cell(value: Any) -> Any:
-    """One CSV cell, with spreadsheet formulas neutralised (OWASP CSV injection): a text that starts with a tab, CR
-    or LF, or whose first non-blank character is ``= + - @`` or a compatibility form of one (full-width ``＝ ＋ － ＠``,
-    small ``﹦ ﹢ ﹣ ﹫``: NFKC maps them to ASCII, and spreadsheets do the same), gets a leading ``'``, which
-    spreadsheets read as "text" and which a reader strips to get the value back."""
-    if value is None:
-        return ""
-    if not isinstance(value, str) or not value:
-        return value
-    if value.startswith(_CONTROL_START):
-        return "'" + value
-    head = value.lstrip()
-    if head and (head[0] in _FORMULA or unicodedata.normalize("NFKC", head[0])[:1] in _FORMULA):
-        return "'" + value
-    return value
-
-
-def to_csv(report: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    # RFC 4180 CRLF rows: the csv module quotes a field holding any character of the line terminator, so with
-    # "\n" alone a CR inside a hostile value would go out unquoted and split the row in a spreadsheet.
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(CLIENT_FIELDS)
-    for row in report["clients"]:
-        w.writerow([csv_cell(row[k]) for k in CLIENT_FIELDS])
-    return buf.getvalue()
-
-
-def to_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-
-
-def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [len(h) for h in headers]
-    for r in rows:
-        for i, cell in enumerate(r):
-            widths[i] = max(widths[i], len(cell))
-
-    def fmt(cells: list[str]) -> str:
-        return "  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
-
-    return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
-
-
-def _printable(value: Any) -> str:
-    # Terminal output: control characters in event data must not move the cursor or recolour the screen.
-    text = "-" if value is None else str(value)
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
-def to_table(report: dict[str, Any]) -> str:
-    lines = [
-        f"Compliance report  generated {report['generated_at']}  "
-        f"since {report['since'] or '-'}  until {report['until'] or '-'}",
-        "",
-    ]
-    lines += _table(
-        ["APP", "ATTEMPTS", "CLIENTS", "FIRST SEEN", "LAST SEEN"],
-        [
-            [_printable(a["app"]), str(a["attempts"]), str(a["clients"]), a["first_seen"], a["last_seen"]]
-            for a in report["apps"]
-        ],
-        {1, 2},
-    )
-    lines.append("")
-    lines += _table(
-        ["CLIENT", "DEVICE", "APP", "ATTEMPTS", "ENFORCED", "FIRST SEEN", "LAST SEEN"],
-        [
-            [
-                _printable(c["client"]),
-                _printable(c["device"]),
-                _printable(c["app"]),
-                str(c["attempts"]),
-                str(c["enforced_attempts"]),
-                c["first_seen"],
-                c["last_seen"],
-            ]
-            for c in report["clients"]
-        ],
-        {3, 4},
-    )
-    if not report["clients"]:
-        lines.append("(no events)")
-    return "\n".join(lines) + "\n"
-
-
-FORMATTERS = {"json": to_json, "csv": to_csv, "table": to_table}

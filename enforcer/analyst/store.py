@@ -18,8 +18,9 @@
   ``series`` (attempts per app per time bucket), ``top_rules``, ``noncompliant`` (distinct clients per app with
   enforced attempts since a time), ``last_block`` (per app), ``bounds``, ``facets``, ``count``.
 
-Enforcement in SQL: ``denied = 1 AND ts >= effective(app)``, the effective dates given as a CASE built from the
-policy (``_eff_sql``), the same rule as ``report.effective_map``.
+Enforced attempts in SQL: rendered from the policy's ``Enforcement`` table (``Enforcement.sql``: ``denied``, ``ts`` at
+or after the app's effective date, the client not exempt), the same table ``report.scan_range`` asks in Python
+(``_enforced``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import ts_to_us, us_to_ts
+from ..policy.enforcement import SQL_EXEMPT_FUNCTION, Enforcement
+from .records import us_to_ts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -100,17 +102,6 @@ class Filters:
             parts.append("ts < ?")
             params.append(self.until)
         return (" AND ".join(parts) or "1"), params
-
-
-def _eff_sql(effective: dict[str, str]) -> tuple[str, list[Any]]:
-    """SQL for "this row is an enforced attempt" given app -> canonical effective timestamp."""
-    if not effective:
-        return "denied", []
-    cases = " ".join("WHEN ? THEN ?" for _ in effective)
-    params: list[Any] = []
-    for app, ts in effective.items():
-        params += [app, ts_to_us(ts)]
-    return f"(denied AND ts >= (CASE app {cases} ELSE 0 END))", params
 
 
 class Store:
@@ -234,15 +225,23 @@ class Store:
                 continue
         return docs, nxt
 
-    def pairs(self, filters: Filters, effective: dict[str, str]) -> dict[tuple[str, str], list[Any]]:
+    def _enforced(self, enforcement: Enforcement) -> tuple[sqlite3.Connection, str, list[Any]]:
+        """This thread's reader, able to evaluate ``enforcement``'s SQL, and that SQL with its parameters."""
+        conn = self.reader()
+        # Per query, on this thread's own connection: the table of the current policy, whatever ran here before.
+        conn.create_function(SQL_EXEMPT_FUNCTION, 2, enforcement.is_exempt, deterministic=True)
+        expr, params = enforcement.sql()
+        return conn, expr, params
+
+    def pairs(self, filters: Filters, enforcement: Enforcement) -> dict[tuple[str, str], list[Any]]:
         where, params = filters.where()
-        eff, eff_params = _eff_sql(effective)
+        conn, eff, eff_params = self._enforced(enforcement)
         sql = (
             f"SELECT client, app, COUNT(*), SUM({eff}), MIN(ts), MAX(ts) FROM events WHERE {where} GROUP BY client, app"
         )
         return {
             (client, app): [n, int(enf or 0), us_to_ts(first), us_to_ts(last)]
-            for client, app, n, enf, first, last in self.reader().execute(sql, [*eff_params, *params])
+            for client, app, n, enf, first, last in conn.execute(sql, [*eff_params, *params])
         }
 
     def bounds(self, filters: Filters) -> tuple[int, int] | None:
@@ -256,9 +255,9 @@ class Store:
         sql = f"SELECT (ts / ?) * ?, app, COUNT(*) FROM events WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
         return [(int(b), a, int(n)) for b, a, n in self.reader().execute(sql, [bucket_us, bucket_us, *params])]
 
-    def top_rules(self, filters: Filters, effective: dict[str, str], limit: int = 10) -> list[dict[str, Any]]:
+    def top_rules(self, filters: Filters, enforcement: Enforcement, limit: int = 10) -> list[dict[str, Any]]:
         where, params = filters.where()
-        eff, eff_params = _eff_sql(effective)
+        conn, eff, eff_params = self._enforced(enforcement)
         sql = (
             f"SELECT rule, app, category, COUNT(*) AS n, SUM({eff}), COUNT(DISTINCT client), MAX(ts)"
             f" FROM events WHERE {where} GROUP BY rule, app, category ORDER BY n DESC, rule LIMIT ?"
@@ -273,18 +272,17 @@ class Store:
                 "clients": clients,
                 "last_seen": us_to_ts(last),
             }
-            for rule, app, category, n, enf, clients, last in self.reader().execute(sql, [*eff_params, *params, limit])
+            for rule, app, category, n, enf, clients, last in conn.execute(sql, [*eff_params, *params, limit])
         ]
 
-    def noncompliant(self, since_us: int, effective: dict[str, str]) -> dict[str, int]:
+    def noncompliant(self, since_us: int, enforcement: Enforcement) -> dict[str, int]:
         """app -> distinct clients with at least one enforced attempt at or after ``since_us``.
 
         One query per app so that each is a range seek on ``(app, ts, ...)`` covering only the window.
         """
-        eff, eff_params = _eff_sql(effective)
+        conn, eff, eff_params = self._enforced(enforcement)
         sql = f"SELECT COUNT(DISTINCT client) FROM events WHERE app = ? AND ts >= ? AND {eff}"
         out: dict[str, int] = {}
-        conn = self.reader()
         for app in self.facets().get("app", []):
             n = int(conn.execute(sql, [app, since_us, *eff_params]).fetchone()[0])
             if n:

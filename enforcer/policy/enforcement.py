@@ -117,6 +117,10 @@ class Enforcement:
         else:
             self.cutovers = {c.app: c for c in apps}
 
+    def key(self) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+        """A hashable value equal for two tables with the same rule (for memoising what was computed under one)."""
+        return tuple(sorted((c.app, c.at_us, tuple(map(str, c.exempt))) for c in self.cutovers.values()))
+
     def cutover(self, app: str) -> Cutover:
         return self.cutovers.get(app, _ALWAYS)
 

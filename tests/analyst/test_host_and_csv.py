@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from enforcer.analyst.report import csv_cell
+from enforcer.analyst.formats import csv_cell
 from enforcer.analyst.web import Analyst, AnalystSettings, build_app
 from tests.analyst.analyst_helpers import generate, write_events
 from tests.conftest import BLOCKLISTS, ROOT, free_port

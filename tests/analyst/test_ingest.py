@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from enforcer.analyst.ingest import Ingester
-from enforcer.analyst.report import effective_map
+from enforcer.analyst.report import enforcement_of
 from enforcer.analyst.store import Filters, Store
 from enforcer.events import EventWriter
 from tests.analyst.analyst_helpers import expected_report, generate, write_events
@@ -25,7 +25,7 @@ def _stored_ids(db: Path) -> list[str]:
 
 
 def _pairs_as_rows(store: Store, policy) -> dict:
-    pairs = store.pairs(Filters(), effective_map(policy))
+    pairs = store.pairs(Filters(), enforcement_of(policy))
     return {
         k: {"attempts": v[0], "enforced_attempts": v[1], "first_seen": v[2], "last_seen": v[3]}
         for k, v in pairs.items()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from enforcer.analyst.files import event_files
 from enforcer.analyst.inventory import Inventory
-from enforcer.analyst.report import build_report, effective_map, event_files, parse_time, stream_report
+from enforcer.analyst.report import build_report, enforcement_of, parse_time, stream_report
 from enforcer.config import ConfigError
 from tests.analyst.analyst_helpers import (
     CLIENTS,
@@ -35,7 +36,7 @@ def _rows(report: dict) -> dict[tuple[str, str], dict]:
 def test_report_matches_independent_count(tmp_path: Path, policy, inventory_file: Path) -> None:
     events = generate(policy, 3000, seed=1)
     write_events(tmp_path / "events.jsonl", events)
-    pairs, stats = stream_report([tmp_path / "events.jsonl"], effective=effective_map(policy))
+    pairs, stats = stream_report([tmp_path / "events.jsonl"], enforcement=enforcement_of(policy))
     report = build_report(pairs, inventory=Inventory.load(inventory_file))
     expected = expected_report(policy, events)
     assert stats.invalid == 0 and stats.events == 3000
@@ -69,7 +70,11 @@ def test_report_filters(tmp_path: Path, policy) -> None:
     eff = policy.apps["wechat"].effective
     since, until = eff - timedelta(days=2), eff + timedelta(days=3)
     pairs, _ = stream_report(
-        [tmp_path / "events.jsonl"], effective=effective_map(policy), since=ts(since), until=ts(until), apps=["wechat"]
+        [tmp_path / "events.jsonl"],
+        enforcement=enforcement_of(policy),
+        since=ts(since),
+        until=ts(until),
+        apps=["wechat"],
     )
     got = _rows(build_report(pairs))
     want = expected_report(policy, events, since=since, until=until, apps={"wechat"})
@@ -103,7 +108,7 @@ def test_invalid_and_torn_lines_skipped_and_counted(tmp_path: Path, policy) -> N
     text += "  \n" + lines[12] + "\r\n"  # a blank line with spaces and a CRLF line (edited on Windows)
     text += "\n".join(lines[13:]) + "\n" + lines[0][:30]  # and a torn last line
     path.write_text(text, encoding="utf-8")
-    pairs, stats = stream_report([path], effective=effective_map(policy))
+    pairs, stats = stream_report([path], enforcement=enforcement_of(policy))
     survivors = events[:10] + events[11:]
     assert _rows(build_report(pairs)) == {
         k: {**v, "device": None} for k, v in expected_report(policy, survivors).items()
@@ -122,7 +127,7 @@ def test_flat_dotted_keys(tmp_path: Path, policy) -> None:
                 flat[f"{key}.{k2}"] = v2
     path = tmp_path / "flat.jsonl"
     path.write_text(json.dumps(flat) + "\n", encoding="utf-8")
-    pairs, stats = stream_report([path], effective=effective_map(policy))
+    pairs, stats = stream_report([path], enforcement=enforcement_of(policy))
     assert stats.invalid == 0
     assert list(pairs) == [(ev.source_ip, ev.app)]
 
@@ -133,7 +138,7 @@ def test_folder_and_rotations_read_once(tmp_path: Path, policy) -> None:
     files = event_files([tmp_path, tmp_path / "events.jsonl"])
     assert len(files) > 3 and files[-1].name == "events.jsonl"  # rotated, oldest first, the live file last
     assert w.written == 1500
-    pairs, stats = stream_report([tmp_path, tmp_path / "events.jsonl"], effective=effective_map(policy))
+    pairs, stats = stream_report([tmp_path, tmp_path / "events.jsonl"], enforcement=enforcement_of(policy))
     assert stats.events == 1500
     assert sum(v[0] for v in pairs.values()) == 1500
 
@@ -207,13 +212,13 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     lines.insert(1234, "garbage in the middle")
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    eff = effective_map(policy)
-    sequential, seq_stats = stream_report([path], effective=eff)
+    eff = enforcement_of(policy)
+    sequential, seq_stats = stream_report([path], enforcement=eff)
     # Ranges of ~100 KB cut lines anywhere; each line must be counted by exactly one worker.
     monkeypatch.setattr(report_mod, "RANGE_BYTES", 100_000)
     monkeypatch.setattr(report_mod, "PARALLEL_MIN_BYTES", 0)
     assert len(report_mod._ranges([path], True)) > 10
-    parallel, par_stats = stream_report([path], effective=eff, workers=2)
+    parallel, par_stats = stream_report([path], enforcement=eff, workers=2)
     assert parallel == sequential
     assert _rows(build_report(parallel)) == {
         k: {**v, "device": None} for k, v in expected_report(policy, events).items()
@@ -238,7 +243,7 @@ def test_parse_time_forms() -> None:
 
 
 def test_ranges_cut_exactly_at_line_starts(tmp_path: Path, policy) -> None:
-    from enforcer.analyst.report import merge_pairs, scan_range
+    from enforcer.analyst.report import Selection, merge_pairs, scan_range
 
     lines = [e.to_json() for e in generate(policy, 50, seed=9)]
     path = tmp_path / "e.jsonl"
@@ -246,14 +251,14 @@ def test_ranges_cut_exactly_at_line_starts(tmp_path: Path, policy) -> None:
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line.encode()) + 1)
-    eff = effective_map(policy)
-    whole, _ = scan_range(str(path), 0, None, eff, None, None, ())
+    eff = Selection(enforcement_of(policy))
+    whole, _ = scan_range(str(path), 0, None, eff)
     # Boundaries at line starts, one byte before, one byte after, and single-line ranges.
     for cuts in ([0, starts[10], starts[20], None], [0, starts[10] - 1, starts[20] + 1, None], [*starts[:-1], None]):
         merged: dict = {}
         total = 0
         for a, b in itertools.pairwise(cuts):
-            part, st = scan_range(str(path), a, b, eff, None, None, ())
+            part, st = scan_range(str(path), a, b, eff)
             merge_pairs(merged, part)
             total += st.events
         assert total == 50 and merged == whole, cuts

@@ -171,21 +171,21 @@ async def test_report_and_analyst_count_the_same_hostile_files(aiohttp_client: A
 def test_same_counts_with_filters_and_parallel_workers(tmp_path: Path, policy, monkeypatch) -> None:
     """A duplicate spread over two workers' ranges is still counted once; filters apply after deduplication."""
     import enforcer.analyst.report as report_mod
-    from enforcer.analyst.report import effective_map, stream_report
+    from enforcer.analyst.report import enforcement_of, stream_report
 
     events = generate(policy, 3000, seed=62)
     lines = [e.to_json() for e in events]
     path = tmp_path / "e.jsonl"
     path.write_text("\n".join(lines + lines[:500]) + "\n", encoding="utf-8")  # the first 500 again at the end
-    eff = effective_map(policy)
-    seq, seq_stats = stream_report([path], effective=eff)
+    eff = enforcement_of(policy)
+    seq, seq_stats = stream_report([path], enforcement=eff)
     monkeypatch.setattr(report_mod, "RANGE_BYTES", 200_000)
     monkeypatch.setattr(report_mod, "PARALLEL_MIN_BYTES", 0)
-    par, par_stats = stream_report([path], effective=eff, workers=2)
+    par, par_stats = stream_report([path], enforcement=eff, workers=2)
     assert par == seq and seq_stats.events == par_stats.events == 3000
     assert seq_stats.duplicates == par_stats.duplicates == 500
     # No duplicates across ranges: the parallel result stands as computed.
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    par2, st2 = stream_report([path], effective=eff, workers=2, apps=["wechat"])
-    seq2, _ = stream_report([path], effective=eff, apps=["wechat"])
+    par2, st2 = stream_report([path], enforcement=eff, workers=2, apps=["wechat"])
+    seq2, _ = stream_report([path], enforcement=eff, apps=["wechat"])
     assert par2 == seq2 and st2.events == sum(1 for e in events if e.app == "wechat")

@@ -1,0 +1,187 @@
+"""The analyst's state: its settings, what the handlers share, and the compliance figures on /metrics.
+
+- ``AnalystSettings``: what ``enforcer analyst`` (and ``enforcer serve``) configure: listen, event sources,
+  inventory, token, SQLite path, blocklist.
+- ``Analyst``: store, ingester, inventory, the policy (watched; its ``Enforcement`` table decides which attempts
+  were enforced), the Host check's names; ``db`` runs blocking work in a bounded thread pool, ``aggregate`` memoises
+  an aggregation until the next stored event, ``refresh_gauges`` computes the non-compliant client counts.
+- ``_AnalystCollector``: the Prometheus collector of those figures and of the ingest counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..config import default_blocklist
+from ..metrics import (
+    ANALYST_EVENTS_DUPLICATE_TOTAL,
+    ANALYST_EVENTS_INGESTED_TOTAL,
+    ANALYST_EVENTS_STORED,
+    ANALYST_FILES_SKIPPED_TOTAL,
+    ANALYST_HOST_REFUSED_TOTAL,
+    ANALYST_INGEST_ERRORS_TOTAL,
+    LAST_BLOCK_TIMESTAMP,
+    NONCOMPLIANT_CLIENTS,
+    SPECS,
+)
+from .hostcheck import host_names
+from .ingest import Ingester
+from .inventory import Inventory
+from .lines import DEFAULT_MAX_FILE_BYTES, SKIP_REASONS
+from .records import dt_to_ts, ts_to_us
+from .report import enforcement_of
+from .store import Filters, Store
+
+T = TypeVar("T")
+
+WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
+
+MAX_LIMIT = 1000
+
+MEMO_SIZE = 8  # memoised aggregations (a 1M-event store: a few MB each)
+
+
+@dataclass
+class AnalystSettings:
+    listen: str = "127.0.0.1:8000"
+    events: list[str] = field(default_factory=lambda: ["var/events"])  # the folder enforcer serve writes to
+    inventory: str | None = None
+    token: str | None = None
+    db: str = "var/analyst.sqlite"
+    blocklist: list[str] = field(default_factory=lambda: [default_blocklist()])
+    poll_interval: float = 0.5
+    refresh_interval: float = 5.0
+    parser_process: bool = True
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    allowed_hosts: list[str] = field(default_factory=list)  # --allowed-host: further names for the Host check
+
+
+class Analyst:
+    """State shared by the handlers: store, ingester, inventory and the policy's enforcement table."""
+
+    def __init__(self, settings: AnalystSettings, *, inventory: Inventory | None = None) -> None:
+        from ..policy.reloader import PolicyHolder
+
+        self.settings = settings
+        self.token = settings.token or None
+        self.inventory = inventory if inventory is not None else Inventory.load(settings.inventory)
+        self.holder = PolicyHolder(settings.blocklist, on_change=self._policy_changed)
+        self.enforcement = enforcement_of(self.holder.policy)
+        self.store = Store(settings.db)
+        self.ingester = Ingester(
+            self.store,
+            settings.events,
+            interval=settings.poll_interval,
+            parser_process=settings.parser_process,
+            max_file_bytes=settings.max_file_bytes,
+        )
+        # The Host check: always without a token (the only thing between a rebinding page and the data), and with
+        # one when names are configured (defence in depth; by default a token-protected analyst may be reached by
+        # any name a site gives it).
+        self.host_check = not self.token or bool(settings.allowed_hosts)
+        self.host_names = host_names(settings)
+        self.host_refused = 0
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="enforcer-analyst-db")
+        self.gate = asyncio.Semaphore(16)  # bounds queued DB work; further requests wait here, not in the pool
+        self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        # Gauges computed off the loop every refresh_interval and read at scrape time.
+        self.noncompliant: dict[tuple[str, str], int] = {}
+        self.last_block: dict[str, float] = {}
+        self.stored = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(_AnalystCollector(self))
+
+    def _policy_changed(self, policy: Any) -> None:
+        self.enforcement = enforcement_of(policy)
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self.gate:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def aggregate(self, name: str, fn: Callable[..., T], f: Filters, *args: Any) -> T:
+        """``db(fn, f, *args)`` memoised until the next stored event: aggregations over a large store take seconds,
+        and an analyst flips between the same views (and exports the CSV of the view just seen)."""
+        key = (name, f, self.enforcement.key(), self.ingester.ingested)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
+        value = await self.db(fn, f, *args)
+        self._memo[key] = value
+        while len(self._memo) > MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return value
+
+    def refresh_gauges(self, now: datetime | None = None) -> None:
+        """Blocking: the per-window non-compliant client counts and the last block per app."""
+        now_us = ts_to_us(dt_to_ts(now or datetime.now(UTC)))
+        apps = set(self.enforcement.cutovers) | set(self.store.facets().get("app", []))
+        counts: dict[tuple[str, str], int] = {}
+        for window, seconds in WINDOWS.items():
+            per_app = self.store.noncompliant(now_us - seconds * 1_000_000, self.enforcement)
+            for app in apps | set(per_app):
+                counts[(app, window)] = per_app.get(app, 0)
+        self.noncompliant = counts
+        self.last_block = {app: us / 1e6 for app, us in self.store.last_block().items()}
+        self.stored = self.store.count()
+
+    def close(self) -> None:
+        self.ingester.stop()
+        self.pool.shutdown(wait=True)
+        self.store.close()
+
+
+class _AnalystCollector(Collector):
+    def __init__(self, analyst: Analyst) -> None:
+        self.a = analyst
+
+    def collect(self) -> Any:
+        out: list[Metric] = []
+        nc = GaugeMetricFamily(NONCOMPLIANT_CLIENTS, SPECS[NONCOMPLIANT_CLIENTS].help, labels=["app", "window"])
+        for (app, window), n in sorted(self.a.noncompliant.items()):
+            nc.add_metric([app, window], n)
+        out.append(nc)
+        lb = GaugeMetricFamily(LAST_BLOCK_TIMESTAMP, SPECS[LAST_BLOCK_TIMESTAMP].help, labels=["app"])
+        for app, ts in sorted(self.a.last_block.items()):
+            lb.add_metric([app], ts)
+        out.append(lb)
+        ing = self.a.ingester
+        for name, value in (
+            (ANALYST_EVENTS_INGESTED_TOTAL, ing.ingested),
+            (ANALYST_EVENTS_DUPLICATE_TOTAL, ing.duplicates),
+        ):
+            c = CounterMetricFamily(name[: -len("_total")], SPECS[name].help)
+            c.add_metric([], value)
+            out.append(c)
+        errs = CounterMetricFamily(
+            ANALYST_INGEST_ERRORS_TOTAL[: -len("_total")], SPECS[ANALYST_INGEST_ERRORS_TOTAL].help, labels=["reason"]
+        )
+        counts = dict(ing.errors)  # one C-level copy: the ingest thread may add a reason meanwhile
+        for reason in sorted({*SKIP_REASONS, *counts}):
+            errs.add_metric([reason], counts.get(reason, 0))
+        out.append(errs)
+        skipped = CounterMetricFamily(
+            ANALYST_FILES_SKIPPED_TOTAL[: -len("_total")], SPECS[ANALYST_FILES_SKIPPED_TOTAL].help, labels=["reason"]
+        )
+        files = dict(ing.files_skipped)
+        for reason in sorted({"not_regular", "too_large", "unreadable", *files}):
+            skipped.add_metric([reason], files.get(reason, 0))
+        out.append(skipped)
+        refused = CounterMetricFamily(
+            ANALYST_HOST_REFUSED_TOTAL[: -len("_total")], SPECS[ANALYST_HOST_REFUSED_TOTAL].help
+        )
+        refused.add_metric([], self.a.host_refused)
+        out.append(refused)
+        stored = GaugeMetricFamily(ANALYST_EVENTS_STORED, SPECS[ANALYST_EVENTS_STORED].help)
+        stored.add_metric([], self.a.stored)
+        out.append(stored)
+        return iter(out)
