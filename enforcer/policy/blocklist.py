@@ -4,37 +4,40 @@ Every problem is reported with the file, line and column of the YAML node (or fe
 problems of all files are collected before failing, so one ``enforcer check`` run shows everything to fix.
 
 Flow: ``load_policy(paths)`` -> ``_expand_paths`` -> per file ``_FileParser`` (YAML node tree -> AppPolicy + Rules,
-feeds read as they are met) -> ``_Builder`` (name/host tables, url index, CIDRs, precedence, duplicate/shadow and
-over-broad warnings (``lint``), fingerprint) -> ``Policy``.
+feeds read as they are met and parsed by ``feeds.parse_feed``) -> ``build.PolicyBuilder`` (name/host tables, url
+index, CIDRs, precedence, duplicate/shadow and over-broad warnings (``lint``), fingerprint) -> ``Policy``.
 
-Every input is bounded (``Limits``): ``read_regular`` opens only regular files (a FIFO, a device or a symlink to one
-is refused without blocking), reads at most the size cap, and ``_BoundedLoader`` stops YAML nesting at a fixed depth
-(PyYAML composes recursively: 500 nested brackets would be a RecursionError). An include feed must live inside the
-folder of the file that includes it, so a blocklist edit cannot make the loader read (and echo) a foreign file.
+Every input is bounded (``bounded.Limits``): ``read_regular`` opens only regular files (a FIFO, a device or a symlink
+to one is refused without blocking), reads at most the size cap, and ``compose_bounded`` stops YAML nesting at a fixed
+depth. An include feed must live inside the folder of the file that includes it, so a blocklist edit cannot make the
+loader read (and echo) a foreign file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
-import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-import yaml.composer
 
 from . import lint
+from .bounded import DEFAULT_LIMITS, Limits, MiB, Unreadable, compose_bounded, node_pos, read_regular
+from .build import ParsedFile, PolicyBuilder
+from .feeds import parse_feed
 from .matcher import Policy
 from .model import CATEGORIES, AppPolicy, IPNetwork, PolicyError, Problem, Rule
-from .names import _ASCII_NAME_RE, MAX_NAME, InvalidName, normalize_name, parents
-from .urlrules import STORES, InvalidPattern, UrlIndex, UrlPattern, check_store_id, compile_store_rule, compile_url_rule
+from .names import InvalidName, normalize_name
+from .nodes import NodeReader
+from .urlrules import STORES, InvalidPattern, check_store_id, compile_store_rule, compile_url_rule
+
+# Read by other modules from here (``enforcer/config.py``, the policy CLI and reloader); they live in bounded.py.
+__all__ = ["DEFAULT_LIMITS", "Limits", "MiB", "Unreadable", "compose_bounded", "load_policy", "read_regular"]
 
 APP_RE = re.compile(r"[a-z0-9-]+")
 METHOD_RE = re.compile(r"[A-Z]{3,10}")
@@ -42,105 +45,7 @@ TOP_KEYS = {"app", "name", "vendor", "policy", "block", "allow"}
 POLICY_KEYS = {"effective", "timezone", "exempt_clients", "notice", "reference"}
 RULE_KINDS = ("domain", "host", "url", "cidr", "store", "include")
 RULE_EXTRA_KEYS = {"category", "source", "id", "method", "comment"}
-HOSTS_FILE_SKIP = {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback"}
-MAX_FEED_ERRORS = 20
-MiB = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Caps on what one load may read. A 1M-name feed is ~25 MB; the shipped YAML files are a few KB each."""
-
-    yaml_bytes: int = 8 * MiB
-    feed_bytes: int = 64 * MiB
-    yaml_depth: int = 32  # the blocklist schema needs 4 levels (top, block, rule, store); 32 leaves room
-
-
-DEFAULT_LIMITS = Limits()
-
-
-class Unreadable(Exception):
-    """A file that is not read: missing, not a regular file, or over its size cap. The message says which."""
-
-
-def _file_kind(mode: int) -> str:
-    for test, what in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISDIR, "a folder"),
-    ):
-        if test(mode):
-            return what
-    return "not a plain file"
-
-
-def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
-    """Read a regular file of at most ``limit`` bytes; raise ``Unreadable`` otherwise, never block.
-
-    The path is checked with stat() before opening (so a device is never even opened), then opened with O_NONBLOCK
-    (a FIFO swapped in meanwhile cannot block open()) and checked again with fstat() on what was actually opened.
-    Reading stops one byte past the cap, so a file that grows while being read cannot exhaust memory either.
-    """
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise Unreadable(f"not a regular file ({_file_kind(st.st_mode)})")
-        if st.st_size > limit:
-            raise Unreadable(f"file too large ({st.st_size} bytes; the limit is {limit})")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise Unreadable(exc.strerror or str(exc)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Unreadable(f"not a regular file ({_file_kind(st.st_mode)})")
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = os.read(fd, min(4 * MiB, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise Unreadable(f"file too large (more than {limit} bytes)")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise Unreadable(exc.strerror or str(exc)) from None
-    finally:
-        os.close(fd)
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader whose composer refuses nesting deeper than ``max_depth`` (checked before recursing)."""
-
-    max_depth = DEFAULT_LIMITS.yaml_depth
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > self.max_depth:
-                mark = self.peek_event().start_mark
-                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {self.max_depth} levels", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def compose_bounded(text: str, max_depth: int = DEFAULT_LIMITS.yaml_depth) -> yaml.Node | None:
-    """``yaml.compose`` with a nesting limit (raises a MarkedYAMLError at the node that goes too deep)."""
-    loader = _BoundedLoader(text)
-    loader.max_depth = max_depth
-    try:
-        return loader.get_single_node()
-    finally:
-        loader.dispose()
+_REFUSED = object()  # a rule whose payload could not be built (the problem is already reported)
 
 
 def load_policy(paths: str | Path | Sequence[str | Path], *, limits: Limits = DEFAULT_LIMITS) -> Policy:
@@ -149,7 +54,7 @@ def load_policy(paths: str | Path | Sequence[str | Path], *, limits: Limits = DE
         paths = [paths]
     problems: list[Problem] = []
     files = _expand_paths(paths, problems)
-    builder = _Builder(problems)
+    builder = PolicyBuilder(problems)
     for f in files:
         parsed = _FileParser(f, problems, limits).parse()
         if parsed is not None:
@@ -184,64 +89,15 @@ def _expand_paths(paths: Iterable[str | Path], problems: list[Problem]) -> list[
 # -- YAML node helpers --------------------------------------------------------------------------------------------
 
 
-def _pos(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-@dataclass
-class _Parsed:
-    app: AppPolicy
-    rules: list[tuple[Rule, Any]] = field(default_factory=list)  # (rule, payload)
-    feeds: list[tuple[Rule, list[str], str]] = field(default_factory=list)  # include rule, names, feed digest
-    app_pos: tuple[int, int] = (1, 1)
-
-
-class _FileParser:
+class _FileParser(NodeReader):
     def __init__(self, path: Path, problems: list[Problem], limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__(str(path), problems)
         self.path = path
-        self.shown = str(path)
-        self.problems = problems
         self.limits = limits
-        self.ok = True
 
-    def error(self, node: yaml.Node | None, message: str) -> None:
-        line, col = _pos(node) if node is not None else (1, 1)
-        self.problems.append(Problem(self.shown, line, col, message))
-        self.ok = False
-
-    def warn(self, node: yaml.Node, message: str) -> None:
-        line, col = _pos(node)
-        self.problems.append(Problem(self.shown, line, col, message, "warning"))
-
-    def parse(self) -> tuple[_Parsed, str] | None:
-        try:
-            text = read_regular(self.path, self.limits.yaml_bytes).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self.problems.append(Problem(self.shown, 1, 1, f"not UTF-8 text: {exc.reason}"))
-            return None
-        except Unreadable as exc:
-            self.problems.append(Problem(self.shown, 1, 1, f"cannot read: {exc}"))
-            return None
-        try:
-            root = compose_bounded(text, self.limits.yaml_depth)
-        except RecursionError:  # belt and braces: the depth limit should make this unreachable
-            self.problems.append(Problem(self.shown, 1, 1, "YAML syntax error: nesting too deep"))
-            return None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            what = exc.problem or exc.context or "invalid YAML"
-            if exc.problem and exc.context and exc.context_mark is not None and exc.context_mark is not mark:
-                # "found unexpected end of stream" alone hides where the unclosed thing began.
-                cm = exc.context_mark
-                what += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
-            self.problems.append(Problem(self.shown, line, col, f"YAML syntax error: {what}"))
-            return None
-        except yaml.YAMLError as exc:
-            self.problems.append(Problem(self.shown, 1, 1, f"YAML error: {exc}"))
-            return None
+    def parse(self) -> tuple[ParsedFile, str] | None:
+        root = self.read_root()
         if root is None:
-            self.problems.append(Problem(self.shown, 1, 1, "empty blocklist file"))
             return None
         top = self.mapping(root, "the top level", TOP_KEYS)
         if top is None:
@@ -249,20 +105,13 @@ class _FileParser:
         # A problem in 'app' or 'policy' does not stop here: the rules are still checked, so one `enforcer check`
         # run lists every problem of the file.
         app_node = top.get("app")
-        app_id: str | None = None
-        if app_node is None:
-            self.error(root, "missing required key 'app'")
-        else:
-            app_id = self.scalar(app_node, "app")
-            if app_id is not None and not APP_RE.fullmatch(app_id):
-                self.error(app_node, f"app id must match [a-z0-9-]+, got {app_id!r}")
-                app_id = None
+        app_id = self.app_id(root, app_node)
         app = self.parse_policy(root, top, app_id or "invalid")
         if app is None or app_id is None:
             app_id = app_id or "invalid"
             app = AppPolicy(app_id, app_id, "", datetime(1970, 1, 1, tzinfo=UTC), "UTC", (), "", "", self.shown)
             self.ok = False
-        parsed = _Parsed(app, app_pos=_pos(app_node if app_node is not None else root))
+        parsed = ParsedFile(app, app_pos=node_pos(app_node if app_node is not None else root))
         for section in ("block", "allow"):
             node = top.get(section)
             if node is None:
@@ -278,50 +127,51 @@ class _FileParser:
             return None
         return parsed, app_id
 
-    # -- typed accessors ------------------------------------------------------------------------------------
-    def mapping(self, node: yaml.Node, what: str, allowed: set[str]) -> dict[str, yaml.Node] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{what} must be a mapping")
+    def read_root(self) -> yaml.Node | None:
+        """The file's YAML node tree; None (and one located problem) when it is unreadable, not YAML or empty."""
+        try:
+            text = read_regular(self.path, self.limits.yaml_bytes).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.fail(f"not UTF-8 text: {exc.reason}")
             return None
-        out: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                self.error(key_node, f"keys in {what} must be plain strings")
-                continue
-            key = key_node.value
-            if key in out:
-                self.error(key_node, f"duplicate key '{key}' in {what}")
-                continue
-            if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                self.error(key_node, f"unknown key '{key}' in {what} (expected one of: {hint})")
-                continue
-            out[key] = value_node
-        return out
+        except Unreadable as exc:
+            self.fail(f"cannot read: {exc}")
+            return None
+        try:
+            root = compose_bounded(text, self.limits.yaml_depth)
+        except RecursionError:  # belt and braces: the depth limit should make this unreachable
+            self.fail("YAML syntax error: nesting too deep")
+            return None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            what = exc.problem or exc.context or "invalid YAML"
+            if exc.problem and exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+                # "found unexpected end of stream" alone hides where the unclosed thing began.
+                cm = exc.context_mark
+                what += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
+            self.fail(f"YAML syntax error: {what}", line, col)
+            return None
+        except yaml.YAMLError as exc:
+            self.fail(f"YAML error: {exc}")
+            return None
+        if root is None:
+            self.fail("empty blocklist file")
+            return None
+        return root
 
-    def scalar(self, node: yaml.Node, what: str) -> str | None:
-        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
-            self.error(node, f"'{what}' must be a single value")
-            return None
-        value = str(node.value).strip()
-        if not value:
-            self.error(node, f"'{what}' must not be empty")
-            return None
-        return value
+    def fail(self, message: str, line: int = 1, col: int = 1) -> None:
+        self.problems.append(Problem(self.shown, line, col, message))
 
-    def string_list(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node]] | None:
-        if isinstance(node, yaml.ScalarNode):
-            v = self.scalar(node, what)
-            return None if v is None else [(v, node)]
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(node, f"'{what}' must be a value or a list of values")
+    def app_id(self, root: yaml.Node, node: yaml.Node | None) -> str | None:
+        if node is None:
+            self.error(root, "missing required key 'app'")
             return None
-        out: list[tuple[str, yaml.Node]] = []
-        for item in node.value:
-            v = self.scalar(item, what)
-            if v is not None:
-                out.append((v, item))
-        return out
+        app_id = self.scalar(node, "app")
+        if app_id is not None and not APP_RE.fullmatch(app_id):
+            self.error(node, f"app id must match [a-z0-9-]+, got {app_id!r}")
+            return None
+        return app_id
 
     # -- policy section -----------------------------------------------------------------------------------------
     def parse_policy(self, root: yaml.Node, top: dict[str, yaml.Node], app_id: str) -> AppPolicy | None:
@@ -398,7 +248,7 @@ class _FileParser:
             return None
 
     # -- rules ----------------------------------------------------------------------------------------------------
-    def parse_rule(self, node: yaml.Node, app_id: str, section: str, parsed: _Parsed) -> None:
+    def parse_rule(self, node: yaml.Node, app_id: str, section: str, parsed: ParsedFile) -> None:
         fields = self.mapping(node, f"a '{section}' rule", set(RULE_KINDS) | RULE_EXTRA_KEYS)
         if fields is None:
             return
@@ -409,9 +259,31 @@ class _FileParser:
             return
         kind = kinds[0]
         action = "block" if section == "block" else "allow"
+        extras = self.rule_extras(node, fields, kind, action)
+        if extras is None:
+            return
+        category, method, comment = extras
         value_node = fields[kind]
-        line, _ = _pos(node)
-        source_ref = f"{self.shown}:{line}"
+        source_ref = f"{self.shown}:{node_pos(node)[0]}"
+        if kind == "store":
+            self.parse_store(value_node, fields, app_id, action, category, source_ref, comment, parsed)
+            return
+        raw = self.scalar(value_node, kind)
+        value = None if raw is None else self.rule_value(kind, raw, value_node)
+        if raw is None or value is None:
+            return
+        rid = self.rule_id(fields, app_id, action, kind, value[0])
+        if rid is None:
+            return
+        rule = Rule(rid, app_id, action, kind, value[0], category, source_ref, method, comment)  # type: ignore[arg-type]
+        payload = self.rule_payload(rule, raw, value_node, value[1], parsed)
+        if payload is not _REFUSED:
+            parsed.rules.append((rule, (payload, value_node)))
+
+    def rule_extras(
+        self, node: yaml.Node, fields: dict[str, yaml.Node], kind: str, action: str
+    ) -> tuple[str | None, str | None, str | None] | None:
+        """(category, method, comment) of a rule; None after reporting a problem with one of them."""
         category = None
         if "category" in fields:
             category = self.scalar(fields["category"], "category")
@@ -419,63 +291,55 @@ class _FileParser:
                 self.error(
                     fields["category"], f"unknown category {category!r} (expected one of: {', '.join(CATEGORIES)})"
                 )
-                return
+                return None
         elif action == "block":
             self.error(node, f"block rule needs a 'category' ({'|'.join(CATEGORIES)})")
-            return
+            return None
         method = None
         if "method" in fields:
             method = (self.scalar(fields["method"], "method") or "").upper()
             if not METHOD_RE.fullmatch(method):
                 self.error(fields["method"], f"'method' must be an HTTP method such as POST, got {method!r}")
-                return
+                return None
             if kind != "url":
                 self.error(fields["method"], "'method' applies to url rules only")
-                return
+                return None
         comment = self.scalar(fields["comment"], "comment") if "comment" in fields else None
         if "source" in fields:
             self.scalar(fields["source"], "source")
-        if kind == "store":
-            self.parse_store(value_node, fields, app_id, action, category, source_ref, comment, parsed)
-            return
-        raw = self.scalar(value_node, kind)
-        if raw is None:
-            return
-        payload: Any = None
+        return category, method, comment
+
+    def rule_value(self, kind: str, raw: str, node: yaml.Node) -> tuple[str, Any] | None:
+        """(value as stored, payload) of a domain/host/cidr/url/include rule; None after reporting a bad value."""
         if kind in ("domain", "host"):
             try:
-                value = normalize_name(raw)
+                return normalize_name(raw), None
             except InvalidName as exc:
-                self.error(value_node, f"invalid {kind} {raw!r}: {exc}")
-                return
-        elif kind == "cidr":
-            net = self.network(raw, value_node)
-            if net is None:
-                return
-            value, payload = str(net), net
-        elif kind == "url":
-            value = raw
-        else:  # include
-            value = raw
-        rid = self.rule_id(fields, app_id, action, kind, value)
-        if rid is None:
-            return
-        rule = Rule(rid, app_id, action, kind, value, category, source_ref, method, comment)  # type: ignore[arg-type]
-        if kind == "url":
+                self.error(node, f"invalid {kind} {raw!r}: {exc}")
+                return None
+        if kind == "cidr":
+            net = self.network(raw, node)
+            return None if net is None else (str(net), net)
+        return raw, None  # url, include
+
+    def rule_payload(self, rule: Rule, raw: str, node: yaml.Node, payload: Any, parsed: ParsedFile) -> Any:
+        """The compiled url pattern, or the include feed read (its names go to ``parsed.feeds``); ``_REFUSED``
+        after reporting a problem."""
+        if rule.kind == "url":
             try:
-                payload = [compile_url_rule(rule)]
+                return [compile_url_rule(rule)]
             except InvalidPattern as exc:
-                self.error(value_node, f"invalid url rule: {exc}")
-                return
-        if kind == "include":
-            if action == "allow":
-                self.error(value_node, "include feeds are block lists; write allow exceptions as domain/host rules")
-                return
-            names, digest = self.read_feed(raw, value_node)
+                self.error(node, f"invalid url rule: {exc}")
+                return _REFUSED
+        if rule.kind == "include":
+            if rule.action == "allow":
+                self.error(node, "include feeds are block lists; write allow exceptions as domain/host rules")
+                return _REFUSED
+            names, digest = self.read_feed(raw, node)
             if names is None:
-                return
+                return _REFUSED
             parsed.feeds.append((rule, names, digest))
-        parsed.rules.append((rule, (payload, value_node)))
+        return payload
 
     def rule_id(self, fields: dict[str, yaml.Node], app_id: str, action: str, kind: str, value: str) -> str | None:
         if "id" in fields:
@@ -491,7 +355,7 @@ class _FileParser:
         category: str | None,
         source_ref: str,
         comment: str | None,
-        parsed: _Parsed,
+        parsed: ParsedFile,
     ) -> None:
         if action != "block":
             self.error(node, "store rules are block rules")
@@ -543,243 +407,10 @@ class _FileParser:
         except UnicodeDecodeError as exc:
             self.error(node, f"include file {raw!r} is not UTF-8: {exc.reason}")
             return None, ""
-        names: list[str] = []
-        append = names.append
-        fullmatch = _ASCII_NAME_RE.fullmatch
-        errors = 0
-        for lineno, line in enumerate(text.splitlines(), 1):
-            # Fast path: a bare lower-case ASCII name, the shape of nearly every line of a large feed. A-labels
-            # (xn--) take the slow path, which checks their punycode.
-            if len(line) <= MAX_NAME and fullmatch(line) and "xn--" not in line:
-                append(line)
-                continue
-            stripped = line.split("#", 1)[0].strip()
-            if not stripped:
-                continue
-            tokens = stripped.split()
-            first_col = line.find(tokens[0]) + 1
-            if len(tokens) > 1 or _is_ip(tokens[0]):
-                if not _is_ip(tokens[0]):
-                    errors += 1
-                    if errors <= MAX_FEED_ERRORS:
-                        self.feed_error(shown, lineno, first_col, "expected one domain per line, or 'IP name ...'")
-                    continue
-                tokens = [t for t in tokens[1:] if t.lower() not in HOSTS_FILE_SKIP]
-            for tok in tokens:
-                try:
-                    append(normalize_name(tok))
-                except InvalidName as exc:
-                    errors += 1
-                    if errors <= MAX_FEED_ERRORS:
-                        self.feed_error(shown, lineno, line.find(tok) + 1, f"invalid domain: {exc}")
-        if errors > MAX_FEED_ERRORS:
-            self.feed_error(shown, 1, 1, f"{errors - MAX_FEED_ERRORS} more invalid lines not shown")
-        if errors:
+        names = parse_feed(text, shown, self.problems)
+        if names is None:
+            self.ok = False
             return None, ""
         if not names:
             self.warn(node, f"include file {raw!r} has no domains")
-        for name in lint.public_feed_names(names):
-            # Rare: find the line only for a flagged name, so the common case costs one set look-up per name.
-            lineno, col = next(
-                ((i, line.find(name) + 1) for i, line in enumerate(text.splitlines(), 1) if name in line.split()),
-                (1, 1),
-            )
-            self.problems.append(
-                Problem(
-                    shown,
-                    lineno,
-                    col,
-                    f"over-broad feed entry: {name} is a public suffix: this include blocks every name under it",
-                    "warning",
-                )
-            )
         return names, hashlib.sha256("\n".join(names).encode()).hexdigest()
-
-    def feed_error(self, shown: str, line: int, col: int, message: str) -> None:
-        self.problems.append(Problem(shown, line, col, message))
-        self.ok = False
-
-
-def _is_ip(token: str) -> bool:
-    try:
-        ipaddress.ip_address(token)
-    except ValueError:
-        return False
-    return True
-
-
-# -- building the Policy ----------------------------------------------------------------------------------------
-
-
-class _Builder:
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        self.apps: dict[str, AppPolicy] = {}
-        self.app_pos: dict[str, str] = {}
-        self.rules: list[Rule] = []
-        self.hosts: dict[str, Rule] = {}
-        self.domains: dict[str, Rule] = {}
-        self.patterns: list[UrlPattern] = []
-        self.cidrs: list[tuple[IPNetwork, Rule]] = []
-        self.counts: dict[tuple[str, str], int] = {}
-        self.positions: dict[int, tuple[str, int, int]] = {}  # id(rule) -> where, for warnings
-        # The fingerprint hashes sorted rule lines, so reordering a file does not change it.
-        self.digest_lines: list[str] = []
-        self.ids: dict[str, Rule] = {}
-
-    def warn_at(self, rule: Rule, message: str) -> None:
-        path, line, col = self.positions.get(id(rule), (rule.source.rsplit(":", 1)[0], 1, 1))
-        self.problems.append(Problem(path, line, col, message, "warning"))
-
-    def add_file(self, parsed: _Parsed, app_id: str) -> None:
-        app = parsed.app
-        if app_id in self.apps:
-            first = self.app_pos[app_id]
-            line, col = parsed.app_pos
-            self.problems.append(
-                Problem(app.path, line, col, f"duplicate app id '{app_id}' (first defined at {first})")
-            )
-            return
-        self.apps[app_id] = app
-        self.app_pos[app_id] = f"{app.path}:{parsed.app_pos[0]}"
-        self.digest_lines.append(
-            f"app\0{app_id}\0{app.effective.isoformat()}\0{','.join(map(str, app.exempt_clients))}"
-        )
-        feeds = {id(rule): (names, digest) for rule, names, digest in parsed.feeds}
-        for rule, (payload, node) in parsed.rules:
-            self.positions[id(rule)] = (app.path, *_pos(node))
-            if rule.id in self.ids:
-                prior = self.ids[rule.id]
-                line, col = _pos(node)
-                if (prior.app, prior.action, prior.kind, prior.value) == (rule.app, rule.action, rule.kind, rule.value):
-                    # The same rule written twice is a warning (an error under --strict); the prior one stays.
-                    differs = (
-                        f"; its category {rule.category} differs and is ignored"
-                        if (prior.category != rule.category)
-                        else ""
-                    )
-                    self.problems.append(
-                        Problem(
-                            app.path,
-                            line,
-                            col,
-                            f"duplicate rule: {rule.kind} {rule.value} is already listed at {prior.source}{differs}",
-                            "warning",
-                        )
-                    )
-                    continue
-                self.problems.append(
-                    Problem(app.path, line, col, f"duplicate rule id '{rule.id}' (first at {prior.source})")
-                )
-                continue
-            self.ids[rule.id] = rule
-            self.rules.append(rule)
-            self.digest_lines.append(
-                f"{rule.app}\0{rule.action}\0{rule.kind}\0{rule.value}\0{rule.category}\0{rule.method}"
-            )
-            key = (rule.app, rule.kind)
-            if rule.kind in ("domain", "host"):
-                self.add_name(self.domains if rule.kind == "domain" else self.hosts, rule.value, rule)
-                self.counts[key] = self.counts.get(key, 0) + 1
-            elif rule.kind == "include":
-                names, digest = feeds[id(rule)]
-                self.digest_lines.append(f"feed\0{rule.id}\0{digest}")
-                self.add_feed(names, rule)
-                self.counts[key] = self.counts.get(key, 0) + len(names)
-            elif rule.kind == "cidr":
-                self.cidrs.append((payload, rule))
-                self.counts[key] = self.counts.get(key, 0) + 1
-            else:  # url, store
-                self.patterns.extend(payload)
-                self.counts[key] = self.counts.get(key, 0) + 1
-
-    def add_name(self, table: dict[str, Rule], name: str, rule: Rule) -> None:
-        old = table.get(name)
-        if old is None:
-            table[name] = rule
-            return
-        if old.action == rule.action:
-            self.warn_at(rule, f"duplicate rule: {rule.kind} {name} is already listed at {old.source}")
-            return
-        # Same name, opposite actions: equal specificity, so allow wins.
-        table[name] = rule if rule.action == "allow" else old
-
-    def add_feed(self, names: list[str], rule: Rule) -> None:
-        domains = self.domains
-        dupes = 0
-        for name in names:
-            if name in domains:
-                dupes += 1
-                continue
-            domains[name] = rule
-        if dupes:
-            self.warn_at(rule, f"{dupes} name(s) of include {rule.value} are listed more than once")
-
-    def check_shadowing(self) -> None:
-        """Warn about explicit rules that can never change a verdict or its attribution."""
-        for table, is_host in ((self.hosts, True), (self.domains, False)):
-            for name, rule in table.items():
-                if rule.kind == "include":
-                    continue
-                covering = None
-                for suffix in parents(name)[0 if is_host else 1 :]:
-                    cand = self.domains.get(suffix)
-                    if cand is not None and cand is not rule:
-                        covering = cand
-                        break
-                if covering is None:
-                    if rule.action == "allow":
-                        self.warn_at(rule, f"allow rule for {name} has no effect: no block rule covers it")
-                    continue
-                if (
-                    covering.action == rule.action
-                    and covering.app == rule.app
-                    and covering.category == rule.category
-                    and covering.kind != "include"
-                ):
-                    self.warn_at(
-                        rule,
-                        f"shadowed rule: {rule.kind} {name} is already covered by {covering.id} at {covering.source}",
-                    )
-        block_cidrs = [(n, r) for n, r in self.cidrs if r.action == "block"]
-        for net, rule in self.cidrs:
-            for other, orule in block_cidrs:
-                if orule is rule or other.version != net.version or other == net:
-                    continue
-                if net.subnet_of(other) and orule.app == rule.app and orule.category == rule.category:  # type: ignore[arg-type]
-                    self.warn_at(rule, f"shadowed rule: cidr {net} is inside {other} ({orule.source})")
-                    break
-
-    def check_breadth(self) -> None:
-        """Warn about rules that cover a public suffix, a huge address range or every URL (``lint``)."""
-        for rule in self.rules:
-            if rule.kind in ("domain", "host"):
-                msg = lint.name_warning(rule.kind, rule.value, rule.action)
-                if msg is not None:
-                    self.warn_at(rule, msg)
-        for net, rule in self.cidrs:
-            msg = lint.network_warning(net, "rule: cidr")
-            if msg is not None:
-                self.warn_at(rule, msg)
-        for pattern in self.patterns:
-            if pattern.rule.kind == "url":
-                msg = lint.url_warning(pattern)
-                if msg is not None:
-                    self.warn_at(pattern.rule, msg)
-
-    def build(self, files: tuple[str, ...]) -> Policy:
-        self.check_shadowing()
-        self.check_breadth()
-        warnings = tuple(p for p in self.problems if p.severity == "warning")
-        return Policy(
-            apps=self.apps,
-            rules=tuple(self.rules),
-            hosts=self.hosts,
-            domains=self.domains,
-            urls=UrlIndex(self.patterns),
-            cidrs=self.cidrs,
-            fingerprint=hashlib.sha256("\n".join(sorted(self.digest_lines)).encode()).hexdigest(),
-            counts=self.counts,
-            warnings=warnings,
-            files=files,
-        )

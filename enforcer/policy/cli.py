@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import default_blocklist
 from .addresses import parse_ip_literal
-from .blocklist import DEFAULT_LIMITS, Limits
+from .bounded import DEFAULT_LIMITS, Limits
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ sees either the old or the new policy, never a mix, and none waits. A broken edi
 
 Watching polls ``stat`` of the few files once a second: portable, cheap, and it sees edits made by editors that
 replace files (new inode) as well as in-place writes. ``stat`` never opens a file and the loader reads only regular
-files of bounded size (``blocklist.read_regular``), so a FIFO or a device in the folder or as an include is one
+files of bounded size (``bounded.read_regular``), so a FIFO or a device in the folder or as an include is one
 failed reload, never a wedged watcher: the next good edit is applied as usual. Warnings (duplicate, shadowed,
 over-broad rules) are logged after every successful load and never refuse the policy.
 """
@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..metrics import POLICY_LAST_RELOAD, POLICY_RELOADS_TOTAL, Metrics
-from .blocklist import DEFAULT_LIMITS, Limits, load_policy
+from .blocklist import load_policy
+from .bounded import DEFAULT_LIMITS, Limits
 from .matcher import Policy
 from .model import PolicyError
 
