@@ -1,7 +1,8 @@
 """Bounded TTL cache of forwarded answers, kept as wire bytes with the TTL positions noted.
 
-- ``Cache(max_entries, max_bytes)``: LRU (``OrderedDict``: eviction is O(1), see reference/dns-performance.md) bounded
-  by entries and by stored bytes.
+- ``Cache(max_entries, max_bytes, clock=time.monotonic)``: LRU (``OrderedDict``: eviction is O(1)) bounded by
+  entries and by stored bytes. Every age and expiry (positive and negative answers alike) is read from ``clock``,
+  so tests step a fake clock instead of sleeping through TTLs.
 - ``cache_key(q, data)``: (name, type, class, EDNS/DO/CD flags): answers differ by DO (DNSSEC records) and by whether
   the client speaks EDNS (OPT record, size), so those are part of the key.
 - ``Cache.clamp(reply)``: the reply with every TTL brought into [``min_ttl``, ``max_ttl``] (``--min-cache-ttl``,
@@ -22,6 +23,7 @@ import itertools
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..policy.model import Rule
@@ -56,9 +58,15 @@ class Entry:
     __slots__ = ("age", "expires", "offsets", "patched", "qend", "rule", "size", "start", "ttls", "wire")
 
     def __init__(
-        self, wire_: bytes, qend: int, offsets: tuple[int, ...], ttls: tuple[int, ...], ttl: int, rule: Rule | None
+        self,
+        wire_: bytes,
+        qend: int,
+        offsets: tuple[int, ...],
+        ttls: tuple[int, ...],
+        ttl: int,
+        rule: Rule | None,
+        now: float,
     ) -> None:
-        now = time.monotonic()
         self.wire = wire_
         self.qend = qend
         self.offsets = offsets
@@ -76,8 +84,15 @@ class Cache:
     """LRU + TTL cache of reply wire bytes."""
 
     def __init__(
-        self, max_entries: int = 100_000, max_bytes: int = 64 * 1024 * 1024, *, min_ttl: int = 0, max_ttl: int = MAX_TTL
+        self,
+        max_entries: int = 100_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        *,
+        min_ttl: int = 0,
+        max_ttl: int = MAX_TTL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.min_ttl = min_ttl
@@ -97,7 +112,7 @@ class Cache:
         entry = self._d.get(key)
         if entry is None:
             return None
-        now = time.monotonic()
+        now = self.clock()
         if now >= entry.expires:
             self._remove(key)
             return None
@@ -181,7 +196,7 @@ class Cache:
                 return False  # a negative answer without SOA must not be cached (RFC 2308 section 5)
         if ttl <= 0:
             return False
-        entry = Entry(reply, resp.qend, tuple(offsets), tuple(ttls), ttl, rule)
+        entry = Entry(reply, resp.qend, tuple(offsets), tuple(ttls), ttl, rule, self.clock())
         if entry.size > self.max_bytes:
             return False
         self._remove(key)
@@ -195,7 +210,7 @@ class Cache:
 
     def expire(self, budget: int = 1000) -> int:
         """Drop up to ``budget`` expired entries from the LRU end (called periodically; keeps memory flat)."""
-        now = time.monotonic()
+        now = self.clock()
         dropped = 0
         d = self._d
         for key in list(itertools.islice(d.keys(), budget)):

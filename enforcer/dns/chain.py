@@ -5,10 +5,21 @@
 
 The result is ``handle(data, addr, tcp)``: bytes in, and out either the reply bytes (answered synchronously: blocked,
 cached, refused, malformed), None (drop), an awaitable of bytes/None (forwarded upstream), or a list of messages
-(a zone transfer from the RPZ feed, TCP only). Every link either
-answers or hands the query on unchanged. The synchronous links work on the wire format (wire.py, sinkhole
-templates, cached bytes) so that blocked and cached answers cost a few microseconds; dnslib is used only for
-packets the fast parser declines.
+(a zone transfer from the RPZ feed, TCP only). Every link either answers or hands the query on unchanged.
+
+- ``Request``: one parsed query on its way through the chain (the model: Blocky's ``model.Request`` passed through
+  every resolver's ``Resolve``): the packet, its question, the client, the transport, when it arrived and the rule
+  its name matched. Made once per query after parsing, so the links take one argument instead of eight.
+- ``PolicySource`` / ``ZoneFeed``: what the chain needs from the policy holder and from the RPZ feed (protocols, so
+  tests pass a fixed policy and the hot path does not import dnspython).
+- ``ChainParts``: the parts ``build_chain`` wires; ``admission(parts)``: who may open a TCP connection at all.
+- Inside ``build_chain``: ``block(req, rule, matched, action, outcome)`` is THE block step (is it enforced for this
+  client now -> hit event and counter -> outcome -> sinkhole answer -> size limit), used by the sinkhole, by a cached
+  response-policy verdict and by a fresh one; ``finish`` (size limit + latency) ends every answered query.
+
+The synchronous links work on the wire format (wire.py, sinkhole templates, cached bytes) so that blocked and cached
+answers cost a few microseconds; dnslib is used only for packets the fast parser declines. The links stay closures
+over local names (a method call or attribute look-up per link is measurable at this rate: docs/performance.md).
 
 A policy reload is noticed here by identity (``holder.policy is not current``): the first query after a swap
 clears the cache and the sinkhole templates, so no answer decided under the old policy is served afterwards.
@@ -21,17 +32,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
+from ..net import IPNetwork, NetworkSet
 from ..policy.matcher import Policy
 from ..policy.model import Rule
 from . import response_policy, wire
 from .cache import Cache, cache_key
-from .observe import Enforcement, Observer, RateLimitedLog
+from .observe import Observer, RateLimitedLog
 from .sinkhole import Sinkhole
 from .upstream import Forwarder
 
 Reply = bytes | None | Awaitable[bytes | None] | list[bytes]
+Address = tuple[str, int] | tuple[str, int, int, int]
 Handler = Callable[[bytes, Any, bool], Reply]
 
 log = logging.getLogger("enforcer.dns")
@@ -39,100 +52,119 @@ log = logging.getLogger("enforcer.dns")
 ratelog = RateLimitedLog(log)
 
 
-class PolicySource:
-    """Anything with a ``.policy`` attribute (``PolicyHolder``, or a fixed policy in tests)."""
+class PolicySource(Protocol):
+    """Anything with a current ``.policy`` (``PolicyHolder``, or a fixed policy in tests)."""
 
-    policy: Policy
+    @property
+    def policy(self) -> Policy: ...
 
 
-class Acl:
-    """``--allow`` CIDRs; verdicts are memoised per client address (bounded)."""
+class ZoneFeed(Protocol):
+    """The RPZ feed as the chain sees it (``enforcer.rpz.feed.RpzFeed``)."""
 
-    def __init__(self, cidrs: list[str] | tuple[str, ...]) -> None:
-        self.nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-        self._memo: dict[str, bool] = {}
+    @property
+    def origin_wire(self) -> bytes: ...  # the zone name in wire format, lower case
 
-    def allowed(self, host: str) -> bool:
-        ok = self._memo.get(host)
-        if ok is not None:
-            return ok
-        try:
-            addr = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            ok = False
-        else:
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
-            ok = any(addr.version == n.version and addr in n for n in self.nets)
-        if len(self._memo) >= 65_536:
-            self._memo.clear()
-        self._memo[host] = ok
-        return ok
+    @property
+    def transfer_allow(self) -> NetworkSet: ...
+
+    def answer(self, wire: bytes, client: str, tcp: bool) -> list[bytes] | None: ...
+
+
+class Request(NamedTuple):
+    """One query in the chain, made once it is parsed and matched; read by every later link (and across the
+    upstream await). A tuple, built with ``tuple.__new__`` on the hot path: half the cost of a class ``__init__``."""
+
+    data: bytes  # the packet (the canonical rebuild when dnslib had to read it)
+    q: wire.Question
+    addr: Address | None
+    host: str  # the client address as text ("" when unknown)
+    tcp: bool
+    t0: float  # perf_counter at arrival: the latency histogram
+    rule: Rule | None  # what the question name matched at the sinkhole (allow, block, or None)
 
 
 @dataclass
 class ChainParts:
-    holder: Any  # PolicySource
-    acl: Acl
+    holder: PolicySource
+    acl: NetworkSet  # --allow
     sinkhole: Sinkhole
     cache: Cache
     forwarder: Forwarder
     observer: Observer
-    feed: Any = None  # enforcer.rpz.feed.RpzFeed when --rpz-zone is set
+    feed: ZoneFeed | None = None  # with --rpz-zone
     nat64: tuple[ipaddress.IPv6Network, ...] = ()  # --nat64-prefix: judged besides the well-known 64:ff9b::/96
+
+
+def acl(cidrs: list[str] | tuple[str, ...] | tuple[IPNetwork, ...]) -> NetworkSet:
+    """``--allow`` as the chain checks it: membership memoised per client address (enforcer.net)."""
+    return NetworkSet(cidrs)
 
 
 def admission(parts: ChainParts) -> Callable[[str], bool]:
     """Who may open a TCP connection at all: ``--allow`` clients and, with the RPZ feed, ``--transfer-allow`` ones."""
-    acl = parts.acl
+    allowed = parts.acl.contains_host
     if parts.feed is None:
-        return acl.allowed
-    transfer = Acl([str(n) for n in parts.feed.transfer_allow])
-    return lambda host: acl.allowed(host) or transfer.allowed(host)
+        return allowed
+    transfer = parts.feed.transfer_allow.contains_host
+    return lambda host: allowed(host) or transfer(host)
 
 
 def build_chain(parts: ChainParts) -> Handler:
     """Assemble the resolver: each numbered step below is one link, in the order a query meets them."""
-    holder, acl, sinkhole, cache, forwarder, obs = (
-        parts.holder,
-        parts.acl,
-        parts.sinkhole,
-        parts.cache,
-        parts.forwarder,
-        parts.observer,
-    )
+    holder, sinkhole, cache, forwarder, obs, feed = (
+        parts.holder, parts.sinkhole, parts.cache, parts.forwarder, parts.observer, parts.feed
+    )  # fmt: skip
+    allowed = parts.acl.contains_host
     parse = wire.parse_query
     outcome = obs.outcome
     observe = obs.duration.observe
+    hit = obs.hit
     clock = time.perf_counter
-    current: list[Any] = [holder.policy, Enforcement(holder.policy)]
+    now_us = time.time_ns
+    current: list[Policy] = [holder.policy]
     SERVFAIL = wire.RCODE_SERVFAIL
-    feed = parts.feed
-    zone_wire = feed.origin.to_wire().lower() if feed is not None else b""
-    transfer_acl = Acl([str(n) for n in feed.transfer_allow]) if feed is not None else None
+    zone_wire = feed.origin_wire if feed is not None else b""
+    transfer_allowed = feed.transfer_allow.contains_host if feed is not None else None
     nat64 = parts.nat64
     clamp = cache.clamp
+    new_request = tuple.__new__
 
-    def policy_now() -> tuple[Policy, Enforcement]:
+    def policy_now() -> Policy:
         policy = holder.policy
         if policy is not current[0]:
             # A reload swapped the policy: drop everything decided under the old one.
             cache.clear()
             sinkhole.clear()
-            current[0], current[1] = policy, Enforcement(policy)
-        return current[0], current[1]
+            current[0] = policy
+        return policy
 
-    def fit(reply: bytes, data: bytes, q: wire.Question, tcp: bool) -> bytes:
+    def finish(req: Request, reply: bytes) -> bytes:
         # Last step for UDP: honour the client's EDNS payload size (512 without EDNS); TC makes it retry over TCP.
-        if not tcp and len(reply) > (q.edns or wire.DEFAULT_UDP_SIZE):
+        q = req.q
+        if not req.tcp and len(reply) > (q.edns or wire.DEFAULT_UDP_SIZE):
             outcome("truncated")
-            return wire.truncate(reply, data, q)
+            reply = wire.truncate(reply, req.data, q)
+        observe(clock() - req.t0)
         return reply
+
+    def block(req: Request, policy: Policy, rule: Rule, matched: str, action: str, blocked: str) -> bytes | None:
+        """THE block step: the blocked answer when ``rule`` is enforced for this client now, else None (the caller
+        answers as if nothing matched). Either way the hit is counted and logged (a monitor hit when not enforced:
+        before the effective date, or an exempt client)."""
+        q = req.q
+        enforced, exempt = policy.enforcement.decide(rule.app, req.host, now_us() // 1000)
+        hit(policy, rule, matched, action=action, enforced=enforced, exempt=exempt, addr=req.addr, qname=q.key,
+            qtype=q.qtype)  # fmt: skip
+        if not enforced:
+            return None
+        outcome(blocked)
+        return finish(req, sinkhole.answer(req.data, q, rule))
 
     def zone(data: bytes, host: str, tcp: bool) -> Reply | bool:
         """The feed's answer; False when the packet is not for the zone (the resolver goes on with it)."""
         try:
-            replies = feed.answer(data, host, tcp)
+            replies = feed.answer(data, host, tcp)  # type: ignore[union-attr]
         except Exception as exc:  # a packet must never cost a traceback per packet: count, log once in a while
             outcome("zone_bad")
             ratelog("zone-error", logging.WARNING, "RPZ feed: dropped a packet from %s it could not answer: %r",
@@ -156,8 +188,8 @@ def build_chain(parts: ChainParts) -> Handler:
         #    --allow learns nothing (not whether its packet was well formed, nor whether a name is blocked) and
         #    costs one memoised look-up; never an open resolver. A secondary allowed only by --transfer-allow may
         #    still reach the RPZ feed. (Over TCP such a client was already closed at accept, server.py.)
-        if not acl.allowed(host):
-            if transfer_acl is not None and transfer_acl.allowed(host) and zone_wire in data.lower():
+        if not allowed(host):
+            if transfer_allowed is not None and transfer_allowed(host) and zone_wire in data.lower():
                 answered = zone(data, host, tcp)
                 if answered is not False:
                     return answered  # type: ignore[return-value]
@@ -191,97 +223,67 @@ def build_chain(parts: ChainParts) -> Handler:
 
         # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
         #    policy reload must take effect on the very next query whatever the cache holds.
-        policy, enforcement = policy_now()
+        policy = policy_now()
         rule = policy.match_key(q.key)
+        req = new_request(Request, (data, q, addr, host, tcp, t0, rule))
         if rule is not None and rule.action == "block":
-            enforced, exempt = enforcement.enforced(rule, host)
-            obs.hit(
-                policy, rule, q.key, action="dns-block", enforced=enforced, exempt=exempt, addr=addr,
-                qname=q.key, qtype=q.qtype,
-            )  # fmt: skip
-            if enforced:
-                outcome("blocked")
-                reply = fit(sinkhole.answer(data, q, rule), data, q, tcp)
-                observe(clock() - t0)
-                return reply
-            # Not enforced (before the effective date, or an exempt client): logged as a monitor hit, then
-            # resolved like any other name.
+            blocked = block(req, policy, rule, q.key, "dns-block", "blocked")
+            if blocked is not None:
+                return blocked
+            # Not enforced: logged as a monitor hit, then resolved like any other name.
 
         # 4. Cache. Why after the sinkhole and before the upstream: it only ever holds answers the upstream gave
         #    for names the sinkhole let through (or their response-policy verdict), and saves the round trip.
         ckey = cache_key(q, data)
         entry = cache.lookup(ckey)
         if entry is not None:
-            if entry.rule is None:
-                outcome("cached")
-                reply = fit(Cache.reply(entry, data, q), data, q, tcp)
-                observe(clock() - t0)
-                return reply
-            # The cached answer was blocked by response policy: replay that verdict (and its event) per client.
-            enforced, exempt = enforcement.enforced(entry.rule, host)
-            obs.hit(
-                policy, entry.rule, q.key, action="dns-response-block", enforced=enforced, exempt=exempt,
-                addr=addr, qname=q.key, qtype=q.qtype,
-            )  # fmt: skip
-            if enforced:
-                outcome("response_blocked")
-                reply = fit(sinkhole.answer(data, q, entry.rule), data, q, tcp)
-            else:
-                outcome("cached")
-                reply = fit(Cache.reply(entry, data, q), data, q, tcp)
-            observe(clock() - t0)
-            return reply
+            if entry.rule is not None:
+                # The cached answer was blocked by response policy: replay that verdict (and its event) per client.
+                blocked = block(req, policy, entry.rule, q.key, "dns-response-block", "response_blocked")
+                if blocked is not None:
+                    return blocked
+            outcome("cached")
+            return finish(req, Cache.reply(entry, data, q))
 
         # 5. Upstream (asynchronous from here on).
-        return forward(data, q, ckey, addr, host, rule, t0, tcp)
+        return forward(req, ckey)
 
-    async def forward(
-        data: bytes, q: wire.Question, ckey: Any, addr: Any, host: str, name_rule: Rule | None, t0: float, tcp: bool
-    ) -> bytes | None:
+    async def forward(req: Request, ckey: Any) -> bytes | None:
+        data, q = req.data, req.q
         # EDNS Client Subnet is never forwarded: an answer scoped to one subnet would reach every client through a
         # cache keyed on the question alone (and the upstream learns no client subnets).
-        reply = await forwarder.exchange(wire.strip_ecs(data, q))
+        reply = await forwarder.exchange(wire.strip_ecs(data, q), q.qend)
         if reply is None:
             # Every upstream failed or timed out: SERVFAIL within the timeout, never silence.
             outcome("servfail")
-            observe(clock() - t0)
-            return wire.question_reply(data, q, SERVFAIL)
+            return finish(req, wire.question_reply(data, q, SERVFAIL))
 
         # 6. Response policy. Why after the upstream and before the cache store: only the answer shows CNAME
         #    disguises and banned addresses, and the verdict must be cached with it so a hit replays the block.
         #    A question name that matched an allow exception (such as WeCom) keeps it: its aliases are not judged
-        #    again by name; addresses are still checked.
-        policy, enforcement = policy_now()
+        #    again by name; addresses are still checked. (A monitor hit, not enforced, still has its aliases
+        #    judged: they may belong to another app that is enforced.)
+        policy = policy_now()
+        name_rule = req.rule
         try:
-            # Names are skipped only after an allow exception; a monitor hit (not enforced) still has its aliases
-            # judged, since they may belong to another app that is enforced.
-            hit = response_policy.check(
+            found = response_policy.check(
                 policy, reply, q.key, names=name_rule is None or name_rule.action != "allow", nat64=nat64
             )
         except wire.WireError:
             # An answer that cannot be checked is not served (it could hide a banned address): fail closed.
             outcome("servfail")
-            observe(clock() - t0)
-            return wire.question_reply(data, q, SERVFAIL)
+            return finish(req, wire.question_reply(data, q, SERVFAIL))
         # TTLs as the cache will honour them (top bit set: 0; --min/--max-cache-ttl), for this client too.
         reply = clamp(reply)
-        if hit is None:
-            cache.store(ckey, reply)
-            outcome("forwarded")
-        else:
-            rule, matched = hit
+        if found is not None:
+            rule, matched = found
             cache.store(ckey, reply, rule)
-            enforced, exempt = enforcement.enforced(rule, host)
-            obs.hit(
-                policy, rule, matched, action="dns-response-block", enforced=enforced, exempt=exempt, addr=addr,
-                qname=q.key, qtype=q.qtype,
-            )  # fmt: skip
-            if enforced:
-                outcome("response_blocked")
-                reply = sinkhole.answer(data, q, rule)
-            else:
-                outcome("forwarded")
-        observe(clock() - t0)
-        return fit(reply, data, q, tcp)
+            blocked = block(req, policy, rule, matched, "dns-response-block", "response_blocked")
+            if blocked is not None:
+                return blocked
+        else:
+            cache.store(ckey, reply)
+        outcome("forwarded")
+        return finish(req, reply)
 
     return handle

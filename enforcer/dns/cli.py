@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from ..config import ReplaceAppend, default_blocklist
 from . import DEFAULT_ALLOW
@@ -159,59 +158,6 @@ def run(command: str, args: argparse.Namespace) -> int:
         from .workers import run_workers
 
         return run_workers(settings, workers)
+    from .process import run_single
+
     return run_single(settings)
-
-
-def run_single(settings: Any, started: Any = None, quiet: bool = False) -> int:
-    """Serve ``settings`` in this process until SIGTERM/SIGINT; 0 on a clean stop, 1 on a start-up error."""
-    import asyncio
-    import gc
-    import logging
-    import signal
-
-    from ..events import install_reopen_signal
-    from ..policy.model import PolicyError
-    from .service import run_resolver
-
-    # The event writer's thread serialises hit events in batches; with the default 5 ms GIL switch interval a query
-    # arriving meanwhile can wait up to 5 ms for the GIL. 0.5 ms keeps p99 latency low at a negligible switch cost.
-    sys.setswitchinterval(0.0005)
-    # Answers allocate short-lived objects freed by reference counting; fewer young-generation collections and
-    # rare full ones keep GC pauses out of the latency tail (cycles are still collected).
-    gc.set_threshold(50_000, 20, 100)
-
-    try:
-        import uvloop
-    except ImportError:  # optional: the resolver works without it, slower (reference/dns-performance.md)
-        uvloop = None  # type: ignore[assignment]
-
-    def announce(addresses: list[str]) -> None:
-        # The policy (a 100k-name feed is ~10^6 objects) and everything loaded so far live for the whole run: move
-        # them out of the cyclic collector's sight, so full collections do not pause answering for tens of ms.
-        gc.freeze()
-        for addr in [] if quiet else addresses:
-            print(f"enforcer dns: listening on {addr} (udp+tcp)", flush=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        install_reopen_signal(loop)  # SIGUSR1: the event writer reopens its file (logrotate)
-        await run_resolver(settings, stop, announce=announce, started=started)
-
-    try:
-        if uvloop is not None:
-            uvloop.run(main())
-        else:
-            asyncio.run(main())
-    except PolicyError as exc:
-        for problem in exc.problems:
-            if problem.severity == "error":
-                print(str(problem), file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"enforcer dns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    logging.getLogger("enforcer.dns").info("stopped")
-    return 0

@@ -9,23 +9,24 @@
   only when read: ``to_json`` (called on the writer's thread) fills a per-rule JSON template made once from the real
   ``HitEvent.to_json``, so the output is exactly the shared schema at a fraction of the cost; any other field access
   builds the full ``HitEvent`` first (``__getattr__``).
-- ``Enforcement``: per policy, whether a block rule is enforced for a client now (effective date, exempt clients),
-  with the common case (past the date, no exempt clients) answered without parsing the client address.
 - ``RateLimitedLog``: at most one log line per key and interval, for anything a client can trigger per packet (a
   hostile sender must not be able to fill the disk with tracebacks); the lines held back are counted in the next one.
+  Its clock is a parameter (``time.monotonic`` by default), so tests step it instead of sleeping.
+
+Whether a hit is enforced is not decided here: the chain asks the policy's one owner of that rule
+(``Policy.enforcement``, enforcer/policy/enforcement.py) and passes the answer in.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
-import ipaddress
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +45,7 @@ from ..metrics import (
     LocalCounter,
 )
 from ..policy.matcher import Policy
-from ..policy.model import AppPolicy, Match, Rule
+from ..policy.model import Match, Rule
 from .wire import qtype_name
 
 # One outcome per query (blocked ... dropped); "truncated" is counted in addition to the query's outcome, and the
@@ -76,14 +77,17 @@ class RateLimitedLog:
     Keys are fixed strings chosen by the caller (bounded); what was held back is counted in the next line written.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.logger = logger
         self.interval = interval
+        self.clock = clock
         self._state: dict[str, tuple[float, int]] = {}
 
     def __call__(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> bool:
         """Log now (True) or count the line as suppressed (False)."""
-        now = time.monotonic()
+        now = self.clock()
         last, held = self._state.get(key, (-math.inf, 0))
         if now - last < self.interval:
             self._state[key] = (last, held + 1)
@@ -236,35 +240,6 @@ class DnsHitEvent(HitEvent):
             f'{p[0]}"{_timestamp(t)}"{p[1]}"{event_id}"{p[2]}{_json_str(str(addr[0]))}{p[3]}{int(addr[1])}'
             f"{p[4]}{_json_str(qname)}{p[5]}{_json_str(qtype_name(qtype))}{p[6]}"
         )
-
-
-class Enforcement:
-    """``enforced(rule, host)`` for the current policy; rebuilt when the policy object changes."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        # app -> (effective unix time, has exempt clients)
-        self.apps: dict[str, tuple[float, bool]] = {
-            name: (app.effective.timestamp(), bool(app.exempt_clients)) for name, app in policy.apps.items()
-        }
-
-    def enforced(self, rule: Rule, host: str) -> tuple[bool, bool]:
-        """(enforced, exempt) for a block rule and a client address."""
-        effective, has_exempt = self.apps[rule.app]
-        if time.time() < effective:
-            return False, self._exempt(self.policy.apps[rule.app], host) if has_exempt else False
-        if not has_exempt:
-            return True, False
-        exempt = self._exempt(self.policy.apps[rule.app], host)
-        return not exempt, exempt
-
-    @staticmethod
-    def _exempt(app: AppPolicy, host: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        return app.is_exempt(addr)
 
 
 class Observer:

@@ -2,7 +2,7 @@
 
 - ``UdpServer``: a ``DatagramProtocol``; synchronous replies are sent from ``datagram_received`` directly, forwarded
   ones from a task (kept in a set until done). The selector transport's read size is cut from 256 KiB to 64 KiB:
-  a 256 KiB buffer per datagram can cost an mmap/munmap each (reference/dns-performance.md).
+  a 256 KiB buffer per datagram can cost an mmap/munmap each.
 - ``TcpServer``: RFC 7766 framing (2-byte length), several queries per connection answered in order. At accept,
   from the source address alone: a source outside ``--allow`` is closed at once (``admit``), a source already
   holding ``--tcp-max-per-source`` connections (IPv6: per /64, what one host can own) is closed, and beyond the

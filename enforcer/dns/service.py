@@ -30,7 +30,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -46,17 +46,20 @@ from ..metrics import (
     POLICY_RULES,
     Metrics,
     serve_metrics,
-    split_host_port,
 )
+from ..net import NetworkSet, parse_network, split_host_port
 from ..policy.addresses import check_nat64_prefix
 from ..policy.reloader import PolicyHolder
 from . import DEFAULT_ALLOW
 from .cache import Cache
-from .chain import Acl, ChainParts, admission, build_chain
+from .chain import ChainParts, admission, build_chain
 from .observe import Observer
 from .server import Listener, TcpLimits
 from .sinkhole import Mode, Sinkhole, parse_mode
 from .upstream import Forwarder, UpstreamSpec, parse_upstream, resolv_conf_nameservers
+
+if TYPE_CHECKING:
+    from ..rpz.feed import RpzFeed  # imported when --rpz-zone is set: dnspython only for RPZ users
 
 log = logging.getLogger("enforcer.dns")
 
@@ -141,7 +144,7 @@ class DnsSettings:
             raise ValueError(f"--mode: {exc}") from None
         for value in args.allow:
             try:
-                ipaddress.ip_network(value, strict=False)
+                parse_network(value)
             except ValueError:
                 raise ValueError(f"--allow {value!r}: not a CIDR") from None
         if args.metrics:
@@ -223,7 +226,7 @@ def _rpz_settings(args: Any) -> dict[str, Any]:
     allow = list(getattr(args, "transfer_allow", None) or ["127.0.0.0/8", "::1/128"])
     for value in allow:
         try:
-            ipaddress.ip_network(value, strict=False)
+            parse_network(value)
         except ValueError:
             raise ValueError(f"--transfer-allow {value!r}: not a CIDR") from None
     notify = []
@@ -268,7 +271,7 @@ class Resolver:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._metrics_server: Any = None
-        self.feed: Any = None  # RpzFeed with --rpz-zone
+        self.feed: RpzFeed | None = None  # with --rpz-zone
 
     async def start(self) -> list[str]:
         """Load the policy, bind every listen address, start watching; returns the addresses as HOST:PORT."""
@@ -291,7 +294,7 @@ class Resolver:
         if s.rpz_zone:
             await self._start_feed(loop)
         parts = ChainParts(
-            self.holder, Acl(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer, self.feed,
+            self.holder, NetworkSet(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer, self.feed,
             s.nat64_prefixes,
         )  # fmt: skip
         handler = build_chain(parts)
@@ -327,7 +330,7 @@ class Resolver:
         feed = RpzFeed(
             s.rpz_zone or "rpz.enforcer.",
             mode=str(s.mode),
-            transfer_allow=[ipaddress.ip_network(c, strict=False) for c in s.transfer_allow],
+            transfer_allow=s.transfer_allow,
             notify=s.notify,
             tsig=s.tsig,
         )

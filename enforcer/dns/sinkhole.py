@@ -18,8 +18,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from ..policy.export import parse_mode as parse_answer_mode
 from ..policy.model import Rule
+from ..policy.modes import parse_mode as parse_answer_mode
 from . import wire
 from .wire import Question
 
@@ -44,7 +44,7 @@ class Mode:
 def parse_mode(text: str) -> Mode:
     """``--mode`` value -> Mode; ValueError with the reason on a bad value.
 
-    The syntax is the one the exports use (``enforcer.policy.export.parse_mode``): one parser for every ``--mode``.
+    The syntax is the one the exports use (``enforcer.policy.modes.parse_mode``): one parser for every ``--mode``.
     """
     m = parse_answer_mode(text)
     if m.kind in ("null", "ip"):

@@ -2,8 +2,10 @@
 
 - ``parse_upstream(text)`` -> ``UpstreamSpec``: ``IP[:PORT]`` / ``[IPv6]:PORT`` (UDP), ``tcp://IP[:PORT]``,
   ``https://HOST[:PORT]/dns-query`` (RFC 8484; ``http://`` accepted for a local DoH sidecar or tests).
-- Every transport checks a reply with the same ``wire.answer_mismatch(sent, reply)``: id, QR, opcode, question name
-  (case-insensitive), type and class must be the query's. An answer to another question is never served or cached.
+- Every transport checks a reply with the same ``wire.answer_mismatch(sent, reply, qend)``: id, QR, opcode, question
+  name (case-insensitive), type and class must be the query's. An answer to another question is never served or
+  cached. ``qend`` (where the question ends) comes from the chain's parse (``Question.qend``): the question section
+  is walked once per query, in wire.py, not again here.
 - ``UdpUpstream``: a small pool of connected UDP sockets shared by all queries; each query gets a random id on a
   random socket; a datagram that does not answer it is ignored (spoofed, stray or late) and the query keeps
   waiting. A reply with TC set is retried over TCP to the same server.
@@ -13,7 +15,8 @@
 - ``Forwarder``: tries the upstreams in order, healthy ones first; a failure marks an upstream down for a backoff
   (1 s doubling to 60 s) so the next queries go to the others at once. The whole exchange is bounded by ``timeout``:
   when it runs out the caller answers SERVFAIL. Failures are counted per upstream (label = the configured text).
-- ``exchange(...)`` returns the reply with the client's id and question bytes restored, or None.
+  Health and deadlines read ``clock`` (``time.monotonic`` by default; tests step a fake one).
+- ``exchange(query, qend)`` returns the reply with the client's id and question bytes restored, or None.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..metrics import split_host_port
-from .wire import answer_mismatch, question_end
+from ..net import split_host_port, strip_zone
+from .wire import answer_mismatch
 
 log = logging.getLogger("enforcer.dns.upstream")
 
@@ -85,7 +88,7 @@ def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
             for line in fh:
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == "nameserver":
-                    addr = parts[1].split("%", 1)[0]
+                    addr = strip_zone(parts[1])
                     try:
                         ip = ipaddress.ip_address(addr)
                     except ValueError:
@@ -100,7 +103,7 @@ class _UdpSocket(asyncio.DatagramProtocol):
     def __init__(self, owner: UdpUpstream) -> None:
         self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes, int]] = {}  # id -> (future, sent, qend)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -112,8 +115,8 @@ class _UdpSocket(asyncio.DatagramProtocol):
         waiting = self.pending.get(qid)
         if waiting is None:
             return
-        fut, sent = waiting
-        if answer_mismatch(sent, data) is not None:
+        fut, sent, qend = waiting
+        if answer_mismatch(sent, data, qend) is not None:
             return  # not the answer to our question: ignore (spoofing, or a late reply to a reused id)
         del self.pending[qid]
         if not fut.done():
@@ -121,7 +124,7 @@ class _UdpSocket(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable etc.: the connected socket cannot tell which query; fail them all now (fast failover).
-        for fut, _ in self.pending.values():
+        for fut, _, _ in self.pending.values():
             if not fut.done():
                 fut.set_exception(UpstreamError(f"udp: {exc}"))
         self.pending.clear()
@@ -158,7 +161,7 @@ class UdpUpstream:
         with contextlib.suppress(ValueError):
             self._socks.remove(sock)
 
-    async def exchange(self, query: bytes, timeout: float) -> bytes:
+    async def exchange(self, query: bytes, qend: int, timeout: float) -> bytes:
         socks = await self._sockets()
         sock = random.choice(socks)
         for _ in range(8):
@@ -173,7 +176,7 @@ class UdpUpstream:
         started = loop.time()
         fut: asyncio.Future[bytes] = loop.create_future()
         sent = struct.pack("!H", qid) + query[2:]
-        sock.pending[qid] = (fut, sent)
+        sock.pending[qid] = (fut, sent, qend)
         try:
             sock.transport.sendto(sent)
             reply = await asyncio.wait_for(fut, timeout)
@@ -183,7 +186,7 @@ class UdpUpstream:
             left = timeout - (loop.time() - started)
             if left <= 0:
                 raise TimeoutError
-            return await tcp_exchange(self.spec.host, self.spec.port, query, left)
+            return await tcp_exchange(self.spec.host, self.spec.port, query, qend, left)
         return reply
 
     async def close(self) -> None:
@@ -193,7 +196,7 @@ class UdpUpstream:
         self._socks.clear()
 
 
-async def tcp_exchange(host: str, port: int, query: bytes, timeout: float) -> bytes:
+async def tcp_exchange(host: str, port: int, query: bytes, qend: int, timeout: float) -> bytes:
     async def go() -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -203,7 +206,7 @@ async def tcp_exchange(host: str, port: int, query: bytes, timeout: float) -> by
             (length,) = struct.unpack("!H", await reader.readexactly(2))
             reply = await reader.readexactly(length)
             # One query per connection: whatever comes back must be its answer (the server chose to send it).
-            why = answer_mismatch(sent, reply)
+            why = answer_mismatch(sent, reply, qend)
             if why is not None:
                 raise UpstreamError(f"tcp: {why}")
             return reply
@@ -222,8 +225,8 @@ class TcpUpstream:
     def __init__(self, spec: UpstreamSpec) -> None:
         self.spec = spec
 
-    async def exchange(self, query: bytes, timeout: float) -> bytes:
-        return await tcp_exchange(self.spec.host, self.spec.port, query, timeout)
+    async def exchange(self, query: bytes, qend: int, timeout: float) -> bytes:
+        return await tcp_exchange(self.spec.host, self.spec.port, query, qend, timeout)
 
     async def close(self) -> None:
         return None
@@ -244,7 +247,7 @@ class DohUpstream:
             )
         return self._session
 
-    async def exchange(self, query: bytes, timeout: float) -> bytes:
+    async def exchange(self, query: bytes, qend: int, timeout: float) -> bytes:
         import aiohttp
 
         session = self._get_session()
@@ -263,7 +266,7 @@ class DohUpstream:
             raise UpstreamError(f"doh: {exc}") from None
         if len(reply) < 12 or len(reply) > MAX_RESPONSE:
             raise UpstreamError("doh: bad reply size")
-        why = answer_mismatch(body, reply)
+        why = answer_mismatch(body, reply, qend)
         if why is not None:
             raise UpstreamError(f"doh: {why}")
         return reply
@@ -303,6 +306,7 @@ class Forwarder:
         timeout: float = 2.0,
         on_error: Callable[[str], None] | None = None,
         max_inflight: int = 2048,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not specs:
             raise ValueError("no upstream configured")
@@ -313,12 +317,13 @@ class Forwarder:
         self.on_error = on_error
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.clock = clock
 
     def healthy(self, i: int) -> bool:
-        return self.health[i].down_until <= time.monotonic()
+        return self.health[i].down_until <= self.clock()
 
     def _order(self) -> list[int]:
-        now = time.monotonic()
+        now = self.clock()
         up = [i for i, h in enumerate(self.health) if h.down_until <= now]
         down = sorted(
             (i for i, h in enumerate(self.health) if h.down_until > now), key=lambda i: self.health[i].down_until
@@ -329,7 +334,7 @@ class Forwarder:
         h = self.health[i]
         h.failures += 1
         h.backoff = min(max(h.backoff * 2, 1.0), 60.0)
-        h.down_until = time.monotonic() + h.backoff
+        h.down_until = self.clock() + h.backoff
         if h.failures == 1 or h.failures % 100 == 0:
             log.warning("upstream %s failed (%s); %d consecutive failure(s)", self.specs[i].text, why, h.failures)
         if self.on_error is not None:
@@ -343,18 +348,20 @@ class Forwarder:
         h.backoff = 0.0
         h.down_until = 0.0
 
-    async def exchange(self, query: bytes) -> bytes | None:
-        """The upstream reply (client id and question restored), or None when every upstream failed in time."""
+    async def exchange(self, query: bytes, qend: int) -> bytes | None:
+        """The upstream reply (client id and question restored), or None when every upstream failed in time.
+
+        ``qend``: where the query's question ends (``Question.qend``, from the chain's parse)."""
         if self.inflight >= self.max_inflight:
             return None
         self.inflight += 1
         try:
-            return await self._exchange(query)
+            return await self._exchange(query, qend)
         finally:
             self.inflight -= 1
 
-    async def _exchange(self, query: bytes) -> bytes | None:
-        loop_time = time.monotonic
+    async def _exchange(self, query: bytes, qend: int) -> bytes | None:
+        loop_time = self.clock
         deadline = loop_time() + self.timeout
         order = self._order()
         n = len(order)
@@ -365,7 +372,7 @@ class Forwarder:
             # Leave time for the others: each attempt gets its share of what is left (the last gets all of it).
             attempt = remaining if pos == n - 1 else max(remaining / (n - pos), min(0.25, remaining))
             try:
-                reply = await self.upstreams[i].exchange(query, attempt)
+                reply = await self.upstreams[i].exchange(query, qend, attempt)
             except TimeoutError:
                 self._failed(i, "timeout")
                 continue
@@ -375,7 +382,6 @@ class Forwarder:
             self._ok(i)
             # Restore the client's id and its question bytes (upstreams may change the 0x20 case; DoH sent id 0).
             # answer_mismatch checked that the question is the query's, so it ends at the same offset.
-            qend = question_end(query)
             return query[:2] + reply[2:12] + query[12:qend] + reply[qend:]
         return None
 

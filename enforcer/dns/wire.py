@@ -7,14 +7,15 @@
 - ``header_reply(...)``/``error_reply(...)``: small replies built from the query's own bytes (REFUSED, FORMERR,
   SERVFAIL, truncated); ``refusal(data)``: the answer to a client outside ``--allow``, decided without parsing.
 - ``strip_ecs(data, q)``: the query without an EDNS Client Subnet option (never forwarded: see cache.py).
-- ``answer_mismatch(sent, reply)``: why an upstream reply does not answer the query sent (id, QR, opcode, question
-  name case-insensitively, type, class), or None; every upstream transport calls it.
+- ``answer_mismatch(sent, reply, qend)``: why an upstream reply does not answer the query sent (id, QR, opcode,
+  question name case-insensitively, type, class), or None; every upstream transport calls it with the ``qend`` the
+  chain's parse found (``question_end`` walks the question only for a caller without one).
 - ``walk_records(wire)``: offsets of every resource record of a response (for TTL patching in the cache and the
   response-policy checks) without dnslib; raises ``WireError`` on anything malformed.
 - ``read_name(wire, offset)``: a (possibly compressed) name as a lower-case key; strict (pointers only backwards,
   at most ``MAX_POINTER_HOPS``), since response policy must fail closed on a name it cannot read.
 
-Why by hand: dnslib's parse + pack costs ~60 µs per query, the hand-written path ~2 µs (reference/dns-performance.md).
+Why by hand: dnslib's parse + pack costs ~60 µs per query, the hand-written path ~2 µs.
 dnslib stays for the rare paths (malformed or unusual queries, see ``normalize_query``).
 """
 
@@ -258,7 +259,7 @@ def strip_ecs(data: bytes, q: Question) -> bytes:
     return data[: j + 9] + _U16.pack(len(kept)) + bytes(kept)
 
 
-def answer_mismatch(sent: bytes, reply: bytes) -> str | None:
+def answer_mismatch(sent: bytes, reply: bytes, qend: int | None = None) -> str | None:
     """Why ``reply`` is not the answer to query ``sent`` (as sent: its id), or None when it is.
 
     Checked: the id, the QR bit, the opcode, one question with the same name (ASCII case folded, RFC 4343), type and
@@ -275,7 +276,7 @@ def answer_mismatch(sent: bytes, reply: bytes) -> str | None:
         return "opcode differs"
     if reply[4:6] != b"\x00\x01":
         return "not exactly one question"
-    end = question_end(sent)
+    end = question_end(sent) if qend is None else qend
     if not end or len(reply) < end:
         return "question differs"
     # Lower-case the name only: bytes.lower() would also fold a type or class byte in 0x41-0x5A (HTTPS is 65).

@@ -60,7 +60,7 @@ def worker_events_path(path: str | None, index: int) -> str | None:
 
 
 def _worker(settings: Any, index: int, conn: multiprocessing.connection.Connection) -> None:
-    from .cli import run_single
+    from .process import run_single
 
     # The parent handles Ctrl-C for the group and stops the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -4,10 +4,11 @@
   (for IXFR, RFC 1995) and return True so the caller sends NOTIFY.
 - ``RpzFeed.answer(wire, client, tcp)``: the response message(s) for a query inside the zone: SOA/NS/any record,
   AXFR (TCP only), IXFR (incremental when the client's serial is in the history, else a full transfer), each signed
-  with TSIG (HMAC-SHA256) when a key is configured. Clients outside ``--transfer-allow`` get REFUSED, decided
-  before the packet is parsed. A packet the feed does not answer (a response, an opcode other than QUERY, no
-  question) gives ``[]``: the caller drops and counts it. Every log line a client can trigger goes through a
-  ``RateLimitedLog`` (at most one a minute per kind), so a flood of bad packets cannot fill the log.
+  with TSIG (HMAC-SHA256) when a key is configured. Clients outside ``--transfer-allow`` (a ``NetworkSet`` from
+  enforcer/net.py, which the resolver's TCP admission shares) get REFUSED, decided before the packet is parsed. A
+  packet the feed does not answer (a response, an opcode other than QUERY, no question) gives ``[]``: the caller
+  drops and counts it. Every log line a client can trigger goes through a ``RateLimitedLog`` (at most one a minute
+  per kind), so a flood of bad packets cannot fill the log.
 - ``RpzFeed.notify_all()``: NOTIFY (RFC 1996) every ``--notify`` target over UDP, retried until acknowledged.
 
 Message handling uses dnspython: zone transfers need multi-message TSIG and exact IXFR framing, which dnspython
@@ -17,7 +18,6 @@ implements and tests; the resolver's hot path does not come through here.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Sequence
@@ -37,8 +37,9 @@ import dns.tsig
 import dns.tsigkeyring
 
 from ..dns.observe import RateLimitedLog
+from ..net import IPNetwork, NetworkSet
+from ..policy.enforcement import to_us
 from ..policy.matcher import Policy
-from ..policy.model import IPAddress, IPNetwork
 from .zone import RpzRecord, policy_records, rpz_mode
 
 log = logging.getLogger("enforcer.rpz")
@@ -97,14 +98,16 @@ class RpzFeed:
         zone: str,
         *,
         mode: str = "nxdomain",
-        transfer_allow: Sequence[IPNetwork] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        transfer_allow: Sequence[IPNetwork | str] = ("127.0.0.0/8", "::1/128"),
         notify: Sequence[tuple[str, int]] = (),
         tsig: TsigKey | None = None,
     ) -> None:
         self.origin = dns.name.from_text(zone if zone.endswith(".") else zone + ".")
+        # What the chain searches a packet for, to tell one aimed at the zone without parsing it.
+        self.origin_wire = bytes(self.origin.to_wire() or b"").lower()
         rpz_mode(mode)  # ValueError now rather than at the first update
         self.mode = mode
-        self.transfer_allow = tuple(transfer_allow)
+        self.transfer_allow = NetworkSet(transfer_allow)
         self.notify_targets = tuple(notify)
         self.tsig = tsig
         self.keyring = tsig.keyring() if tsig else None
@@ -137,7 +140,9 @@ class RpzFeed:
             return False
         # Serial: the time of the change that produced this content (the latest file change or effective date
         # passed), so that workers agree; at least old + 1. RFC 1982 arithmetic is fine for decades at this rate.
-        passed = [a.effective.timestamp() for a in policy.apps.values() if a.effective <= now]
+        enforcement = policy.enforcement
+        monitor = enforcement.monitor_apps(to_us(now))
+        passed = [enforcement.cutover(name).at for name in policy.apps if name not in monitor]
         base = int(max([changed_at if changed_at is not None else time.time(), *passed]))
         new_serial = max(old.serial + 1, base) & 0xFFFFFFFF
         history = old.history
@@ -172,10 +177,9 @@ class RpzFeed:
         return out
 
     # -- queries ----------------------------------------------------------------------------------------------------
-    def allowed(self, client: IPAddress) -> bool:
-        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
-            client = client.ipv4_mapped
-        return any(client.version == n.version and client in n for n in self.transfer_allow)
+    def allowed(self, client: str) -> bool:
+        """Whether the peer address ``client`` (``%zone`` and IPv4-mapped forms included) may transfer the zone."""
+        return self.transfer_allow.contains_host(client)
 
     def answer(self, wire: bytes, client: str, tcp: bool) -> list[bytes] | None:
         """Response messages for a query inside the zone, None when the packet is not for this zone (the resolver
@@ -184,12 +188,7 @@ class RpzFeed:
             return []  # a response (QR=1) is never answered: no reflection loops, no parse
         if (wire[2] >> 3) & 0x0F != dns.opcode.QUERY:
             return []  # NOTIFY, UPDATE, ...: this feed is a primary that takes no updates
-        try:
-            addr = ipaddress.ip_address(client.split("%", 1)[0])
-            allowed = self.allowed(addr)
-        except ValueError:
-            allowed = False
-        if not allowed:
+        if not self.allowed(client):
             # Only the question is read (no TSIG processing): such a client learns nothing about keys or the zone.
             try:
                 name = dns.message.from_wire(wire, question_only=True).question[0].name

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..policy.export import parse_mode, rpz_records
+from ..policy.export_dns import rpz_records
 from ..policy.matcher import Policy
+from ..policy.modes import parse_mode
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -1,6 +1,7 @@
 """Fuzz the packet path: the in-process chain (bytes in -> bytes or None out, never an exception).
 
-The chain is the real one (shipped policy, sinkhole, cache, forwarder to a local fake upstream); inputs are raw
+The chain is the real one, driven by the harness every in-process resolver test uses (chainharness.py: shipped
+policy, sinkhole, cache, forwarder to a local fake upstream); inputs are raw
 bytes, mutated valid queries and structured queries with random header fields, names, types and EDNS options.
 ``test_fuzz_packet_path`` runs a few thousand inputs by default; ``test_fuzz_packet_path_long`` (slow) 100,000.
 The real process surviving random datagrams is checked in test_dns_hostile.py.
@@ -8,55 +9,21 @@ The real process surviving random datagrams is checked in test_dns_hostile.py.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 import dnslib
 import pytest
+from chainharness import ChainHarness
 from dnshelpers import BLOCKLISTS
 from fakeupstream import FakeUpstream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enforcer.dns import DEFAULT_ALLOW
-from enforcer.dns.cache import Cache
-from enforcer.dns.chain import Acl, ChainParts, build_chain
-from enforcer.dns.observe import Observer
-from enforcer.dns.sinkhole import Sinkhole, parse_mode
-from enforcer.dns.upstream import Forwarder, parse_upstream
-from enforcer.policy import load_policy
 
-
-class Holder:
-    def __init__(self) -> None:
-        self.policy = load_policy([BLOCKLISTS])
-
-
-class Harness:
+class Harness(ChainHarness):
     def __init__(self, upstream: FakeUpstream) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.forwarder = Forwarder([parse_upstream(upstream.address)], timeout=0.5)
-        self.observer = Observer(None, None)
-        self.handle = build_chain(
-            ChainParts(Holder(), Acl(DEFAULT_ALLOW), Sinkhole(parse_mode("null")), Cache(1000), self.forwarder,
-                       self.observer)
-        )  # fmt: skip
-
-    def run(self, data: bytes, tcp: bool) -> bytes | None:
-        async def go() -> bytes | None:
-            out: Any = self.handle(data, ("127.0.0.1", 40000), tcp)
-            if inspect.isawaitable(out):
-                out = await out
-            return out
-
-        return self.loop.run_until_complete(go())
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.forwarder.close())
-        self.loop.close()
+        super().__init__(upstream.address, BLOCKLISTS)
 
 
 @pytest.fixture(scope="module")
