@@ -197,21 +197,7 @@ class _FileParser(NodeReader):
         effective = self.parse_when(eff_node, tz)
         if effective is None:
             return None
-        exempt: list[IPNetwork] = []
-        if "exempt_clients" in pol:
-            node = pol["exempt_clients"]
-            items = (
-                []
-                if isinstance(node, yaml.SequenceNode) and not node.value
-                else self.string_list(node, "exempt_clients")
-            )
-            for value, item in items or []:
-                net = self.network(value, item)
-                if net is not None:
-                    exempt.append(net)
-                    broad = lint.network_warning(net, "exempt_clients:")
-                    if broad is not None:
-                        self.warn(item, broad + ": the policy is not enforced for them")
+        exempt = self.exempt_clients(pol["exempt_clients"]) if "exempt_clients" in pol else []
         text = {k: (self.scalar(pol[k], k) or "") if k in pol else "" for k in ("notice", "reference")}
         name = self.scalar(top["name"], "name") if "name" in top else None
         vendor = self.scalar(top["vendor"], "vendor") if "vendor" in top else None
@@ -226,6 +212,20 @@ class _FileParser(NodeReader):
             reference=text["reference"],
             path=self.shown,
         )
+
+    def exempt_clients(self, node: yaml.Node) -> list[IPNetwork]:
+        items = (
+            [] if isinstance(node, yaml.SequenceNode) and not node.value else self.string_list(node, "exempt_clients")
+        )
+        exempt: list[IPNetwork] = []
+        for value, item in items or []:
+            net = self.network(value, item)
+            if net is not None:
+                exempt.append(net)
+                broad = lint.network_warning(net, "exempt_clients:")
+                if broad is not None:
+                    self.warn(item, broad + ": the policy is not enforced for them")
+        return exempt
 
     def parse_when(self, node: yaml.Node, tz: ZoneInfo) -> datetime | None:
         raw = self.scalar(node, "effective")

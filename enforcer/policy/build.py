@@ -134,6 +134,10 @@ class PolicyBuilder:
 
     def check_shadowing(self) -> None:
         """Warn about explicit rules that can never change a verdict or its attribution."""
+        self.check_name_shadowing()
+        self.check_cidr_shadowing()
+
+    def check_name_shadowing(self) -> None:
         for table, is_host in ((self.hosts, True), (self.domains, False)):
             for name, rule in table.items():
                 if rule.kind == "include":
@@ -158,6 +162,8 @@ class PolicyBuilder:
                         rule,
                         f"shadowed rule: {rule.kind} {name} is already covered by {covering.id} at {covering.source}",
                     )
+
+    def check_cidr_shadowing(self) -> None:
         block_cidrs = [(n, r) for n, r in self.cidrs if r.action == "block"]
         for net, rule in self.cidrs:
             for other, orule in block_cidrs:

@@ -21,20 +21,17 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--strict", action="store_true", help="treat warnings (duplicate, shadowed, over-broad rules) as errors"
         )
-        p.add_argument(
-            "--max-yaml-bytes",
-            type=int,
-            default=DEFAULT_LIMITS.yaml_bytes,
-            metavar="N",
-            help=f"refuse a blocklist YAML file larger than N bytes (default {DEFAULT_LIMITS.yaml_bytes})",
-        )
-        p.add_argument(
-            "--max-feed-bytes",
-            type=int,
-            default=DEFAULT_LIMITS.feed_bytes,
-            metavar="N",
-            help=f"refuse an include feed larger than N bytes (default {DEFAULT_LIMITS.feed_bytes})",
-        )
+        for flag, default, what in (
+            ("--max-yaml-bytes", DEFAULT_LIMITS.yaml_bytes, "a blocklist YAML file"),
+            ("--max-feed-bytes", DEFAULT_LIMITS.feed_bytes, "an include feed"),
+        ):
+            p.add_argument(
+                flag,
+                type=int,
+                default=default,
+                metavar="N",
+                help=f"refuse {what} larger than N bytes (default {default})",
+            )
     elif command == "lookup":
         p.add_argument("queries", nargs="+", metavar="QUERY", help="a domain, a URL or an IP address")
         p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder (default: blocklists/)")

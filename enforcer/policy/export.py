@@ -18,10 +18,10 @@ from . import export_dns, export_filters
 from .export_dns import rpz_ip_trigger, rpz_records
 from .export_view import MODES_OF, build_context
 from .matcher import Policy
-from .modes import MODES, Mode, parse_mode
+from .modes import Mode
 
-# Mode, MODES and parse_mode live in modes.py; re-exported here only until the resolver's imports have switched.
-__all__ = ["FORMATS", "MODES", "Mode", "export_policy", "parse_mode", "rpz_ip_trigger", "rpz_records"]
+# rpz_records and rpz_ip_trigger (export_dns.py) are part of this module's interface: the RPZ feed and its tests.
+__all__ = ["FORMATS", "export_policy", "rpz_ip_trigger", "rpz_records"]
 
 FORMATS = ("rpz", "hosts", "domains", "dnsmasq", "unbound", "adblock", "squid", "nftables")
 

@@ -23,19 +23,12 @@ _ADBLOCK_LEVEL = {0: "||{}^", 1: "@@||{}^", 2: "||{}^$important", 3: "@@||{}^$im
 def _adblock(ctx: Context) -> tuple[list[str], list[str]]:
     policy, view, skips = ctx.policy, ctx.view, ctx.skips
     body: list[str] = []
-    for name in view.names():
-        for exact in (False, True):
-            if name not in (view.hosts if exact else view.domains):
-                continue
-            level = view.level(name, exact)
-            if level is None or view.redundant(name, exact):
-                continue
-            if level not in _ADBLOCK_LEVEL:
-                skips.add("exception nested too deep for adblock priorities", name)
-                continue
-            if has_underscore(name):
-                skips.add("'_' in the name", name)
-                continue
+    for name, _, level in view.layers():
+        if level not in _ADBLOCK_LEVEL:
+            skips.add("exception nested too deep for adblock priorities", name)
+        elif has_underscore(name):
+            skips.add("'_' in the name", name)
+        else:
             body.append(_ADBLOCK_LEVEL[level].format(name))
     urls = 0
     unexpressed: dict[str, None] = {}
@@ -82,14 +75,8 @@ def _adblock_url(p: UrlPattern) -> str | None:
 def _squid(ctx: Context) -> tuple[list[str], list[str]]:
     view = ctx.view
     levels: dict[int, list[str]] = {}
-    for name in view.names():
-        for exact in (False, True):
-            if name not in (view.hosts if exact else view.domains):
-                continue
-            level = view.level(name, exact)
-            if level is None or view.redundant(name, exact):
-                continue
-            levels.setdefault(level, []).append(name if exact else "." + name)
+    for name, exact, level in view.layers():
+        levels.setdefault(level, []).append(name if exact else "." + name)
     body = levels.pop(0, [])
     notes = [
         "squid.conf (dstdomain: .NAME = NAME and the names below it, NAME = that host only):",

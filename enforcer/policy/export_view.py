@@ -2,7 +2,8 @@
 
 - ``NameView``: the policy's DNS names as two tables (exact hosts, suffix domains) plus the two questions every
   format asks of a name: its own verdict (``apex``) and the verdict of a name below it with no rule of its own
-  (``subtree``), and its nesting level (block = even, allow exception = odd) for formats that layer lists.
+  (``subtree``), and its nesting level (block = even, allow exception = odd) for formats that layer lists
+  (``layers``).
 - ``Skips``: names a format cannot express, counted per reason with examples for the header.
 - ``monitor_rules``: a block rule of an app still in monitor mode, as exported (an exception).
 - ``Context`` / ``build_context(policy, fmt, zone, mode, now)``: one export's inputs; the apps in monitor mode come
@@ -13,7 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -101,6 +102,17 @@ class NameView:
         """True when a covering domain rule at the same level already expresses this rule in a layered list."""
         cover = self.covering(name, include_self=exact)
         return cover is not None and self.level(cover[0], False) == self.level(name, exact)
+
+    def layers(self) -> Iterator[tuple[str, bool, int]]:
+        """(name, exact, level) of every rule a layered list must write: the others change nothing (no block
+        above an allow) or repeat the covering rule at the same level."""
+        for name in self.names():
+            for exact in (False, True):
+                if name not in (self.hosts if exact else self.domains):
+                    continue
+                level = self.level(name, exact)
+                if level is not None and not self.redundant(name, exact):
+                    yield name, exact, level
 
 
 def sort_key(name: str) -> str:
