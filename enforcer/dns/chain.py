@@ -13,6 +13,8 @@ cached, refused, malformed), None (drop), an awaitable of bytes/None (forwarded 
 - ``PolicySource`` / ``ZoneFeed``: what the chain needs from the policy holder and from the RPZ feed (protocols, so
   tests pass a fixed policy and the hot path does not import dnspython).
 - ``ChainParts``: the parts ``build_chain`` wires; ``admission(parts)``: who may open a TCP connection at all.
+- ``zone_link(feed, outcome)``: the RPZ feed as a link; ``reparse(data, outcome)``: dnslib's reading of the packets
+  the fast parser declines. Neither is on the hot path, so they live outside ``build_chain``.
 - Inside ``build_chain``: ``block(req, rule, matched, action, outcome)`` is THE block step (is it enforced for this
   client now -> hit event and counter -> outcome -> sinkhole answer -> size limit), used by the sinkhole, by a cached
   response-policy verdict and by a fresh one; ``finish`` (size limit + latency) ends every answered query.
@@ -34,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from ..net import IPNetwork, NetworkSet
+from ..net import NetworkSet
 from ..policy.matcher import Policy
 from ..policy.model import Rule
 from . import response_policy, wire
@@ -96,11 +98,6 @@ class ChainParts:
     nat64: tuple[ipaddress.IPv6Network, ...] = ()  # --nat64-prefix: judged besides the well-known 64:ff9b::/96
 
 
-def acl(cidrs: list[str] | tuple[str, ...] | tuple[IPNetwork, ...]) -> NetworkSet:
-    """``--allow`` as the chain checks it: membership memoised per client address (enforcer.net)."""
-    return NetworkSet(cidrs)
-
-
 def admission(parts: ChainParts) -> Callable[[str], bool]:
     """Who may open a TCP connection at all: ``--allow`` clients and, with the RPZ feed, ``--transfer-allow`` ones."""
     allowed = parts.acl.contains_host
@@ -108,6 +105,52 @@ def admission(parts: ChainParts) -> Callable[[str], bool]:
         return allowed
     transfer = parts.feed.transfer_allow.contains_host
     return lambda host: allowed(host) or transfer(host)
+
+
+def reparse(data: bytes, outcome: Callable[[str], None]) -> tuple[bytes, wire.Question | None, bytes | None]:
+    """The packets the fast parser declined: dnslib rebuilds a canonical query ``(data, question, None)``, or the
+    packet ends here: ``(data, None, reply)`` with a FORMERR/NOTIMP/BADVERS reply or None (dropped), counted."""
+    norm = wire.normalize_query(data)
+    if norm.data is not None:
+        q = wire.parse_query(norm.data)
+        if q is not None:
+            return norm.data, q, None
+    reply = norm.reply
+    if norm.data is not None:  # rebuilt but still not parseable: treat as malformed, never silence
+        reply = wire.error_reply(data, wire.RCODE_FORMERR)
+    if reply is None:
+        outcome("dropped")
+    else:
+        outcome("notimp" if reply[3] & 0x0F == wire.RCODE_NOTIMP else "formerr")
+    return data, None, reply
+
+
+def _nobody(host: str) -> bool:
+    return False
+
+
+def zone_link(feed: ZoneFeed, outcome: Callable[[str], None]) -> Callable[[bytes, str, bool], Reply | bool]:
+    """The RPZ feed as a link: its answer, or False when the packet is not for the zone (the resolver goes on)."""
+
+    def zone(data: bytes, host: str, tcp: bool) -> Reply | bool:
+        try:
+            replies = feed.answer(data, host, tcp)
+        except Exception as exc:  # a packet must never cost a traceback per packet: count, log once in a while
+            outcome("zone_bad")
+            ratelog("zone-error", logging.WARNING, "RPZ feed: dropped a packet from %s it could not answer: %r",
+                    host, exc)  # fmt: skip
+            return None
+        if replies is None:
+            return False
+        if not replies:
+            outcome("zone_bad")  # the feed saw a packet it does not answer (a response, an odd opcode): dropped
+            ratelog("zone-bad", logging.WARNING, "RPZ feed: dropped a packet from %s that is not a query (a response "
+                    "or an opcode other than QUERY); counted in outcome=zone_bad", host)  # fmt: skip
+            return None
+        outcome("zone")
+        return replies if tcp else replies[0]
+
+    return zone
 
 
 def build_chain(parts: ChainParts) -> Handler:
@@ -125,7 +168,8 @@ def build_chain(parts: ChainParts) -> Handler:
     current: list[Policy] = [holder.policy]
     SERVFAIL = wire.RCODE_SERVFAIL
     zone_wire = feed.origin_wire if feed is not None else b""
-    transfer_allowed = feed.transfer_allow.contains_host if feed is not None else None
+    transfer_allowed = feed.transfer_allow.contains_host if feed is not None else _nobody
+    zone = zone_link(feed, outcome) if feed is not None else None
     nat64 = parts.nat64
     clamp = cache.clamp
     new_request = tuple.__new__
@@ -161,25 +205,6 @@ def build_chain(parts: ChainParts) -> Handler:
         outcome(blocked)
         return finish(req, sinkhole.answer(req.data, q, rule))
 
-    def zone(data: bytes, host: str, tcp: bool) -> Reply | bool:
-        """The feed's answer; False when the packet is not for the zone (the resolver goes on with it)."""
-        try:
-            replies = feed.answer(data, host, tcp)  # type: ignore[union-attr]
-        except Exception as exc:  # a packet must never cost a traceback per packet: count, log once in a while
-            outcome("zone_bad")
-            ratelog("zone-error", logging.WARNING, "RPZ feed: dropped a packet from %s it could not answer: %r",
-                    host, exc)  # fmt: skip
-            return None
-        if replies is None:
-            return False
-        if not replies:
-            outcome("zone_bad")  # the feed saw a packet it does not answer (a response, an odd opcode): dropped
-            ratelog("zone-bad", logging.WARNING, "RPZ feed: dropped a packet from %s that is not a query (a response "
-                    "or an opcode other than QUERY); counted in outcome=zone_bad", host)  # fmt: skip
-            return None
-        outcome("zone")
-        return replies if tcp else replies[0]
-
     def handle(data: bytes, addr: Any, tcp: bool) -> Reply:
         t0 = clock()
         host = addr[0] if addr else ""
@@ -189,7 +214,7 @@ def build_chain(parts: ChainParts) -> Handler:
         #    costs one memoised look-up; never an open resolver. A secondary allowed only by --transfer-allow may
         #    still reach the RPZ feed. (Over TCP such a client was already closed at accept, server.py.)
         if not allowed(host):
-            if transfer_allowed is not None and transfer_allowed(host) and zone_wire in data.lower():
+            if zone is not None and transfer_allowed(host) and zone_wire in data.lower():
                 answered = zone(data, host, tcp)
                 if answered is not False:
                     return answered  # type: ignore[return-value]
@@ -200,7 +225,7 @@ def build_chain(parts: ChainParts) -> Handler:
         # 0b. RPZ feed (only with --rpz-zone). Why before parsing: zone transfers (AXFR, IXFR with an SOA in the
         #    authority section, TSIG) are not queries for the resolver and have their own ACL (--transfer-allow); the
         #    byte search keeps the cost for every other query at one scan of a short packet.
-        if feed is not None and zone_wire in data.lower():
+        if zone is not None and zone_wire in data.lower():
             answered = zone(data, host, tcp)
             if answered is not False:
                 return answered  # type: ignore[return-value]
@@ -209,17 +234,9 @@ def build_chain(parts: ChainParts) -> Handler:
         #    (compressed questions, unusual records), malformed ones end here as FORMERR or are dropped.
         q = parse(data)
         if q is None:
-            norm = wire.normalize_query(data)
-            if norm.data is None or (q := parse(norm.data)) is None:
-                reply = norm.reply
-                if norm.data is not None:  # rebuilt but still not parseable: treat as malformed, never silence
-                    reply = wire.error_reply(data, wire.RCODE_FORMERR)
-                if reply is None:
-                    outcome("dropped")
-                else:
-                    outcome("notimp" if reply[3] & 0x0F == wire.RCODE_NOTIMP else "formerr")
+            data, q, reply = reparse(data, outcome)
+            if q is None:
                 return reply
-            data = norm.data
 
         # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
         #    policy reload must take effect on the very next query whatever the cache holds.

@@ -80,18 +80,12 @@ def check(
                 hit = _name_rule(policy, target)
                 if hit:
                     return hit
-        elif rtype == wire.QTYPE_A:
-            if rec.rdlen != 4:
-                raise wire.WireError("A record of the wrong size")
+        elif rtype == wire.QTYPE_A or rtype == wire.QTYPE_AAAA:
+            size = 4 if rtype == wire.QTYPE_A else 16
+            if rec.rdlen != size:
+                raise wire.WireError(f"{'A' if size == 4 else 'AAAA'} record of the wrong size")
             if has_cidrs:
-                hit = _ip_rule(policy, reply[rec.rdata_at : rec.rdata_at + 4], nat64)
-                if hit:
-                    return hit
-        elif rtype == wire.QTYPE_AAAA:
-            if rec.rdlen != 16:
-                raise wire.WireError("AAAA record of the wrong size")
-            if has_cidrs:
-                hit = _ip_rule(policy, reply[rec.rdata_at : rec.rdata_at + 16], nat64)
+                hit = _ip_rule(policy, reply[rec.rdata_at : rec.rdata_at + size], nat64)
                 if hit:
                     return hit
         elif rtype in (wire.QTYPE_HTTPS, wire.QTYPE_SVCB):
