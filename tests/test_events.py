@@ -1,4 +1,4 @@
-"""Hit events: the ECS JSON shape of CONTRACT, and the writer's promises (never blocks or raises, rotation without loss
+"""Hit events: their ECS JSON shape (docs/siem.md), and the writer's promises (never blocks or raises, rotation without loss
 or duplicates, flush on close, full disk and broken events counted) with real files, a real FIFO and /dev/full."""
 
 from __future__ import annotations
