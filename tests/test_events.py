@@ -1,5 +1,6 @@
-"""Hit events: their ECS JSON shape (docs/siem.md), and the writer's promises (never blocks or raises, rotation without loss
-or duplicates, flush on close, full disk and broken events counted) with real files, a real FIFO and /dev/full."""
+"""Hit events: their ECS JSON shape (docs/siem.md), and the writer's promises (never blocks or raises, rotation
+without loss or duplicates, flush on close, full disk and broken events counted) with real files, a real FIFO and
+/dev/full."""
 
 from __future__ import annotations
 
