@@ -33,7 +33,8 @@ def probe_dns(host: str, port: int, timeout: float = 3.0) -> bool:
 
 def probe_http(url: str, timeout: float = 3.0) -> bool:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return 200 <= resp.status < 300
+        status: int = resp.status
+        return 200 <= status < 300
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ def test_eventually_message_is_computed_only_on_failure() -> None:
 def test_eventually_checks_once_more_at_the_deadline() -> None:
     # A check that becomes true only after the deadline passed (a slow machine) is still seen.
     t0 = time.monotonic()
-    assert eventually(lambda: time.monotonic() - t0 >= 0.1, timeout=0.1, interval=0.5) is True
+    assert eventually(lambda: time.monotonic() - t0 >= 0.1, timeout=0.1, interval=0.25) is True
 
 
 def test_eventually_lets_exceptions_from_the_check_propagate() -> None:
