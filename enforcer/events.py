@@ -78,6 +78,29 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# The optional ECS fields, in the order they are written (the analyst's fast path reads the writer's own layout):
+# attribute, where it goes, and the attribute it is written only beside (a port without an address, a query type
+# without a name, mean nothing).
+_OPTIONAL_FIELDS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
+    ("source_ip", ("source", "ip"), None),
+    ("source_port", ("source", "port"), "source_ip"),
+    ("dns_question_name", ("dns", "question", "name"), None),
+    ("dns_question_type", ("dns", "question", "type"), "dns_question_name"),
+    ("url_full", ("url", "full"), None),
+    ("url_domain", ("url", "domain"), None),
+    ("http_method", ("http", "request", "method"), None),
+    ("tls_server_name", ("tls", "client", "server_name"), None),
+    ("destination_ip", ("destination", "ip"), None),
+    ("destination_port", ("destination", "port"), None),
+)
+
+
+def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        doc = doc.setdefault(key, {})
+    doc[path[-1]] = value
+
+
 @dataclass(slots=True)
 class HitEvent:
     timestamp: datetime
@@ -156,32 +179,10 @@ class HitEvent:
             doc["rule"]["category"] = self.category
         if self.exempt:
             doc["labels"] = {"exempt": True}
-        if self.source_ip is not None:
-            doc["source"] = {"ip": self.source_ip}
-            if self.source_port is not None:
-                doc["source"]["port"] = self.source_port
-        if self.dns_question_name is not None:
-            doc["dns"] = {"question": {"name": self.dns_question_name}}
-            if self.dns_question_type is not None:
-                doc["dns"]["question"]["type"] = self.dns_question_type
-        url: dict[str, Any] = {}
-        if self.url_full is not None:
-            url["full"] = self.url_full
-        if self.url_domain is not None:
-            url["domain"] = self.url_domain
-        if url:
-            doc["url"] = url
-        if self.http_method is not None:
-            doc["http"] = {"request": {"method": self.http_method}}
-        if self.tls_server_name is not None:
-            doc["tls"] = {"client": {"server_name": self.tls_server_name}}
-        if self.destination_ip is not None or self.destination_port is not None:
-            dest: dict[str, Any] = {}
-            if self.destination_ip is not None:
-                dest["ip"] = self.destination_ip
-            if self.destination_port is not None:
-                dest["port"] = self.destination_port
-            doc["destination"] = dest
+        for attr, path, needs in _OPTIONAL_FIELDS:
+            value = getattr(self, attr)
+            if value is not None and (needs is None or getattr(self, needs) is not None):
+                _put(doc, path, value)
         return doc
 
     def to_json(self) -> str:

@@ -82,64 +82,72 @@ def _pick(flag: Any, section: dict[str, Any], key: str, default: Any) -> Any:
 def plan(args: argparse.Namespace) -> tuple[list[Child], dict[str, Any]]:
     """The children to start and the summary facts, from flags, config and defaults."""
     data = Path(args.data_dir)
-    events = data / "events"
-    base = [sys.executable, "-m", "enforcer"]
     cfg = ["--config", args.config] if args.config else []
     log = ["--log-level", args.log_level]
     # --blocklist given to serve is shared by all three; otherwise each child takes its own config section's
     # blocklist or the default (the same folder unless the config says otherwise).
     shared = ["--blocklist", args.blocklist] if args.blocklist else []
-    children: list[Child] = []
+
+    def head(command: str) -> list[str]:
+        return [sys.executable, "-m", "enforcer", command, *cfg, *log, *shared]
+
     info: dict[str, Any] = {"blocklist": args.blocklist or default_blocklist(), "data": str(data)}
-    info["events"] = str(events)
-
+    info["events"] = str(data / "events")
+    children: list[Child] = []
     if not args.no_dns:
-        dns = _section(args, "dns")
-        listens = _pick(args.dns_listen, dns, "listen", DEFAULTS["dns_listen"])
-        listens = [str(x) for x in listens] if isinstance(listens, list) else [str(listens)]
-        listen = listens[0]
-        metrics = _pick(args.dns_metrics, dns, "metrics", DEFAULTS["dns_metrics"])
-        ev = _pick(None, dns, "events", str(events / "dns.jsonl"))
-        argv = [*base, "dns", *cfg, *log, *shared, "--events", ev, "--metrics", metrics]
-        for address in listens:
-            argv += ["--listen", address]
-        for up in args.upstream or []:
-            argv += ["--upstream", up]
-        host, port = split_host_port(listen)
-        children.append(Child("dns", argv, lambda h=host, p=port: _dns_ready(h, p)))
-        info.update(dns=listen, dns_metrics=metrics, dns_events=ev)
-
+        children.append(_plan_dns(args, head("dns"), info))
     if not args.no_proxy:
-        px = _section(args, "proxy")
-        listen = _pick(args.proxy_listen, px, "listen", DEFAULTS["proxy_listen"])
-        metrics = _pick(args.proxy_metrics, px, "metrics", DEFAULTS["proxy_metrics"])
-        ev = _pick(None, px, "events", str(events / "proxy.jsonl"))
-        confdir = _pick(None, px, "confdir", str(data / "mitmproxy"))
-        argv = [*base, "proxy", *cfg, *log, *shared, "--listen", listen, "--events", ev, "--metrics", metrics]
-        argv += ["--confdir", confdir]
-        host, port = split_host_port(listen)
-        children.append(Child("proxy", argv, lambda h=host, p=port: _tcp_ready(h, p)))
-        info.update(
-            proxy=listen, proxy_metrics=metrics, proxy_events=ev, ca=str(Path(confdir) / "mitmproxy-ca-cert.pem")
-        )
-
+        children.append(_plan_proxy(args, head("proxy"), info))
     if not args.no_analyst:
-        an = _section(args, "analyst")
-        listen = _pick(args.analyst_listen, an, "listen", DEFAULTS["analyst_listen"])
-        token_file = _pick(None, an, "token-file", str(data / "analyst.token"))
-        db = _pick(None, an, "db", str(data / "analyst.sqlite"))
-        sources = an.get("events") or [
-            info.get("dns_events", str(events / "dns.jsonl")),
-            info.get("proxy_events", str(events / "proxy.jsonl")),
-        ]
-        sources = sources if isinstance(sources, list) else [sources]
-        argv = [*base, "analyst", *cfg, *log, *shared, "--listen", listen, "--db", db, "--token-file", token_file]
-        argv += ["--events", *map(str, sources)]
-        host, port = split_host_port(listen)
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        children.append(Child("analyst", argv, lambda u=url: _http_ready(u + "/healthz")))
-        info.update(analyst=url + "/", analyst_token_file=token_file, analyst_db=db)
+        children.append(_plan_analyst(args, head("analyst"), info))
     return children, info
+
+
+def _plan_dns(args: argparse.Namespace, argv: list[str], info: dict[str, Any]) -> Child:
+    dns = _section(args, "dns")
+    listens = _pick(args.dns_listen, dns, "listen", DEFAULTS["dns_listen"])
+    listens = [str(x) for x in listens] if isinstance(listens, list) else [str(listens)]
+    listen = listens[0]
+    metrics = _pick(args.dns_metrics, dns, "metrics", DEFAULTS["dns_metrics"])
+    ev = _pick(None, dns, "events", str(Path(info["events"]) / "dns.jsonl"))
+    argv = [*argv, "--events", ev, "--metrics", metrics]
+    for address in listens:
+        argv += ["--listen", address]
+    for up in args.upstream or []:
+        argv += ["--upstream", up]
+    host, port = split_host_port(listen)
+    info.update(dns=listen, dns_metrics=metrics, dns_events=ev)
+    return Child("dns", argv, lambda h=host, p=port: _dns_ready(h, p))
+
+
+def _plan_proxy(args: argparse.Namespace, argv: list[str], info: dict[str, Any]) -> Child:
+    px = _section(args, "proxy")
+    listen = _pick(args.proxy_listen, px, "listen", DEFAULTS["proxy_listen"])
+    metrics = _pick(args.proxy_metrics, px, "metrics", DEFAULTS["proxy_metrics"])
+    ev = _pick(None, px, "events", str(Path(info["events"]) / "proxy.jsonl"))
+    confdir = _pick(None, px, "confdir", str(Path(info["data"]) / "mitmproxy"))
+    argv = [*argv, "--listen", listen, "--events", ev, "--metrics", metrics, "--confdir", confdir]
+    host, port = split_host_port(listen)
+    info.update(proxy=listen, proxy_metrics=metrics, proxy_events=ev, ca=str(Path(confdir) / "mitmproxy-ca-cert.pem"))
+    return Child("proxy", argv, lambda h=host, p=port: _tcp_ready(h, p))
+
+
+def _plan_analyst(args: argparse.Namespace, argv: list[str], info: dict[str, Any]) -> Child:
+    an = _section(args, "analyst")
+    data, events = Path(info["data"]), Path(info["events"])
+    listen = _pick(args.analyst_listen, an, "listen", DEFAULTS["analyst_listen"])
+    token_file = _pick(None, an, "token-file", str(data / "analyst.token"))
+    db = _pick(None, an, "db", str(data / "analyst.sqlite"))
+    sources = an.get("events") or [
+        info.get("dns_events", str(events / "dns.jsonl")),
+        info.get("proxy_events", str(events / "proxy.jsonl")),
+    ]
+    sources = sources if isinstance(sources, list) else [sources]
+    argv = [*argv, "--listen", listen, "--db", db, "--token-file", token_file, "--events", *map(str, sources)]
+    host, port = split_host_port(listen)
+    url = f"http://{format_host_port(host, port)}"
+    info.update(analyst=url + "/", analyst_token_file=token_file, analyst_db=db)
+    return Child("analyst", argv, lambda u=url: _http_ready(u + "/healthz"))
 
 
 async def _dns_ready(host: str, port: int) -> bool:
