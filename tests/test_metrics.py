@@ -107,7 +107,7 @@ def test_subset_registry_and_local_counter() -> None:
     assert fam.type == "counter"
     values = {(s.labels["component"], s.labels["app"]): s.value for s in fam.samples if s.name.endswith("_total")}
     assert values == {("dns", "wechat"): 3, ("proxy", "kaspersky"): 1}
-    with pytest.raises(ValueError):  # the name is taken: one definition per registry
+    with pytest.raises(ValueError, match="Duplicated timeseries"):  # the name is taken: one definition per registry
         Metrics(registry, names=[BLOCKED_TOTAL])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 
 import pytest
@@ -53,7 +54,7 @@ def test_strip_zone_and_fold() -> None:
 def test_parse_network_masks_host_bits() -> None:
     assert parse_network(" 10.1.2.3/8 ") == ipaddress.IPv4Network("10.0.0.0/8")
     assert parse_network("2001:db8::1/32") == ipaddress.IPv6Network("2001:db8::/32")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 network"):
         parse_network("10.0.0.0/33")
 
 
@@ -176,10 +177,22 @@ def test_split_host_port(value: str, default: int | None, expected: tuple[str, i
 
 
 @pytest.mark.parametrize(
-    "value", ["127.0.0.1", "[::1", "[::1]x", ":53", "h:99999", "h:-1", "h:x", "::1", "127.0.0.1:99999", "host:port"]
+    ("value", "reason"),
+    [
+        ("127.0.0.1", "expected HOST:PORT"),
+        ("::1", "expected HOST:PORT"),
+        ("[::1", "missing ']'"),
+        ("[::1]x", "expected ':PORT' after ']'"),
+        (":53", "missing host"),
+        ("h:99999", "invalid port '99999'"),
+        ("127.0.0.1:99999", "invalid port '99999'"),
+        ("h:-1", "invalid port '-1'"),
+        ("h:x", "invalid port 'x'"),
+        ("host:port", "invalid port 'port'"),
+    ],
 )
-def test_split_host_port_errors(value: str) -> None:
-    with pytest.raises(ValueError):
+def test_split_host_port_errors(value: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
         split_host_port(value)
 
 
