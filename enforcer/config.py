@@ -52,7 +52,7 @@ def load_config(path: str) -> tuple[dict[str, Any], yaml.Node | None]:
     """Parse the config file; returns the data and its node tree (for positions in error messages)."""
     # Bounded like a blocklist: a regular file only (a FIFO would hang), at most 1 MiB (a config is a few KB), and
     # nesting checked while composing, before safe_load recurses as deep as the file nests.
-    from .policy.blocklist import MiB, Unreadable, compose_bounded, read_regular
+    from .policy.bounded import MiB, Unreadable, compose_bounded, read_regular
 
     try:
         text = read_regular(path, MiB).decode("utf-8")
