@@ -1,10 +1,12 @@
-"""Fixtures for the resolver tests: one fake upstream and one ``enforcer dns`` process per module where possible."""
+"""Fixtures for the resolver tests: one fake upstream and one ``enforcer dns`` process per module where possible;
+``chain``: the resolver chain in-process on a fake clock (chainharness.py), fresh per test."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from chainharness import ChainHarness
 from dnshelpers import BLOCKLISTS, DnsProcess
 from fakeupstream import FakeUpstream
 
@@ -43,3 +45,20 @@ def resolver(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -
     )
     yield proc
     assert proc.stop() == 0, proc.stderr_text()
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeUpstream]]:
+    """Fake upstreams a test makes for itself, closed after it."""
+    made: list[FakeUpstream] = []
+    yield made
+    for f in made:
+        f.close()
+
+
+@pytest.fixture
+def chain(upstream: FakeUpstream) -> Iterator[ChainHarness]:
+    """The real chain (shipped blocklists, default mode null) on a fake clock, forwarding to the module's upstream."""
+    harness = ChainHarness(upstream.address, BLOCKLISTS, timeout=1.0)
+    yield harness
+    harness.close()

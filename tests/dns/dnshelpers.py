@@ -13,6 +13,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -142,6 +143,21 @@ class DnsProcess:
             self.proc.stdout.close()
         self._stderr.close()
         return self.proc.returncode
+
+
+def app_file(app: str, effective: str, domains: list[str], exempt: str = "[]") -> str:
+    """A blocklist file for one test app: its effective date, exempt clients and blocked domains."""
+    rules = "".join(f"  - domain: {d}\n    category: messaging\n" for d in domains)
+    head = f"""\
+        app: {app}
+        name: Test {app}
+        vendor: Test
+        policy:
+          effective: {effective}
+          exempt_clients: {exempt}
+        block:
+        """
+    return textwrap.dedent(head) + rules
 
 
 def ede_texts(msg: dns.message.Message) -> list[tuple[int, str]]:

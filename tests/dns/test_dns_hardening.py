@@ -35,6 +35,7 @@ from dnshelpers import BLOCKLISTS, DnsProcess, addresses, rcode
 from fakeupstream import FakeUpstream
 
 from enforcer.dns.server import source_key
+from tests.conftest import eventually
 
 
 def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
@@ -42,14 +43,6 @@ def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns:
 
 
 QUESTION = b"\x06weixin\x02qq\x03com\x00\x00\x01\x00\x01"
-
-
-@pytest.fixture
-def fakes() -> Iterator[list[FakeUpstream]]:
-    made: list[FakeUpstream] = []
-    yield made
-    for f in made:
-        f.close()
 
 
 def udp_from(source: str, port: int, data: bytes, timeout: float = 0.7) -> bytes | None:
@@ -169,20 +162,18 @@ def test_flood_from_one_source_leaves_tcp_and_rpz_transfer_working(upstream: Fak
             flood.append(s)
             if len(flood) % 50 == 0:
                 time.sleep(0.02)  # let the server accept: SYNs beyond the kernel's queue are retried a second later
+
         # Wait until the server has seen the whole flood (SYNs beyond the kernel's accept queue are retried a second
         # later): held, refused at the per-source cap, refused at the global cap, or already timed out.
-        deadline = time.monotonic() + 10
-        seen = 0.0
-        while time.monotonic() < deadline:
+        def flood_seen() -> float:
             m = proc.metrics()
-            seen = m.get(("enforcer_dns_tcp_connections", ()), 0) + sum(
+            return m.get(("enforcer_dns_tcp_connections", ()), 0) + sum(
                 m.get(("enforcer_dns_queries_total", (("outcome", o),)), 0)
                 for o in ("tcp_source_limit", "tcp_rejected", "tcp_timeout")
             )
-            if seen >= 560:
-                break
-            time.sleep(0.2)
+
         # A few SYNs may still be in their kernel's retry backoff; far more than the old 512 slots have arrived.
+        seen = eventually(lambda: (n := flood_seen()) >= 560 and n, 10, 0.2, "the server saw fewer than 560 SYNs")
         assert seen >= 560, seen
         for s in flood:
             with contextlib.suppress(OSError):  # closed by the server already
@@ -197,9 +188,7 @@ def test_flood_from_one_source_leaves_tcp_and_rpz_transfer_working(upstream: Fak
         # Every connection beyond the source's 32 was closed at accept.
         assert proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit") >= seen - 32
         # The flood's own connections that got a slot are cut by the initial timeout, and counted.
-        deadline = time.monotonic() + 8
-        while proc.metric("enforcer_dns_queries_total", outcome="tcp_timeout") < 32 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        eventually(lambda: proc.metric("enforcer_dns_queries_total", outcome="tcp_timeout") >= 32, 8, 0.2)
         assert proc.metric("enforcer_dns_queries_total", outcome="tcp_timeout") >= 32
     finally:
         for s in flood:
@@ -452,25 +441,6 @@ def test_ttl_with_top_bit_is_zero_and_bounds_apply(tmp_path: Path, fakes: list[F
         huge = proc.query("huge.example", "A")
         assert _ttl(huge) == 86_400  # --max-cache-ttl default, also what the client is told
         assert 86_390 <= _ttl(proc.query("huge.example", "A")) <= 86_400 and _asked(up, "huge.example") == 1
-    finally:
-        assert proc.stop() == 0, proc.stderr_text()
-
-
-def test_min_and_max_cache_ttl(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
-    up = FakeUpstream(raw={"zero.example": a_reply(0), "long.example": a_reply(3600)})
-    fakes.append(up)
-    proc = DnsProcess(tmp_path, "--upstream", up.address, "--blocklist", str(BLOCKLISTS),
-                      "--min-cache-ttl", "1", "--max-cache-ttl", "2")  # fmt: skip
-    try:
-        assert _ttl(proc.query("zero.example", "A")) == 1
-        proc.query("zero.example", "A")
-        assert _asked(up, "zero.example") == 1  # kept for the minimum
-        assert _ttl(proc.query("long.example", "A")) == 2
-        proc.query("long.example", "A")
-        assert _asked(up, "long.example") == 1
-        time.sleep(2.2)  # past the maximum: asked again
-        proc.query("long.example", "A")
-        assert _asked(up, "long.example") == 2
     finally:
         assert proc.stop() == 0, proc.stderr_text()
 

@@ -4,30 +4,14 @@ policy (PATH:LINE:COL logged, failure counted); monitor mode (future effective d
 from __future__ import annotations
 
 import signal
-import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dnshelpers import DnsProcess, addresses
+from dnshelpers import DnsProcess, addresses, app_file
 from fakeupstream import FakeUpstream
 
-
-def app_file(app: str, effective: str, domains: list[str], exempt: str = "[]") -> str:
-    rules = "".join(f"  - domain: {d}\n    category: messaging\n" for d in domains)
-    return (
-        textwrap.dedent(f"""\
-        app: {app}
-        name: Test {app}
-        vendor: Test
-        policy:
-          effective: {effective}
-          exempt_clients: {exempt}
-        block:
-        """)
-        + rules
-    )
+from tests.conftest import eventually
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +28,6 @@ def live(lists: Path, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathF
     proc = DnsProcess(tmp_path_factory.mktemp("reload"), "--upstream", upstream.address, "--blocklist", str(lists))
     yield proc
     assert proc.stop() == 0
-
-
-def eventually(check: Callable[[], bool], timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_monitor_before_effective_date(live: DnsProcess, upstream: FakeUpstream) -> None:
@@ -82,14 +57,14 @@ def test_good_edit_takes_effect(live: DnsProcess, lists: Path) -> None:
     assert addresses(live.query("blocked-two.example", "A")) == ["192.0.2.53"]  # forwarded and now cached
     assert addresses(live.query("blocked-one.example", "A")) == ["0.0.0.0"]
     (lists / "live.yaml").write_text(app_file("live", "2020-01-01", ["blocked-one.example", "blocked-two.example"]))
-    assert eventually(lambda: addresses(live.query("blocked-two.example", "A")) == ["0.0.0.0"])
+    assert eventually(lambda: addresses(live.query("blocked-two.example", "A")) == ["0.0.0.0"], 8.0, 0.1)
     assert live.metric("enforcer_policy_reloads_total", result="success") >= 2
 
 
 def test_broken_edit_keeps_last_good_policy(live: DnsProcess, lists: Path) -> None:
     path = lists / "live.yaml"
     path.write_text(app_file("live", "2020-01-01", ["blocked-one.example", "blocked-two.example"]) + "  - domain: [\n")
-    assert eventually(lambda: live.metric("enforcer_policy_reloads_total", result="failure") >= 1)
+    assert eventually(lambda: live.metric("enforcer_policy_reloads_total", result="failure") >= 1, 8.0, 0.1)
     stderr = live.stderr_text()
     assert f"{path}:" in stderr
     line = next(li for li in stderr.splitlines() if f"{path}:" in li)
@@ -103,6 +78,6 @@ def test_broken_edit_keeps_last_good_policy(live: DnsProcess, lists: Path) -> No
 def test_sighup_reload(live: DnsProcess, lists: Path) -> None:
     (lists / "live.yaml").write_text(app_file("live", "2020-01-01", ["blocked-three.example"]))
     live.proc.send_signal(signal.SIGHUP)
-    assert eventually(lambda: addresses(live.query("blocked-three.example", "A")) == ["0.0.0.0"])
+    assert eventually(lambda: addresses(live.query("blocked-three.example", "A")) == ["0.0.0.0"], 8.0, 0.1)
     assert addresses(live.query("blocked-one.example", "A")) == ["192.0.2.53"]  # removed rule: forwarded again
     assert live.alive()

@@ -6,23 +6,13 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from dnshelpers import BLOCKLISTS, DnsProcess, addresses, free_port, rcode
 from fakeupstream import FakeUpstream
 
 from tests.certs import self_signed
-
-
-@pytest.fixture
-def fakes() -> Iterator[list[FakeUpstream]]:
-    made: list[FakeUpstream] = []
-    yield made
-    for f in made:
-        f.close()
 
 
 def start(tmp: Path, *upstreams: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> DnsProcess:

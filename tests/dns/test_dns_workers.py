@@ -8,12 +8,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import dns.exception
 from dnshelpers import BLOCKLISTS, DnsProcess
 from fakeupstream import FakeUpstream
+
+from tests.conftest import eventually
 
 
 def _children(pid: int) -> list[int]:
@@ -22,8 +23,16 @@ def _children(pid: int) -> list[int]:
 
 
 def _workers(pid: int) -> list[int]:
-    # spawn's resource tracker is a child too; workers are the ones running the resolver.
-    return [c for c in _children(pid) if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+    # spawn's resource tracker is a child too; workers are the ones running the resolver. A child that exits between
+    # pgrep and the read (the killed worker) is no worker.
+    out = []
+    for c in _children(pid):
+        try:
+            if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes():
+                out.append(c)
+        except FileNotFoundError:
+            continue
+    return out
 
 
 def test_two_workers_share_the_address_and_the_metrics(tmp_path: Path) -> None:
@@ -39,23 +48,20 @@ def test_two_workers_share_the_address_and_the_metrics(tmp_path: Path) -> None:
             assert proc.query("weixin.qq.com").answer[0][0].to_text() == "0.0.0.0"
         assert proc.metric("enforcer_dns_queries_total", outcome="blocked") == 200
         assert proc.metric("enforcer_dns_workers") == 2
-        deadline = time.monotonic() + 10
-        counts: list[int] = []
-        while time.monotonic() < deadline:
-            files = sorted(tmp_path.glob(f"{proc.events.stem}-w*.jsonl"))
-            counts = [len(f.read_text().splitlines()) for f in files]
-            if sum(counts) == 200:
-                break
-            time.sleep(0.2)
+
+        def event_counts() -> list[int]:
+            return [len(f.read_text().splitlines()) for f in sorted(tmp_path.glob(f"{proc.events.stem}-w*.jsonl"))]
+
+        counts = eventually(
+            lambda: c if sum(c := event_counts()) == 200 else None, 10, 0.2, lambda: str(event_counts())
+        )
         assert len(counts) == 2 and sum(counts) == 200 and min(counts) > 0, counts
 
         # An edit reaches both workers (each watches the files).
         wechat = bl / "wechat.yaml"
         wechat.write_text(wechat.read_text().replace("block:\n", "block:\n  - domain: newly-banned.example\n"
                                                      "    category: web\n", 1))  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.metric("enforcer_policy_reloads_total", result="success") < 4:
-            time.sleep(0.2)
+        eventually(lambda: proc.metric("enforcer_policy_reloads_total", result="success") >= 4, 10, 0.2)
         answers = {proc.query("newly-banned.example").answer[0][0].to_text() for _ in range(50)}
         assert answers == {"0.0.0.0"}
 
@@ -70,13 +76,8 @@ def test_two_workers_share_the_address_and_the_metrics(tmp_path: Path) -> None:
             except dns.exception.Timeout:
                 continue
         assert answer == "0.0.0.0"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (len(_workers(proc.proc.pid)) < 2 or pids[0] in _workers(proc.proc.pid)):
-            time.sleep(0.2)
-        assert len(_workers(proc.proc.pid)) == 2 and pids[0] not in _workers(proc.proc.pid)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.metric("enforcer_dns_workers") < 2:
-            time.sleep(0.2)
+        eventually(lambda: len(w := _workers(proc.proc.pid)) == 2 and pids[0] not in w, 30, 0.2, "no replacement")
+        eventually(lambda: proc.metric("enforcer_dns_workers") >= 2, 10, 0.2)
         assert proc.metric("enforcer_dns_workers") == 2
     finally:
         code = proc.stop()
@@ -102,9 +103,7 @@ def test_workers_apply_the_hardening_options_and_sum_their_outcomes(tmp_path: Pa
                 assert len(reply) == 12 and reply[3] & 0x0F == 5
         for _ in range(10):  # silent connections from one source: at most 2 per worker are held
             held.append(socket.create_connection(("127.0.0.1", proc.port)))
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit") < 6:
-            time.sleep(0.1)
+        eventually(lambda: proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit") >= 6, 5, 0.1)
         assert proc.metric("enforcer_dns_queries_total", outcome="tcp_source_limit") >= 6
         assert proc.metric("enforcer_dns_queries_total", outcome="refused") == 6
         assert proc.metric("enforcer_dns_queries_total", outcome="formerr") == 0

@@ -11,7 +11,6 @@ import ipaddress
 import os
 import shutil
 import socket
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from enforcer.policy import load_policy
 from enforcer.policy.export import rpz_ip_trigger
 from enforcer.rpz.feed import RpzFeed, TsigKey
 from enforcer.rpz.zone import policy_records, rpz_mode
-from tests.conftest import BLOCKLISTS, free_port
+from tests.conftest import BLOCKLISTS, eventually, free_port
 from tests.dns.dnshelpers import DnsProcess
 
 ZONE = "rpz.enforcer."
@@ -128,12 +127,12 @@ def test_ixfr_after_an_edit_gives_the_new_zone(tmp_path: Path) -> None:
         text = text.replace("block:\n", "block:\n  - domain: newly-banned.example\n    category: web\n", 1)
         text = text.replace("  - domain: wxlivecdn.com\n", "  - domain: wxlivecdn-removed.example\n", 1)
         wechat.write_text(text)
-        deadline = time.monotonic() + 10
-        serial = old_serial
-        while serial == old_serial and time.monotonic() < deadline:
-            time.sleep(0.2)
+
+        def serial_now() -> int:
             r = dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=proc.port, timeout=3)
-            serial = r.answer[0][0].serial
+            return int(r.answer[0][0].serial)
+
+        serial = eventually(lambda: (s := serial_now()) != old_serial and s, 10, 0.2, "the serial did not move")
         assert serial > old_serial, "the serial moves after an edit"
 
         msgs = list(dns.query.xfr("127.0.0.1", ZONE, rdtype=dns.rdatatype.IXFR, serial=old_serial, port=proc.port,

@@ -17,7 +17,7 @@ import pytest
 from enforcer.events import iter_events
 from enforcer.policy import load_policy
 from enforcer.rpz.logs import convert, hit_to_event, parse_line
-from tests.conftest import BLOCKLISTS
+from tests.conftest import BLOCKLISTS, eventually
 
 UNBOUND = (
     "[1795899598] unbound[15964:0] info: rpz: applied [enforcer] *.kaspersky.com. rpz-nxdomain "
@@ -118,15 +118,6 @@ def test_cli_converts_a_log_file(tmp_path: Path) -> None:
     assert {json.dumps(e["rule"]["id"]) for e in events} == {'"wechat:domain:wx2.qq.com"'}
 
 
-def _wait_for(check: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_follow_survives_sigusr1_and_writes_to_the_new_file(tmp_path: Path) -> None:
     """logrotate's postrotate signal reaches rpz-log too: it reopens the event file instead of dying."""
     log = tmp_path / "named.log"
@@ -136,14 +127,14 @@ def test_follow_survives_sigusr1_and_writes_to_the_new_file(tmp_path: Path) -> N
             "--blocklist", str(BLOCKLISTS), str(log)]  # fmt: skip
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: out.exists() and len(list(iter_events(out))) == 1)
+        eventually(lambda: out.exists() and len(list(iter_events(out))) == 1, 20.0, 0.1)
         os.rename(out, tmp_path / "rpz.jsonl.1")
         proc.send_signal(signal.SIGUSR1)
         time.sleep(0.5)
         assert proc.poll() is None, "SIGUSR1 ended rpz-log"
         with log.open("a") as fh:
             fh.write(BIND + "\n")
-        _wait_for(lambda: out.exists() and len(list(iter_events(out))) == 1)
+        eventually(lambda: out.exists() and len(list(iter_events(out))) == 1, 20.0, 0.1)
         assert len(list(iter_events(tmp_path / "rpz.jsonl.1"))) == 1
     finally:
         proc.send_signal(signal.SIGINT)
