@@ -171,55 +171,61 @@ class TcpServer:
         self.per_source: dict[str, int] = {}  # only sources with an open connection: bounded by max_connections
         self.writers: set[asyncio.StreamWriter] = set()
 
+    def refusal(self, host: str) -> str | None:
+        """The outcome that refuses a new connection from ``host``, or None to admit it. All three are decided from
+        the source address before reading a byte: a refused client holds no slot and no timer."""
+        if self.admit is not None and not self.admit(host):
+            return "tcp_refused"
+        if self.per_source.get(source_key(host), 0) >= self.limits.max_per_source:
+            return "tcp_source_limit"
+        if self.connections >= self.max_connections:
+            return "tcp_rejected"
+        return None
+
+    async def read_frame(self, reader: asyncio.StreamReader, first: bool) -> bytes | None:
+        """The next query on a connection, or None to close it (counted when the client misbehaved)."""
+        wait = self.limits.initial_timeout if first else self.limits.idle_timeout
+        try:
+            head = await asyncio.wait_for(reader.readexactly(2), wait)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                self.count("tcp_bad_frame")
+            return None  # clean close between frames
+        except TimeoutError:
+            if first:
+                self.count("tcp_timeout")  # connected and sent no query in time: a slot squatter
+            return None  # idle: close, as RFC 7766 allows
+        (length,) = struct.unpack("!H", head)
+        if length < 12 or length > TCP_MAX_FRAME:
+            self.count("tcp_bad_frame")
+            return None
+        try:
+            return await asyncio.wait_for(reader.readexactly(length), TCP_READ_TIMEOUT)
+        except asyncio.IncompleteReadError:
+            self.count("tcp_bad_frame")  # the frame claimed more bytes than the client sent
+        except TimeoutError:
+            self.count("tcp_timeout")  # slow or lying client
+        return None
+
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         host = peer[0] if peer else ""
-        # All three refusals are decided from the source address before reading a byte: a refused client holds
-        # no slot and no timer.
-        if self.admit is not None and not self.admit(host):
-            self.count("tcp_refused")
+        refused = self.refusal(host)
+        if refused is not None:
+            self.count(refused)
             writer.transport.abort()
             return
         source = source_key(host)
-        held = self.per_source.get(source, 0)
-        if held >= self.limits.max_per_source:
-            self.count("tcp_source_limit")
-            writer.transport.abort()
-            return
-        if self.connections >= self.max_connections:
-            self.count("tcp_rejected")
-            writer.transport.abort()
-            return
-        self.per_source[source] = held + 1
+        self.per_source[source] = self.per_source.get(source, 0) + 1
         self.connections += 1
         self.writers.add(writer)
         first = True
         try:
             while True:
-                wait = self.limits.initial_timeout if first else self.limits.idle_timeout
-                try:
-                    head = await asyncio.wait_for(reader.readexactly(2), wait)
-                except asyncio.IncompleteReadError as exc:
-                    if exc.partial:
-                        self.count("tcp_bad_frame")
-                    return  # clean close between frames
-                except TimeoutError:
-                    if first:
-                        self.count("tcp_timeout")  # connected and sent no query in time: a slot squatter
-                    return  # idle: close, as RFC 7766 allows
+                data = await self.read_frame(reader, first)
+                if data is None:
+                    return
                 first = False
-                (length,) = struct.unpack("!H", head)
-                if length < 12 or length > TCP_MAX_FRAME:
-                    self.count("tcp_bad_frame")
-                    return
-                try:
-                    data = await asyncio.wait_for(reader.readexactly(length), TCP_READ_TIMEOUT)
-                except asyncio.IncompleteReadError:
-                    self.count("tcp_bad_frame")  # the frame claimed more bytes than the client sent
-                    return
-                except TimeoutError:
-                    self.count("tcp_timeout")  # slow or lying client
-                    return
                 try:
                     reply: Any = self.handler(data, peer, True)
                     if reply is not None and type(reply) is not bytes and type(reply) is not list:

@@ -4,7 +4,7 @@
   in a few microseconds, or None when dnslib must look (``normalize_query`` then rebuilds a canonical packet).
 - ``Question``: the parsed fields every link needs (lower-case key without the dot, type, class, where the question
   ends, EDNS payload size and DO bit).
-- ``header_reply(...)``/``error_reply(...)``: small replies built from the query's own bytes (REFUSED, FORMERR,
+- ``error_reply``/``question_reply``/``truncate``: small replies built from the query's own bytes (REFUSED, FORMERR,
   SERVFAIL, truncated); ``refusal(data)``: the answer to a client outside ``--allow``, decided without parsing.
 - ``strip_ecs(data, q)``: the query without an EDNS Client Subnet option (never forwarded: see cache.py).
 - ``answer_mismatch(sent, reply, qend)``: why an upstream reply does not answer the query sent (id, QR, opcode,
@@ -15,8 +15,8 @@
 - ``read_name(wire, offset)``: a (possibly compressed) name as a lower-case key; strict (pointers only backwards,
   at most ``MAX_POINTER_HOPS``), since response policy must fail closed on a name it cannot read.
 
-Why by hand: dnslib's parse + pack costs ~60 µs per query, the hand-written path ~2 µs.
-dnslib stays for the rare paths (malformed or unusual queries, see ``normalize_query``).
+Why by hand: dnslib's parse + pack costs ~60 µs per query, the hand-written path ~2 µs. dnslib stays for the rare
+paths (malformed or unusual queries, see ``normalize_query``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ from typing import NamedTuple
 import dnslib
 
 QTYPE_A = 1
-QTYPE_NS = 2
 QTYPE_CNAME = 5
 QTYPE_SOA = 6
 QTYPE_AAAA = 28
 QTYPE_OPT = 41
 QTYPE_SVCB = 64
 QTYPE_HTTPS = 65
-QTYPE_ANY = 255
 CLASS_IN = 1
 
 RCODE_NOERROR = 0
@@ -52,7 +50,6 @@ ECS_OPTION = 8  # RFC 7871 EDNS Client Subnet
 # A real name needs one or two pointers; a long chain only exists to lose a parser (glibc follows far more).
 MAX_POINTER_HOPS = 64
 
-_H = struct.Struct("!HHHHHH")
 _U16 = struct.Struct("!H")
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 
@@ -322,8 +319,7 @@ def question_reply(data: bytes, q: Question, rcode: int, *, tc: bool = False) ->
 
 def truncate(reply: bytes, data: bytes, q: Question) -> bytes:
     """The reply cut down to header + question with TC set (the client retries over TCP)."""
-    rcode = reply[3] & 0x0F
-    return question_reply(data, q, rcode, tc=True)
+    return question_reply(data, q, reply[3] & 0x0F, tc=True)
 
 
 # -- response walking ---------------------------------------------------------------------------------------------
@@ -443,10 +439,6 @@ def encode_name(name: str) -> bytes:
             out += raw
     out.append(0)
     return bytes(out)
-
-
-def pack_u16(value: int) -> bytes:
-    return _U16.pack(value)
 
 
 QTYPE_NAMES: dict[int, str] = {int(k): str(v) for k, v in dnslib.QTYPE.forward.items()}
