@@ -6,9 +6,12 @@ Helpers are imported as ``from tests.conftest import ...`` (the one import style
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,6 +81,22 @@ def eventually(
         return value
     text = message() if callable(message) else message
     pytest.fail(f"after {timeout:g}s: {text}")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``enforcer ARGS`` in this process, from the repository root: the parser, config handling and commands of the
+    console script without an interpreter start (~1 s each on the test machine). Output and exit code come back as
+    from ``subprocess.run``; log records go to pytest's capture. Tests of the process itself (entry points, signals,
+    hangs) use ``tests.policy.policy_helpers.enforcer``, which starts ``python -m enforcer``."""
+    from enforcer.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(["enforcer", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""``--config``: flags beat config, config beats defaults; unknown keys and bad values are FILE:LINE:COL errors."""
+"""``--config`` through the command line, run in process: flags beat config, config beats defaults; unknown keys
+and bad values are FILE:LINE:COL errors."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from enforcer.config import ConfigError, ReplaceAppend, load_config, section_defaults
-from tests.conftest import BLOCKLISTS
+from tests.conftest import BLOCKLISTS, run_cli
 from tests.policy.export_fixture import build
-from tests.policy.policy_helpers import enforcer
 
 
 def test_flags_beat_config_beat_defaults(tmp_path: Path) -> None:
@@ -20,26 +20,26 @@ def test_flags_beat_config_beat_defaults(tmp_path: Path) -> None:
     conf = tmp_path / "c.yaml"
     conf.write_text(f"export:\n  format: domains\n  blocklist: {policy_dir}\n  zone: rpz.from-config.\n")
     # Config beats defaults: the format and blocklist come from the file.
-    proc = enforcer("export", "--config", str(conf))
+    proc = run_cli("export", "--config", str(conf))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# enforcer export, format domains") and "blocked.example\n" in proc.stdout
     # Flags beat config.
-    proc = enforcer("export", "--config", str(conf), "--format", "rpz")
+    proc = run_cli("export", "--config", str(conf), "--format", "rpz")
     assert proc.returncode == 0, proc.stderr
     assert "$ORIGIN rpz.from-config." in proc.stdout
-    proc = enforcer("export", "--config", str(conf), "--format", "rpz", "--zone", "rpz.flag.", "--blocklist",
+    proc = run_cli("export", "--config", str(conf), "--format", "rpz", "--zone", "rpz.flag.", "--blocklist",
                     str(BLOCKLISTS))  # fmt: skip
     assert "$ORIGIN rpz.flag." in proc.stdout and "weixin.qq.com CNAME ." in proc.stdout
     # Defaults: without config the default blocklist (the shipped lists) and zone apply.
-    proc = enforcer("export", "--format", "rpz")
+    proc = run_cli("export", "--format", "rpz")
     assert "$ORIGIN rpz.enforcer." in proc.stdout and "weixin.qq.com CNAME ." in proc.stdout
 
 
 def test_lookup_at_from_config(tmp_path: Path) -> None:
     conf = tmp_path / "c.yaml"
     conf.write_text("lookup:\n  at: 2023-01-01\n")
-    before = json.loads(enforcer("lookup", "--config", str(conf), "weixin.qq.com").stdout)
-    after = json.loads(enforcer("lookup", "--config", str(conf), "--at", "2024-01-01", "weixin.qq.com").stdout)
+    before = json.loads(run_cli("lookup", "--config", str(conf), "weixin.qq.com").stdout)
+    after = json.loads(run_cli("lookup", "--config", str(conf), "--at", "2024-01-01", "weixin.qq.com").stdout)
     assert before["verdict"] == after["verdict"] == "block"
     assert before["enforced"] is False and after["enforced"] is True
 
@@ -62,14 +62,14 @@ def test_lookup_at_from_config(tmp_path: Path) -> None:
 def test_config_errors_are_one_line_with_position(tmp_path: Path, text: str, error: str) -> None:
     conf = tmp_path / "c.yaml"
     conf.write_text(text)
-    proc = enforcer("export", "--config", str(conf), "--format", "rpz")
+    proc = run_cli("export", "--config", str(conf), "--format", "rpz")
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [f"{tmp_path}/{error}"]
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    proc = enforcer("check", "--config", str(tmp_path / "nope.yaml"))
+    proc = run_cli("check", "--config", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"{tmp_path}/nope.yaml:1:1: cannot read config: No such file or directory"
 
@@ -77,7 +77,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_other_sections_are_ignored_by_this_command(tmp_path: Path) -> None:
     conf = tmp_path / "c.yaml"
     conf.write_text("dns:\n  listen: 127.0.0.1:5353\ncheck:\n  strict: true\n")
-    proc = enforcer("check", "--config", str(conf))
+    proc = run_cli("check", "--config", str(conf))
     assert proc.returncode == 0, proc.stderr
 
 
@@ -109,6 +109,6 @@ def test_replace_append_and_section_defaults(tmp_path: Path) -> None:
 def test_string_for_a_switch_is_an_error_not_true(tmp_path: Path) -> None:
     conf = tmp_path / "c.yaml"
     conf.write_text('check:\n  strict: "no"\n')
-    proc = enforcer("check", "--config", str(conf))
+    proc = run_cli("check", "--config", str(conf))
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"{conf}:2:3: 'check.strict' must be true or false, got 'no'"]
