@@ -9,7 +9,7 @@ events, and the analyst (its SQL and the report's Python both come from ``Enforc
 - ``Cutover``: one app's precomputed rule: ``at_us`` (effective instant, integer microseconds UTC), ``at`` (the same
   in float seconds, for a caller holding ``time.time()``), ``exempt`` (its exempt networks). ``decide(client,
   at_us)`` -> ``(enforced, exempt)``; ``is_exempt(client)`` takes an address, an address string (``%zone`` and
-  IPv4-mapped forms included) or None, memoised per string and bounded.
+  IPv4-mapped forms included) or None: an ``enforcer.net.NetworkSet``, memoised per string and bounded.
 - ``Enforcement(apps)``: the per-``Policy`` table (``Policy.enforcement``): ``decide(app, client, at_us)``,
   ``is_exempt(app, client)``, ``monitor_apps(at_us)``, ``cutover(app)``; ``sql(...)`` renders the same rule as an SQL
   expression over ``(denied, ts, app, client)`` columns for the analyst's store. An app the table does not know
@@ -22,19 +22,17 @@ memoised membership test when the app has exempt clients.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ..net import IPAddress, IPNetwork, NetworkSet
+
 if TYPE_CHECKING:
-    from .model import AppPolicy, IPAddress, IPNetwork
+    from .model import AppPolicy
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-# Distinct client strings remembered per app; an address space scan cannot grow it past this (the memo is dropped
-# and refilled), and a fleet's clients fit.
-MEMO_MAX = 65536
 # The SQL function the analyst's store registers for the exempt part of the rule (see ``Enforcement.sql``).
 SQL_EXEMPT_FUNCTION = "enforcer_exempt"
 
@@ -46,43 +44,25 @@ def to_us(when: datetime) -> int:
     return (when - _EPOCH) // _US
 
 
-def _parse_client(client: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
-        return None
-
-
 class Cutover:
     """One app's enforcement rule, precomputed: effective instant and exempt networks."""
 
-    __slots__ = ("_memo", "app", "at", "at_us", "exempt")
+    __slots__ = ("app", "at", "at_us", "exempt", "exempt_set")
 
     def __init__(self, app: str, effective: datetime, exempt: Iterable[IPNetwork] = ()) -> None:
         self.app = app
         self.at_us = to_us(effective)
         self.at = self.at_us / 1_000_000
         self.exempt: tuple[IPNetwork, ...] = tuple(exempt)
-        self._memo: dict[str, bool] = {}
+        self.exempt_set = NetworkSet(self.exempt)
 
     def is_exempt(self, client: IPAddress | str | None) -> bool:
         """Whether ``client`` lies in one of the app's exempt networks (an IPv4-mapped IPv6 address as its IPv4)."""
         if client is None or not self.exempt:
             return False
         if isinstance(client, str):
-            hit = self._memo.get(client)
-            if hit is None:
-                if len(self._memo) >= MEMO_MAX:
-                    self._memo.clear()
-                addr = _parse_client(client)
-                hit = self._memo[client] = addr is not None and self._contains(addr)
-            return hit
-        return self._contains(client)
-
-    def _contains(self, addr: IPAddress) -> bool:
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr.version == net.version and addr in net for net in self.exempt)
+            return self.exempt_set.contains_host(client)  # memoised per text, bounded (enforcer.net)
+        return client in self.exempt_set
 
     def decide(self, client: IPAddress | str | None, at_us: int) -> tuple[bool, bool]:
         """``(enforced, exempt)`` for a block rule of this app, asked by ``client`` at ``at_us``."""

@@ -6,19 +6,17 @@ app's ``Cutover`` (``enforcement.py``, the one owner of the effective-date / exe
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple
 
+from ..net import IPAddress, IPNetwork
 from .enforcement import Cutover, to_us
 
 CATEGORIES = ("messaging", "update", "download", "store", "telemetry", "payments", "bypass", "web")
 NAME_KINDS = ("domain", "host", "include")
 KINDS = ("domain", "host", "url", "cidr", "store", "include")
 Action = Literal["block", "allow"]
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from enforcer.policy.enforcement import MEMO_MAX, Cutover, Enforcement, to_us
+from enforcer.net import MEMO_MAX
+from enforcer.policy.enforcement import Cutover, Enforcement, to_us
 from enforcer.policy.model import AppPolicy, Match, Rule
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -75,7 +76,8 @@ def test_memo_is_bounded() -> None:
     c = Cutover("wechat", EFFECTIVE, NETS)
     for i in range(MEMO_MAX + 10):
         c.is_exempt(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}")
-    assert len(c._memo) <= MEMO_MAX
+    assert 0 < len(c.exempt_set._memo) <= MEMO_MAX
+    assert c.is_exempt("10.99.0.1") and not c.is_exempt("10.98.0.1")
 
 
 def test_pickles_without_memo() -> None:
@@ -83,5 +85,5 @@ def test_pickles_without_memo() -> None:
     table.is_exempt("wechat", "10.99.0.1")
     copy = pickle.loads(pickle.dumps(table))
     c = copy.cutovers["wechat"]
-    assert (c.at_us, c.exempt, c._memo) == (to_us(EFFECTIVE), NETS, {})
+    assert (c.at_us, c.exempt, c.exempt_set._memo) == (to_us(EFFECTIVE), NETS, {})
     assert copy.decide("wechat", "10.99.0.1", to_us(EFFECTIVE)) == (False, True)
