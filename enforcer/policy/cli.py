@@ -8,11 +8,16 @@ import json
 import re
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import default_blocklist
 from .addresses import parse_ip_literal
 from .bounded import DEFAULT_LIMITS, Limits
+from .names import InvalidName, normalize_name
+
+if TYPE_CHECKING:
+    from .matcher import Policy
+    from .model import Match
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
@@ -127,8 +132,20 @@ def parse_when(text: str | None) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def _lookup_one(policy: Policy, query: str, kind: str, method: str | None) -> Match | None:
+    """The match for one query of ``kind``; InvalidName or ValueError when it is not a valid one."""
+    if kind == "domain":
+        normalize_name(query)
+        return policy.match_name(query)
+    if kind == "ip":
+        addr = parse_ip_literal(query)
+        if addr is None:
+            raise ValueError("not an IP address in any form the platform resolver accepts")
+        return policy.match_ip(addr)
+    return policy.match_url(query, method)
+
+
 def run_lookup(args: argparse.Namespace) -> int:
-    from .names import InvalidName, normalize_name
 
     try:
         at = parse_when(args.at)
@@ -149,16 +166,7 @@ def run_lookup(args: argparse.Namespace) -> int:
     for query in args.queries:
         kind = classify(query)
         try:
-            if kind == "domain":
-                normalize_name(query)
-                match = policy.match_name(query)
-            elif kind == "ip":
-                addr = parse_ip_literal(query)
-                if addr is None:
-                    raise ValueError("not an IP address in any form the platform resolver accepts")
-                match = policy.match_ip(addr)
-            else:
-                match = policy.match_url(query, args.method)
+            match = _lookup_one(policy, query, kind, args.method)
         except (InvalidName, ValueError) as exc:
             print(f"{query}: invalid {kind}: {exc}", file=sys.stderr)
             status = 1

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from .export_view import Context, build_context, dedupe_cidrs, has_underscore
@@ -67,15 +67,22 @@ def rpz_records(
 
 
 def rpz_triggers(ctx: Context) -> list[tuple[str, str, str]]:
-    view, skips, zone, mode = ctx.view, ctx.skips, ctx.zone, ctx.mode
-    address_data = mode.kind in ("null", "ip")
-    room = _MAX_NAME - len(zone)  # owner text + "." + zone must fit a DNS name
-    out: list[tuple[str, str, str]] = []
+    out = [(owner, rtype, rdata) for owner, rule in _name_triggers(ctx) for rtype, rdata in _rpz_action(rule, ctx.mode)]
+    for net, rule in dedupe_cidrs(ctx.cidrs()):
+        # An rpz-ip trigger replaces answers of its own family: Unbound rejects AAAA data on an IPv4 trigger.
+        family = "A" if net.version == 4 else "AAAA"
+        for rtype, rdata in _rpz_action(rule, ctx.mode):
+            if rtype in ("A", "AAAA") and rtype != family:
+                continue
+            out.append((rpz_ip_trigger(net), rtype, rdata))
+    return out
 
-    def emit(owner: str, rule: Rule) -> None:
-        for rtype, rdata in _rpz_action(rule, mode):
-            out.append((owner, rtype, rdata))
 
+def _name_triggers(ctx: Context) -> Iterator[tuple[str, Rule]]:
+    """(QNAME trigger owner, the rule it carries): NAME for its own verdict, ``*.NAME`` for the names below it."""
+    view, skips = ctx.view, ctx.skips
+    address_data = ctx.mode.kind in ("null", "ip")
+    room = _MAX_NAME - len(ctx.zone)  # owner text + "." + zone must fit a DNS name
     for name in view.names():
         if name.rsplit(".", 1)[-1] in _RPZ_SPECIAL_TLDS:
             skips.add("ends in an RPZ trigger label", name)
@@ -89,21 +96,13 @@ def rpz_triggers(ctx: Context) -> list[tuple[str, str, str]]:
         if len(name) + 1 > room:
             skips.add("too long below the RPZ zone name", name)
             continue
-        emit(name, apex)
+        yield name, apex
         sub = view.domains.get(name)
         if sub is not None:
             if len(name) + 3 > room:
                 skips.add("wildcard too long below the RPZ zone name", name)
                 continue
-            emit(f"*.{name}", sub)
-    for net, rule in dedupe_cidrs(ctx.cidrs()):
-        # An rpz-ip trigger replaces answers of its own family: Unbound rejects AAAA data on an IPv4 trigger.
-        family = "A" if net.version == 4 else "AAAA"
-        for rtype, rdata in _rpz_action(rule, mode):
-            if rtype in ("A", "AAAA") and rtype != family:
-                continue
-            out.append((rpz_ip_trigger(net), rtype, rdata))
-    return out
+            yield f"*.{name}", sub
 
 
 def _rpz(ctx: Context) -> tuple[list[str], list[str]]:

@@ -117,18 +117,7 @@ def effective_ranges(cidrs: Iterable[tuple[IPNetwork, Rule]], version: int) -> l
     for net, rule in items:
         start = int(net.network_address)
         end = start + (1 << (bits - net.prefixlen))
-        kept: list[tuple[int, int]] = []
-        for a, b in intervals:  # subtract [start, end)
-            if b <= start or a >= end:
-                kept.append((a, b))
-                continue
-            if a < start:
-                kept.append((a, start))
-            if b > end:
-                kept.append((end, b))
-        if rule.action == "block":
-            kept.append((start, end))
-        intervals = sorted(kept)
+        intervals = _punch(intervals, start, end, rule.action == "block")
     merged: list[tuple[int, int]] = []
     for a, b in intervals:  # adjacent pieces from different rules become one range
         if merged and a <= merged[-1][1]:
@@ -142,6 +131,22 @@ def effective_ranges(cidrs: Iterable[tuple[IPNetwork, Rule]], version: int) -> l
         else:
             nets.extend(ipaddress.summarize_address_range(ipaddress.IPv6Address(a), ipaddress.IPv6Address(b - 1)))
     return nets
+
+
+def _punch(intervals: list[tuple[int, int]], start: int, end: int, block: bool) -> list[tuple[int, int]]:
+    """``intervals`` minus ``[start, end)``, plus it again when ``block``: a narrower rule overrides a wider one."""
+    kept: list[tuple[int, int]] = []
+    for a, b in intervals:
+        if b <= start or a >= end:
+            kept.append((a, b))
+            continue
+        if a < start:
+            kept.append((a, start))
+        if b > end:
+            kept.append((end, b))
+    if block:
+        kept.append((start, end))
+    return sorted(kept)
 
 
 def _nftables(ctx: Context) -> tuple[list[str], list[str]]:
