@@ -43,12 +43,12 @@ class Holder:
 def make_chain(blocklists: Path) -> tuple[Any, Cache]:
     policy = load_policy([blocklists])
     cache = Cache(100_000)
-    try:
+    if hasattr(chain, "Acl"):  # a tree from before enforcer/net.py
+        acl: Any = chain.Acl(DEFAULT_ALLOW)
+    else:
         from enforcer.net import NetworkSet
 
-        acl: Any = NetworkSet(DEFAULT_ALLOW)
-    except ImportError:  # a tree from before enforcer/net.py
-        acl = chain.Acl(DEFAULT_ALLOW)  # type: ignore[attr-defined]
+        acl = NetworkSet(DEFAULT_ALLOW)
     parts = chain.ChainParts(
         Holder(policy), acl, Sinkhole(parse_mode("null")), cache, Forwarder([parse_upstream("127.0.0.1:9")]),
         Observer(None, None),

@@ -165,7 +165,7 @@ def build_chain(parts: ChainParts) -> Handler:
     hit = obs.hit
     clock = time.perf_counter
     now_us = time.time_ns
-    current: list[Policy] = [holder.policy]
+    current: list[Any] = [holder.policy, holder.policy.enforcement.decide]
     SERVFAIL = wire.RCODE_SERVFAIL
     zone_wire = feed.origin_wire if feed is not None else b""
     transfer_allowed = feed.transfer_allow.contains_host if feed is not None else _nobody
@@ -174,14 +174,11 @@ def build_chain(parts: ChainParts) -> Handler:
     clamp = cache.clamp
     new_request = tuple.__new__
 
-    def policy_now() -> Policy:
-        policy = holder.policy
-        if policy is not current[0]:
-            # A reload swapped the policy: drop everything decided under the old one.
-            cache.clear()
-            sinkhole.clear()
-            current[0] = policy
-        return policy
+    def swapped(policy: Policy) -> None:
+        # A reload swapped the policy: drop everything decided under the old one.
+        cache.clear()
+        sinkhole.clear()
+        current[0], current[1] = policy, policy.enforcement.decide
 
     def finish(req: Request, reply: bytes) -> bytes:
         # Last step for UDP: honour the client's EDNS payload size (512 without EDNS); TC makes it retry over TCP.
@@ -197,7 +194,7 @@ def build_chain(parts: ChainParts) -> Handler:
         answers as if nothing matched). Either way the hit is counted and logged (a monitor hit when not enforced:
         before the effective date, or an exempt client)."""
         q = req.q
-        enforced, exempt = policy.enforcement.decide(rule.app, req.host, now_us() // 1000)
+        enforced, exempt = current[1](rule.app, req.host, now_us() // 1000)  # policy.enforcement.decide
         hit(policy, rule, matched, action=action, enforced=enforced, exempt=exempt, addr=req.addr, qname=q.key,
             qtype=q.qtype)  # fmt: skip
         if not enforced:
@@ -240,7 +237,9 @@ def build_chain(parts: ChainParts) -> Handler:
 
         # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
         #    policy reload must take effect on the very next query whatever the cache holds.
-        policy = policy_now()
+        policy = holder.policy
+        if policy is not current[0]:
+            swapped(policy)
         rule = policy.match_key(q.key)
         req = new_request(Request, (data, q, addr, host, tcp, t0, rule))
         if rule is not None and rule.action == "block":
@@ -280,7 +279,9 @@ def build_chain(parts: ChainParts) -> Handler:
         #    A question name that matched an allow exception (such as WeCom) keeps it: its aliases are not judged
         #    again by name; addresses are still checked. (A monitor hit, not enforced, still has its aliases
         #    judged: they may belong to another app that is enforced.)
-        policy = policy_now()
+        policy = holder.policy
+        if policy is not current[0]:
+            swapped(policy)
         name_rule = req.rule
         try:
             found = response_policy.check(

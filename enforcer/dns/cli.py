@@ -1,8 +1,9 @@
-"""``enforcer dns``: flags (``add_arguments``) and the process around the resolver (``run``).
+"""``enforcer dns``: flags (``add_arguments``) and ``run``.
 
-``run`` validates the flags into ``DnsSettings`` (a bad value: one line on stderr, exit 1), loads the policy (a bad
-blocklist: its ``PATH:LINE:COL`` lines, exit 1), installs uvloop when importable, binds every ``--listen`` address
-(one start-up line each on stdout) and serves until SIGTERM/SIGINT, then stops cleanly and flushes hit events.
+``run`` validates the flags into ``DnsSettings`` (a bad value: one line on stderr, exit 1) and hands them to
+``process.run_single`` (one process: loads the policy, a bad blocklist gives its ``PATH:LINE:COL`` lines and exit 1;
+binds every ``--listen`` address, one start-up line each on stdout; serves until SIGTERM/SIGINT, then stops cleanly
+and flushes hit events) or, with ``--workers N``, to ``workers.run_workers``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", default=2.0, metavar="SECONDS", help="upstream timeout; SERVFAIL after it (default 2)"
     )
+    _cache_and_tcp_arguments(parser)
+    _rpz_arguments(parser)
+
+
+def _cache_and_tcp_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cache, TCP, NAT64 and worker flags (after the basic ones, in this order in --help)."""
     parser.add_argument(
         "--cache-size", default=100_000, metavar="ENTRIES", help="cache entries (0 disables the cache; default 100000)"
     )
@@ -112,6 +119,9 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         help="resolver processes sharing the listen addresses (SO_REUSEPORT), one per core; /metrics sums them "
         "(default 1)",
     )
+
+
+def _rpz_arguments(parser: argparse.ArgumentParser) -> None:
     rpz = parser.add_argument_group("RPZ feed (BIND/Unbound/PowerDNS secondaries enforce the same policy)")
     rpz.add_argument(
         "--rpz-zone",

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..net import peer_address
 from .chain import Handler
 from .observe import RateLimitedLog
 
@@ -50,12 +51,11 @@ def source_key(host: str) -> str:
     """The per-source TCP cap's key: the IPv4 address, or the IPv6 /64 (one host commonly holds a whole /64)."""
     if ":" not in host:
         return host
-    try:
-        addr = ipaddress.IPv6Address(host.split("%", 1)[0])
-    except ValueError:
+    addr = peer_address(host)  # %zone stripped, IPv4-mapped folded
+    if addr is None:
         return host
-    if addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
+    if addr.version == 4:
+        return str(addr)
     return str(ipaddress.IPv6Network((addr, 64), strict=False))
 
 

@@ -117,27 +117,7 @@ class DnsSettings:
     @classmethod
     def from_args(cls, args: Any) -> DnsSettings:
         """Validate argparse values; ValueError names the flag and the bad value."""
-        listen = []
-        for value in args.listen:
-            try:
-                host, port = split_host_port(value)
-                ipaddress.ip_address(host)
-            except ValueError as exc:
-                raise ValueError(f"--listen {value!r}: {exc}") from None
-            listen.append((host, port))
-        raw_upstreams = list(args.upstream or []) or resolv_conf_nameservers()
-        if not raw_upstreams:
-            raise ValueError("no --upstream given and no nameserver in /etc/resolv.conf")
-        upstreams = []
-        for value in raw_upstreams:
-            try:
-                upstreams.append(parse_upstream(value))
-            except ValueError as exc:
-                raise ValueError(f"--upstream: {exc}") from None
-        for spec in upstreams:
-            # Forwarding to ourselves loops every query until the in-flight cap (e.g. resolv.conf naming this host).
-            if spec.kind != "doh" and any(_same_endpoint(spec.host, spec.port, h, p) for h, p in listen):
-                raise ValueError(f"--upstream {spec.text}: that is this resolver's own --listen address (a loop)")
+        listen, upstreams = _endpoints(args)
         try:
             mode = parse_mode(args.mode)
         except ValueError as exc:
@@ -152,16 +132,6 @@ class DnsSettings:
                 split_host_port(args.metrics)
             except ValueError as exc:
                 raise ValueError(f"--metrics: {exc}") from None
-
-        def number(flag: str, value: Any, kind: type, low: float, high: float) -> Any:
-            try:
-                n = kind(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{flag} {value!r}: not a number") from None
-            if not low <= n <= high:
-                raise ValueError(f"{flag} {value!r}: must be between {low} and {high}")
-            return n
-
         try:
             cache_bytes = parse_size(args.cache_bytes)
         except ValueError as exc:
@@ -173,6 +143,7 @@ class DnsSettings:
                 nat64.append(check_nat64_prefix(ipaddress.IPv6Network(value)))
             except ValueError as exc:
                 raise ValueError(f"--nat64-prefix {value!r}: {exc}") from None
+        number = _number
         min_ttl = number("--min-cache-ttl", getattr(args, "min_cache_ttl", 0), int, 0, 604_800)
         max_ttl = number("--max-cache-ttl", getattr(args, "max_cache_ttl", 86_400), int, 0, 2**31 - 1)
         if min_ttl > max_ttl:
@@ -202,6 +173,42 @@ class DnsSettings:
             min_cache_ttl=min_ttl,
             max_cache_ttl=max_ttl,
         )
+
+
+def _number(flag: str, value: Any, kind: type, low: float, high: float) -> Any:
+    try:
+        n = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag} {value!r}: not a number") from None
+    if not low <= n <= high:
+        raise ValueError(f"{flag} {value!r}: must be between {low} and {high}")
+    return n
+
+
+def _endpoints(args: Any) -> tuple[list[tuple[str, int]], list[UpstreamSpec]]:
+    """``--listen`` and ``--upstream`` (or resolv.conf's nameservers), validated; never an upstream that is us."""
+    listen = []
+    for value in args.listen:
+        try:
+            host, port = split_host_port(value)
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ValueError(f"--listen {value!r}: {exc}") from None
+        listen.append((host, port))
+    raw_upstreams = list(args.upstream or []) or resolv_conf_nameservers()
+    if not raw_upstreams:
+        raise ValueError("no --upstream given and no nameserver in /etc/resolv.conf")
+    upstreams = []
+    for value in raw_upstreams:
+        try:
+            upstreams.append(parse_upstream(value))
+        except ValueError as exc:
+            raise ValueError(f"--upstream: {exc}") from None
+    for spec in upstreams:
+        # Forwarding to ourselves loops every query until the in-flight cap (e.g. resolv.conf naming this host).
+        if spec.kind != "doh" and any(_same_endpoint(spec.host, spec.port, h, p) for h, p in listen):
+            raise ValueError(f"--upstream {spec.text}: that is this resolver's own --listen address (a loop)")
+    return listen, upstreams
 
 
 def _same_endpoint(host_a: str, port_a: int, host_b: str, port_b: int) -> bool:

@@ -352,6 +352,12 @@ def test_bad_nat64_prefix_is_one_line_error(tmp_path: Path) -> None:
 MISMATCHES = ("name", "type", "class", "id", "qr", "opcode")
 
 
+def assert_every_mismatch_is_servfail(proc: DnsProcess) -> None:
+    for kind in MISMATCHES:
+        msg = proc.query(f"{kind}.mm.example", "A", timeout=5)
+        assert rcode(msg) == "SERVFAIL" and not msg.answer, kind
+
+
 @pytest.mark.parametrize("transport", ["tcp", "udp-then-tcp"])
 def test_tcp_upstream_answering_another_question_is_not_served(
     tmp_path: Path, fakes: list[FakeUpstream], transport: str
@@ -361,9 +367,7 @@ def test_tcp_upstream_answering_another_question_is_not_served(
     target = f"tcp://{up.address}" if transport == "tcp" else up.address
     proc = DnsProcess(tmp_path, "--upstream", target, "--blocklist", str(BLOCKLISTS), "--timeout", "2")
     try:
-        for kind in MISMATCHES:
-            msg = proc.query(f"{kind}.mm.example", "A", timeout=5)
-            assert rcode(msg) == "SERVFAIL" and not msg.answer, kind
+        assert_every_mismatch_is_servfail(proc)
         # Nothing was cached: the honest answer is served once the upstream gives it.
         up.mismatch.clear()
         assert addresses(proc.query("name.mm.example", "A", timeout=5)) == ["192.0.2.53"]
@@ -377,9 +381,7 @@ def test_udp_upstream_answering_another_question_is_ignored(tmp_path: Path, fake
     fakes.append(up)
     proc = DnsProcess(tmp_path, "--upstream", up.address, "--blocklist", str(BLOCKLISTS), "--timeout", "0.5")
     try:
-        for kind in MISMATCHES:
-            msg = proc.query(f"{kind}.mm.example", "A", timeout=5)
-            assert rcode(msg) == "SERVFAIL" and not msg.answer, kind
+        assert_every_mismatch_is_servfail(proc)
     finally:
         assert proc.stop() == 0, proc.stderr_text()
 
@@ -394,9 +396,7 @@ def test_doh_upstream_answering_another_question_is_not_served(tmp_path: Path, f
     url = f"https://127.0.0.1:{server.port}/dns-query"
     proc = DnsProcess(tmp_path, "--upstream", url, "--blocklist", str(BLOCKLISTS), env={"SSL_CERT_FILE": str(cert)})
     try:
-        for kind in MISMATCHES:
-            msg = proc.query(f"{kind}.mm.example", "A", timeout=5)
-            assert rcode(msg) == "SERVFAIL" and not msg.answer, kind
+        assert_every_mismatch_is_servfail(proc)
         fake.mismatch.clear()
         assert addresses(proc.query("type.mm.example", "A", timeout=5)) == ["192.0.2.53"]
     finally:
