@@ -58,6 +58,7 @@ class ChainHarness:
         blocklists: Path | list[Path],
         *,
         mode: str = "null",
+        block_ttl: int = 60,
         cache: Cache | None = None,
         timeout: float = 0.5,
         allow: tuple[str, ...] = DEFAULT_ALLOW,
@@ -71,8 +72,8 @@ class ChainHarness:
         self.observer = Observer(None, None)
         self.holder = Holder(load_policy(blocklists if isinstance(blocklists, list) else [blocklists]))
         self.handle = build_chain(
-            ChainParts(self.holder, NetworkSet(allow), Sinkhole(parse_mode(mode)), self.cache, self.forwarder,
-                       self.observer)
+            ChainParts(self.holder, NetworkSet(allow), Sinkhole(parse_mode(mode), block_ttl), self.cache,
+                       self.forwarder, self.observer)
         )  # fmt: skip
 
     def run(self, data: bytes, tcp: bool = False, client: str = "127.0.0.1") -> Any:
@@ -87,7 +88,8 @@ class ChainHarness:
     def query(
         self, name: str, qtype: str = "A", *, tcp: bool = False, client: str = "127.0.0.1", edns: int | bool = False
     ) -> dns.message.Message:
-        q = dns.message.make_query(name, qtype, use_edns=edns)
+        """Like ``DnsProcess.query`` (dnspython's query and reading of the reply), through ``handle``."""
+        q = dns.message.make_query(name, qtype, use_edns=edns, payload=1232)
         reply = self.run(q.to_wire(), tcp, client)
         assert type(reply) is bytes, reply
         return dns.message.from_wire(reply)

@@ -1,4 +1,5 @@
-"""Every ``--mode`` for every query type, on a running resolver; and bad flag values."""
+"""Every ``--mode`` for every query type, through the chain in-process (the sinkhole, the real chain and policy; one
+chain per mode instead of one process); bad flag values through the CLI; the config file section on a real process."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ from pathlib import Path
 
 import dns.rdatatype
 import pytest
+from chainharness import ChainHarness
 from dnshelpers import BLOCKLISTS, ROOT, DnsProcess, addresses, ede_texts, rcode
 from fakeupstream import FakeUpstream
+
+from tests.conftest import run_cli
 
 MODES = ["null", "nxdomain", "nodata", "refused", "ip:192.0.2.66,2001:db8::66", "ip:192.0.2.66"]
 QTYPES = ["A", "AAAA", "HTTPS", "SVCB", "MX", "TXT", "ANY"]
 
 
 @pytest.fixture(scope="module", params=MODES)
-def moded(request: pytest.FixtureRequest, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    proc = DnsProcess(
-        tmp_path_factory.mktemp("mode"), "--upstream", upstream.address, "--blocklist", str(BLOCKLISTS),
-        "--mode", request.param, "--block-ttl", "42",
-    )  # fmt: skip
-    yield request.param, proc
-    assert proc.stop() == 0
+def moded(request: pytest.FixtureRequest, upstream: FakeUpstream) -> Iterator[tuple[str, ChainHarness]]:
+    harness = ChainHarness(upstream.address, BLOCKLISTS, mode=request.param, block_ttl=42)
+    yield request.param, harness
+    harness.close()
 
 
 def expected(mode: str, qtype: str) -> tuple[str, list[str], bool]:
@@ -43,10 +44,10 @@ def expected(mode: str, qtype: str) -> tuple[str, list[str], bool]:
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_mode_answers(moded: tuple[str, DnsProcess], upstream: FakeUpstream, qtype: str) -> None:
+def test_mode_answers(moded: tuple[str, ChainHarness], upstream: FakeUpstream, qtype: str) -> None:
     mode, proc = moded
     for name in ("Long.Weixin.QQ.com.", "kaspersky.com"):
-        msg = proc.query(name, qtype, edns=0)
+        msg = proc.query(name, qtype, edns=0)  # as DnsProcess.query: EDNS0, payload 1232
         want_rcode, want_addrs, want_soa = expected(mode, qtype)
         assert rcode(msg) == want_rcode, (mode, qtype, msg)
         assert addresses(msg) == want_addrs, (mode, qtype, msg)
@@ -77,10 +78,12 @@ def test_mode_answers(moded: tuple[str, DnsProcess], upstream: FakeUpstream, qty
     ],
 )
 def test_bad_flags(flags: list[str], code: int) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "enforcer", "dns", "--upstream", "127.0.0.1:9", "--listen", "127.0.0.1:0", *flags],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
-    )  # fmt: skip
+    argv = ["dns", "--upstream", "127.0.0.1:9", "--listen", "127.0.0.1:0", *flags]
+    if flags[0] == "--blocklist":  # refused while the process starts serving (policy load): a real process
+        proc = subprocess.run([sys.executable, "-m", "enforcer", *argv], capture_output=True, text=True, timeout=30,
+                              cwd=ROOT)  # fmt: skip
+    else:  # refused by argparse or by the settings check, before anything starts: the CLI in-process
+        proc = run_cli(*argv)
     assert proc.returncode == code, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines and "Traceback" not in proc.stderr
