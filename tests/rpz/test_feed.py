@@ -29,7 +29,7 @@ from enforcer.policy import load_policy
 from enforcer.policy.export import rpz_ip_trigger
 from enforcer.rpz.feed import RpzFeed, TsigKey
 from enforcer.rpz.zone import policy_records, rpz_mode
-from tests.conftest import BLOCKLISTS, eventually, free_port
+from tests.conftest import BLOCKLISTS, eventually, free_port, run_cli
 from tests.dns.dnshelpers import DnsProcess
 
 ZONE = "rpz.enforcer."
@@ -217,9 +217,7 @@ def test_apps_before_their_effective_date_are_passthru(tmp_path: Path) -> None:
 
 
 def test_bad_rpz_flags_are_one_line_errors(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+    """Refused by the settings check before anything starts: the CLI in-process (run_cli), same output."""
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("xfr-key:not base64!!\n")
     for args, needle in (
@@ -228,8 +226,7 @@ def test_bad_rpz_flags_are_one_line_errors(tmp_path: Path) -> None:
         (["--rpz-zone", "--notify", "host.example"], "--notify"),
         (["--rpz-zone", "--tsig-key-file", str(bad_key)], "--tsig-key-file"),
     ):
-        out = subprocess.run([sys.executable, "-m", "enforcer", "dns", "--upstream", UPSTREAM, *args],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        out = run_cli("dns", "--upstream", UPSTREAM, *args)
         assert out.returncode == 1, out
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in out.stderr, out.stderr
