@@ -244,9 +244,8 @@ def build_chain(parts: ChainParts) -> Handler:
         req = new_request(Request, (data, q, addr, host, tcp, t0, rule))
         if rule is not None and rule.action == "block":
             blocked = block(req, policy, rule, q.key, "dns-block", "blocked")
-            if blocked is not None:
+            if blocked is not None:  # else a monitor hit (logged), resolved like any other name
                 return blocked
-            # Not enforced: logged as a monitor hit, then resolved like any other name.
 
         # 4. Cache. Why after the sinkhole and before the upstream: it only ever holds answers the upstream gave
         #    for names the sinkhole let through (or their response-policy verdict), and saves the round trip.
@@ -261,8 +260,7 @@ def build_chain(parts: ChainParts) -> Handler:
             outcome("cached")
             return finish(req, Cache.reply(entry, data, q))
 
-        # 5. Upstream (asynchronous from here on).
-        return forward(req, ckey)
+        return forward(req, ckey)  # 5. Upstream (asynchronous from here on).
 
     async def forward(req: Request, ckey: Any) -> bytes | None:
         data, q = req.data, req.q
