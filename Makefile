@@ -35,6 +35,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(BIN)/ruff check enforcer tests bench
+	$(BIN)/ruff format --check enforcer tests bench
 	$(BIN)/mypy
 
 test: system-deps $(STAMP) lint

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .net import split_host_port as split_host_port  # re-exported until the last caller imports it from enforcer.net
+from .net import split_host_port
 
 # Label names.
 COMPONENT = "component"

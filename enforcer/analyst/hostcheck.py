@@ -13,7 +13,7 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError
-from ..metrics import split_host_port
+from ..net import split_host_port
 
 if TYPE_CHECKING:
     from .state import AnalystSettings

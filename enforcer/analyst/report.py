@@ -110,7 +110,7 @@ class ReportStats:
     skipped: dict[str, int] = field(default_factory=dict)
     first_invalid: str | None = None
     missing: list[str] = field(default_factory=list)
-    keys: array = field(default_factory=lambda: array("Q"))  # sorted fingerprints of the range's events (workers)
+    keys: array[int] = field(default_factory=lambda: array("Q"))  # sorted fingerprints of the range's events (workers)
 
     def skip(self, reason: str, where: str | None = None, *, recovered: bool = False) -> None:
         """One skipped line (``where``: its ``FILE:LINE``, kept for the first); ``recovered``: its event counts."""
@@ -253,7 +253,7 @@ def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | Non
     return out
 
 
-def _overlap(parts: list[array]) -> bool:
+def _overlap(parts: list[array[int]]) -> bool:
     """Whether two sorted fingerprint arrays share a value (an event seen by two workers)."""
     merged = heapq.merge(*parts)
     return any(a == b for a, b in itertools.pairwise(merged))

@@ -114,7 +114,8 @@ class Analyst:
         key = (name, f, self.enforcement.key(), self.ingester.ingested)
         if key in self._memo:
             self._memo.move_to_end(key)
-            return self._memo[key]
+            hit: T = self._memo[key]  # stored by this method for the same fn
+            return hit
         value = await self.db(fn, f, *args)
         self._memo[key] = value
         while len(self._memo) > MEMO_SIZE:

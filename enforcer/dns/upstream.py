@@ -261,7 +261,7 @@ class DohUpstream:
             ) as resp:
                 if resp.status != 200:
                     raise UpstreamError(f"doh: HTTP {resp.status}")
-                reply = await resp.content.read(MAX_RESPONSE + 1)
+                reply: bytes = await resp.content.read(MAX_RESPONSE + 1)
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"doh: {exc}") from None
         if len(reply) < 12 or len(reply) > MAX_RESPONSE:

@@ -101,7 +101,8 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > self.max_depth:
-                mark = self.peek_event().start_mark
+                # types-PyYAML leaves Parser.peek_event unannotated.
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise yaml.composer.ComposerError(None, None, f"nesting deeper than {self.max_depth} levels", mark)
             return super().compose_node(parent, index)
         finally:

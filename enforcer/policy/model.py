@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple
 
-from ..net import IPAddress, IPNetwork
+from ..net import IPAddress as IPAddress  # re-exported: policy modules annotate with them
+from ..net import IPNetwork as IPNetwork
 from .enforcement import Cutover, to_us
 
 CATEGORIES = ("messaging", "update", "download", "store", "telemetry", "payments", "bypass", "web")

@@ -336,7 +336,8 @@ class RpzFeed:
             transport = None
             try:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda fut=reply: _Reply(fut), remote_addr=(host, port)  # type: ignore[misc]
+                    lambda fut=reply: _Reply(fut),  # type: ignore[misc]
+                    remote_addr=(host, port),
                 )
                 transport.sendto(wire)
                 data = await asyncio.wait_for(reply, 2.0)

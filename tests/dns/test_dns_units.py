@@ -89,7 +89,7 @@ def test_parse_upstream(text: str, kind: str, port: int) -> None:
 
 @pytest.mark.parametrize("text", ["dns.google", "1.1.1.1:99999", "tcp://", "https://"])
 def test_parse_upstream_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid upstream"):
         parse_upstream(text)
 
 

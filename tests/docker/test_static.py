@@ -132,8 +132,17 @@ def test_grafana_provisioning() -> None:
     uid = ds["datasources"][0]["uid"]
     dash = json.loads((DOCKER / "grafana/dashboards/enforcer.json").read_text())
     titles = " ".join(p["title"].lower() for p in dash["panels"])
-    for topic in ("per app", "category", "non-compliant", "dns queries", "latency", "upstream", "reload", "fingerprint",
-                  "dropped"):
+    for topic in (
+        "per app",
+        "category",
+        "non-compliant",
+        "dns queries",
+        "latency",
+        "upstream",
+        "reload",
+        "fingerprint",
+        "dropped",
+    ):
         assert topic in titles, f"dashboard lacks a panel about {topic!r}"
     for p in dash["panels"]:
         assert p["datasource"]["uid"] == uid

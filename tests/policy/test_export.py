@@ -163,7 +163,7 @@ def test_modes_and_errors(tmp_path: Path) -> None:
     assert parse_mode("ip:192.0.2.1,2001:db8::1").addresses == ("192.0.2.1", "2001:db8::1")
     assert parse_mode("null").addresses == ("0.0.0.0", "::")
     for bad in ("ip:1.2.3", "ip:1.1.1.1,2.2.2.2", "sinkhole"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="mode"):
             parse_mode(bad)
     with pytest.raises(ValueError, match="not supported by the dnsmasq format"):
         export_policy(policy, "dnsmasq", mode="nodata")
