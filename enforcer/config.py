@@ -10,6 +10,7 @@ Errors are ``FILE:LINE:COL: message`` lines (``ConfigError``), like blocklist er
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,18 @@ def default_blocklist() -> str:
     if shipped.is_dir():
         return str(shipped)
     return str(local)
+
+
+_SIZE = re.compile(r"(\d{1,19})([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str, minimum: int = 1) -> int:
+    """A size flag (``65536``, ``64K``, ``512M``, ``4G``, ``1TiB``) in bytes; ValueError with one line otherwise.
+
+    One reader for every size flag (the resolver's ``--cache-bytes``, the report's and analyst's
+    ``--max-file-size``); at most 19 digits, so the value always fits the int64 it is compared with."""
+    m = _SIZE.fullmatch(str(text).strip())
+    if not m or int(m.group(1)) * _UNITS[m.group(2).upper()] < minimum:
+        raise ValueError(f"invalid size {text!r} (e.g. 65536, 64M, 4G)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.config import ConfigError, ReplaceAppend, load_config, section_defaults
+from enforcer.config import ConfigError, ReplaceAppend, load_config, parse_size, section_defaults
 from tests.conftest import BLOCKLISTS, run_cli
 from tests.policy.export_fixture import build
 
@@ -112,3 +112,29 @@ def test_string_for_a_switch_is_an_error_not_true(tmp_path: Path) -> None:
     proc = run_cli("check", "--config", str(conf))
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"{conf}:2:3: 'check.strict' must be true or false, got 'no'"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("65536", 65536),
+        ("64K", 64 * 1024),
+        ("64kib", 64 * 1024),
+        ("512M", 512 * 1024**2),
+        ("4G", 4 * 1024**3),
+        ("1TiB", 1024**4),
+        (" 8MB ", 8 * 1024**2),
+    ],
+)
+def test_parse_size_reads_every_unit(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1", "1.5G", "64X", "K", "1" * 20, "4 G"])
+def test_parse_size_refuses_with_one_line(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^invalid size .* \(e\.g\. 65536, 64M, 4G\)$"):
+        parse_size(text)
+
+
+def test_parse_size_minimum_zero_accepts_zero() -> None:
+    assert parse_size("0", minimum=0) == 0

@@ -104,10 +104,11 @@ def run(command: str, args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from ..config import parse_size
     from .files import check_files, event_files
     from .formats import FORMATTERS
     from .inventory import Inventory
-    from .lines import EventFileError, parse_size
+    from .lines import EventFileError
     from .report import build_report, enforcement_of, parse_range, stream_report
 
     events = _flatten(args.events)
@@ -172,7 +173,7 @@ def _read_token(path: str | None) -> str | None:
 
 
 def _size(value: str) -> int:
-    from .lines import parse_size
+    from ..config import parse_size
 
     try:
         return parse_size(value)

@@ -3,7 +3,7 @@
 
 - ``open_event_file(path, max_bytes)``: only regular files, opened with ``O_NONBLOCK`` (opening a FIFO cannot hang),
   at most ``max_bytes`` long; ``EventFileError`` (``reason`` ``not_regular`` / ``too_large`` / ``unreadable``, and a
-  one-line message) otherwise. ``parse_size`` reads ``--max-file-size`` (``4G``, ``512M``, ``65536``).
+  one-line message) otherwise (``--max-file-size`` is read by ``enforcer.config.parse_size``).
 - ``line_blocks(fh, start, end)``: the whole lines that start in ``[start, end)`` as blocks of bytes, in bounded
   memory: a line longer than ``MAX_LINE_BYTES`` is skipped without being held (``None`` stands for it), and the start
   of a range inside a line is found without reading that line into memory. ``skip_line`` moves past one line.
@@ -42,22 +42,12 @@ _MASK64 = (1 << 64) - 1
 _EVENT_HEAD = EVENT_HEAD.encode("ascii")
 _UUID_BYTES = 16  # the writer's event.id: a uuid4, 32 hex digits
 _RANDOM_BYTES = 8  # a uuid4's first 8 bytes are random but for none of their bits: usable as a 64-bit digest
-_SIZE = re.compile(r"(\d{1,19})([KMGT]?)(?:I?B)?", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 class EventFileError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def parse_size(text: str) -> int:
-    """``65536``, ``64K``, ``512M``, ``4G`` -> bytes; ValueError (one line) otherwise."""
-    m = _SIZE.fullmatch(str(text).strip())
-    if not m or int(m.group(1)) == 0:
-        raise ValueError(f"invalid size {text!r} (e.g. 4G, 512M, 1048576)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 def _kind(mode: int) -> str:

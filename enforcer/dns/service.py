@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from ..config import parse_size
 from ..events import EventWriter
 from ..metrics import (
     DNS_CACHE_ENTRIES,
@@ -73,16 +74,6 @@ DNS_METRICS = (
     POLICY_INFO,
     POLICY_LAST_RELOAD,
 )
-
-
-def parse_size(text: str) -> int:
-    """``65536``, ``64K``, ``64M``, ``1G`` -> bytes."""
-    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(t[-1:], 1)
-    digits = t[:-1] if mult != 1 else t
-    if not digits.isdigit():
-        raise ValueError(f"invalid size {text!r} (e.g. 67108864, 64M)")
-    return int(digits) * mult
 
 
 @dataclass
@@ -133,7 +124,7 @@ class DnsSettings:
             except ValueError as exc:
                 raise ValueError(f"--metrics: {exc}") from None
         try:
-            cache_bytes = parse_size(args.cache_bytes)
+            cache_bytes = parse_size(args.cache_bytes, minimum=0)
         except ValueError as exc:
             raise ValueError(f"--cache-bytes: {exc}") from None
         rpz = _rpz_settings(args)
