@@ -6,7 +6,8 @@
 - ``Inventory.lookup(ip)``: longest-prefix match (the most specific CIDR wins; nested ranges are fine), IPv4 and IPv6;
   an IPv4-mapped IPv6 client (``::ffff:10.1.2.3``) matches IPv4 rows. Results are memoised in a bounded cache.
 
-The match is a dict probe per distinct prefix length present (at most 33 + 129), not a scan of the rows.
+The match is ``enforcer.net.NetworkMap`` (a dict probe per distinct prefix length present, not a scan of the rows)
+and the address reading is ``enforcer.net.peer_address`` (``%zone`` stripped, IPv4-mapped folded).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from ..net import NetworkMap, peer_address
 
 _CACHE_MAX = 100_000
 
@@ -31,24 +33,14 @@ class Device:
 
 class Inventory:
     def __init__(self, rows: list[Device] | None = None) -> None:
-        # (version, prefixlen) -> {network address as int >> host bits: Device}
-        self._tables: dict[tuple[int, int], dict[int, Device]] = {}
-        self._lens: dict[int, list[int]] = {4: [], 6: []}
+        self._map: NetworkMap[Device] = NetworkMap()
         self._cache: dict[str, Device | None] = {}
         self.rows: list[Device] = []
         for row in rows or []:
             self.add(row)
 
     def add(self, row: Device) -> None:
-        net = ipaddress.ip_network(row.cidr, strict=False)
-        bits = net.max_prefixlen
-        key = (net.version, net.prefixlen)
-        table = self._tables.setdefault(key, {})
-        table[int(net.network_address) >> (bits - net.prefixlen)] = row
-        lens = self._lens[net.version]
-        if net.prefixlen not in lens:
-            lens.append(net.prefixlen)
-            lens.sort(reverse=True)
+        self._map.add(ipaddress.ip_network(row.cidr, strict=False), row)
         self.rows.append(row)
         self._cache.clear()
 
@@ -92,20 +84,8 @@ class Inventory:
         cache = self._cache
         if client in cache:
             return cache[client]
-        found: Device | None = None
-        try:
-            addr = ipaddress.ip_address(client.split("%", 1)[0])
-        except ValueError:
-            addr = None
-        if addr is not None:
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
-            value, bits = int(addr), addr.max_prefixlen
-            for plen in self._lens[addr.version]:
-                hit = self._tables[(addr.version, plen)].get(value >> (bits - plen))
-                if hit is not None:
-                    found = hit
-                    break
+        addr = peer_address(client)
+        found = None if addr is None else self._map.get(addr)
         if len(cache) >= _CACHE_MAX:
             cache.clear()
         cache[client] = found
