@@ -12,8 +12,8 @@
   (``lines.line_blocks`` and ``lines.parse_event_line``, the same reader and rule as the analyst's ingest) counting
   what a ``Selection`` picks, run in worker processes over byte ranges of big inputs (``workers``), merged exactly
   with ``merge_pairs``.
-- ``build_report(pairs, ...)``: the CONTRACT JSON document (``apps`` and ``clients``); the store builds the same
-  ``Pairs`` with SQL, so ``/api/report`` and ``enforcer report`` share this function.
+- ``build_report(pairs, ...)``: the report JSON document (``apps`` and ``clients``, README "For analysts"); the
+  store builds the same ``Pairs`` with SQL, so ``/api/report`` and ``enforcer report`` share this function.
 - The output formats of the document: formats.py.
 
 Duplicates: an event is counted once per (time, ``event.id``), as the store's UNIQUE index does (the first line read
@@ -321,7 +321,7 @@ def build_report(
     until: str | None = None,
     generated_at: str | None = None,
 ) -> dict[str, Any]:
-    """The CONTRACT document. Clients sorted by app, then most enforced attempts, attempts, client."""
+    """The report JSON document. Clients sorted by app, then most enforced attempts, attempts, client."""
     apps: dict[str, list[Any]] = {}
     clients: list[dict[str, Any]] = []
     for (client, app), (attempts, enforced, first, last) in pairs.items():

@@ -3,7 +3,7 @@
 Embedding (for a program that runs the resolver inside its own asyncio loop; ``enforcer serve`` runs ``enforcer dns``
 as a child process instead)::
 
-    settings = DnsSettings.from_args(args)          # or DnsSettings(...) directly; ValueError on bad values
+    settings = DnsSettings.from_args(args)          # checks every value; ValueError (one line) on a bad one
     await run_resolver(settings, stop)               # serves until ``stop`` (an asyncio.Event) is set
 
 or, for finer control, ``r = Resolver(settings, registry=..., writer=...)``; ``addrs = await r.start()`` (binds,
@@ -13,10 +13,11 @@ returns the listen addresses as ``HOST:PORT``); ``await r.stop()`` (closes liste
 
 Inside another program, start it in the running loop (``asyncio.create_task(run_resolver(settings, stop))``);
 the process owner decides about uvloop, ``sys.setswitchinterval`` and GC tuning (see what ``enforcer dns`` does in
-cli.py: 0.5 ms switch interval, higher GC thresholds, ``gc.freeze()`` once the policy is loaded).
+process.py: 0.5 ms switch interval, higher GC thresholds, ``gc.freeze()`` once the policy is loaded).
 Several worker processes can share the listen addresses with ``DnsSettings(reuse_port=True)`` (SO_REUSEPORT).
 
-- ``DnsSettings``: validated settings (``from_args`` turns argparse values into them; errors are one line).
+- ``DnsSettings``: the settings; ``from_args`` checks argparse values into them (errors are one line).
+  ``DnsSettings(...)`` built directly is taken as given, not checked.
 - ``Resolver``: owns the ``PolicyHolder`` (file watch + SIGHUP reload), the cache, the forwarder, the observer
   (counters, histogram, hit events) and one ``Listener`` (UDP + TCP) per address.
 """

@@ -6,8 +6,8 @@
 - The writers: ``export_dns.py`` (rpz, unbound, dnsmasq, hosts, domains; ``rpz_records`` for the RPZ feed) and
   ``export_filters.py`` (adblock, squid, nftables); what they all see of the policy: ``export_view.py``.
 
-Precedence (CONTRACT): the most specific rule wins, at equal specificity allow wins. Where a target cannot express a
-nuance (an exact host in dnsmasq, suffixes in a hosts file) the header says what it does instead.
+Precedence (blocklists/README.md): the most specific rule wins, at equal specificity allow wins. Where a target
+cannot express a nuance (an exact host in dnsmasq, suffixes in a hosts file) the header says what it does instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Domain-name normalisation shared by the blocklist parser, the matcher and both front-ends.
 
 A name is compared in one canonical form: lower case, no trailing dot, internationalised labels as their
-A-label (punycode) form. ``normalize_name`` validates and raises ``NameError_`` with a reason;
+A-label (punycode) form. ``normalize_name`` validates and raises ``InvalidName`` with a reason;
 ``fast_key`` is the hot-path variant for names already known to be ASCII (DNS wire names, HTTP hosts).
 """
 
