@@ -6,8 +6,6 @@ a traceback or an OverflowError; both go through the one parser, ``report.parse_
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +14,8 @@ from typing import Any
 import pytest
 
 from enforcer.analyst.web import Analyst, AnalystSettings, build_app
-from enforcer.cli import main
 from tests.analyst.analyst_helpers import generate, write_events
-from tests.conftest import BLOCKLISTS, ROOT
+from tests.conftest import BLOCKLISTS, ROOT, run_cli
 
 BAD_TIMES = {
     "year-1": {"since": "0001-01-01"},
@@ -126,21 +123,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _cli_in_process(*args: str) -> subprocess.CompletedProcess[str]:
-    """``enforcer report`` through the same ``enforcer.cli.main`` the console script runs, without an interpreter
-    start per case (an exception would fail the test here instead of printing a traceback)."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["report", "--blocklist", str(BLOCKLISTS), *args]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return subprocess.CompletedProcess(argv, rc, out.getvalue(), err.getvalue())
-
-
 def test_bad_times_are_one_line_and_exit_1_in_the_cli(tmp_path: Path, policy) -> None:
     write_events(tmp_path / "ev.jsonl", generate(policy, 20, seed=52))
     for case, params in BAD_TIMES.items():
         args = [f"--{k}={v}" for k, v in params.items()]
-        out = _cli_in_process("--events", str(tmp_path / "ev.jsonl"), *args)
+        out = run_cli("report", "--blocklist", str(BLOCKLISTS), "--events", str(tmp_path / "ev.jsonl"), *args)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1 and len(lines) == 1, (case, out.stderr[-1500:])
         assert lines[0].startswith(("report: since:", "report: until")), (case, lines[0])

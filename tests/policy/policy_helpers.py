@@ -1,18 +1,15 @@
 """Helpers for the policy tests (imported as ``tests.policy.policy_helpers``): the shipped policy loaded once, small
-blocklists written to a tmp folder, and the ``enforcer`` CLI run as a real subprocess (``enforcer``) or through the
-same ``enforcer.cli.main`` in this process (``enforcer_in_process``: no interpreter start per call)."""
+blocklists written to a tmp folder, and the ``enforcer`` CLI run as a real subprocess (``enforcer``; the in-process
+run is ``tests.conftest.run_cli``)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from enforcer.cli import main
 from enforcer.policy import Policy, load_policy
 from tests.conftest import BLOCKLISTS, ROOT
 
@@ -52,15 +49,3 @@ def enforcer(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
         cwd=ROOT,
         check=False,
     )
-
-
-def enforcer_in_process(*args: str) -> subprocess.CompletedProcess[str]:
-    """``enforcer ARGS`` through ``enforcer.cli.main`` here, captured like ``enforcer`` (argparse exits give their code;
-    any other exception fails the calling test instead of printing a traceback)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(args))
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())

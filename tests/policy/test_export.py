@@ -12,8 +12,9 @@ from enforcer.policy import load_policy
 from enforcer.policy.export import FORMATS, export_policy, rpz_ip_trigger
 from enforcer.policy.export_filters import effective_ranges
 from enforcer.policy.modes import parse_mode
+from tests.conftest import run_cli
 from tests.policy.export_fixture import build
-from tests.policy.policy_helpers import app_yaml, enforcer, enforcer_in_process, write
+from tests.policy.policy_helpers import app_yaml, enforcer, write
 
 
 def _body(text: str, comment: str = "#") -> list[str]:
@@ -191,12 +192,12 @@ def test_cli_export_to_file_and_errors(tmp_path: Path) -> None:
     proc = enforcer("export", "--format", "rpz", "--blocklist", str(policy_dir), "--zone", "rpz.test.", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "$ORIGIN rpz.test." in out.read_text()
-    proc = enforcer_in_process("export", "--format", "dnsmasq", "--mode", "nodata", "--blocklist", str(policy_dir))
+    proc = run_cli("export", "--format", "dnsmasq", "--mode", "nodata", "--blocklist", str(policy_dir))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "export: mode 'nodata' is not supported by the dnsmasq format (use one of: nxdomain, null, ip)"
     ]
-    proc = enforcer_in_process("export", "--format", "nope")
+    proc = run_cli("export", "--format", "nope")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 

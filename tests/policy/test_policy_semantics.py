@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from enforcer.policy import load_policy
-from tests.policy.policy_helpers import app_yaml, enforcer, enforcer_in_process, write
+from tests.conftest import run_cli
+from tests.policy.policy_helpers import app_yaml, enforcer, write
 
 PRECEDENCE = """\
 block:
@@ -99,7 +100,7 @@ def test_enforced_from_effective_midnight_toronto(tmp_path: Path) -> None:
     assert m.enforced(datetime(2024, 1, 1, tzinfo=UTC), ipaddress.ip_address("10.98.0.7"))
 
     def lookup(*extra: str) -> dict[str, object]:
-        proc = enforcer_in_process("lookup", "--blocklist", str(path), *extra, "blocked.example")
+        proc = run_cli("lookup", "--blocklist", str(path), *extra, "blocked.example")
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
