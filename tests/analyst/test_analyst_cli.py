@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BLOCKLISTS, ROOT, free_port
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,15 +51,16 @@ def test_serves_and_stops_cleanly(tmp_path: Path) -> None:
         cwd=ROOT, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def scrape() -> str | None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-                    text = resp.read().decode()
-                break
+                    return str(resp.read().decode())
             except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)
+                assert proc.poll() is None
+                return None
+
+        text = eventually(scrape, timeout=20, interval=0.2, message="analyst did not serve /metrics")
         names = {f.name for f in text_string_to_metric_families(text)}
         assert {"enforcer_noncompliant_clients", "enforcer_analyst_events_ingested"} <= names
         with pytest.raises(urllib.error.HTTPError) as info:

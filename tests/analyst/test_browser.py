@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ import pytest
 
 from enforcer.events import HitEvent
 from tests.analyst.analyst_helpers import HOSTILE, expected_device, expected_report, generate, write_events
-from tests.conftest import BLOCKLISTS, ROOT, free_port, require_tool
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
 
 pytestmark = pytest.mark.e2e
 TOKEN = "browser-test-token-7f3a9c"
@@ -80,16 +79,15 @@ def analyst(tmp_path: Path, dataset: tuple[list[HitEvent], Path], inventory_file
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def ingested_all() -> bool:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             try:
-                if _get(f"{url}/healthz")["ingested"] == len(events):
-                    break
+                return bool(_get(f"{url}/healthz")["ingested"] == len(events))
             except OSError:
-                pass
-            assert time.monotonic() < deadline, "analyst did not ingest the events in 30 s"
-            time.sleep(0.2)
+                return False
+
+        eventually(ingested_all, timeout=30, interval=0.2, message="analyst did not ingest the events")
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from enforcer.analyst.formats import csv_cell
 from enforcer.analyst.web import Analyst, AnalystSettings, build_app
 from tests.analyst.analyst_helpers import generate, write_events
-from tests.conftest import BLOCKLISTS, ROOT, free_port
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port
 
 TOKEN = "host-test-token-0123456789"
 PATHS = ("/api/events", "/api/report", "/api/report.csv", "/", "/metrics", "/healthz")
@@ -159,17 +158,19 @@ def test_real_process_refuses_rebinding_and_counts_it(tmp_path: Path, policy) ->
         cwd=ROOT, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def healthy() -> bool:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/healthz")
                 if conn.getresponse().status == 200:
-                    break
+                    return True
             except OSError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+            assert proc.poll() is None
+            return False
+
+        eventually(healthy, timeout=20, interval=0.2, message="analyst did not answer /healthz")
         # What a browser sends after attacker.example was rebound to 127.0.0.1.
         assert _raw_get(port, f"GET /api/events HTTP/1.1\r\nHost: attacker.example:{port}\r\n\r\n".encode()) == 403
         # Two Host headers: refused even when one is right.

@@ -17,6 +17,7 @@ from enforcer.analyst.report import enforcement_of
 from enforcer.analyst.store import Filters, Store
 from enforcer.events import EventWriter
 from tests.analyst.analyst_helpers import expected_report, generate, write_events
+from tests.conftest import eventually
 
 
 def _stored_ids(db: Path) -> list[str]:
@@ -183,9 +184,7 @@ def test_live_follow_while_the_writer_rotates(tmp_path: Path, policy) -> None:
                 time.sleep(0.002)  # small batches: many rotations during the run
         writer.close()
         assert writer.dropped == 0
-        deadline = time.monotonic() + 30
-        while ing.ingested < len(events) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: ing.ingested >= len(events), timeout=30, message=lambda: f"ingested {ing.ingested}")
     finally:
         ing.stop()
     assert len(list(tmp_path.glob("events.jsonl.*"))) > 20
@@ -198,7 +197,6 @@ def test_live_follow_while_the_writer_rotates(tmp_path: Path, policy) -> None:
 def test_parser_process_death_is_survived(tmp_path: Path, policy, caplog: pytest.LogCaptureFixture) -> None:
     import os
     import signal
-    import time
 
     events = generate(policy, 600, seed=17)
     path = tmp_path / "events.jsonl"
@@ -207,18 +205,14 @@ def test_parser_process_death_is_survived(tmp_path: Path, policy, caplog: pytest
     ing.start()
     try:
         write_events(path, events[:300])
-        deadline = time.monotonic() + 30
-        while ing.ingested < 300 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: ing.ingested >= 300, timeout=30, message=lambda: f"ingested {ing.ingested}")
         assert ing.ingested == 300
         pids = list(ing._parser._processes)  # type: ignore[attr-defined]
         assert pids
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         write_events(path, events[300:])
-        deadline = time.monotonic() + 30
-        while ing.ingested < 600 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: ing.ingested >= 600, timeout=30, message=lambda: f"ingested {ing.ingested}")
     finally:
         ing.stop()
     assert ing.ingested == 600

@@ -12,16 +12,16 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
 import httpx
 import pytest
 
-from tests.conftest import BLOCKLISTS, ROOT, free_port
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port
 from tests.proxy.origins import CatchAllProxy, OriginThread, TlsOrigin, make_cert
 from tests.proxy.test_e2e import start_proxy, stop_proxy
 
@@ -56,14 +56,18 @@ def test_report_and_analyst_count_resolver_and_proxy_blocks(tmp_path: Path) -> N
     )  # fmt: skip
     sent = {"wechat": 0, "kaspersky": 0}
     try:
-        deadline = time.monotonic() + 20
-        while True:  # wait until the resolver answers
+
+        def answers() -> bool:
             try:
                 dns.query.udp(dns.message.make_query("kaspersky.com", "A"), "127.0.0.1", port=port, timeout=0.5)
-                sent["kaspersky"] += 1
-                break
             except (OSError, dns.exception.Timeout):
-                assert resolver.poll() is None and time.monotonic() < deadline, "resolver did not start"
+                assert resolver.poll() is None, "resolver did not start"
+                return False
+            sent["kaspersky"] += 1
+            return True
+
+        # The 0.5 s query timeout is the pause between tries, as before.
+        eventually(answers, timeout=20, interval=0, message="resolver did not start")
         for i in range(60):
             name = list(QUERIES)[i % len(QUERIES)]
             reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=2)
@@ -114,17 +118,19 @@ def test_report_and_analyst_count_resolver_and_proxy_blocks(tmp_path: Path) -> N
          str(tmp_path / "a.sqlite"), "--blocklist", str(BLOCKLISTS)]
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def report() -> dict[str, Any] | None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/report", timeout=2) as resp:
-                    api = json.loads(resp.read())
+                    api: dict[str, Any] = json.loads(resp.read())
                 if sum(a["attempts"] for a in api["apps"]) == sum(sent.values()):
-                    break
+                    return api
             except OSError:
                 pass
-            assert analyst.poll() is None and time.monotonic() < deadline, "analyst did not ingest the events"
-            time.sleep(0.2)
+            assert analyst.poll() is None, "analyst did not ingest the events"
+            return None
+
+        api = eventually(report, timeout=20, interval=0.2, message="analyst did not ingest the events")
     finally:
         out = _stop(analyst)
     assert analyst.returncode == 0, out

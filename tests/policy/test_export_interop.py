@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 
 from enforcer.policy import Policy, load_policy
 from enforcer.policy.export import export_policy
-from tests.conftest import BLOCKLISTS, free_port, require_tool
+from tests.conftest import BLOCKLISTS, eventually, free_port, require_tool
 from tests.dns.fakeupstream import FakeUpstream
 from tests.policy.export_fixture import BLOCKED, NOT_BLOCKED, build
 from tests.policy.policy_helpers import app_yaml, shipped, write
@@ -195,18 +194,18 @@ def _ask(port: int, name: str, rdtype: str = "A", timeout: float = 2.0) -> dns.m
 def _serving(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 15
-        while True:
+
+        def answers() -> bool:
             if proc.poll() is not None:
                 out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
                 pytest.fail(f"{cmd[0]} exited with {proc.returncode}: {out[-2000:]}")
             try:
                 _ask(port, "probe.invalid", timeout=0.3)
-                break
             except Exception:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{cmd[0]} did not answer on 127.0.0.1:{port} within 15 s")
-                time.sleep(0.1)
+                return False
+            return True
+
+        eventually(answers, timeout=15, interval=0.1, message=f"{cmd[0]} did not answer on 127.0.0.1:{port}")
         yield proc
     finally:
         proc.terminate()
