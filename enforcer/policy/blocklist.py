@@ -86,6 +86,45 @@ def _expand_paths(paths: Iterable[str | Path], problems: list[Problem]) -> list[
     return files
 
 
+# PyYAML's (context, problem) texts -> a short message and which mark to show: the context's (where the unclosed
+# thing began, e.g. the opening quote) or the problem's (where the parser gave up). The first entry that matches wins.
+_YAML_MESSAGES: tuple[tuple[str, str, str, bool], ...] = (
+    ("while scanning a quoted scalar", "", "unterminated quoted string", True),
+    ("while parsing a flow sequence", "", "unclosed '[' (expected ',' or ']')", True),
+    ("while parsing a flow mapping", "", "unclosed '{' (expected ',' or '}')", True),
+    ("", "mapping values are not allowed here", "mapping values are not allowed here", False),
+    ("", "expected <block end>", "bad indentation", False),
+    (
+        "",
+        "that cannot start any token",
+        "character that cannot start any YAML token (a tab? indent with spaces)",
+        False,
+    ),
+    ("while scanning an alias", "", "undefined or malformed alias", False),
+    ("", "found undefined alias", "undefined alias", False),
+    ("while scanning a simple key", "could not find expected ':'", "a line without ':' inside a mapping", False),
+)
+
+
+def yaml_error_location(exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
+    """(line, column, short message) for one PyYAML error, 1-based."""
+    context, problem = exc.context or "", exc.problem or ""
+    for ctx, prob, short, at_context in _YAML_MESSAGES:
+        if (not ctx or context.startswith(ctx)) and (not prob or prob in problem):
+            mark = (exc.context_mark if at_context else exc.problem_mark) or exc.problem_mark or exc.context_mark
+            message = short
+            break
+    else:
+        mark = exc.problem_mark or exc.context_mark
+        message = problem or context or "invalid YAML"
+        if problem and context and exc.context_mark is not None:
+            # "found unexpected end of stream" alone hides where the unclosed thing began.
+            cm = exc.context_mark
+            message += f" ({context} at line {cm.line + 1}, column {cm.column + 1})"
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return line, col, message
+
+
 # -- YAML node helpers --------------------------------------------------------------------------------------------
 
 
@@ -143,13 +182,7 @@ class _FileParser(NodeReader):
             self.fail("YAML syntax error: nesting too deep")
             return None
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            what = exc.problem or exc.context or "invalid YAML"
-            if exc.problem and exc.context and exc.context_mark is not None and exc.context_mark is not mark:
-                # "found unexpected end of stream" alone hides where the unclosed thing began.
-                cm = exc.context_mark
-                what += f" ({exc.context} at line {cm.line + 1}, column {cm.column + 1})"
+            line, col, what = yaml_error_location(exc)
             self.fail(f"YAML syntax error: {what}", line, col)
             return None
         except yaml.YAMLError as exc:

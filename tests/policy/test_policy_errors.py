@@ -20,18 +20,33 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
     (
         "yaml-unterminated-quote",
         {"t.yaml": H + 'block:\n  - domain: "unterminated\n'},
-        [
-            "t.yaml:6:1: YAML syntax error: found unexpected end of stream (while scanning a quoted scalar at line 5, "
-            "column 13)"
-        ],
+        ["t.yaml:5:13: YAML syntax error: unterminated quoted string"],
+    ),
+    (
+        # Lines after the open quote used to move the location to where the file ended (63:14 for a quote on 61).
+        "yaml-unterminated-quote-mid-file",
+        {"t.yaml": H + 'block:\n  - domain: "a.example\n    category: web\n  - domain: b.example\n    category: web\n'},
+        ["t.yaml:5:13: YAML syntax error: unterminated quoted string"],
+    ),
+    (
+        "yaml-mapping-values",
+        {"t.yaml": H + "block:\n  - domain: a.example: b\n    category: web\n"},
+        ["t.yaml:5:22: YAML syntax error: mapping values are not allowed here"],
+    ),
+    (
+        "yaml-unclosed-flow-sequence",
+        {"t.yaml": H + "exempt_clients: [10.0.0.1, 10.0.0.2\nblock:\n  - domain: a.example\n    category: web\n"},
+        ["t.yaml:4:17: YAML syntax error: unclosed '[' (expected ',' or ']')"],
+    ),
+    (
+        "yaml-tab-indent",
+        {"t.yaml": H + "block:\n\t- domain: a.example\n"},
+        ["t.yaml:5:1: YAML syntax error: character that cannot start any YAML token (a tab? indent with spaces)"],
     ),
     (
         "yaml-bad-indent",
         {"t.yaml": H + "block:\n  - domain: a.example\n   category: web\n"},
-        [
-            "t.yaml:6:4: YAML syntax error: expected <block end>, but found '<block mapping start>' (while parsing a "
-            "block collection at line 5, column 3)"
-        ],
+        ["t.yaml:6:4: YAML syntax error: bad indentation"],
     ),
     (
         "unknown-keys",
