@@ -96,3 +96,25 @@ def test_broken_blocklist_through_lookup_and_export(tmp_path: Path) -> None:
         assert proc.stderr.splitlines() == [
             f"{bad}:3:14: 'effective' must be a date (2023-10-30) or an RFC 3339 timestamp, got '2023-02-30'"
         ]
+
+
+def test_lookup_says_when_url_rules_exist_for_a_host(tmp_path: Path) -> None:
+    bl = tmp_path / "t.yaml"
+    bl.write_text(
+        "app: t\npolicy:\n  effective: 2023-10-30\nblock:\n"
+        '  - url: "dl.example/app/*"\n    category: download\n'
+        '  - url: "*.cdn.example/pkg/*"\n    category: update\n'
+    )
+    queries = ["dl.example", "DL.Example.", "a.cdn.example", "other.example", "cdn-x.example"]
+    proc = enforcer("lookup", "--blocklist", str(bl), *queries)
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(x) for x in proc.stdout.splitlines()]
+    base = {"verdict": "none", "app": None, "category": None, "rule": None, "source": None, "enforced": False}
+    for o, q in zip(out, queries, strict=True):
+        # Every old key keeps its value: only new keys are added.
+        assert {k: o[k] for k in base} == base and o["query"] == q and o["kind"] == "domain"
+    assert [o.get("url_rules", False) for o in out] == [True, True, True, False, False]
+    assert all("proxy judges" in o["note"] for o in out[:3]) and all("note" not in o for o in out[3:])
+    # The shipped list: the case from the issue.
+    shipped = json.loads(enforcer("lookup", "dldir1.qq.com").stdout)
+    assert shipped["verdict"] == "none" and shipped["url_rules"] is True

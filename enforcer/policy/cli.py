@@ -190,6 +190,11 @@ def run_lookup(args: argparse.Namespace) -> int:
                 source=match.rule.source,
                 enforced=match.enforced(at, client),
             )
+        if kind == "domain" and policy.has_url_rules(query.rstrip(".").lower()):
+            # A name-level "none" for a shared host (dldir1.qq.com) reads as "allowed" although the proxy blocks
+            # some of its paths: say so, with new keys only, the old ones are a contract.
+            out["url_rules"] = True
+            out["note"] = "URL rules exist for this host: the proxy judges each request path (look up a URL)"
         print(json.dumps(out, ensure_ascii=False))
     return status
 
