@@ -27,6 +27,7 @@ from typing import Any
 from .config import ConfigError, ReplaceAppend, default_blocklist
 from .healthcheck import probe_dns
 from .net import format_host_port, split_host_port
+from .proxy.cli import default_confdir
 
 DEFAULTS = {
     "data_dir": "var",
@@ -125,7 +126,7 @@ def _plan_proxy(args: argparse.Namespace, argv: list[str], info: dict[str, Any])
     listen = _pick(args.proxy_listen, px, "listen", DEFAULTS["proxy_listen"])
     metrics = _pick(args.proxy_metrics, px, "metrics", DEFAULTS["proxy_metrics"])
     ev = _pick(None, px, "events", str(Path(info["events"]) / "proxy.jsonl"))
-    confdir = _pick(None, px, "confdir", str(Path(info["data"]) / "mitmproxy"))
+    confdir = _pick(None, px, "confdir", default_confdir(info["data"]))
     argv = [*argv, "--listen", listen, "--events", ev, "--metrics", metrics, "--confdir", confdir]
     host, port = split_host_port(listen)
     info.update(proxy=listen, proxy_metrics=metrics, proxy_events=ev, ca=str(Path(confdir) / "mitmproxy-ca-cert.pem"))

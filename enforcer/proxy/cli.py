@@ -1,11 +1,13 @@
 """``enforcer proxy``: check the flags, then run mitmdump with the enforcer addon and wait for it.
 
-- ``add_arguments``: ``--listen``, ``--blocklist`` (repeatable), ``--events``, ``--metrics``, ``--confdir``; anything
-  after ``--`` is handed to mitmdump unchanged.
+- ``add_arguments``: ``--listen``, ``--blocklist`` (repeatable), ``--events``, ``--metrics``, ``--confdir``,
+  ``--addon-path``; anything after ``--`` is handed to mitmdump unchanged.
+- ``default_confdir``: the one mitmproxy CA directory default, shared with ``serve`` so a host has one CA.
 - ``mitmdump_command``: the exact argv (lazy connections so nothing upstream is contacted before the addon decides,
   ``flow_detail=0`` so the console carries the addon's and mitmproxy's messages, not one line per flow).
 - ``run``: validates the policy first (one ``PATH:LINE:COL`` line per problem, exit 1), then starts mitmdump as a
-  child, forwards SIGINT/SIGTERM/SIGHUP to it and returns its exit code.
+  child, forwards SIGINT/SIGTERM/SIGHUP to it and returns its exit code. ``--addon-path`` prints ``ADDON_PATH``
+  (for ``mitmdump -s`` in an operator's own mitmproxy, without activating the venv) and exits 0.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from enforcer.config import ConfigError, ReplaceAppend, default_blocklist
 
 ADDON_PATH = Path(__file__).resolve().with_name("addon.py")
 DEFAULT_LISTEN = "127.0.0.1:8080"
+CA_CERT_NAME = "mitmproxy-ca-cert.pem"
+
+
+def default_confdir(data_dir: str | Path = "var") -> str:
+    """``<data dir>/mitmproxy``: ``proxy`` and ``serve`` both default here, so clients trust one CA per host."""
+    return str(Path(data_dir) / "mitmproxy")
 
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
@@ -38,9 +46,12 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     parser.add_argument(
         "--confdir",
-        default=str(Path("~/.mitmproxy").expanduser()),
+        default=default_confdir(),
         metavar="DIR",
         help="mitmproxy configuration and CA directory (%(default)s)",
+    )
+    parser.add_argument(
+        "--addon-path", action="store_true", help="print the addon file's path (for mitmdump -s) and exit"
     )
     parser.add_argument("mitmdump_args", nargs="*", metavar="-- MITMDUMP_ARGS", help="passed to mitmdump as is")
 
@@ -92,6 +103,9 @@ def mitmdump_command(args: argparse.Namespace) -> list[str]:
 def run(command: str, args: argparse.Namespace) -> int:
     from enforcer.policy import PolicyError, load_policy
 
+    if args.addon_path:
+        print(ADDON_PATH)
+        return 0
     for p in args.blocklist:
         if not Path(p).exists():
             print(f"{p}: no such file or directory", file=sys.stderr)
@@ -107,6 +121,7 @@ def run(command: str, args: argparse.Namespace) -> int:
     if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
         print(f"cannot find mitmdump ({cmd[0]}): install mitmproxy", file=sys.stderr)
         return 1
+    print(f"mitmproxy CA: {Path(args.confdir).expanduser().resolve() / CA_CERT_NAME}", file=sys.stderr, flush=True)
     child = subprocess.Popen(cmd)
 
     def forward(signum: int, _frame: object) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from enforcer.cli import main
-from enforcer.proxy.cli import ADDON_PATH, add_arguments, mitmdump_command
+from enforcer.proxy.cli import ADDON_PATH, CA_CERT_NAME, add_arguments, default_confdir, mitmdump_command
 from tests.conftest import BLOCKLISTS, ROOT
 
 
@@ -40,7 +40,72 @@ def test_mitmdump_command_is_lazy_quiet_and_passes_extra_args(tmp_path: Path) ->
 def test_defaults() -> None:
     args = parse([])
     assert args.listen == "127.0.0.1:8080" and args.events is None and args.metrics is None
-    assert args.confdir.endswith(".mitmproxy")
+    assert args.confdir == str(Path("var") / "mitmproxy") and args.addon_path is False
+
+
+@pytest.mark.parametrize("data_dir", [None, "elsewhere"])
+def test_proxy_and_serve_share_one_confdir_default(tmp_path: Path, data_dir: str | None) -> None:
+    """One CA per host: ``serve``'s proxy child and a bare ``enforcer proxy`` default to the same directory."""
+    from enforcer.cli import build_parser
+    from enforcer.serve import plan
+
+    parser, _ = build_parser()
+    args = parser.parse_args(["serve", *(["--data-dir", data_dir] if data_dir else [])])
+    children, info = plan(args)
+    proxy_argv = next(c for c in children if c.name == "proxy").argv
+    served = proxy_argv[proxy_argv.index("--confdir") + 1]
+    if data_dir is None:
+        assert served == parse([]).confdir == default_confdir()
+    else:
+        assert served == default_confdir(data_dir) == str(Path(data_dir) / "mitmproxy")
+    assert info["ca"] == str(Path(served) / CA_CERT_NAME)
+
+
+@pytest.mark.parametrize("confdir", [None, "custom-ca", "absolute"])
+def test_proxy_prints_the_ca_path_at_start(tmp_path: Path, confdir: str | None) -> None:
+    # mitmdump rejects the unknown flag and exits at once: the line must come before mitmdump starts.
+    if confdir == "absolute":
+        confdir = str(tmp_path / "abs-ca")
+    flags = ["--confdir", confdir] if confdir else []
+    out = subprocess.run(
+        [sys.executable, "-m", "enforcer", "proxy", "--blocklist", str(BLOCKLISTS), "--listen", "127.0.0.1:1", *flags,
+         "--", "--no-such-mitmdump-flag"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode != 0
+    expected = Path(confdir).expanduser() if confdir else Path("var") / "mitmproxy"
+    if not expected.is_absolute():
+        expected = tmp_path / expected
+    assert f"mitmproxy CA: {expected / CA_CERT_NAME}\n" in out.stderr, out.stderr
+
+
+def test_addon_path_prints_a_file_mitmdump_loads(tmp_path: Path) -> None:
+    """``enforcer proxy --addon-path`` (no venv activation needed) names the addon; ``mitmdump -s`` it serves."""
+    from tests.conftest import free_port
+    from tests.proxy.test_e2e import stop_proxy, wait_port
+
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("enforcer")), "proxy", "--addon-path"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    path = Path(out.stdout.strip())
+    assert out.stdout == f"{path}\n" and path.is_absolute() and path.is_file() and path == ADDON_PATH
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path / "mitmdump.log"
+    cmd = [str(Path(sys.executable).with_name("mitmdump")), "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    cmd += ["--set", f"confdir={tmp_path / 'confdir'}", "--set", "connection_strategy=lazy", "-s", str(path)]
+    cmd += ["--set", f"enforcer_blocklist={BLOCKLISTS}", "--set", f"enforcer_metrics=127.0.0.1:{metrics_port}"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_port(metrics_port, proc, log)  # only the loaded addon serves this port
+        import httpx
+
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "enforcer_policy_rules" in metrics, metrics[-2000:]
+    finally:
+        stop_proxy(proc)
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
