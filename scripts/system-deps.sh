@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: export interop (named-checkzone, unbound-checkconf, dnsmasq, squid),
 # the DNS benchmark peer (dnsperf, dnsmasq), Prometheus (promtool and the server), the browser test (chromium,
-# chromedriver), network namespaces (iproute2), nft for the nftables export, rsyslog (the SIEM shipper config).
+# chromedriver), network namespaces (iproute2), nft for the nftables export, rsyslog (the SIEM shipper config), and dig
+# (bind9-dnsutils), which the `serve` summary tells users to try.
 # Installed only when one is missing.
 set -euo pipefail
-packages=(bind9-utils bind9 unbound dnsmasq-base squid dnsperf prometheus chromium chromium-driver iproute2 nftables curl rsyslog rsyslog-elasticsearch)
-tools=(named-checkzone named unbound-checkconf unbound dnsmasq squid dnsperf promtool prometheus chromium chromedriver ip nft curl rsyslogd)
+packages=(bind9-utils bind9 unbound dnsmasq-base squid dnsperf prometheus chromium chromium-driver iproute2 nftables curl rsyslog rsyslog-elasticsearch bind9-dnsutils)
+tools=(named-checkzone named unbound-checkconf unbound dnsmasq squid dnsperf promtool prometheus chromium chromedriver ip nft curl rsyslogd dig)
 missing=()
 for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || missing+=("$t")
