@@ -5,7 +5,8 @@
   line per problem for a bad blocklist, inventory, time bound, a missing events path, or an event file that is not
   a regular file or is over ``--max-file-size``.
 - ``run("analyst", args)``: serve until SIGINT/SIGTERM (``web.start_analyst``); exit 1 for a non-loopback
-  ``--listen`` without ``--token-file``, an unreadable or empty token file, a bad inventory or blocklist.
+  ``--listen`` without ``--token-file``, a missing (without ``--create-token``), unreadable or empty token file, a
+  bad inventory or blocklist.
   ``--allowed-host`` names join the Host header allow-list (``hostcheck.host_allowed``).
 """
 
@@ -71,6 +72,11 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             "--token-file",
             metavar="FILE",
             help="file holding the bearer token for / and /api/* (required to listen beyond loopback)",
+        )
+        parser.add_argument(
+            "--create-token",
+            action="store_true",
+            help="if --token-file is missing, create it (mode 0600) with a new random token and print the token once",
         )
         parser.add_argument(
             "--db", default="var/analyst.sqlite", metavar="PATH", help="SQLite event store (default: %(default)s)"
@@ -160,9 +166,33 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_token(path: str | None) -> str | None:
+def _create_token(path: Path) -> None:
+    import secrets
+
+    token = secrets.token_urlsafe(24)
+    try:
+        # O_EXCL: never overwrite a token another process created meanwhile; 0600 from the start, not after a chmod.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"analyst: cannot create --token-file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    print(f"analyst: created --token-file {path} (mode 0600); token: {token}", file=sys.stderr, flush=True)
+
+
+def _read_token(path: str | None, create: bool = False) -> str | None:
     if not path:
+        if create:
+            raise ConfigError("analyst: --create-token needs --token-file FILE (where to write the token)")
         return None
+    if create:
+        _create_token(Path(path))
+    elif not Path(path).exists():
+        raise ConfigError(
+            f"analyst: --token-file {path} does not exist (give --create-token to create it with a new random token)"
+        )
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -194,7 +224,7 @@ def run_analyst(args: argparse.Namespace) -> int:
         listen=args.listen,
         events=_flatten(args.events),
         inventory=args.inventory,
-        token=_read_token(args.token_file),
+        token=_read_token(args.token_file, args.create_token),
         db=args.db,
         blocklist=_flatten(args.blocklist),
         poll_interval=float(args.poll_interval),

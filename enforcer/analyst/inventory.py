@@ -1,8 +1,9 @@
 """Device inventory: a CSV ``cidr,device,owner,unit`` that maps client addresses to devices.
 
 - ``Device``: one inventory row (the network it covers, device, owner, unit).
-- ``Inventory.load(path)``: parse and validate the CSV (an optional header line ``cidr,...`` is skipped); a bad row
-  raises ``ConfigError`` with ``PATH:LINE: message``.
+- ``Inventory.load(path)``: parse and validate the CSV (an optional header line ``cidr,...`` is skipped; a first row
+  that is not a CIDR gets a message naming the expected header); a bad row raises ``ConfigError`` with
+  ``PATH:LINE: message``.
 - ``Inventory.lookup(ip)``: longest-prefix match (the most specific CIDR wins; nested ranges are fine), IPv4 and IPv6;
   an IPv4-mapped IPv6 client (``::ffff:10.1.2.3``) matches IPv4 rows. Results are memoised in a bounded cache.
 
@@ -21,6 +22,7 @@ from ..config import ConfigError
 from ..net import NetworkMap, peer_address
 
 _CACHE_MAX = 100_000
+_HEADER = "cidr,device,owner,unit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,11 @@ class Inventory:
             try:
                 net = ipaddress.ip_network(cidr, strict=False)
             except ValueError:
+                if lineno == 1:
+                    # A first row that is not an address is almost always a header with other column names.
+                    raise ConfigError(
+                        f"{path}:1: invalid CIDR {cidr!r}: the header, if any, must be {_HEADER}"
+                    ) from None
                 raise ConfigError(f"{path}:{lineno}: invalid CIDR {cidr!r}") from None
             device, owner, unit = ([f.strip() for f in fields[1:]] + ["", "", ""])[:3]
             if not device:

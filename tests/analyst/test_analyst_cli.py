@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, run_cli
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,3 +80,43 @@ def test_bad_blocklist_is_one_line_per_problem(tmp_path: Path) -> None:
     out = _run("--blocklist", str(bad), "--db", str(tmp_path / "a.sqlite"), "--listen", "127.0.0.1:0")
     assert out.returncode == 1
     assert all(line.startswith(f"{bad}:") for line in out.stderr.strip().splitlines()), out.stderr
+
+
+def test_missing_token_file_names_the_file_and_create_token(tmp_path: Path) -> None:
+    for missing in (tmp_path / "token", tmp_path / "no-such-dir" / "token"):
+        out = _run("--token-file", str(missing), "--db", str(tmp_path / "a.sqlite"))
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and len(lines) == 1, out.stderr
+        assert str(missing) in lines[0] and "--create-token" in lines[0] and "No such file" not in lines[0]
+        assert not missing.exists()
+
+
+def test_create_token_writes_0600_once_then_reuses(tmp_path: Path) -> None:
+    # A bad inventory stops the analyst after the token is handled, so no server has to be stopped.
+    (tmp_path / "inv.csv").write_text("not-a-cidr,x,y,z\n", encoding="utf-8")
+    token_file = tmp_path / "analyst.token"
+    common = ("--token-file", str(token_file), "--create-token", "--inventory", str(tmp_path / "inv.csv"))
+    first = _run(*common, "--db", str(tmp_path / "a.sqlite"), "--listen", "127.0.0.1:0")
+    assert first.returncode == 1 and "inv.csv:1: invalid CIDR" in first.stderr
+    token = token_file.read_text(encoding="utf-8").strip()
+    assert len(token) >= 24 and token_file.stat().st_mode & 0o777 == 0o600
+    created = [line for line in first.stderr.splitlines() if token in line]
+    assert len(created) == 1 and str(token_file) in created[0]
+    second = _run(*common, "--db", str(tmp_path / "a.sqlite"), "--listen", "127.0.0.1:0")
+    assert second.returncode == 1 and token not in second.stderr + second.stdout
+    assert token_file.read_text(encoding="utf-8").strip() == token  # reused, not replaced
+    out = _run("--create-token", "--db", str(tmp_path / "a.sqlite"))
+    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and "--token-file" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "first"),
+    [("ip,device,owner,unit", "ip"), ("network,name,owner,unit", "network"), ("address", "address")],
+)
+def test_wrong_inventory_header_names_the_expected_one(header: str, first: str, tmp_path: Path) -> None:
+    inv = tmp_path / "bad2.csv"
+    inv.write_text(f"{header}\n10.0.0.0/8,dev,o,u\n", encoding="utf-8")
+    out = run_cli("report", "--inventory", str(inv), "--events", str(tmp_path))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"{inv}:1: ") and repr(first) in lines[0] and "cidr,device,owner,unit" in lines[0]
