@@ -43,13 +43,19 @@ STOP_TIMEOUT = 15.0
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="events, analyst DB, CA and token (default: var/)")
-    p.add_argument("--blocklist", help="blocklist file or folder shared by all (default: blocklists/)")
-    p.add_argument("--dns-listen", help=f"resolver address (default {DEFAULTS['dns_listen']})")
+    p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder shared by all (default: blocklists/)")
+    p.add_argument("--dns-listen", metavar="HOST:PORT", help=f"resolver address (default: {DEFAULTS['dns_listen']})")
     p.add_argument("--upstream", action=ReplaceAppend, help="resolver upstream (repeatable; default: /etc/resolv.conf)")
-    p.add_argument("--dns-metrics", help=f"resolver /metrics address (default {DEFAULTS['dns_metrics']})")
-    p.add_argument("--proxy-listen", help=f"proxy address (default {DEFAULTS['proxy_listen']})")
-    p.add_argument("--proxy-metrics", help=f"proxy /metrics address (default {DEFAULTS['proxy_metrics']})")
-    p.add_argument("--analyst-listen", help=f"analyst address (default {DEFAULTS['analyst_listen']})")
+    p.add_argument(
+        "--dns-metrics", metavar="HOST:PORT", help=f"resolver /metrics address (default: {DEFAULTS['dns_metrics']})"
+    )
+    p.add_argument("--proxy-listen", metavar="HOST:PORT", help=f"proxy address (default: {DEFAULTS['proxy_listen']})")
+    p.add_argument(
+        "--proxy-metrics", metavar="HOST:PORT", help=f"proxy /metrics address (default: {DEFAULTS['proxy_metrics']})"
+    )
+    p.add_argument(
+        "--analyst-listen", metavar="HOST:PORT", help=f"analyst address (default: {DEFAULTS['analyst_listen']})"
+    )
     p.add_argument("--no-dns", action="store_true", help="do not start the resolver")
     p.add_argument("--no-proxy", action="store_true", help="do not start the proxy")
     p.add_argument("--no-analyst", action="store_true", help="do not start the analyst")

@@ -118,3 +118,32 @@ def test_lookup_says_when_url_rules_exist_for_a_host(tmp_path: Path) -> None:
     # The shipped list: the case from the issue.
     shipped = json.loads(enforcer("lookup", "dldir1.qq.com").stdout)
     assert shipped["verdict"] == "none" and shipped["url_rules"] is True
+
+
+def test_one_set_of_defaults_and_readable_help(tmp_path: Path) -> None:
+    _parser, subs = build_parser()
+    dns, export = subs["dns"].parse_args([]), subs["export"].parse_args([])
+    assert export.mode == dns.mode == "null"  # one constant: an exported zone answers like the resolver
+    head = enforcer("export", "--format", "hosts").stdout.splitlines()[0]
+    assert head.endswith("mode null"), head
+    for name, sub in subs.items():
+        text = sub.format_help()
+        # A list default printed raw ("default ['blocklists']") is gone everywhere; the policy commands say "default:".
+        assert "['" not in text, name
+        if name in ("check", "lookup", "export"):
+            assert "(default " not in text and "; default " not in text.replace("\n", " "), name
+        for action in sub._actions:
+            flags = [o for o in action.option_strings if o.startswith("--")]
+            if any(f.endswith(("listen", "metrics")) for f in flags):
+                assert action.metavar == "HOST:PORT", (name, flags)
+    for name in ("check", "lookup", "export"):
+        blocklist = [a for a in subs[name]._actions if "--blocklist" in a.option_strings]
+        assert len(blocklist) == 1 and blocklist[0].metavar == "PATH", name
+    # check reads --blocklist like lookup and export, and still its positional PATHs.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('app: t\npolicy:\n  effective: 2023-10-30\nblock:\n  - domain: "x\n')
+    for args in (["check", "--blocklist", str(bad)], ["check", str(bad)], ["lookup", "--blocklist", str(bad), "a.b"]):
+        proc = enforcer(*args)
+        assert proc.returncode == 1 and proc.stderr == f"{bad}:5:13: YAML syntax error: unterminated quoted string\n"
+    good = enforcer("check", "--blocklist", str(ROOT / "blocklists"))
+    assert good.returncode == 0 and good.stdout.startswith("OK: "), good.stderr

@@ -67,7 +67,9 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             help="processes for inputs over 64 MB (each reads its own byte ranges; default: CPUs, at most 4)",
         )
     else:
-        parser.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="default: %(default)s")
+        parser.add_argument(
+            "--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="address to serve on (default: %(default)s)"
+        )
         parser.add_argument(
             "--token-file",
             metavar="FILE",

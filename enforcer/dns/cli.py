@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ..config import ReplaceAppend, default_blocklist
+from ..policy.cli import DEFAULT_MODE
 from . import DEFAULT_ALLOW
 
 
@@ -36,13 +37,14 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         action=ReplaceAppend,
         default=[default_blocklist()],
         metavar="PATH",
-        help="blocklist file or folder (repeatable; default blocklists/)",
+        help="blocklist file or folder (repeatable; default: blocklists/)",
     )
     parser.add_argument(
         "--mode",
-        default="null",
+        default=DEFAULT_MODE,
         metavar="MODE",
-        help="answer for blocked names: nxdomain, null (0.0.0.0 / ::), nodata, refused, ip:ADDR[,ADDR6] (default null)",
+        help="answer for blocked names: nxdomain, null (0.0.0.0 / ::), nodata, refused, ip:ADDR[,ADDR6] "
+        "(default: %(default)s)",
     )
     parser.add_argument("--block-ttl", default=60, metavar="SECONDS", help="TTL of blocked answers (default 60)")
     parser.add_argument("--events", default=None, metavar="PATH", help="hit events file (ECS JSON Lines)")

@@ -15,6 +15,12 @@ from .addresses import parse_ip_literal
 from .bounded import DEFAULT_LIMITS, Limits
 from .names import InvalidName, normalize_name
 
+# The block answer when none is given: the resolver's --mode and export's --mode share it, so an exported zone
+# answers like the resolver does.
+DEFAULT_MODE = "null"
+# Shown in --help instead of default_blocklist()'s resolved path (which may be the shipped lists' absolute path).
+_BLOCKLIST_HELP = "blocklist file or folder (default: blocklists/)"
+
 if TYPE_CHECKING:
     from .matcher import Policy
     from .model import Match
@@ -23,6 +29,14 @@ if TYPE_CHECKING:
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     if command == "check":
         p.add_argument("paths", nargs="*", metavar="PATH", help="blocklist files or folders (default: blocklists/)")
+        # --blocklist like lookup and export; the positional PATHs stay for compatibility, both may be given.
+        p.add_argument(
+            "--blocklist",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="blocklist file or folder (repeatable; default: blocklists/)",
+        )
         p.add_argument(
             "--strict", action="store_true", help="treat warnings (duplicate, shadowed, over-broad rules) as errors"
         )
@@ -35,11 +49,11 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
                 type=int,
                 default=default,
                 metavar="N",
-                help=f"refuse {what} larger than N bytes (default {default})",
+                help=f"refuse {what} larger than N bytes (default: {default})",
             )
     elif command == "lookup":
         p.add_argument("queries", nargs="+", metavar="QUERY", help="a domain, a URL or an IP address")
-        p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder (default: blocklists/)")
+        p.add_argument("--blocklist", metavar="PATH", help=_BLOCKLIST_HELP)
         p.add_argument("--at", metavar="ISO-DATE", help="evaluate 'enforced' at this moment instead of now")
         p.add_argument("--client", metavar="IP", help="the client address (exempt clients are not enforced)")
         p.add_argument("--method", metavar="METHOD", help="HTTP method for URL queries (e.g. POST)")
@@ -48,13 +62,13 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
 
         # Not required=True: argparse would then refuse a format given in the --config file.
         p.add_argument("--format", choices=FORMATS, help="output format (required, on the command line or in --config)")
-        p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder (default: blocklists/)")
-        p.add_argument("--zone", default="rpz.enforcer.", help="RPZ zone name (rpz format)")
+        p.add_argument("--blocklist", metavar="PATH", help=_BLOCKLIST_HELP)
+        p.add_argument("--zone", default="rpz.enforcer.", help="RPZ zone name (rpz format; default: %(default)s)")
         p.add_argument(
             "--mode",
-            default="nxdomain",
+            default=DEFAULT_MODE,
             help="answer for blocked names (rpz, unbound, dnsmasq, hosts): nxdomain, nodata, null, refused (unbound) "
-            "or ip:ADDR[,ADDR6] (default nxdomain)",
+            "or ip:ADDR[,ADDR6] (default: %(default)s, as the resolver's --mode)",
         )
         p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
 
@@ -83,7 +97,7 @@ def _load(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> Any:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    paths = args.paths or [default_blocklist()]
+    paths = [*args.paths, *args.blocklist] or [default_blocklist()]
     if args.max_yaml_bytes < 1 or args.max_feed_bytes < 1:
         print("enforcer check: --max-yaml-bytes and --max-feed-bytes must be positive", file=sys.stderr)
         return 2

@@ -34,13 +34,15 @@ def default_confdir(data_dir: str | Path = "var") -> str:
 
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="proxy address (%(default)s)")
+    parser.add_argument(
+        "--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="proxy address (default: %(default)s)"
+    )
     parser.add_argument(
         "--blocklist",
         action=ReplaceAppend,
         default=[default_blocklist()],
         metavar="PATH",
-        help="blocklist file or folder (repeatable; default %(default)s)",
+        help="blocklist file or folder (repeatable; default: blocklists/)",
     )
     parser.add_argument("--events", metavar="PATH", help="write hit events (ECS JSON Lines) to this file")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
@@ -48,7 +50,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         "--confdir",
         default=default_confdir(),
         metavar="DIR",
-        help="mitmproxy configuration and CA directory (%(default)s)",
+        help="mitmproxy configuration and CA directory (default: %(default)s)",
     )
     parser.add_argument(
         "--addon-path", action="store_true", help="print the addon file's path (for mitmdump -s) and exit"
