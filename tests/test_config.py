@@ -29,10 +29,10 @@ def test_flags_beat_config_beat_defaults(tmp_path: Path) -> None:
     assert "$ORIGIN rpz.from-config." in proc.stdout
     proc = run_cli("export", "--config", str(conf), "--format", "rpz", "--zone", "rpz.flag.", "--blocklist",
                     str(BLOCKLISTS))  # fmt: skip
-    assert "$ORIGIN rpz.flag." in proc.stdout and "weixin.qq.com CNAME ." in proc.stdout
+    assert "$ORIGIN rpz.flag." in proc.stdout and "weixin.qq.com A 0.0.0.0\n" in proc.stdout
     # Defaults: without config the default blocklist (the shipped lists) and zone apply.
     proc = run_cli("export", "--format", "rpz")
-    assert "$ORIGIN rpz.enforcer." in proc.stdout and "weixin.qq.com CNAME ." in proc.stdout
+    assert "$ORIGIN rpz.enforcer." in proc.stdout and "weixin.qq.com A 0.0.0.0\n" in proc.stdout
 
 
 def test_lookup_at_from_config(tmp_path: Path) -> None:
