@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from enforcer.analyst.web import Analyst, AnalystSettings
 from enforcer.events import EventWriter, HitEvent
 from enforcer.policy import Policy, load_policy
 from tests.conftest import BLOCKLISTS
@@ -188,3 +189,16 @@ def inventory_file(tmp_path: Path) -> Path:
     p = tmp_path / "inventory.csv"
     p.write_text(INVENTORY_CSV, encoding="utf-8")
     return p
+
+
+def local_analyst(tmp_path: Path, events: list[str], **settings: Any) -> Analyst:
+    """An in-process analyst on 127.0.0.1 over ``events`` with the shipped blocklists, its store in ``tmp_path``,
+    parsing in-thread (no parser process); ``settings`` adds or overrides AnalystSettings fields."""
+    base: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "events": events,
+        "db": str(tmp_path / "a.sqlite"),
+        "blocklist": [str(BLOCKLISTS)],
+        "parser_process": False,
+    }
+    return Analyst(AnalystSettings(**{**base, **settings}))

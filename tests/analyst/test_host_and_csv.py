@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from enforcer.analyst.formats import csv_cell
-from enforcer.analyst.web import Analyst, AnalystSettings, build_app
-from tests.analyst.analyst_helpers import generate, write_events
+from enforcer.analyst.web import Analyst, build_app
+from tests.analyst.analyst_helpers import generate, local_analyst, write_events
 from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port
 
 TOKEN = "host-test-token-0123456789"
@@ -30,16 +30,7 @@ PATHS = ("/api/events", "/api/report", "/api/report.csv", "/", "/metrics", "/hea
 
 def _analyst(tmp_path: Path, policy: Any, **kw: Any) -> Analyst:
     write_events(tmp_path / "ev.jsonl", generate(policy, 30, seed=71))
-    a = Analyst(
-        AnalystSettings(
-            listen="127.0.0.1:0",
-            events=[str(tmp_path / "ev.jsonl")],
-            db=str(tmp_path / "a.sqlite"),
-            blocklist=[str(BLOCKLISTS)],
-            parser_process=False,
-            **kw,
-        )
-    )
+    a = local_analyst(tmp_path, [str(tmp_path / "ev.jsonl")], **kw)
     a.ingester.poll_once()
     return a
 
@@ -275,16 +266,7 @@ async def test_api_report_csv_is_neutralised(aiohttp_client: Any, tmp_path: Path
     events, inventory = _hostile_events(policy)
     write_events(tmp_path / "ev.jsonl", events)
     (tmp_path / "inv.csv").write_text(inventory, encoding="utf-8")
-    analyst = Analyst(
-        AnalystSettings(
-            listen="127.0.0.1:0",
-            events=[str(tmp_path / "ev.jsonl")],
-            inventory=str(tmp_path / "inv.csv"),
-            db=str(tmp_path / "a.sqlite"),
-            blocklist=[str(BLOCKLISTS)],
-            parser_process=False,
-        )
-    )
+    analyst = local_analyst(tmp_path, [str(tmp_path / "ev.jsonl")], inventory=str(tmp_path / "inv.csv"))
     try:
         assert analyst.ingester.poll_once() == len(events)
         client = await aiohttp_client(build_app(analyst))

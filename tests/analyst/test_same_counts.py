@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from enforcer.analyst.lines import MAX_LINE_BYTES
-from enforcer.analyst.web import Analyst, AnalystSettings, build_app
+from enforcer.analyst.web import build_app
 from enforcer.events import HitEvent
-from tests.analyst.analyst_helpers import generate
+from tests.analyst.analyst_helpers import generate, local_analyst
 from tests.conftest import BLOCKLISTS, ROOT
 
 
@@ -138,15 +138,7 @@ async def test_report_and_analyst_count_the_same_hostile_files(aiohttp_client: A
     counted, skipped, dup = _hostile_files(tmp_path / "ev", events)
 
     report, stderr = _report_cli(tmp_path / "ev")
-    analyst = Analyst(
-        AnalystSettings(
-            listen="127.0.0.1:0",
-            events=[str(tmp_path / "ev")],
-            db=str(tmp_path / "a.sqlite"),
-            blocklist=[str(BLOCKLISTS)],
-            parser_process=False,
-        )
-    )
+    analyst = local_analyst(tmp_path, [str(tmp_path / "ev")])
     try:
         analyst.ingester.poll_once()
         client = await aiohttp_client(build_app(analyst))

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from enforcer.analyst.web import Analyst, AnalystSettings, build_app
-from tests.analyst.analyst_helpers import generate, write_events
+from enforcer.analyst.web import build_app
+from tests.analyst.analyst_helpers import generate, local_analyst, write_events
 from tests.conftest import BLOCKLISTS, ROOT, run_cli
 
 BAD_TIMES = {
@@ -55,15 +55,7 @@ BAD_PAGING = {
 @pytest.fixture
 async def client(aiohttp_client: Any, tmp_path: Path, policy) -> Any:
     write_events(tmp_path / "ev.jsonl", generate(policy, 50, seed=51))
-    analyst = Analyst(
-        AnalystSettings(
-            listen="127.0.0.1:0",
-            events=[str(tmp_path / "ev.jsonl")],
-            db=str(tmp_path / "a.sqlite"),
-            blocklist=[str(BLOCKLISTS)],
-            parser_process=False,
-        )
-    )
+    analyst = local_analyst(tmp_path, [str(tmp_path / "ev.jsonl")])
     analyst.ingester.poll_once()
     cl = await aiohttp_client(build_app(analyst))
     yield cl
