@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: export interop (named-checkzone, unbound-checkconf, dnsmasq, squid),
 # the DNS benchmark peer (dnsperf, dnsmasq), Prometheus (promtool and the server), the browser test (chromium,
-# chromedriver), network namespaces (iproute2), nft for the nftables export, rsyslog (the SIEM shipper config), and dig
-# (bind9-dnsutils), which the `serve` summary tells users to try.
+# chromedriver), network namespaces (iproute2), nft for the nftables export, rsyslog (the SIEM shipper config), dig
+# (bind9-dnsutils), which the `serve` summary tells users to try, the encrypted-DNS clients and peers (kdig from
+# knot-dnsutils, dnsdist), and the DHCP lease test's server and client (kea-dhcp4-server, busybox udhcpc).
 # Installed only when one is missing.
 set -euo pipefail
-packages=(bind9-utils bind9 unbound dnsmasq-base squid dnsperf prometheus chromium chromium-driver iproute2 nftables curl rsyslog rsyslog-elasticsearch bind9-dnsutils)
-tools=(named-checkzone named unbound-checkconf unbound dnsmasq squid dnsperf promtool prometheus chromium chromedriver ip nft curl rsyslogd dig)
+packages=(bind9-utils bind9 unbound dnsmasq-base squid dnsperf prometheus chromium chromium-driver iproute2 nftables curl rsyslog rsyslog-elasticsearch bind9-dnsutils knot-dnsutils dnsdist kea-dhcp4-server busybox)
+tools=(named-checkzone named unbound-checkconf unbound dnsmasq squid dnsperf promtool prometheus chromium chromedriver ip nft curl rsyslogd dig kdig dnsdist kea-dhcp4 busybox)
 missing=()
 for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || missing+=("$t")
