@@ -1,7 +1,9 @@
 """Hit events: one schema (ECS field names) for the resolver and the proxy, and the one writer that stores them.
 
 - ``HitEvent``: what happened (rule, app, client, name/URL), built from a policy ``Match`` by ``HitEvent.from_match``.
-- ``HitEvent.to_ecs()``: one JSON Lines record (nested ECS objects; fields that do not apply are left out).
+- ``HitEvent.to_ecs()``: one JSON Lines record (nested ECS objects; fields that do not apply are left out). A resolver
+  hit names its transport in ``labels.dns_transport`` (udp, tcp, dot, doh, doq) and an encrypted query's ClientID in
+  ``device.id``.
 - ``EventWriter``: ``emit()`` appends to a bounded in-memory queue and returns at once; a background thread serialises,
   writes, flushes and rotates by size. A full queue or a failing disk drops events and counts them, it never blocks
   or raises into the caller. ``close()`` flushes what is queued.
@@ -92,6 +94,7 @@ _OPTIONAL_FIELDS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("tls_server_name", ("tls", "client", "server_name"), None),
     ("destination_ip", ("destination", "ip"), None),
     ("destination_port", ("destination", "port"), None),
+    ("device_id", ("device", "id"), None),  # the ClientID of an encrypted DNS query (enforcer/dns/clientid.py)
 )
 
 
@@ -127,6 +130,8 @@ class HitEvent:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Events converted from other engines' logs (BIND/Unbound RPZ hits) keep their own dataset, e.g. enforcer.rpz.
     dataset: str | None = None
+    device_id: str | None = None  # ClientID (DoT/DoQ server name, DoH path): device.id
+    dns_transport: str | None = None  # udp | tcp | dot | doh | doq: labels.dns_transport
 
     @classmethod
     def from_match(
@@ -179,6 +184,8 @@ class HitEvent:
             doc["rule"]["category"] = self.category
         if self.exempt:
             doc["labels"] = {"exempt": True}
+        if self.dns_transport is not None:
+            doc.setdefault("labels", {})["dns_transport"] = self.dns_transport
         for attr, path, needs in _OPTIONAL_FIELDS:
             value = getattr(self, attr)
             if value is not None and (needs is None or getattr(self, needs) is not None):

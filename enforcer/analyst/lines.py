@@ -240,7 +240,8 @@ _WRITER_LINE = re.compile(
         + _C
         + rb")?\}"
         rb',"observer":\{"hostname":' + _S + rb',"type":' + _C + rb"\}"
-        rb'(?:,"labels":\{"exempt":true\})?'
+        # labels: exempt and/or the resolver's dns_transport (a line with device.id takes the full parse)
+        rb'(?:,"labels":\{(?:"exempt":true|"dns_transport":"[a-z]{2,4}"|"exempt":true,"dns_transport":"[a-z]{2,4}")\})?'
         rb'(?:,"source":\{"ip":' + _C + rb'(?:,"port":' + _N + rb")?\})?"
         rb'(?:,"dns":\{"question":\{"name":' + _C + rb'(?:,"type":' + _S + rb")?\}\})?"
         rb'(?:,"url":\{(?:"full":' + _S + rb'(?:,"domain":' + _C + rb')?|"domain":' + _C + rb")\})?"
