@@ -31,7 +31,7 @@ from .bounded import DEFAULT_LIMITS, Limits, MiB, Unreadable, compose_bounded, n
 from .build import ParsedFile, PolicyBuilder
 from .feeds import parse_feed
 from .matcher import Policy
-from .model import CATEGORIES, AppPolicy, IPNetwork, PolicyError, Problem, Rule
+from .model import CATEGORIES, AppPolicy, IPNetwork, PolicyError, Problem, Rule, TextField, primary_tag
 from .names import InvalidName, normalize_name
 from .nodes import NodeReader
 from .urlrules import STORES, InvalidPattern, check_store_id, compile_store_rule, compile_url_rule
@@ -43,6 +43,8 @@ APP_RE = re.compile(r"[a-z0-9-]+")
 METHOD_RE = re.compile(r"[A-Z]{3,10}")
 TOP_KEYS = {"app", "name", "vendor", "policy", "block", "allow"}
 POLICY_KEYS = {"effective", "timezone", "exempt_clients", "notice", "reference"}
+TEXT_FIELDS: tuple[TextField, ...] = ("notice", "reference")
+LANG_RE = re.compile(r"[a-z]{2,3}")  # a BCP 47 primary language subtag, lower-cased
 RULE_KINDS = ("domain", "host", "url", "cidr", "store", "include")
 RULE_EXTRA_KEYS = {"category", "source", "id", "method", "comment"}
 _REFUSED = object()  # a rule whose payload could not be built (the problem is already reported)
@@ -231,7 +233,12 @@ class _FileParser(NodeReader):
         if effective is None:
             return None
         exempt = self.exempt_clients(pol["exempt_clients"]) if "exempt_clients" in pol else []
-        text = {k: (self.scalar(pol[k], k) or "") if k in pol else "" for k in ("notice", "reference")}
+        text: dict[str, str] = {}
+        translations: list[tuple[TextField, str, str]] = []
+        for key in TEXT_FIELDS:
+            plain, by_lang = self.localized_text(pol[key], key) if key in pol else ("", [])
+            text[key] = plain
+            translations.extend((key, tag, value) for tag, value in by_lang)
         name = self.scalar(top["name"], "name") if "name" in top else None
         vendor = self.scalar(top["vendor"], "vendor") if "vendor" in top else None
         return AppPolicy(
@@ -244,7 +251,38 @@ class _FileParser(NodeReader):
             notice=text["notice"],
             reference=text["reference"],
             path=self.shown,
+            translations=tuple(translations),
         )
+
+    def localized_text(self, node: yaml.Node, key: TextField) -> tuple[str, list[tuple[str, str]]]:
+        """``notice``/``reference``: a plain string, or a map from BCP 47 primary language tag to text
+        (``{en: ..., fr: ...}``). Returns (the English or only text, [(tag, text), ...] in file order)."""
+        if not isinstance(node, yaml.MappingNode):
+            return self.scalar(node, f"policy.{key}") or "", []
+        by_lang: list[tuple[str, str]] = []
+        for key_node, value_node in node.value:
+            # The raw text, not the resolved tag: YAML 1.1 reads a bare `no` (Norwegian) as a boolean.
+            tag = key_node.value.strip().lower() if isinstance(key_node, yaml.ScalarNode) else ""
+            if not LANG_RE.fullmatch(tag):
+                shown = repr(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "a non-text key"
+                hint = f" (use the primary tag {primary_tag(tag)!r})" if primary_tag(tag) else ""
+                self.error(key_node, f"'policy.{key}': {shown} is not a BCP 47 primary language tag such as en{hint}")
+                continue
+            if any(t == tag for t, _ in by_lang):
+                self.error(key_node, f"duplicate language {tag!r} in 'policy.{key}'")
+                continue
+            if not isinstance(value_node, yaml.ScalarNode) or value_node.tag != "tag:yaml.org,2002:str":
+                self.error(value_node, f"'policy.{key}.{tag}' must be text (quote a number or yes/no)")
+                continue
+            value = self.scalar(value_node, f"policy.{key}.{tag}")
+            if value is not None:
+                by_lang.append((tag, value))
+        if not by_lang:
+            if not node.value:
+                self.error(node, f"'policy.{key}' must be text or a map by language ({{en: ..., fr: ...}})")
+            return "", []
+        plain = next((v for t, v in by_lang if t == "en"), by_lang[0][1])
+        return plain, by_lang
 
     def exempt_clients(self, node: yaml.Node) -> list[IPNetwork]:
         items = (

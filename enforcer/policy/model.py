@@ -2,10 +2,15 @@
 
 Nothing here does I/O or reads the clock; ``Match.enforced`` takes "now" and the client as arguments and asks the
 app's ``Cutover`` (``enforcement.py``, the one owner of the effective-date / exempt-client rule).
+
+- ``AppPolicy.localized(field, lang)``: the ``notice`` or ``reference`` in a language (``fr``, ``fr-CA``), falling back
+  to English, then to the plain ``.notice`` / ``.reference`` (English, or the only text given).
+- ``primary_tag(lang)``: the BCP 47 primary language subtag of a tag (``fr-CA`` -> ``fr``), or ``""``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple
@@ -18,6 +23,14 @@ CATEGORIES = ("messaging", "update", "download", "store", "telemetry", "payments
 NAME_KINDS = ("domain", "host", "include")
 KINDS = ("domain", "host", "url", "cidr", "store", "include")
 Action = Literal["block", "allow"]
+TextField = Literal["notice", "reference"]
+_PRIMARY_TAG = re.compile(r"[a-z]{2,3}")  # BCP 47 primary language subtag (ISO 639-1/-2/-3); longer ones are reserved
+
+
+def primary_tag(lang: str) -> str:
+    """The primary language subtag of a BCP 47 tag, lower case (``fr-CA`` -> ``fr``); ``""`` when it has none."""
+    head = lang.strip().replace("_", "-").split("-", 1)[0].lower()
+    return head if _PRIMARY_TAG.fullmatch(head) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +67,30 @@ class AppPolicy:
     effective: datetime  # timezone-aware
     timezone: str
     exempt_clients: tuple[IPNetwork, ...]
-    notice: str
+    notice: str  # English, or the only text given (``localized`` picks another language)
     reference: str
     path: str
+    # Per-language texts as written, ((field, primary tag, text), ...); empty when notice/reference are plain strings.
+    # A tuple, not a dict, so the frozen AppPolicy stays hashable.
+    translations: tuple[tuple[TextField, str, str], ...] = ()
     cutover: Cutover = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cutover", Cutover(self.app, self.effective, self.exempt_clients))
+
+    def localized(self, field: TextField, lang: str) -> str:
+        """``notice`` or ``reference`` in ``lang`` (a BCP 47 tag: ``fr``, ``fr-CA``); English when the policy does
+        not give that language, else the plain attribute (the only text given). ``""`` when there is no text."""
+        want = primary_tag(lang)
+        fallback = ""
+        for name, tag, text in self.translations:
+            if name != field:
+                continue
+            if tag == want:
+                return text
+            if tag == "en":
+                fallback = text
+        return fallback or (self.notice if field == "notice" else self.reference)
 
     def is_exempt(self, client: IPAddress | str | None) -> bool:
         return self.cutover.is_exempt(client)
