@@ -40,7 +40,11 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         help="event files or folders (a folder: its *.jsonl and rotated *.jsonl.N; a file: with its rotations; "
         "default: var/events)",
     )
-    parser.add_argument("--inventory", metavar="FILE", help="CSV cidr,device,owner,unit mapping clients to devices")
+    parser.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="CSV with a header: device,owner,unit and one or more of cidr,mac,hostname,client_id, mapping clients to devices",
+    )
     parser.add_argument(
         "--blocklist",
         action=ReplaceAppend,
