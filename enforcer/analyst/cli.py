@@ -43,7 +43,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inventory",
         metavar="FILE",
-        help="CSV with a header: device,owner,unit and one or more of cidr,mac,hostname,client_id, mapping clients to devices",
+        help="CSV with a header: device,owner,unit and one or more of cidr,mac,hostname,client_id "
+        "(maps clients to devices)",
     )
     parser.add_argument(
         "--blocklist",
