@@ -95,6 +95,9 @@ _OPTIONAL_FIELDS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("destination_ip", ("destination", "ip"), None),
     ("destination_port", ("destination", "port"), None),
     ("device_id", ("device", "id"), None),  # the ClientID of an encrypted DNS query (enforcer/dns/clientid.py)
+    # The chain of a discovery (dataset enforcer.discovery): the name asked and the alias or address that matched.
+    ("related_hosts", ("related", "hosts"), None),
+    ("related_ip", ("related", "ip"), None),
 )
 
 
@@ -132,6 +135,8 @@ class HitEvent:
     dataset: str | None = None
     device_id: str | None = None  # ClientID (DoT/DoQ server name, DoH path): device.id
     dns_transport: str | None = None  # udp | tcp | dot | doh | doq: labels.dns_transport
+    related_hosts: list[str] | None = None
+    related_ip: list[str] | None = None
 
     @classmethod
     def from_match(

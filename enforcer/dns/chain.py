@@ -96,6 +96,7 @@ class ChainParts:
     observer: Observer
     feed: ZoneFeed | None = None  # with --rpz-zone
     nat64: tuple[ipaddress.IPv6Network, ...] = ()  # --nat64-prefix: judged besides the well-known 64:ff9b::/96
+    query_log: Callable[[str, str, int], None] | None = None  # --query-log: QueryLog.record(host, name, qtype)
 
 
 def admission(parts: ChainParts) -> Callable[[str], bool]:
@@ -173,6 +174,7 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
     nat64 = parts.nat64
     clamp = cache.clamp
     new_request = tuple.__new__
+    qlog = parts.query_log
 
     def swapped(policy: Policy) -> None:
         # A reload swapped the policy: drop everything decided under the old one.
@@ -195,8 +197,9 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         before the effective date, or an exempt client)."""
         q = req.q
         enforced, exempt = current[1](rule.app, req.host, now_us() // 1000)  # policy.enforcement.decide
+        # unlisted: the question name matched no rule, only its answer did: a name the list misses (discovery).
         hit(policy, rule, matched, action=action, enforced=enforced, exempt=exempt, addr=req.addr, qname=q.key,
-            qtype=q.qtype)  # fmt: skip
+            qtype=q.qtype, unlisted=req.rule is None)  # fmt: skip
         if not enforced:
             return None
         outcome(blocked)
@@ -258,6 +261,8 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
                 if blocked is not None:
                     return blocked
             outcome("cached")
+            if qlog is not None:
+                qlog(host, q.key, q.qtype)
             return finish(req, Cache.reply(entry, data, q))
 
         return forward(req, ckey)  # 5. Upstream (asynchronous from here on).
@@ -300,6 +305,8 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         else:
             cache.store(ckey, reply)
         outcome("forwarded")
+        if qlog is not None:
+            qlog(req.host, q.key, q.qtype)
         return finish(req, reply)
 
     return handle

@@ -9,6 +9,10 @@
   only when read: ``to_json`` (called on the writer's thread) fills a per-rule JSON template made once from the real
   ``HitEvent.to_json``, so the output is exactly the shared schema at a fraction of the cost; any other field access
   builds the full ``HitEvent`` first (``__getattr__``).
+- Discovery: a response-policy block of a question name that matched no rule (``unlisted``: only its CNAME target or
+  an address did) is a name the list misses. Its hit event is the same event with ``event.dataset``
+  ``enforcer.discovery`` and the chain in ``related.hosts``/``related.ip``; ``enforcer discover`` proposes it as a
+  rule. It takes the general (untemplated) JSON path: such answers are rare.
 - ``RateLimitedLog``: at most one log line per key and interval, for anything a client can trigger per packet (a
   hostile sender must not be able to fill the disk with tracebacks); the lines held back are counted in the next one.
   Its clock is a parameter (``time.monotonic`` by default), so tests step it instead of sleeping.
@@ -187,6 +191,10 @@ def _json_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _is_address(text: str) -> bool:
+    return ":" in text or text.replace(".", "").isdigit()
+
+
 class DnsHitEvent(HitEvent):
     """A resolver hit event: created from a few references, serialised on the writer thread."""
 
@@ -203,17 +211,24 @@ class DnsHitEvent(HitEvent):
         addr: Any,
         qname: str,
         qtype: int,
+        unlisted: bool = False,
     ) -> None:  # deliberately does not call HitEvent.__init__: fields are filled on first read
         self._lazy = (policy, rule, matched, action, enforced, exempt, addr, qname, qtype, time.time(),
-                      f"{random.getrandbits(128):032x}")  # fmt: skip
+                      f"{random.getrandbits(128):032x}", unlisted)  # fmt: skip
 
     def _materialize(self) -> None:
-        policy, rule, matched, action, enforced, exempt, addr, qname, qtype, t, event_id = self._lazy
+        policy, rule, matched, action, enforced, exempt, addr, qname, qtype, t, event_id, unlisted = self._lazy
+        extra: dict[str, Any] = {}
+        if unlisted:
+            extra["dataset"] = "enforcer.discovery"
+            extra["related_hosts"] = [qname] if _is_address(matched) else [qname, matched]
+            if _is_address(matched):
+                extra["related_ip"] = [matched]
         full = HitEvent.from_match(
             Match(rule, policy.apps[rule.app], matched), action=action, component="dns", version=policy.fingerprint,
             enforced=enforced, exempt=exempt, at=datetime.fromtimestamp(t, UTC), id=event_id,
             source_ip=addr[0] if addr else None, source_port=addr[1] if addr else None,
-            dns_question_name=qname, dns_question_type=qtype_name(qtype),
+            dns_question_name=qname, dns_question_type=qtype_name(qtype), **extra,
         )  # fmt: skip
         for name in _FIELDS:
             object.__setattr__(self, name, getattr(full, name))
@@ -230,8 +245,8 @@ class DnsHitEvent(HitEvent):
         return HitEvent.to_ecs(self)
 
     def to_json(self) -> str:
-        policy, rule, _matched, action, enforced, exempt, addr, qname, qtype, t, event_id = self._lazy
-        if not addr:
+        policy, rule, _matched, action, enforced, exempt, addr, qname, qtype, t, event_id, unlisted = self._lazy
+        if not addr or unlisted:
             return HitEvent.to_json(self)  # the general path (through to_ecs above)
         # The fingerprint, not id(policy): a freed policy's id can be reused by the next one.
         key = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt)
@@ -268,9 +283,12 @@ class Observer:
         addr: tuple[str, int] | tuple[str, int, int, int] | None,
         qname: str,
         qtype: int,
+        unlisted: bool = False,
     ) -> None:
         labels = ("dns", rule.app, rule.category or "", action)
         (self.blocked_total if enforced else self.monitored_total).inc(labels)
         if self.writer is None:
             return
-        self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype))
+        # Only a response-policy block can be a discovery (a sinkhole block matched the name itself).
+        unlisted = unlisted and action == "dns-response-block"
+        self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype, unlisted))
