@@ -61,6 +61,24 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     )
     _cache_and_tcp_arguments(parser)
     _rpz_arguments(parser)
+    _discovery_arguments(parser)
+
+
+def _discovery_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("discovery and feeds (enforcer discover, enforcer feeds)")
+    group.add_argument(
+        "--query-log",
+        default=None,
+        metavar="PATH",
+        help="write a sampled log of ALLOWED queries (client, name) for enforcer discover; it names clients and what "
+        "they looked up (default: off)",
+    )
+    group.add_argument(
+        "--query-log-sample",
+        default=0.1,
+        metavar="RATE",
+        help="fraction of allowed queries the query log keeps, 0 to 1 (default 0.1)",
+    )
 
 
 def _cache_and_tcp_arguments(parser: argparse.ArgumentParser) -> None:

@@ -105,6 +105,8 @@ class DnsSettings:
     notify: list[tuple[str, int]] = field(default_factory=list)
     tsig: Any = None  # enforcer.rpz.feed.TsigKey
     rpz_refresh: float = 60.0  # re-evaluate effective dates this often (monitor -> enforced moves the serial)
+    query_log: str | None = None  # --query-log: sampled allowed queries for enforcer discover (dns/querylog.py)
+    query_log_sample: float = 0.1
 
     @classmethod
     def from_args(cls, args: Any) -> DnsSettings:
@@ -164,6 +166,8 @@ class DnsSettings:
             nat64_prefixes=tuple(nat64),
             min_cache_ttl=min_ttl,
             max_cache_ttl=max_ttl,
+            query_log=getattr(args, "query_log", None) or None,
+            query_log_sample=number("--query-log-sample", getattr(args, "query_log_sample", 0.1), float, 0, 1),
         )
 
 
@@ -271,6 +275,7 @@ class Resolver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._metrics_server: Any = None
         self.feed: RpzFeed | None = None  # with --rpz-zone
+        self.query_log: Any = None  # dns/querylog.QueryLog with --query-log
 
     async def start(self) -> list[str]:
         """Load the policy, bind every listen address, start watching; returns the addresses as HOST:PORT."""
@@ -292,9 +297,13 @@ class Resolver:
         metrics[DNS_CACHE_ENTRIES].set_function(lambda: float(len(cache)))
         if s.rpz_zone:
             await self._start_feed(loop)
+        if s.query_log:
+            from .querylog import QueryLog
+
+            self.query_log = QueryLog(s.query_log, s.query_log_sample)
         parts = ChainParts(
             self.holder, NetworkSet(s.allow), Sinkhole(s.mode, s.block_ttl), cache, self.forwarder, observer, self.feed,
-            s.nat64_prefixes,
+            s.nat64_prefixes, self.query_log.record if self.query_log is not None else None,
         )  # fmt: skip
         handler = build_chain(parts)
         limits = TcpLimits(s.tcp_max_connections, s.tcp_max_per_source, s.tcp_initial_timeout, s.tcp_idle_timeout)
@@ -394,6 +403,9 @@ class Resolver:
             self._metrics_server = None
         if self._own_writer:
             await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
+        if self.query_log is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.query_log.close)
+            self.query_log = None
 
 
 async def run_resolver(
