@@ -98,6 +98,10 @@ _OPTIONAL_FIELDS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     # The chain of a discovery (dataset enforcer.discovery): the name asked and the alias or address that matched.
     ("related_hosts", ("related", "hosts"), None),
     ("related_ip", ("related", "ip"), None),
+    # Proxy only: whether the TLS handshake of a connection refused with the block page completed (false: the client
+    # does not trust the enforcer CA, e.g. a pinned app), and the proxy login (--auth) of the client.
+    ("tls_established", ("tls", "established"), None),
+    ("user_name", ("user", "name"), None),
 )
 
 
@@ -137,6 +141,8 @@ class HitEvent:
     dns_transport: str | None = None  # udp | tcp | dot | doh | doq: labels.dns_transport
     related_hosts: list[str] | None = None
     related_ip: list[str] | None = None
+    tls_established: bool | None = None  # proxy block page: tls.established
+    user_name: str | None = None  # proxy login (enforcer proxy --auth): user.name
 
     @classmethod
     def from_match(
