@@ -3,13 +3,16 @@
     access control -> [RPZ feed] -> parse -> sinkhole -> cache -> upstream -> response policy -> (cache store)
     -> size limit
 
-The result is ``handle(data, addr, tcp)``: bytes in, and out either the reply bytes (answered synchronously: blocked,
+The result is ``handle(data, addr, tcp, via=None)``: bytes in, out the reply bytes (answered synchronously: blocked,
 cached, refused, malformed), None (drop), an awaitable of bytes/None (forwarded upstream), or a list of messages
 (a zone transfer from the RPZ feed, TCP only). Every link either answers or hands the query on unchanged.
 
 - ``Request``: one parsed query on its way through the chain (the model: Blocky's ``model.Request`` passed through
   every resolver's ``Resolve``): the packet, its question, the client, the transport, when it arrived and the rule
   its name matched. Made once per query after parsing, so the links take one argument instead of eight.
+- ``Via``: how an encrypted query arrived (transport ``dot``/``doh``/``doq`` and its ClientID); None for plain
+  UDP/TCP, so the UDP hot path builds nothing extra. An encrypted listener has admitted its client before calling
+  (enforcer/dns/encrypted.py: ``--allow`` or a known ClientID), so the chain skips ``--allow`` for it.
 - ``PolicySource`` / ``ZoneFeed``: what the chain needs from the policy holder and from the RPZ feed (protocols, so
   tests pass a fixed policy and the hot path does not import dnspython).
 - ``ChainParts``: the parts ``build_chain`` wires; ``admission(parts)``: who may open a TCP connection at all.
@@ -47,7 +50,6 @@ from .upstream import Forwarder
 
 Reply = bytes | None | Awaitable[bytes | None] | list[bytes]
 Address = tuple[str, int] | tuple[str, int, int, int]
-Handler = Callable[[bytes, Any, bool], Reply]
 
 log = logging.getLogger("enforcer.dns")
 # Whatever a packet aimed at the RPZ feed makes go wrong is logged at most once a minute (a sender can repeat it).
@@ -73,6 +75,17 @@ class ZoneFeed(Protocol):
     def answer(self, wire: bytes, client: str, tcp: bool) -> list[bytes] | None: ...
 
 
+class Via(NamedTuple):
+    """An encrypted query's transport (dot, doh, doq) and ClientID (None when the client gave none)."""
+
+    transport: str
+    client_id: str | None
+
+
+class Handler(Protocol):
+    def __call__(self, data: bytes, addr: Any, tcp: bool, via: Via | None = None, /) -> Reply: ...
+
+
 class Request(NamedTuple):
     """One query in the chain, made once it is parsed and matched; read by every later link (and across the
     upstream await). A tuple, built with ``tuple.__new__`` on the hot path: half the cost of a class ``__init__``."""
@@ -84,6 +97,7 @@ class Request(NamedTuple):
     tcp: bool
     t0: float  # perf_counter at arrival: the latency histogram
     rule: Rule | None  # what the question name matched at the sinkhole (allow, block, or None)
+    via: Via | None  # encrypted transports only
 
 
 @dataclass
@@ -199,21 +213,23 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         enforced, exempt = current[1](rule.app, req.host, now_us() // 1000)  # policy.enforcement.decide
         # unlisted: the question name matched no rule, only its answer did: a name the list misses (discovery).
         hit(policy, rule, matched, action=action, enforced=enforced, exempt=exempt, addr=req.addr, qname=q.key,
-            qtype=q.qtype, unlisted=req.rule is None)  # fmt: skip
+            qtype=q.qtype, unlisted=req.rule is None, tcp=req.tcp,
+            via=req.via)  # fmt: skip
         if not enforced:
             return None
         outcome(blocked)
         return finish(req, sinkhole.answer(req.data, q, rule))
 
-    def handle(data: bytes, addr: Any, tcp: bool) -> Reply:
+    def handle(data: bytes, addr: Any, tcp: bool, via: Via | None = None, /) -> Reply:
         t0 = clock()
         host = addr[0] if addr else ""
 
         # 0. Access control, from the source address alone, before a byte of the packet is parsed: a client outside
         #    --allow learns nothing (not whether its packet was well formed, nor whether a name is blocked) and
         #    costs one memoised look-up; never an open resolver. A secondary allowed only by --transfer-allow may
-        #    still reach the RPZ feed. (Over TCP such a client was already closed at accept, server.py.)
-        if not allowed(host):
+        #    still reach the RPZ feed. (Over TCP such a client was already closed at accept, server.py; an encrypted
+        #    listener, ``via``, admitted its client by --allow or by a known ClientID before calling.)
+        if not allowed(host) and via is None:
             if zone is not None and transfer_allowed(host) and zone_wire in data.lower():
                 answered = zone(data, host, tcp)
                 if answered is not False:
@@ -244,7 +260,7 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         if policy is not current[0]:
             swapped(policy)
         rule = policy.match_key(q.key)
-        req = new_request(Request, (data, q, addr, host, tcp, t0, rule))
+        req = new_request(Request, (data, q, addr, host, tcp, t0, rule, via))
         if rule is not None and rule.action == "block":
             blocked = block(req, policy, rule, q.key, "dns-block", "blocked")
             if blocked is not None:  # else a monitor hit (logged), resolved like any other name

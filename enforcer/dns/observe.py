@@ -8,7 +8,8 @@
 - ``DnsHitEvent``: a ``HitEvent`` that is cheap to create on the hot path (a tuple and a float) and is filled in
   only when read: ``to_json`` (called on the writer's thread) fills a per-rule JSON template made once from the real
   ``HitEvent.to_json``, so the output is exactly the shared schema at a fraction of the cost; any other field access
-  builds the full ``HitEvent`` first (``__getattr__``).
+  builds the full ``HitEvent`` first (``__getattr__``). The transport (``labels.dns_transport``) is part of the
+  template; an event with a ClientID (``device.id``, encrypted transports) takes the general path.
 - Discovery: a response-policy block of a question name that matched no rule (``unlisted``: only its CNAME target or
   an address did) is a name the list misses. Its hit event is the same event with ``event.dataset``
   ``enforcer.discovery`` and the chain in ``related.hosts``/``related.ip``; ``enforcer discover`` proposes it as a
@@ -142,7 +143,7 @@ _SECOND: list[Any] = [-1, ""]
 
 
 def _json_template(
-    key: tuple[Any, ...], policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool
+    key: tuple[Any, ...], policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool, transport: str
 ) -> tuple[str, ...]:
     """The event's JSON cut into 7 fixed parts around timestamp, id, source ip, port, question name and type."""
     tpl = _TEMPLATES.get(key)
@@ -151,6 +152,7 @@ def _json_template(
             Match(rule, policy.apps[rule.app], ""), action=action, component="dns", version=policy.fingerprint,
             enforced=enforced, exempt=exempt, at=_SENTINEL_TIME, id="@@id@@", source_ip="@@ip@@",
             source_port="@@port@@", dns_question_name="@@qname@@", dns_question_type="@@qtype@@",
+            dns_transport=transport,
         )  # fmt: skip
         text = sample.to_json()
         positions = []
@@ -198,7 +200,7 @@ def _is_address(text: str) -> bool:
 class DnsHitEvent(HitEvent):
     """A resolver hit event: created from a few references, serialised on the writer thread."""
 
-    __slots__ = ("_lazy",)
+    __slots__ = ("_lazy", "_via")
 
     def __init__(
         self,
@@ -212,9 +214,12 @@ class DnsHitEvent(HitEvent):
         qname: str,
         qtype: int,
         unlisted: bool = False,
+        transport: str = "udp",
+        device_id: str | None = None,
     ) -> None:  # deliberately does not call HitEvent.__init__: fields are filled on first read
         self._lazy = (policy, rule, matched, action, enforced, exempt, addr, qname, qtype, time.time(),
                       f"{random.getrandbits(128):032x}", unlisted)  # fmt: skip
+        self._via = (transport, device_id)
 
     def _materialize(self) -> None:
         policy, rule, matched, action, enforced, exempt, addr, qname, qtype, t, event_id, unlisted = self._lazy
@@ -229,6 +234,7 @@ class DnsHitEvent(HitEvent):
             enforced=enforced, exempt=exempt, at=datetime.fromtimestamp(t, UTC), id=event_id,
             source_ip=addr[0] if addr else None, source_port=addr[1] if addr else None,
             dns_question_name=qname, dns_question_type=qtype_name(qtype), **extra,
+            dns_transport=self._via[0], device_id=self._via[1],
         )  # fmt: skip
         for name in _FIELDS:
             object.__setattr__(self, name, getattr(full, name))
@@ -248,9 +254,12 @@ class DnsHitEvent(HitEvent):
         policy, rule, _matched, action, enforced, exempt, addr, qname, qtype, t, event_id, unlisted = self._lazy
         if not addr or unlisted:
             return HitEvent.to_json(self)  # the general path (through to_ecs above)
+        transport, device = self._via
+        if device is not None:
+            return HitEvent.to_json(self)  # a ClientID is any label: the general path
         # The fingerprint, not id(policy): a freed policy's id can be reused by the next one.
-        key = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt)
-        p = _json_template(key, policy, rule, action, enforced, exempt)
+        key = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt, transport)
+        p = _json_template(key, policy, rule, action, enforced, exempt, transport)
         return (
             f'{p[0]}"{_timestamp(t)}"{p[1]}"{event_id}"{p[2]}{_json_str(str(addr[0]))}{p[3]}{int(addr[1])}'
             f"{p[4]}{_json_str(qname)}{p[5]}{_json_str(qtype_name(qtype))}{p[6]}"
@@ -284,6 +293,8 @@ class Observer:
         qname: str,
         qtype: int,
         unlisted: bool = False,
+        tcp: bool = False,
+        via: Any = None,  # chain.Via: an encrypted query's transport and ClientID
     ) -> None:
         labels = ("dns", rule.app, rule.category or "", action)
         (self.blocked_total if enforced else self.monitored_total).inc(labels)
@@ -291,4 +302,6 @@ class Observer:
             return
         # Only a response-policy block can be a discovery (a sinkhole block matched the name itself).
         unlisted = unlisted and action == "dns-response-block"
-        self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype, unlisted))
+        transport, device = (via[0], via[1]) if via is not None else ("tcp" if tcp else "udp", None)
+        self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype, unlisted,
+                                     transport=transport, device_id=device))  # fmt: skip
