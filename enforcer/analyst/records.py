@@ -1,6 +1,9 @@
 """One hit-event line -> the few fields the analyst indexes and aggregates.
 
-- ``Record``: the indexed fields of one event (id, time, app, client, category, component, action, rule, denied, name).
+- ``Record``: the indexed fields of one event (id, time, app, client, category, component, action, rule, denied, name,
+  and what identifies its device beyond the address: ``device_id`` = ECS ``device.id`` (the resolver's encrypted-DNS
+  ClientID), ``user`` = ``user.name`` (the proxy login), ``kind`` = ``labels.kind`` (``"control"``: a bypass attempt);
+  ``""`` when absent).
 - ``record_from_doc(doc)``: the fields of a parsed document (nested ECS objects as ``EventWriter`` writes them, or
   flat dotted keys such as ``"event.action"``); ``None`` for a document that is not a usable event. The report and
   the ingest reach it through ``lines.parse_event_line``; ``parse_line(line)`` (JSON text -> record) serves the
@@ -50,6 +53,9 @@ class Record:
     rule: str
     denied: bool
     name: str  # the name/URL host/SNI/destination that was asked for, for display and search
+    device_id: str = ""  # device.id: the encrypted-DNS ClientID (the most trusted identity)
+    user: str = ""  # user.name: the proxy login
+    kind: str = ""  # labels.kind: "control" for a bypass attempt (enforcer/analyst/identity.py)
 
 
 def is_canonical(value: str) -> bool:
@@ -158,6 +164,9 @@ def record_from_doc(doc: dict[str, Any]) -> Record | None:
         rule=_text(rule),
         denied=bool(denied),
         name=_text(name),
+        device_id=_text(_get(doc, "device", "id")),
+        user=_text(_get(doc, "user", "name")),
+        kind=_text(_get(doc, "labels", "kind")),
     )
 
 
@@ -199,6 +208,9 @@ def _record_nested(doc: dict[str, Any], ev: dict[str, Any], rule: dict[str, Any]
         rule=rule_id,
         denied="denied" in types,
         name=name if type(name) is str else _text(name),
+        device_id=_text(_get(doc, "device", "id")) if "device" in doc else "",
+        user=_text(_get(doc, "user", "name")) if "user" in doc else "",
+        kind=_text(_get(doc, "labels", "kind")) if "labels" in doc else "",
     )
 
 
