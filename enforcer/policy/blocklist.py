@@ -29,9 +29,21 @@ import yaml
 from . import lint
 from .bounded import DEFAULT_LIMITS, Limits, MiB, Unreadable, compose_bounded, node_pos, read_regular
 from .build import ParsedFile, PolicyBuilder
-from .feeds import parse_feed
+from .feeds import parse_feed, url_include
 from .matcher import Policy
-from .model import CATEGORIES, AppPolicy, IPNetwork, PolicyError, Problem, Rule, TextField, primary_tag
+from .model import (
+    APP_KINDS,
+    CATEGORIES,
+    DNS_ACTIONS,
+    AppKind,
+    AppPolicy,
+    IPNetwork,
+    PolicyError,
+    Problem,
+    Rule,
+    TextField,
+    primary_tag,
+)
 from .names import InvalidName, normalize_name
 from .nodes import NodeReader
 from .urlrules import STORES, InvalidPattern, check_store_id, compile_store_rule, compile_url_rule
@@ -41,12 +53,17 @@ __all__ = ["DEFAULT_LIMITS", "Limits", "MiB", "Unreadable", "compose_bounded", "
 
 APP_RE = re.compile(r"[a-z0-9-]+")
 METHOD_RE = re.compile(r"[A-Z]{3,10}")
-TOP_KEYS = {"app", "name", "vendor", "policy", "block", "allow"}
+TOP_KEYS = {"app", "kind", "name", "vendor", "policy", "block", "allow"}
 POLICY_KEYS = {"effective", "timezone", "exempt_clients", "notice", "reference"}
 TEXT_FIELDS: tuple[TextField, ...] = ("notice", "reference")
 LANG_RE = re.compile(r"[a-z]{2,3}")  # a BCP 47 primary language subtag, lower-cased
 RULE_KINDS = ("domain", "host", "url", "cidr", "store", "include")
-RULE_EXTRA_KEYS = {"category", "source", "id", "method", "comment"}
+RULE_EXTRA_KEYS = {"category", "source", "id", "method", "comment", "dns_action"}
+# dns_action applies where the resolver answers for the rule: names, and cidr rules (a forwarded answer holding such
+# an address is replaced by the blocked answer). url and store rules act in the proxy only.
+DNS_ACTION_KINDS = ("domain", "host", "include", "cidr")
+# A control file may leave out policy.effective: bypass controls are enforced from the start.
+CONTROL_EFFECTIVE = datetime(1970, 1, 1, tzinfo=UTC)
 _REFUSED = object()  # a rule whose payload could not be built (the problem is already reported)
 
 
@@ -147,8 +164,9 @@ class _FileParser(NodeReader):
         # run lists every problem of the file.
         app_node = top.get("app")
         app_id = self.app_id(root, app_node)
-        app = self.parse_policy(root, top, app_id or "invalid")
-        if app is None or app_id is None:
+        kind = self.app_kind(top["kind"]) if "kind" in top else "ban"
+        app = self.parse_policy(root, top, app_id or "invalid", kind or "ban")
+        if app is None or app_id is None or kind is None:
             app_id = app_id or "invalid"
             app = AppPolicy(app_id, app_id, "", datetime(1970, 1, 1, tzinfo=UTC), "UTC", (), "", "", self.shown)
             self.ok = False
@@ -208,9 +226,20 @@ class _FileParser(NodeReader):
             return None
         return app_id
 
+    def app_kind(self, node: yaml.Node) -> AppKind | None:
+        value = self.scalar(node, "kind")
+        for kind in APP_KINDS:
+            if value == kind:
+                return kind
+        if value is not None:
+            self.error(node, f"'kind' must be one of: {', '.join(APP_KINDS)} (got {value!r})")
+        return None
+
     # -- policy section -----------------------------------------------------------------------------------------
-    def parse_policy(self, root: yaml.Node, top: dict[str, yaml.Node], app_id: str) -> AppPolicy | None:
+    def parse_policy(self, root: yaml.Node, top: dict[str, yaml.Node], app_id: str, kind: AppKind) -> AppPolicy | None:
         pol_node = top.get("policy")
+        if pol_node is None and kind == "control":
+            pol_node = yaml.MappingNode("tag:yaml.org,2002:map", [], root.start_mark, root.end_mark)
         if pol_node is None:
             self.error(root, "missing required key 'policy' (with at least 'effective')")
             return None
@@ -226,10 +255,10 @@ class _FileParser(NodeReader):
             self.error(pol["timezone"], f"unknown time zone {tz_name!r} (use an IANA name such as America/Toronto)")
             tz = ZoneInfo("UTC")
         eff_node = pol.get("effective")
-        if eff_node is None:
+        if eff_node is None and kind == "ban":
             self.error(pol_node, "missing required key 'policy.effective' (a date such as 2023-10-30)")
             return None
-        effective = self.parse_when(eff_node, tz)
+        effective = CONTROL_EFFECTIVE if eff_node is None else self.parse_when(eff_node, tz)
         if effective is None:
             return None
         exempt = self.exempt_clients(pol["exempt_clients"]) if "exempt_clients" in pol else []
@@ -252,6 +281,7 @@ class _FileParser(NodeReader):
             reference=text["reference"],
             path=self.shown,
             translations=tuple(translations),
+            kind=kind,
         )
 
     def localized_text(self, node: yaml.Node, key: TextField) -> tuple[str, list[tuple[str, str]]]:
@@ -333,28 +363,38 @@ class _FileParser(NodeReader):
         extras = self.rule_extras(node, fields, kind, action)
         if extras is None:
             return
-        category, method, comment = extras
+        category, method, comment, dns_action = extras
         value_node = fields[kind]
         source_ref = f"{self.shown}:{node_pos(node)[0]}"
         if kind == "store":
+            if dns_action is not None:
+                self.error(fields["dns_action"], "'dns_action' applies to domain, host, include and cidr rules")
+                return
             self.parse_store(value_node, fields, app_id, action, category, source_ref, comment, parsed)
             return
-        raw = self.scalar(value_node, kind)
-        value = None if raw is None else self.rule_value(kind, raw, value_node)
+        raw: str | None
+        value: tuple[str, Any] | None
+        if kind == "include" and isinstance(value_node, yaml.MappingNode):
+            # A URL feed (feeds.url_include): the rule is named by its URL, the loader reads its local copy.
+            url_local = url_include(self, value_node, self.path, self.limits.feed_bytes)
+            raw, value = (None, None) if url_local is None else (url_local[1], (url_local[0], None))
+        else:
+            raw = self.scalar(value_node, kind)
+            value = None if raw is None else self.rule_value(kind, raw, value_node)
         if raw is None or value is None:
             return
         rid = self.rule_id(fields, app_id, action, kind, value[0])
         if rid is None:
             return
-        rule = Rule(rid, app_id, action, kind, value[0], category, source_ref, method, comment)  # type: ignore[arg-type]
+        rule = Rule(rid, app_id, action, kind, value[0], category, source_ref, method, comment, dns_action)  # type: ignore[arg-type]
         payload = self.rule_payload(rule, raw, value_node, value[1], parsed)
         if payload is not _REFUSED:
             parsed.rules.append((rule, (payload, value_node)))
 
     def rule_extras(
         self, node: yaml.Node, fields: dict[str, yaml.Node], kind: str, action: str
-    ) -> tuple[str | None, str | None, str | None] | None:
-        """(category, method, comment) of a rule; None after reporting a problem with one of them."""
+    ) -> tuple[str | None, str | None, str | None, str | None] | None:
+        """(category, method, comment, dns_action) of a rule; None after reporting a problem with one of them."""
         category = None
         if "category" in fields:
             category = self.scalar(fields["category"], "category")
@@ -378,7 +418,27 @@ class _FileParser(NodeReader):
         comment = self.scalar(fields["comment"], "comment") if "comment" in fields else None
         if "source" in fields:
             self.scalar(fields["source"], "source")
-        return category, method, comment
+        dns_action = self.dns_action(fields["dns_action"], kind, action) if "dns_action" in fields else None
+        if "dns_action" in fields and dns_action is None:
+            return None
+        return category, method, comment, dns_action
+
+    def dns_action(self, node: yaml.Node, kind: str, action: str) -> str | None:
+        """A block rule's ``dns_action`` (overrides the resolver's --mode for its names); None after a problem."""
+        value = self.scalar(node, "dns_action")
+        if value is None:
+            return None
+        value = value.lower()
+        if value not in DNS_ACTIONS:
+            self.error(node, f"'dns_action' must be one of: {', '.join(DNS_ACTIONS)} (got {value!r})")
+            return None
+        if action != "block":
+            self.error(node, "'dns_action' applies to block rules only")
+            return None
+        if kind not in DNS_ACTION_KINDS:
+            self.error(node, f"'dns_action' applies to {', '.join(DNS_ACTION_KINDS)} rules (not {kind}: proxy only)")
+            return None
+        return value
 
     def rule_value(self, kind: str, raw: str, node: yaml.Node) -> tuple[str, Any] | None:
         """(value as stored, payload) of a domain/host/cidr/url/include rule; None after reporting a bad value."""

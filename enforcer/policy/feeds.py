@@ -5,17 +5,41 @@
   count) and the over-broad warnings (a public suffix listed as a name, ``lint.public_feed_names``) go to
   ``problems`` at ``shown:LINE:COL``. Returns the names, or None when a line was bad (the include is refused whole).
 
+URL feeds (``include: {url: ..., sha256: ...}`` pinned, ``include: {url: ..., refresh: 6h, max_change: 10%}``
+followed; issue 17): the loader never fetches. It reads the LOCAL copy that ``enforcer feeds update`` keeps next to
+the blocklist, ``<folder of the YAML>/feeds/<first 16 hex of sha256(url)>.txt`` (``local_copy``), so a URL feed obeys
+the same rule as a file feed (inside the blocklist folder, bounded read) and a swapped copy is picked up by the usual
+reload (a file change).
+
+- ``FeedSpec``: url, sha256 pin or refresh (seconds) and max_change (a fraction), the YAML file it is in.
+- ``url_include(reader, node, yaml_path, limit)``: the mapping of an ``include:`` -> ``(url, local path as written
+  relative to the YAML)``, or None after a located error: unknown keys, a URL that is not http(s), a bad pin, refresh
+  or max_change, both a pin and a refresh, no local copy yet (the message says to run ``enforcer feeds update``), or a
+  pinned copy whose bytes no longer hash to the pin.
+- ``parse_spec(mapping, yaml_path)``: the same from plain YAML data (``enforcer feeds`` lists the feeds to fetch
+  before any local copy exists); ValueError with a one-line reason.
+- ``parse_duration("6h")`` -> seconds, ``parse_fraction("10%")`` -> 0.1.
+
 Where the feed may live, how it is read (bounded, regular files only) and what an empty feed means are the
 loader's (``blocklist.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from . import lint
+from .bounded import Unreadable, read_regular
 from .model import Problem
 from .names import _ASCII_NAME_RE, MAX_NAME, InvalidName, normalize_name
+from .nodes import NodeReader
 
 HOSTS_FILE_SKIP = {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback"}
 MAX_FEED_ERRORS = 20
@@ -97,3 +121,116 @@ def _warn_public(names: list[str], text: str, shown: str, problems: list[Problem
         )
         message = f"over-broad feed entry: {name} is a public suffix: this include blocks every name under it"
         problems.append(Problem(shown, lineno, col, message, "warning"))
+
+
+# -- URL feeds ------------------------------------------------------------------------------------------------------
+
+FEED_KEYS = {"url", "sha256", "refresh", "max_change"}
+FEEDS_DIR = "feeds"  # beside the YAML that includes the feed
+DEFAULT_REFRESH = 24 * 3600.0
+DEFAULT_MAX_CHANGE = 0.10
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    url: str
+    yaml_path: Path  # the blocklist file whose include names it
+    sha256: str | None = None  # pinned: the local copy must hash to this, and an update never changes it
+    refresh: float = DEFAULT_REFRESH  # followed: fetched this often by --feeds-refresh
+    max_change: float = DEFAULT_MAX_CHANGE  # followed: an update adding/removing more than this share is refused
+
+    @property
+    def pinned(self) -> bool:
+        return self.sha256 is not None
+
+    @property
+    def local(self) -> Path:
+        return local_copy(self.yaml_path.parent, self.url)
+
+    @property
+    def key(self) -> str:
+        """The feed's short name in metrics and messages: the local copy's stem."""
+        return self.local.stem
+
+
+def local_copy(folder: Path, url: str) -> Path:
+    return folder / FEEDS_DIR / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".txt")
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION_RE.fullmatch(str(text).strip().lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"expected a duration such as 6h, 30m or 1d, got {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_fraction(text: str) -> float:
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError(f"expected a share such as 10% or 0.1, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"expected a share above 0 and at most 100%, got {text!r}")
+    return value
+
+
+def parse_spec(data: dict[str, Any], yaml_path: Path) -> FeedSpec:
+    """A FeedSpec from an include mapping's plain values; ValueError with a one-line reason."""
+    unknown = set(data) - FEED_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown key {sorted(unknown)[0]!r} in a URL include (expected: {', '.join(sorted(FEED_KEYS))})"
+        )
+    url = str(data.get("url") or "").strip()
+    if not re.match(r"https?://[^/\s]+", url):
+        raise ValueError(f"'url' must be an http:// or https:// URL, got {url!r}")
+    pin = data.get("sha256")
+    if pin is not None:
+        pin = str(pin).strip().lower()
+        if not _SHA256_RE.fullmatch(pin):
+            raise ValueError(f"'sha256' must be 64 hex digits, got {data.get('sha256')!r}")
+        if "refresh" in data or "max_change" in data:
+            raise ValueError("a pinned feed (sha256) is never refreshed: drop 'refresh'/'max_change', or the pin")
+        return FeedSpec(url, yaml_path, sha256=pin)
+    refresh = parse_duration(data["refresh"]) if "refresh" in data else DEFAULT_REFRESH
+    max_change = parse_fraction(data["max_change"]) if "max_change" in data else DEFAULT_MAX_CHANGE
+    return FeedSpec(url, yaml_path, refresh=refresh, max_change=max_change)
+
+
+def url_include(reader: NodeReader, node: yaml.Node, yaml_path: Path, limit: int) -> tuple[str, str] | None:
+    """``(url, local copy relative to the YAML)`` of a URL include; None after a located error."""
+    fields = reader.mapping(node, "a URL include", FEED_KEYS)
+    if fields is None:
+        return None
+    values = {}
+    for key, value_node in fields.items():
+        value = reader.scalar(value_node, key)
+        if value is None:
+            return None
+        values[key] = value
+    try:
+        spec = parse_spec(values, yaml_path)
+    except ValueError as exc:
+        reader.error(node, str(exc))
+        return None
+    relative = f"{FEEDS_DIR}/{spec.local.name}"
+    if not spec.local.exists():
+        reader.error(
+            node,
+            f"feed {spec.url} has no local copy yet ({relative}): run 'enforcer feeds update --blocklist "
+            f"{yaml_path.parent}' to fetch it",
+        )
+        return None
+    try:
+        data = read_regular(spec.local, limit)
+    except Unreadable as exc:
+        reader.error(node, f"cannot read the local copy {relative} of feed {spec.url}: {exc}")
+        return None
+    if spec.sha256 is not None and hashlib.sha256(data).hexdigest() != spec.sha256:
+        reader.error(node, f"the local copy {relative} of feed {spec.url} does not match its sha256 pin")
+        return None
+    return spec.url, relative
