@@ -5,8 +5,8 @@ checked against it). ``Metrics(registry)`` builds the prometheus_client objects 
 hot path (the resolver, the proxy) may use ``LocalCounter``: a plain dict of ints read at scrape time, with no lock,
 for code that runs on one event-loop thread.
 
-Labels are bounded (app, category, component, action, outcome, result, kind, window, upstream): names, URLs and
-client addresses go into hit events, never into labels.
+Labels are bounded (app, category, component, action, outcome, result, kind, window, upstream, transport): names,
+URLs and client addresses go into hit events, never into labels.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ KIND = "kind"
 WINDOW = "window"
 UPSTREAM = "upstream"
 REASON = "reason"
+TRANSPORT = "transport"  # dot | doh | doq (encrypted DNS listeners)
 
 # Metric names (as exposed; counters carry their _total suffix here).
 BLOCKED_TOTAL = "enforcer_blocked_total"
@@ -42,6 +43,9 @@ DNS_UPSTREAM_ERRORS_TOTAL = "enforcer_dns_upstream_errors_total"
 DNS_UPSTREAM_HEALTHY = "enforcer_dns_upstream_healthy"
 DNS_CACHE_ENTRIES = "enforcer_dns_cache_entries"
 DNS_TCP_CONNECTIONS = "enforcer_dns_tcp_connections"
+DNS_ENCRYPTED_QUERIES_TOTAL = "enforcer_dns_encrypted_queries_total"
+DNS_ENCRYPTED_CONNECTIONS_TOTAL = "enforcer_dns_encrypted_connections_total"
+DNS_ENCRYPTED_CONNECTIONS = "enforcer_dns_encrypted_connections_open"
 DNS_WORKERS = "enforcer_dns_workers"
 PROXY_FLOWS_TOTAL = "enforcer_proxy_flows_total"
 POLICY_RULES = "enforcer_policy_rules"
@@ -98,6 +102,21 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(DNS_UPSTREAM_HEALTHY, "gauge", "1 when the upstream is considered healthy.", (UPSTREAM,)),
         MetricSpec(DNS_CACHE_ENTRIES, "gauge", "Entries in the resolver cache."),
         MetricSpec(DNS_TCP_CONNECTIONS, "gauge", "Open DNS-over-TCP client connections."),
+        # Encrypted DNS (enforcer/dns/encrypted.py): every query is also in enforcer_dns_queries_total{outcome}.
+        MetricSpec(
+            DNS_ENCRYPTED_QUERIES_TOTAL,
+            "counter",
+            "DNS queries received over DoT, DoH and DoQ (their outcomes are in enforcer_dns_queries_total).",
+            (TRANSPORT,),
+        ),
+        MetricSpec(
+            DNS_ENCRYPTED_CONNECTIONS_TOTAL,
+            "counter",
+            "Encrypted DNS connections and refusals by outcome (accepted, refused, source_limit, rejected, "
+            "handshake_timeout, handshake_failed, idle_timeout, client_id_refused, stream_limit, bad_request).",
+            (TRANSPORT, OUTCOME),
+        ),
+        MetricSpec(DNS_ENCRYPTED_CONNECTIONS, "gauge", "Open encrypted DNS client connections.", (TRANSPORT,)),
         MetricSpec(DNS_WORKERS, "gauge", "Resolver worker processes answering (enforcer dns --workers)."),
         MetricSpec(
             PROXY_FLOWS_TOTAL, "counter", "Proxy flows by outcome (allowed, blocked, monitored, error).", (OUTCOME,)
