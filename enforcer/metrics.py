@@ -32,6 +32,7 @@ KIND = "kind"
 WINDOW = "window"
 UPSTREAM = "upstream"
 REASON = "reason"
+FEED = "feed"  # a URL feed's short name (its local copy's stem: 16 hex digits), one per include: a bounded set
 TRANSPORT = "transport"  # dot | doh | doq (encrypted DNS listeners)
 
 # Metric names (as exposed; counters carry their _total suffix here).
@@ -63,6 +64,9 @@ ANALYST_EVENTS_DUPLICATE_TOTAL = "enforcer_analyst_events_duplicate_total"
 ANALYST_EVENTS_STORED = "enforcer_analyst_events_stored"
 ANALYST_FILES_SKIPPED_TOTAL = "enforcer_analyst_files_skipped_total"
 ANALYST_HOST_REFUSED_TOTAL = "enforcer_analyst_host_refused_total"
+FEED_UPDATES_TOTAL = "enforcer_feed_updates_total"
+FEED_AGE = "enforcer_feed_age_seconds"
+FEED_REFRESH = "enforcer_feed_refresh_seconds"
 
 # Resolver latency: most answers take tens of microseconds, forwarded ones up to the 2 s upstream timeout.
 DNS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -150,6 +154,16 @@ SPECS: dict[str, MetricSpec] = {
             (REASON,),
         ),
         MetricSpec(ANALYST_HOST_REFUSED_TOTAL, "counter", "Analyst requests refused for a foreign Host header."),
+        MetricSpec(
+            FEED_UPDATES_TOTAL,
+            "counter",
+            "URL feed update attempts by result (updated, unchanged, refused, failed).",
+            (FEED, RESULT),
+        ),
+        MetricSpec(FEED_AGE, "gauge", "Seconds since the feed's local copy was last confirmed current.", (FEED,)),
+        MetricSpec(
+            FEED_REFRESH, "gauge", "The feed's refresh interval (include: refresh), for the age alert.", (FEED,)
+        ),
     )
 }
 

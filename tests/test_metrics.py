@@ -57,7 +57,7 @@ def test_documented_fixed_metrics_are_the_contract_ones() -> None:
 
 def test_specs_follow_naming_rules() -> None:
     bounded = {"app", "category", "component", "action", "outcome", "result", "kind", "window", "upstream", "reason",
-               "fingerprint", "transport"}  # fmt: skip
+               "fingerprint", "transport", "feed"}  # fmt: skip
     for name, spec in SPECS.items():
         assert name.startswith("enforcer_") and spec.name == name
         assert (spec.kind == "counter") == name.endswith("_total"), name
