@@ -5,6 +5,16 @@ loop and signal handling, a crash in one cannot corrupt another, and each child 
 This module only merges the settings, starts the children, waits until each answers, prints where each user should
 point, relays their logs with a prefix, and stops all of them when one dies or on Ctrl-C / SIGTERM.
 
+It never prints a summary it cannot stand behind:
+
+- ``probe_addresses``: before anything is printed or created (no token, no child), every address serve will use is
+  bound once and released (DNS over UDP and TCP, the proxy, the analyst, each /metrics). The first that fails is one
+  line naming the address and the component (``enforcer serve: cannot listen on 127.0.0.1:5353/udp (dns): Address
+  already in use``) and exit status 1.
+- Readiness talks to serve's own children: a child counts as ready only when its address answers AND the listening
+  socket belongs to that child or one of its descendants (``owns_listener``, from /proc). Another instance (or any
+  program) that holds the port cannot pass for the child that failed to bind it.
+
 Settings per child: a ``serve`` flag beats the config file's section for that child (``dns:``, ``proxy:``,
 ``analyst:``), which beats the defaults below; the config file is also passed to each child so its other keys apply.
 """
@@ -66,6 +76,7 @@ class Child:
     name: str
     argv: list[str]
     ready: Any  # async callable -> bool
+    listens: list[tuple[str, str]] = field(default_factory=list)  # (HOST:PORT, "udp"|"tcp") this child binds
     proc: asyncio.subprocess.Process | None = None
     relay: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -124,7 +135,8 @@ def _plan_dns(args: argparse.Namespace, argv: list[str], info: dict[str, Any]) -
         argv += ["--upstream", up]
     host, port = split_host_port(listen)
     info.update(dns=listen, dns_metrics=metrics, dns_events=ev)
-    return Child("dns", argv, lambda h=host, p=port: _dns_ready(h, p))
+    binds = [(a, proto) for a in listens for proto in ("udp", "tcp")] + ([(metrics, "tcp")] if metrics else [])
+    return Child("dns", argv, lambda h=host, p=port: _dns_ready(h, p), binds)
 
 
 def _plan_proxy(args: argparse.Namespace, argv: list[str], info: dict[str, Any]) -> Child:
@@ -136,7 +148,8 @@ def _plan_proxy(args: argparse.Namespace, argv: list[str], info: dict[str, Any])
     argv = [*argv, "--listen", listen, "--events", ev, "--metrics", metrics, "--confdir", confdir]
     host, port = split_host_port(listen)
     info.update(proxy=listen, proxy_metrics=metrics, proxy_events=ev, ca=str(Path(confdir) / "mitmproxy-ca-cert.pem"))
-    return Child("proxy", argv, lambda h=host, p=port: _tcp_ready(h, p))
+    binds = [(listen, "tcp")] + ([(metrics, "tcp")] if metrics else [])
+    return Child("proxy", argv, lambda h=host, p=port: _tcp_ready(h, p), binds)
 
 
 def _plan_analyst(args: argparse.Namespace, argv: list[str], info: dict[str, Any]) -> Child:
@@ -154,7 +167,7 @@ def _plan_analyst(args: argparse.Namespace, argv: list[str], info: dict[str, Any
     host, port = split_host_port(listen)
     url = f"http://{format_host_port(host, port)}"
     info.update(analyst=url + "/", analyst_token_file=token_file, analyst_db=db)
-    return Child("analyst", argv, lambda u=url: _http_ready(u + "/healthz"))
+    return Child("analyst", argv, lambda u=url: _http_ready(u + "/healthz"), [(listen, "tcp")])
 
 
 async def _dns_ready(host: str, port: int) -> bool:
@@ -182,6 +195,105 @@ def _safe(fn: Any, *a: Any) -> bool:
         return bool(fn(*a))
     except (OSError, ValueError):
         return False
+
+
+def probe_addresses(children: list[Child]) -> str | None:
+    """Bind and release every address the children will listen on; the first failure as one line, else None."""
+    for child in children:
+        for address, proto in child.listens:
+            try:
+                host, port = split_host_port(address)
+            except ValueError as exc:
+                return f"enforcer serve: {child.name} address {address!r}: {exc}"
+            if port == 0:
+                continue  # the child picks a free port: nothing to collide with
+            try:
+                _probe_bind(host, port, proto)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                return f"enforcer serve: cannot listen on {format_host_port(host, port)}/{proto} ({child.name}): {why}"
+    return None
+
+
+def _probe_bind(host: str, port: int, proto: str) -> None:
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+    family, kind, _, _, sockaddr = infos[0]
+    with socket.socket(family, kind) as s:
+        if proto == "tcp":
+            # As the children's servers do: a TIME_WAIT left by a previous run is no conflict, a listener is.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(sockaddr)
+        if proto == "tcp":
+            s.listen(1)
+
+
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (from /proc; empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name (2nd field) is in parentheses and may hold spaces: the ppid follows the last ')'.
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = {pid}, [pid]
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            if kid not in found:
+                found.add(kid)
+                todo.append(kid)
+    return found
+
+
+def _socket_inodes(pids: set[int]) -> set[int]:
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def owns_listener(pid: int, port: int, proto: str) -> bool | None:
+    """Whether a socket bound to ``port`` (listening, for TCP) belongs to ``pid`` or a descendant.
+
+    None where /proc cannot tell (not Linux): the caller then relies on the probe-bind done before start."""
+    tables = [f"/proc/net/{proto}", f"/proc/net/{proto}6"]
+    if not any(os.path.exists(t) for t in tables):
+        return None
+    bound: set[int] = set()
+    for table in tables:
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh, None)
+            for line in fh:
+                cols = line.split()
+                local, state, inode = cols[1], cols[3], int(cols[9])
+                if int(local.rsplit(":", 1)[1], 16) == port and (proto == "udp" or state == "0A"):
+                    bound.add(inode)
+    return bool(bound & _socket_inodes(_descendants(pid)))
+
+
+def _child_owns(child: Child) -> bool:
+    """Every address of ``child`` is held by the child itself (or /proc cannot tell)."""
+    assert child.proc is not None
+    for address, proto in child.listens:
+        port = split_host_port(address)[1]
+        if port and owns_listener(child.proc.pid, port, proto) is False:
+            return False
+    return True
 
 
 def ensure_token(path: Path) -> str:
@@ -260,6 +372,10 @@ async def serve(args: argparse.Namespace) -> int:
     if not children:
         print("serve: nothing to run (all of --no-dns, --no-proxy, --no-analyst given)", file=sys.stderr)
         return 2
+    problem = probe_addresses(children)
+    if problem is not None:
+        print(problem, file=sys.stderr, flush=True)
+        return 1
     Path(info["events"]).mkdir(parents=True, exist_ok=True)
     token = ensure_token(Path(info["analyst_token_file"])) if "analyst" in info else None
 
@@ -315,7 +431,8 @@ async def _wait_ready(children: list[Child], stop: asyncio.Event) -> bool:
                     file=sys.stderr,
                 )
                 return False
-            if await child.ready():
+            # Answering is not enough: the listener must be this child's, not another instance's on the same port.
+            if await child.ready() and await asyncio.to_thread(_child_owns, child):
                 pending.remove(child)
         if loop_time() > deadline:
             names = ", ".join(c.name for c in pending)
