@@ -78,7 +78,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--token-file",
             metavar="FILE",
-            help="file holding the bearer token for / and /api/* (required to listen beyond loopback)",
+            help="file holding the bearer token for / and /api/* (required to listen beyond loopback); one token "
+            "per analyst as name:token lines names who changed a case (a plain token line is named 'analyst')",
         )
         parser.add_argument(
             "--create-token",
@@ -90,6 +91,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument(
             "--poll-interval", type=float, default=0.5, metavar="SECONDS", help="between event file polls (0.5)"
+        )
+        parser.add_argument(
+            "--retention",
+            default="forever",
+            metavar="PERIOD",
+            help="delete events older than this (90d, 12w, 36h, 1y), and cases closed before it; in small batches "
+            "in the background (default: forever, every event kept)",
         )
         parser.add_argument(
             "--allowed-host",
@@ -218,13 +226,22 @@ def _size(value: str) -> int:
         raise ConfigError(f"analyst: --max-file-size: {exc}") from None
 
 
+def _retention(value: str | None) -> float | None:
+    from .retention import parse_retention
+
+    try:
+        return parse_retention(value)
+    except ValueError as exc:
+        raise ConfigError(f"analyst: {exc}") from None
+
+
 def run_analyst(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
     from ..policy import PolicyError
     from .hostcheck import check_listen
-    from .state import AnalystSettings
+    from .state import AnalystSettings, parse_tokens
     from .web import start_analyst
 
     settings = AnalystSettings(
@@ -237,7 +254,10 @@ def run_analyst(args: argparse.Namespace) -> int:
         poll_interval=float(args.poll_interval),
         max_file_bytes=_size(args.max_file_size),
         allowed_hosts=_flatten(args.allowed_host),
+        retention=_retention(getattr(args, "retention", None)),
     )
+    if settings.token:
+        parse_tokens(settings.token, source=str(args.token_file))  # name:token lines: file:line errors now
     check_listen(settings)  # before anything is opened: the refusal is the whole output
 
     async def serve() -> int:
