@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("enforcer.analyst.cli", "compliance report from event files"),
     "serve": ("enforcer.serve", "run resolver, proxy and analyst together on embedded defaults"),
     "rpz-log": ("enforcer.rpz.logs", "turn BIND/Unbound RPZ hit logs into enforcer events (enforcer.rpz)"),
+    "feeds": ("enforcer.feeds.cli", "update the URL feeds of a blocklist: fetch, check, diff, swap (feeds update)"),
+    "discover": ("enforcer.discover.cli", "propose candidate rules from events and the query log (never applied)"),
 }
 
 

@@ -1,0 +1,92 @@
+"""One bounded HTTP(S) download of a feed.
+
+``await fetch(url, etag=..., last_modified=..., timeout=30, max_bytes=64 MiB, cafile=None)`` -> ``Fetched``:
+``status`` 200 with the body and the new validators, or 304 (not modified, no body). Raises ``FetchError`` with a
+one-line reason for everything else: a status other than 200/304, a connection or TLS failure (certificates are
+always verified; ``cafile`` adds a private CA), the total timeout, a body over ``max_bytes`` (the read stops there),
+or a download cut short (fewer bytes than Content-Length, or a broken chunked body): a partial feed is never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+USER_AGENT = "enforcer-feeds/1"
+
+
+class FetchError(Exception):
+    """A feed download that failed; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status: int  # 200 or 304
+    body: bytes = b""
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def ssl_context(cafile: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if cafile:
+        ctx.load_verify_locations(cafile=cafile)
+    return ctx
+
+
+async def fetch(
+    url: str,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    cafile: str | None = None,
+) -> Fetched:
+    headers = {"User-Agent": USER_AGENT}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    try:
+        ctx = ssl_context(cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise FetchError(f"cannot load --cafile {cafile}: {exc}") from None
+    limits = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=limits, trust_env=False) as session,
+            session.get(url, headers=headers, ssl=ctx, allow_redirects=True, max_redirects=3) as resp,
+        ):
+            if resp.status == 304:
+                return Fetched(304, b"", etag, last_modified)
+            if resp.status != 200:
+                raise FetchError(f"HTTP {resp.status} {resp.reason or ''}".strip())
+            declared = resp.content_length
+            if declared is not None and declared > max_bytes:
+                raise FetchError(f"feed too large: {declared} bytes (the limit is {max_bytes})")
+            chunks: list[bytes] = []
+            total = 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise FetchError(f"feed too large: over {max_bytes} bytes")
+                chunks.append(chunk)
+            if declared is not None and total != declared:
+                raise FetchError(f"download cut short: {total} of {declared} bytes")
+            return Fetched(200, b"".join(chunks), resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+    except FetchError:
+        raise
+    except TimeoutError:
+        raise FetchError(f"timed out after {timeout:g} s") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise FetchError(f"download cut short: {exc}") from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise FetchError(f"TLS certificate not trusted: {exc.certificate_error}") from None
+    except (aiohttp.ClientError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+        raise FetchError(f"{type(exc).__name__}: {exc}") from None
