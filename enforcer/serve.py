@@ -37,6 +37,7 @@ from typing import Any
 from .config import ConfigError, ReplaceAppend, default_blocklist
 from .healthcheck import probe_dns
 from .net import format_host_port, split_host_port
+from .policy.reloader import REQUIRE_APP_HELP, parse_required_apps
 from .proxy.cli import default_confdir
 
 DEFAULTS = {
@@ -56,6 +57,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--blocklist", metavar="PATH", help="blocklist file or folder shared by all (default: blocklists/)")
     p.add_argument("--dns-listen", metavar="HOST:PORT", help=f"resolver address (default: {DEFAULTS['dns_listen']})")
     p.add_argument("--upstream", action=ReplaceAppend, help="resolver upstream (repeatable; default: /etc/resolv.conf)")
+    p.add_argument("--require-app", metavar="APP,APP", default=None, help=REQUIRE_APP_HELP + "; for resolver and proxy")
     p.add_argument(
         "--dns-metrics", metavar="HOST:PORT", help=f"resolver /metrics address (default: {DEFAULTS['dns_metrics']})"
     )
@@ -105,9 +107,13 @@ def plan(args: argparse.Namespace) -> tuple[list[Child], dict[str, Any]]:
     # --blocklist given to serve is shared by all three; otherwise each child takes its own config section's
     # blocklist or the default (the same folder unless the config says otherwise).
     shared = ["--blocklist", args.blocklist] if args.blocklist else []
+    required = parse_required_apps(getattr(args, "require_app", None))
+    # The resolver and the proxy enforce --require-app; without it each keeps its own default (or config section).
+    require = [] if required is None else ["--require-app", ",".join(required)]
 
     def head(command: str) -> list[str]:
-        return [sys.executable, "-m", "enforcer", command, *cfg, *log, *shared]
+        own = require if command in ("dns", "proxy") else []
+        return [sys.executable, "-m", "enforcer", command, *cfg, *log, *shared, *own]
 
     info: dict[str, Any] = {"blocklist": args.blocklist or default_blocklist(), "data": str(data)}
     info["events"] = str(data / "events")

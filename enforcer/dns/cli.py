@@ -13,6 +13,7 @@ import sys
 
 from ..config import ReplaceAppend, default_blocklist
 from ..policy.cli import DEFAULT_MODE
+from ..policy.reloader import REQUIRE_APP_HELP
 from . import DEFAULT_ALLOW
 
 
@@ -39,6 +40,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="blocklist file or folder (repeatable; default: blocklists/)",
     )
+    parser.add_argument("--require-app", metavar="APP,APP", default=None, help=REQUIRE_APP_HELP)
     parser.add_argument(
         "--mode",
         default=DEFAULT_MODE,

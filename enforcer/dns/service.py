@@ -51,7 +51,7 @@ from ..metrics import (
 )
 from ..net import NetworkSet, parse_network, split_host_port
 from ..policy.addresses import check_nat64_prefix
-from ..policy.reloader import PolicyHolder
+from ..policy.reloader import PolicyHolder, parse_required_apps
 from . import DEFAULT_ALLOW
 from .cache import Cache
 from .chain import ChainParts, admission, build_chain
@@ -107,6 +107,7 @@ class DnsSettings:
     rpz_refresh: float = 60.0  # re-evaluate effective dates this often (monitor -> enforced moves the serial)
     query_log: str | None = None  # --query-log: sampled allowed queries for enforcer discover (dns/querylog.py)
     query_log_sample: float = 0.1
+    require_apps: list[str] | None = field(default_factory=list)  # --require-app; None: the apps of the first load
 
     @classmethod
     def from_args(cls, args: Any) -> DnsSettings:
@@ -145,6 +146,7 @@ class DnsSettings:
         return cls(
             **rpz,
             blocklist=list(args.blocklist) if isinstance(args.blocklist, list) else [args.blocklist],
+            require_apps=parse_required_apps(getattr(args, "require_app", ())),
             upstreams=upstreams,
             listen=listen,
             mode=mode,
@@ -283,7 +285,9 @@ class Resolver:
         loop = asyncio.get_running_loop()
         metrics = Metrics(self.registry, DNS_METRICS)
         # The first load may read a large feed: off the loop, like every reload.
-        self.holder = await loop.run_in_executor(None, lambda: PolicyHolder(s.blocklist, metrics=metrics))
+        self.holder = await loop.run_in_executor(
+            None, lambda: PolicyHolder(s.blocklist, metrics=metrics, require_apps=s.require_apps)
+        )
         if self._own_writer:
             self.writer.register_metrics(self.registry)
         observer = Observer(self.registry, self.writer)

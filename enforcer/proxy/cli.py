@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from enforcer.config import ConfigError, ReplaceAppend, default_blocklist
+from enforcer.policy.reloader import REQUIRE_APP_HELP, parse_required_apps
 
 ADDON_PATH = Path(__file__).resolve().with_name("addon.py")
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -44,6 +45,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="blocklist file or folder (repeatable; default: blocklists/)",
     )
+    parser.add_argument("--require-app", metavar="APP,APP", default=None, help=REQUIRE_APP_HELP)
     parser.add_argument("--events", metavar="PATH", help="write hit events (ECS JSON Lines) to this file")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     parser.add_argument(
@@ -99,11 +101,14 @@ def mitmdump_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--set", f"enforcer_events={Path(args.events).resolve()}"]
     if args.metrics:
         cmd += ["--set", f"enforcer_metrics={args.metrics}"]
+    required = parse_required_apps(getattr(args, "require_app", None))
+    cmd += ["--set", "enforcer_require_apps=" + ("auto" if required is None else ",".join(required))]
     return cmd + list(args.mitmdump_args or [])
 
 
 def run(command: str, args: argparse.Namespace) -> int:
     from enforcer.policy import PolicyError, load_policy
+    from enforcer.policy.reloader import missing_apps, required_app_error
 
     if args.addon_path:
         print(ADDON_PATH)
@@ -113,7 +118,10 @@ def run(command: str, args: argparse.Namespace) -> int:
             print(f"{p}: no such file or directory", file=sys.stderr)
             return 1
     try:
-        load_policy([Path(p) for p in args.blocklist])
+        policy = load_policy([Path(p) for p in args.blocklist])
+        missing = missing_apps(policy, parse_required_apps(getattr(args, "require_app", None)) or [])
+        if missing:
+            raise required_app_error(args.blocklist, missing)
     except PolicyError as exc:
         for problem in exc.problems:
             if problem.severity == "error":

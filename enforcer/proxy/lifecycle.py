@@ -1,13 +1,17 @@
 """The addon's options and lifecycle: what mitmproxy configures, starts and stops; no flow is judged here.
 
-- ``load``: the options ``enforcer_blocklist`` (files/folders, comma-separated), ``enforcer_events`` (JSON Lines
-  path), ``enforcer_metrics`` (HOST:PORT, the runtime's private registry), ``enforcer_passthrough``.
+- ``load``: the options ``enforcer_blocklist`` (files/folders, comma-separated), ``enforcer_require_apps`` (apps the
+  policy must keep: ``auto`` = those of the first load, ``''`` = none), ``enforcer_events`` (JSON Lines
+  path), ``enforcer_metrics`` (HOST:PORT, the runtime's private registry), ``enforcer_passthrough``,
+  ``enforcer_blocked_connect`` (``page``: a blocked CONNECT is accepted and its tunnel shows the block page;
+  ``refuse``: 403 on the CONNECT).
 - ``configure``: loads the policy (a bad one is an ``OptionsError``: mitmproxy keeps the old value), opens the event
   writer, starts the /metrics server; warns when ``connection_strategy=eager`` lets mitmproxy dial before we decide.
 - ``running``: ``PolicyHolder.watch`` as a task (the reload parses in a worker thread; a broken edit keeps the last
   good policy), SIGHUP -> reload, SIGUSR1 -> the event writer reopens its file.
 - ``done``: cancels the watch, stops the metrics server and closes the writer, so mitmproxy's script live-reload can
-  build a fresh addon on the same port. ``client_disconnected`` drops the connection's state.
+  build a fresh addon on the same port. ``client_disconnected`` records a block-page tunnel's hit that nothing
+  else recorded (a client that left before any TLS or request), then drops the connection's state.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from enforcer.events import EventWriter, install_reopen_signal
 from enforcer.metrics import serve_metrics
 from enforcer.net import split_host_port
 from enforcer.policy import PolicyError
-from enforcer.policy.reloader import PolicyHolder
+from enforcer.policy.reloader import PolicyHolder, parse_required_apps
+from enforcer.proxy.decide import BLOCKED_CONNECT_MODES, PAGE
 from enforcer.proxy.runtime import Runtime
 
 log = logging.getLogger("enforcer.proxy")
@@ -52,6 +57,13 @@ class Lifecycle:
             default_blocklist(),
             "enforcer: blocklist files or folders (comma-separated); reloaded when they change.",
         )
+        loader.add_option(
+            "enforcer_require_apps",
+            str,
+            "auto",
+            "enforcer: apps the policy must keep (comma-separated); a policy without one is refused. "
+            "'auto': the apps of the first load; '': no check.",
+        )
         loader.add_option("enforcer_events", str, "", "enforcer: write hit events (ECS JSON Lines) to this file.")
         loader.add_option("enforcer_metrics", str, "", "enforcer: serve Prometheus /metrics on HOST:PORT.")
         loader.add_option(
@@ -60,10 +72,19 @@ class Lifecycle:
             True,
             "enforcer: pass TLS through undecrypted unless the policy has url/store rules for its server name.",
         )
+        loader.add_option(
+            "enforcer_blocked_connect",
+            str,
+            PAGE,
+            "enforcer: a CONNECT to a blocked host: 'page' accepts it without any upstream connection and answers "
+            "the first request inside with the block page (the client must trust mitmproxy's CA to see it); "
+            "'refuse' answers the CONNECT itself with 403.",
+            choices=BLOCKED_CONNECT_MODES,
+        )
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
-        if "enforcer_blocklist" in updated:
+        if "enforcer_blocklist" in updated or "enforcer_require_apps" in updated:
             self._configure_blocklist(opts.enforcer_blocklist)
         if "enforcer_events" in updated:
             self._configure_events(opts.enforcer_events)
@@ -71,6 +92,8 @@ class Lifecycle:
             self._configure_metrics(opts.enforcer_metrics)
         if "enforcer_passthrough" in updated:
             self.rt.passthrough = bool(opts.enforcer_passthrough)
+        if "enforcer_blocked_connect" in updated:
+            self.rt.blocked_connect = str(opts.enforcer_blocked_connect)
         if "connection_strategy" in updated and getattr(opts, "connection_strategy", "lazy") == "eager":
             log.warning(
                 "enforcer: connection_strategy=eager: mitmproxy connects upstream (and may finish a TLS handshake "
@@ -88,7 +111,9 @@ class Lifecycle:
             if not Path(p).exists():
                 raise exceptions.OptionsError(f"enforcer_blocklist: {p}: no such file or directory")
         try:
-            holder = PolicyHolder(paths, metrics=self.rt.metrics)
+            raw = str(getattr(ctx.options, "enforcer_require_apps", "auto"))
+            required = None if raw.strip() == "auto" else parse_required_apps(raw)
+            holder = PolicyHolder(paths, metrics=self.rt.metrics, require_apps=required)
         except PolicyError as exc:
             raise exceptions.OptionsError(f"enforcer_blocklist: invalid policy:\n{exc}") from None
         except OSError as exc:
@@ -170,4 +195,9 @@ class Lifecycle:
         self.rt.conns.clear()
 
     def client_disconnected(self, client: Client) -> None:
-        self.rt.conns.pop(client.id, None)
+        try:
+            self.rt.settle_page(client)
+        except Exception:
+            self.rt.hook_error("client_disconnected")
+        finally:
+            self.rt.conns.pop(client.id, None)
