@@ -7,7 +7,10 @@
   read one way only (two Host fields, ``a:80:80``, userinfo, a bad port): the addon answers it 400.
 - ``authority_host``: the host of one Host/:authority value, strictly.
 - ``match_request``: the URL/store/name decision for a request across those hosts; the blocking match wins.
-- ``ConnState``: what earlier hooks decided about one client connection.
+- ``ConnState``: what earlier hooks decided about one client connection; ``PendingPage``: a blocked CONNECT accepted
+  to show the block page inside the tunnel, whose hit is recorded once, when its outcome is known.
+- ``BLOCKED_CONNECT_MODES``: ``page`` (accept a blocked CONNECT, answer its first request with the block page) or
+  ``refuse`` (403 on the CONNECT itself).
 - ``client_address``: a peer address tuple -> ``ip_address`` (``%zone`` stripped; None when it is not an IP, e.g. a
   unix socket).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from enforcer.net import IPAddress, strip_zone
 from enforcer.policy import Match, Policy
@@ -27,6 +31,12 @@ BLOCKED = "blocked"
 MONITORED = "monitored"
 ERROR = "error"
 INVALID = "invalid"
+# A client refused the TLS handshake of a tunnel accepted to show the block page (it does not trust the enforcer CA:
+# a pinned app, an unmanaged device). Still blocked; the hit is counted once, with tls.established false.
+HANDSHAKE_FAILED = "handshake_failed"
+
+PAGE, REFUSE = "page", "refuse"
+BLOCKED_CONNECT_MODES = (PAGE, REFUSE)
 
 
 class UnparsableRequest(ValueError):
@@ -64,10 +74,21 @@ ALLOW = Verdict(None)
 
 
 @dataclass(slots=True)
+class PendingPage:
+    """A blocked CONNECT that was accepted (200) so that the block page can be shown inside the tunnel."""
+
+    verdict: Verdict
+    fields: dict[str, Any]  # event fields known at the CONNECT (host, destination, port)
+    recorded: bool = False  # the hit (blocked_total, one event) is recorded once per tunnel
+
+
+@dataclass(slots=True)
 class ConnState:
     """What earlier hooks decided about one client connection (kept only for connections that need it)."""
 
     refused: str | None = None  # why the upstream side must never be opened
+    page: PendingPage | None = None  # a blocked CONNECT whose tunnel only ever carries the block page
+    user: str | None = None  # the proxy login of this connection (mitmproxy's proxyauth), for user.name
     logged: set[str] = field(default_factory=set)  # "action|rule id" already logged as monitor hits here
     url_allowed: set[str] = field(default_factory=set)  # hosts an explicit url/store allow rule let through
 

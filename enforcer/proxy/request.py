@@ -4,6 +4,9 @@ websocket upgrades) before its body is read.
 - ``RequestJudge.requestheaders``: URL, store and name rules on every host the request names (destination,
   :authority, Host, the tunnel's CONNECT host and SNI; ``decide.request_hosts``) -> 403 block page; a Host that can
   be read two ways (two Host fields, ``host:80:80``, userinfo) -> 400; no host the matcher can read -> 403 error page.
+  Inside a block-page tunnel (a blocked CONNECT accepted by ``ConnectGate``) every request gets the CONNECT rule's
+  block page, whatever it names: the first one records the tunnel's hit (``Runtime.settle_page``), later ones (a
+  browser's retries, favicon) only count as blocked flows.
   A url/store allow rule that let the request through is remembered on the connection, so ``ServerGate`` does not
   refuse the host it was allowed for by a broader name rule.
 - ``connection_hosts``: the names of the connection a request arrived on that the origin may route by.
@@ -14,8 +17,18 @@ from __future__ import annotations
 from mitmproxy import http
 
 from enforcer.proxy import responses
-from enforcer.proxy.decide import ALLOWED, ERROR, INVALID, BadHost, UnparsableRequest, match_request, request_hosts
-from enforcer.proxy.runtime import Runtime, ip_or_none
+from enforcer.proxy.decide import (
+    ALLOWED,
+    BLOCKED,
+    ERROR,
+    INVALID,
+    BadHost,
+    UnparsableRequest,
+    match_request,
+    request_hosts,
+    url_for,
+)
+from enforcer.proxy.runtime import Runtime, ip_or_none, mark
 
 
 class RequestJudge:
@@ -29,6 +42,11 @@ class RequestJudge:
             return
         rt, req = self.rt, flow.request
         try:
+            rt.note_user(flow)
+            state = rt.conns.get(flow.client_conn.id)
+            if state is not None and state.page is not None:
+                self._page(flow)
+                return
             hosts = request_hosts(req.host, req.headers.get_all("host"), req.authority, connection_hosts(flow))
             match, url = match_request(rt.policy(), req.scheme, hosts, req.port, req.path, req.method)
             if match is None:
@@ -57,6 +75,18 @@ class RequestJudge:
         except Exception:
             rt.hook_error("requestheaders")
             rt.refuse(flow, {"outcome": ERROR}, responses.error(req.host_header or req.host))
+
+    def _page(self, flow: http.HTTPFlow) -> None:
+        """A request inside a block-page tunnel: the page of the CONNECT's rule, never anything upstream."""
+        rt, req, client = self.rt, flow.request, flow.client_conn
+        url = url_for(req.scheme, req.host, req.port, req.path)
+        rt.flows.inc((BLOCKED,))
+        page = rt.settle_page(
+            client, url_full=url, http_method=req.method, tls_established=True if client.tls_established else None
+        )
+        assert page is not None
+        flow.metadata["enforcer"] = {**mark(page.verdict, "connect-block"), "page": True}
+        rt.block_page(flow, page.verdict, url)
 
 
 def connection_hosts(flow: http.HTTPFlow) -> list[str | None]:

@@ -1,6 +1,7 @@
 """The answers the proxy gives instead of the origin's: mitmproxy response objects around ``blockpage``.
 
-- ``block(match, target)``: the 403 block page of a rule; ``error(target)``: the 403 "could not decide" page
+- ``block(match, target, lang)``: the 403 block page of a rule in ``lang`` (``blockpage.choose_language``);
+  ``error(target)``: the 403 "could not decide" page
   (fail closed); ``bad_request(why)``: the 400 for a Host that reads two ways (``Connection: close``).
 - ``sinkhole(request)``: the resolver's default ``null`` DNS answer (A 0.0.0.0, AAAA ::, NODATA otherwise).
 """
@@ -19,17 +20,20 @@ from enforcer.proxy import blockpage
 SINKHOLE_TTL = 60
 
 
-def _response(status: int, reason: bytes, rule_id: str, body: bytes, *extra: tuple[bytes, bytes]) -> http.Response:
+def _response(
+    status: int, reason: bytes, rule_id: str, body: bytes, *extra: tuple[bytes, bytes], lang: str = "en"
+) -> http.Response:
     # Built directly rather than with Response.make: make() re-encodes the body and re-derives the headers on every
     # call, which is most of what a blocked flow costs.
     now = time.time()
-    fields = [(k.encode(), v.encode()) for k, v in blockpage.headers(rule_id).items()]
+    fields = [(k.encode(), v.encode()) for k, v in blockpage.headers(rule_id, lang).items()]
     fields += [(b"content-length", str(len(body)).encode()), *extra]
     return http.Response(b"HTTP/1.1", status, reason, http.Headers(fields), body, None, now, now)
 
 
-def block(match: Match, target: str) -> http.Response:
-    return _response(blockpage.STATUS, b"Forbidden", match.rule.id, blockpage.render(match, target))
+def block(match: Match, target: str, lang: str = blockpage.DEFAULT_LANGUAGE) -> http.Response:
+    body = blockpage.render(match, target, lang)
+    return _response(blockpage.STATUS, b"Forbidden", match.rule.id, body, lang=lang)
 
 
 def error(target: str) -> http.Response:

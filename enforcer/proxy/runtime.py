@@ -5,7 +5,15 @@
 - ``Runtime.judge``: a match for a client, now -> ``Verdict`` (asks ``Policy.enforcement`` through ``decide.judge``).
 - ``Runtime.record``: counts the decision and, for a block match (enforced or monitored), emits one hit event; a
   monitored match is logged once per connection, action and rule.
-- ``Runtime.answer``: record -> ``flow.metadata["enforcer"]`` -> 403 block page when enforced (CONNECT and requests).
+- ``Runtime.answer``: record -> ``flow.metadata["enforcer"]`` -> 403 block page when enforced (CONNECT and requests),
+  in the language of the request's ``Accept-Language``.
+- ``Runtime.hold_page`` / ``Runtime.settle_page``: a blocked CONNECT in ``page`` mode (``blocked_connect``) is
+  counted as a decision at once, marked refused (nothing upstream is ever opened for it) and accepted; its hit
+  (``enforcer_blocked_total`` and one event) is recorded once, by ``settle_page``, at the first of: the first request
+  inside the tunnel (the page is shown; ``tls.established`` true over TLS), a failed TLS handshake
+  (``tls.established`` false), or the client leaving.
+- ``Runtime.note_user``: remembers the proxy login (mitmproxy's ``proxyauth``) of a connection; every hit event of
+  that connection carries it as ``user.name``.
 - ``Runtime.refuse``: the mark and answer of a flow refused without a rule (error, invalid).
 - ``Runtime.hook_error``: a hook that raised: counted, its traceback logged at most every 10 s.
 - ``mark``: the ``flow.metadata["enforcer"]`` record of a verdict; ``ip_or_none``: canonical text of an IP literal.
@@ -39,7 +47,17 @@ from enforcer.policy import Match, Policy
 from enforcer.policy.addresses import parse_ip_literal
 from enforcer.policy.reloader import PolicyHolder
 from enforcer.proxy import responses
-from enforcer.proxy.decide import ALLOWED, ERROR, ConnState, Verdict, client_address, judge
+from enforcer.proxy.blockpage import choose_language
+from enforcer.proxy.decide import (
+    ALLOWED,
+    ERROR,
+    PAGE,
+    ConnState,
+    PendingPage,
+    Verdict,
+    client_address,
+    judge,
+)
 
 log = logging.getLogger("enforcer.proxy")
 
@@ -64,6 +82,7 @@ class Runtime:
         self.writer.register_metrics(self._writer_metrics)
         self.registry.register(self._writer_metrics)
         self.passthrough = True
+        self.blocked_connect = PAGE  # enforcer_blocked_connect: page | refuse
         self.conns: dict[str, ConnState] = {}
         self._last_error_log = 0.0
         self._suppressed_errors = 0
@@ -98,8 +117,12 @@ class Runtime:
 
     def record(self, verdict: Verdict, action: str, client: Client, **fields: Any) -> None:
         """Count the decision and, for block matches (enforced or monitored), emit one hit event."""
-        match = verdict.match
         self.flows.inc((verdict.outcome,))
+        self._hit(verdict, action, client, **fields)
+
+    def _hit(self, verdict: Verdict, action: str, client: Client, **fields: Any) -> None:
+        """The hit of a block match: ``enforcer_blocked_total`` (or ``_monitored_total``) and one event."""
+        match = verdict.match
         if match is None or not match.blocked:
             return
         if not verdict.enforced:
@@ -112,6 +135,9 @@ class Runtime:
         labels = (COMPONENT, match.rule.app, match.rule.category or "", action)
         (self.blocked if verdict.enforced else self.monitored).inc(labels)
         ip, port = client_address(client.peername)
+        conn = self.conns.get(client.id)
+        if conn is not None and conn.user is not None:
+            fields.setdefault("user_name", conn.user)
         event = HitEvent.from_match(
             match,
             action=action,
@@ -130,9 +156,45 @@ class Runtime:
         self.record(verdict, action, flow.client_conn, **fields)
         flow.metadata["enforcer"] = mark(verdict, action)
         if verdict.blocked:
-            assert verdict.match is not None
-            flow.request.stream = False  # a response and a streamed request body cannot go together
-            flow.response = responses.block(verdict.match, target)
+            self.block_page(flow, verdict, target)
+
+    @staticmethod
+    def block_page(flow: http.HTTPFlow, verdict: Verdict, target: str) -> None:
+        """Answer the flow with the 403 block page of the verdict's rule, in the language the request asks for."""
+        assert verdict.match is not None
+        lang = choose_language(flow.request.headers.get("accept-language"))
+        flow.request.stream = False  # a response and a streamed request body cannot go together
+        flow.response = responses.block(verdict.match, target, lang)
+
+    def hold_page(self, flow: http.HTTPFlow, verdict: Verdict, **fields: Any) -> None:
+        """Accept an enforced CONNECT so its tunnel can carry the block page; the hit waits for ``settle_page``."""
+        assert verdict.match is not None
+        self.flows.inc((verdict.outcome,))
+        state = self.state(flow.client_conn)
+        state.page = PendingPage(verdict, {k: v for k, v in fields.items() if v is not None})
+        # Whatever comes through the tunnel (TLS, plain HTTP, raw TCP), the server gate never opens its upstream side.
+        state.refused = f"blocked by enforcer rule {verdict.match.rule.id}"
+        flow.metadata["enforcer"] = {**mark(verdict, "connect-block"), "page": True}
+
+    def settle_page(self, client: Client, **fields: Any) -> PendingPage | None:
+        """Record the held hit of the client's block-page tunnel, once; returns the pending page (or None)."""
+        state = self.conns.get(client.id)
+        page = state.page if state is not None else None
+        if page is None or page.recorded:
+            return page
+        page.recorded = True
+        extra = {k: v for k, v in fields.items() if v is not None}
+        self._hit(page.verdict, "connect-block", client, **{**page.fields, **extra})
+        return page
+
+    def note_user(self, flow: http.HTTPFlow) -> None:
+        """Remember the proxy login mitmproxy's proxyauth put on the flow (a (user, password) pair) for the events
+        of this connection. Only authenticated connections get a state for it; it goes with the connection."""
+        auth = flow.metadata.get("proxyauth")
+        if isinstance(auth, tuple) and auth and isinstance(auth[0], str) and auth[0]:
+            state = self.state(flow.client_conn)
+            if state.user != auth[0]:
+                state.user = auth[0]
 
     @staticmethod
     def refuse(flow: http.HTTPFlow, metadata: dict[str, Any], response: http.Response) -> None:

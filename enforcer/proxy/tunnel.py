@@ -1,11 +1,18 @@
 """The tunnel gates: what a client asks for before any HTTP request is seen (CONNECT and the TLS ClientHello).
 
-- ``ConnectGate.http_connect``: CONNECT to a blocked host or to a literal IP (any spelling) in a blocked CIDR ->
-  the 403 block page before any TLS.
-- ``TlsGate.tls_clienthello``: a blocked SNI, or a blocked CONNECT host / destination address behind an innocent
-  SNI -> never decrypted, and the connection is marked refused (``ServerGate`` then never opens its upstream side,
-  so the client's TLS goes nowhere). Otherwise passed through undecrypted (``enforcer_passthrough``) unless
+- ``ConnectGate.http_connect``: CONNECT to a blocked host or to a literal IP (any spelling) in a blocked CIDR.
+  ``enforcer_blocked_connect=page`` (the default): the CONNECT is accepted (200) and marked refused, so nothing
+  upstream is ever opened for it; the client's TLS is completed with a certificate from mitmproxy's CA for its SNI
+  and the first request inside gets the 403 block page (``RequestJudge``), which a browser shows, where a 403 on
+  the CONNECT only gives ERR_TUNNEL_CONNECTION_FAILED. ``refuse``: the 403 block page on the CONNECT, before any TLS.
+- ``TlsGate.tls_clienthello``: a block-page tunnel is decrypted whatever its SNI names (it only ever carries the
+  page). Otherwise a blocked SNI, or a blocked CONNECT host / destination address behind an innocent SNI -> never
+  decrypted, and the connection is marked refused (``ServerGate`` then never opens its upstream side, so the
+  client's TLS goes nowhere). Otherwise passed through undecrypted (``enforcer_passthrough``) unless
   ``needs_decryption``: a name the client gave has url/store rules, or it named nothing (a bare IP without SNI).
+- ``TlsGate.tls_failed_client``: a client that refuses the handshake of a block-page tunnel (it does not trust the
+  CA: a pinned app) is still blocked; its hit is recorded then, once, with ``tls.established`` false and
+  ``enforcer_proxy_flows_total{outcome="handshake_failed"}``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from mitmproxy import http, tls
 from enforcer.policy import Policy
 from enforcer.policy.addresses import parse_ip_literal
 from enforcer.proxy import responses
-from enforcer.proxy.decide import ALLOWED, ERROR
+from enforcer.proxy.decide import ALLOWED, ERROR, HANDSHAKE_FAILED, PAGE
 from enforcer.proxy.runtime import Runtime, ip_or_none
 
 
@@ -30,20 +37,17 @@ class ConnectGate:
             return
         rt, req = self.rt, flow.request
         try:
+            rt.note_user(flow)
             match = rt.policy().match_host(req.host)
             if match is None:
                 rt.flows.inc((ALLOWED,))
                 return
             verdict = rt.judge(match, flow.client_conn)
-            rt.answer(
-                flow,
-                verdict,
-                "connect-block",
-                f"{req.host}:{req.port}",
-                url_domain=req.host,
-                destination_ip=ip_or_none(req.host),
-                destination_port=req.port,
-            )
+            fields = {"url_domain": req.host, "destination_ip": ip_or_none(req.host), "destination_port": req.port}
+            if verdict.blocked and rt.blocked_connect == PAGE:
+                rt.hold_page(flow, verdict, **fields)
+                return
+            rt.answer(flow, verdict, "connect-block", f"{req.host}:{req.port}", **fields)
         except Exception:
             rt.hook_error("http_connect")
             rt.refuse(flow, {"outcome": ERROR}, responses.error(f"{req.host}:{req.port}"))
@@ -58,6 +62,14 @@ class TlsGate:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         rt, client = self.rt, data.context.client
         try:
+            state = rt.conns.get(client.id)
+            if state is not None and state.page is not None:
+                # Accepted to show the block page: decrypt, with a certificate for the SNI from mitmproxy's CA (no
+                # upstream certificate is fetched under connection_strategy=lazy; the server gate refuses any dial).
+                if data.client_hello.sni:
+                    state.page.fields.setdefault("tls_server_name", data.client_hello.sni)
+                data.ignore_connection = False
+                return
             policy = rt.policy()
             sni = data.client_hello.sni
             address = data.context.server.address
@@ -87,6 +99,16 @@ class TlsGate:
         except Exception:
             rt.hook_error("tls_clienthello")
             self._refuse(data, "enforcer: policy check failed")
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        rt = self.rt
+        try:
+            state = rt.conns.get(data.context.client.id)
+            if state is not None and state.page is not None and not state.page.recorded:
+                rt.flows.inc((HANDSHAKE_FAILED,))
+                rt.settle_page(data.context.client, tls_established=False)
+        except Exception:
+            rt.hook_error("tls_failed_client")
 
     def _refuse(self, data: tls.ClientHelloData, why: str) -> None:
         # Never decrypt it, and make sure nothing upstream is ever opened for it: the server_connect gate reads the

@@ -1,6 +1,9 @@
 """Helpers for the addon unit tests: mitmproxy flows and hook data built the way mitmproxy builds them.
 
 - ``connect_flow`` / ``request_flow``: ``tflow`` HTTP flows for a CONNECT and for a proxied request.
+- ``tunnel_response``: what the client of a CONNECT is answered: the answer to the CONNECT itself (``refuse`` mode,
+  errors) or, for a CONNECT accepted to show the block page (the default ``page`` mode), the answer to a first request
+  sent inside that tunnel (same client connection).
 - ``client_hello_data``: a REAL TLS ClientHello (written by Python's ssl module into a memory BIO, parsed by
   mitmproxy's own ``parse_client_hello``) wrapped in ``ClientHelloData`` with a fresh connection context. The
   client SSL context is built once: loading the system CA store took ~40 ms per hello, most of the table's time.
@@ -75,6 +78,20 @@ def connect_flow(host: str, port: int = 443, peer: str = "10.1.2.3") -> http.HTT
     f.request.authority = f"{host}:{port}"
     f.request.path = ""
     return f
+
+
+def tunnel_response(addon: Any, connect: http.HTTPFlow, path: str = "/") -> http.Response | None:
+    """The answer a CONNECT's client gets: the CONNECT's own response, else that of a request inside its tunnel."""
+    if connect.response is not None or not connect.metadata.get("enforcer", {}).get("page"):
+        return connect.response
+    f = tflow.tflow()
+    f.client_conn = connect.client_conn
+    f.request = http.Request.make("GET", "https://example.invalid/")
+    f.request.host = connect.request.host
+    f.request.port = connect.request.port
+    f.request.path = path
+    run_hook(addon, "requestheaders", f)
+    return f.response
 
 
 def request_flow(

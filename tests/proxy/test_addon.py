@@ -35,6 +35,7 @@ from tests.proxy.helpers import (
     request_flow,
     run_hook,
     server_hook_data,
+    tunnel_response,
     write_policy,
 )
 
@@ -88,15 +89,27 @@ def test_table_is_loaded() -> None:
     assert len(HTTP_URL_CASES) > 100 and len(DOMAIN_CASES) > 200 and len(IP_CASES) > 20
 
 
+@pytest.fixture
+def blocked_connect(table_addon: EnforcerAddon, request: pytest.FixtureRequest) -> Any:
+    """Runs a table test in one ``enforcer_blocked_connect`` mode (the runtime's value; the option sets it)."""
+    table_addon.runtime.blocked_connect = request.param
+    yield request.param
+    table_addon.runtime.blocked_connect = "page"
+
+
+@pytest.mark.parametrize("blocked_connect", ["page", "refuse"], indirect=True)
 @pytest.mark.parametrize("case", DOMAIN_CASES, ids=_id)
-def test_domain_case_as_connect(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
+def test_domain_case_as_connect(table_addon: EnforcerAddon, case: dict[str, Any], blocked_connect: str) -> None:
     f = connect_flow(case["query"])
     run_hook(table_addon, "http_connect", f)
     if case["verdict"] == "block":
-        expect_block(f.response, case)
+        # page: accepted (no answer on the CONNECT), the first request inside gets the page; refuse: 403 at once.
+        assert (f.response is None) is (blocked_connect == "page"), case
+        expect_block(tunnel_response(table_addon, f), case)
         assert f.metadata["enforcer"]["rule"] == case.get("rule", f.metadata["enforcer"]["rule"])
     else:
-        assert f.response is None, case
+        assert f.response is None and "page" not in f.metadata.get("enforcer", {}), case
+    run_hook(table_addon, "client_disconnected", f.client_conn)
 
 
 @pytest.mark.parametrize("case", DOMAIN_CASES, ids=_id)
@@ -141,16 +154,25 @@ def test_url_case_as_request(table_addon: EnforcerAddon, case: dict[str, Any]) -
         assert f.response is None, case
 
 
+@pytest.mark.parametrize("blocked_connect", ["page", "refuse"], indirect=True)
 @pytest.mark.parametrize("case", IP_CASES, ids=_id)
-def test_ip_case_as_connect_and_server_connect(table_addon: EnforcerAddon, case: dict[str, Any]) -> None:
+def test_ip_case_as_connect_and_server_connect(
+    table_addon: EnforcerAddon, case: dict[str, Any], blocked_connect: str
+) -> None:
     f = connect_flow(case["query"])
     run_hook(table_addon, "http_connect", f)
     hook = gate(table_addon, server_hook_data((case["query"], 443)))
+    # The server connection of the CONNECT's own tunnel is refused by the connection state, whatever it names.
+    own = server_hook_data(("10.9.9.9", 443))
+    own.client = f.client_conn
+    gate(table_addon, own)
     if case["verdict"] == "block":
-        expect_block(f.response, case)
+        expect_block(tunnel_response(table_addon, f), case)
         assert hook.server.error and case.get("rule", "") in hook.server.error
+        assert (own.server.error is not None) is (blocked_connect == "page"), case
     else:
-        assert f.response is None and hook.server.error is None, case
+        assert f.response is None and hook.server.error is None and own.server.error is None, case
+    run_hook(table_addon, "client_disconnected", f.client_conn)
 
 
 # -- behaviour beyond the table ----------------------------------------------------------------------------------
@@ -346,8 +368,9 @@ async def test_monitor_mode_for_exempt_client(tmp_path: Path) -> None:
         other = connect_flow("blocked.test", peer="10.98.0.7")
         run_hook(a, "http_connect", exempt)
         run_hook(a, "http_connect", other)
-        assert exempt.response is None
-        assert other.response is not None and other.response.status_code == 403
+        assert exempt.response is None and tunnel_response(a, exempt) is None
+        response = tunnel_response(a, other)
+        assert response is not None and response.status_code == 403
         run_hook(a, "done")
     docs = {d["source"]["ip"]: d for d in iter_events(events)}
     assert docs["10.99.0.7"]["event"]["type"] == ["allowed"] and docs["10.99.0.7"]["labels"] == {"exempt": True}
@@ -460,7 +483,8 @@ async def test_reload_on_edit_keeps_last_good_policy(tmp_path: Path) -> None:
         assert a.policy().fingerprint == good
         f = connect_flow("newly.test")
         run_hook(a, "http_connect", f)
-        assert f.response is not None and f.response.status_code == 403
+        response = tunnel_response(a, f)
+        assert response is not None and response.status_code == 403
         task = a.lifecycle.watch_task
         run_hook(a, "done")
         await asyncio.sleep(0)
@@ -479,6 +503,7 @@ async def test_metrics_endpoint_survives_script_reload(tmp_path: Path) -> None:
         a = configured(tctx, BLOCKLISTS, enforcer_metrics=f"127.0.0.1:{port}")
         f = connect_flow("weixin.qq.com")
         run_hook(a, "http_connect", f)
+        assert tunnel_response(a, f) is not None  # the page mode records the hit at the first request
         families = await asyncio.to_thread(scrape, port)
         blocked = [s for s in families["enforcer_blocked"] if s.name == "enforcer_blocked_total"]
         assert (
@@ -500,7 +525,9 @@ async def test_events_are_ecs(tmp_path: Path) -> None:
     with harness() as tctx:
         a = configured(tctx, BLOCKLISTS, enforcer_events=str(events))
         run_hook(a, "requestheaders", request_flow("http://dldir1.qq.com/weixin/x.apk?v=1", peer="10.7.7.7"))
-        run_hook(a, "http_connect", connect_flow("129.226.3.47", 443, peer="10.7.7.8"))
+        c = connect_flow("129.226.3.47", 443, peer="10.7.7.8")
+        run_hook(a, "http_connect", c)
+        assert tunnel_response(a, c, "/x") is not None
         hello = client_hello_data("sgshort.wechat.com", ("10.9.9.9", 443), peer="10.7.7.9")
         run_hook(a, "tls_clienthello", hello)
         run_hook(a, "done")
@@ -515,6 +542,7 @@ async def test_events_are_ecs(tmp_path: Path) -> None:
     assert http_ev["rule"]["id"] == "wechat:url:dldir1.qq.com/weixin/*"
     assert http_ev["rule"]["reference"].startswith(str(BLOCKLISTS / "wechat.yaml") + ":")
     assert conn_ev["destination"] == {"ip": "129.226.3.47", "port": 443}
+    assert conn_ev["url"] == {"full": "https://129.226.3.47/x", "domain": "129.226.3.47"}  # the page's request
     assert tls_ev["tls"]["client"]["server_name"] == "sgshort.wechat.com"
 
 
@@ -541,6 +569,7 @@ def test_event_counters_follow_the_current_writer(tmp_path: Path) -> None:
 
     with harness() as tctx:
         a = configured(tctx, BLOCKLISTS)
+        tctx.configure(a, enforcer_blocked_connect="refuse")  # one CONNECT, one event at once
         run_hook(a, "http_connect", connect_flow("weixin.qq.com"))
         assert written(a) == 0 and count(a, "enforcer_events_queued") == 0  # no file: nothing written, nothing queued
         for i, n in ((1, 2), (2, 1)):

@@ -25,7 +25,16 @@ from enforcer.proxy.runtime import ip_or_none
 from tests.conftest import BLOCKLISTS
 from tests.netns import loopback_only_netns
 from tests.policy.policy_helpers import app_yaml, write
-from tests.proxy.helpers import client_hello_data, connect_flow, gate, harness, request_flow, run_hook, server_hook_data
+from tests.proxy.helpers import (
+    client_hello_data,
+    connect_flow,
+    gate,
+    harness,
+    request_flow,
+    run_hook,
+    server_hook_data,
+    tunnel_response,
+)
 
 SPELLINGS = [
     "1296740613",
@@ -71,7 +80,8 @@ def _blocked(f: http.HTTPFlow, rule_prefix: str = "") -> bool:
 def test_literal_spellings_blocked_in_connect_uri_and_host(shipped: EnforcerAddon, spelling: str) -> None:
     c = connect_flow(spelling)
     run_hook(shipped, "http_connect", c)
-    assert _blocked(c, "kaspersky:cidr:77.74.176.0/21"), spelling
+    response = tunnel_response(shipped, c)  # the block page inside the accepted tunnel (page mode, the default)
+    assert response is not None and response.headers["X-Enforcer-Rule"] == "kaspersky:cidr:77.74.176.0/21", spelling
     authority = f"[{spelling}]" if ":" in spelling else spelling
     r = request_flow(f"http://{authority}/index/u1313g.xml")
     run_hook(shipped, "requestheaders", r)
