@@ -367,9 +367,6 @@ class _FileParser(NodeReader):
         value_node = fields[kind]
         source_ref = f"{self.shown}:{node_pos(node)[0]}"
         if kind == "store":
-            if dns_action is not None:
-                self.error(fields["dns_action"], "'dns_action' applies to domain, host, include and cidr rules")
-                return
             self.parse_store(value_node, fields, app_id, action, category, source_ref, comment, parsed)
             return
         raw: str | None

@@ -4,7 +4,8 @@
   (compiled url patterns, a CIDR) and YAML node, its include feeds' names.
 - ``PolicyBuilder``: ``add_file`` per file (duplicate app ids and rule ids are errors, the same rule twice a warning),
   then ``build``: name/host tables (allow wins at equal specificity), url index, CIDRs, shadowed and over-broad rule
-  warnings (``lint``), and the fingerprint over sorted rule lines (reordering a file does not change it).
+  warnings (``lint``), and the fingerprint over sorted rule lines (reordering a file does not change it; an app's
+  ``kind: control`` and a rule's ``dns_action`` are in it).
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ class PolicyBuilder:
             return
         self.apps[app_id] = app
         self.app_pos[app_id] = f"{app.path}:{parsed.app_pos[0]}"
+        # kind and dns_action only when not the default, so a policy without them keeps its fingerprint.
+        kind = f"\0{app.kind}" if app.kind != "ban" else ""
         self.digest_lines.append(
-            f"app\0{app_id}\0{app.effective.isoformat()}\0{','.join(map(str, app.exempt_clients))}"
+            f"app\0{app_id}\0{app.effective.isoformat()}\0{','.join(map(str, app.exempt_clients))}{kind}"
         )
         feeds = {id(rule): (names, digest) for rule, names, digest in parsed.feeds}
         for rule, (payload, node) in parsed.rules:
@@ -92,8 +95,9 @@ class PolicyBuilder:
     def index(self, rule: Rule, payload: Any, feeds: dict[int, tuple[list[str], str]]) -> None:
         """Put an admitted rule in its table and count it (an include: its names)."""
         self.rules.append(rule)
+        dns_action = f"\0{rule.dns_action}" if rule.dns_action is not None else ""
         self.digest_lines.append(
-            f"{rule.app}\0{rule.action}\0{rule.kind}\0{rule.value}\0{rule.category}\0{rule.method}"
+            f"{rule.app}\0{rule.action}\0{rule.kind}\0{rule.value}\0{rule.category}\0{rule.method}{dns_action}"
         )
         key = (rule.app, rule.kind)
         n = 1
@@ -156,6 +160,7 @@ class PolicyBuilder:
                     covering.action == rule.action
                     and covering.app == rule.app
                     and covering.category == rule.category
+                    and covering.dns_action == rule.dns_action  # another answer is not a repeat
                     and covering.kind != "include"
                 ):
                     self.warn_at(

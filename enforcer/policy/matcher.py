@@ -11,6 +11,8 @@
   spelling glibc accepts).
 - ``match_host(host)``: CONNECT/SNI/Host values; any IP literal spelling by address, anything else by name.
 
+- ``control_apps`` / ``ban_apps``: the app ids of ``kind: control`` blocklists (bypass controls: they block but never
+  make a device non-compliant) and of the others (the banned apps, e.g. what must be loaded).
 - ``enforcement``: the ``enforcement.Enforcement`` table of this policy's apps: whether a block match is enforced
   (effective date, exempt clients), for a rule's app, a client and a time.
 
@@ -96,6 +98,8 @@ class Policy:
     ) -> None:
         self.apps = dict(apps)
         self.enforcement = Enforcement(self.apps)
+        self.control_apps = self.enforcement.controls
+        self.ban_apps = frozenset(self.apps) - self.control_apps
         self.rules = rules
         self._hosts = hosts
         self._domains = domains

@@ -5,6 +5,10 @@ app's ``Cutover`` (``enforcement.py``, the one owner of the effective-date / exe
 
 - ``AppPolicy.localized(field, lang)``: the ``notice`` or ``reference`` in a language (``fr``, ``fr-CA``), falling back
   to English, then to the plain ``.notice`` / ``.reference`` (English, or the only text given).
+- ``AppPolicy.kind``: ``ban`` (an app under the ban, the default) or ``control`` (a ``kind: control`` blocklist:
+  bypass controls that block, log and count but never make a device non-compliant).
+- ``Rule.dns_action``: the DNS answer a block rule asks for (``DNS_ACTIONS``), overriding the resolver's mode; None:
+  the resolver's mode.
 - ``primary_tag(lang)``: the BCP 47 primary language subtag of a tag (``fr-CA`` -> ``fr``), or ``""``.
 """
 
@@ -17,12 +21,16 @@ from typing import Literal, NamedTuple
 
 from ..net import IPAddress as IPAddress  # re-exported: policy modules annotate with them
 from ..net import IPNetwork as IPNetwork
+from .enforcement import AppKind as AppKind  # re-exported: "ban" | "control"
 from .enforcement import Cutover, to_us
 
 CATEGORIES = ("messaging", "update", "download", "store", "telemetry", "payments", "bypass", "web")
 NAME_KINDS = ("domain", "host", "include")
 KINDS = ("domain", "host", "url", "cidr", "store", "include")
 Action = Literal["block", "allow"]
+APP_KINDS: tuple[AppKind, ...] = ("ban", "control")
+# The per-rule DNS answers: the resolver's modes (enforcer/policy/modes.py) that a rule may ask for.
+DNS_ACTIONS = ("nxdomain", "null", "nodata", "refused")
 TextField = Literal["notice", "reference"]
 _PRIMARY_TAG = re.compile(r"[a-z]{2,3}")  # BCP 47 primary language subtag (ISO 639-1/-2/-3); longer ones are reserved
 
@@ -73,10 +81,11 @@ class AppPolicy:
     # Per-language texts as written, ((field, primary tag, text), ...); empty when notice/reference are plain strings.
     # A tuple, not a dict, so the frozen AppPolicy stays hashable.
     translations: tuple[tuple[TextField, str, str], ...] = ()
+    kind: AppKind = "ban"
     cutover: Cutover = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cutover", Cutover(self.app, self.effective, self.exempt_clients))
+        object.__setattr__(self, "cutover", Cutover(self.app, self.effective, self.exempt_clients, self.kind))
 
     def localized(self, field: TextField, lang: str) -> str:
         """``notice`` or ``reference`` in ``lang`` (a BCP 47 tag: ``fr``, ``fr-CA``); English when the policy does
@@ -109,6 +118,7 @@ class Rule:
     source: str  # "PATH:LINE" of the rule's node, shown to admins and put in rule.reference of events
     method: str | None = None
     comment: str | None = None
+    dns_action: str | None = None  # one of DNS_ACTIONS, or None: the resolver's --mode
 
 
 class Match(NamedTuple):

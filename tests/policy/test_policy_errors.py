@@ -52,10 +52,10 @@ CASES: list[tuple[str, dict[str, str], list[str]]] = [
         "unknown-keys",
         {"t.yaml": H + "colour: red\nblock:\n  - domain: a.example\n    categroy: web\n"},
         [
-            "t.yaml:4:1: unknown key 'colour' in the top level (expected one of: allow, app, block, name, policy, "
-            "vendor)",
-            "t.yaml:7:5: unknown key 'categroy' in a 'block' rule (expected one of: category, cidr, comment, domain, "
-            "host, id, include, method, source, store, url)",
+            "t.yaml:4:1: unknown key 'colour' in the top level (expected one of: allow, app, block, kind, name, "
+            "policy, vendor)",
+            "t.yaml:7:5: unknown key 'categroy' in a 'block' rule (expected one of: category, cidr, comment, "
+            "dns_action, domain, host, id, include, method, source, store, url)",
             "t.yaml:6:5: block rule needs a 'category' (messaging|update|download|store|telemetry|payments|bypass|web)",
         ],
     ),
