@@ -289,9 +289,10 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         # cache keyed on the question alone (and the upstream learns no client subnets).
         reply = await forwarder.exchange(wire.strip_ecs(data, q), q.qend)
         if reply is None:
-            # Every upstream failed or timed out: SERVFAIL within the timeout, never silence.
+            # Every upstream failed or timed out: SERVFAIL within the timeout, never silence, with an EDE saying why
+            # (22 or 23; read before any other await, so it is this query's: upstream.py).
             outcome("servfail")
-            return finish(req, wire.question_reply(data, q, SERVFAIL))
+            return finish(req, wire.question_reply(data, q, SERVFAIL, options=forwarder.last_failure))
 
         # 6. Response policy. Why after the upstream and before the cache store: only the answer shows CNAME
         #    disguises and banned addresses, and the verdict must be cached with it so a hit replays the block.

@@ -16,7 +16,15 @@
   (1 s doubling to 60 s) so the next queries go to the others at once. The whole exchange is bounded by ``timeout``:
   when it runs out the caller answers SERVFAIL. Failures are counted per upstream (label = the configured text).
   Health and deadlines read ``clock`` (``time.monotonic`` by default; tests step a fake one).
-- ``exchange(query, qend)`` returns the reply with the client's id and question bytes restored, or None.
+- ``exchange(query, qend)`` returns the reply with the client's id and question bytes restored, or None; after None,
+  ``last_failure`` is the EDNS Extended DNS Error option (RFC 8914) saying why, for the SERVFAIL: 22 (No Reachable
+  Authority) when an upstream timed out (or the deadline ran out: nobody answered in time), 23 (Network Error) when
+  every attempt failed at once on the network (connection refused, ICMP unreachable, reset, a broken reply), 0
+  (Other) when too many queries were already in flight. The chain reads it right after the ``await`` returns, with no
+  suspension in between, so it is this query's.
+- Upstream failures are logged at WARNING at most once a minute per upstream, with the count since the last line
+  (``upstream 10.0.0.1: 17 timeout(s), 0 network error(s) in the last 60 s (last: timeout)``); the first failure is
+  logged at once, and ``answers again`` (INFO) when it recovers.
 """
 
 from __future__ import annotations
@@ -34,11 +42,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..net import split_host_port, strip_zone
-from .wire import answer_mismatch
+from .wire import EDE_NETWORK_ERROR, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER, answer_mismatch, ede_option
 
 log = logging.getLogger("enforcer.dns.upstream")
 
 UDP_SOCKETS = 4  # per upstream; ids are random across 4 x 65536 slots
+REPORT_INTERVAL = 60.0  # seconds between two failure lines for one upstream
 MAX_RESPONSE = 65535
 
 
@@ -288,13 +297,19 @@ def make_upstream(spec: UpstreamSpec) -> Upstream:
     return DohUpstream(spec)
 
 
+_OVERLOADED = ede_option(EDE_OTHER, "too many queries in flight to the upstreams")
+
+
 class _Health:
-    __slots__ = ("backoff", "down_until", "failures")
+    __slots__ = ("backoff", "down_until", "errors", "failures", "reported", "timeouts")
 
     def __init__(self) -> None:
         self.failures = 0
         self.down_until = 0.0
         self.backoff = 0.0
+        self.reported = -REPORT_INTERVAL * 2  # when the last failure line was written (clock)
+        self.timeouts = 0  # failures since that line, by kind
+        self.errors = 0
 
 
 class Forwarder:
@@ -318,6 +333,7 @@ class Forwarder:
         self.max_inflight = max_inflight
         self.inflight = 0
         self.clock = clock
+        self.last_failure = b""  # EDE option of the last exchange that returned None
 
     def healthy(self, i: int) -> bool:
         return self.health[i].down_until <= self.clock()
@@ -330,20 +346,34 @@ class Forwarder:
         )
         return up + down
 
-    def _failed(self, i: int, why: str) -> None:
+    def _failed(self, i: int, why: str, timeout: bool = False) -> None:
         h = self.health[i]
         h.failures += 1
         h.backoff = min(max(h.backoff * 2, 1.0), 60.0)
-        h.down_until = self.clock() + h.backoff
-        if h.failures == 1 or h.failures % 100 == 0:
-            log.warning("upstream %s failed (%s); %d consecutive failure(s)", self.specs[i].text, why, h.failures)
+        now = self.clock()
+        h.down_until = now + h.backoff
+        if timeout:
+            h.timeouts += 1
+        else:
+            h.errors += 1
+        if now - h.reported >= REPORT_INTERVAL:  # one line a minute per upstream, whatever the query rate
+            log.warning(
+                "upstream %s: %d timeout(s), %d network error(s) in the last %.0f s (last: %s); "
+                "%d consecutive failure(s)",
+                self.specs[i].text, h.timeouts, h.errors, REPORT_INTERVAL, why, h.failures,
+            )  # fmt: skip
+            h.reported, h.timeouts, h.errors = now, 0, 0
         if self.on_error is not None:
             self.on_error(self.specs[i].text)
 
     def _ok(self, i: int) -> None:
         h = self.health[i]
         if h.failures:
-            log.info("upstream %s answers again", self.specs[i].text)
+            log.info(
+                "upstream %s answers again (after %d consecutive failure(s); %d not in a failure line yet)",
+                self.specs[i].text, h.failures, h.timeouts + h.errors,
+            )  # fmt: skip
+            h.timeouts = h.errors = 0
         h.failures = 0
         h.backoff = 0.0
         h.down_until = 0.0
@@ -353,6 +383,7 @@ class Forwarder:
 
         ``qend``: where the query's question ends (``Question.qend``, from the chain's parse)."""
         if self.inflight >= self.max_inflight:
+            self.last_failure = _OVERLOADED
             return None
         self.inflight += 1
         try:
@@ -365,6 +396,7 @@ class Forwarder:
         deadline = loop_time() + self.timeout
         order = self._order()
         n = len(order)
+        timed_out, last_why = False, ""
         for pos, i in enumerate(order):
             remaining = deadline - loop_time()
             if remaining <= 0.01:
@@ -374,15 +406,21 @@ class Forwarder:
             try:
                 reply = await self.upstreams[i].exchange(query, qend, attempt)
             except TimeoutError:
-                self._failed(i, "timeout")
+                timed_out, last_why = True, f"{self.specs[i].text}: timeout"
+                self._failed(i, "timeout", timeout=True)
                 continue
             except (UpstreamError, OSError) as exc:
+                last_why = f"{self.specs[i].text}: {exc}"
                 self._failed(i, str(exc))
                 continue
             self._ok(i)
             # Restore the client's id and its question bytes (upstreams may change the 0x20 case; DoH sent id 0).
             # answer_mismatch checked that the question is the query's, so it ends at the same offset.
             return query[:2] + reply[2:12] + query[12:qend] + reply[qend:]
+        if timed_out or not last_why:  # an upstream said nothing in time, or no time was left to ask one
+            self.last_failure = ede_option(EDE_NO_REACHABLE_AUTHORITY, last_why or "no upstream answered in time")
+        else:
+            self.last_failure = ede_option(EDE_NETWORK_ERROR, last_why)
         return None
 
     async def close(self) -> None:

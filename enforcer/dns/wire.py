@@ -47,6 +47,9 @@ DEFAULT_UDP_SIZE = 512  # without EDNS (RFC 1035)
 MAX_UDP_SIZE = 1232  # what we advertise and the most we send over UDP (DNS flag day 2020)
 EDE_OPTION = 15  # RFC 8914
 EDE_BLOCKED = 15
+EDE_OTHER = 0
+EDE_NO_REACHABLE_AUTHORITY = 22  # SERVFAIL: no upstream answered in time
+EDE_NETWORK_ERROR = 23  # SERVFAIL: the upstreams failed on the network (refused, unreachable, reset)
 ECS_OPTION = 8  # RFC 7871 EDNS Client Subnet
 # A real name needs one or two pointers; a long chain only exists to lose a parser (glibc follows far more).
 MAX_POINTER_HOPS = 64
@@ -305,15 +308,23 @@ def badvers_reply(data: bytes) -> bytes:
     return data[:2] + header_flags(data, 0) + b"\x00\x00\x00\x00\x00\x00\x00\x01" + opt_record(ext_rcode=1)
 
 
-def question_reply(data: bytes, q: Question, rcode: int, *, tc: bool = False) -> bytes:
-    """Reply carrying only the question (+ OPT when the client used EDNS): REFUSED, SERVFAIL, truncated."""
+def ede_option(code: int, text: str = "") -> bytes:
+    """An EDNS Extended DNS Error option (RFC 8914): INFO-CODE and EXTRA-TEXT (UTF-8, at most 200 bytes here)."""
+    extra = text.encode()[:200]
+    return struct.pack("!HHH", EDE_OPTION, 2 + len(extra), code) + extra
+
+
+def question_reply(data: bytes, q: Question, rcode: int, *, tc: bool = False, options: bytes = b"") -> bytes:
+    """Reply carrying only the question (+ OPT when the client used EDNS): REFUSED, SERVFAIL, truncated.
+
+    ``options``: EDNS options for the OPT record (an EDE saying why), sent only to a client that used EDNS."""
     if q.edns:
         return (
             data[:2]
             + header_flags(data, rcode, tc=tc)
             + b"\x00\x01\x00\x00\x00\x00\x00\x01"
             + data[12 : q.qend]
-            + opt_record()
+            + opt_record(options=options)
         )
     return data[:2] + header_flags(data, rcode, tc=tc) + b"\x00\x01\x00\x00\x00\x00\x00\x00" + data[12 : q.qend]
 
