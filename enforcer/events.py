@@ -3,7 +3,9 @@
 - ``HitEvent``: what happened (rule, app, client, name/URL), built from a policy ``Match`` by ``HitEvent.from_match``.
 - ``HitEvent.to_ecs()``: one JSON Lines record (nested ECS objects; fields that do not apply are left out). A resolver
   hit names its transport in ``labels.dns_transport`` (udp, tcp, dot, doh, doq) and an encrypted query's ClientID in
-  ``device.id``.
+  ``device.id``. A hit of a ``kind: control`` app (a bypass control, not a banned app) carries ``labels.kind:
+  "control"``; a ban hit carries no ``labels.kind`` (read it as ``labels.kind or "ban"``), so ban events keep the
+  layout the analyst's fast line reader expects.
 - ``EventWriter``: ``emit()`` appends to a bounded in-memory queue and returns at once; a background thread serialises,
   writes, flushes and rotates by size. A full queue or a failing disk drops events and counts them, it never blocks
   or raises into the caller. ``close()`` flushes what is queued.
@@ -139,6 +141,7 @@ class HitEvent:
     dataset: str | None = None
     device_id: str | None = None  # ClientID (DoT/DoQ server name, DoH path): device.id
     dns_transport: str | None = None  # udp | tcp | dot | doh | doq: labels.dns_transport
+    kind: str = "ban"  # the app's kind (policy.model.AppPolicy.kind): ban | control; labels.kind when "control"
     related_hosts: list[str] | None = None
     related_ip: list[str] | None = None
     tls_established: bool | None = None  # proxy block page: tls.established
@@ -168,6 +171,7 @@ class HitEvent:
             version=version,
             enforced=enforced,
             exempt=exempt,
+            kind=match.app.kind,
             **fields,
         )
 
@@ -197,6 +201,8 @@ class HitEvent:
             doc["labels"] = {"exempt": True}
         if self.dns_transport is not None:
             doc.setdefault("labels", {})["dns_transport"] = self.dns_transport
+        if self.kind != "ban":
+            doc.setdefault("labels", {})["kind"] = self.kind
         for attr, path, needs in _OPTIONAL_FIELDS:
             value = getattr(self, attr)
             if value is not None and (needs is None or getattr(self, needs) is not None):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from enforcer.events import HitEvent
 from enforcer.policy import Policy, PolicyError, load_policy
 from enforcer.policy.enforcement import SQL_EXEMPT_FUNCTION, AppKind, Enforcement, to_us
 from tests.policy.policy_helpers import write
@@ -219,3 +220,21 @@ def test_dns_action_case_is_folded_and_a_host_with_another_answer_is_not_shadowe
     assert policy.match_name("a.doh.test").rule.dns_action == "nxdomain"  # type: ignore[union-attr]
     shadowed = [str(w) for w in policy.warnings if "shadowed" in str(w)]
     assert len(shadowed) == 1 and "b.doh.test" in shadowed[0], shadowed
+
+
+def test_hit_events_carry_labels_kind_control_and_ban_events_stay_unchanged(tmp_path: Path) -> None:
+    policy = _policy(tmp_path)
+    when = datetime(2024, 1, 1, tzinfo=UTC)
+    for name, expected in (("canary.test", {"kind": "control"}), ("banned.test", None)):
+        match = policy.match_name(name)
+        assert match is not None
+        doc = HitEvent.from_match(
+            match, action="dns-block", component="dns", version=policy.fingerprint, enforced=True, at=when
+        ).to_ecs()
+        assert doc.get("labels") == expected
+    match = policy.match_name("canary.test")
+    assert match is not None
+    doc = HitEvent.from_match(
+        match, action="dns-block", component="dns", version="v", enforced=False, exempt=True, dns_transport="dot"
+    ).to_ecs()
+    assert doc["labels"] == {"exempt": True, "dns_transport": "dot", "kind": "control"}
