@@ -1,0 +1,114 @@
+"""Inputs of discovery, read in bounded memory and filtered by time.
+
+- ``event_files(paths)``: JSON Lines files of the given files and folders (``*.jsonl`` and rotated ``*.jsonl.N``).
+- ``Hit``: the fields discovery needs of one event: time, client, app, rule, category, action, dataset, the name
+  asked (``dns.question.name``), the SNI, and the chain (``related.hosts``/``related.ip``).
+- ``read_hits(paths, since)``: the hits at or after ``since`` (Unix seconds), at most ``MAX_RECORDS``.
+- ``read_queries(paths, since)``: the query log records ``(ts, client, name)`` at or after ``since``, at most
+  ``MAX_RECORDS``; rotated files are read too (``iter_query_log``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..dns.querylog import iter_query_log
+from ..events import iter_events
+
+MAX_RECORDS = 2_000_000  # per input kind: discovery runs on a workstation over a week of logs
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    ts: float
+    client: str
+    app: str
+    rule: str
+    category: str
+    action: str
+    dataset: str
+    name: str
+    sni: str
+    chain: tuple[str, ...]
+    denied: bool
+
+
+def event_files(paths: Sequence[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out.extend(sorted(x for x in p.iterdir() if x.is_file() and ".jsonl" in x.name))
+        elif p.is_file():
+            out.append(p)
+    return out
+
+
+def _get(doc: dict[str, Any], *path: str) -> Any:
+    cur: Any = doc
+    for key in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def _ts(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def hit_from_doc(doc: dict[str, Any]) -> Hit | None:
+    ts = _ts(doc.get("@timestamp"))
+    app = _get(doc, "rule", "ruleset")
+    if ts is None or not isinstance(app, str):
+        return None
+    related = [*(_get(doc, "related", "hosts") or []), *(_get(doc, "related", "ip") or [])]
+    types = _get(doc, "event", "type") or []
+    return Hit(
+        ts=ts,
+        client=str(_get(doc, "source", "ip") or ""),
+        app=app,
+        rule=str(_get(doc, "rule", "id") or ""),
+        category=str(_get(doc, "rule", "category") or ""),
+        action=str(_get(doc, "event", "action") or ""),
+        dataset=str(_get(doc, "event", "dataset") or ""),
+        name=str(_get(doc, "dns", "question", "name") or _get(doc, "url", "domain") or "").lower().rstrip("."),
+        sni=str(_get(doc, "tls", "client", "server_name") or "").lower().rstrip("."),
+        chain=tuple(str(x) for x in related),
+        denied="denied" in types if isinstance(types, list) else types == "denied",
+    )
+
+
+def read_hits(paths: Sequence[str | Path], since: float) -> Iterator[Hit]:
+    n = 0
+    for f in event_files(paths):
+        for doc in iter_events(f):
+            hit = hit_from_doc(doc)
+            if hit is None or hit.ts < since:
+                continue
+            yield hit
+            n += 1
+            if n >= MAX_RECORDS:
+                return
+
+
+def read_queries(paths: Sequence[str | Path], since: float) -> Iterator[tuple[float, str, str]]:
+    n = 0
+    for raw in paths:
+        for doc in iter_query_log(raw):
+            ts = float(doc["ts"])
+            if ts < since:
+                continue
+            yield ts, str(doc.get("client") or ""), str(doc["name"]).lower().rstrip(".")
+            n += 1
+            if n >= MAX_RECORDS:
+                return
