@@ -18,6 +18,9 @@
   hostile sender must not be able to fill the disk with tracebacks); the lines held back are counted in the next one.
   Its clock is a parameter (``time.monotonic`` by default), so tests step it instead of sleeping.
 
+An enforced hit is also one INFO line, at most one per app every 10 s (``enforcer/blocklog.py``, shared with the
+proxy), so the service log shows that blocking happens.
+
 Whether a hit is enforced is not decided here: the chain asks the policy's one owner of that rule
 (``Policy.enforcement``, enforcer/policy/enforcement.py) and passes the answer in.
 """
@@ -39,6 +42,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..blocklog import BLOCKS
 from ..events import EventWriter, HitEvent
 from ..metrics import (
     BLOCKED_TOTAL,
@@ -266,6 +270,9 @@ class DnsHitEvent(HitEvent):
         )
 
 
+block_line = BLOCKS.blocked
+
+
 class Observer:
     def __init__(self, registry: CollectorRegistry | None, writer: EventWriter | None) -> None:
         self.queries = LocalCounter(DNS_QUERIES_TOTAL, registry)
@@ -298,6 +305,8 @@ class Observer:
     ) -> None:
         labels = ("dns", rule.app, rule.category or "", action)
         (self.blocked_total if enforced else self.monitored_total).inc(labels)
+        if enforced:  # at most one INFO line per app every 10 s (enforcer/blocklog.py)
+            block_line("dns", rule.app, rule.id, rule.source, qname, addr[0] if addr else None)
         if self.writer is None:
             return
         # Only a response-policy block can be a discovery (a sinkhole block matched the name itself).

@@ -31,6 +31,7 @@ from mitmproxy import http
 from mitmproxy.connection import Client
 from prometheus_client import CollectorRegistry
 
+from enforcer.blocklog import BLOCKS
 from enforcer.events import EventWriter, HitEvent
 from enforcer.metrics import (
     BLOCKED_TOTAL,
@@ -135,6 +136,10 @@ class Runtime:
         labels = (COMPONENT, match.rule.app, match.rule.category or "", action)
         (self.blocked if verdict.enforced else self.monitored).inc(labels)
         ip, port = client_address(client.peername)
+        if verdict.enforced:  # at most one INFO line per app every 10 s (enforcer/blocklog.py, shared with dns)
+            target = fields.get("url_full") or fields.get("url_domain") or fields.get("destination_ip") or match.matched
+            BLOCKS.blocked(COMPONENT, match.rule.app, match.rule.id, match.rule.source, f"{action} {target}",
+                           str(ip) if ip is not None else None)  # fmt: skip
         conn = self.conns.get(client.id)
         if conn is not None and conn.user is not None:
             fields.setdefault("user_name", conn.user)

@@ -1,0 +1,58 @@
+"""One log line per block, rate-limited: what an admin reading the service log sees of the blocks.
+
+``BlockLog.blocked(component, app, rule_id, source, target, client)`` writes, at INFO, at most one line per
+(component, app) every ``interval`` seconds (10 s by default), and counts the blocks held back in the next line::
+
+    blocked: dns weixin.qq.com for 10.0.0.7 (app wechat, rule wechat:domain:qq.com, blocklists/wechat.yaml:12)
+    (41 similar line(s) held back in the last 10 s)
+
+The events file (enforcer/events.py) has every hit; this line only tells the admin that blocking happens, and on
+what, without a client being able to flood the log: the keys are the policy's apps (bounded), never a name or an
+address. The resolver (enforcer/dns/observe.py ``Observer.hit``) and the proxy (enforcer/proxy/runtime.py ``_hit``)
+share it; monitor hits (not enforced) are not logged here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("enforcer.blocks")
+
+BLOCK_LOG_INTERVAL = 10.0
+
+
+class BlockLog:
+    """The limiter of enforcer/dns/observe.py ``RateLimitedLog``, keyed by (component, app), with the line built
+    only when it is written (a block that is held back costs a dict look-up and a clock read)."""
+
+    def __init__(self, interval: float = BLOCK_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._state: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def blocked(self, component: str, app: str, rule_id: str, source: str, target: str, client: str | None) -> bool:
+        """Log this block now (True) or count it for the next line (False)."""
+        if not log.isEnabledFor(logging.INFO):
+            return False
+        now = self.clock()
+        key = (component, app)
+        last, held = self._state.get(key, (-math.inf, 0))
+        if now - last < self.interval:
+            self._state[key] = (last, held + 1)
+            return False
+        if len(self._state) > 1024:  # apps come from the policy; a bound all the same
+            self._state.clear()
+        self._state[key] = (now, 0)
+        msg = "blocked: %s %s for %s (app %s, rule %s, %s)"
+        args: tuple[object, ...] = (component, target, client or "?", app, rule_id, source)
+        if held:
+            msg += " (%d similar line(s) held back in the last %g s)"
+            args = (*args, held, self.interval)
+        log.info(msg, *args)
+        return True
+
+
+BLOCKS = BlockLog()  # the process's one limiter, shared by whatever component runs in it
