@@ -146,7 +146,7 @@ def bench_naive_ingest(events: Path, db: Path, limit: int) -> dict[str, float]:
             r, _ = parsed
             batch.append(
                 (r.id, ts_to_us(r.ts), r.app, r.client, r.category, r.component, r.action, r.rule, int(r.denied),
-                 r.name, line.rstrip("\n"))
+                 r.name, line.rstrip("\n"), "", "", "")
             )  # fmt: skip
             n += 1
             if len(batch) == 5000:

@@ -31,11 +31,13 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..policy.enforcement import Enforcement
 from .files import event_files, is_rotated
 from .lines import (
     DEFAULT_MAX_FILE_BYTES,
@@ -49,6 +51,9 @@ from .store import Row, Store
 
 log = logging.getLogger("enforcer.analyst.ingest")
 
+PRUNE_BATCH = 5000  # events deleted per retention transaction
+PRUNE_BUDGET = 1.0  # seconds of deleting per poll before ingest gets its turn
+PRUNE_INTERVAL = 60.0  # seconds between retention checks once nothing is left to delete
 HEAD_BYTES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
 _SHOWN_BYTES = 80  # of a bad line, quoted in the log
@@ -64,8 +69,17 @@ class Ingester:
         interval: float = 0.5,
         parser_process: bool = True,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        enforcement: Callable[[], Enforcement] | None = None,
+        retention: float | None = None,
     ) -> None:
         self.store = store
+        # The current policy's table (the analyst's, reloaded with the policy): the rollups' enforced counts follow it.
+        self.enforcement = enforcement
+        self.retention = retention  # seconds; None keeps everything
+        self.deleted = 0  # events deleted by retention
+        self.cases_pruned = 0
+        self.retention_runs = 0
+        self._next_prune = 0.0
         self.sources = [Path(s) for s in sources]
         self.interval = interval
         self.max_file_bytes = max_file_bytes
@@ -127,6 +141,7 @@ class Ingester:
                 self._conn = self.store.writer()
                 self._states = Store.file_states(self._conn)
             assert self._states is not None
+            self._check_rollups()
             stored = 0
             present: set[tuple[int, int]] = set()
             files = event_files(self.sources)
@@ -148,8 +163,52 @@ class Ingester:
                 Store.forget_files(self._conn, gone)
                 for ident in gone:
                     del self._states[ident]
+            self._prune()
             self.polls += 1
             return stored
+
+    def _check_rollups(self) -> None:
+        """Rebuild the rollups when they were computed under another policy table (or never: an older store)."""
+        if self.enforcement is None:
+            return
+        enforcement = self.enforcement()
+        if Store.rollups_current(self._conn, enforcement):
+            return
+        t0 = time.monotonic()
+        with self._transaction() as conn:
+            Store.rebuild_rollups(conn, enforcement)
+        log.info("rollups rebuilt for the current policy in %.1f s", time.monotonic() - t0)
+
+    def prune_now(self, now: float | None = None) -> int:
+        """Retention: delete the events older than ``retention`` in batches of ``PRUNE_BATCH``, one transaction each
+        (readers never wait: WAL), for at most ``PRUNE_BUDGET`` seconds a poll so that ingest keeps its pace; and the
+        audit of cases closed (remediated) before the cut-off. Returns the events deleted."""
+        if self.retention is None:
+            return 0
+        cutoff_us = int(((now if now is not None else time.time()) - self.retention) * 1_000_000)
+        enforcement = self.enforcement() if self.enforcement is not None else None
+        deadline = time.monotonic() + PRUNE_BUDGET
+        deleted = 0
+        while not self._stop.is_set():
+            with self._transaction() as conn:
+                n = Store.delete_before(conn, cutoff_us, PRUNE_BATCH, enforcement)
+            deleted += n
+            if n < PRUNE_BATCH or time.monotonic() >= deadline:
+                break
+        with self._transaction() as conn:
+            self.cases_pruned += Store.prune_cases(conn, cutoff_us)
+        self.deleted += deleted
+        self.retention_runs += 1
+        if deleted:
+            log.info("retention: deleted %d event(s) older than %s s", deleted, self.retention)
+        return deleted
+
+    def _prune(self) -> None:
+        if self.retention is None or self._stop.is_set() or time.monotonic() < self._next_prune:
+            return
+        deleted = self.prune_now()
+        # More left (the budget ran out): go on at the next poll; else look again in PRUNE_INTERVAL.
+        self._next_prune = time.monotonic() + (0 if deleted >= PRUNE_BATCH else PRUNE_INTERVAL)
 
     def _refuse(self, path: Path, exc: EventFileError) -> None:
         if exc.reason == "unreadable" and not os.path.lexists(path):
@@ -254,7 +313,8 @@ class Ingester:
                 self.errors[reason] = self.errors.get(reason, 0) + n
             log.warning("skipped %d bad line(s); first: %s", sum(errors.values()), first_bad)
         with self._transaction() as conn:
-            inserted = Store.insert(conn, rows) if rows else 0
+            enforcement = self.enforcement() if self.enforcement is not None else None
+            inserted = Store.insert(conn, rows, enforcement) if rows else 0
             Store.save_file_state(conn, ident, head, offset, str(path))
         self._states[ident] = (head, offset, str(path))
         self.ingested += inserted
@@ -314,6 +374,10 @@ def parse_chunk(body: bytes, path: str, offset: int) -> Parsed:
                 1 if rec.denied else 0,
                 same(rec.name, rec.name),
                 parsed.doc,
+                # Identity fields (records.Record gains them with the identity work; "" until then).
+                same(getattr(rec, "device_id", ""), getattr(rec, "device_id", "")),
+                same(getattr(rec, "user", ""), getattr(rec, "user", "")),
+                same(getattr(rec, "kind", ""), getattr(rec, "kind", "")),
             )
         )
     return rows, errors, seen, first_bad

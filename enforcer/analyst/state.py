@@ -5,12 +5,15 @@
 - ``Analyst``: store, ingester, inventory, the policy (watched; its ``Enforcement`` table decides which attempts
   were enforced), the Host check's names; ``db`` runs blocking work in a bounded thread pool, ``aggregate`` memoises
   an aggregation until the next stored event, ``refresh_gauges`` computes the non-compliant client counts.
+- ``parse_tokens(text)``: the ``--token-file`` lines (``name:token`` or a plain ``token``) -> {token: analyst name}.
+- ``Analyst.sync_cases``: opens and reopens cases (cases.py) from the non-compliant devices; run with the gauges.
 - ``_AnalystCollector``: the Prometheus collector of those figures and of the ingest counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..config import default_blocklist
+from ..config import ConfigError, default_blocklist
 from ..metrics import (
     ANALYST_EVENTS_DUPLICATE_TOTAL,
     ANALYST_EVENTS_INGESTED_TOTAL,
@@ -34,6 +37,7 @@ from ..metrics import (
     NONCOMPLIANT_CLIENTS,
     SPECS,
 )
+from .cases import CaseBook
 from .hostcheck import host_names
 from .ingest import Ingester
 from .inventory import Inventory
@@ -50,6 +54,36 @@ MAX_LIMIT = 1000
 
 MEMO_SIZE = 8  # memoised aggregations (a 1M-event store: a few MB each)
 
+DEFAULT_ANALYST = "analyst"  # the name of a plain token line (no "name:")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
+
+
+def parse_tokens(text: str, source: str = "--token-file") -> dict[str, str]:
+    """The token file's text -> {token: analyst name}. A line is ``name:token`` or a plain ``token`` (named
+    ``analyst``); blank lines and ``#`` comments are skipped. ConfigError (``source:line: problem``) for a bad name,
+    an empty token or a token given twice."""
+    out: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, token = line.partition(":")
+        if not sep:
+            name, token = DEFAULT_ANALYST, line
+        name, token = name.strip(), token.strip()
+        if not _TOKEN_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{source}:{lineno}: analyst name {name[:40]!r} must be 1-64 of A-Z a-z 0-9 . _ @ - (line: name:token)"
+            )
+        if not token:
+            raise ConfigError(f"{source}:{lineno}: empty token after {name!r}:")
+        if token in out:
+            raise ConfigError(f"{source}:{lineno}: this token is already given on an earlier line")
+        out[token] = name
+    if not out:
+        raise ConfigError(f"{source}: no token in the file")
+    return out
+
 
 @dataclass
 class AnalystSettings:
@@ -64,6 +98,9 @@ class AnalystSettings:
     parser_process: bool = True
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     allowed_hosts: list[str] = field(default_factory=list)  # --allowed-host: further names for the Host check
+    leases: list[str] = field(default_factory=list)  # --leases: DHCP lease files (identity.AnalystIdentity)
+    attempt_window: float = 60.0  # --attempt-window: seconds within which one device's hits are one attempt
+    retention: float | None = None  # --retention in seconds: events older than this are deleted; None keeps all
 
 
 class Analyst:
@@ -74,6 +111,8 @@ class Analyst:
 
         self.settings = settings
         self.token = settings.token or None
+        # token -> analyst name (``--token-file`` lines ``name:token``, or a plain ``token`` named "analyst").
+        self.tokens = parse_tokens(self.token) if self.token else {}
         self.inventory = inventory if inventory is not None else Inventory.load(settings.inventory)
         self.holder = PolicyHolder(settings.blocklist, on_change=self._policy_changed)
         self.enforcement = enforcement_of(self.holder.policy)
@@ -84,7 +123,10 @@ class Analyst:
             interval=settings.poll_interval,
             parser_process=settings.parser_process,
             max_file_bytes=settings.max_file_bytes,
+            enforcement=lambda: self.enforcement,
+            retention=settings.retention,
         )
+        self.cases = CaseBook(self.store)
         # The Host check: always without a token (the only thing between a rebinding page and the data), and with
         # one when names are configured (defence in depth; by default a token-protected analyst may be reached by
         # any name a site gives it).
@@ -134,10 +176,28 @@ class Analyst:
         self.noncompliant = counts
         self.last_block = {app: us / 1e6 for app, us in self.store.last_block().items()}
         self.stored = self.store.count()
+        self.sync_cases(now_us)
+
+    def noncompliant_devices(self, pairs: dict[tuple[str, str], list[Any]]) -> list[dict[str, Any]]:
+        """The (client, app) pairs with enforced attempts, with their inventory device (what cases are made of)."""
+        out = []
+        for (client, app), values in pairs.items():
+            if values[1] > 0:
+                dev = self.inventory.lookup(client) if client else None
+                out.append({"device": dev.device if dev else None, "client": client, "app": app})
+        return out
+
+    def sync_cases(self, now_us: int | None = None) -> dict[str, int]:
+        """Blocking: open cases for new non-compliant devices, reopen remediated ones that hit again."""
+        now_us = now_us if now_us is not None else ts_to_us(dt_to_ts(datetime.now(UTC)))
+        eff = self.enforcement
+        rows = self.noncompliant_devices(self.store.pairs(Filters(), eff))
+        return self.cases.sync(rows, eff, now_us)
 
     def close(self) -> None:
         self.ingester.stop()
         self.pool.shutdown(wait=True)
+        self.cases.close()
         self.store.close()
 
 

@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS events (
     rule TEXT NOT NULL,
     denied INTEGER NOT NULL,
     name TEXT NOT NULL,
-    doc BLOB NOT NULL
+    doc BLOB NOT NULL,
+    device_id TEXT NOT NULL DEFAULT '',
+    user TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_ts_eid ON events (ts, eid);
 CREATE INDEX IF NOT EXISTS events_app ON events (app, ts, denied, category, component, rule, client);
@@ -64,14 +67,75 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (dev, ino)
 );
 CREATE TABLE IF NOT EXISTS facets (kind TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (kind, value));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roll_hour (
+    hour INTEGER NOT NULL,
+    app TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    enforced INTEGER NOT NULL,
+    PRIMARY KEY (hour, app)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roll_client (
+    client TEXT NOT NULL,
+    app TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    category TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    enforced INTEGER NOT NULL,
+    first_us INTEGER NOT NULL,
+    last_us INTEGER NOT NULL,
+    PRIMARY KEY (client, app, rule, category)
+) WITHOUT ROWID;
 """
+# Cases (cases.py): one row per device with its current state, and the append-only audit of every change (an UPDATE
+# of an audit row is refused by a trigger; only retention deletes the audit of a case closed before its cut-off).
+CASES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cases (
+    device TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    clients TEXT NOT NULL,
+    apps TEXT NOT NULL,
+    opened_us INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL,
+    updated_by TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    reopened_by TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS case_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    at_us INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    note TEXT NOT NULL,
+    hit TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS case_audit_device ON case_audit (device, id);
+CREATE TRIGGER IF NOT EXISTS case_audit_append_only BEFORE UPDATE ON case_audit
+BEGIN SELECT RAISE(ABORT, 'case_audit is append-only'); END;
+"""
+# Added after the first release: a store file of an older version gets them by ALTER TABLE (``Store._migrate``).
+ADDED_COLUMNS = (
+    ("device_id", "TEXT NOT NULL DEFAULT ''"),
+    ("user", "TEXT NOT NULL DEFAULT ''"),
+    ("kind", "TEXT NOT NULL DEFAULT ''"),
+)
+# The identity engineer's per-device burst count reads this order without touching the table.
+IDENT_INDEX = "CREATE INDEX IF NOT EXISTS events_ident ON events (app, client, device_id, user, ts, denied, kind)"
 
 INSERT = (
-    "INSERT OR IGNORE INTO events (eid, ts, app, client, category, component, action, rule, denied, name, doc)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO events"
+    " (eid, ts, app, client, category, component, action, rule, denied, name, doc, device_id, user, kind)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# One stored row as inserted: eid, ts_us, app, client, category, component, action, rule, denied, name, doc.
-Row = tuple[str | bytes, int, str, str, str, str, str, str, int, str, bytes]
+# One stored row as inserted: eid, ts_us, app, client, category, component, action, rule, denied, name, doc,
+# device_id, user, kind.
+Row = tuple[str | bytes, int, str, str, str, str, str, str, int, str, bytes, str, str, str]
+
+HOUR_US = 3600 * 1_000_000
+ROLLUP_KEY = "rollup_enforcement"  # meta: the Enforcement.key() the rollups' enforced counts were computed under
+STORED_KEY = "stored"  # meta: events in the table (rows are deleted by retention, so MAX(seq) is not the count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +146,34 @@ class Filters:
     components: tuple[str, ...] = ()
     since: int | None = None  # microseconds, inclusive
     until: int | None = None  # microseconds, exclusive
+    # The search box: a substring of the name, the rule or the client (case-insensitive), or one of
+    # ``search_clients`` (the clients whose inventory device/owner matched, found by the caller).
+    search: str = ""
+    search_clients: tuple[str, ...] = ()
+
+    @property
+    def rollup_ok(self) -> bool:
+        """Whether the per-app rollups answer these filters (all time, only an app filter at most)."""
+        return not (
+            self.clients
+            or self.categories
+            or self.components
+            or self.since is not None
+            or self.until is not None
+            or self.search
+        )
 
     def where(self) -> tuple[str, list[Any]]:
         parts: list[str] = []
         params: list[Any] = []
+        if self.search:
+            needle = self.search.lower()
+            alts = ["instr(lower(name), ?) > 0", "instr(lower(rule), ?) > 0", "instr(lower(client), ?) > 0"]
+            params += [needle, needle, needle]
+            if self.search_clients:
+                alts.append(f"client IN ({','.join('?' * len(self.search_clients))})")
+                params.extend(self.search_clients)
+            parts.append(f"({' OR '.join(alts)})")
         for column, values in (
             ("app", self.apps),
             ("client", self.clients),
@@ -114,7 +202,22 @@ class Store:
         with contextlib.closing(self._connect()) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            self._migrate(conn)
+            conn.executescript(CASES_SCHEMA)
             conn.commit()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a store file of an older version up to ``SCHEMA``: the identity columns, their index, the stored
+        count. Rollups of an older store are built by the ingester on its first poll (no ``ROLLUP_KEY`` yet)."""
+        have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        for column, decl in ADDED_COLUMNS:
+            if column not in have:
+                conn.execute(f"ALTER TABLE events ADD COLUMN {column} {decl}")
+        conn.execute(IDENT_INDEX)
+        if conn.execute("SELECT 1 FROM meta WHERE key = ?", (STORED_KEY,)).fetchone() is None:
+            (n,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (STORED_KEY, str(n)))
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
@@ -154,8 +257,12 @@ class Store:
 
     # -- writes (ingest thread) ---------------------------------------------------------------------------------
     @staticmethod
-    def insert(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
-        """Insert within the caller's transaction; returns how many rows were new (the rest were duplicates)."""
+    def insert(conn: sqlite3.Connection, rows: Sequence[Row], enforcement: Enforcement | None = None) -> int:
+        """Insert within the caller's transaction; returns how many rows were new (the rest were duplicates).
+
+        The rollups take the new rows in the same transaction (``enforcement`` decides their enforced counts); without
+        an ``enforcement`` they are marked stale (readers fall back to the events table until a rebuild)."""
+        seq0 = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
         before = conn.total_changes
         conn.executemany(INSERT, rows)
         inserted = conn.total_changes - before
@@ -163,7 +270,79 @@ class Store:
             {("app", r[2]) for r in rows} | {("category", r[4]) for r in rows} | {("component", r[5]) for r in rows}
         )
         conn.executemany("INSERT OR IGNORE INTO facets (kind, value) VALUES (?, ?)", sorted(facets))
+        if inserted:
+            _add_stored(conn, inserted)
+            if enforcement is not None and _rollup_key(conn) == _key_text(enforcement):
+                _roll(conn, enforcement, "seq > ?", [seq0], +1)
+            else:
+                conn.execute("DELETE FROM meta WHERE key = ?", (ROLLUP_KEY,))
         return inserted
+
+    @staticmethod
+    def rollups_current(conn: sqlite3.Connection, enforcement: Enforcement) -> bool:
+        return _rollup_key(conn) == _key_text(enforcement)
+
+    @staticmethod
+    def rebuild_rollups(conn: sqlite3.Connection, enforcement: Enforcement) -> None:
+        """Within the caller's transaction: the rollups recomputed from every stored event under ``enforcement``
+        (an older store's first start, or a policy whose effective dates or exempt clients changed)."""
+        conn.execute("DELETE FROM roll_hour")
+        conn.execute("DELETE FROM roll_client")
+        _roll(conn, enforcement, "1", [], +1)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (ROLLUP_KEY, _key_text(enforcement)),
+        )
+
+    @staticmethod
+    def delete_before(
+        conn: sqlite3.Connection, cutoff_us: int, batch: int, enforcement: Enforcement | None = None
+    ) -> int:
+        """Within the caller's transaction: delete at most ``batch`` of the oldest events before ``cutoff_us``,
+        taking them out of the rollups too; returns how many were deleted (0: nothing older is left)."""
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY)")
+        conn.execute("DELETE FROM doomed")
+        conn.execute(
+            "INSERT INTO doomed (seq) SELECT seq FROM events WHERE ts < ? ORDER BY ts LIMIT ?", (cutoff_us, batch)
+        )
+        (n,) = conn.execute("SELECT COUNT(*) FROM doomed").fetchone()
+        if not n:
+            return 0
+        current = enforcement is not None and _rollup_key(conn) == _key_text(enforcement)
+        if current:
+            assert enforcement is not None
+            _roll(conn, enforcement, "seq IN (SELECT seq FROM doomed)", [], -1)
+            touched = conn.execute(
+                "SELECT DISTINCT client, app, rule, category FROM events WHERE seq IN (SELECT seq FROM doomed)"
+            ).fetchall()
+        conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM doomed)")
+        if current:
+            conn.execute("DELETE FROM roll_hour WHERE n <= 0")
+            conn.execute("DELETE FROM roll_client WHERE n <= 0")
+            # First seen of what is left: one index seek per touched key (events_client leads with client, app).
+            conn.executemany(
+                "UPDATE roll_client SET first_us = (SELECT MIN(ts) FROM events WHERE client = ?1 AND app = ?2"
+                " AND rule = ?3 AND category = ?4) WHERE client = ?1 AND app = ?2 AND rule = ?3 AND category = ?4",
+                touched,
+            )
+        else:
+            conn.execute("DELETE FROM meta WHERE key = ?", (ROLLUP_KEY,))
+        _add_stored(conn, -int(n))
+        return int(n)
+
+    @staticmethod
+    def prune_cases(conn: sqlite3.Connection, cutoff_us: int) -> int:
+        """Within the caller's transaction: forget the cases closed (remediated) before ``cutoff_us``, their audit
+        included; open and acknowledged cases are kept whatever their age. Returns how many were forgotten."""
+        doomed = [
+            d
+            for (d,) in conn.execute(
+                "SELECT device FROM cases WHERE state = 'remediated' AND updated_us < ?", (cutoff_us,)
+            )
+        ]
+        conn.executemany("DELETE FROM case_audit WHERE device = ?", [(d,) for d in doomed])
+        conn.executemany("DELETE FROM cases WHERE device = ?", [(d,) for d in doomed])
+        return len(doomed)
 
     @staticmethod
     def file_states(conn: sqlite3.Connection) -> dict[tuple[int, int], tuple[bytes, int, str]]:
@@ -186,9 +365,9 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------------------------------
     def count(self) -> int:
-        """Stored events. Rows are never deleted and ignored duplicates take no rowid, so the largest rowid is the
-        count, read in O(1) instead of a COUNT(*) scan."""
-        return int(self.reader().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        """Stored events, kept in ``meta`` by every insert and delete (O(1), no COUNT(*) scan)."""
+        row = self.reader().execute("SELECT value FROM meta WHERE key = ?", (STORED_KEY,)).fetchone()
+        return int(row[0]) if row else 0
 
     def facets(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {"app": [], "category": [], "component": []}
@@ -233,7 +412,38 @@ class Store:
         expr, params = enforcement.sql()
         return conn, expr, params
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """This thread's reader inside one read transaction: the rollups' key and rows from the same commit."""
+        conn = self.reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _app_where(filters: Filters) -> tuple[str, list[Any]]:
+        if not filters.apps:
+            return "1", []
+        return f"app IN ({','.join('?' * len(filters.apps))})", list(filters.apps)
+
     def pairs(self, filters: Filters, enforcement: Enforcement) -> dict[tuple[str, str], list[Any]]:
+        """(client, app) -> [attempts, enforced attempts, first seen, last seen]: from ``roll_client`` when it answers
+        the filters (one row per client, app, rule and category instead of one per event), else from the events."""
+        if filters.rollup_ok:
+            with self._snapshot() as conn:
+                if Store.rollups_current(conn, enforcement):
+                    where, params = self._app_where(filters)
+                    sql = (
+                        "SELECT client, app, SUM(n), SUM(enforced), MIN(first_us), MAX(last_us) FROM roll_client"
+                        f" WHERE {where} GROUP BY client, app"
+                    )
+                    return {
+                        (client, app): [int(n), int(enf or 0), us_to_ts(first), us_to_ts(last)]
+                        for client, app, n, enf, first, last in conn.execute(sql, params)
+                        if n > 0
+                    }
         where, params = filters.where()
         conn, eff, eff_params = self._enforced(enforcement)
         sql = (
@@ -245,35 +455,102 @@ class Store:
         }
 
     def bounds(self, filters: Filters) -> tuple[int, int] | None:
+        """Earliest and latest event time; two single-aggregate queries, so that each is one index seek when the
+        filters allow it (SQLite's min/max shortcut does not apply to ``SELECT MIN(ts), MAX(ts)``)."""
         where, params = filters.where()
-        lo, hi = self.reader().execute(f"SELECT MIN(ts), MAX(ts) FROM events WHERE {where}", params).fetchone()
-        return None if lo is None else (int(lo), int(hi))
+        conn = self.reader()
+        (lo,) = conn.execute(f"SELECT MIN(ts) FROM events WHERE {where}", params).fetchone()
+        if lo is None:
+            return None
+        (hi,) = conn.execute(f"SELECT MAX(ts) FROM events WHERE {where}", params).fetchone()
+        return int(lo), int(hi)
 
     def series(self, filters: Filters, bucket_us: int) -> list[tuple[int, str, int]]:
-        """(bucket start in microseconds, app, attempts)."""
+        """(bucket start in microseconds, app, attempts); from ``roll_hour`` for whole-hour buckets when it answers
+        the filters."""
+        if filters.rollup_ok and bucket_us % HOUR_US == 0:
+            with self._snapshot() as conn:
+                if _rollup_key(conn) is not None:
+                    where, params = self._app_where(filters)
+                    sql = (
+                        f"SELECT (hour / ?) * ?, app, SUM(n) FROM roll_hour WHERE {where} AND n > 0"
+                        " GROUP BY 1, 2 ORDER BY 1, 2"
+                    )
+                    return [(int(b), a, int(n)) for b, a, n in conn.execute(sql, [bucket_us, bucket_us, *params])]
         where, params = filters.where()
         sql = f"SELECT (ts / ?) * ?, app, COUNT(*) FROM events WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
         return [(int(b), a, int(n)) for b, a, n in self.reader().execute(sql, [bucket_us, bucket_us, *params])]
 
     def top_rules(self, filters: Filters, enforcement: Enforcement, limit: int = 10) -> list[dict[str, Any]]:
-        where, params = filters.where()
-        conn, eff, eff_params = self._enforced(enforcement)
-        sql = (
-            f"SELECT rule, app, category, COUNT(*) AS n, SUM({eff}), COUNT(DISTINCT client), MAX(ts)"
-            f" FROM events WHERE {where} GROUP BY rule, app, category ORDER BY n DESC, rule LIMIT ?"
-        )
+        rows: list[tuple[Any, ...]] | None = None
+        if filters.rollup_ok:
+            with self._snapshot() as conn:
+                if Store.rollups_current(conn, enforcement):
+                    where, params = self._app_where(filters)
+                    # One roll_client row per (client, rule, app, category): COUNT(*) is the distinct clients.
+                    sql = (
+                        "SELECT rule, app, category, SUM(n) AS n, SUM(enforced), COUNT(*), MAX(last_us)"
+                        f" FROM roll_client WHERE {where} AND n > 0 GROUP BY rule, app, category"
+                        " ORDER BY n DESC, rule LIMIT ?"
+                    )
+                    rows = conn.execute(sql, [*params, limit]).fetchall()
+        if rows is None:
+            where, params = filters.where()
+            conn, eff, eff_params = self._enforced(enforcement)
+            sql = (
+                f"SELECT rule, app, category, COUNT(*) AS n, SUM({eff}), COUNT(DISTINCT client), MAX(ts)"
+                f" FROM events WHERE {where} GROUP BY rule, app, category ORDER BY n DESC, rule LIMIT ?"
+            )
+            rows = conn.execute(sql, [*eff_params, *params, limit]).fetchall()
         return [
             {
                 "rule": rule,
                 "app": app,
                 "category": category,
-                "attempts": n,
+                "attempts": int(n),
                 "enforced_attempts": int(enf or 0),
-                "clients": clients,
+                "clients": int(clients),
                 "last_seen": us_to_ts(last),
             }
-            for rule, app, category, n, enf, clients, last in conn.execute(sql, [*eff_params, *params, limit])
+            for rule, app, category, n, enf, clients, last in rows
         ]
+
+    def identity_rows(self, filters: Filters, enforcement: Enforcement) -> Iterator[tuple[Any, ...]]:
+        """``(app, client, device_id, user, kind, ts_us, enforced)`` for the filters, ordered by ``(app, client,
+        device_id, user, ts)`` and streamed (the per-device burst count reads them in this order, ``events_ident``)."""
+        where, params = filters.where()
+        conn, eff, eff_params = self._enforced(enforcement)
+        sql = (
+            f"SELECT app, client, device_id, user, kind, ts, {eff} FROM events WHERE {where}"
+            " ORDER BY app, client, device_id, user, ts"
+        )
+        yield from conn.execute(sql, [*eff_params, *params])
+
+    def first_enforced_after(
+        self, clients: Sequence[str], after_us: int, enforcement: Enforcement
+    ) -> dict[str, Any] | None:
+        """The earliest enforced attempt of any of ``clients`` after ``after_us`` (what reopens a remediated case)."""
+        conn, eff, eff_params = self._enforced(enforcement)
+        best: tuple[Any, ...] | None = None
+        for client in clients:
+            row = conn.execute(
+                f"SELECT ts, eid, app, rule, name, client FROM events WHERE client = ? AND ts > ? AND {eff}"
+                " ORDER BY ts LIMIT 1",
+                [client, after_us, *eff_params],
+            ).fetchone()
+            if row is not None and (best is None or row[0] < best[0]):
+                best = tuple(row)
+        if best is None:
+            return None
+        ts, eid, app, rule, name, client = best
+        return {
+            "ts": us_to_ts(int(ts)),
+            "event_id": eid.hex() if isinstance(eid, bytes) else str(eid),
+            "app": app,
+            "rule": rule,
+            "name": name,
+            "client": client,
+        }
 
     def noncompliant(self, since_us: int, enforcement: Enforcement) -> dict[str, int]:
         """app -> distinct clients with at least one enforced attempt at or after ``since_us``.
@@ -304,3 +581,43 @@ class Store:
     def iter_all(self) -> Iterator[tuple[str, int]]:
         """(eid, ts) of every stored event, for tests and diagnostics."""
         yield from self.reader().execute("SELECT eid, ts FROM events ORDER BY seq")
+
+
+# -- rollups and counters (writer side) -----------------------------------------------------------------------------
+def _key_text(enforcement: Enforcement) -> str:
+    return json.dumps(enforcement.key())
+
+
+def _rollup_key(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (ROLLUP_KEY,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _add_stored(conn: sqlite3.Connection, delta: int) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
+        (STORED_KEY, str(delta)),
+    )
+
+
+def _roll(conn: sqlite3.Connection, enforcement: Enforcement, where: str, params: list[Any], sign: int) -> None:
+    """Add (``sign`` +1) or take out (-1) the events matching ``where`` to/from both rollups, one GROUP BY each over
+    just those rows (the chunk just inserted, or the batch about to be deleted)."""
+    conn.create_function(SQL_EXEMPT_FUNCTION, 2, enforcement.is_exempt, deterministic=True)
+    eff, eff_params = enforcement.sql()
+    conn.execute(
+        f"INSERT INTO roll_hour (hour, app, n, enforced) SELECT (ts / ?) * ?, app, ? * COUNT(*), ? * SUM({eff})"
+        f" FROM events WHERE {where} GROUP BY 1, 2"
+        " ON CONFLICT (hour, app) DO UPDATE SET n = n + excluded.n, enforced = enforced + excluded.enforced",
+        [HOUR_US, HOUR_US, sign, sign, *eff_params, *params],
+    )
+    first = "MIN(first_us, excluded.first_us)" if sign > 0 else "first_us"  # a delete recomputes it afterwards
+    conn.execute(
+        "INSERT INTO roll_client (client, app, rule, category, n, enforced, first_us, last_us)"
+        f" SELECT client, app, rule, category, ? * COUNT(*), ? * SUM({eff}), MIN(ts), MAX(ts)"
+        f" FROM events WHERE {where} GROUP BY 1, 2, 3, 4"
+        " ON CONFLICT (client, app, rule, category) DO UPDATE SET n = n + excluded.n,"
+        f" enforced = enforced + excluded.enforced, first_us = {first}, last_us = MAX(last_us, excluded.last_us)",
+        [sign, sign, *eff_params, *params],
+    )

@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,14 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from ..config import ConfigError
-from .dashboard import dashboard
+from .cases import STATES, CaseError
+from .cases import to_csv as cases_csv
+from .dashboard import analyst_identity, dashboard, identity_tallies
 from .formats import to_csv
 from .hostcheck import check_listen, host_allowed
+from .i18n import negotiate, render
 from .ingest import Ingester
-from .records import MAX_US, ts_to_us
+from .records import MAX_US, dt_to_ts, ts_to_us
 from .report import build_report, parse_range
 from .state import MAX_LIMIT, Analyst, AnalystSettings
 from .store import Filters
@@ -63,6 +68,10 @@ STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
 DEFAULT_LIMIT = 100
 MAX_FILTER_VALUES = 50
+MAX_SEARCH = 200  # characters of the search box
+MAX_SEARCH_CLIENTS = 500  # clients matched by inventory name for one search
+ANONYMOUS = "anonymous"  # who changed a case on an analyst without a token
+WHO = web.RequestKey("who", str)
 _CURSOR = re.compile(r"(\d{1,18})\.([bt])((?:[0-9a-f]{2}){1,256})", re.ASCII)
 _LIMIT = re.compile(r"\d{1,6}", re.ASCII)
 
@@ -101,7 +110,11 @@ def filters_from(request: web.Request) -> tuple[Filters, str | None, str | None]
         since, until = parse_range(request.query.get("since"), request.query.get("until"))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    search = request.query.get("q", "").strip()
+    if len(search) > MAX_SEARCH:
+        raise BadRequest(f"search text too long (max {MAX_SEARCH} characters)")
     f = Filters(
+        search=search,
         apps=_values(request, "app"),
         clients=_values(request, "client"),
         categories=_values(request, "category"),
@@ -121,14 +134,36 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 # -- middleware -------------------------------------------------------------------------------------------------------
-def _authorized(request: web.Request, token: str | None) -> bool:
-    if not token:
-        return True
+def _authorized(request: web.Request, tokens: dict[str, str]) -> str | None:
+    """The analyst's name for the request's bearer token (``ANONYMOUS`` when the service has no token), else None."""
+    if not tokens:
+        return ANONYMOUS
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
-        return False
-    return hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode("utf-8"))
+        return None
+    raw = given.strip().encode("utf-8", "replace")
+    found = None
+    for token, name in tokens.items():  # every one compared, in constant time each
+        if hmac.compare_digest(raw, token.encode("utf-8")):
+            found = name
+    return found
+
+
+def _cross_site(request: web.Request) -> str | None:
+    """Why a state-changing request is refused as cross-site, or None. A bearer token in a header is never sent by
+    a browser on its own, but an analyst without a token has no such shield: a POST must be JSON (a cross-site
+    page cannot send that without a CORS preflight, which this service never grants) and, when the browser says
+    where it comes from (``Origin``, ``Sec-Fetch-Site``), come from this origin."""
+    if request.content_type != "application/json":
+        return "send the body as Content-Type: application/json"
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return "cross-site request refused"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return "cross-origin request refused"
+    return None
 
 
 def _protected(path: str) -> bool:
@@ -157,11 +192,17 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
         return _json(
             {"error": "forbidden: the Host header is not a name of this analyst (see --allowed-host)"}, status=403
         )
-    if _protected(request.path) and not _authorized(request, analyst.token):
+    who = _authorized(request, analyst.tokens) if _protected(request.path) else ANONYMOUS
+    if who is None:
         if request.path in ("/", "/index.html"):
             # The shell carries no data; its login form is how a browser gets the token in the first place.
-            return _page(status=401)
+            return _page(_lang(request), status=401)
         return _json({"error": "unauthorized: send Authorization: Bearer TOKEN"}, status=401)
+    request[WHO] = who
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        why = _cross_site(request)
+        if why is not None:
+            return _json({"error": f"forbidden: {why}"}, status=403)
     try:
         return await handler(request)
     except BadRequest as exc:
@@ -176,18 +217,27 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 # -- handlers ---------------------------------------------------------------------------------------------------------
-_PAGE: bytes | None = None
+_PAGES: dict[str, bytes] = {}
 
 
-def _page(status: int = 200) -> web.Response:
-    global _PAGE
-    if _PAGE is None:
-        _PAGE = (TEMPLATES / "index.html").read_bytes()
-    return web.Response(body=_PAGE, status=status, content_type="text/html", charset="utf-8")
+def _lang(request: web.Request) -> str:
+    return negotiate(request.query.get("lang"), request.headers.get("Accept-Language"))
+
+
+def _page(lang: str, status: int = 200) -> web.Response:
+    if lang not in _PAGES:
+        _PAGES[lang] = render((TEMPLATES / "index.html").read_text(encoding="utf-8"), lang).encode("utf-8")
+    return web.Response(
+        body=_PAGES[lang],
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Content-Language": lang, "Vary": "Accept-Language"},
+    )
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    return _page()
+    return _page(_lang(request))
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -233,15 +283,37 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be 1..{MAX_LIMIT}")
     cursor = _parse_cursor(request.query.get("cursor") or request.query.get("next"))
+    f = await _searched(analyst, f)
     docs, nxt = await analyst.db(analyst.store.events, f, limit, cursor)
     return _json({"events": docs, "next": _format_cursor(nxt)})
+
+
+async def _searched(analyst: Analyst, f: Filters) -> Filters:
+    """``f`` with the clients whose inventory device, owner or unit contains the search text (the events table
+    holds addresses; the inventory names them)."""
+    if not f.search or not analyst.inventory:
+        return f
+    clients = await analyst.db(_search_clients, analyst, f.search.lower())
+    return dataclasses.replace(f, search_clients=clients)
+
+
+def _search_clients(analyst: Analyst, needle: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for client in sorted({c for c, _ in analyst.store.pairs(Filters(), analyst.enforcement)}):
+        dev = analyst.inventory.lookup(client) if client else None
+        if dev is not None and any(needle in (v or "").lower() for v in (dev.device, dev.owner, dev.unit)):
+            out.append(client)
+            if len(out) >= MAX_SEARCH_CLIENTS:
+                break
+    return tuple(out)
 
 
 async def _report(request: web.Request) -> dict[str, Any]:
     analyst: Analyst = request.app[ANALYST]
     f, since, until = filters_from(request)
-    pairs = await analyst.aggregate("pairs", analyst.store.pairs, f, analyst.enforcement)
-    return build_report(pairs, inventory=analyst.inventory, since=since, until=until)
+    f = await _searched(analyst, f)
+    tallies = await analyst.aggregate("tallies", identity_tallies, f, analyst)
+    return build_report(tallies, window_s=analyst_identity(analyst).window_s, since=since, until=until)
 
 
 async def api_report(request: web.Request) -> web.StreamResponse:
@@ -260,7 +332,68 @@ async def api_report_csv(request: web.Request) -> web.StreamResponse:
 async def api_dashboard(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
     f, _, _ = filters_from(request)
-    return _json(await dashboard(analyst, f))
+    data = await dashboard(analyst, await _searched(analyst, f))
+    lang = _lang(request)
+    data["lang"] = lang
+    data["retention_seconds"] = analyst.settings.retention
+    data["policy"] = [
+        {"app": name, "notice": app.localized("notice", lang), "reference": app.localized("reference", lang)}
+        for name, app in sorted(analyst.holder.policy.apps.items())
+    ]
+    return _json(data)
+
+
+def _owners(analyst: Analyst, cases: list[dict[str, Any]]) -> dict[str, tuple[str | None, str | None]]:
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for c in cases:
+        dev = analyst.inventory.lookup(c["clients"][0]) if c["clients"] else None
+        out[c["device"]] = (dev.owner, dev.unit) if dev else (None, None)
+    return out
+
+
+async def _cases(analyst: Analyst) -> list[dict[str, Any]]:
+    await analyst.db(analyst.sync_cases)  # a device non-compliant since the last refresh shows at once
+    cases = await analyst.db(analyst.cases.cases)
+    owners = _owners(analyst, cases)
+    for c in cases:
+        c["owner"], c["unit"] = owners[c["device"]]
+    return cases
+
+
+async def api_cases(request: web.Request) -> web.StreamResponse:
+    cases = await _cases(request.app[ANALYST])
+    counts = {state: sum(1 for c in cases if c["state"] == state) for state in STATES}
+    return _json({"cases": cases, "counts": counts})
+
+
+async def api_cases_csv(request: web.Request) -> web.StreamResponse:
+    analyst: Analyst = request.app[ANALYST]
+    cases = await _cases(analyst)
+    return web.Response(
+        text=cases_csv(cases, _owners(analyst, cases)),
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="enforcer-cases.csv"'},
+    )
+
+
+async def api_case_change(request: web.Request) -> web.StreamResponse:
+    analyst: Analyst = request.app[ANALYST]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest('the body must be a JSON object {"state": ..., "note": ...}') from None
+    if not isinstance(body, dict) or not isinstance(body.get("state"), str):
+        raise BadRequest('the body must be a JSON object with "state" (acknowledged or remediated)')
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        raise BadRequest('"note" must be a string')
+    device = request.match_info["device"]
+    now_us = ts_to_us(dt_to_ts(datetime.now(UTC)))
+    try:
+        case = await analyst.db(analyst.cases.change, device, body["state"], note, request[WHO], now_us)
+    except CaseError as exc:
+        return _json({"error": str(exc)}, status=exc.status)
+    return _json(case)
 
 
 def build_app(analyst: Analyst) -> web.Application:
@@ -274,6 +407,9 @@ def build_app(analyst: Analyst) -> web.Application:
     app.router.add_get("/api/report", api_report)
     app.router.add_get("/api/report.csv", api_report_csv)
     app.router.add_get("/api/dashboard", api_dashboard)
+    app.router.add_get("/api/cases", api_cases)
+    app.router.add_get("/api/cases.csv", api_cases_csv)
+    app.router.add_post("/api/cases/{device}", api_case_change)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     return app
 

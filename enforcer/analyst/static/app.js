@@ -8,8 +8,27 @@
 (function () {
   const TOKEN_KEY = "enforcer-analyst-token";
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const REFRESH_MS = 30000; // the page reloads its data this often while it is visible (one request at a time)
+  const PALETTE = 12; // colour classes c0..c11: an app's colour comes from its name, not from its position
   const $ = (id) => document.getElementById(id);
   let drill = null; // {client, app, next}
+  let loading = false;
+  let T = {};
+  const LANG = document.documentElement.lang || "en";
+
+  // The page's texts in its language (a JSON data block the server fills; never executed).
+  function t(key, vars) {
+    let s = T[key] || key;
+    for (const [k, v] of Object.entries(vars || {})) s = s.split("{" + k + "}").join(String(v));
+    return s;
+  }
+
+  // FNV-1a of the app name: the same app gets the same colour in every run and whatever other apps exist.
+  function colourClass(app) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < app.length; i++) { h ^= app.charCodeAt(i); h = Math.imul(h, 0x01000193) >>> 0; }
+    return "c" + (h % PALETTE);
+  }
 
   function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
@@ -31,11 +50,17 @@
 
   class Unauthorized extends Error {}
 
-  async function api(path, params) {
+  async function api(path, params, body) {
     const qs = params ? "?" + params.toString() : "";
     const headers = { "Accept": "application/json" };
     if (token()) headers["Authorization"] = "Bearer " + token();
-    const resp = await fetch(path + qs, { headers, credentials: "omit", cache: "no-store" });
+    const init = { headers, credentials: "omit", cache: "no-store" };
+    if (body !== undefined) {
+      init.method = "POST";
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const resp = await fetch(path + qs, init);
     if (resp.status === 401) throw new Unauthorized("unauthorized");
     if (!resp.ok) {
       let msg = resp.status + " " + resp.statusText;
@@ -47,10 +72,11 @@
 
   function filterParams() {
     const p = new URLSearchParams();
-    for (const name of ["app", "category", "component", "since", "until"]) {
+    for (const name of ["app", "category", "component", "since", "until", "q"]) {
       const v = $("f-" + name).value.trim();
       if (v) p.set(name, v);
     }
+    p.set("lang", LANG);
     return p;
   }
 
@@ -82,14 +108,14 @@
     sel.value = (values || []).includes(current) ? current : "";
   }
 
-  function renderTotals(t) {
+  function renderTotals(tot) {
     const box = $("totals");
     box.replaceChildren();
     const cards = [
-      ["Attempts", t.attempts, ""],
-      ["Enforced attempts", t.enforced_attempts, t.enforced_attempts ? "bad" : ""],
-      ["Clients", t.clients, ""],
-      ["Non-compliant clients", t.noncompliant_clients, t.noncompliant_clients ? "bad" : ""],
+      [t("cards_attempts"), tot.attempts, ""],
+      [t("cards_enforced"), tot.enforced_attempts, tot.enforced_attempts ? "bad" : ""],
+      [t("cards_clients"), tot.clients, ""],
+      [t("cards_noncompliant"), tot.noncompliant_clients, tot.noncompliant_clients ? "bad" : ""],
     ];
     for (const [k, v, cls] of cards) {
       const c = el("div", undefined, "card " + cls);
@@ -106,15 +132,15 @@
     const apps = Object.keys(series.apps || {});
     const buckets = series.buckets || [];
     const W = 960, H = 280, L = 56, R = 16, T = 14, B = 40;
-    $("chart-bucket").textContent = series.bucket_seconds ? "(per " + humanBucket(series.bucket_seconds) + ", UTC)" : "";
+    $("chart-bucket").textContent = series.bucket_seconds ? "(" + t("per") + " " + humanBucket(series.bucket_seconds) + ", UTC)" : "";
     if (!apps.length || !buckets.length) {
-      chart.appendChild(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no events for these filters"));
+      chart.appendChild(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, t("no_events")));
       return;
     }
     let max = 1;
     for (const a of apps) for (const v of series.apps[a]) max = Math.max(max, v);
     const n = buckets.length;
-    const x = (i) => L + (n === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (n - 1));
+    const x = (i) => n <= 3 ? L + ((W - L - R) / n) * (i + 0.5) : L + (i * (W - L - R)) / (n - 1);
     const y = (v) => T + (H - T - B) * (1 - v / max);
     for (const frac of [0, 0.5, 1]) {
       const v = Math.round(max * frac);
@@ -128,15 +154,31 @@
       const anchor = n > 1 && i === 0 ? "start" : n > 1 && i === n - 1 ? "end" : "middle";
       chart.appendChild(svg("text", { x: x(i), y: H - B + 16, "text-anchor": anchor }, shortTs(buckets[i]).slice(0, 16)));
     }
+    // Few buckets (one day of data in day buckets, a single hour...): bars side by side, readable where a line
+    // of one or two points would be a dot.
+    const bars = n <= 3;
+    const slot = (W - L - R) / Math.max(n, 1);
+    const barW = Math.min(60, (slot * 0.8) / apps.length);
     apps.forEach((app, k) => {
-      const cls = "c" + (k % 6);
-      const g = svg("g", { class: "series", "data-app": app });
-      const pts = series.apps[app].map((v, i) => x(i).toFixed(1) + "," + y(v).toFixed(1)).join(" ");
-      g.appendChild(svg("polyline", { points: pts, class: cls }));
+      const cls = colourClass(app);
+      const g = svg("g", { class: "series", "data-app": app, "data-colour": cls });
+      if (!bars) {
+        const pts = series.apps[app].map((v, i) => x(i).toFixed(1) + "," + y(v).toFixed(1)).join(" ");
+        g.appendChild(svg("polyline", { points: pts, class: cls }));
+      }
       series.apps[app].forEach((v, i) => {
-        const c = svg("circle", { cx: x(i), cy: y(v), r: n > 40 ? 2 : 3, class: "point " + cls,
-          "data-bucket": buckets[i], "data-count": v });
-        c.appendChild(svg("title", {}, app + " · " + shortTs(buckets[i]) + " · " + v + " attempt(s)"));
+        const label = app + " · " + shortTs(buckets[i]) + " · " + t("attempts_n", { n: v });
+        let c;
+        if (bars) {
+          const bx = L + slot * i + slot / 2 - (barW * apps.length) / 2 + barW * k;
+          c = svg("rect", { x: bx.toFixed(1), y: y(v).toFixed(1), width: barW.toFixed(1),
+            height: Math.max(0, H - B - y(v)).toFixed(1), class: "point bar " + cls,
+            "data-bucket": buckets[i], "data-count": v });
+        } else {
+          c = svg("circle", { cx: x(i), cy: y(v), r: n > 40 ? 2 : 3, class: "point " + cls,
+            "data-bucket": buckets[i], "data-count": v });
+        }
+        c.appendChild(svg("title", {}, label));
         g.appendChild(c);
       });
       chart.appendChild(g);
@@ -148,9 +190,9 @@
   }
 
   function humanBucket(s) {
-    if (s % 86400 === 0) return s / 86400 === 1 ? "day" : s / 86400 + " days";
-    if (s % 3600 === 0) return s / 3600 === 1 ? "hour" : s / 3600 + " hours";
-    return s / 60 + " min";
+    if (s % 86400 === 0) return s / 86400 === 1 ? t("day") : t("days", { n: s / 86400 });
+    if (s % 3600 === 0) return s / 3600 === 1 ? t("hour") : t("hours", { n: s / 3600 });
+    return t("minute", { n: s / 60 });
   }
 
   function cell(tr, value, cls) { tr.appendChild(el("td", value === null || value === undefined || value === "" ? "-" : value, cls)); }
@@ -158,10 +200,10 @@
   function renderNoncompliant(rows, total) {
     const body = $("noncompliant").tBodies[0];
     body.replaceChildren();
-    $("nc-count").textContent = "(" + total + (total > rows.length ? ", first " + rows.length + " shown" : "") + ")";
+    $("nc-count").textContent = "(" + total + (total > rows.length ? ", " + t("first_shown", { n: rows.length }) : "") + ")";
     if (!rows.length) {
       const tr = el("tr");
-      const td = el("td", "No non-compliant device for these filters.", "muted");
+      const td = el("td", t("no_noncompliant"), "muted");
       td.colSpan = 9;
       tr.appendChild(td);
       body.appendChild(tr);
@@ -211,10 +253,9 @@
     const ev = e.event || {}, rule = e.rule || {}, obs = e.observer || {};
     const tr = el("tr");
     const decision = (ev.type || []).includes("denied") ? "denied" : "allowed";
-    const name = (e.url && e.url.full) || (e.dns && e.dns.question && e.dns.question.name) ||
-      (e.tls && e.tls.client && e.tls.client.server_name) || (e.destination && e.destination.ip) || "";
-    cell(tr, shortTs(e["@timestamp"])); cell(tr, rule.ruleset); cell(tr, decision, decision);
-    cell(tr, ev.action); cell(tr, obs.type); cell(tr, rule.id, "wrap"); cell(tr, rule.category); cell(tr, name, "wrap");
+    cell(tr, shortTs(e["@timestamp"])); cell(tr, rule.ruleset); cell(tr, t(decision), decision);
+    cell(tr, ev.action); cell(tr, obs.type); cell(tr, rule.id, "wrap"); cell(tr, rule.category);
+    cell(tr, eventName(e), "wrap");
     body.appendChild(tr);
   }
 
@@ -240,16 +281,113 @@
     loadDrill(false).then(() => $("drill").scrollIntoView({ block: "nearest" })).catch(handleError);
   }
 
+  // What the drill-down shows as the name: the URL, the DNS name, the SNI, the CONNECT target (url.domain with the
+  // destination port: a CONNECT to a host name has no destination.ip), else the address.
+  function eventName(e) {
+    const url = e.url || {}, dest = e.destination || {};
+    const sni = e.tls && e.tls.client && e.tls.client.server_name;
+    const qname = e.dns && e.dns.question && e.dns.question.name;
+    if (url.full) return url.full;
+    if (qname) return qname;
+    if (sni) return sni;
+    if (url.domain) return dest.port ? url.domain + ":" + dest.port : url.domain;
+    return dest.ip || "";
+  }
+
+  function renderRetention(seconds) {
+    if (seconds === null || seconds === undefined) {
+      $("retention").textContent = t("retention_all");
+      return;
+    }
+    const period = seconds % 86400 === 0 ? t("days", { n: seconds / 86400 }) : t("hours", { n: Math.round(seconds / 3600) });
+    $("retention").textContent = t("retention", { period });
+  }
+
+  function renderPolicy(apps) {
+    const dl = $("policy");
+    dl.replaceChildren();
+    for (const a of apps) {
+      if (!a.notice && !a.reference) continue;
+      dl.appendChild(el("dt", a.app));
+      const dd = el("dd", a.notice);
+      if (a.reference) dd.appendChild(el("div", a.reference, "muted"));
+      dl.appendChild(dd);
+    }
+    $("policy-panel").hidden = !dl.children.length;
+  }
+
+  function caseReason(c) {
+    const h = c.reopened_by;
+    if (!h) return "";
+    return t("reopened", { client: h.client, app: h.app, name: h.name, rule: h.rule, ts: shortTs(h.ts) });
+  }
+
+  async function changeCase(device, state, note) {
+    await api("/api/cases/" + encodeURIComponent(device), null, { state, note });
+    await load();
+  }
+
+  function renderCases(cases) {
+    const body = $("cases").tBodies[0];
+    body.replaceChildren();
+    const q = $("f-q").value.trim().toLowerCase();
+    const shown = q ? cases.filter((c) => [c.device, c.owner, c.unit, ...c.clients].some((v) => (v || "").toLowerCase().includes(q))) : cases;
+    const open = cases.filter((c) => c.state !== "remediated").length;
+    $("cases-count").textContent = "(" + open + " / " + cases.length + ")";
+    if (!shown.length) {
+      const tr = el("tr");
+      const td = el("td", t("no_cases"), "muted");
+      td.colSpan = 9;
+      tr.appendChild(td);
+      body.appendChild(tr);
+      return;
+    }
+    for (const c of shown.slice(0, 500)) {
+      const tr = el("tr", undefined, "case-" + c.state);
+      tr.dataset.device = c.device;
+      tr.dataset.state = c.state;
+      cell(tr, c.device); cell(tr, t("state_" + c.state), "state");
+      cell(tr, c.clients.join(" "), "wrap"); cell(tr, c.apps.join(" "));
+      cell(tr, shortTs(c.updated_at)); cell(tr, c.updated_by); cell(tr, c.note, "wrap");
+      cell(tr, caseReason(c), "wrap reason");
+      const td = el("td", undefined, "actions");
+      if (c.state !== "remediated") {
+        const note = el("input", undefined, "note");
+        note.type = "text";
+        note.maxLength = 2000;
+        note.placeholder = t("note_prompt");
+        note.setAttribute("aria-label", t("note_prompt"));
+        td.appendChild(note);
+        const targets = c.state === "open" ? ["acknowledged", "remediated"] : ["remediated"];
+        for (const target of targets) {
+          const b = el("button", target === "acknowledged" ? t("acknowledge") : t("remediate"));
+          b.type = "button";
+          b.dataset.target = target;
+          b.addEventListener("click", () => changeCase(c.device, target, note.value.trim()).catch(handleError));
+          td.appendChild(b);
+        }
+      }
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  }
+
   function handleError(err) {
     if (err instanceof Unauthorized) {
-      showLogin(token() ? "That token was not accepted." : "");
+      showLogin(token() ? t("bad_token") : "");
     } else {
-      status("Error: " + err.message, true);
+      status(t("error", { msg: err.message }), true);
     }
   }
 
   async function load() {
-    status("loading…");
+    if (loading) return;
+    loading = true;
+    try { await loadNow(); } finally { loading = false; }
+  }
+
+  async function loadNow() {
+    status(t("loading"));
     const data = await (await api("/api/dashboard", filterParams())).json();
     $("login").hidden = true;
     $("main").hidden = false;
@@ -262,17 +400,20 @@
     renderNoncompliant(data.noncompliant, data.noncompliant_total);
     renderRules(data.top_rules);
     renderWindows(data.windows);
+    renderRetention(data.retention_seconds);
+    renderPolicy(data.policy || []);
+    renderCases((await (await api("/api/cases")).json()).cases);
     if (drill) await loadDrill(false);
-    status("updated " + shortTs(data.generated_at) + " · " + data.ingest.ingested + " events ingested");
+    status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.ingested }));
     document.body.dataset.loaded = "1";
   }
 
-  async function exportCsv() {
-    const blob = await (await api("/api/report.csv", filterParams())).blob();
+  async function exportCsv(path, filename, params) {
+    const blob = await (await api(path, params)).blob();
     const url = URL.createObjectURL(blob);
     const a = el("a");
     a.href = url;
-    a.download = "enforcer-report.csv";
+    a.download = filename;
     document.body.appendChild(a);
     a.click();
     a.remove();
@@ -280,6 +421,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    try { T = JSON.parse($("i18n").textContent || "{}"); } catch (e) { T = {}; }
     $("login-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
@@ -298,9 +440,19 @@
         load().catch(handleError);
       });
     }
-    $("export-csv").addEventListener("click", () => exportCsv().catch(handleError));
+    $("export-csv").addEventListener("click", () =>
+      exportCsv("/api/report.csv", "enforcer-report.csv", filterParams()).catch(handleError));
+    $("export-cases").addEventListener("click", () =>
+      exportCsv("/api/cases.csv", "enforcer-cases.csv").catch(handleError));
     $("drill-close").addEventListener("click", () => { $("drill").hidden = true; drill = null; });
     $("drill-more").addEventListener("click", () => loadDrill(true).catch(handleError));
+    // Self-refresh while open: one request at a time, none while the tab is hidden or the login form shows.
+    setInterval(() => {
+      if (!document.hidden && !$("main").hidden) load().catch(handleError);
+    }, REFRESH_MS);
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && !$("main").hidden) load().catch(handleError);
+    });
     load().catch(handleError);
   });
 })();
