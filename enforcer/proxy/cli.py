@@ -1,6 +1,8 @@
 """``enforcer proxy``: check the flags, then run mitmdump with the enforcer addon and wait for it.
 
 - ``add_arguments``: ``--listen``, ``--blocklist`` (repeatable), ``--events``, ``--metrics``, ``--confdir``,
+  ``--blocked-connect page|refuse`` (how a CONNECT to a blocked host is answered), ``--auth htpasswd:FILE`` (proxy
+  logins through mitmproxy's proxyauth; the user goes into hit events as ``user.name``),
   ``--addon-path``; anything after ``--`` is handed to mitmdump unchanged.
 - ``default_confdir``: the one mitmproxy CA directory default, shared with ``serve`` so a host has one CA.
 - ``mitmdump_command``: the exact argv (lazy connections so nothing upstream is contacted before the addon decides,
@@ -23,6 +25,8 @@ from pathlib import Path
 
 from enforcer.config import ConfigError, ReplaceAppend, default_blocklist
 from enforcer.policy.reloader import REQUIRE_APP_HELP, parse_required_apps
+from enforcer.proxy.decide import BLOCKED_CONNECT_MODES, PAGE
+from enforcer.proxy.logins import LoginError, auth_problems, htpasswd_path
 
 ADDON_PATH = Path(__file__).resolve().with_name("addon.py")
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -53,6 +57,20 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         default=default_confdir(),
         metavar="DIR",
         help="mitmproxy configuration and CA directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--blocked-connect",
+        choices=BLOCKED_CONNECT_MODES,
+        default=PAGE,
+        help="a CONNECT to a blocked host: 'page' accepts it without any upstream connection and shows the block "
+        "page inside the tunnel (to clients that trust the mitmproxy CA; others fail the TLS handshake, still "
+        "blocked); 'refuse' answers the CONNECT with 403 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--auth",
+        metavar="htpasswd:FILE",
+        help="require a proxy login from an Apache htpasswd file (bcrypt or {SHA} lines; 407 otherwise); the user "
+        "goes into hit events as user.name (default: no login)",
     )
     parser.add_argument(
         "--addon-path", action="store_true", help="print the addon file's path (for mitmdump -s) and exit"
@@ -103,6 +121,12 @@ def mitmdump_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--set", f"enforcer_metrics={args.metrics}"]
     required = parse_required_apps(getattr(args, "require_app", None))
     cmd += ["--set", "enforcer_require_apps=" + ("auto" if required is None else ",".join(required))]
+    cmd += ["--set", f"enforcer_blocked_connect={getattr(args, 'blocked_connect', PAGE)}"]
+    if getattr(args, "auth", None):
+        try:
+            cmd += ["--set", f"proxyauth=@{htpasswd_path(args.auth)}"]
+        except LoginError as exc:
+            raise ConfigError(str(exc)) from None
     return cmd + list(args.mitmdump_args or [])
 
 
@@ -126,6 +150,9 @@ def run(command: str, args: argparse.Namespace) -> int:
         for problem in exc.problems:
             if problem.severity == "error":
                 print(problem, file=sys.stderr)
+        return 1
+    if problems := auth_problems(args.auth):
+        print("\n".join(problems), file=sys.stderr)
         return 1
     cmd = mitmdump_command(args)
     if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
