@@ -5,7 +5,7 @@
   seen, and short detail lines (the chain that led into the policy, the blocked names it came with, the names seen).
 - ``discover(events, query_logs, policy, since, must_pass, now)``: the candidates, most confident first. A name the
   policy already blocks is never proposed, nor one that is (or is a parent of) a must-pass safety name. The same rule
-  found by two detectors is one candidate whose confidence rises one step.
+  found by two detectors is one candidate whose confidence rises one step; so is a host under a proposed domain.
 """
 
 from __future__ import annotations
@@ -75,4 +75,11 @@ def discover(
                 found[key].merge(cand)
             else:
                 found[key] = cand
+    # A host under a proposed domain of the same app is the same finding: its evidence joins the domain's.
+    domains = [c for c in found.values() if c.kind == "domain"]
+    for key, cand in list(found.items()):
+        parent = next((d for d in domains if cand.kind == "host" and cand.name.endswith("." + d.name)), None)
+        if parent is not None and parent.app == cand.app:
+            parent.merge(cand)
+            del found[key]
     return sorted(found.values(), key=lambda c: (-LEVELS.index(c.confidence), -len(c.clients), -c.count, c.name))
