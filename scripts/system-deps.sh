@@ -3,11 +3,12 @@
 # the DNS benchmark peer (dnsperf, dnsmasq), Prometheus (promtool and the server), the browser test (chromium,
 # chromedriver), network namespaces (iproute2), nft for the nftables export, rsyslog (the SIEM shipper config), dig
 # (bind9-dnsutils), which the `serve` summary tells users to try, the encrypted-DNS clients and peers (kdig from
-# knot-dnsutils, dnsdist), and the DHCP lease test's server and client (kea-dhcp4-server, busybox udhcpc).
+# knot-dnsutils, dnsdist), the DHCP lease test's server and client (kea-dhcp4-server, busybox udhcpc), and certutil
+# (libnss3-tools), which installs the mitmproxy CA in the block-page test's Chromium NSS store.
 # Installed only when one is missing.
 set -euo pipefail
-packages=(bind9-utils bind9 unbound dnsmasq-base squid dnsperf prometheus chromium chromium-driver iproute2 nftables curl rsyslog rsyslog-elasticsearch bind9-dnsutils knot-dnsutils dnsdist kea-dhcp4-server busybox)
-tools=(named-checkzone named unbound-checkconf unbound dnsmasq squid dnsperf promtool prometheus chromium chromedriver ip nft curl rsyslogd dig kdig dnsdist kea-dhcp4 busybox)
+packages=(bind9-utils bind9 unbound dnsmasq-base squid dnsperf prometheus chromium chromium-driver iproute2 nftables curl rsyslog rsyslog-elasticsearch bind9-dnsutils knot-dnsutils dnsdist kea-dhcp4-server busybox libnss3-tools)
+tools=(named-checkzone named unbound-checkconf unbound dnsmasq squid dnsperf promtool prometheus chromium chromedriver ip nft curl rsyslogd dig kdig dnsdist kea-dhcp4 busybox certutil)
 missing=()
 for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || missing+=("$t")
