@@ -81,6 +81,15 @@ def _discovery_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RATE",
         help="fraction of allowed queries the query log keeps, 0 to 1 (default 0.1)",
     )
+    group.add_argument(
+        "--feeds-refresh",
+        action="store_true",
+        help="update the blocklist's URL feeds in the background, each on its own 'refresh:' (default: off; "
+        "'enforcer feeds update' by hand)",
+    )
+    group.add_argument(
+        "--feeds-cafile", default=None, metavar="FILE", help="extra CA certificates for HTTPS feeds (default: none)"
+    )
 
 
 def _cache_and_tcp_arguments(parser: argparse.ArgumentParser) -> None:

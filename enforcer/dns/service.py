@@ -107,6 +107,8 @@ class DnsSettings:
     rpz_refresh: float = 60.0  # re-evaluate effective dates this often (monitor -> enforced moves the serial)
     query_log: str | None = None  # --query-log: sampled allowed queries for enforcer discover (dns/querylog.py)
     query_log_sample: float = 0.1
+    feeds_refresh: bool = False  # --feeds-refresh: the URL feed updater on schedule (enforcer/feeds/schedule.py)
+    feeds_cafile: str | None = None
     require_apps: list[str] | None = field(default_factory=list)  # --require-app; None: the apps of the first load
 
     @classmethod
@@ -170,6 +172,8 @@ class DnsSettings:
             max_cache_ttl=max_ttl,
             query_log=getattr(args, "query_log", None) or None,
             query_log_sample=number("--query-log-sample", getattr(args, "query_log_sample", 0.1), float, 0, 1),
+            feeds_refresh=bool(getattr(args, "feeds_refresh", False)),
+            feeds_cafile=getattr(args, "feeds_cafile", None) or None,
         )
 
 
@@ -328,6 +332,10 @@ class Resolver:
             self._metrics_server = serve_metrics(s.metrics, self.registry)
         self._spawn(self.holder.watch(s.watch_interval))
         self._spawn(self._expire_loop())
+        if s.feeds_refresh:
+            from ..feeds.schedule import FeedScheduler
+
+            self._spawn(FeedScheduler(s.blocklist, self.registry, cafile=s.feeds_cafile).run())
         if threading.current_thread() is threading.main_thread():
             self.holder.install_sighup(loop)
         return [li.display for li in self.listeners]

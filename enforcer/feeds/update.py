@@ -37,7 +37,7 @@ from ..policy.feeds import FEEDS_DIR, FeedSpec, parse_feed, parse_spec
 from ..policy.matcher import Policy
 from ..policy.model import PolicyError, Problem
 from .diff import FeedDiff, diff_names, verdict_changes
-from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, FetchError, fetch
+from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, Fetched, FetchError, fetch
 from .store import Meta, read_meta, swap, write_meta
 
 log = logging.getLogger("enforcer.feeds")
@@ -200,9 +200,26 @@ async def _update_feed(
         )
     except FetchError as exc:
         return FeedResult(spec, "failed", f"{exc}; the last good copy is kept")
+    # Everything after the download parses, loads the whole policy twice and writes files: a worker thread, so a
+    # scheduled update (--feeds-refresh) never blocks the resolver's event loop.
+    return await asyncio.get_running_loop().run_in_executor(
+        None, _judge, spec, list(paths), must_pass, opts.dry_run, got, meta, have_copy
+    )
+
+
+def _judge(
+    spec: FeedSpec,
+    paths: list[str | Path],
+    must_pass: Sequence[str],
+    dry_run: bool,
+    got: Fetched,
+    meta: Meta,
+    have_copy: bool,
+) -> FeedResult:
+    local = spec.local
     now = time.time()
     if got.status == 304:
-        if not opts.dry_run:
+        if not dry_run:
             meta.checked_at = now
             write_meta(local, meta)
         return FeedResult(spec, "unchanged", "not modified (304)")
@@ -226,7 +243,7 @@ async def _update_feed(
     old_names = _copy_names(local) if have_copy else None
     diff = diff_names(old_names, names)
     if have_copy and digest == meta.sha256:
-        if not opts.dry_run:
+        if not dry_run:
             meta.checked_at = now
             meta.etag, meta.last_modified = got.etag, got.last_modified
             write_meta(local, meta)
@@ -236,16 +253,15 @@ async def _update_feed(
             spec, "refused", f"{diff.share:.0%} of the names changed (+{len(diff.added)} -{len(diff.removed)} of "
             f"{diff.old_count}), above max_change {spec.max_change:.0%}", diff
         )  # fmt: skip
-    loop = asyncio.get_running_loop()
-    new_policy, errors = await loop.run_in_executor(None, _load_staged, list(paths), local, got.body)
+    new_policy, errors = _load_staged(paths, local, got.body)
     if new_policy is None:
         return FeedResult(spec, "refused", "the blocklist does not load with the new copy", diff, problems=errors)
-    old_policy = await loop.run_in_executor(None, _load_current, list(paths))
+    old_policy = _load_current(paths)
     flipped = verdict_changes(old_policy, new_policy, must_pass)
     if flipped:
         listed = ", ".join(name for name, _rule in flipped)
         return FeedResult(spec, "refused", f"would block must-pass name(s): {listed}", diff, flipped)
-    if opts.dry_run:
+    if dry_run:
         return FeedResult(spec, "would_update", f"+{len(diff.added)} -{len(diff.removed)} names (dry run)", diff)
     swap(local, got.body)
     write_meta(local, Meta(spec.url, got.etag, got.last_modified, digest, len(names), now, now))
