@@ -63,6 +63,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     )
     _cache_and_tcp_arguments(parser)
     _rpz_arguments(parser)
+    _encrypted_arguments(parser)
     _discovery_arguments(parser)
 
 
@@ -176,6 +177,78 @@ def _rpz_arguments(parser: argparse.ArgumentParser) -> None:
         "--tsig-key-file",
         metavar="FILE",
         help="TSIG key (HMAC-SHA256) required for transfers and used for NOTIFY: a file holding NAME:BASE64SECRET",
+    )
+
+
+def _encrypted_arguments(parser: argparse.ArgumentParser) -> None:
+    enc = parser.add_argument_group(
+        "Encrypted DNS (DoT, DoH, DoQ) and device identity (ClientID); every transport uses the same chain"
+    )
+    for flag, what in (
+        ("--dot", "DNS over TLS, RFC 7858"),
+        ("--doh", "DNS over HTTPS at /dns-query, RFC 8484, HTTP/2 and HTTP/1.1"),
+        ("--doq", "DNS over QUIC, RFC 9250"),
+    ):
+        enc.add_argument(
+            flag, action="append", default=[], metavar="HOST:PORT", help=f"{what} (repeatable; default: off)"
+        )
+    enc.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate chain (re-read when it changes; default: a "
+        "self-signed one in --tls-dir, loopback listeners only)",
+    )
+    enc.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    enc.add_argument(
+        "--tls-dir",
+        default="var/tls",
+        metavar="DIR",
+        help="where the self-signed certificate is made without --tls-cert (default: %(default)s)",
+    )
+    enc.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="this resolver's name, e.g. dns.example.gov: a TLS "
+        "server name <id>.NAME carries the ClientID <id> (default: none, ids from the DoH path only)",
+    )
+    enc.add_argument(
+        "--require-client-id",
+        action="store_true",
+        help="answer encrypted queries only for a known "
+        "ClientID (others: REFUSED, DoH 403); any source may then connect (default: off, --allow applies)",
+    )
+    enc.add_argument(
+        "--client-ids", metavar="FILE", help="known ClientIDs, one per line, # comments (re-read on change)"
+    )
+    enc.add_argument(
+        "--inventory", metavar="FILE", help="device inventory CSV; its client_id column adds known ClientIDs"
+    )
+    enc.add_argument(
+        "--tls-handshake-timeout",
+        default=5.0,
+        metavar="SECONDS",
+        help="TLS/QUIC handshake must finish within this (default 5)",
+    )
+    enc.add_argument(
+        "--tls-idle-timeout",
+        default=30.0,
+        metavar="SECONDS",
+        help="an encrypted connection idle this long is closed (default 30)",
+    )
+    enc.add_argument(
+        "--tls-max-connections",
+        default=10_000,
+        metavar="N",
+        help="open encrypted connections in all; beyond it new ones are closed (default 10000)",
+    )
+    enc.add_argument(
+        "--tls-max-per-source",
+        default=32,
+        metavar="N",
+        help="open encrypted connections per client address (IPv6: per /64) (default 32)",
+    )
+    enc.add_argument(
+        "--doh-max-streams", default=100, metavar="N", help="HTTP/2 concurrent streams per DoH connection (default 100)"
     )
 
 

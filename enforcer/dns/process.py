@@ -39,7 +39,8 @@ def run_single(settings: DnsSettings, started: Callable[[Resolver], None] | None
         # them out of the cyclic collector's sight, so full collections do not pause answering for tens of ms.
         gc.freeze()
         for addr in [] if quiet else addresses:
-            print(f"enforcer dns: listening on {addr} (udp+tcp)", flush=True)
+            # "HOST:PORT (dot)" for an encrypted listener (enforcer/dns/encrypted_listeners.py)
+            print(f"enforcer dns: listening on {addr}" + ("" if " (" in addr else " (udp+tcp)"), flush=True)
 
     async def main() -> None:
         stop = asyncio.Event()

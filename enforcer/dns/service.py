@@ -19,7 +19,8 @@ Several worker processes can share the listen addresses with ``DnsSettings(reuse
 - ``DnsSettings``: the settings; ``from_args`` checks argparse values into them (errors are one line).
   ``DnsSettings(...)`` built directly is taken as given, not checked.
 - ``Resolver``: owns the ``PolicyHolder`` (file watch + SIGHUP reload), the cache, the forwarder, the observer
-  (counters, histogram, hit events) and one ``Listener`` (UDP + TCP) per address.
+  (counters, histogram, hit events) and one ``Listener`` (UDP + TCP) per address; with ``--dot/--doh/--doq``
+  the encrypted listeners (enforcer/dns/encrypted_listeners.py) on the same chain.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from ..policy.reloader import PolicyHolder, parse_required_apps
 from . import DEFAULT_ALLOW
 from .cache import Cache
 from .chain import ChainParts, admission, build_chain
+from .encrypted_listeners import EncryptedListeners, EncryptedSettings, encrypted_settings
 from .observe import Observer
 from .server import Listener, TcpLimits
 from .sinkhole import Mode, Sinkhole, parse_mode
@@ -105,6 +107,7 @@ class DnsSettings:
     notify: list[tuple[str, int]] = field(default_factory=list)
     tsig: Any = None  # enforcer.rpz.feed.TsigKey
     rpz_refresh: float = 60.0  # re-evaluate effective dates this often (monitor -> enforced moves the serial)
+    encrypted: EncryptedSettings | None = None  # --dot/--doh/--doq and their TLS/ClientID flags
     query_log: str | None = None  # --query-log: sampled allowed queries for enforcer discover (dns/querylog.py)
     query_log_sample: float = 0.1
     feeds_refresh: bool = False  # --feeds-refresh: the URL feed updater on schedule (enforcer/feeds/schedule.py)
@@ -170,6 +173,7 @@ class DnsSettings:
             nat64_prefixes=tuple(nat64),
             min_cache_ttl=min_ttl,
             max_cache_ttl=max_ttl,
+            encrypted=encrypted_settings(args),
             query_log=getattr(args, "query_log", None) or None,
             query_log_sample=number("--query-log-sample", getattr(args, "query_log_sample", 0.1), float, 0, 1),
             feeds_refresh=bool(getattr(args, "feeds_refresh", False)),
@@ -281,6 +285,7 @@ class Resolver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._metrics_server: Any = None
         self.feed: RpzFeed | None = None  # with --rpz-zone
+        self.encrypted: EncryptedListeners | None = None  # with --dot/--doh/--doq
         self.query_log: Any = None  # dns/querylog.QueryLog with --query-log
 
     async def start(self) -> list[str]:
@@ -316,6 +321,7 @@ class Resolver:
         handler = build_chain(parts)
         limits = TcpLimits(s.tcp_max_connections, s.tcp_max_per_source, s.tcp_initial_timeout, s.tcp_idle_timeout)
         admit = admission(parts)
+        shown: list[str] = []
         try:
             for host, port in s.listen:
                 listener = Listener(
@@ -323,6 +329,13 @@ class Resolver:
                 )
                 await listener.start()
                 self.listeners.append(listener)
+            if s.encrypted is not None:
+                s.encrypted.reuse_port = s.reuse_port
+                s.encrypted.watch_interval = s.watch_interval
+                self.encrypted = EncryptedListeners(
+                    s.encrypted, handler, parts.acl.contains_host, observer.outcome, self.registry
+                )
+                shown = await self.encrypted.start()
         except BaseException:
             await self.stop()
             raise
@@ -338,7 +351,7 @@ class Resolver:
             self._spawn(FeedScheduler(s.blocklist, self.registry, cafile=s.feeds_cafile).run())
         if threading.current_thread() is threading.main_thread():
             self.holder.install_sighup(loop)
-        return [li.display for li in self.listeners]
+        return [li.display for li in self.listeners] + shown
 
     async def _start_feed(self, loop: asyncio.AbstractEventLoop) -> None:
         """The RPZ feed: built off the loop (a large policy takes a while), rebuilt in the reload thread after every
@@ -401,6 +414,9 @@ class Resolver:
             with contextlib.suppress(Exception):
                 await listener.close()
         self.listeners.clear()
+        if self.encrypted is not None:
+            with contextlib.suppress(Exception):
+                await self.encrypted.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

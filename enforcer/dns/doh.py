@@ -1,0 +1,312 @@
+"""DNS over HTTPS (RFC 8484) on one TLS port, HTTP/2 and HTTP/1.1 chosen by ALPN.
+
+- ``DohServer.serve``: one accepted connection (enforcer/dns/encrypted.py ``accept_loop``): ``Gate.admit``
+  (source address, caps) -> TLS with ALPN ``h2``/``http/1.1`` -> ``_serve_h2`` (the ``h2`` library,
+  ``SETTINGS_MAX_CONCURRENT_STREAMS`` = ``--doh-max-streams``; each stream answered from its own task, so a slow
+  upstream answer holds back no other stream) or ``_serve_h1`` (``h11``, one request after another, keep-alive).
+- ``dns_request(method, target, headers, body)``: the DNS message of a request, or an HTTP status: GET
+  ``/dns-query[/<id>]?dns=<base64url, no padding>``, POST with ``content-type: application/dns-message``; 404 for
+  another path, 405 for another method, 415 for another content type, 400 for a bad or oversized message.
+  The ClientID is the path's (``/dns-query/<id>``), else the TLS server name's (``<id>.<--server-name>``).
+- A refused ClientID (invalid; missing or unknown under ``--require-client-id``) gets HTTP 403 before the message
+  is read as DNS. The answer is ``200 application/dns-message`` with ``cache-control: max-age`` = the smallest TTL.
+
+Why h2 and h11 rather than aiohttp: both are sans-I/O (already installed with mitmproxy) and share this module's
+one asyncio TLS server, so one port serves both protocols after one admission check and one handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+# h2 ships no type information (no py.typed); its use here is checked by tests/dns/test_encrypted_doh.py.
+import h2.config  # type: ignore[import-untyped]
+import h2.connection  # type: ignore[import-untyped]
+import h2.errors  # type: ignore[import-untyped]
+import h2.events  # type: ignore[import-untyped]
+import h2.exceptions  # type: ignore[import-untyped]
+import h2.settings  # type: ignore[import-untyped]
+import h11
+
+from .chain import Handler, Via
+from .clientid import DOH_PATH, client_id_from_path
+from .encrypted import READ_TIMEOUT, Gate, accept_tls, resolve
+from .observe import RateLimitedLog
+from .tls import CertSource
+
+log = logging.getLogger("enforcer.dns.doh")
+ratelog = RateLimitedLog(log)
+
+CONTENT_TYPE = "application/dns-message"
+MAX_MESSAGE = 16_384  # a DNS query; larger bodies are refused (400)
+MAX_HEADERS = 16_384
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def dns_request(method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[bytes | None, str | None, int]:
+    """``(message, client_id, status)``: the DNS query of an HTTP request and its path's ClientID (status 200), or
+    ``(None, None, status)`` with the HTTP error status."""
+    parts = urlsplit(target)
+    path = parts.path
+    if path != DOH_PATH and not path.startswith(DOH_PATH + "/"):
+        return None, None, 404
+    cid = client_id_from_path(path)
+    if method == "GET":
+        values = parse_qs(parts.query).get("dns")
+        if not values or len(values[0]) > MAX_MESSAGE * 4 // 3 + 4:
+            return None, cid, 400
+        try:
+            message = _b64url(values[0])
+        except (binascii.Error, ValueError):
+            return None, cid, 400
+    elif method == "POST":
+        if headers.get("content-type", "").split(";")[0].strip().lower() != CONTENT_TYPE:
+            return None, cid, 415
+        message = body
+    else:
+        return None, cid, 405
+    if not 12 <= len(message) <= MAX_MESSAGE:
+        return None, cid, 400
+    return message, cid, 200
+
+
+def min_ttl(reply: bytes) -> int:
+    """The smallest TTL in the answer and authority sections (0 when there is none or the reply is unreadable):
+    the ``cache-control: max-age`` RFC 8484 section 5.1 asks for."""
+    try:
+        import dnslib
+
+        record = dnslib.DNSRecord.parse(reply)
+    except Exception:
+        return 0
+    ttls = [rr.ttl for rr in (*record.rr, *record.auth)]
+    return min(ttls) if ttls else 0
+
+
+class DohServer:
+    """DoH on one address; ``serve`` is the ``asyncio.start_server`` callback."""
+
+    transport = "doh"
+    alpn: ClassVar[list[str]] = ["h2", "http/1.1"]
+
+    def __init__(self, handler: Handler, gate: Gate, certs: CertSource, outcome: Callable[[str], None]) -> None:
+        self.handler = handler
+        self.gate = gate
+        self.certs = certs
+        self.outcome = outcome
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, sni_cid: str | None, peer: Any
+    ) -> tuple[int, bytes]:
+        """``(status, body)`` for one HTTP request."""
+        gate = self.gate
+        message, path_cid, status = dns_request(method, target, headers, body)
+        cid = path_cid if path_cid is not None else sni_cid  # the path wins over the SNI
+        if not gate.client_ok("doh", cid):
+            gate.query("doh")
+            self.outcome("refused")
+            return 403, b""
+        if message is None:
+            gate.count("doh", "bad_request")
+            return status, b""
+        gate.query("doh")
+        try:
+            reply = await resolve(self.handler, message, peer, Via("doh", cid))
+        except Exception:
+            ratelog("doh", logging.ERROR, "error handling a DoH query from %s", peer[0] if peer else "?",
+                    exc_info=True)  # fmt: skip
+            self.outcome("dropped")
+            return 500, b""
+        if reply is None:
+            return 400, b""  # the chain dropped it (not a query)
+        return 200, reply
+
+    async def serve(self, conn: socket.socket, peer: Any) -> None:
+        host = peer[0] if peer else ""
+        gate = self.gate
+        if not gate.admit("doh", host):
+            conn.close()
+            return
+        streams = None
+        try:
+            streams = await accept_tls(conn, gate, "doh", self.certs.context(self.alpn))
+            if streams is None:
+                return
+            reader, writer = streams
+            self.writers.add(writer)
+            ssl_object = writer.get_extra_info("ssl_object")
+            sni_cid = gate.sni_client_id(ssl_object)
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                await self._serve_h2(reader, writer, sni_cid, peer)
+            else:
+                await self._serve_h1(reader, writer, sni_cid, peer)
+        except (ConnectionError, TimeoutError, OSError, ssl.SSLError):
+            pass
+        finally:
+            gate.release("doh", host)
+            if streams is not None:
+                self.writers.discard(streams[1])
+                streams[1].transport.abort()
+
+    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await asyncio.wait_for(reader.read(65_536), self.gate.limits.idle_timeout)
+        except TimeoutError:
+            self.gate.count("doh", "idle_timeout")
+            return b""
+
+    async def _serve_h2(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sni_cid: str | None, peer: Any
+    ) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.gate.limits.h2_max_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADERS,
+            },
+        )
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        streams: dict[int, tuple[dict[str, str], bytearray]] = {}
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def respond(stream_id: int, headers: dict[str, str], body: bytes) -> None:
+            status, payload = await self.answer(
+                headers.get(":method", ""), headers.get(":path", ""), headers, body, sni_cid, peer
+            )
+            out = [(":status", str(status)), ("content-length", str(len(payload)))]
+            if status == 200:
+                out += [("content-type", CONTENT_TYPE), ("cache-control", f"max-age={min_ttl(payload)}")]
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+                conn.send_headers(stream_id, out, end_stream=not payload)
+                if payload:
+                    conn.send_data(stream_id, payload, end_stream=True)
+                writer.write(conn.data_to_send())
+
+        try:
+            while True:
+                data = await self._read(reader)
+                if not data:
+                    return
+                try:
+                    events = conn.receive_data(data)
+                except h2.exceptions.TooManyStreamsError:
+                    self.gate.count("doh", "stream_limit")
+                    writer.write(conn.data_to_send())
+                    return
+                except h2.exceptions.ProtocolError:
+                    self.gate.count("doh", "bad_request")
+                    writer.write(conn.data_to_send())
+                    return
+                if not self._h2_events(conn, events, streams, respond, tasks):
+                    return
+                writer.write(conn.data_to_send())
+                await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        finally:
+            for task in list(tasks):
+                task.cancel()
+
+    def _h2_events(
+        self,
+        conn: h2.connection.H2Connection,
+        events: list[Any],
+        streams: dict[int, tuple[dict[str, str], bytearray]],
+        respond: Callable[[int, dict[str, str], bytes], Awaitable[None]],
+        tasks: set[asyncio.Task[None]],
+    ) -> bool:
+        """Collect each stream's headers and body; a complete request is answered from its own task. False: the
+        client ended the connection."""
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                streams[event.stream_id] = (dict(event.headers or []), bytearray())
+            elif isinstance(event, h2.events.DataReceived):
+                entry = streams.get(event.stream_id)
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if entry is not None:
+                    entry[1].extend(event.data or b"")
+                    if len(entry[1]) > MAX_MESSAGE:
+                        streams.pop(event.stream_id, None)
+                        self.gate.count("doh", "bad_request")
+                        conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            elif isinstance(event, h2.events.StreamEnded):
+                entry = streams.pop(event.stream_id, None)
+                if entry is not None:
+                    task = asyncio.ensure_future(respond(event.stream_id, entry[0], bytes(entry[1])))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            elif isinstance(event, h2.events.StreamReset):
+                streams.pop(event.stream_id, None)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                return False
+        return True
+
+    async def _serve_h1(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sni_cid: str | None, peer: Any
+    ) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+        while True:
+            request: h11.Request | None = None
+            body = bytearray()
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError:
+                    self.gate.count("doh", "bad_request")
+                    return
+                if event is h11.NEED_DATA:
+                    data = await self._read(reader) if request is None else await self._read_more(reader)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body.extend(event.data)
+                    if len(body) > MAX_MESSAGE:
+                        self.gate.count("doh", "bad_request")
+                        return
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+            assert request is not None
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+            status, payload = await self.answer(
+                request.method.decode("ascii", "replace"), request.target.decode("latin-1"), headers, bytes(body),
+                sni_cid, peer,
+            )  # fmt: skip
+            out = [("content-length", str(len(payload)))]
+            if status == 200:
+                out += [("content-type", CONTENT_TYPE), ("cache-control", f"max-age={min_ttl(payload)}")]
+            writer.write(conn.send(h11.Response(status_code=status, headers=out)) or b"")
+            writer.write(conn.send(h11.Data(data=payload)) or b"")
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _read_more(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await asyncio.wait_for(reader.read(65_536), READ_TIMEOUT)
+        except TimeoutError:
+            self.gate.count("doh", "bad_request")  # a request begun and not finished in time
+            return b""
+
+    def close_all(self) -> None:
+        for w in list(self.writers):
+            w.transport.abort()
