@@ -21,6 +21,18 @@ from typing import Any
 from ..config import ConfigError, ReplaceAppend, default_blocklist
 
 DEFAULT_EVENTS = "var/events"
+DEFAULT_WINDOW_S = 60  # identity.DEFAULT_WINDOW_S (not imported here: the parser is built without heavy imports)
+MAX_WINDOW_S = 7 * 86400
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 <= seconds <= MAX_WINDOW_S:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0..{MAX_WINDOW_S} seconds")
+    return seconds
 
 
 def _flatten(values: Any) -> list[str]:
@@ -45,6 +57,22 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="CSV with a header: device,owner,unit and one or more of cidr,mac,hostname,client_id "
         "(maps clients to devices)",
+    )
+    parser.add_argument(
+        "--leases",
+        action=ReplaceAppend,
+        default=[],
+        metavar="FILE",
+        help="DHCP lease file (repeatable): Kea memfile CSV (v4/v6), ISC dhcpd.leases or dnsmasq.leases, format "
+        "detected; an event is attributed to the device that held its address at its time (default: none)",
+    )
+    parser.add_argument(
+        "--attempt-window",
+        type=_seconds,
+        default=DEFAULT_WINDOW_S,
+        metavar="SECONDS",
+        help="hits of one device on one app within this many seconds of the first count as one attempt; raw hits "
+        "are shown too (0: every hit is an attempt; default: %(default)s)",
     )
     parser.add_argument(
         "--blocklist",
@@ -128,9 +156,11 @@ def run_report(args: argparse.Namespace) -> int:
     from ..config import parse_size
     from .files import check_files, event_files
     from .formats import FORMATTERS
+    from .identity import Identifier
     from .inventory import Inventory
+    from .leases import load as load_leases
     from .lines import EventFileError
-    from .report import build_report, enforcement_of, parse_range, stream_report
+    from .report import build_report, enforcement_of, parse_range, stream_report, unknown_apps
 
     events = _flatten(args.events)
     missing = [p for p in events if not Path(p).exists() and not Path(p).is_symlink()]
@@ -152,9 +182,13 @@ def run_report(args: argparse.Namespace) -> int:
             print(f"report: {problem}", file=sys.stderr)
         return 1
     inventory = Inventory.load(args.inventory)
-    enforcement = enforcement_of(_load_policy(_flatten(args.blocklist)))
+    leases = load_leases(_flatten(args.leases))
+    if leases.skipped:
+        print(f"report: skipped {leases.skipped} malformed lease line(s); first: {leases.problems[0]}", file=sys.stderr)
+    policy = _load_policy(_flatten(args.blocklist))
+    enforcement = enforcement_of(policy)
     try:
-        pairs, stats = stream_report(
+        tallies, stats = stream_report(
             events,
             enforcement=enforcement,
             since=since,
@@ -162,6 +196,7 @@ def run_report(args: argparse.Namespace) -> int:
             apps=_flatten(args.app),
             workers=max(1, args.workers),
             max_file_bytes=max_bytes,
+            identifier=Identifier(inventory, leases.book),
         )
     except EventFileError as exc:  # replaced between the check and the read
         print(f"report: {exc}", file=sys.stderr)
@@ -175,7 +210,16 @@ def run_report(args: argparse.Namespace) -> int:
         )
     if stats.duplicates:
         print(f"report: {stats.duplicates} duplicate event(s) (same time and event.id) counted once", file=sys.stderr)
-    report = build_report(pairs, inventory=inventory, since=since, until=until)
+    unknown = unknown_apps(_flatten(args.app), policy, stats)
+    if unknown:
+        known = sorted(set(policy.apps) | stats.apps)
+        print(
+            f"report: unknown app {', '.join(map(repr, unknown))}: neither the policy nor the events name it "
+            f"(known: {', '.join(known) or 'none'})",
+            file=sys.stderr,
+        )
+        return 1
+    report = build_report(tallies, window_s=args.attempt_window, since=since, until=until)
     sys.stdout.write(FORMATTERS[args.format](report))
     sys.stdout.flush()
     return 0
@@ -254,6 +298,8 @@ def run_analyst(args: argparse.Namespace) -> int:
         poll_interval=float(args.poll_interval),
         max_file_bytes=_size(args.max_file_size),
         allowed_hosts=_flatten(args.allowed_host),
+        leases=_flatten(args.leases),
+        attempt_window=args.attempt_window,
         retention=_retention(getattr(args, "retention", None)),
     )
     if settings.token:

@@ -5,6 +5,11 @@ non-compliant devices, the top rules, the facets and the live per-window counts.
 - ``chart_series(store, filters)``: attempts per app per bucket, dense, the bucket chosen from the data's time span
   (``BUCKETS``, at most ``MAX_BUCKETS`` points a series).
 - ``noncompliant_rows`` / ``window_counts``: the devices with enforced attempts, and per app and window their count.
+- ``identity_tallies(filters, analyst)`` (blocking): the per-device figures (``identity.Tallies``: hits and their
+  times, each event identified by ClientID, lease, proxy user, inventory CIDR or address) from the store;
+  ``report_document(analyst, filters, since, until)`` (blocking): ``/api/report``, the same document as
+  ``enforcer report``. The card totals are sums over the same rows as the tables: ``noncompliant_clients`` counts
+  the distinct devices of the non-compliant table, ``noncompliant_rows`` its rows (one per device and app).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..policy.enforcement import Enforcement
+from .identity import AnalystIdentity, Tallies, report_rows, tally_store_rows
 from .records import dt_to_ts, ts_to_us, us_to_ts
 from .state import MAX_LIMIT, WINDOWS, Analyst
 from .store import Filters, Store
@@ -27,27 +33,53 @@ BUCKETS = (60, 300, 900, 3600, 86400)
 MAX_BUCKETS = 200
 
 
-def noncompliant_rows(analyst: Analyst, pairs: dict[tuple[str, str], list[Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for (client, app), (attempts, enforced, first, last) in pairs.items():
-        if enforced <= 0:
-            continue
-        dev = analyst.inventory.lookup(client) if client else None
-        rows.append(
-            {
-                "device": dev.device if dev else None,
-                "owner": dev.owner if dev else None,
-                "unit": dev.unit if dev else None,
-                "client": client,
-                "app": app,
-                "first_seen": first,
-                "last_seen": last,
-                "attempts": attempts,
-                "enforced_attempts": enforced,
-            }
+def analyst_identity(analyst: Analyst) -> AnalystIdentity:
+    """The analyst's identity sources (``Analyst.identity``; built from its settings when the state has none)."""
+    ident: AnalystIdentity | None = getattr(analyst, "identity", None)
+    if ident is None:
+        settings = analyst.settings
+        ident = AnalystIdentity(
+            getattr(settings, "leases", []), getattr(settings, "attempt_window", 60.0), analyst.inventory
         )
-    rows.sort(key=lambda r: (-r["enforced_attempts"], r["app"], r["client"]))
-    return rows
+        analyst.identity = ident  # type: ignore[attr-defined]  # until state.py builds it (docs/hardening-identity.md)
+    return ident
+
+
+def identity_tallies(f: Filters, analyst: Analyst) -> Tallies:
+    """Blocking: every event of the filters, identified, as per-device tallies."""
+    ident = analyst_identity(analyst)
+    ident.refresh()  # the lease files followed as they change (a stat per file when none did); off the loop here
+    return tally_store_rows(analyst.store.identity_rows(f, analyst.enforcement), ident.identifier())
+
+
+def report_document(analyst: Analyst, f: Filters, since: str | None, until: str | None) -> dict[str, Any]:
+    """Blocking: ``/api/report``: ``report.build_report`` over the store's events (what ``enforcer report`` prints)."""
+    from .report import build_report
+
+    window = analyst_identity(analyst).window_s
+    return build_report(identity_tallies(f, analyst), window_s=window, since=since, until=until)
+
+
+def noncompliant_rows(analyst: Analyst, tallies: Tallies) -> list[dict[str, Any]]:
+    """The rows of devices with enforced attempts (one per device and app; bypass attempts never count)."""
+    return _noncompliant(report_rows(tallies, analyst_identity(analyst).window_us)[0])
+
+
+def _noncompliant(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = [r for r in rows if r["enforced_attempts"] > 0]
+    out.sort(key=lambda r: (-r["enforced_attempts"], r["app"], r["client"] or "", r["device"] or ""))
+    return out
+
+
+def _device_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells devices apart in the rows: the identity that grouped them (MAC, ClientID, user, or address)."""
+    return (
+        row["identity"],
+        row["mac"],
+        row["device_id"],
+        row["user"] if row["identity"] == "proxy-user" else None,
+        row["client"] if row["identity"] in ("cidr", "address") else None,
+    )
 
 
 def chart_series(store: Store, f: Filters) -> dict[str, Any]:
@@ -74,21 +106,25 @@ def chart_series(store: Store, f: Filters) -> dict[str, Any]:
 async def dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
     """Everything the dashboard shows for one set of filters; the independent queries run in parallel threads."""
     store, eff = analyst.store, analyst.enforcement
-    pairs, series, top_rules, facets, windows = await asyncio.gather(
-        analyst.aggregate("pairs", store.pairs, f, eff),
+    tallies, series, top_rules, facets, windows = await asyncio.gather(
+        analyst.aggregate("tallies", identity_tallies, f, analyst),
         analyst.aggregate("series", functools.partial(chart_series, store), f),
         analyst.aggregate("top_rules", store.top_rules, f, eff, 10),
         analyst.db(store.facets),
         analyst.db(window_counts, analyst, eff),
     )
-    noncompliant = noncompliant_rows(analyst, pairs)
+    rows, _bypass = report_rows(tallies, analyst_identity(analyst).window_us)
+    noncompliant = _noncompliant(rows)
     return {
         "generated_at": dt_to_ts(datetime.now(UTC)),
         "totals": {
-            "attempts": sum(v[0] for v in pairs.values()),
-            "enforced_attempts": sum(v[1] for v in pairs.values()),
-            "clients": len({c for c, _ in pairs}),
-            "noncompliant_clients": len({r["client"] for r in noncompliant}),
+            "attempts": sum(r["attempts"] for r in rows),
+            "hits": sum(r["hits"] for r in rows),
+            "enforced_attempts": sum(r["enforced_attempts"] for r in rows),
+            "enforced_hits": sum(r["enforced_hits"] for r in rows),
+            "clients": len({_device_key(r) for r in rows}),
+            "noncompliant_clients": len({_device_key(r) for r in noncompliant}),
+            "noncompliant_rows": len(noncompliant),
         },
         "series": series,
         "noncompliant": noncompliant[:MAX_LIMIT],

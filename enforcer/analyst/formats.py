@@ -1,7 +1,9 @@
 """The report document (``report.build_report``) as ``enforcer report`` and ``/api/report.csv`` print it.
 
-- ``to_csv`` (RFC 4180, CRLF rows; ``csv_cell`` neutralises spreadsheet formulas), ``to_json``, ``to_table`` (the
-  terminal; control characters shown escaped); ``FORMATTERS`` by ``--format`` name.
+- ``to_csv`` (RFC 4180, CRLF rows; ``csv_cell`` neutralises spreadsheet formulas; the ``clients`` rows, then the
+  ``bypass`` rows, told apart by the last column ``section``), ``to_json``, ``to_table`` (the terminal: apps,
+  devices, and the bypass attempts in their own section; control characters shown escaped); ``FORMATTERS`` by
+  ``--format`` name.
 """
 
 from __future__ import annotations
@@ -12,7 +14,23 @@ import json
 import unicodedata
 from typing import Any
 
-CLIENT_FIELDS = ("client", "device", "app", "attempts", "enforced_attempts", "first_seen", "last_seen")
+CLIENT_FIELDS = (
+    "client",
+    "device",
+    "owner",
+    "unit",
+    "identity",
+    "mac",
+    "user",
+    "app",
+    "attempts",
+    "hits",
+    "enforced_attempts",
+    "enforced_hits",
+    "first_seen",
+    "last_seen",
+)
+CSV_FIELDS = (*CLIENT_FIELDS, "section")
 _FORMULA = frozenset("=+-@")
 _CONTROL_START = ("\t", "\r", "\n")
 
@@ -39,9 +57,10 @@ def to_csv(report: dict[str, Any]) -> str:
     # RFC 4180 CRLF rows: the csv module quotes a field holding any character of the line terminator, so with
     # "\n" alone a CR inside a hostile value would go out unquoted and split the row in a spreadsheet.
     w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(CLIENT_FIELDS)
-    for row in report["clients"]:
-        w.writerow([csv_cell(row[k]) for k in CLIENT_FIELDS])
+    w.writerow(CSV_FIELDS)
+    for section in ("clients", "bypass"):
+        for row in report.get(section, ()):
+            w.writerow([*(csv_cell(row[k]) for k in CLIENT_FIELDS), section])
     return buf.getvalue()
 
 
@@ -70,37 +89,68 @@ def _printable(value: Any) -> str:
 def to_table(report: dict[str, Any]) -> str:
     lines = [
         f"Compliance report  generated {report['generated_at']}  "
-        f"since {report['since'] or '-'}  until {report['until'] or '-'}",
+        f"since {report['since'] or '-'}  until {report['until'] or '-'}  "
+        f"attempt = hits within {report.get('attempt_window_seconds', '-')} s",
         "",
     ]
     lines += _table(
-        ["APP", "ATTEMPTS", "CLIENTS", "FIRST SEEN", "LAST SEEN"],
+        ["APP", "ATTEMPTS", "HITS", "CLIENTS", "FIRST SEEN", "LAST SEEN"],
         [
-            [_printable(a["app"]), str(a["attempts"]), str(a["clients"]), a["first_seen"], a["last_seen"]]
+            [
+                _printable(a["app"]),
+                str(a["attempts"]),
+                str(a["hits"]),
+                str(a["clients"]),
+                a["first_seen"],
+                a["last_seen"],
+            ]
             for a in report["apps"]
         ],
-        {1, 2},
+        {1, 2, 3},
     )
     lines.append("")
-    lines += _table(
-        ["CLIENT", "DEVICE", "APP", "ATTEMPTS", "ENFORCED", "FIRST SEEN", "LAST SEEN"],
+    lines += _devices(report["clients"])
+    if not report["clients"]:
+        lines.append("(no events)")
+    if report.get("bypass"):
+        lines += ["", "Bypass attempts (control apps: counted, never non-compliance)", ""]
+        lines += _devices(report["bypass"])
+    return "\n".join(lines) + "\n"
+
+
+def _devices(rows: list[dict[str, Any]]) -> list[str]:
+    return _table(
+        [
+            "CLIENT",
+            "DEVICE",
+            "OWNER",
+            "UNIT",
+            "IDENTITY",
+            "APP",
+            "ATTEMPTS",
+            "HITS",
+            "ENFORCED",
+            "FIRST SEEN",
+            "LAST SEEN",
+        ],
         [
             [
                 _printable(c["client"]),
-                _printable(c["device"]),
+                _printable(c["device"] or c["mac"] or c["user"]),
+                _printable(c["owner"]),
+                _printable(c["unit"]),
+                c["identity"],
                 _printable(c["app"]),
                 str(c["attempts"]),
+                str(c["hits"]),
                 str(c["enforced_attempts"]),
                 c["first_seen"],
                 c["last_seen"],
             ]
-            for c in report["clients"]
+            for c in rows
         ],
-        {3, 4},
+        {6, 7, 8},
     )
-    if not report["clients"]:
-        lines.append("(no events)")
-    return "\n".join(lines) + "\n"
 
 
 FORMATTERS = {"json": to_json, "csv": to_csv, "table": to_table}

@@ -7,13 +7,17 @@
 - ``parse_time(value)`` / ``parse_range(since, until)``: THE parser of time bounds, for ``--since``/``--until`` and
   the API's ``since``/``until``: RFC 3339, a date (midnight UTC), or a duration back from now (``90m``, ``24h``,
   ``7d``, ``2w``); ValueError with one line for anything else, outside 1970..9999, or ``until`` before ``since``.
-- ``Pairs`` / ``add_event``: one entry per (client, app): attempts, enforced, first, last.
 - ``stream_report(paths, ...)``: one pass over the files (``files.event_files``); ``scan_range`` is the per-line loop
   (``lines.line_blocks`` and ``lines.parse_event_line``, the same reader and rule as the analyst's ingest) counting
-  what a ``Selection`` picks, run in worker processes over byte ranges of big inputs (``workers``), merged exactly
-  with ``merge_pairs``.
-- ``build_report(pairs, ...)``: the report JSON document (``apps`` and ``clients``, README "For analysts"); the
-  store builds the same ``Pairs`` with SQL, so ``/api/report`` and ``enforcer report`` share this function.
+  what a ``Selection`` picks into ``identity.Tallies`` (per identified device and app: hits and their times), run in
+  worker processes over byte ranges of big inputs (``workers``), merged exactly with ``identity.merge_tallies``.
+- ``build_report(tallies, ...)``: the report JSON document (``apps``, ``clients`` and ``bypass``, README "For
+  analysts"): per row the raw ``hits`` and the ``attempts`` (bursts within ``--attempt-window``), and which source
+  identified the device; the analyst builds the same ``Tallies`` from the store (``identity.tally_store_rows``), so
+  ``/api/report`` and ``enforcer report`` share this function.
+- ``pairs_of(tallies)``: the per-address ``Pairs`` (client, app) -> [hits, enforced hits, first, last] that the
+  store's SQL aggregation (``Store.pairs``) also gives, for comparing both.
+- ``unknown_apps(requested, policy, stats)``: ``--app`` names that neither the policy nor the events know.
 - The output formats of the document: formats.py.
 
 Duplicates: an event is counted once per (time, ``event.id``), as the store's UNIQUE index does (the first line read
@@ -36,14 +40,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..policy.enforcement import Enforcement
 from .files import check_files, event_files
-from .inventory import Inventory
+from .identity import BYPASS, CONTROL_KIND, DEFAULT_WINDOW_S, Identifier, Tallies, add_hit, merge_tallies, report_rows
 from .lines import DEFAULT_MAX_FILE_BYTES, Parsed, fingerprint, line_blocks, open_event_file, parse_event_line
 
 if TYPE_CHECKING:
     from ..policy import Policy
-from .records import MIN_DATE, canonical_ts, dt_to_ts
+from .records import MIN_DATE, canonical_ts, dt_to_ts, us_to_ts
 
-# (client, app) -> [attempts, enforced_attempts, first_seen, last_seen]
+# (client, app) -> [hits, enforced hits, first_seen, last_seen]: the per-address figures (Store.pairs)
 Pairs = dict[tuple[str, str], list[Any]]
 
 _DURATION = re.compile(r"^(\d{1,15}(?:\.\d{1,6})?)\s*([smhdw])$", re.ASCII)
@@ -111,6 +115,7 @@ class ReportStats:
     first_invalid: str | None = None
     missing: list[str] = field(default_factory=list)
     keys: array[int] = field(default_factory=lambda: array("Q"))  # sorted fingerprints of the range's events (workers)
+    apps: set[str] = field(default_factory=set)  # every app seen in the range, selected or not (--app checks)
 
     def skip(self, reason: str, where: str | None = None, *, recovered: bool = False) -> None:
         """One skipped line (``where``: its ``FILE:LINE``, kept for the first); ``recovered``: its event counts."""
@@ -130,33 +135,7 @@ class ReportStats:
         for reason, n in other.skipped.items():
             self.skipped[reason] = self.skipped.get(reason, 0) + n
         self.first_invalid = self.first_invalid or other.first_invalid
-
-
-def add_event(pairs: Pairs, ts: str, app: str, client: str, enforced: bool) -> None:
-    """Count one event of ``client`` for ``app`` at ``ts``; ``enforced``: the analyst's rule said so."""
-    entry = pairs.get((client, app))
-    if entry is None:
-        pairs[(client, app)] = [1, 1 if enforced else 0, ts, ts]
-        return
-    entry[0] += 1
-    if enforced:
-        entry[1] += 1
-    if ts < entry[2]:
-        entry[2] = ts
-    elif ts > entry[3]:
-        entry[3] = ts
-
-
-def merge_pairs(into: Pairs, other: Pairs) -> None:
-    for key, (n, enf, first, last) in other.items():
-        entry = into.get(key)
-        if entry is None:
-            into[key] = [n, enf, first, last]
-        else:
-            entry[0] += n
-            entry[1] += enf
-            entry[2] = min(entry[2], first)
-            entry[3] = max(entry[3], last)
+        self.apps |= other.apps
 
 
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than starting workers
@@ -165,12 +144,14 @@ RANGE_BYTES = 64 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """What a pass counts: the rule for an enforced attempt, the time range and the apps (empty: every app)."""
+    """What a pass counts: the rule for an enforced attempt, the time range, the apps (empty: every app), and who
+    each event's client is (``identity.Identifier``: inventory and leases; None: the bare address)."""
 
     enforcement: Enforcement
     since: str | None = None
     until: str | None = None
     apps: frozenset[str] = frozenset()
+    identifier: Identifier | None = None
 
 
 def _range_lines(fh: BinaryIO, start: int, end: int | None) -> Iterator[tuple[Parsed | None, str | None]]:
@@ -195,7 +176,7 @@ def scan_range(
     select: Selection,
     seen: set[int] | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-) -> tuple[Pairs, ReportStats]:
+) -> tuple[Tallies, ReportStats]:
     """Aggregate the events on the lines that *start* in ``[start, end)`` of one file (``end`` None: to EOF).
 
     A plain function of its arguments so that workers can run it. ``seen``: the fingerprints of events already
@@ -205,8 +186,9 @@ def scan_range(
     (any longer) a regular file of at most ``max_file_bytes``.
     """
     seen_set: set[int] = set() if seen is None else seen
-    pairs: Pairs = {}
+    tallies: Tallies = {}
     stats = ReportStats()
+    identifier = select.identifier or Identifier()
     where = f"{path}:{{}}" if start == 0 else f"{path}:+{{}}@{start}"
     with open_event_file(path, max_file_bytes) as fh:
         for n, (parsed, reason) in enumerate(_range_lines(fh, start, end), 1):
@@ -216,14 +198,16 @@ def scan_range(
             if reason is not None:  # skipped; "torn": the line is skipped, the event found at its end counts
                 stats.skip(reason, where.format(n), recovered=parsed is not None)
             if parsed is not None:
-                _count(parsed, select, seen_set, pairs, stats)
+                _count(parsed, select, identifier, seen_set, tallies, stats)
     if seen is None:
         stats.keys = array("Q", sorted(seen_set))
-    return pairs, stats
+    return tallies, stats
 
 
-def _count(parsed: Parsed, select: Selection, seen: set[int], pairs: Pairs, stats: ReportStats) -> None:
-    """One event read: in the time range, once per (time, id), of a selected app -> counted in ``pairs``."""
+def _count(
+    parsed: Parsed, select: Selection, identifier: Identifier, seen: set[int], tallies: Tallies, stats: ReportStats
+) -> None:
+    """One event read: in the time range, once per (time, id), of a selected app -> counted for its device."""
     rec = parsed.record
     ts = rec.ts
     if (select.since is not None and ts < select.since) or (select.until is not None and ts >= select.until):
@@ -233,11 +217,28 @@ def _count(parsed: Parsed, select: Selection, seen: set[int], pairs: Pairs, stat
         stats.duplicates += 1
         return
     seen.add(fp)
-    if select.apps and rec.app not in select.apps:
+    app = rec.app
+    if app not in stats.apps:
+        stats.apps.add(app)
+    if select.apps and app not in select.apps:
         return
     stats.events += 1
-    enforced = select.enforcement.enforced_attempt(rec.denied, rec.app, rec.client, parsed.ts_us)
-    add_event(pairs, ts, rec.app, rec.client, enforced)
+    eff = select.enforcement
+    ts_us = parsed.ts_us
+    if app in _controls(eff):
+        enforced = eff.enforced_attempt(rec.denied, app, rec.client, ts_us, kind="control")
+        kind = CONTROL_KIND
+    else:
+        enforced = eff.enforced_attempt(rec.denied, app, rec.client, ts_us)
+        kind = rec.kind
+    ident = identifier.identify(rec.client, ts_us, rec.device_id, rec.user)
+    add_hit(tallies, ident, app, rec.client, rec.user, ts_us, enforced, kind)
+
+
+def _controls(enforcement: Enforcement) -> frozenset[str]:
+    """The policy's control apps (bypass controls: never non-compliance)."""
+    controls: frozenset[str] = getattr(enforcement, "controls", frozenset())
+    return controls
 
 
 def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | None]]:
@@ -268,7 +269,8 @@ def stream_report(
     apps: Iterable[str] = (),
     workers: int = 1,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-) -> tuple[Pairs, ReportStats]:
+    identifier: Identifier | None = None,
+) -> tuple[Tallies, ReportStats]:
     """One streaming pass over the event files. ``since`` inclusive, ``until`` exclusive (canonical timestamps).
 
     Memory ~ (client, app) pairs plus one fingerprint per selected event. With ``workers`` > 1 and more than
@@ -285,74 +287,90 @@ def stream_report(
     total = sum(f.stat().st_size for f in files)
     parallel = workers > 1 and total > PARALLEL_MIN_BYTES
     tasks = _ranges(files, parallel)
-    select = Selection(enforcement, since, until, frozenset(apps))
+    select = Selection(enforcement, since, until, frozenset(apps), identifier)
     if parallel and len(tasks) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        pairs: Pairs = {}
+        tallies: Tallies = {}
         part_stats: list[ReportStats] = []
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes) for p, s0, e0 in tasks]
             for fut in futures:
                 part, st = fut.result()
-                merge_pairs(pairs, part)
+                merge_tallies(tallies, part)
                 part_stats.append(st)
         if not _overlap([st.keys for st in part_stats]):
             for st in part_stats:
                 st.keys = array("Q")
                 stats.merge(st)
-            return pairs, stats
+            return tallies, stats
         # The same event in two ranges: only one pass in file order says which occurrence counts.
-    pairs = {}
+        del tallies, part_stats
+    tallies = {}
     seen: set[int] = set()
     for p, s0, e0 in _ranges(files, False):
         part, st = scan_range(p, s0, e0, select, seen, max_file_bytes)
-        merge_pairs(pairs, part)
+        merge_tallies(tallies, part)
         stats.merge(st)
-    return pairs, stats
+    return tallies, stats
 
 
 def build_report(
-    pairs: Pairs,
+    tallies: Tallies,
     *,
-    inventory: Inventory | None = None,
+    window_s: float = DEFAULT_WINDOW_S,
     since: str | None = None,
     until: str | None = None,
     generated_at: str | None = None,
 ) -> dict[str, Any]:
-    """The report JSON document. Clients sorted by app, then most enforced attempts, attempts, client."""
+    """The report JSON document. ``clients``: one row per identified device and app (bypass attempts apart, in
+    ``bypass``), sorted by app, then most enforced attempts, attempts, client. ``apps``: per app of ``clients``, the
+    sums of its rows (``attempts`` and ``hits``) and their number (``clients``)."""
+    clients, bypass = report_rows(tallies, int(window_s * 1_000_000))
     apps: dict[str, list[Any]] = {}
-    clients: list[dict[str, Any]] = []
-    for (client, app), (attempts, enforced, first, last) in pairs.items():
-        a = apps.get(app)
+    for row in clients:
+        a = apps.get(row["app"])
         if a is None:
-            apps[app] = [attempts, 1, first, last]
+            apps[row["app"]] = [row["attempts"], row["hits"], 1, row["first_seen"], row["last_seen"]]
         else:
-            a[0] += attempts
-            a[1] += 1
-            a[2] = min(a[2], first)
-            a[3] = max(a[3], last)
-        dev = inventory.lookup(client) if inventory is not None and client else None
-        clients.append(
-            {
-                "client": client or None,
-                "device": dev.device if dev else None,
-                "app": app,
-                "attempts": attempts,
-                "enforced_attempts": enforced,
-                "first_seen": first,
-                "last_seen": last,
-            }
-        )
-    clients.sort(key=lambda c: (c["app"], -c["enforced_attempts"], -c["attempts"], c["client"] or ""))
+            a[0] += row["attempts"]
+            a[1] += row["hits"]
+            a[2] += 1
+            a[3] = min(a[3], row["first_seen"])
+            a[4] = max(a[4], row["last_seen"])
     return {
         "generated_at": generated_at or dt_to_ts(datetime.now(UTC)),
         "since": since,
         "until": until,
+        "attempt_window_seconds": window_s,
         "apps": [
-            {"app": app, "attempts": v[0], "clients": v[1], "first_seen": v[2], "last_seen": v[3]}
+            {"app": app, "attempts": v[0], "hits": v[1], "clients": v[2], "first_seen": v[3], "last_seen": v[4]}
             for app, v in sorted(apps.items())
         ],
         "clients": clients,
+        BYPASS: bypass,
     }
+
+
+def pairs_of(tallies: Tallies) -> Pairs:
+    """Per address and app: [hits, enforced hits, first, last] (bypass attempts included), as ``Store.pairs``."""
+    pairs: Pairs = {}
+    for (_section, _key, app), (hits, enf, first, last, _times, ident, client, _user) in tallies.items():
+        if ident.source not in ("cidr", "address"):
+            raise ValueError("pairs_of: rows grouped by device, not by address (leases, ClientIDs or users)")
+        entry = pairs.get((client, app))
+        if entry is None:
+            pairs[(client, app)] = [hits, enf, us_to_ts(first), us_to_ts(last)]
+        else:
+            entry[0] += hits
+            entry[1] += enf
+            entry[2] = min(entry[2], us_to_ts(first))
+            entry[3] = max(entry[3], us_to_ts(last))
+    return pairs
+
+
+def unknown_apps(requested: Iterable[str], policy: Policy | None, stats: ReportStats) -> list[str]:
+    """The ``--app`` names that neither the policy nor the events read know (a typo would print an empty report)."""
+    known = set(policy.apps) if policy is not None else set()
+    return sorted(set(requested) - known - stats.apps)

@@ -136,6 +136,15 @@ def expected_device(client: str) -> str | None:
     return best[1] if best else None
 
 
+def expected_bursts(times: Iterable[datetime], window: float = 60) -> int:
+    """Attempts by hand: a hit ``window`` seconds or more after the current burst's first hit starts a new one."""
+    n, start = 0, None
+    for t in sorted(times):
+        if start is None or (t - start).total_seconds() >= window:
+            n, start = n + 1, t
+    return n
+
+
 def expected_report(
     policy: Policy,
     events: Iterable[HitEvent],
@@ -143,9 +152,13 @@ def expected_report(
     since: datetime | None = None,
     until: datetime | None = None,
     apps: set[str] | None = None,
+    window: float = 60,
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """(client, app) -> the clients row, counted straight from the HitEvent objects."""
+    """(client, app) -> the clients row, counted straight from the HitEvent objects (no leases, ClientIDs or users:
+    every client is identified by the inventory CIDR or its address)."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    times: dict[tuple[str, str], list[datetime]] = {}
+    enforced_times: dict[tuple[str, str], list[datetime]] = {}
     for ev in events:
         if since is not None and ev.timestamp < since:
             continue
@@ -154,24 +167,48 @@ def expected_report(
         if apps and ev.app not in apps:
             continue
         key = (ev.source_ip or "", ev.app)
+        device = expected_device(ev.source_ip or "")
+        owner, unit = _expected_owner_unit(ev.source_ip or "")
         row = out.setdefault(
             key,
             {
                 "client": ev.source_ip,
-                "device": expected_device(ev.source_ip or ""),
+                "device": device,
+                "owner": owner,
+                "unit": unit,
+                "identity": "cidr" if device else "address",
+                "mac": None,
+                "device_id": None,
+                "user": None,
                 "app": ev.app,
+                "hits": 0,
                 "attempts": 0,
+                "enforced_hits": 0,
                 "enforced_attempts": 0,
                 "first_seen": ts(ev.timestamp),
                 "last_seen": ts(ev.timestamp),
             },
         )
-        row["attempts"] += 1
+        row["hits"] += 1
+        times.setdefault(key, []).append(ev.timestamp)
         if ev.enforced and ev.timestamp >= policy.apps[ev.app].effective:
-            row["enforced_attempts"] += 1
+            row["enforced_hits"] += 1
+            enforced_times.setdefault(key, []).append(ev.timestamp)
         row["first_seen"] = min(row["first_seen"], ts(ev.timestamp))
         row["last_seen"] = max(row["last_seen"], ts(ev.timestamp))
+    for key, row in out.items():
+        row["attempts"] = expected_bursts(times[key], window)
+        row["enforced_attempts"] = expected_bursts(enforced_times.get(key, []), window)
     return out
+
+
+def _expected_owner_unit(client: str) -> tuple[str | None, str | None]:
+    device = expected_device(client) if client else None
+    for line in INVENTORY_CSV.strip().splitlines()[1:]:
+        _, name, owner, unit = line.split(",")
+        if name == device:
+            return owner, unit
+    return None, None
 
 
 def expected_noncompliant(

@@ -35,7 +35,12 @@ def _pairs_as_rows(store: Store, policy) -> dict:
 
 def _expected_rows(policy, events) -> dict:
     return {
-        k: {kk: v[kk] for kk in ("attempts", "enforced_attempts", "first_seen", "last_seen")}
+        k: {
+            "attempts": v["hits"],  # Store.pairs counts raw hits per address
+            "enforced_attempts": v["enforced_hits"],
+            "first_seen": v["first_seen"],
+            "last_seen": v["last_seen"],
+        }
         for k, v in expected_report(policy, events).items()
     }
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from enforcer.analyst.files import event_files
+from enforcer.analyst.identity import Identifier
 from enforcer.analyst.inventory import Inventory
-from enforcer.analyst.report import build_report, enforcement_of, parse_time, stream_report
+from enforcer.analyst.report import build_report, enforcement_of, pairs_of, parse_time, stream_report
 from enforcer.config import ConfigError
 from tests.analyst.analyst_helpers import (
     CLIENTS,
@@ -33,17 +34,49 @@ def _rows(report: dict) -> dict[tuple[str, str], dict]:
     return {(r["client"], r["app"]): r for r in report["clients"]}
 
 
+def _bare(rows: dict[tuple[str, str], dict]) -> dict[tuple[str, str], dict]:
+    """Expected rows without an inventory: every client identified by its address alone."""
+    return {k: {**v, "device": None, "owner": None, "unit": None, "identity": "address"} for k, v in rows.items()}
+
+
+def table_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the first table after the apps table in ``enforcer report --format table`` output, by column: the
+    dashes line under the header gives each column's span (cells may hold spaces)."""
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("CLIENT")]
+    i = heads[0]
+    dashes = lines[i + 1]
+    spans, pos = [], 0
+    for part in dashes.split("  "):
+        spans.append((pos, pos + len(part)))
+        pos += len(part) + 2
+    names = [lines[i][a:b].strip() for a, b in spans]
+    out = []
+    for line in lines[i + 2 :]:
+        if not line.strip():
+            break
+        out.append({n: line[a:b].strip() for n, (a, b) in zip(names, spans, strict=True)})
+    return out
+
+
 def test_report_matches_independent_count(tmp_path: Path, policy, inventory_file: Path) -> None:
     events = generate(policy, 3000, seed=1)
     write_events(tmp_path / "events.jsonl", events)
-    pairs, stats = stream_report([tmp_path / "events.jsonl"], enforcement=enforcement_of(policy))
-    report = build_report(pairs, inventory=Inventory.load(inventory_file))
+    tallies, stats = stream_report(
+        [tmp_path / "events.jsonl"],
+        enforcement=enforcement_of(policy),
+        identifier=Identifier(Inventory.load(inventory_file)),
+    )
+    report = build_report(tallies)
     expected = expected_report(policy, events)
     assert stats.invalid == 0 and stats.events == 3000
     assert _rows(report) == expected
     # The data covers both sides of the effective date, both address families and every inventory depth.
     assert any(r["enforced_attempts"] for r in expected.values())
     assert any(r["attempts"] > r["enforced_attempts"] > 0 for r in expected.values())
+    # Bursts: some rows have hits close together (fewer attempts than hits), and attempts never exceed hits.
+    assert any(r["attempts"] < r["hits"] for r in expected.values())
+    assert all(r["attempts"] <= r["hits"] and r["enforced_attempts"] <= r["enforced_hits"] for r in expected.values())
     assert {r["client"] for r in expected.values()} == set(CLIENTS)
     assert {r["device"] for r in expected.values()} == {
         "phone-0007",
@@ -59,6 +92,7 @@ def test_report_matches_independent_count(tmp_path: Path, policy, inventory_file
     for app in ("wechat", "kaspersky"):
         mine = [r for (c, a), r in expected.items() if a == app]
         assert apps[app]["attempts"] == sum(r["attempts"] for r in mine)
+        assert apps[app]["hits"] == sum(r["hits"] for r in mine)
         assert apps[app]["clients"] == len(mine)
         assert apps[app]["first_seen"] == min(r["first_seen"] for r in mine)
         assert apps[app]["last_seen"] == max(r["last_seen"] for r in mine)
@@ -77,9 +111,7 @@ def test_report_filters(tmp_path: Path, policy) -> None:
         apps=["wechat"],
     )
     got = _rows(build_report(pairs))
-    want = expected_report(policy, events, since=since, until=until, apps={"wechat"})
-    for row in want.values():
-        row["device"] = None  # no inventory given
+    want = _bare(expected_report(policy, events, since=since, until=until, apps={"wechat"}))
     assert got == want and want
 
 
@@ -110,9 +142,7 @@ def test_invalid_and_torn_lines_skipped_and_counted(tmp_path: Path, policy) -> N
     path.write_text(text, encoding="utf-8")
     pairs, stats = stream_report([path], enforcement=enforcement_of(policy))
     survivors = events[:10] + events[11:]
-    assert _rows(build_report(pairs)) == {
-        k: {**v, "device": None} for k, v in expected_report(policy, survivors).items()
-    }
+    assert _rows(build_report(pairs)) == _bare(expected_report(policy, survivors))
     assert stats.invalid == 5 and stats.recovered == 1
     assert stats.first_invalid == f"{path}:11"
 
@@ -129,7 +159,7 @@ def test_flat_dotted_keys(tmp_path: Path, policy) -> None:
     path.write_text(json.dumps(flat) + "\n", encoding="utf-8")
     pairs, stats = stream_report([path], enforcement=enforcement_of(policy))
     assert stats.invalid == 0
-    assert list(pairs) == [(ev.source_ip, ev.app)]
+    assert list(pairs_of(pairs)) == [(ev.source_ip, ev.app)]
 
 
 def test_folder_and_rotations_read_once(tmp_path: Path, policy) -> None:
@@ -162,34 +192,55 @@ def test_cli_report_formats(tmp_path: Path, policy, inventory_file: Path) -> Non
     out = _cli(*base, "--format", "json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert set(doc) == {"generated_at", "since", "until", "apps", "clients"}
+    assert set(doc) == {"generated_at", "since", "until", "attempt_window_seconds", "apps", "clients", "bypass"}
+    assert doc["attempt_window_seconds"] == 60 and doc["bypass"] == []
     assert _rows(doc) == expected
     assert doc["since"] is None and doc["generated_at"].endswith("Z")
 
     out = _cli(*base, "--format", "csv")
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    assert list(rows[0]) == ["client", "device", "app", "attempts", "enforced_attempts", "first_seen", "last_seen"]
+    assert list(rows[0]) == [
+        "client",
+        "device",
+        "owner",
+        "unit",
+        "identity",
+        "mac",
+        "user",
+        "app",
+        "attempts",
+        "hits",
+        "enforced_attempts",
+        "enforced_hits",
+        "first_seen",
+        "last_seen",
+        "section",
+    ]
     assert {(r["client"], r["app"]): r for r in rows} == {
-        k: {kk: ("" if vv is None else str(vv)) for kk, vv in v.items()} for k, v in expected.items()
+        k: {kk: ("" if v.get(kk) is None else str(v[kk])) for kk in rows[0]} | {"section": "clients"}
+        for k, v in expected.items()
     }
 
     out = _cli(*base, "--format", "table", "--app", "kaspersky", "--since", "2023-10-30")
     assert out.returncode == 0, out.stderr
     table = out.stdout.splitlines()
     assert table[0].startswith("Compliance report") and "since 2023-10-30T00:00:00.000000Z" in table[0]
-    body = [line.split() for line in table if line.startswith(("10.", "2001:"))]
     want = expected_report(policy, events, since=datetime(2023, 10, 30, tzinfo=UTC), apps={"kaspersky"})
-    assert {(r[0], r[2]): r for r in body} == {
-        k: [
-            v["client"],
-            v["device"] or "-",
-            v["app"],
-            str(v["attempts"]),
-            str(v["enforced_attempts"]),
-            v["first_seen"],
-            v["last_seen"],
-        ]
+    assert {(r["CLIENT"], r["APP"]): r for r in table_rows(out.stdout)} == {
+        k: {
+            "CLIENT": v["client"],
+            "DEVICE": v["device"] or "-",
+            "OWNER": v["owner"] or "-",
+            "UNIT": v["unit"] or "-",
+            "IDENTITY": v["identity"],
+            "APP": v["app"],
+            "ATTEMPTS": str(v["attempts"]),
+            "HITS": str(v["hits"]),
+            "ENFORCED": str(v["enforced_attempts"]),
+            "FIRST SEEN": v["first_seen"],
+            "LAST SEEN": v["last_seen"],
+        }
         for k, v in want.items()
     }
 
@@ -219,10 +270,8 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     monkeypatch.setattr(report_mod, "PARALLEL_MIN_BYTES", 0)
     assert len(report_mod._ranges([path], True)) > 10
     parallel, par_stats = stream_report([path], enforcement=eff, workers=2)
-    assert parallel == sequential
-    assert _rows(build_report(parallel)) == {
-        k: {**v, "device": None} for k, v in expected_report(policy, events).items()
-    }
+    assert pairs_of(parallel) == pairs_of(sequential)
+    assert _rows(build_report(parallel)) == _rows(build_report(sequential)) == _bare(expected_report(policy, events))
     assert (par_stats.events, par_stats.invalid) == (seq_stats.events, seq_stats.invalid) == (3000, 1)
     assert seq_stats.first_invalid == f"{path}:1235"
     assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}:+")
@@ -243,7 +292,8 @@ def test_parse_time_forms() -> None:
 
 
 def test_ranges_cut_exactly_at_line_starts(tmp_path: Path, policy) -> None:
-    from enforcer.analyst.report import Selection, merge_pairs, scan_range
+    from enforcer.analyst.identity import merge_tallies
+    from enforcer.analyst.report import Selection, scan_range
 
     lines = [e.to_json() for e in generate(policy, 50, seed=9)]
     path = tmp_path / "e.jsonl"
@@ -259,9 +309,10 @@ def test_ranges_cut_exactly_at_line_starts(tmp_path: Path, policy) -> None:
         total = 0
         for a, b in itertools.pairwise(cuts):
             part, st = scan_range(str(path), a, b, eff)
-            merge_pairs(merged, part)
+            merge_tallies(merged, part)
             total += st.events
-        assert total == 50 and merged == whole, cuts
+        assert total == 50 and pairs_of(merged) == pairs_of(whole), cuts
+        assert build_report(merged, generated_at="x") == build_report(whole, generated_at="x"), cuts
 
 
 def test_inventory_with_the_same_range_twice_is_an_error(tmp_path: Path) -> None:

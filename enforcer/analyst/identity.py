@@ -1,0 +1,266 @@
+"""Who made an attempt: each event gets the best identity it has, and says which; attempts counted as bursts.
+
+- ``SOURCES``: the identity sources in order of trust: ``client-id`` (the event's ``device.id``, an encrypted-DNS
+  ClientID) > ``lease`` (the DHCP lease that held the address at the event's time, ``leases.LeaseBook``) >
+  ``proxy-user`` (``user.name``, the proxy login) > ``cidr`` (the inventory row whose range holds the address) >
+  ``address`` (the bare address).
+- ``Identity``: one identified client: ``key`` (what report rows group by: ``id:<device.id>``, ``mac:<MAC>`` (or
+  ``lease:<client-id or hostname>``), ``user:<name>``, else the address itself), ``source``, and the inventory's
+  ``device``/``owner``/``unit`` when a row matches (by ClientID, MAC, DHCP client-id or hostname, or CIDR), the
+  lease's ``mac``, the ``device_id``.
+- ``Identifier(inventory, leases)``: ``identify(client, ts_us, device_id, user)`` -> ``Identity`` (bounded caches).
+- ``Tallies`` / ``add_hit`` / ``merge_tallies``: per (section, identity key, app) the raw hits, enforced hits,
+  first/last time, the hit times (for the bursts), the last address and user seen. Section ``"clients"`` or
+  ``"bypass"`` (events with ``labels.kind == "control"``: bypass attempts, never non-compliance).
+- ``bursts(times, window_us)``: an *attempt* is a burst: the hits of one identity on one app within ``window_us`` of
+  the burst's first hit count once (``--attempt-window``, ``DEFAULT_WINDOW_S``); anchored at the first hit, so an
+  app's reconnect loop every 30 s is one attempt a minute, not one for ever.
+- ``report_rows(tallies, window_us)``: the report's ``clients`` and ``bypass`` rows (``hits``, ``attempts``,
+  ``enforced_hits``, ``enforced_attempts``, ``identity``, ``owner``, ``unit``, ``mac``, ``user``, ...).
+- ``tally_store_rows(rows, identifier)``: the same tallies from the store's ``(app, client, device_id, user, kind,
+  ts_us, enforced)`` rows, so ``/api/report``, the dashboard and ``enforcer report`` count alike.
+- ``AnalystIdentity(leases, window_s, inventory)``: the analyst's sources: the ``--leases`` files followed as they
+  change (``refresh()``, blocking: the analyst calls it off the event loop), ``identifier()`` for the current book,
+  ``window_s`` (``--attempt-window``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .inventory import Device, Inventory
+from .leases import LeaseBook, LeaseFiles
+from .records import us_to_ts
+
+SOURCES = ("client-id", "lease", "proxy-user", "cidr", "address")
+DEFAULT_WINDOW_S = 60
+CONTROL_KIND = "control"  # labels.kind of a bypass attempt (a control app: encrypted DNS, VPN, ...)
+CLIENTS, BYPASS = "clients", "bypass"
+_CACHE_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    key: str
+    source: str
+    device: str | None = None
+    owner: str | None = None
+    unit: str | None = None
+    mac: str | None = None
+    device_id: str | None = None
+
+
+def _with(dev: Device | None, key: str, source: str, mac: str | None = None, device_id: str | None = None) -> Identity:
+    if dev is None:
+        return Identity(key, source, None, None, None, mac, device_id)
+    return Identity(key, source, dev.device, dev.owner, dev.unit, mac, device_id)
+
+
+class Identifier:
+    """``identify`` one event's client; results that do not depend on time are cached (bounded)."""
+
+    def __init__(self, inventory: Inventory | None = None, leases: LeaseBook | None = None) -> None:
+        self.inventory = inventory if inventory is not None else Inventory()
+        self.leases = leases if leases is not None and len(leases) else None
+        self._by_address: dict[str, Identity] = {}
+        self._canonical: dict[str, str] = {}
+        self._by_id: dict[str, Identity] = {}
+        self._by_lease: dict[tuple[str, str, str], Identity] = {}
+
+    def identify(self, client: str, ts_us: int, device_id: str = "", user: str = "") -> Identity:
+        if device_id:
+            found = self._by_id.get(device_id)
+            if found is None:
+                found = _with(self.inventory.by_client_id(device_id), "id:" + device_id, "client-id", None, device_id)
+                _put(self._by_id, device_id, found)
+            return found
+        if self.leases is not None and client:
+            lease = self.leases.at(self._address(client), ts_us)
+            if lease is not None:
+                holder = lease.holder
+                found = self._by_lease.get(holder)
+                if found is None:
+                    found = self._lease_identity(*holder)
+                    _put(self._by_lease, holder, found)
+                return found
+        if user:
+            return Identity("user:" + user, "proxy-user")
+        found = self._by_address.get(client)
+        if found is None:
+            dev = self.inventory.lookup(client) if client else None
+            found = _with(dev, client, "cidr" if dev is not None else "address")
+            _put(self._by_address, client, found)
+        return found
+
+    def _lease_identity(self, mac: str, client_id: str, hostname: str) -> Identity:
+        inv = self.inventory
+        dev = (
+            (inv.by_mac(mac) if mac else None)
+            or (inv.by_client_id(client_id) if client_id else None)
+            or (inv.by_hostname(hostname) if hostname else None)
+        )
+        key = "mac:" + mac if mac else "lease:" + (client_id or hostname)
+        return _with(dev, key, "lease", mac or None)
+
+    def _address(self, client: str) -> str:
+        """The canonical spelling the lease book uses (``::ffff:10.1.2.3`` -> ``10.1.2.3``, zone stripped)."""
+        found = self._canonical.get(client)
+        if found is None:
+            text = client.partition("%")[0]
+            try:
+                addr = ipaddress.ip_address(text)
+                mapped = getattr(addr, "ipv4_mapped", None)
+                found = str(mapped or addr)
+            except ValueError:
+                found = client
+            _put(self._canonical, client, found)
+        return found
+
+
+def _put(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
+# (section, identity key, app) -> [hits, enforced hits, first/last ts_us, times, identity, last client, last user]
+# times: array of ts_us * 2 + enforced (one array for both counts: a burst of enforced hits is read off the same
+# sorted times).
+Tallies = dict[tuple[str, str, str], list[Any]]
+HITS, ENFORCED, FIRST, LAST, TIMES, IDENT, CLIENT, USER = range(8)
+
+
+def add_hit(
+    tallies: Tallies,
+    identity: Identity,
+    app: str,
+    client: str,
+    user: str,
+    ts_us: int,
+    enforced: bool,
+    kind: str = "",
+) -> None:
+    """Count one event at ``ts_us`` (microseconds since the epoch)."""
+    key = (BYPASS if kind == CONTROL_KIND else CLIENTS, identity.key, app)
+    entry = tallies.get(key)
+    if entry is None:
+        entry = tallies[key] = [0, 0, ts_us, ts_us, array("q"), identity, client, user]
+    entry[HITS] += 1
+    if enforced:
+        entry[ENFORCED] += 1
+    if ts_us < entry[FIRST]:
+        entry[FIRST] = ts_us
+    elif ts_us >= entry[LAST]:
+        entry[LAST] = ts_us
+        entry[CLIENT] = client
+        if user:
+            entry[USER] = user
+    entry[TIMES].append(ts_us * 2 + (1 if enforced else 0))
+
+
+def merge_tallies(into: Tallies, other: Tallies) -> None:
+    for key, entry in other.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = entry
+            continue
+        mine[HITS] += entry[HITS]
+        mine[ENFORCED] += entry[ENFORCED]
+        mine[FIRST] = min(mine[FIRST], entry[FIRST])
+        if entry[LAST] >= mine[LAST]:
+            mine[LAST], mine[CLIENT] = entry[LAST], entry[CLIENT]
+            mine[USER] = entry[USER] or mine[USER]
+        mine[TIMES].extend(entry[TIMES])
+
+
+def bursts(times: Iterable[int], window_us: int) -> tuple[int, int]:
+    """(bursts of all hits, bursts of enforced hits) over ``times`` (sorted ``ts_us * 2 + enforced``)."""
+    n = n_enf = 0
+    start = start_enf = -(1 << 62)
+    for t in times:
+        us = t >> 1
+        if us - start >= window_us:
+            n += 1
+            start = us
+        if t & 1 and us - start_enf >= window_us:
+            n_enf += 1
+            start_enf = us
+    return n, n_enf
+
+
+def report_rows(tallies: Tallies, window_us: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The report's ``clients`` and ``bypass`` rows, sorted by app, then most enforced attempts, attempts, client."""
+    out: dict[str, list[dict[str, Any]]] = {CLIENTS: [], BYPASS: []}
+    for (section, _key, app), entry in tallies.items():
+        times = entry[TIMES]
+        attempts, enforced_attempts = bursts(sorted(times), window_us)
+        ident: Identity = entry[IDENT]
+        out[section].append(
+            {
+                "client": entry[CLIENT] or None,
+                "device": ident.device,
+                "owner": ident.owner,
+                "unit": ident.unit,
+                "identity": ident.source,
+                "mac": ident.mac,
+                "device_id": ident.device_id,
+                "user": entry[USER] or None,
+                "app": app,
+                "hits": entry[HITS],
+                "attempts": attempts,
+                "enforced_hits": entry[ENFORCED],
+                "enforced_attempts": enforced_attempts,
+                "first_seen": us_to_ts(entry[FIRST]),
+                "last_seen": us_to_ts(entry[LAST]),
+            }
+        )
+    for rows in out.values():
+        rows.sort(
+            key=lambda c: (c["app"], -c["enforced_attempts"], -c["attempts"], c["client"] or "", c["device"] or "")
+        )
+    return out[CLIENTS], out[BYPASS]
+
+
+def tally_store_rows(rows: Iterable[tuple[Any, ...]], identifier: Identifier) -> Tallies:
+    """Tallies from the store's ``(app, client, device_id, user, kind, ts_us, enforced)`` rows."""
+    tallies: Tallies = {}
+    for app, client, device_id, user, kind, ts_us, enforced in rows:
+        ident = identifier.identify(client, ts_us, device_id, user)
+        add_hit(tallies, ident, app, client, user, ts_us, bool(enforced), kind)
+    return tallies
+
+
+class AnalystIdentity:
+    """The analyst's identity sources: the inventory, the lease files followed as they change, the attempt window."""
+
+    def __init__(self, leases: Iterable[str], window_s: float, inventory: Inventory) -> None:
+        self.files = LeaseFiles([str(p) for p in leases])
+        self.window_s = window_s
+        self.inventory = inventory
+        self._lock = threading.Lock()  # one refresh at a time (the gauges' thread and a request's may both ask)
+        self._identifier = Identifier(inventory, None)
+        self._book: LeaseBook | None = None
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Blocking: re-read the lease files that changed; the number of leases read."""
+        if not self.files.paths:
+            return 0
+        with self._lock:
+            return self.files.refresh()
+
+    def identifier(self) -> Identifier:
+        """An ``Identifier`` over the current lease book (a new one, with fresh caches, when the book changed)."""
+        book = self.files.book
+        if book is not self._book:
+            self._identifier, self._book = Identifier(self.inventory, book), book
+        return self._identifier
+
+    @property
+    def window_us(self) -> int:
+        return int(self.window_s * 1_000_000)
