@@ -2,14 +2,17 @@
 
 - ``parse_mode(text)`` -> ``Mode``: ``nxdomain``, ``null`` (0.0.0.0 / ::), ``nodata``, ``refused``, ``ip:ADDR[,ADDR6]``.
 - ``Sinkhole(mode, ttl).answer(data, q, rule)``: the reply bytes for query ``data`` (question ``q``) blocked by
-  ``rule``. A and AAAA (class IN) get the sinkhole address in ``null``/``ip:`` modes; every other type gets NODATA,
-  so HTTPS/SVCB/MX/TXT/ANY never reveal anything. Negative answers (NXDOMAIN, NODATA) carry an SOA in the authority
-  section (owner: the blocked domain when it is a suffix of the name, TTL and minimum = the block TTL, RFC 2308).
+  ``rule``, in the rule's own ``dns_action`` when it has one (a canary such as use-application-dns.net must be
+  NXDOMAIN whatever ``--mode`` is: Firefox reads an A 0.0.0.0 as "keep using DoH"), else in ``mode``. A and AAAA
+  (class IN) get the sinkhole address in ``null``/``ip:`` modes; every other type gets NODATA, so HTTPS/SVCB/MX/TXT/
+  ANY never reveal anything. Negative answers (NXDOMAIN, NODATA) carry an SOA in the authority section (owner: the
+  blocked domain when it is a suffix of the name, TTL and minimum = the block TTL, RFC 2308).
   When the client sent EDNS, an Extended DNS Error (RFC 8914, info-code 15 "Blocked") names the rule.
 
 Templates: the reply is ``query id + header + the query's own question bytes + a tail`` where the tail (answer,
 authority, OPT) depends only on (rule, type family, EDNS, RD) and is built once per rule and reused; building one
-costs tens of microseconds, using one a few hundred nanoseconds. ``clear()`` after a policy reload.
+costs tens of microseconds, using one a few hundred nanoseconds. ``clear()`` after a policy reload. A rule's
+``dns_action`` is read only when its templates are built, so it costs nothing per query.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from ..policy.model import Rule
+from ..policy.model import DNS_ACTIONS, Rule
 from ..policy.modes import parse_mode as parse_answer_mode
 from . import wire
 from .wire import Question
@@ -63,6 +66,8 @@ class Sinkhole:
     def __init__(self, mode: Mode, ttl: int = 60) -> None:
         self.mode = mode
         self.ttl = ttl
+        # The modes a rule's dns_action may ask for, parsed once.
+        self._rule_modes = {action: parse_mode(action) for action in DNS_ACTIONS}
         # rule id -> variant code -> (header after the id, tail, SOA-owner pointer position in tail or -1)
         self._templates: dict[str, dict[int, tuple[bytes, bytes, int, int]]] = {}
         self._count = 0
@@ -105,8 +110,12 @@ class Sinkhole:
             tail = tail[:ptr_at] + bytes((0xC0 | (off >> 8), off & 0xFF)) + tail[ptr_at + 2 :]
         return data[:2] + head + question + tail
 
+    def mode_for(self, rule: Rule) -> Mode:
+        """The answer mode of ``rule``: its ``dns_action``, else the resolver's ``--mode``."""
+        return self._rule_modes[rule.dns_action] if rule.dns_action is not None else self.mode
+
     def _build(self, family: int, edns: bool, rd: int, rule: Rule) -> tuple[bytes, bytes, int, int]:
-        mode = self.mode
+        mode = self.mode_for(rule)
         ttl = self.ttl
         answers = b""
         an = 0

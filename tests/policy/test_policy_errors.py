@@ -275,7 +275,7 @@ def test_conflicting_explicit_ids_are_errors(tmp_path: Path) -> None:
 def test_check_shipped_lists_pass() -> None:
     proc = enforcer("check", "--strict")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("OK: 2 file(s), 2 app(s): kaspersky, wechat")
+    assert proc.stdout.startswith("OK: 3 file(s), 3 app(s): controls, kaspersky, wechat")
     assert "fingerprint: " in proc.stdout
 
 
