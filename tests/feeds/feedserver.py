@@ -3,6 +3,7 @@
 ``FeedServer(cert=None, key=None)`` as a context manager; ``.url(path)``; ``.set(path, body, etag=None)`` serves
 ``body`` at ``path`` with an ETag (answering 304 to a matching If-None-Match); ``.truncate(path)`` makes the next
 answers declare twice the length and close after the first half; ``.requests`` records (path, If-None-Match).
+``NAMES``, ``feed(names)`` and ``blocklist(folder, url)``: the test feed and a blocklist that follows it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+NAMES = [f"h{i:02d}.feedtest.example" for i in range(20)]
+
+
+def feed(names: list[str]) -> bytes:
+    return ("# test feed\n" + "\n".join(names) + "\n").encode()
+
+
+def blocklist(folder: Path, url: str, extra: str = "") -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / "test.yaml").write_text(
+        "app: feedtest\npolicy: {effective: 2023-10-30}\nblock:\n"
+        f'  - include: {{url: "{url}", refresh: 6h, max_change: 10%}}\n    category: web\n'
+        "  - domain: banned.feedtest.example\n    category: web\n" + extra
+    )
+    (folder / "must-pass.txt").write_text("# safety names\nqq.com\ngoogle.com\n")
+    return folder
 
 
 class FeedServer:

@@ -7,40 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from enforcer.policy import load_policy
 from enforcer.policy.feeds import local_copy
-from tests.certs import self_signed
 from tests.conftest import run_cli
-from tests.feeds.feedserver import FeedServer
-
-NAMES = [f"h{i:02d}.feedtest.example" for i in range(20)]
-
-
-def feed(names: list[str]) -> bytes:
-    return ("# test feed\n" + "\n".join(names) + "\n").encode()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[FeedServer, Path]]:
-    cert, key = self_signed(tmp_path, "127.0.0.1", prefix="feeds")
-    with FeedServer(cert, key) as srv:
-        yield srv, cert
-
-
-def blocklist(folder: Path, url: str, extra: str = "") -> Path:
-    folder.mkdir(exist_ok=True)
-    (folder / "test.yaml").write_text(
-        "app: feedtest\npolicy: {effective: 2023-10-30}\nblock:\n"
-        f'  - include: {{url: "{url}", refresh: 6h, max_change: 10%}}\n    category: web\n'
-        "  - domain: banned.feedtest.example\n    category: web\n" + extra
-    )
-    (folder / "must-pass.txt").write_text("# safety names\nqq.com\ngoogle.com\n")
-    return folder
+from tests.feeds.feedserver import NAMES, FeedServer, blocklist, feed
 
 
 def update(folder: Path, cert: Path, *more: str) -> tuple[int, str]:
