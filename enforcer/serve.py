@@ -68,6 +68,11 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--analyst-listen", metavar="HOST:PORT", help=f"analyst address (default: {DEFAULTS['analyst_listen']})"
     )
+    p.add_argument(
+        "--feeds-refresh",
+        action="store_true",
+        help="the resolver updates the blocklist's URL feeds in the background (default: off)",
+    )
     p.add_argument("--no-dns", action="store_true", help="do not start the resolver")
     p.add_argument("--no-proxy", action="store_true", help="do not start the proxy")
     p.add_argument("--no-analyst", action="store_true", help="do not start the analyst")
@@ -139,6 +144,8 @@ def _plan_dns(args: argparse.Namespace, argv: list[str], info: dict[str, Any]) -
         argv += ["--listen", address]
     for up in args.upstream or []:
         argv += ["--upstream", up]
+    if getattr(args, "feeds_refresh", False):
+        argv.append("--feeds-refresh")
     host, port = split_host_port(listen)
     info.update(dns=listen, dns_metrics=metrics, dns_events=ev)
     binds = [(a, proto) for a in listens for proto in ("udp", "tcp")] + ([(metrics, "tcp")] if metrics else [])
