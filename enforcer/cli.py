@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rpz-log": ("enforcer.rpz.logs", "turn BIND/Unbound RPZ hit logs into enforcer events (enforcer.rpz)"),
     "feeds": ("enforcer.feeds.cli", "update the URL feeds of a blocklist: fetch, check, diff, swap (feeds update)"),
     "discover": ("enforcer.discover.cli", "propose candidate rules from events and the query log (never applied)"),
+    "profile": ("enforcer.profile", "MDM profiles for encrypted DNS with a ClientID (Apple, Android, Windows)"),
 }
 
 
