@@ -104,6 +104,18 @@ MESSAGES: dict[str, dict[str, str]] = {
     "js_cards_clients": {"en": "Clients", "fr": "Clients"},
     "js_cards_noncompliant": {"en": "Non-compliant clients", "fr": "Clients non conformes"},
     "js_no_events": {"en": "no events for these filters", "fr": "aucun événement pour ces filtres"},
+    "cand_title": {"en": "Candidates (proposed rules)", "fr": "Candidats (règles proposées)"},
+    "cand_help": {
+        "en": "Names that look like a banned app but matched no rule (last 7 days). Review each, then add it to a "
+        "blocklist yourself; nothing here is applied.",
+        "fr": "Noms qui ressemblent à une application interdite sans correspondre à une règle (7 derniers jours). "
+        "Examinez chacun, puis ajoutez-le vous-même à une liste; rien ici n'est appliqué.",
+    },
+    "cand_rule": {"en": "Proposed rule", "fr": "Règle proposée"},
+    "cand_confidence": {"en": "Confidence", "fr": "Confiance"},
+    "cand_signals": {"en": "Evidence", "fr": "Indices"},
+    "cand_queries": {"en": "Seen", "fr": "Vus"},
+    "js_no_candidates": {"en": "No candidates.", "fr": "Aucun candidat."},
     "js_no_noncompliant": {
         "en": "No non-compliant device for these filters.",
         "fr": "Aucun appareil non conforme pour ces filtres.",

@@ -11,6 +11,7 @@
   files only, no CDN), ``GET /api/events`` (filters app, client, category, component, since, until, limit; newest
   first; ``next`` is an opaque keyset cursor ``TS.SEQ``), ``GET /api/report`` (the ``enforcer report`` JSON),
   ``GET /api/report.csv``, ``GET /api/dashboard`` (chart series, non-compliant devices, top rules, facets),
+  ``GET /api/candidates`` (discovery's proposed rules with their evidence, candidates.py; read-only),
   ``GET /healthz`` (no auth), ``GET /metrics`` (no auth: counts only, for Prometheus).
 - Auth: with a token, ``/`` and ``/api/*`` need ``Authorization: Bearer TOKEN`` (compared with
   ``hmac.compare_digest``) and answer 401 otherwise. ``/`` without the header still returns the page *shell* (with
@@ -47,6 +48,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from ..config import ConfigError
+from .candidates import candidates_for
 from .cases import STATES, CaseError
 from .cases import to_csv as cases_csv
 from .dashboard import analyst_identity, dashboard, identity_tallies
@@ -329,6 +331,11 @@ async def api_report_csv(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def api_candidates(request: web.Request) -> web.StreamResponse:
+    # Proposals only (enforcer discover over the analyst's events): nothing here changes a blocklist.
+    return _json(await candidates_for(request.app[ANALYST]))
+
+
 async def api_dashboard(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
     f, _, _ = filters_from(request)
@@ -410,6 +417,7 @@ def build_app(analyst: Analyst) -> web.Application:
     app.router.add_get("/api/cases", api_cases)
     app.router.add_get("/api/cases.csv", api_cases_csv)
     app.router.add_post("/api/cases/{device}", api_case_change)
+    app.router.add_get("/api/candidates", api_candidates)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     return app
 

@@ -236,6 +236,29 @@
     }
   }
 
+  // Discovery's proposals (GET /api/candidates): the rule to review, its evidence in the tooltip. No action here.
+  function renderCandidates(data) {
+    const body = $("candidates").tBodies[0];
+    body.replaceChildren();
+    const rows = data.candidates || [];
+    $("cand-count").textContent = rows.length ? "(" + data.total + ")" : "";
+    for (const c of rows) {
+      const tr = el("tr");
+      cell(tr, c.kind + ": " + c.name, "wrap");
+      tr.lastChild.title = c.rule.source;  // the evidence, as the source: line the rule would carry
+      cell(tr, c.app); cell(tr, c.confidence); cell(tr, c.signals.join(", "));
+      cell(tr, c.count, "num"); cell(tr, c.clients, "num"); cell(tr, shortTs(c.last_seen));
+      body.appendChild(tr);
+    }
+    if (!rows.length) {
+      const tr = el("tr");
+      const td = el("td", t("no_candidates"), "muted");
+      td.colSpan = 7;
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  }
+
   function renderWindows(rows) {
     const by = {};
     for (const r of rows) (by[r.app] = by[r.app] || {})[r.window] = r.clients;
@@ -403,6 +426,12 @@
     renderRetention(data.retention_seconds);
     renderPolicy(data.policy || []);
     renderCases((await (await api("/api/cases")).json()).cases);
+    try {
+      renderCandidates(await (await api("/api/candidates")).json());
+    } catch (e) {
+      if (e instanceof Unauthorized) throw e;
+      $("cand-count").textContent = "(" + e.message + ")";  // the rest of the dashboard still shows
+    }
     if (drill) await loadDrill(false);
     status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.ingested }));
     document.body.dataset.loaded = "1";
