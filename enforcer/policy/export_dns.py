@@ -4,6 +4,12 @@
   it as a zone file, ``enforcer.rpz`` serves it by AXFR/IXFR); ``rpz_ip_trigger(net)``: an rpz-ip owner name.
 - One writer per format (``_rpz``, ``_unbound``, ``_dnsmasq``, ``_hosts``, ``_domains``), listed in ``WRITERS``;
   each returns body lines and the notes for its header.
+- ``rule_mode(rule, mode)``: the answer a block rule asks for: its ``dns_action`` (a canary must be NXDOMAIN), else
+  ``--mode``. rpz: NXDOMAIN as ``CNAME .``, null as local data, nodata as ``CNAME *.``, refused as NXDOMAIN (RPZ has
+  no REFUSED); unbound: the rule's own
+  local-zone type (always_nxdomain, always_null, always_nodata, always_refuse); dnsmasq: ``address=/NAME/`` for
+  nxdomain, the null addresses for null, and NXDOMAIN for nodata/refused (dnsmasq has no per-name NODATA or
+  REFUSED); hosts and domains cannot express an answer: unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from datetime import datetime
 from .export_view import Context, build_context, dedupe_cidrs, has_underscore
 from .matcher import Policy
 from .model import IPNetwork, Rule
-from .modes import Mode
+from .modes import Mode, parse_mode
 
 _RPZ_SPECIAL_TLDS = {"rpz-ip", "rpz-nsip", "rpz-nsdname", "rpz-client-ip"}
 
@@ -25,10 +31,21 @@ _MAX_NAME = 253
 # -- rpz ------------------------------------------------------------------------------------------------------------
 
 
+_RULE_MODES = {action: parse_mode(action) for action in ("nxdomain", "null", "nodata", "refused")}
+
+
+def rule_mode(rule: Rule, mode: Mode) -> Mode:
+    """The answer mode of a block rule: its ``dns_action`` when it has one, else the export's ``--mode``."""
+    return _RULE_MODES[rule.dns_action] if rule.dns_action is not None else mode
+
+
 def _rpz_action(rule: Rule, mode: Mode) -> list[tuple[str, str]]:
     """(type, rdata) of the policy action for one trigger."""
     if rule.action == "allow":
         return [("CNAME", "rpz-passthru.")]
+    mode = rule_mode(rule, mode)
+    if mode.kind == "refused":  # a rule's dns_action: RPZ has no REFUSED action; NXDOMAIN is the nearest
+        mode = _RULE_MODES["nxdomain"]
     if mode.kind == "nxdomain":
         return [("CNAME", ".")]
     if mode.kind == "nodata":
@@ -81,18 +98,17 @@ def rpz_triggers(ctx: Context) -> list[tuple[str, str, str]]:
 def _name_triggers(ctx: Context) -> Iterator[tuple[str, Rule]]:
     """(QNAME trigger owner, the rule it carries): NAME for its own verdict, ``*.NAME`` for the names below it."""
     view, skips = ctx.view, ctx.skips
-    address_data = ctx.mode.kind in ("null", "ip")
     room = _MAX_NAME - len(ctx.zone)  # owner text + "." + zone must fit a DNS name
     for name in view.names():
         if name.rsplit(".", 1)[-1] in _RPZ_SPECIAL_TLDS:
             skips.add("ends in an RPZ trigger label", name)
             continue
-        # BIND's check-names (fail for primary zones) rejects '_' in owners of address records.
-        if address_data and has_underscore(name):
-            skips.add("'_' in a name that would own A/AAAA records", name)
-            continue
         apex = view.hosts.get(name) or view.domains.get(name)
         assert apex is not None
+        # BIND's check-names (fail for primary zones) rejects '_' in owners of address records.
+        if rule_mode(apex, ctx.mode).kind in ("null", "ip") and apex.action == "block" and has_underscore(name):
+            skips.add("'_' in a name that would own A/AAAA records", name)
+            continue
         if len(name) + 1 > room:
             skips.add("too long below the RPZ zone name", name)
             continue
@@ -129,21 +145,22 @@ def _rpz(ctx: Context) -> tuple[list[str], list[str]]:
 
 # -- unbound --------------------------------------------------------------------------------------------------------
 
+_UNBOUND_TYPES = {
+    "nxdomain": "always_nxdomain",
+    "nodata": "always_nodata",
+    "null": "always_null",
+    "refused": "always_refuse",
+    "ip": "redirect",
+}
+
 
 def _unbound(ctx: Context) -> tuple[list[str], list[str]]:
-    view, mode = ctx.view, ctx.mode
-    block_type = {
-        "nxdomain": "always_nxdomain",
-        "nodata": "always_nodata",
-        "null": "always_null",
-        "refused": "always_refuse",
-        "ip": "redirect",
-    }[mode.kind]
-    exact_possible = mode.kind in ("null", "ip")
-    v4, v6 = mode.addresses
+    view = ctx.view
+    exact_possible = ctx.mode.kind in ("null", "ip")
     body = ["server:"]
 
-    def data(name: str) -> None:
+    def data(name: str, mode: Mode) -> None:
+        v4, v6 = mode.addresses
         if v4:
             body.append(f'local-data: "{name}. A {v4}"')
         if v6:
@@ -154,18 +171,22 @@ def _unbound(ctx: Context) -> tuple[list[str], list[str]]:
         apex_block = apex is not None and apex.action == "block"
         sub_block = sub is not None and sub.action == "block"
         if sub_block and apex_block:
-            body.append(f'local-zone: "{name}." {block_type}')
+            assert sub is not None
+            mode = rule_mode(sub, ctx.mode)
+            body.append(f'local-zone: "{name}." {_UNBOUND_TYPES[mode.kind]}')
             if mode.kind == "ip":
-                data(name)
+                data(name, mode)
         elif apex_block:
+            assert apex is not None
+            mode = rule_mode(apex, ctx.mode)
             # An exact host with nothing blocked below it.
-            if exact_possible:
+            if mode.kind in ("null", "ip"):
                 # A transparent zone answers its own name from local-data (other types: NODATA) and resolves
                 # the names below it normally: exactly one name blocked.
                 body.append(f'local-zone: "{name}." transparent')
-                data(name)
+                data(name, mode)
             else:
-                body.append(f'local-zone: "{name}." {block_type}')
+                body.append(f'local-zone: "{name}." {_UNBOUND_TYPES[mode.kind]}')
         else:
             # Allow exception: the most specific local-zone wins in unbound, so this zone overrides a blocking
             # parent for the name and (unavoidably, for an exact allowed host) the names below it.
@@ -185,13 +206,17 @@ def _unbound(ctx: Context) -> tuple[list[str], list[str]]:
 
 
 def _dnsmasq(ctx: Context) -> tuple[list[str], list[str]]:
-    view, mode = ctx.view, ctx.mode
-    v4, v6 = mode.addresses
+    view = ctx.view
     body: list[str] = []
     for name in view.names():
         apex, sub = view.verdicts(name)
         if apex is not None and apex.action == "block":
-            if mode.kind == "nxdomain":
+            mode = rule_mode(apex, ctx.mode)
+            v4, v6 = mode.addresses
+            # A rule's nodata/refused: dnsmasq has no per-name NODATA or REFUSED; NXDOMAIN is the nearest negative
+            # answer (the --mode itself keeps its old rendering).
+            negative = mode.kind == "nxdomain" or (apex.dns_action in ("nodata", "refused"))
+            if negative:
                 body.append(f"address=/{name}/")
             else:
                 if v4:
