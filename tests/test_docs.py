@@ -17,20 +17,23 @@ saying how to mark it: new documentation (docs/hardening-*.md merged later) cann
 How "as written" is kept honest: each command runs through ``bash`` in a scratch copy of the repository (tracked
 files but the package, which comes from the venv's editable install; modification times kept; ``.venv`` linked; so
 nothing is written into the repository), with ``.venv/bin`` first on PATH (the README says ``enforcer`` is
-``.venv/bin/enforcer``), inside a loopback-only network namespace (tests/netns.py: nothing can reach a real host, and ``nft`` only touches
-the namespace). Two substitutions, printed for every command they change: absolute paths under ``/etc`` and
-``/var`` that a command writes (``> /etc/bind/...``, ``--events /var/log/enforcer/...``) are moved under the scratch
-directory, and a site address a server listens on (``10.0.0.53``) is added to the namespace's loopback. When
-``make -n`` shows that make would rebuild ``.venv`` (a newer pyproject.toml or lock), the command runs with ``make
--o .venv/.installed`` (said in the output): there is no network here to install from, and CI's ``make test`` runs
-that step for real. The files a
-command names as its own input (``devices.csv``) are created from ``FIXTURES``, each with its reason.
+``.venv/bin/enforcer``) and HOME in the scratch directory, inside a loopback-only network namespace (tests/netns.py:
+nothing can reach a real host, and ``nft`` only touches the namespace). The changes, each printed for the commands
+it touches:
+
+- absolute paths under ``/etc`` and ``/var`` (``> /etc/bind/...``, ``--events /var/log/enforcer/...``) are moved
+  under the scratch directory;
+- a site address a server listens on (``10.0.0.53``) is added to the namespace's loopback;
+- when ``make -n`` shows that make would rebuild ``.venv`` (a pyproject.toml or lock newer than the venv), make runs
+  with ``-o .venv/.installed``: there is no network here to install from, and CI's ``make test`` runs that step;
+- the input files a command expects from the admin (``devices.csv``) are created from ``FIXTURES``, with the reason.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -42,7 +45,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, eventually
+from enforcer.cli import build_parser
+from tests.conftest import ROOT, eventually, run_cli
 from tests.netns import loopback_only_netns
 
 DOCS = ("README.md", "docs/operators.md")
@@ -80,9 +84,12 @@ COMMAND_WORDS = {
     "cp", "mkdir", "kill", "openssl", "certutil", "pip", ".venv/bin/pip", "git", ".ci/run", "bash", "sh",
 }  # fmt: skip
 
-# Input files the documented commands take from the admin -> content (the admin's own file).
+# Input files the documented commands take from the admin -> (content, why it is made up here).
 FIXTURES = {
-    "devices.csv": "cidr,device,owner,unit\n10.0.0.0/24,lab,ops,it\n",
+    "devices.csv": (
+        "cidr,device,owner,unit\n10.0.0.0/24,lab,ops,it\n",
+        "the admin's inventory (analyst, report)",
+    ),
 }
 
 _MARKER = re.compile(r"<!--\s*docs-test:\s*(text|skip)\s*\((.+?)\)\s*-->")
@@ -196,8 +203,9 @@ def _scratch_repo(dest: Path) -> Path:
         shutil.copy2(src, target)  # modification times kept: make sees the venv as up to date, as in the repo
     (repo / ".venv").symlink_to(ROOT / ".venv")
     (dest / "home").mkdir()
-    for name, content in FIXTURES.items():
+    for name, (content, why) in FIXTURES.items():
         (repo / name).write_text(content)
+        print(f"fixture {name}: {why}")
     return repo
 
 
@@ -344,3 +352,47 @@ def test_documented_commands_run_as_written(tmp_path: Path) -> None:
                 continue
             print(f"{where}: ok ({action}, {time.monotonic() - started:.1f} s): {command}")
     assert not failures, "documented commands that fail as written:\n" + "\n".join(failures)
+
+
+_SPAN = re.compile(r"`((?:\.venv/bin/)?enforcer [^`]+)`")
+# Inline look-ups that only read the policy: run in-process and must exit 0 (a verdict is printed either way).
+# A bare ```enforcer lookup``` names the command in prose; with a query it is an example to run.
+_RUNNABLE = re.compile(r"^enforcer (lookup \S|check\b)")
+
+
+def inline_commands() -> list[tuple[str, str]]:
+    """(``DOC:LINE``, text) of every inline ```enforcer ...``` span of the documents."""
+    found = []
+    for doc in DOCS:
+        for n, line in enumerate((ROOT / doc).read_text().splitlines(), 1):
+            found.extend((f"{doc}:{n}", m.group(1).removeprefix(".venv/bin/")) for m in _SPAN.finditer(line))
+    return found
+
+
+def test_inline_commands_name_real_subcommands_and_flags() -> None:
+    """Each inline ```enforcer SUBCOMMAND --flag ...``` names a subcommand and flags that exist (the value spellings
+    in prose, ``rpz|unbound`` or ``FILE``, are not parsed); the read-only look-ups among them run and exit 0."""
+    _, subparsers = build_parser()
+    problems, ran = [], 0
+    for where, text in inline_commands():
+        words = text.split()
+        if len(words) < 2 or words[1] in ("COMMAND",):
+            continue
+        sub = subparsers.get(words[1])
+        if sub is None:
+            problems.append(f"{where}: `{text}`: no subcommand {words[1]!r}")
+            continue
+        known = {s for action in sub._actions for s in action.option_strings}
+        if "--" in words:  # what follows goes to mitmdump
+            words = words[: words.index("--")]
+        for flag in (w.split("=", 1)[0] for w in words[2:] if w.startswith("--")):
+            if flag not in known:
+                problems.append(f"{where}: `{text}`: enforcer {words[1]} has no {flag}")
+        placeholder = any(w.isupper() or "<" in w or "|" in w for w in words[2:])  # FILE, N, <name or URL>, a|b
+        if _RUNNABLE.match(text) and not placeholder:
+            done = run_cli(*shlex.split(text)[1:])
+            ran += 1
+            if done.returncode != 0:
+                problems.append(f"{where}: `{text}`: exit {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
+    assert ran >= 3, "the README's and operators' look-ups were not found"
+    assert not problems, "inline commands that drifted from the CLI:\n" + "\n".join(problems)
