@@ -56,10 +56,16 @@ def discover(
     must_pass: Sequence[str] = (),
     window: float = 5.0,
 ) -> list[Candidate]:
-    from .signals import app_domains, co_occurrence, resolved_into_policy
+    from .signals import BLOCK_ACTIONS, DISCOVERY_DATASET, app_domains, co_occurrence, resolved_into_policy
     from .sources import read_hits, read_queries
 
-    hits = list(read_hits(events, since))
+    # Only the hits a detector reads are kept: the blocked queries matter only beside a query log (co-occurrence).
+    keep_blocked = bool(query_logs)
+    hits = [
+        h
+        for h in read_hits(events, since)
+        if h.dataset == DISCOVERY_DATASET or h.sni or (keep_blocked and h.action in BLOCK_ACTIONS)
+    ]
     queries = list(read_queries(query_logs, since))
     found: dict[tuple[str, str], Candidate] = {}
     for detector in (

@@ -19,7 +19,7 @@ from typing import Any
 from ..dns.querylog import iter_query_log
 from ..events import iter_events
 
-MAX_RECORDS = 2_000_000  # per input kind: discovery runs on a workstation over a week of logs
+MAX_RECORDS = 1_000_000  # per input kind: bounds memory (a few hundred MB at most) over a week of logs
 
 
 @dataclass(frozen=True, slots=True)
