@@ -40,6 +40,7 @@ from pathlib import Path
 from ..metrics import POLICY_LAST_RELOAD, POLICY_RELOADS_TOTAL, Metrics
 from .blocklist import load_policy
 from .bounded import DEFAULT_LIMITS, Limits
+from .feeds import local_copy
 from .matcher import Policy
 from .model import PolicyError, Problem
 
@@ -207,7 +208,9 @@ class PolicyHolder:
         for rule in self.policy.rules:
             if rule.kind == "include":
                 yaml_path = Path(rule.source.rsplit(":", 1)[0])
-                files.append(yaml_path.parent / rule.value)
+                # A URL feed's rule value is its URL; the file that changes is its local copy (feeds.local_copy).
+                url = "://" in rule.value
+                files.append(local_copy(yaml_path.parent, rule.value) if url else yaml_path.parent / rule.value)
         return files
 
     def snapshot(self) -> Snapshot:

@@ -162,3 +162,29 @@ def test_invalid_url_include_is_a_located_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"{folder}/x.yaml:4:14: 'url' must be an http:// or https:// URL" in proc.stderr, proc.stderr
     assert f"{folder}/x.yaml:6:14: expected a duration such as 6h" in proc.stderr, proc.stderr
+
+
+def test_the_resolver_picks_up_a_swapped_copy_by_its_usual_reload(
+    tmp_path: Path, server: tuple[FeedServer, Path]
+) -> None:
+    """A real ``enforcer dns`` on the blocklist: after ``feeds update`` swaps the copy, the new name is blocked
+    without a restart or a signal (the reloader watches the local copy of a URL include)."""
+    from tests.conftest import eventually
+    from tests.dns.dnshelpers import DnsProcess, addresses
+    from tests.dns.fakeupstream import FakeUpstream
+
+    srv, cert = server
+    folder, _local = first_copy(tmp_path, srv, cert)
+    up = FakeUpstream()
+    proc = DnsProcess(tmp_path, "--upstream", up.address, "--blocklist", str(folder))
+    try:
+        assert addresses(proc.query("h03.feedtest.example", "A")) == ["0.0.0.0"]
+        assert addresses(proc.query("new.feedtest.example", "A")) == ["192.0.2.53"]  # forwarded: not listed yet
+        srv.set("/w.txt", feed([*NAMES, "new.feedtest.example"]))
+        code, out = update(folder, cert)
+        assert code == 0 and "updated: +1 -0" in out, out
+        eventually(lambda: addresses(proc.query("new.feedtest.example", "A")) == ["0.0.0.0"], timeout=15,
+                   message=proc.stderr_text)  # fmt: skip
+    finally:
+        assert proc.stop() == 0, proc.stderr_text()
+        up.close()
