@@ -14,6 +14,8 @@ It never prints a summary it cannot stand behind:
 - Readiness talks to serve's own children: a child counts as ready only when its address answers AND the listening
   socket belongs to that child or one of its descendants (``owns_listener``, from /proc). Another instance (or any
   program) that holds the port cannot pass for the child that failed to bind it.
+- An explicit ``--require-app`` is checked against the shared policy before anything starts (one line, exit 1); the
+  resolver and the proxy get it too and refuse later policies without those apps.
 
 Settings per child: a ``serve`` flag beats the config file's section for that child (``dns:``, ``proxy:``,
 ``analyst:``), which beats the defaults below; the config file is also passed to each child so its other keys apply.
@@ -309,6 +311,24 @@ def _child_owns(child: Child) -> bool:
     return True
 
 
+def _check_required_apps(args: argparse.Namespace, info: dict[str, Any]) -> str | None:
+    """With an explicit ``--require-app``: the shared policy's missing apps as one line (before any child starts)."""
+    required = parse_required_apps(getattr(args, "require_app", None))
+    if not required:
+        return None
+    from .policy.blocklist import load_policy
+    from .policy.model import PolicyError
+    from .policy.reloader import missing_apps, required_app_error
+
+    try:
+        missing = missing_apps(load_policy(info["blocklist"]), required)
+    except PolicyError:
+        return None  # the children report the policy's own errors, PATH:LINE:COL each
+    if not missing:
+        return None
+    return "enforcer serve: " + str(required_app_error([info["blocklist"]], missing).problems[0])
+
+
 def ensure_token(path: Path) -> str:
     """Create the analyst token file (0600) on first start; reuse it afterwards."""
     if path.exists():
@@ -386,6 +406,10 @@ async def serve(args: argparse.Namespace) -> int:
         print("serve: nothing to run (all of --no-dns, --no-proxy, --no-analyst given)", file=sys.stderr)
         return 2
     problem = probe_addresses(children)
+    if problem is not None:
+        print(problem, file=sys.stderr, flush=True)
+        return 1
+    problem = await asyncio.to_thread(_check_required_apps, args, info)
     if problem is not None:
         print(problem, file=sys.stderr, flush=True)
         return 1

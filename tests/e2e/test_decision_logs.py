@@ -159,6 +159,16 @@ def test_a_required_app_missing_at_start_is_one_line(tmp_path: Path) -> None:
             assert run.stderr.strip().splitlines() == [
                 f"{BLOCKLISTS}: required app 'signal' missing from the policy (--require-app)"
             ], run.stderr
+        # serve checks before it starts anything: no child, no token, no data directory.
+        run = subprocess.run(
+            [sys.executable, "-m", "enforcer", "serve", "--blocklist", str(BLOCKLISTS), "--require-app", "signal"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 1 and run.stdout == ""
+        assert run.stderr.strip().splitlines() == [
+            f"enforcer serve: {BLOCKLISTS}: required app 'signal' missing from the policy (--require-app)"
+        ], run.stderr
+        assert not (tmp_path / "var").exists()
 
 
 def _servfail_ede(port: int) -> tuple[int, list[int], str]:
