@@ -79,6 +79,7 @@ class PendingPage:
 
     verdict: Verdict
     fields: dict[str, Any]  # event fields known at the CONNECT (host, destination, port)
+    key: tuple[str, str]  # (client address, rule id): tunnels open side by side are one attempt
     recorded: bool = False  # the hit (blocked_total, one event) is recorded once per tunnel
 
 

@@ -193,6 +193,7 @@ class Lifecycle:
         self._stop_metrics()
         self.rt.writer.close()
         self.rt.conns.clear()
+        self.rt.open_pages.clear()
 
     def client_disconnected(self, client: Client) -> None:
         try:
@@ -200,4 +201,4 @@ class Lifecycle:
         except Exception:
             self.rt.hook_error("client_disconnected")
         finally:
-            self.rt.conns.pop(client.id, None)
+            self.rt.forget(client)

@@ -11,7 +11,10 @@
   counted as a decision at once, marked refused (nothing upstream is ever opened for it) and accepted; its hit
   (``enforcer_blocked_total`` and one event) is recorded once, by ``settle_page``, at the first of: the first request
   inside the tunnel (the page is shown; ``tls.established`` true over TLS), a failed TLS handshake
-  (``tls.established`` false), or the client leaving.
+  (``tls.established`` false, ``outcome="handshake_failed"``), or the client leaving. A tunnel that carried no
+  request is not recorded while another block-page tunnel of the same client and rule is open: browsers open a
+  spare connection beside the one they use (Chromium: two tunnels per page view, one never used); that is one
+  attempt. A tunnel that carried a request is always recorded. ``forget`` drops a closed connection's state.
 - ``Runtime.note_user``: remembers the proxy login (mitmproxy's ``proxyauth``) of a connection; every hit event of
   that connection carries it as ``user.name``.
 - ``Runtime.refuse``: the mark and answer of a flow refused without a rule (error, invalid).
@@ -23,6 +26,7 @@ No dataclasses are defined here or in the addons: records live in ``decide`` (se
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from typing import Any
@@ -85,6 +89,7 @@ class Runtime:
         self.passthrough = True
         self.blocked_connect = PAGE  # enforcer_blocked_connect: page | refuse
         self.conns: dict[str, ConnState] = {}
+        self.open_pages: collections.Counter[tuple[str, str]] = collections.Counter()  # open block-page tunnels
         self._last_error_log = 0.0
         self._suppressed_errors = 0
 
@@ -176,21 +181,38 @@ class Runtime:
         assert verdict.match is not None
         self.flows.inc((verdict.outcome,))
         state = self.state(flow.client_conn)
-        state.page = PendingPage(verdict, {k: v for k, v in fields.items() if v is not None})
+        peer = flow.client_conn.peername
+        key = (str(peer[0]) if isinstance(peer, tuple) and peer else "", verdict.match.rule.id)
+        if state.page is None:
+            self.open_pages[key] += 1
+        state.page = PendingPage(verdict, {k: v for k, v in fields.items() if v is not None}, key)
         # Whatever comes through the tunnel (TLS, plain HTTP, raw TCP), the server gate never opens its upstream side.
         state.refused = f"blocked by enforcer rule {verdict.match.rule.id}"
         flow.metadata["enforcer"] = {**mark(verdict, "connect-block"), "page": True}
 
-    def settle_page(self, client: Client, **fields: Any) -> PendingPage | None:
-        """Record the held hit of the client's block-page tunnel, once; returns the pending page (or None)."""
+    def settle_page(self, client: Client, outcome: str | None = None, **fields: Any) -> PendingPage | None:
+        """Record the held hit of the client's block-page tunnel, once (``outcome``: also counted in
+        ``enforcer_proxy_flows_total`` when recorded); returns the pending page (or None)."""
         state = self.conns.get(client.id)
         page = state.page if state is not None else None
         if page is None or page.recorded:
             return page
         page.recorded = True
         extra = {k: v for k, v in fields.items() if v is not None}
+        if "url_full" not in extra and self.open_pages[page.key] > 1:
+            return page  # a spare tunnel beside another one of the same client and rule: the same attempt
+        if outcome is not None:
+            self.flows.inc((outcome,))
         self._hit(page.verdict, "connect-block", client, **{**page.fields, **extra})
         return page
+
+    def forget(self, client: Client) -> None:
+        """Drop the state of a closed client connection."""
+        state = self.conns.pop(client.id, None)
+        if state is not None and state.page is not None:
+            self.open_pages[state.page.key] -= 1
+            if self.open_pages[state.page.key] <= 0:
+                del self.open_pages[state.page.key]
 
     def note_user(self, flow: http.HTTPFlow) -> None:
         """Remember the proxy login mitmproxy's proxyauth put on the flow (a (user, password) pair) for the events

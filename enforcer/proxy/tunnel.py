@@ -104,9 +104,8 @@ class TlsGate:
         rt = self.rt
         try:
             state = rt.conns.get(data.context.client.id)
-            if state is not None and state.page is not None and not state.page.recorded:
-                rt.flows.inc((HANDSHAKE_FAILED,))
-                rt.settle_page(data.context.client, tls_established=False)
+            if state is not None and state.page is not None:
+                rt.settle_page(data.context.client, HANDSHAKE_FAILED, tls_established=False)
         except Exception:
             rt.hook_error("tls_failed_client")
 

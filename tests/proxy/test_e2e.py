@@ -220,6 +220,27 @@ def connect(port: int, target: str) -> tuple[bytes, socket.socket]:
     return head, s
 
 
+def tunnel_get(port: int, target: str, ca: Path | None = None, sni: str | None = None) -> tuple[bytes, bytes]:
+    """CONNECT ``target``, then one GET inside the tunnel: over TLS trusting ``ca`` (SNI ``sni``, default the target's
+    host) when ``ca`` is given, else plain HTTP. Returns (the CONNECT's answer, the answer inside the tunnel)."""
+    head, s = connect(port, target)
+    with s:
+        if status(head) != 200:
+            return head, b""
+        host = target.rpartition(":")[0].strip("[]")
+        request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        conn: socket.socket = s
+        if ca is not None:
+            conn = ssl.create_default_context(cafile=str(ca)).wrap_socket(s, server_hostname=sni or host)
+        conn.sendall(request)
+        out = b""
+        with contextlib.suppress(TimeoutError, OSError):
+            conn.settimeout(5)
+            while chunk := conn.recv(65536):
+                out += chunk
+        return head, out
+
+
 def status(head: bytes) -> int:
     return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
 
@@ -260,13 +281,15 @@ def test_plain_http_block_with_page(stack: Stack) -> None:
 
 
 def test_connect_block(stack: Stack) -> None:
-    before = len(stack.catch_all.rec.connects) if stack.catch_all else 0
-    head, s = connect(stack.port, "weixin.qq.com:443")
-    s.close()
-    assert status(head) == 403 and header(head, "X-Enforcer-Rule") == "wechat:domain:weixin.qq.com"
-    with stack.client() as c, pytest.raises(httpx.ProxyError):
-        c.get("https://sglong.wechat.com/")
-    assert stack.catch_all is not None and len(stack.catch_all.rec.connects) == before
+    # The default (--blocked-connect page): the CONNECT is accepted, the TLS inside is the proxy's, the answer the page.
+    before = stack.catch_all.rec.connections if stack.catch_all else 0
+    head, page = tunnel_get(stack.port, "weixin.qq.com:443", ca=stack.ca)
+    assert status(head) == 200 and status(page) == 403, (head, page[:300])
+    assert header(page, "X-Enforcer-Rule") == "wechat:domain:weixin.qq.com" and b"WeChat" in page
+    with stack.client() as c:
+        r = c.get("https://sglong.wechat.com/")
+    assert r.status_code == 403 and r.headers["x-enforcer-rule"] == "wechat:domain:wechat.com"
+    assert stack.catch_all is not None and stack.catch_all.rec.connections == before  # never dialled upstream
 
 
 def _tls_through(port: int, target: str, sni: str, cafile: Path | None) -> str:
@@ -307,10 +330,9 @@ def test_sni_block_regular_mode_zero_connections(regular: Stack) -> None:
 
 def test_literal_ip_in_blocked_cidr(stack: Stack) -> None:
     for target in ("129.226.3.47:443", "101.32.104.4:80", "[::ffff:129.226.3.47]:443"):
-        head, s = connect(stack.port, target)
-        s.close()
-        assert status(head) == 403, target
-        assert (header(head, "X-Enforcer-Rule") or "").startswith("wechat:cidr:")
+        head, page = tunnel_get(stack.port, target)  # plain HTTP inside the accepted tunnel gets the page too
+        assert status(head) == 200 and status(page) == 403, target
+        assert (header(page, "X-Enforcer-Rule") or "").startswith("wechat:cidr:")
     with stack.client() as c:
         r = c.get("http://162.62.163.63/anything")
     assert r.status_code == 403 and r.headers["x-enforcer-rule"] == "wechat:cidr:162.62.163.63/32"
@@ -458,7 +480,9 @@ def test_hostile_input_never_crashes_or_fails_open(stack: Stack) -> None:
         out = raw(stack.port, data)
         assert stack.alive(), data[:80]
         if names_blocked:
-            assert status(out) != 200 and b"X-Origin: local" not in out, (data[:80], out[:300])
+            # A blocked CONNECT is accepted (200) to show the block page inside; nothing is dialled (checked below).
+            accepted = data.startswith(b"CONNECT") and status(out) == 200
+            assert (status(out) != 200 or accepted) and b"X-Origin: local" not in out, (data[:80], out[:300])
     # Still serving, and nothing the policy blocks ever reached the catch-all or the TLS origin.
     with stack.client() as c:
         assert c.get("http://www.example.org/after-hostile").status_code == 200
@@ -533,11 +557,10 @@ def test_standalone_script_survives_live_reload(tmp_path: Path, origins: OriginT
     try:
         wait_port(port, proc, log)
         wait_port(metrics_port, proc, log)
-        head, s = connect(port, "weixin.qq.com:443")
-        s.close()
-        assert status(head) == 403
+        head, page = tunnel_get(port, "weixin.qq.com:443")
+        assert status(head) == 200 and status(page) == 403
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
-        assert 'enforcer_proxy_flows_total{outcome="blocked"} 1.0' in metrics
+        assert 'enforcer_proxy_flows_total{outcome="blocked"} 2.0' in metrics  # the CONNECT and the request inside
         loaded_before = len(log.read_text())
         later = time.time() + 5
         os.utime(script, (later, later))
@@ -556,9 +579,8 @@ def test_standalone_script_survives_live_reload(tmp_path: Path, origins: OriginT
 
         metrics = eventually(fresh_registry, 30, 0.2, "the reloaded addon's own registry was never served")
         assert 'outcome="blocked"' not in metrics and "enforcer_policy_rules" in metrics, metrics[-2000:]
-        head, s = connect(port, "weixin.qq.com:443")
-        s.close()
-        assert status(head) == 403 and proc.poll() is None
+        head, page = tunnel_get(port, "weixin.qq.com:443")
+        assert status(head) == 200 and status(page) == 403 and proc.poll() is None
         assert not [t for t in catch_all.rec.targets() if "weixin" in t]
         text = log.read_text()
         assert "Traceback" not in text and "Address already in use" not in text, text[-3000:]

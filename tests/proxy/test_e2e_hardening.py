@@ -36,7 +36,7 @@ from enforcer.events import iter_events
 from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
 from tests.netns import loopback_only_netns
 from tests.proxy.origins import OriginThread, PlainOrigin, TlsOrigin, make_cert
-from tests.proxy.test_e2e import connect, header, raw, status, stop_proxy, wait_port
+from tests.proxy.test_e2e import connect, header, raw, status, stop_proxy, tunnel_get, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -176,9 +176,9 @@ def _get(net: Net, url: str, host: str | None = None) -> bytes:
 def test_literal_spellings_never_connect(net: Net, spelling: str) -> None:
     out = _get(net, f"http://{spelling}:{net.plain.port}/x")
     assert status(out) == 403 and (header(out, "X-Enforcer-Rule") or "").startswith("kaspersky:cidr:"), out[:200]
-    head, s = connect(net.port, f"{spelling}:{net.tls.port}")
-    s.close()
-    assert status(head) == 403, head[:200]
+    head, page = tunnel_get(net.port, f"{spelling}:{net.tls.port}")  # accepted, the block page inside
+    assert status(head) == 200 and status(page) == 403, (head[:200], page[:200])
+    assert (header(page, "X-Enforcer-Rule") or "").startswith("kaspersky:cidr:"), page[:200]
     out = _get(net, f"http://good.test:{net.plain.port}/x", host=spelling)
     assert status(out) == 403, out[:200]
     assert not net.plain_local.reached_blocked() and not net.tls_local.reached_blocked()
