@@ -151,9 +151,9 @@ class Analyst:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def aggregate(self, name: str, fn: Callable[..., T], f: Filters, *args: Any) -> T:
-        """``db(fn, f, *args)`` memoised until the next stored event: aggregations over a large store take seconds,
+        """``db(fn, f, *args)`` memoised until the next stored (or deleted) event: aggregations over a large store take seconds,
         and an analyst flips between the same views (and exports the CSV of the view just seen)."""
-        key = (name, f, self.enforcement.key(), self.ingester.ingested)
+        key = (name, f, self.enforcement.key(), self.ingester.ingested, self.ingester.deleted)
         if key in self._memo:
             self._memo.move_to_end(key)
             hit: T = self._memo[key]  # stored by this method for the same fn
