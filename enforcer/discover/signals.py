@@ -40,6 +40,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=100_000)  # names repeat: a week of queries has far fewer distinct names than lines
 def registrable(name: str) -> str | None:
     return _psl().privatesuffix(name) or None
 
@@ -137,24 +138,33 @@ def _brands(policy: Policy) -> dict[str, tuple[str, str, str]]:
     return brands
 
 
+def _brand_of(
+    name: str, policy: Policy, brands: dict[str, tuple[str, str, str]], long_brands: list[str]
+) -> tuple[str, str, str] | None:
+    reg = registrable(name)
+    if reg is None or _blocked(policy, name):
+        return None
+    label = reg.split(".", 1)[0]
+    if label in brands:
+        return reg, label, "medium"
+    brand = next((b for b in long_brands if label.startswith(b)), "")
+    return (reg, brand, "low") if brand else None
+
+
 def app_domains(hits: Iterable[Hit], queries: Sequence[tuple[float, str, str]], policy: Policy) -> list[Candidate]:
     brands = _brands(policy)
     long_brands = sorted((b for b in brands if len(b) >= MIN_PREFIX_BRAND), key=len, reverse=True)
     seen: list[tuple[float, str, str, str]] = [(ts, client, name, "query") for ts, client, name in queries]
     seen += [(h.ts, h.client, h.sni, "SNI") for h in hits if h.sni]
     found: dict[str, Candidate] = {}
+    verdicts: dict[str, tuple[str, str, str] | None] = {}  # name -> (registrable, brand, confidence), once per name
     for ts, client, name, how in seen:
-        reg = registrable(name)
-        if reg is None or _blocked(policy, name):
+        if name not in verdicts:
+            verdicts[name] = _brand_of(name, policy, brands, long_brands) if len(verdicts) < 1_000_000 else None
+        verdict = verdicts[name]
+        if verdict is None:
             continue
-        label = reg.split(".", 1)[0]
-        if label in brands:
-            brand, confidence = label, "medium"
-        else:
-            brand = next((b for b in long_brands if label.startswith(b)), "")
-            confidence = "low"
-        if not brand:
-            continue
+        reg, brand, confidence = verdict
         app, category, origin = brands[brand]
         c = found.get(reg)
         if c is None:
