@@ -67,7 +67,8 @@ def test_broken_edit_keeps_last_good_policy(live: DnsProcess, lists: Path) -> No
     assert eventually(lambda: live.metric("enforcer_policy_reloads_total", result="failure") >= 1, 8.0, 0.1)
     stderr = live.stderr_text()
     assert f"{path}:" in stderr
-    line = next(li for li in stderr.splitlines() if f"{path}:" in li)
+    # The error line (a block line also names the rule's PATH:LINE: enforcer/blocklog.py).
+    line = next(li for li in stderr.splitlines() if f"{path}:" in li and "blocked: dns" not in li)
     rest = line.split(f"{path}:", 1)[1].split(":")
     assert rest[0].isdigit() and rest[1].isdigit()  # PATH:LINE:COL
     # Still the last good policy, and still serving.
