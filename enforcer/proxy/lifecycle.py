@@ -93,6 +93,12 @@ class Lifecycle:
         if "enforcer_passthrough" in updated:
             self.rt.passthrough = bool(opts.enforcer_passthrough)
         if "enforcer_blocked_connect" in updated:
+            # mitmproxy checks choices in its UIs only; a bad --set or script value must fail here.
+            if opts.enforcer_blocked_connect not in BLOCKED_CONNECT_MODES:
+                raise exceptions.OptionsError(
+                    f"enforcer_blocked_connect: {opts.enforcer_blocked_connect!r} is not one of "
+                    + ", ".join(BLOCKED_CONNECT_MODES)
+                )
             self.rt.blocked_connect = str(opts.enforcer_blocked_connect)
         if "connection_strategy" in updated and getattr(opts, "connection_strategy", "lazy") == "eager":
             log.warning(
