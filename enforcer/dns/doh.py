@@ -24,6 +24,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -39,7 +40,7 @@ import h11
 
 from .chain import Handler, Via
 from .clientid import DOH_PATH, client_id_from_path
-from .encrypted import READ_TIMEOUT, Gate, accept_tls, resolve
+from .encrypted import READ_TIMEOUT, Gate, accept_tls
 from .observe import RateLimitedLog
 from .tls import CertSource
 
@@ -84,19 +85,39 @@ def dns_request(method: str, target: str, headers: dict[str, str], body: bytes) 
 
 def min_ttl(reply: bytes) -> int:
     """The smallest TTL in the answer and authority sections (0 when there is none or the reply is unreadable):
-    the ``cache-control: max-age`` RFC 8484 section 5.1 asks for."""
+    the ``cache-control: max-age`` RFC 8484 section 5.1 asks for. A walk over the wire (no message parse)."""
     try:
-        import dnslib
-
-        record = dnslib.DNSRecord.parse(reply)
-    except Exception:
+        qdcount, ancount, nscount = struct.unpack_from("!HHH", reply, 4)
+        pos = 12
+        for _ in range(qdcount):
+            pos = _skip_name(reply, pos) + 4
+        best = -1
+        for _ in range(ancount + nscount):
+            pos = _skip_name(reply, pos)
+            ttl, rdlength = struct.unpack_from("!IH", reply, pos + 4)  # after type and class
+            best = ttl if best < 0 else min(best, ttl)
+            pos += 10 + rdlength
+    except (struct.error, IndexError):
         return 0
-    ttls = [rr.ttl for rr in (*record.rr, *record.auth)]
-    return min(ttls) if ttls else 0
+    return min(best, 2**31 - 1) if best >= 0 else 0
+
+
+def _result(reply: bytes | None) -> tuple[int, bytes]:
+    return (400, b"") if reply is None else (200, reply)  # None: the chain dropped it (not a query)
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    while True:
+        n = data[pos]
+        if n == 0:
+            return pos + 1
+        if n & 0xC0 == 0xC0:
+            return pos + 2
+        pos += n + 1
 
 
 class DohServer:
-    """DoH on one address; ``serve`` is the ``asyncio.start_server`` callback."""
+    """DoH on one address; ``serve`` takes one accepted connection (enforcer/dns/encrypted.py ``accept_loop``)."""
 
     transport = "doh"
     alpn: ClassVar[list[str]] = ["h2", "http/1.1"]
@@ -108,10 +129,11 @@ class DohServer:
         self.outcome = outcome
         self.writers: set[asyncio.StreamWriter] = set()
 
-    async def answer(
+    def answer(
         self, method: str, target: str, headers: dict[str, str], body: bytes, sni_cid: str | None, peer: Any
-    ) -> tuple[int, bytes]:
-        """``(status, body)`` for one HTTP request."""
+    ) -> tuple[int, bytes] | Awaitable[tuple[int, bytes]]:
+        """``(status, body)`` for one HTTP request: at once for a refused, blocked or cached query, an awaitable
+        when the query went upstream (so the caller spends a task only on those)."""
         gate = self.gate
         message, path_cid, status = dns_request(method, target, headers, body)
         cid = path_cid if path_cid is not None else sni_cid  # the path wins over the SNI
@@ -124,15 +146,26 @@ class DohServer:
             return status, b""
         gate.query("doh")
         try:
-            reply = await resolve(self.handler, message, peer, Via("doh", cid))
+            reply: Any = self.handler(message, peer, True, Via("doh", cid))
         except Exception:
-            ratelog("doh", logging.ERROR, "error handling a DoH query from %s", peer[0] if peer else "?",
-                    exc_info=True)  # fmt: skip
-            self.outcome("dropped")
+            self._error(peer)
             return 500, b""
-        if reply is None:
-            return 400, b""  # the chain dropped it (not a query)
-        return 200, reply
+        if reply is None or type(reply) is bytes:
+            return _result(reply)
+        if type(reply) is list:  # a zone transfer: not served over DoH
+            return 400, b""
+        return self._later(reply, peer)
+
+    async def _later(self, pending: Any, peer: Any) -> tuple[int, bytes]:
+        try:
+            return _result(await pending)
+        except Exception:
+            self._error(peer)
+            return 500, b""
+
+    def _error(self, peer: Any) -> None:
+        ratelog("doh", logging.ERROR, "error handling a DoH query from %s", peer[0] if peer else "?", exc_info=True)
+        self.outcome("dropped")
 
     async def serve(self, conn: socket.socket, peer: Any) -> None:
         host = peer[0] if peer else ""
@@ -184,10 +217,20 @@ class DohServer:
         streams: dict[int, tuple[dict[str, str], bytearray]] = {}
         tasks: set[asyncio.Task[None]] = set()
 
-        async def respond(stream_id: int, headers: dict[str, str], body: bytes) -> None:
-            status, payload = await self.answer(
-                headers.get(":method", ""), headers.get(":path", ""), headers, body, sni_cid, peer
-            )
+        def respond(stream_id: int, headers: dict[str, str], body: bytes) -> None:
+            result = self.answer(headers.get(":method", ""), headers.get(":path", ""), headers, body, sni_cid, peer)
+            if type(result) is tuple:
+                send(stream_id, *result)  # answered now, whatever other streams wait for
+            else:
+                task = asyncio.ensure_future(later(stream_id, result))  # type: ignore[arg-type]
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        async def later(stream_id: int, result: Awaitable[tuple[int, bytes]]) -> None:
+            send(stream_id, *(await result))
+            writer.write(conn.data_to_send())
+
+        def send(stream_id: int, status: int, payload: bytes) -> None:
             out = [(":status", str(status)), ("content-length", str(len(payload)))]
             if status == 200:
                 out += [("content-type", CONTENT_TYPE), ("cache-control", f"max-age={min_ttl(payload)}")]
@@ -195,7 +238,6 @@ class DohServer:
                 conn.send_headers(stream_id, out, end_stream=not payload)
                 if payload:
                     conn.send_data(stream_id, payload, end_stream=True)
-                writer.write(conn.data_to_send())
 
         try:
             while True:
@@ -212,7 +254,7 @@ class DohServer:
                     self.gate.count("doh", "bad_request")
                     writer.write(conn.data_to_send())
                     return
-                if not self._h2_events(conn, events, streams, respond, tasks):
+                if not self._h2_events(conn, events, streams, respond):
                     return
                 writer.write(conn.data_to_send())
                 await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
@@ -225,11 +267,10 @@ class DohServer:
         conn: h2.connection.H2Connection,
         events: list[Any],
         streams: dict[int, tuple[dict[str, str], bytearray]],
-        respond: Callable[[int, dict[str, str], bytes], Awaitable[None]],
-        tasks: set[asyncio.Task[None]],
+        respond: Callable[[int, dict[str, str], bytes], None],
     ) -> bool:
-        """Collect each stream's headers and body; a complete request is answered from its own task. False: the
-        client ended the connection."""
+        """Collect each stream's headers and body; a complete request is answered (``respond``). False: the client
+        ended the connection."""
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 streams[event.stream_id] = (dict(event.headers or []), bytearray())
@@ -245,9 +286,7 @@ class DohServer:
             elif isinstance(event, h2.events.StreamEnded):
                 entry = streams.pop(event.stream_id, None)
                 if entry is not None:
-                    task = asyncio.ensure_future(respond(event.stream_id, entry[0], bytes(entry[1])))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    respond(event.stream_id, entry[0], bytes(entry[1]))
             elif isinstance(event, h2.events.StreamReset):
                 streams.pop(event.stream_id, None)
             elif isinstance(event, h2.events.ConnectionTerminated):
@@ -285,10 +324,11 @@ class DohServer:
                     return
             assert request is not None
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-            status, payload = await self.answer(
+            result = self.answer(
                 request.method.decode("ascii", "replace"), request.target.decode("latin-1"), headers, bytes(body),
                 sni_cid, peer,
             )  # fmt: skip
+            status, payload = result if type(result) is tuple else await result  # type: ignore[misc]
             out = [("content-length", str(len(payload)))]
             if status == 200:
                 out += [("content-type", CONTENT_TYPE), ("cache-control", f"max-age={min_ttl(payload)}")]

@@ -10,14 +10,16 @@
   ``enforcer_dns_encrypted_connections_total{transport,outcome}`` and queries in
   ``enforcer_dns_encrypted_queries_total{transport}`` (their outcomes, as for UDP, in
   ``enforcer_dns_queries_total``).
-- ``resolve(handler, data, peer, via)``: one query through the chain, awaited when it went upstream.
-- ``accept_loop(sock, serve)``: accepts on a listening socket; ``accept_tls(conn, gate, transport, ctx)``: the TLS
-  handshake of an admitted connection (the loop's ``connect_accepted_socket``), bounded and counted.
-- ``DotServer``: RFC 7858. Plain TCP accept -> ``Gate.admit`` -> ``accept_tls`` (handshake timeout) ->
-  2-byte framed queries. Each query is answered as soon as its answer exists: a blocked or cached one at once,
-  a forwarded one from its own task, so a slow upstream answer never holds back a later query on the same
-  connection (RFC 7766 6.2.1.1, out-of-order answers; the message ID pairs them). At most ``MAX_INFLIGHT``
-  forwarded queries per connection: reading pauses until one finishes.
+- ``accept_loop(sock, serve)``: accepts on a listening socket; ``handshake(conn, gate, transport, ctx, factory)``:
+  the TLS handshake of an admitted connection (the loop's ``connect_accepted_socket``), bounded and counted;
+  ``accept_tls``: the same, as streams (DoH).
+- ``DotServer`` / ``DotProtocol``: RFC 7858. Accept -> ``Gate.admit`` -> ``handshake`` -> 2-byte framed queries,
+  parsed from each read as they come. Each query is answered as soon as its answer exists: a blocked or cached one
+  at once (the answers of one read in one write), a forwarded one from its own task, so a slow upstream answer never
+  holds back a later query on the same connection (RFC 7766 6.2.1.1, out-of-order answers; the message ID pairs
+  them). At most ``MAX_INFLIGHT`` forwarded queries per connection, and reading pauses while the client does not
+  read its answers. An idle connection is a protocol object, a buffer and one timer (no task): the idle benchmark
+  (bench/dns_encrypted_bench.sh) holds 10,000 of them.
 
 DoH is enforcer/dns/doh.py and DoQ enforcer/dns/doq.py; the chain they all feed is enforcer/dns/chain.py
 (``handle(data, addr, tcp, via)``: ``via`` carries the transport and the ClientID into the hit event).
@@ -67,7 +69,7 @@ CONNECTION_OUTCOMES = (
     "bad_request",  # a bad frame, HTTP request or DoQ stream
 )
 MAX_FRAME = 16_384
-READ_TIMEOUT = 3.0  # to finish a frame (or HTTP request) once it began
+READ_TIMEOUT = 3.0  # to finish an HTTP request once it began, or to take an answer (DoH)
 MAX_INFLIGHT = 64  # forwarded queries per connection
 WRITE_BUFFER = 64 * 1024  # unsent answers per connection before reading waits for the client to read
 
@@ -160,41 +162,37 @@ class Gate:
         return client_id_from_sni(sni, self.server_name)
 
 
-async def resolve(handler: Handler, data: bytes, peer: Any, via: Via) -> bytes | None:
-    """One query through the chain (as over TCP: no truncation), awaited when it was forwarded upstream."""
-    reply: Any = handler(data, peer, True, via)
-    if reply is None or type(reply) is bytes:
-        return reply
-    if type(reply) is list:  # a zone transfer: not offered over encrypted transports
-        return reply[0] if reply else None
-    result: bytes | None = await reply
-    return result
+async def handshake(
+    conn: socket.socket, gate: Gate, transport: str, ctx: ssl.SSLContext, factory: Callable[[], asyncio.Protocol]
+) -> tuple[asyncio.BaseTransport, asyncio.Protocol] | None:
+    """The TLS handshake on an admitted connection, by the event loop's own TLS (uvloop's or asyncio's), bounded by
+    the handshake timeout and counted either way; None when it failed (the socket is closed)."""
+    loop = asyncio.get_running_loop()
+    timeout = gate.limits.handshake_timeout
+    try:
+        return await asyncio.wait_for(
+            loop.connect_accepted_socket(factory, conn, ssl=ctx, ssl_handshake_timeout=timeout), timeout + 1
+        )
+    except TimeoutError:
+        gate.count(transport, "handshake_timeout")
+    except (ssl.SSLError, ConnectionError, OSError, EOFError) as exc:
+        timed_out = "timed out" in str(exc) or "taking longer" in str(exc)
+        gate.count(transport, "handshake_timeout" if timed_out else "handshake_failed")
+    conn.close()
+    return None
 
 
 async def accept_tls(
     conn: socket.socket, gate: Gate, transport: str, ctx: ssl.SSLContext
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """The TLS handshake on an admitted connection, bounded by the handshake timeout and counted either way; the
-    connection as streams, or None (closed). The event loop's own TLS (uvloop's or asyncio's) does the work."""
-    loop = asyncio.get_running_loop()
-    timeout = gate.limits.handshake_timeout
+    """``handshake`` giving the connection as streams (DoH), or None."""
     reader = asyncio.StreamReader(limit=65_536)
     protocol = asyncio.StreamReaderProtocol(reader)
-    try:
-        tls_transport, _ = await asyncio.wait_for(
-            loop.connect_accepted_socket(lambda: protocol, conn, ssl=ctx, ssl_handshake_timeout=timeout), timeout + 1
-        )
-    except TimeoutError:
-        gate.count(transport, "handshake_timeout")
-        conn.close()
-        return None
-    except (ssl.SSLError, ConnectionError, OSError, EOFError) as exc:
-        timed_out = "timed out" in str(exc) or "taking longer" in str(exc)
-        gate.count(transport, "handshake_timeout" if timed_out else "handshake_failed")
-        conn.close()
+    done = await handshake(conn, gate, transport, ctx, lambda: protocol)
+    if done is None:
         return None
     gate.count(transport, "accepted")
-    return reader, asyncio.StreamWriter(tls_transport, protocol, reader, loop)
+    return reader, asyncio.StreamWriter(done[0], protocol, reader, asyncio.get_running_loop())  # type: ignore[arg-type]
 
 
 async def accept_loop(listening: socket.socket, serve: Callable[[socket.socket, Any], Awaitable[None]]) -> None:
@@ -222,8 +220,136 @@ async def accept_loop(listening: socket.socket, serve: Callable[[socket.socket, 
             task.cancel()
 
 
+class DotProtocol(asyncio.Protocol):
+    """One DoT connection after its handshake: frames parsed from the bytes as they come (several per read when a
+    client pipelines), each query answered as soon as its answer exists; the answers of one read go out in one
+    write. No task per connection and none per read: an idle connection costs this object, its buffer and one
+    timer (the idle check re-arms itself from the last activity)."""
+
+    def __init__(self, server: DotServer, peer: Any, host: str) -> None:
+        self.server = server
+        self.peer = peer
+        self.host = host
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.via = Via("dot", None)
+        self.pending: set[asyncio.Future[Any]] = set()
+        self.last = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.reading = True
+        self.writable = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_BUFFER)  # type: ignore[attr-defined]
+        self.via = Via("dot", self.server.gate.sni_client_id(transport.get_extra_info("ssl_object")))
+        loop = asyncio.get_running_loop()
+        self.last = loop.time()
+        self.timer = loop.call_later(self.server.gate.limits.idle_timeout, self._idle_check)
+        self.server.protocols.add(self)
+
+    def _idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle = self.server.gate.limits.idle_timeout
+        quiet = loop.time() - self.last
+        if quiet >= idle and not self.pending:
+            self.server.gate.count("dot", "idle_timeout")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.timer = loop.call_later(max(idle - quiet, 0.05) if not self.pending else idle, self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = asyncio.get_running_loop().time()
+        buf = self.buf
+        buf += data
+        out: list[bytes] = []
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            length = buf[pos] << 8 | buf[pos + 1]
+            if length < 12 or length > MAX_FRAME:
+                self.server.gate.count("dot", "bad_request")
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+            if size - pos - 2 < length:
+                break
+            reply = self._query(bytes(buf[pos + 2 : pos + 2 + length]))
+            pos += 2 + length
+            if reply is not None:
+                out.append(struct.pack("!H", len(reply)) + reply)
+        if pos:
+            del buf[:pos]
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def _query(self, data: bytes) -> bytes | None:
+        server = self.server
+        gate = server.gate
+        gate.query("dot")
+        if not gate.client_ok("dot", self.via.client_id):
+            server.outcome("refused")
+            return wire.refusal(data)
+        try:
+            reply: Any = server.handler(data, self.peer, True, self.via)
+        except Exception:
+            ratelog("dot", logging.ERROR, "error handling a DoT query from %s", self.host, exc_info=True)
+            server.outcome("dropped")
+            return None
+        if reply is None or type(reply) is bytes:
+            return reply
+        if type(reply) is list:  # a zone transfer: not served over DoT
+            return None
+        task = asyncio.ensure_future(reply)
+        self.pending.add(task)
+        task.add_done_callback(self._answered)
+        if len(self.pending) >= MAX_INFLIGHT:
+            self._pause()
+        return None
+
+    def _answered(self, task: asyncio.Future[Any]) -> None:
+        self.pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            ratelog("dot-forward", logging.ERROR, "error forwarding a DoT query from %s: %r", self.host, exc)
+            self.server.outcome("dropped")
+        else:
+            reply = task.result()
+            if reply is not None and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(struct.pack("!H", len(reply)) + reply)
+        self._resume()
+
+    def _pause(self) -> None:
+        if self.reading and self.transport is not None:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if not self.reading and self.writable and len(self.pending) < MAX_INFLIGHT and self.transport is not None:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def pause_writing(self) -> None:  # the client does not read its answers: stop reading its queries
+        self.writable = False
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        self._resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for task in list(self.pending):
+            task.cancel()
+        self.server.gate.release("dot", self.host)
+        self.server.protocols.discard(self)
+        self.transport = None
+
+
 class DotServer:
-    """DNS over TLS (RFC 7858) on one address; ``serve`` is the ``asyncio.start_server`` callback."""
+    """DNS over TLS (RFC 7858) on one address; ``serve`` takes one accepted connection (``accept_loop``)."""
 
     transport = "dot"
     alpn: ClassVar[list[str]] = ["dot"]
@@ -233,27 +359,7 @@ class DotServer:
         self.gate = gate
         self.certs = certs
         self.outcome = outcome
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def _frame(self, reader: asyncio.StreamReader) -> bytes | None:
-        try:
-            head = await asyncio.wait_for(reader.readexactly(2), self.gate.limits.idle_timeout)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                self.gate.count("dot", "bad_request")
-            return None
-        except TimeoutError:
-            self.gate.count("dot", "idle_timeout")
-            return None
-        (length,) = struct.unpack("!H", head)
-        if length < 12 or length > MAX_FRAME:
-            self.gate.count("dot", "bad_request")
-            return None
-        try:
-            return await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
-        except (asyncio.IncompleteReadError, TimeoutError):
-            self.gate.count("dot", "bad_request")
-            return None
+        self.protocols: set[DotProtocol] = set()
 
     async def serve(self, conn: socket.socket, peer: Any) -> None:
         host = peer[0] if peer else ""
@@ -261,65 +367,20 @@ class DotServer:
         if not gate.admit("dot", host):
             conn.close()
             return
-        pending: set[asyncio.Task[None]] = set()
-        streams = None
         try:
-            streams = await accept_tls(conn, gate, "dot", self.certs.context(self.alpn))
-            if streams is None:
-                return
-            reader, writer = streams
-            self.writers.add(writer)
-            cid = gate.sni_client_id(writer.get_extra_info("ssl_object"))
-            via = Via("dot", cid)
-            while True:
-                data = await self._frame(reader)
-                if data is None:
-                    return
-                gate.query("dot")
-                if not gate.client_ok("dot", cid):
-                    self.outcome("refused")
-                    reply: Any = wire.refusal(data)
-                else:
-                    try:
-                        reply = self.handler(data, peer, True, via)
-                    except Exception:
-                        ratelog("dot", logging.ERROR, "error handling a DoT query from %s", host, exc_info=True)
-                        self.outcome("dropped")
-                        return
-                if reply is None:
-                    continue
-                if type(reply) is bytes:
-                    writer.write(struct.pack("!H", len(reply)) + reply)  # answered now, whatever is pending
-                    if writer.transport.get_write_buffer_size() > WRITE_BUFFER:  # a client that does not read
-                        await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
-                    continue
-                if type(reply) is list:  # a zone transfer: not served over DoT
-                    continue
-                while len(pending) >= MAX_INFLIGHT:
-                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.ensure_future(self._later(reply, writer, host))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-        except (ConnectionError, TimeoutError, OSError, ssl.SSLError):
-            pass
-        finally:
-            for task in list(pending):
-                task.cancel()
+            done = await handshake(
+                conn, gate, "dot", self.certs.context(self.alpn), lambda: DotProtocol(self, peer, host)
+            )
+        except BaseException:
             gate.release("dot", host)
-            if streams is not None:
-                self.writers.discard(writer)
-                writer.transport.abort()
-
-    async def _later(self, pending_reply: Any, writer: asyncio.StreamWriter, host: str) -> None:
-        try:
-            reply = await pending_reply
-        except Exception as exc:
-            ratelog("dot-forward", logging.ERROR, "error forwarding a DoT query from %s: %r", host, exc)
-            self.outcome("dropped")
+            conn.close()
+            raise
+        if done is None:
+            gate.release("dot", host)  # no connection_made, so no connection_lost: the slot is given back here
             return
-        if reply is not None and not writer.transport.is_closing():
-            writer.write(struct.pack("!H", len(reply)) + reply)
+        gate.count("dot", "accepted")
 
     def close_all(self) -> None:
-        for w in list(self.writers):
-            w.transport.abort()
+        for protocol in list(self.protocols):
+            if protocol.transport is not None:
+                protocol.transport.abort()
