@@ -123,7 +123,11 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(DNS_ENCRYPTED_CONNECTIONS, "gauge", "Open encrypted DNS client connections.", (TRANSPORT,)),
         MetricSpec(DNS_WORKERS, "gauge", "Resolver worker processes answering (enforcer dns --workers)."),
         MetricSpec(
-            PROXY_FLOWS_TOTAL, "counter", "Proxy flows by outcome (allowed, blocked, monitored, error).", (OUTCOME,)
+            PROXY_FLOWS_TOTAL,
+            "counter",
+            "Proxy flows by outcome (allowed, blocked, monitored, invalid, error; handshake_failed: a client refused the "
+            "TLS of a block-page tunnel).",
+            (OUTCOME,),
         ),
         MetricSpec(POLICY_RULES, "gauge", "Rules in the active policy (include feeds count their names).", (APP, KIND)),
         MetricSpec(POLICY_RELOADS_TOTAL, "counter", "Policy (re)loads by result (success, failure).", (RESULT,)),
