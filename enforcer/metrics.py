@@ -125,8 +125,8 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(
             PROXY_FLOWS_TOTAL,
             "counter",
-            "Proxy flows by outcome (allowed, blocked, monitored, invalid, error; handshake_failed: a client refused the "
-            "TLS of a block-page tunnel).",
+            "Proxy flows by outcome (allowed, blocked, monitored, invalid, error; handshake_failed: a client "
+            "refused the TLS of a block-page tunnel).",
             (OUTCOME,),
         ),
         MetricSpec(POLICY_RULES, "gauge", "Rules in the active policy (include feeds count their names).", (APP, KIND)),
