@@ -396,6 +396,7 @@ async def api_case_change(request: web.Request) -> web.StreamResponse:
         raise BadRequest('"note" must be a string')
     device = request.match_info["device"]
     now_us = ts_to_us(dt_to_ts(datetime.now(UTC)))
+    await analyst.db(analyst.sync_cases)  # the device may have become non-compliant since the last refresh
     try:
         case = await analyst.db(analyst.cases.change, device, body["state"], note, request[WHO], now_us)
     except CaseError as exc:

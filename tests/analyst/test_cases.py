@@ -1,0 +1,150 @@
+"""Cases through the real API (aiohttp test server on 127.0.0.1, real SQLite store): opened for every non-compliant
+device, acknowledged and remediated by named analysts, reopened by a new hit with that hit as the reason, an
+append-only audit, a spreadsheet-safe CSV, and the CSRF and auth refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enforcer.analyst.state import parse_tokens
+from enforcer.analyst.web import build_app
+from enforcer.config import ConfigError
+from enforcer.events import HitEvent
+from tests.analyst.analyst_helpers import expected_device, expected_report, generate, local_analyst, write_events
+
+TOKENS = "# analysts\nalice:tok-alice-5e1f9a\nbob: tok-bob-77c2d0\ntok-plain-0a9b8c\n"
+ALICE = {"Authorization": "Bearer tok-alice-5e1f9a"}
+BOB = {"Authorization": "Bearer tok-bob-77c2d0"}
+PLAIN = {"Authorization": "Bearer tok-plain-0a9b8c"}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, tmp_path: Path, policy, inventory_file: Path) -> Any:
+    start = policy.apps["wechat"].effective - timedelta(days=3)
+    events = generate(policy, 600, seed=51, start=start, span_days=6)
+    write_events(tmp_path / "ev" / "dns.jsonl", events)
+    analyst = local_analyst(tmp_path, [str(tmp_path / "ev")], inventory=str(inventory_file), token=TOKENS)
+    assert analyst.ingester.poll_once() == len(events)
+    cl = await aiohttp_client(build_app(analyst))
+    cl.analyst, cl.events, cl.tmp = analyst, events, tmp_path
+    yield cl
+    analyst.close()
+
+
+def _devices(policy, events: list[HitEvent]) -> set[str]:
+    return {
+        expected_device(client) or client
+        for (client, _), row in expected_report(policy, events).items()
+        if row["enforced_hits"] and client
+    }
+
+
+async def _cases(client: Any) -> dict[str, dict[str, Any]]:
+    resp = await client.get("/api/cases", headers=PLAIN)
+    assert resp.status == 200, await resp.text()
+    return {c["device"]: c for c in (await resp.json())["cases"]}
+
+
+async def _post(client: Any, device: str, body: Any, headers: dict[str, str], **kw: Any) -> Any:
+    return await client.post(f"/api/cases/{device}", json=body, headers=headers, **kw)
+
+
+async def test_case_lifecycle_with_named_analysts_and_reopen(client: Any, policy) -> None:
+    cases = await _cases(client)
+    assert set(cases) == _devices(policy, client.events) and cases
+    assert all(c["state"] == "open" and c["audit"][0]["who"] == "system" for c in cases.values())
+    device = "phone-0007"  # 10.1.2.7/32 in the inventory
+    assert cases[device]["clients"] == ["10.1.2.7"] and cases[device]["owner"] == "Alice Martin"
+
+    resp = await _post(client, device, {"state": "acknowledged", "note": "called the owner"}, ALICE)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["state"], body["updated_by"], body["note"]) == ("acknowledged", "alice", "called the owner")
+    resp = await _post(client, device, {"state": "remediated", "note": "WeChat removed"}, BOB)
+    assert resp.status == 200
+    resp = await _post(client, device, {"state": "acknowledged"}, ALICE)
+    assert resp.status == 409 and "remediated" in (await resp.json())["error"]
+
+    # The device hits again after remediation: the next look reopens the case and names the hit.
+    again = HitEvent.from_match(
+        policy.match_name("long.weixin.qq.com"),
+        action="dns-block",
+        component="dns",
+        version=policy.fingerprint,
+        enforced=True,
+        at=datetime.now(UTC) + timedelta(seconds=2),
+        source_ip="10.1.2.7",
+        dns_question_name="long.weixin.qq.com",
+        dns_question_type="A",
+    )
+    write_events(client.tmp / "ev" / "again.jsonl", [again])
+    assert client.analyst.ingester.poll_once() == 1
+    case = (await _cases(client))[device]
+    assert case["state"] == "open"
+    hit = case["reopened_by"]
+    assert hit["event_id"] == again.id and hit["client"] == "10.1.2.7" and hit["name"] == "long.weixin.qq.com"
+    assert [(a["who"], a["from"], a["to"]) for a in reversed(case["audit"])] == [
+        ("system", None, "open"),
+        ("alice", "open", "acknowledged"),
+        ("bob", "acknowledged", "remediated"),
+        ("system", "remediated", "open"),
+    ]
+    assert case["audit"][0]["hit"]["event_id"] == again.id
+
+    # Append-only: the audit cannot be rewritten, even with direct SQL.
+    conn = sqlite3.connect(client.analyst.store.path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE case_audit SET who = 'mallory'")
+    conn.close()
+
+
+async def test_refusals(client: Any) -> None:
+    device = next(iter(await _cases(client)))
+    assert (await _post(client, device, {"state": "acknowledged"}, {})).status == 401
+    assert (await _post(client, device, {"state": "acknowledged"}, {"Authorization": "Bearer nope"})).status == 401
+    assert (await _post(client, "no-such-device", {"state": "acknowledged"}, ALICE)).status == 404
+    assert (await _post(client, device, {"state": "closed"}, ALICE)).status == 400
+    assert (await _post(client, device, {"state": "remediated", "note": "x" * 2001}, ALICE)).status == 400
+    assert (await _post(client, device, ["acknowledged"], ALICE)).status == 400
+    # CSRF: a form-encoded or text/plain body (what a cross-site form can send without a preflight) is refused, and
+    # so is a request that says it comes from another origin.
+    resp = await client.post(f"/api/cases/{device}", data="state=remediated", headers={**ALICE})
+    assert resp.status == 403 and "application/json" in (await resp.json())["error"]
+    resp = await _post(client, device, {"state": "remediated"}, {**ALICE, "Origin": "http://attacker.example"})
+    assert resp.status == 403
+    resp = await _post(client, device, {"state": "remediated"}, {**ALICE, "Sec-Fetch-Site": "cross-site"})
+    assert resp.status == 403
+    assert (await _cases(client))[device]["state"] == "open"  # nothing above changed it
+    origin = str(client.make_url("")).rstrip("/")
+    resp = await _post(client, device, {"state": "remediated"}, {**PLAIN, "Origin": origin})
+    assert resp.status == 200 and (await resp.json())["updated_by"] == "analyst"  # a plain token line
+
+
+async def test_cases_csv_is_spreadsheet_safe(client: Any) -> None:
+    device = "phone-0007"
+    note = '=HYPERLINK("http://attacker.example","x")'
+    assert (await _post(client, device, {"state": "remediated", "note": note}, BOB)).status == 200
+    resp = await client.get("/api/cases.csv", headers=PLAIN)
+    assert resp.status == 200 and resp.content_type == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(await resp.text())))
+    row = next(r for r in rows if r["device"] == device)
+    assert row["note"] == "'" + note and row["state"] == "remediated" and row["updated_by"] == "bob"
+    assert row["owner"] == "Alice Martin" and row["unit"] == "Finance"
+    assert {r["device"] for r in rows} == set(await _cases(client))
+
+
+def test_token_file_lines() -> None:
+    assert parse_tokens(TOKENS) == {"tok-alice-5e1f9a": "alice", "tok-bob-77c2d0": "bob", "tok-plain-0a9b8c": "analyst"}
+    with pytest.raises(ConfigError, match=r"^tokens:2: analyst name"):
+        parse_tokens("a:b\nbad name:tok\n", source="tokens")
+    with pytest.raises(ConfigError, match=r"^tokens:1: empty token"):
+        parse_tokens("carol:\n", source="tokens")
+    with pytest.raises(ConfigError, match=r"^tokens:2: this token is already given"):
+        parse_tokens("a:same\nb:same\n", source="tokens")
