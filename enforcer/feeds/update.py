@@ -129,8 +129,12 @@ def _stage(paths: Sequence[str | Path], local: Path, data: bytes, tmp: Path) -> 
         folder = p if p.is_dir() else p.parent
         dest = tmp / str(i)
         shutil.copytree(folder, dest, symlinks=False, ignore=_regular_only)
+        (dest / FEEDS_DIR).mkdir(exist_ok=True)
+        # Other URL feeds with no copy yet (a first run) stand in as empty: a warning, not a refusal of this one.
+        for other in find_feeds([p])[0]:
+            if other.local.parent.parent.resolve() == folder.resolve() and not other.local.exists():
+                (dest / FEEDS_DIR / other.local.name).touch()
         if local.parent.parent.resolve() == folder.resolve():
-            (dest / FEEDS_DIR).mkdir(exist_ok=True)
             (dest / FEEDS_DIR / local.name).write_bytes(data)
         staged.append(dest if p.is_dir() else dest / p.name)
         shown[str(dest)] = str(folder)

@@ -188,3 +188,15 @@ def test_the_resolver_picks_up_a_swapped_copy_by_its_usual_reload(
     finally:
         assert proc.stop() == 0, proc.stderr_text()
         up.close()
+
+
+def test_first_run_with_two_new_feeds_fetches_both(tmp_path: Path, server: tuple[FeedServer, Path]) -> None:
+    srv, cert = server
+    srv.set("/w.txt", feed(NAMES))
+    srv.set("/k.txt", feed([f"k{i}.feedtest.example" for i in range(5)]))
+    extra = f'  - include: {{url: "{srv.url("/k.txt")}", refresh: 1d}}\n    category: update\n'
+    folder = blocklist(tmp_path / "bl", srv.url("/w.txt"), extra)
+    code, out = update(folder, cert)
+    assert code == 0 and out.count(": updated: ") == 2, out
+    policy = load_policy(folder)
+    assert policy.match_name("h01.feedtest.example") is not None and policy.match_name("k4.feedtest.example")
