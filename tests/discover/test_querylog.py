@@ -64,3 +64,12 @@ def test_sampling_and_the_bounded_queue(tmp_path: Path) -> None:
     assert full.dropped >= 900 - 100  # the thread may have drained one batch meanwhile
     full.close()
     eventually(lambda: full.written + full.dropped == 1000, timeout=5)
+
+
+def test_bad_sample_rate_is_one_line_error() -> None:
+    from tests.conftest import run_cli
+
+    for value, why in (("2", "must be between 0 and 1"), ("abc", "not a number")):
+        out = run_cli("dns", "--upstream", "127.0.0.1:9", "--query-log", "/nonexistent/q.jsonl",
+                      "--query-log-sample", value)  # fmt: skip
+        assert out.returncode == 1 and out.stderr == f"enforcer dns: --query-log-sample {value!r}: {why}\n"
