@@ -4,9 +4,9 @@
 one ``Runtime`` (policy holder, counters, event writer, per-connection state):
 
 - ``lifecycle.Lifecycle``: options (``enforcer_blocklist``, ``enforcer_events``, ``enforcer_metrics``,
-  ``enforcer_passthrough``), policy loading and watching, the /metrics server, ``done``.
-- ``tunnel.ConnectGate`` (``http_connect``) and ``tunnel.TlsGate`` (``tls_clienthello``): CONNECT and the
-  ClientHello, before any TLS is decrypted.
+  ``enforcer_passthrough``, ``enforcer_blocked_connect``), policy loading and watching, the /metrics server, ``done``.
+- ``tunnel.ConnectGate`` (``http_connect``) and ``tunnel.TlsGate`` (``tls_clienthello``, ``tls_failed_client``):
+  CONNECT and the ClientHello, before any TLS is decrypted; a blocked CONNECT becomes a block-page tunnel.
 - ``server.ServerGate`` (``server_connect``/``server_connected``): the catch-all before any upstream connection is
   opened, in every mode; resolves names itself and pins the address it judged.
 - ``request.RequestJudge`` (``requestheaders``): URL, store and name rules on every host a request names.
