@@ -184,6 +184,15 @@ def test_literal_spellings_never_connect(net: Net, spelling: str) -> None:
     assert not net.plain_local.reached_blocked() and not net.tls_local.reached_blocked()
 
 
+def test_blocked_literal_shows_the_page_over_tls_in_regular_mode(net: Net) -> None:
+    # Regular mode (no upstream proxy): the block-page tunnel completes TLS with a certificate from the proxy's CA
+    # for the SNI, answers the page, and never dials the blocked address.
+    head, page = tunnel_get(net.port, f"1296740613:{net.tls.port}", ca=net.ca, sni="update.example")
+    assert status(head) == 200 and status(page) == 403, (head[:200], page[:300])
+    assert header(page, "X-Enforcer-Rule") == "kaspersky:cidr:77.74.176.0/21" and b"Kaspersky" in page
+    assert not net.plain_local.reached_blocked() and not net.tls_local.reached_blocked()
+
+
 def test_name_resolving_into_a_blocked_range_never_connects(net: Net) -> None:
     out = _get(net, f"http://evil.test:{net.plain.port}/x")
     assert status(out) == 502 and b"blocked by enforcer rule kaspersky:cidr:77.74.176.0/21" in out, out[:300]
