@@ -32,7 +32,7 @@ import yaml
 
 from ..config import default_blocklist
 from ..policy.blocklist import load_policy
-from ..policy.bounded import DEFAULT_LIMITS, Unreadable, read_regular
+from ..policy.bounded import DEFAULT_LIMITS, Unreadable, compose_bounded, read_regular
 from ..policy.feeds import FEEDS_DIR, FeedSpec, parse_feed, parse_spec
 from ..policy.matcher import Policy
 from ..policy.model import PolicyError, Problem
@@ -75,23 +75,31 @@ def _yaml_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def _mapping(node: yaml.Node | None) -> dict[str, yaml.Node]:
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+
+
 def find_feeds(paths: Sequence[str | Path]) -> tuple[list[FeedSpec], list[str]]:
+    """Read as the loader reads (size cap, nesting limit, the node tree: no alias is ever expanded)."""
     specs: list[FeedSpec] = []
     problems: list[str] = []
     for f in _yaml_files(paths):
         try:
-            doc = yaml.safe_load(read_regular(f, DEFAULT_LIMITS.yaml_bytes).decode("utf-8"))
+            root = compose_bounded(read_regular(f, DEFAULT_LIMITS.yaml_bytes).decode("utf-8"))
         except (Unreadable, UnicodeDecodeError, yaml.YAMLError) as exc:
             problems.append(f"{f}: cannot read ({type(exc).__name__}); run enforcer check --blocklist {f}")
             continue
-        rules = doc.get("block") if isinstance(doc, dict) else None
-        for rule in rules if isinstance(rules, list) else []:
-            inc = rule.get("include") if isinstance(rule, dict) else None
-            if isinstance(inc, dict):
+        block = _mapping(root).get("block")
+        for rule in block.value if isinstance(block, yaml.SequenceNode) else []:
+            inc = _mapping(rule).get("include")
+            if isinstance(inc, yaml.MappingNode):
+                values = {k: v.value for k, v in _mapping(inc).items() if isinstance(v, yaml.ScalarNode)}
                 try:
-                    specs.append(parse_spec(inc, f))
+                    specs.append(parse_spec(values, f))
                 except ValueError as exc:
-                    problems.append(f"{f}: {exc}")
+                    problems.append(f"{f}:{inc.start_mark.line + 1}: {exc}")
     return specs, problems
 
 
