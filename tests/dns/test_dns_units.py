@@ -30,7 +30,7 @@ def test_fast_event_json_equals_hitevent(policy) -> None:  # type: ignore[no-unt
             for qname in ('we"ird\\.weixin.qq.com', "a.weixin.qq.com", "é\x01.x"):
                 r = rule if i % 2 else cidr
                 fast_ev = DnsHitEvent(policy, r, "m", "dns-block", i % 3 == 0, i % 3 == 1, addr, qname, 65)
-                fast_ev._lazy = (*fast_ev._lazy[:9], rng.uniform(1.7e9, 1.8e9), fast_ev._lazy[10])
+                fast_ev._lazy = (*fast_ev._lazy[:9], rng.uniform(1.7e9, 1.8e9), *fast_ev._lazy[10:])
                 reference = DnsHitEvent(policy, r, "m", "dns-block", True, False, None, "x", 1)
                 reference._lazy = fast_ev._lazy
                 assert json.loads(fast_ev.to_json()) == reference.to_ecs()  # to_ecs is HitEvent's own
