@@ -216,11 +216,12 @@ class DohServer:
         writer.write(conn.data_to_send())
         streams: dict[int, tuple[dict[str, str], bytearray]] = {}
         tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
 
         def respond(stream_id: int, headers: dict[str, str], body: bytes) -> None:
             result = self.answer(headers.get(":method", ""), headers.get(":path", ""), headers, body, sni_cid, peer)
             if type(result) is tuple:
-                send(stream_id, *result)  # answered now, whatever other streams wait for
+                loop.call_soon(sent, stream_id, *result)  # answered now, whatever other streams wait for
             else:
                 task = asyncio.ensure_future(later(stream_id, result))  # type: ignore[arg-type]
                 tasks.add(task)
@@ -228,6 +229,10 @@ class DohServer:
 
         async def later(stream_id: int, result: Awaitable[tuple[int, bytes]]) -> None:
             send(stream_id, *(await result))
+            writer.write(conn.data_to_send())
+
+        def sent(stream_id: int, status: int, payload: bytes) -> None:
+            send(stream_id, status, payload)
             writer.write(conn.data_to_send())
 
         def send(stream_id: int, status: int, payload: bytes) -> None:

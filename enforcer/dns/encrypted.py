@@ -28,6 +28,7 @@ DoH is enforcer/dns/doh.py and DoQ enforcer/dns/doq.py; the chain they all feed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -212,6 +213,10 @@ async def accept_loop(listening: socket.socket, serve: Callable[[socket.socket, 
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
+            # Answers are small and must leave at once: without this, Nagle holds a TLS record back until the
+            # client's delayed ACK (measured: 12 DoH queries/s at one query in flight instead of hundreds).
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.ensure_future(serve(conn, addr))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

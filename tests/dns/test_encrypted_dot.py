@@ -146,17 +146,17 @@ def test_source_outside_allow_closed_before_tls(tmp_path: Path, upstream: FakeUp
 
 
 def test_per_source_cap_and_handshake_timeout(tmp_path: Path, upstream: FakeUpstream) -> None:
-    r = EncResolver(tmp_path, upstream.address, "--tls-max-per-source", "2", "--tls-handshake-timeout", "0.5")
+    r = EncResolver(tmp_path, upstream.address, "--tls-max-per-source", "2", "--tls-handshake-timeout", "1.5")
     try:
         held = [socket.create_connection(("127.0.0.1", r.dot_port), timeout=5) for _ in range(2)]
         try:
-            eventually(lambda: r.metric("enforcer_dns_encrypted_connections_open", transport="dot") == 2, timeout=5)
+            eventually(lambda: r.metric("enforcer_dns_encrypted_connections_open", transport="dot") == 2, timeout=10)
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
                 dot_query(r.dot_port, "allowed.example", None, None)
             assert r.metric("enforcer_dns_encrypted_connections_total", transport="dot", outcome="source_limit") == 1
             # The two silent connections never start TLS: closed at the handshake timeout, slots given back.
             eventually(lambda: r.metric("enforcer_dns_encrypted_connections_total", transport="dot",
-                                        outcome="handshake_timeout") == 2, timeout=5)  # fmt: skip
+                                        outcome="handshake_timeout") == 2, timeout=10)  # fmt: skip
             assert held[0].recv(1) == b""
         finally:
             for s in held:
