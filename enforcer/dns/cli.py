@@ -269,6 +269,11 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(f"enforcer dns: --workers {args.workers!r}: must be a whole number from 1 to 64", file=sys.stderr)
         return 1
     if workers > 1:
+        if settings.encrypted is not None and settings.encrypted.doq:
+            # SO_REUSEPORT spreads a QUIC connection's datagrams over processes that do not share its state.
+            print("enforcer dns: --doq needs --workers 1 (QUIC connections cannot be shared by processes)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         from .workers import run_workers
 
         return run_workers(settings, workers)
