@@ -68,7 +68,7 @@ def test_discovery_finds_the_removed_wechat_endpoints(loopback_netns: None, tmp_
     })  # fmt: skip
     qlog = tmp_path / "queries.jsonl"
     proc = DnsProcess(tmp_path, "--upstream", up.address, "--blocklist", str(folder), "--query-log", str(qlog),
-                      "--query-log-sample", "1", "--cache-size", "0")  # fmt: skip
+                      "--query-log-sample", "1")  # fmt: skip
     rng = random.Random(17)
     users = [f"127.0.1.{i}" for i in range(1, 7)]
     others = [f"127.0.2.{i}" for i in range(1, 11)]
