@@ -64,7 +64,9 @@ def generate(
 ) -> list[HitEvent]:
     """``n`` events around the effective date (half before, half after), DNS and proxy, IPv4 and IPv6 clients."""
     rnd = random.Random(seed)
-    effective = min(a.effective for a in policy.apps.values())
+    # The ban apps' date: a control app (blocklists/controls.yaml) may be effective from 1970, before which no event
+    # time is valid.
+    effective = min(a.effective for a in policy.apps.values() if getattr(a, "kind", "ban") == "ban")
     start = start or effective - timedelta(days=span_days / 2)
     out: list[HitEvent] = []
     for i in range(n):

@@ -239,14 +239,14 @@ def _hostile_events(policy: Any) -> tuple[list, str]:
 
 def _check_csv(text: str) -> None:
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert all(len(row) == 7 for row in rows), rows  # no value split a row
+    assert all(len(row) == 15 for row in rows), rows  # no value split a row
     assert rows[0][0] == "client"
     cells = [c for row in rows[1:] for c in row]
     assert not [c for c in cells if _dangerous(c)]
     clients = {row[0] for row in rows[1:]}
     assert {"'" + v for v in HOSTILE} <= clients
     assert any(row[1] == '\'=HYPERLINK("http://x","y")' for row in rows[1:])
-    assert any(row[2] == '\'=HYPERLINK("http://x")' for row in rows[1:])
+    assert any(row[7] == '\'=HYPERLINK("http://x")' for row in rows[1:])  # the app column
 
 
 def test_report_cli_csv_is_neutralised(tmp_path: Path, policy) -> None:

@@ -167,7 +167,7 @@ def test_report_huge_line_is_skipped_in_bounded_memory(tmp_path: Path, policy) -
     stderr = err_path.read_text(encoding="utf-8", errors="replace")
     assert proc.returncode == 0, stderr[-2000:]
     doc = json.loads(out_path.read_text(encoding="utf-8"))
-    assert sum(a["attempts"] for a in doc["apps"]) == 200
+    assert sum(a["hits"] for a in doc["apps"]) == 200
     assert "oversize 1" in stderr
     assert peak_mb < 200, f"peak RSS {peak_mb:.0f} MB for a 300 MB line"
 

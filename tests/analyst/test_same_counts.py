@@ -150,7 +150,7 @@ async def test_report_and_analyst_count_the_same_hostile_files(aiohttp_client: A
 
     # The same figures, row by row, and the number this test wrote.
     assert _rows(report) == _rows(api)
-    assert sum(a["attempts"] for a in report["apps"]) == counted == ingested
+    assert sum(a["hits"] for a in report["apps"]) == counted == ingested
     # The same skipped lines by reason, and the same duplicates.
     m = re.search(r"skipped (\d+) line\(s\) \(([^;]*);", stderr)
     assert m, stderr

@@ -107,8 +107,8 @@ def test_report_and_analyst_count_resolver_and_proxy_blocks(tmp_path: Path) -> N
     )  # fmt: skip
     assert report.returncode == 0, report.stderr
     doc = json.loads(report.stdout)
-    assert {a["app"]: a["attempts"] for a in doc["apps"]} == sent
-    assert {(c["client"], c["app"]): (c["attempts"], c["enforced_attempts"]) for c in doc["clients"]} == {
+    assert {a["app"]: a["hits"] for a in doc["apps"]} == sent
+    assert {(c["client"], c["app"]): (c["hits"], c["enforced_hits"]) for c in doc["clients"]} == {
         ("127.0.0.1", app): (n, n) for app, n in sent.items()
     }
 
@@ -123,7 +123,7 @@ def test_report_and_analyst_count_resolver_and_proxy_blocks(tmp_path: Path) -> N
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/api/report", timeout=2) as resp:
                     api: dict[str, Any] = json.loads(resp.read())
-                if sum(a["attempts"] for a in api["apps"]) == sum(sent.values()):
+                if sum(a["hits"] for a in api["apps"]) == sum(sent.values()):
                     return api
             except OSError:
                 pass
