@@ -519,7 +519,10 @@ class Store:
         """``(app, client, device_id, user, kind, ts_us, enforced)`` for the filters, ordered by ``(app, client,
         device_id, user, ts)`` and streamed (the per-device burst count reads them in this order, ``events_ident``)."""
         where, params = filters.where()
-        conn, eff, eff_params = self._enforced(enforcement)
+        conn, _, _ = self._enforced(enforcement)
+        # Both kinds: a ban app's enforced hits are non-compliance, a control app's are the report's bypass attempts
+        # (identity.py tells the sections apart by app), as report.scan_range counts them.
+        eff, eff_params = enforcement.sql(kind=None)
         sql = (
             f"SELECT app, client, device_id, user, kind, ts, {eff} FROM events WHERE {where}"
             " ORDER BY app, client, device_id, user, ts"
