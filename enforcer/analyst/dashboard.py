@@ -49,7 +49,8 @@ def identity_tallies(f: Filters, analyst: Analyst) -> Tallies:
     """Blocking: every event of the filters, identified, as per-device tallies."""
     ident = analyst_identity(analyst)
     ident.refresh()  # the lease files followed as they change (a stat per file when none did); off the loop here
-    return tally_store_rows(analyst.store.identity_rows(f, analyst.enforcement), ident.identifier())
+    eff = analyst.enforcement
+    return tally_store_rows(analyst.store.identity_rows(f, eff), ident.identifier(), eff.controls)
 
 
 def report_document(analyst: Analyst, f: Filters, since: str | None, until: str | None) -> dict[str, Any]:

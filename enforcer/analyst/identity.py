@@ -226,12 +226,15 @@ def report_rows(tallies: Tallies, window_us: int) -> tuple[list[dict[str, Any]],
     return out[CLIENTS], out[BYPASS]
 
 
-def tally_store_rows(rows: Iterable[tuple[Any, ...]], identifier: Identifier) -> Tallies:
-    """Tallies from the store's ``(app, client, device_id, user, kind, ts_us, enforced)`` rows."""
+def tally_store_rows(
+    rows: Iterable[tuple[Any, ...]], identifier: Identifier, controls: frozenset[str] = frozenset()
+) -> Tallies:
+    """Tallies from the store's ``(app, client, device_id, user, kind, ts_us, enforced)`` rows; ``controls``: the
+    policy's control apps (bypass attempts whatever their stored ``labels.kind``, as ``report.scan_range`` counts)."""
     tallies: Tallies = {}
     for app, client, device_id, user, kind, ts_us, enforced in rows:
         ident = identifier.identify(client, ts_us, device_id, user)
-        add_hit(tallies, ident, app, client, user, ts_us, bool(enforced), kind)
+        add_hit(tallies, ident, app, client, user, ts_us, bool(enforced), CONTROL_KIND if app in controls else kind)
     return tallies
 
 

@@ -225,20 +225,12 @@ def _count(
     stats.events += 1
     eff = select.enforcement
     ts_us = parsed.ts_us
-    if app in _controls(eff):
-        enforced = eff.enforced_attempt(rec.denied, app, rec.client, ts_us, kind="control")
-        kind = CONTROL_KIND
-    else:
-        enforced = eff.enforced_attempt(rec.denied, app, rec.client, ts_us)
-        kind = rec.kind
+    # kind=None: a ban app's enforced hits are non-compliance, a control app's are bypass attempts (their own
+    # section: identity.add_hit); Store.identity_rows renders the same rule.
+    enforced = eff.enforced_attempt(rec.denied, app, rec.client, ts_us, kind=None)
+    kind = CONTROL_KIND if app in eff.controls else rec.kind
     ident = identifier.identify(rec.client, ts_us, rec.device_id, rec.user)
     add_hit(tallies, ident, app, rec.client, rec.user, ts_us, enforced, kind)
-
-
-def _controls(enforcement: Enforcement) -> frozenset[str]:
-    """The policy's control apps (bypass controls: never non-compliance)."""
-    controls: frozenset[str] = getattr(enforcement, "controls", frozenset())
-    return controls
 
 
 def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | None]]:
