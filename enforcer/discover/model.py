@@ -61,9 +61,10 @@ def discover(
 
     # Only the hits a detector reads are kept: the blocked queries matter only beside a query log (co-occurrence).
     keep_blocked = bool(query_logs)
+    needles = () if keep_blocked else (DISCOVERY_DATASET.encode(), b'server_name"')  # also flat dotted keys
     hits = [
         h
-        for h in read_hits(events, since)
+        for h in read_hits(events, since, needles)
         if h.dataset == DISCOVERY_DATASET or h.sni or (keep_blocked and h.action in BLOCK_ACTIONS)
     ]
     queries = list(read_queries(query_logs, since))
