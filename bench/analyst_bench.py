@@ -66,7 +66,8 @@ def generate(path: Path, n: int, clients: int, seed: int = 1) -> float:
     url_matches = [(u, policy.match_url(u)) for u in urls]
     pool = [f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(clients * 4 // 5)]
     pool += [f"2001:db8:{i // 65536:x}:{i % 65536:x}::1" for i in range(clients - len(pool))]
-    effective = min(a.effective for a in policy.apps.values())
+    # The banned apps' date (a kind: control file has none: enforced since 1970, which would put events before it).
+    effective = min(policy.apps[a].effective for a in policy.ban_apps)
     start = effective - timedelta(days=10)
     step = 40 * 86400 / n
     t0 = time.perf_counter()
