@@ -61,7 +61,8 @@ def run_single(settings: DnsSettings, started: Callable[[Resolver], None] | None
                 print(str(problem), file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"enforcer dns: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        where = f" on {exc.filename} (udp+tcp)" if exc.filename else ""
+        print(f"enforcer dns: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     logging.getLogger("enforcer.dns").info("stopped")
     return 0

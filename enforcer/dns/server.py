@@ -66,7 +66,10 @@ def bind_sockets(host: str, port: int, reuse_port: bool = False) -> tuple[socket
             return _bind_pair(host, port, reuse_port)
         except OSError as exc:
             if port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
-                raise
+                # The address in the error (``filename``): "cannot listen" alone does not say which one.
+                raise OSError(
+                    exc.errno, exc.strerror, f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+                ) from exc
     raise AssertionError("unreachable")
 
 

@@ -106,3 +106,16 @@ def test_a_port_held_elsewhere_is_named_with_its_protocol_and_component(tmp_path
             f"enforcer serve: cannot listen on 127.0.0.1:{ports['proxy_metrics']}/tcp (proxy): Address already in use"
         ], out
         assert not (tmp_path / "var").exists(), "serve created its data directory before refusing to start"
+
+
+def test_a_standalone_resolver_names_the_busy_address(tmp_path: Path) -> None:
+    with loopback_only_netns(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "enforcer", "dns", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if "enforcer dns:" in line]
+    assert errors == [f"enforcer dns: cannot listen on 127.0.0.1:{port} (udp+tcp): Address already in use"], run.stderr
