@@ -4,7 +4,8 @@
 ``status`` 200 with the body and the new validators, or 304 (not modified, no body). Raises ``FetchError`` with a
 one-line reason for everything else: a status other than 200/304, a connection or TLS failure (certificates are
 always verified; ``cafile`` adds a private CA), the total timeout, a body over ``max_bytes`` (the read stops there),
-or a download cut short (fewer bytes than Content-Length, or a broken chunked body): a partial feed is never used.
+a download cut short (fewer bytes than Content-Length, a broken chunked or compressed body), or a redirect from
+https to plain http: a partial or downgraded feed is never used. The size cap applies to the decompressed body.
 """
 
 from __future__ import annotations
@@ -63,23 +64,7 @@ async def fetch(
             aiohttp.ClientSession(timeout=limits, trust_env=False) as session,
             session.get(url, headers=headers, ssl=ctx, allow_redirects=True, max_redirects=3) as resp,
         ):
-            if resp.status == 304:
-                return Fetched(304, b"", etag, last_modified)
-            if resp.status != 200:
-                raise FetchError(f"HTTP {resp.status} {resp.reason or ''}".strip())
-            declared = resp.content_length
-            if declared is not None and declared > max_bytes:
-                raise FetchError(f"feed too large: {declared} bytes (the limit is {max_bytes})")
-            chunks: list[bytes] = []
-            total = 0
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise FetchError(f"feed too large: over {max_bytes} bytes")
-                chunks.append(chunk)
-            if declared is not None and total != declared:
-                raise FetchError(f"download cut short: {total} of {declared} bytes")
-            return Fetched(200, b"".join(chunks), resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+            return await _answer(url, resp, max_bytes, etag, last_modified)
     except FetchError:
         raise
     except TimeoutError:
@@ -90,3 +75,29 @@ async def fetch(
         raise FetchError(f"TLS certificate not trusted: {exc.certificate_error}") from None
     except (aiohttp.ClientError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}") from None
+
+
+async def _answer(
+    url: str, resp: aiohttp.ClientResponse, max_bytes: int, etag: str | None, last_modified: str | None
+) -> Fetched:
+    if url.startswith("https://") and resp.url.scheme != "https":
+        raise FetchError(f"redirected from https to {resp.url.scheme}: refused")
+    if resp.status == 304:
+        return Fetched(304, b"", etag, last_modified)
+    if resp.status != 200:
+        raise FetchError(f"HTTP {resp.status} {resp.reason or ''}".strip())
+    # With a Content-Encoding, Content-Length counts the compressed bytes while the body is read decompressed
+    # (aiohttp): the cap then applies to what is read, and a cut compressed stream raises ClientPayloadError.
+    declared = None if resp.headers.get("Content-Encoding") else resp.content_length
+    if declared is not None and declared > max_bytes:
+        raise FetchError(f"feed too large: {declared} bytes (the limit is {max_bytes})")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        total += len(chunk)
+        if total > max_bytes:
+            raise FetchError(f"feed too large: over {max_bytes} bytes")
+        chunks.append(chunk)
+    if declared is not None and total != declared:
+        raise FetchError(f"download cut short: {total} of {declared} bytes")
+    return Fetched(200, b"".join(chunks), resp.headers.get("ETag"), resp.headers.get("Last-Modified"))

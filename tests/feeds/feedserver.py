@@ -9,6 +9,7 @@ answers declare twice the length and close after the first half; ``.requests`` r
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import ssl
 import threading
@@ -40,6 +41,7 @@ class FeedServer:
         self.cert, self.key = cert, key
         self.bodies: dict[str, bytes] = {}
         self.truncated: set[str] = set()
+        self.gzipped: set[str] = set()  # served with Content-Encoding: gzip
         self.requests: list[tuple[str, str | None]] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -73,6 +75,9 @@ class FeedServer:
             assert request.transport is not None
             request.transport.close()  # the connection drops mid-body
             return resp
+        if path in self.gzipped:
+            headers = {"ETag": etag, "Content-Type": "text/plain", "Content-Encoding": "gzip"}
+            return web.Response(body=gzip.compress(body), headers=headers)
         return web.Response(body=body, headers={"ETag": etag, "Content-Type": "text/plain"})
 
     async def _start(self) -> None:

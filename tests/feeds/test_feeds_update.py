@@ -200,3 +200,17 @@ def test_first_run_with_two_new_feeds_fetches_both(tmp_path: Path, server: tuple
     assert code == 0 and out.count(": updated: ") == 2, out
     policy = load_policy(folder)
     assert policy.match_name("h01.feedtest.example") is not None and policy.match_name("k4.feedtest.example")
+
+
+def test_compressed_feed_and_the_size_cap(tmp_path: Path, server: tuple[FeedServer, Path]) -> None:
+    srv, cert = server
+    srv.set("/w.txt", feed(NAMES))
+    srv.gzipped.add("/w.txt")  # Content-Length counts compressed bytes; the body is read decompressed
+    folder = blocklist(tmp_path / "bl", srv.url("/w.txt"))
+    local = local_copy(folder, srv.url("/w.txt"))
+    code, out = update(folder, cert, "--max-bytes", "100")
+    assert code == 1 and "failed: feed too large: over 100 bytes" in out, out
+    assert not local.exists()
+    code, out = update(folder, cert)
+    assert code == 0 and "updated: +20 -0 names" in out, out
+    assert local.read_bytes() == feed(NAMES)
