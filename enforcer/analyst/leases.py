@@ -433,13 +433,15 @@ class LeaseFiles:
         if not changed:
             return 0
         book = self.book.copy() if len(self.book) else LeaseBook(self.book.max_leases)
-        read = 0
+        read, ok = 0, False
         for path in changed:
             try:
                 read += self._refresh_one(path, book)
+                ok = True
             except OSError as exc:
                 self._problem(f"{path}:1: cannot read lease file: {exc.strerror or exc}")
-        self.book = book
+        if ok:
+            self.book = book
         return read
 
     def _changed(self, path: str) -> bool:
