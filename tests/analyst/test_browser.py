@@ -35,6 +35,20 @@ def _get(url: str, token: str | None = None) -> Any:
         return json.loads(resp.read())
 
 
+def _fnv1a(text: str) -> int:
+    h = 0x811C9DC5
+    for ch in text:
+        h = ((h ^ ord(ch)) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def _artefacts(tmp_path: Path) -> Path:
+    """Where screenshots are kept: $ENFORCER_ARTEFACTS, else the test's tmp dir (printed either way)."""
+    out = Path(os.environ.get("ENFORCER_ARTEFACTS") or tmp_path / "artefacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 @pytest.fixture
 def dataset(tmp_path: Path, policy) -> tuple[list[HitEvent], Path]:
     events = generate(policy, 900, seed=31, start=NOW - timedelta(days=14), span_days=13)
@@ -50,7 +64,19 @@ def dataset(tmp_path: Path, policy) -> tuple[list[HitEvent], Path]:
         dns_question_name=HOSTILE,
         dns_question_type="A",
     )
-    events = [e for e in events if e.dns_question_name != HOSTILE] + [hostile]
+    # A CONNECT to a host name blocked by the proxy: no destination.ip, the host is url.domain (shown with its port).
+    connect = HitEvent.from_match(
+        policy.match_name("long.weixin.qq.com"),
+        action="connect-block",
+        component="proxy",
+        version=policy.fingerprint,
+        enforced=True,
+        at=NOW - timedelta(minutes=30),
+        source_ip="10.1.2.7",
+        url_domain="long.weixin.qq.com",
+        destination_port=443,
+    )
+    events = [e for e in events if e.dns_question_name != HOSTILE] + [hostile, connect]
     write_events(tmp_path / "events" / "dns.jsonl", [e for e in events if e.component == "dns"])
     write_events(tmp_path / "events" / "proxy.jsonl", [e for e in events if e.component == "proxy"])
     return events, tmp_path / "events"
@@ -158,18 +184,27 @@ def test_dashboard_in_chromium(
 
     # Chart: one series per app; each series has one point per time bucket, and the points add up to the app's
     # attempts.
-    series = browser.find_elements(By.CSS_SELECTOR, "#chart g.series")
-    assert sorted(g.get_attribute("data-app") for g in series) == ["kaspersky", "wechat"]
+    # Read in one script call: a thousand points read one WebDriver call each outlast the page's 30 s self-refresh,
+    # which redraws the chart.
+    series = browser.execute_script(
+        "return [...document.querySelectorAll('#chart g.series')].map(g => ({app: g.dataset.app,"
+        " colour: g.dataset.colour, lines: g.querySelectorAll('polyline').length,"
+        " points: [...g.querySelectorAll('circle.point')].map(p => [p.getAttribute('data-bucket'),"
+        " Number(p.getAttribute('data-count'))])}))"
+    )
+    assert sorted(g["app"] for g in series) == sorted({e.app for e in events})
     for g in series:
-        app = g.get_attribute("data-app")
-        points = g.find_elements(By.CSS_SELECTOR, "circle.point")
-        assert len(g.find_elements(By.TAG_NAME, "polyline")) == 1
-        stamps = [datetime.fromisoformat(p.get_attribute("data-bucket")) for p in points]
+        app, points = g["app"], g["points"]
+        assert g["lines"] == 1
+        stamps = [datetime.fromisoformat(b) for b, _ in points]
         bucket = (stamps[1] - stamps[0]).total_seconds()
         first = min(e.timestamp for e in events).timestamp() // bucket
         last = max(e.timestamp for e in events).timestamp() // bucket
-        assert len(points) == last - first + 1 <= 60
-        assert sum(int(p.get_attribute("data-count")) for p in points) == sum(1 for e in events if e.app == app)
+        # Two years of data: per-day buckets (long windows are per hour or per day, never coarser).
+        assert bucket == 86400 and len(points) == last - first + 1
+        assert sum(n for _, n in points) == sum(1 for e in events if e.app == app)
+        # The colour follows the app's name (FNV-1a), not its position among the series.
+        assert g["colour"] == f"c{_fnv1a(app) % 12}"
 
     # Non-compliant table: exactly the (client, app) pairs with enforced attempts, with their devices.
     want = {k: v for k, v in expected_report(policy, events).items() if v["enforced_attempts"]}
@@ -187,7 +222,8 @@ def test_dashboard_in_chromium(
         tr.find_elements(By.TAG_NAME, "td")[0].text: [td.text for td in tr.find_elements(By.TAG_NAME, "td")[1:]]
         for tr in browser.find_elements(By.CSS_SELECTOR, "#windows tbody tr")
     }
-    assert windows["wechat"][:2] == ["0", "1"] and windows["kaspersky"][:2] == ["0", "0"]
+    # (the CONNECT block, 30 min ago, is the same client: one client in the last hour too).
+    assert windows["wechat"][:2] == ["1", "1"] and windows["kaspersky"][:2] == ["0", "0"]
     assert int(windows["wechat"][2]) >= 1
 
     browser.save_screenshot(str(tmp_path / "dashboard-top.png"))
@@ -206,6 +242,7 @@ def test_dashboard_in_chromium(
     assert browser.find_elements(By.TAG_NAME, "img") == []
     drill_rows = browser.find_elements(By.CSS_SELECTOR, "#drill-events tbody tr")
     assert len(drill_rows) == min(50, sum(1 for e in events if e.source_ip == "10.1.2.7"))
+    assert "long.weixin.qq.com:443" in cells  # the CONNECT block shows its host, not "-"
 
     shot = tmp_path / "dashboard.png"
     browser.save_screenshot(str(shot))
@@ -222,3 +259,79 @@ def test_dashboard_in_chromium(
         for tr in browser.find_elements(By.CSS_SELECTOR, "#noncompliant tbody tr")
     }
     assert apps == {"kaspersky"}
+
+
+def test_cases_and_french_in_chromium(
+    analyst: str, browser: Any, dataset: tuple[list[HitEvent], Path], policy, tmp_path: Path
+):
+    """The cases panel (acknowledge with a note from the page), the search box, the switch to French; screenshots
+    of the dashboard in English and French kept as artefacts."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    events, _ = dataset
+    # A row read while the page redraws it (after an action) is read again.
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    browser.get(analyst + "/?lang=en")
+    wait.until(ec.visibility_of_element_located((By.ID, "login-form")))
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login-submit").click()
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+    assert "every event is kept" in browser.find_element(By.ID, "retention").text
+
+    # One case per non-compliant device (inventory device, else the address), all open.
+    want = {
+        expected_device(client) or client
+        for (client, _), row in expected_report(policy, events).items()
+        if row["enforced_hits"] and client
+    }
+    rows = browser.find_elements(By.CSS_SELECTOR, "#cases tbody tr")
+    assert {tr.get_attribute("data-device") for tr in rows} == want
+    assert {tr.get_attribute("data-state") for tr in rows} == {"open"}
+
+    # Acknowledge phone-0007 with a note, from the page.
+    row = browser.find_element(By.CSS_SELECTOR, '#cases tbody tr[data-device="phone-0007"]')
+    row.find_element(By.CSS_SELECTOR, "input.note").send_keys("owner called")
+    row.find_element(By.CSS_SELECTOR, 'button[data-target="acknowledged"]').click()
+    wait.until(
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, '#cases tbody tr[data-device="phone-0007"]').get_attribute("data-state")
+            == "acknowledged"
+        )
+    )
+    case = next(c for c in _get(analyst + "/api/cases", TOKEN)["cases"] if c["device"] == "phone-0007")
+    assert (case["state"], case["note"], case["updated_by"]) == ("acknowledged", "owner called", "analyst")
+
+    shots = _artefacts(tmp_path)
+    en = shots / "dashboard-en.png"
+    browser.save_screenshot(str(en))
+
+    # The search box: a device name narrows the non-compliant table to that device's clients.
+    browser.find_element(By.ID, "f-q").send_keys("phone-0007")
+    browser.find_element(By.ID, "apply").click()
+    wait.until(
+        lambda d: (
+            d.execute_script(
+                "return [...new Set([...document.querySelectorAll('#noncompliant tbody tr')].map(tr => tr.dataset.client))]"
+            )
+            == ["10.1.2.7"]
+        )
+    )
+    browser.find_element(By.ID, "f-q").clear()
+
+    # The switch: the same page in French, the token kept for the tab.
+    browser.find_element(By.ID, "lang-switch").click()
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "fr")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Examen de la conformité"
+    assert browser.find_element(By.ID, "lang-switch").text == "English"
+    state = browser.find_element(By.CSS_SELECTOR, '#cases tbody tr[data-device="phone-0007"] td.state').text
+    assert state == "pris en charge"
+    assert "tous les événements sont gardés" in browser.find_element(By.ID, "retention").text
+    fr = shots / "dashboard-fr.png"
+    browser.save_screenshot(str(fr))
+    assert en.stat().st_size > 10_000 and fr.stat().st_size > 10_000
+    print(f"screenshots: {en} {fr}")

@@ -13,6 +13,8 @@
   const $ = (id) => document.getElementById(id);
   let drill = null; // {client, app, next}
   let loading = false;
+  let again = false;
+  let lastKey = null; // what the page shows, to skip a self-refresh that would change nothing
   let T = {};
   const LANG = document.documentElement.lang || "en";
 
@@ -403,15 +405,33 @@
     }
   }
 
-  async function load() {
-    if (loading) return;
+  // auto: a self-refresh. It leaves the page as it is when nothing changed (rows, open drill-down, a half-typed
+  // note keep their place) and waits while the analyst is typing in the page.
+  async function load(auto) {
+    if (loading) {
+      if (!auto) again = true; // an analyst's action while a refresh runs: load once more after it
+      return;
+    }
+    const focus = document.activeElement;
+    if (auto && focus && focus.tagName === "INPUT" && $("main").contains(focus)) return;
     loading = true;
-    try { await loadNow(); } finally { loading = false; }
+    try { await loadNow(auto); } finally { loading = false; }
+    if (again) {
+      again = false;
+      await load(false);
+    }
   }
 
-  async function loadNow() {
-    status(t("loading"));
+  async function loadNow(auto) {
+    if (!auto) status(t("loading"));
     const data = await (await api("/api/dashboard", filterParams())).json();
+    const cases = (await (await api("/api/cases")).json()).cases;
+    const key = JSON.stringify([{ ...data, generated_at: null }, cases]);
+    if (auto && key === lastKey) {
+      status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.ingested }));
+      return;
+    }
+    lastKey = key;
     $("login").hidden = true;
     $("main").hidden = false;
     $("logout").hidden = !token();
@@ -425,7 +445,7 @@
     renderWindows(data.windows);
     renderRetention(data.retention_seconds);
     renderPolicy(data.policy || []);
-    renderCases((await (await api("/api/cases")).json()).cases);
+    renderCases(cases);
     try {
       renderCandidates(await (await api("/api/candidates")).json());
     } catch (e) {
@@ -477,10 +497,10 @@
     $("drill-more").addEventListener("click", () => loadDrill(true).catch(handleError));
     // Self-refresh while open: one request at a time, none while the tab is hidden or the login form shows.
     setInterval(() => {
-      if (!document.hidden && !$("main").hidden) load().catch(handleError);
+      if (!document.hidden && !$("main").hidden) load(true).catch(handleError);
     }, REFRESH_MS);
     document.addEventListener("visibilitychange", () => {
-      if (!document.hidden && !$("main").hidden) load().catch(handleError);
+      if (!document.hidden && !$("main").hidden) load(true).catch(handleError);
     });
     load().catch(handleError);
   });
