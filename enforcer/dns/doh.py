@@ -116,6 +116,62 @@ def _skip_name(data: bytes, pos: int) -> int:
         pos += n + 1
 
 
+class _H2Answers:
+    """The answers of one HTTP/2 connection: a stream answered at once is queued, a forwarded one waits in its own
+    task; the answers ready in one loop turn leave together from the next turn (``flush``), never from inside the
+    frame loop (dnsperf's HTTP/2 client stalled when answers were sent from there)."""
+
+    def __init__(self, server: DohServer, conn: Any, writer: asyncio.StreamWriter, sni_cid: str | None, peer: Any):
+        self.server = server
+        self.conn = conn
+        self.writer = writer
+        self.sni_cid = sni_cid
+        self.peer = peer
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ready: list[tuple[int, int, bytes]] = []
+        self.loop = asyncio.get_running_loop()
+
+    def respond(self, stream_id: int, headers: dict[str, str], body: bytes) -> None:
+        result = self.server.answer(
+            headers.get(":method", ""), headers.get(":path", ""), headers, body, self.sni_cid, self.peer
+        )
+        if type(result) is tuple:
+            self.queue(stream_id, *result)  # answered now, whatever other streams wait for
+        else:
+            task = asyncio.ensure_future(self.later(stream_id, result))  # type: ignore[arg-type]
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def later(self, stream_id: int, result: Awaitable[tuple[int, bytes]]) -> None:
+        self.queue(stream_id, *(await result))
+
+    def queue(self, stream_id: int, status: int, payload: bytes) -> None:
+        if not self.ready:
+            self.loop.call_soon(self.flush)
+        self.ready.append((stream_id, status, payload))
+
+    def flush(self) -> None:
+        conn = self.conn
+        for stream_id, status, payload in self.ready:
+            out = [(":status", str(status)), ("content-length", str(len(payload)))]
+            if status == 200:
+                out += [("content-type", CONTENT_TYPE), ("cache-control", f"max-age={min_ttl(payload)}")]
+            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):  # the client reset the stream
+                conn.send_headers(stream_id, out, end_stream=not payload)
+                if payload:
+                    conn.send_data(stream_id, payload, end_stream=True)
+            # One TLS record per answer (the loop's transport may still send several in one syscall): dnsperf's
+            # DoH client handles one answer per record and stalled when a record carried several.
+            data = conn.data_to_send()
+            if data and not self.writer.transport.is_closing():
+                self.writer.write(data)
+        self.ready.clear()
+
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+
 class DohServer:
     """DoH on one address; ``serve`` takes one accepted connection (enforcer/dns/encrypted.py ``accept_loop``)."""
 
@@ -215,35 +271,8 @@ class DohServer:
         conn.initiate_connection()
         writer.write(conn.data_to_send())
         streams: dict[int, tuple[dict[str, str], bytearray]] = {}
-        tasks: set[asyncio.Task[None]] = set()
-        loop = asyncio.get_running_loop()
-
-        def respond(stream_id: int, headers: dict[str, str], body: bytes) -> None:
-            result = self.answer(headers.get(":method", ""), headers.get(":path", ""), headers, body, sni_cid, peer)
-            if type(result) is tuple:
-                loop.call_soon(sent, stream_id, *result)  # answered now, whatever other streams wait for
-            else:
-                task = asyncio.ensure_future(later(stream_id, result))  # type: ignore[arg-type]
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-        async def later(stream_id: int, result: Awaitable[tuple[int, bytes]]) -> None:
-            send(stream_id, *(await result))
-            writer.write(conn.data_to_send())
-
-        def sent(stream_id: int, status: int, payload: bytes) -> None:
-            send(stream_id, status, payload)
-            writer.write(conn.data_to_send())
-
-        def send(stream_id: int, status: int, payload: bytes) -> None:
-            out = [(":status", str(status)), ("content-length", str(len(payload)))]
-            if status == 200:
-                out += [("content-type", CONTENT_TYPE), ("cache-control", f"max-age={min_ttl(payload)}")]
-            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-                conn.send_headers(stream_id, out, end_stream=not payload)
-                if payload:
-                    conn.send_data(stream_id, payload, end_stream=True)
-
+        out = _H2Answers(self, conn, writer, sni_cid, peer)
+        respond = out.respond
         try:
             while True:
                 data = await self._read(reader)
@@ -264,8 +293,7 @@ class DohServer:
                 writer.write(conn.data_to_send())
                 await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
         finally:
-            for task in list(tasks):
-                task.cancel()
+            out.cancel()
 
     def _h2_events(
         self,
