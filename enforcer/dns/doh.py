@@ -260,7 +260,15 @@ class DohServer:
     async def _serve_h2(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sni_cid: str | None, peer: Any
     ) -> None:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        # Our own response headers are fixed and valid: h2's outbound checks only cost time. Inbound headers are
+        # still validated (a malformed request is a protocol error, counted as bad_request).
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding="utf-8",
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config)
         conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
