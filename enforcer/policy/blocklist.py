@@ -15,7 +15,6 @@ loader read (and echo) a foreign file.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ import yaml
 from . import lint
 from .bounded import DEFAULT_LIMITS, Limits, MiB, Unreadable, compose_bounded, node_pos, read_regular
 from .build import ParsedFile, PolicyBuilder
-from .feeds import parse_feed, url_include
+from .feeds import feed_names_text, url_include
 from .matcher import Policy
 from .model import (
     APP_KINDS,
@@ -44,6 +43,7 @@ from .model import (
     TextField,
     primary_tag,
 )
+from .nameindex import names_digest
 from .names import InvalidName, normalize_name
 from .nodes import NodeReader
 from .urlrules import STORES, InvalidPattern, check_store_id, compile_store_rule, compile_url_rule
@@ -516,7 +516,7 @@ class _FileParser(NodeReader):
         parsed.rules.append((rule, (compile_store_rule(rule, stores), node)))
 
     # -- include feeds ----------------------------------------------------------------------------------------------
-    def read_feed(self, raw: str, node: yaml.Node) -> tuple[list[str] | None, str]:
+    def read_feed(self, raw: str, node: yaml.Node) -> tuple[str | None, str]:
         feed = (self.path.parent / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
         shown = str(self.path.parent / raw) if not Path(raw).is_absolute() else raw
         folder = self.path.parent.resolve()
@@ -535,10 +535,11 @@ class _FileParser(NodeReader):
         except UnicodeDecodeError as exc:
             self.error(node, f"include file {raw!r} is not UTF-8: {exc.reason}")
             return None, ""
-        names = parse_feed(text, shown, self.problems)
+        del data  # a large feed: one copy alive at a time (nameindex.py keeps the names as one string)
+        names = feed_names_text(text, shown, self.problems)
         if names is None:
             self.ok = False
             return None, ""
         if not names:
             self.warn(node, f"include file {raw!r} has no domains")
-        return names, hashlib.sha256("\n".join(names).encode()).hexdigest()
+        return names, names_digest(names)

@@ -1,7 +1,8 @@
 """Parsed blocklist files -> one ``Policy``.
 
 - ``ParsedFile``: what the parser (``blocklist.py``) made of one file: its ``AppPolicy``, its rules with their payload
-  (compiled url patterns, a CIDR) and YAML node, its include feeds' names.
+  (compiled url patterns, a CIDR) and YAML node, its include feeds' names (one string per feed, a name per line:
+  ``nameindex.py``).
 - ``PolicyBuilder``: ``add_file`` per file (duplicate app ids and rule ids are errors, the same rule twice a warning),
   then ``build``: name/host tables (allow wins at equal specificity), url index, CIDRs, shadowed and over-broad rule
   warnings (``lint``), and the fingerprint over sorted rule lines (reordering a file does not change it; an app's
@@ -18,6 +19,7 @@ from . import lint
 from .bounded import node_pos
 from .matcher import Policy
 from .model import AppPolicy, IPNetwork, Problem, Rule
+from .nameindex import NameIndex
 from .names import parents
 from .urlrules import UrlIndex, UrlPattern
 
@@ -26,7 +28,7 @@ from .urlrules import UrlIndex, UrlPattern
 class ParsedFile:
     app: AppPolicy
     rules: list[tuple[Rule, Any]] = field(default_factory=list)  # (rule, payload)
-    feeds: list[tuple[Rule, list[str], str]] = field(default_factory=list)  # include rule, names, feed digest
+    feeds: list[tuple[Rule, str, str]] = field(default_factory=list)  # include rule, names text, feed digest
     app_pos: tuple[int, int] = (1, 1)
 
 
@@ -39,7 +41,8 @@ class PolicyBuilder:
         self.app_pos: dict[str, str] = {}
         self.rules: list[Rule] = []
         self.hosts: dict[str, Rule] = {}
-        self.domains: dict[str, Rule] = {}
+        self.domains: dict[str, Rule] = {}  # domain rules (and, at a name a feed lists too, the winner)
+        self.feed_names = NameIndex()  # include feeds' names: the first feed to list a name keeps it
         self.patterns: list[UrlPattern] = []
         self.cidrs: list[tuple[IPNetwork, Rule]] = []
         self.counts: dict[tuple[str, str], int] = {}
@@ -92,7 +95,7 @@ class PolicyBuilder:
             self.problems.append(Problem(path, line, col, f"duplicate rule id '{rule.id}' (first at {prior.source})"))
         return False
 
-    def index(self, rule: Rule, payload: Any, feeds: dict[int, tuple[list[str], str]]) -> None:
+    def index(self, rule: Rule, payload: Any, feeds: dict[int, tuple[str, str]]) -> None:
         """Put an admitted rule in its table and count it (an include: its names)."""
         self.rules.append(rule)
         dns_action = f"\0{rule.dns_action}" if rule.dns_action is not None else ""
@@ -107,7 +110,7 @@ class PolicyBuilder:
             names, digest = feeds[id(rule)]
             self.digest_lines.append(f"feed\0{rule.id}\0{digest}")
             self.add_feed(names, rule)
-            n = len(names)
+            n = names.count("\n")
         elif rule.kind == "cidr":
             self.cidrs.append((payload, rule))
         else:  # url, store
@@ -116,6 +119,8 @@ class PolicyBuilder:
 
     def add_name(self, table: dict[str, Rule], name: str, rule: Rule) -> None:
         old = table.get(name)
+        if old is None and table is self.domains:
+            old = self.feed_names.get(name)
         if old is None:
             table[name] = rule
             return
@@ -125,14 +130,11 @@ class PolicyBuilder:
         # Same name, opposite actions: equal specificity, so allow wins.
         table[name] = rule if rule.action == "allow" else old
 
-    def add_feed(self, names: list[str], rule: Rule) -> None:
-        domains = self.domains
-        dupes = 0
-        for name in names:
-            if name in domains:
-                dupes += 1
-                continue
-            domains[name] = rule
+    def add_feed(self, names: str, rule: Rule) -> None:
+        dupes = self.feed_names.add(names, rule)
+        # A name a domain rule already listed: that rule decides it (the table keeps it, and lookups ask the domain
+        # rules first), so this feed's listing counts as a repeat.
+        dupes += sum(1 for name in self.domains if self.feed_names.get(name) is rule)
         if dupes:
             self.warn_at(rule, f"{dupes} name(s) of include {rule.value} are listed more than once")
 
@@ -149,6 +151,8 @@ class PolicyBuilder:
                 covering = None
                 for suffix in parents(name)[0 if is_host else 1 :]:
                     cand = self.domains.get(suffix)
+                    if cand is None:
+                        cand = self.feed_names.get(suffix)
                     if cand is not None and cand is not rule:
                         covering = cand
                         break
@@ -210,4 +214,5 @@ class PolicyBuilder:
             counts=self.counts,
             warnings=warnings,
             files=files,
+            feeds=self.feed_names,
         )

@@ -4,6 +4,8 @@
   localhost names skipped); ``#`` comments and blank lines ignored. Errors (at most ``MAX_FEED_ERRORS`` shown, then a
   count) and the over-broad warnings (a public suffix listed as a name, ``lint.public_feed_names``) go to
   ``problems`` at ``shown:LINE:COL``. Returns the names, or None when a line was bad (the include is refused whole).
+- ``feed_names_text(text, shown, problems)``: the same names as one string, each followed by a newline, without a
+  ``str`` per name (the loader's form: a 1,000,000-name feed stays one string; ``nameindex.py``).
 
 URL feeds (``include: {url: ..., sha256: ...}`` pinned, ``include: {url: ..., refresh: 6h, max_change: 10%}``
 followed; issue 17): the loader never fetches. It reads the LOCAL copy that ``enforcer feeds update`` keeps next to
@@ -38,7 +40,8 @@ import yaml
 from . import lint
 from .bounded import Unreadable, read_regular
 from .model import Problem
-from .names import _ASCII_NAME_RE, MAX_NAME, InvalidName, normalize_name
+from .nameindex import text_spans
+from .names import _ASCII_NAME_RE, MAX_LABEL, MAX_NAME, InvalidName, normalize_name
 from .nodes import NodeReader
 
 HOSTS_FILE_SKIP = {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback"}
@@ -94,33 +97,98 @@ def _slow_line(line: str, lineno: int, errors: _Errors) -> list[str]:
 
 
 def parse_feed(text: str, shown: str, problems: list[Problem]) -> list[str] | None:
-    names: list[str] = []
-    append = names.append
-    fullmatch = _ASCII_NAME_RE.fullmatch
+    names = feed_names_text(text, shown, problems)
+    return None if names is None else names.splitlines()
+
+
+# The checks of _ASCII_NAME_RE for a whole batch of lines at once: only these characters; no empty label (``..``, and
+# a line break counts as a dot: no empty or dot-ended line); no label that starts or ends with a hyphen; every label
+# at most 63 characters (a line longer than that, rare, is checked alone).
+_NAME_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789_-.\n"
+_BREAK_AS_DOT = bytes.maketrans(b"\n", b".")
+
+
+def _clean_batch(batch: str) -> bool:
+    """Whether every line of ``batch`` (which ends with a newline) is a bare name the line-by-line path would
+    keep as it is."""
+    if not batch.isascii() or "xn--" in batch:
+        return False
+    raw = batch.encode()
+    if raw.translate(None, _NAME_CHARS):
+        return False
+    dots = raw.translate(_BREAK_AS_DOT)
+    if b".." in dots or b".-" in dots or b"-." in dots or dots[:1] in (b".", b"-"):
+        return False
+    lines = batch.split("\n")
+    if max(map(len, lines)) <= MAX_LABEL:
+        return True
+    return all(len(n) <= MAX_NAME and _ASCII_NAME_RE.fullmatch(n) for n in lines[:-1] if len(n) > MAX_LABEL)
+
+
+def feed_names_text(text: str, shown: str, problems: list[Problem]) -> str | None:
+    """``parse_feed`` as one string, every name followed by a newline (what ``nameindex.NameIndex`` stores): a
+    batch of lines that are all bare names is checked at once (``_clean_batch``) and kept as it is (a clean feed
+    file ending in a newline is returned unchanged, no copy); any other batch goes line by line."""
     errors = _Errors(shown, problems)
-    for lineno, line in enumerate(text.splitlines(), 1):
-        # Fast path: a bare lower-case ASCII name, the shape of nearly every line of a large feed. A-labels
-        # (xn--) take the slow path, which checks their punycode.
-        if len(line) <= MAX_NAME and fullmatch(line) and "xn--" not in line:
-            append(line)
-        else:
-            names.extend(_slow_line(line, lineno, errors))
+    pieces: list[str | tuple[int, int]] = []  # spans of ``text`` kept as they are, or rebuilt batches
+    lineno = 0
+    for start, end in text_spans(text):
+        batch = text[start : end + 1]  # with its newline (none at the end of a text without one)
+        if not batch.endswith("\n"):
+            batch += "\n"
+        if _clean_batch(batch):
+            lineno += batch.count("\n")
+            if pieces and isinstance(pieces[-1], tuple) and pieces[-1][1] == start:
+                pieces[-1] = (pieces[-1][0], end + 1)
+            else:
+                pieces.append((start, end + 1))
+            continue
+        names: list[str] = []
+        fullmatch = _ASCII_NAME_RE.fullmatch
+        for line in batch.splitlines():
+            lineno += 1
+            # Fast path: a bare lower-case ASCII name. A-labels (xn--) take the slow path, which checks their punycode.
+            if len(line) <= MAX_NAME and fullmatch(line) and "xn--" not in line:
+                names.append(line)
+            else:
+                names.extend(_slow_line(line, lineno, errors))
+        pieces.append("".join(f"{n}\n" for n in names))
     errors.close()
     if errors.count:
         return None
-    _warn_public(names, text, shown, problems)
-    return names
+    if len(pieces) == 1 and pieces[0] == (0, len(text)):
+        out = text  # the common case: a clean file that ends in a newline, kept without a copy
+    else:
+        out = "".join(text[p[0] : p[1]] + ("" if text[p[1] - 1 : p[1]] == "\n" else "\n") if isinstance(p, tuple)
+                      else p for p in pieces)  # fmt: skip
+    _warn_public(out, text, shown, problems)
+    return out
 
 
-def _warn_public(names: list[str], text: str, shown: str, problems: list[Problem]) -> None:
-    for name in lint.public_feed_names(names):
-        # Rare: find the line only for a flagged name, so the common case costs one set look-up per name.
-        lineno, col = next(
-            ((i, line.find(name) + 1) for i, line in enumerate(text.splitlines(), 1) if name in line.split()),
-            (1, 1),
-        )
+def _warn_public(names: str, text: str, shown: str, problems: list[Problem]) -> None:
+    for name in lint.public_feed_names_text(names):
+        lineno, col = _line_of(name, text)
         message = f"over-broad feed entry: {name} is a public suffix: this include blocks every name under it"
         problems.append(Problem(shown, lineno, col, message, "warning"))
+
+
+_OTHER_BREAKS = "\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() also breaks lines at
+
+
+def _line_of(name: str, text: str) -> tuple[int, int]:
+    """(line, column) of the first line that lists ``name`` as a token. Rare (a flagged name), so it searches for the
+    name's occurrences instead of splitting a large feed into a list of lines."""
+    if any(c in text for c in _OTHER_BREAKS):  # lines are not just "\n"-separated: count them as splitlines() does
+        return next(
+            ((i, line.find(name) + 1) for i, line in enumerate(text.splitlines(), 1) if name in line.split()), (1, 1)
+        )
+    for m in re.finditer(f"(?<!\\S){re.escape(name)}(?!\\S)", text):  # whole tokens only
+        start = text.rfind("\n", 0, m.start()) + 1
+        end = text.find("\n", m.end())
+        line = text[start : end if end >= 0 else len(text)]
+        if name in line.split():
+            return text.count("\n", 0, start) + 1, line.find(name) + 1
+    return 1, 1
 
 
 # -- URL feeds ------------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 - ``match_name(name)``: exact ``host`` rules, then ``domain``/``include`` suffixes from the longest to the shortest,
   on label boundaries. One dictionary look-up per label, so a lookup costs about a microsecond whatever the list size.
+  Feeds of ``nameindex.COMPACT_MIN_NAMES`` names or more stay in a ``NameIndex`` (a third of the dict's memory)
+  probed after the dict for each label; smaller ones are merged into the dict (docs/performance.md).
 - ``match_url(url, method)``: ``url``/``store`` rules of the request's host (more specific than any name rule), then
   the host itself by name (or by address for an IP literal). The path is judged on every reading an origin may serve
   (``urlrules.request_paths``); a blocking reading wins.
@@ -23,12 +25,13 @@ for names). A ``Policy`` is immutable; reloading builds a new one and swaps the 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .addresses import embedded_ipv4, parse_ip_literal
 from .enforcement import Enforcement
 from .model import AppPolicy, IPAddress, IPNetwork, Match, Rule
+from .nameindex import COMPACT_MIN_NAMES, NameIndex
 from .names import fast_key
 from .urlrules import ParsedUrl, UrlIndex, UrlPattern, parse_request_url
 
@@ -95,6 +98,7 @@ class Policy:
         counts: Mapping[tuple[str, str], int],
         warnings: tuple[object, ...] = (),
         files: tuple[str, ...] = (),
+        feeds: NameIndex | None = None,
     ) -> None:
         self.apps = dict(apps)
         self.enforcement = Enforcement(self.apps)
@@ -103,9 +107,25 @@ class Policy:
         self.rules = rules
         self._hosts = hosts
         self._domains = domains
+        # Include feeds (``domains`` already holds the explicit rules that win over a feed's listing of the same
+        # name): merged into the dict when small, kept compact when large.
+        self._feeds: NameIndex | None = None
+        self._overlap = 0  # explicit names that a compact feed lists too (counted once in stats)
+        if feeds is not None and len(feeds) >= COMPACT_MIN_NAMES:
+            self._feeds = feeds
+            self._overlap = sum(1 for name in domains if feeds.get(name) is not None)
+        elif feeds is not None:
+            for name, rule in feeds.items():
+                domains.setdefault(name, rule)
+        # One probe per suffix: the dict's own get (C), or the dict then the compact feeds.
+        self._suffix_rule: Callable[[str], Rule | None] = (
+            domains.get if self._feeds is None else self._feeds.after(domains.get)
+        )
         # Whether any suffix rule is a single label ("cn"): without one, lookups skip the top-level label. Feeds
         # never list bare TLDs, so this usually saves one dictionary probe per query.
-        self._tld_rules = any("." not in name for name in domains)
+        self._tld_rules = any("." not in name for name in domains) or (
+            self._feeds is not None and self._feeds.single_label
+        )
         self.urls = urls
         self.cidrs = tuple(cidrs)
         self._cidr_table = CidrTable(cidrs)
@@ -126,8 +146,8 @@ class Policy:
         rule = self._hosts.get(key)
         if rule is not None:
             return Match(rule, self.apps[rule.app], key)
-        domains = self._domains
-        rule = domains.get(key)
+        get = self._suffix_rule
+        rule = get(key)
         if rule is not None:
             return Match(rule, self.apps[rule.app], key)
         tld = self._tld_rules
@@ -137,7 +157,7 @@ class Policy:
             if j < 0 and not tld:
                 return None  # the last label alone: no rule is that short
             suffix = key[i + 1 :]
-            rule = domains.get(suffix)
+            rule = get(suffix)
             if rule is not None:
                 return Match(rule, self.apps[rule.app], suffix)
             i = j
@@ -148,8 +168,8 @@ class Policy:
         rule = self._hosts.get(key)
         if rule is not None:
             return rule
-        domains = self._domains
-        rule = domains.get(key)
+        get = self._suffix_rule
+        rule = get(key)
         if rule is not None:
             return rule
         tld = self._tld_rules
@@ -158,7 +178,7 @@ class Policy:
             j = key.find(".", i + 1)
             if j < 0 and not tld:
                 return None
-            rule = domains.get(key[i + 1 :])
+            rule = get(key[i + 1 :])
             if rule is not None:
                 return rule
             i = j
@@ -218,12 +238,21 @@ class Policy:
         """Every DNS-level name: (name, rule, is_exact_host)."""
         for name, rule in self._hosts.items():
             yield name, rule, True
-        for name, rule in self._domains.items():
+        domains = self._domains
+        for name, rule in domains.items():
             yield name, rule, False
+        if self._feeds is not None:
+            for name, rule in self._feeds.items():
+                if name not in domains:  # an explicit rule for the same name decides it
+                    yield name, rule, False
 
     def stats(self) -> PolicyStats:
-        return PolicyStats(len(self.apps), self.counts, len(self._hosts) + len(self._domains), self.fingerprint)
+        return PolicyStats(len(self.apps), self.counts, self._name_count(), self.fingerprint)
+
+    def _name_count(self) -> int:
+        feeds = len(self._feeds) - self._overlap if self._feeds is not None else 0
+        return len(self._hosts) + len(self._domains) + feeds
 
     def __repr__(self) -> str:
-        names = len(self._hosts) + len(self._domains)
+        names = self._name_count()
         return f"<Policy apps={sorted(self.apps)} names={names} fp={self.fingerprint[:12]}>"

@@ -1,0 +1,224 @@
+"""The names of large ``include:`` feeds in a compact exact table: 1,000,000 names in about 42 MB instead of 150 MB.
+
+A feed's names stay in one string, one name per line ("names text": every name followed by ``\\n``, the shape
+``feeds.feed_names_text`` returns and most feed files already have), and an open-addressing table finds them:
+
+- ``NameIndex.add(text, rule)``: insert a feed's names (the first feed that lists a name keeps it; returns how many
+  names were already there). ``get(name)`` -> the include rule or None; ``items()`` in feed order; ``len()``;
+  ``single_label``: whether some name is one label (``cn``), so lookups may skip the top-level label otherwise.
+- ``iter_names(text)``: the names of a names text in bounded batches (never a million ``str`` objects at once);
+  ``text_spans(text)``: the same batches as ``(start, end)`` spans; ``names_digest(text)``: SHA-256 of the names.
+- ``COMPACT_MIN_NAMES``: below this many feed names the policy keeps them in its plain dict instead (``dict_items``):
+  faster to probe, and small enough that memory does not matter (figures: docs/performance.md, "Policy memory").
+
+The table: ``SLOTS_PER_NAME`` slots per name (at most a third full: linear probing then ends a miss after about 1.6
+probes), one ``array('q')``: 8 bytes per slot, 24 per name. A slot holds 32 bits of the name's 64-bit ``hash()`` (a
+tag: its top half, the low bit forced on so that 0 marks an empty slot) and the offset of the name in the text. The
+slot is chosen by the hash modulo the table size, so two names share a slot AND a tag with probability about
+2**-32 per probe. That is not ignored: a tag match is only a candidate, and the name is compared with the text at
+the stored offset before it counts (``_equal``), so a lookup never returns a rule for a name the feed does not list.
+Python's ``hash()`` of a ``str`` is keyed per process (SipHash): a table is built and probed in the process that
+loaded the policy and is never written out, so the key never matters and an attacker cannot aim collisions at it
+(a collision would cost a string comparison, never a wrong answer).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from array import array
+from collections.abc import Callable, Iterator
+from itertools import accumulate, repeat
+from operator import add, lshift, mod, or_, rshift
+
+from .model import Rule
+
+# At or above this many feed names in a policy the compact table is used (docs/performance.md, "Policy memory").
+COMPACT_MIN_NAMES = 200_000
+SLOTS_PER_NAME = 3  # the table is at most a third full
+_BATCH = 1 << 18  # characters of names text split at a time: ~16,000 names alive at once
+_MAX_TEXT = (1 << 32) - 1  # offsets are 32-bit
+
+
+def text_spans(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` spans of a names text, each about ``_BATCH`` characters of whole lines (``end`` is the
+    newline after the span's last name, or the end of a text without its final newline)."""
+    size = len(text)
+    while start < size:
+        end = text.find("\n", min(start + _BATCH, size - 1))
+        if end < 0:
+            end = size
+        yield start, end
+        start = end + 1
+
+
+def iter_names(text: str) -> Iterator[tuple[int, list[str]]]:
+    """``(offset of the batch's first name, its names)`` for a names text, in batches of bounded size."""
+    for start, end in text_spans(text):
+        yield start, text[start:end].split("\n")
+
+
+def names_digest(text: str) -> str:
+    """SHA-256 (hex) of the names joined by newlines (the text without its final newline), read in pieces so
+    that no second copy of a large feed is made."""
+    digest = hashlib.sha256()
+    end = len(text) - 1 if text.endswith("\n") else len(text)
+    for i in range(0, end, 1 << 20):
+        digest.update(text[i : min(i + (1 << 20), end)].encode())
+    return digest.hexdigest()
+
+
+class NameIndex:
+    """An exact set of feed names -> the include rule that listed each; see the module docstring."""
+
+    __slots__ = ("_bases", "_count", "_rules", "_size", "_table", "_texts", "single_label")
+
+    def __init__(self) -> None:
+        self._texts: list[str] = []  # one names text per feed, in the order added
+        self._rules: list[Rule] = []  # the include rule of each text
+        self._bases: list[int] = []  # offset of each text in the one address space the slots point into
+        self._count = 0
+        self._size = 0
+        self._table = array("q")  # per slot: tag << 32 | offset of the name; 0 = empty
+        self.single_label = False
+
+    def __len__(self) -> int:
+        return self._count
+
+    # -- building -------------------------------------------------------------------------------------------------
+    def add(self, text: str, rule: Rule) -> int:
+        """Insert the names of ``text`` (every name followed by a newline) for ``rule``; return the number of
+        names already present (the earlier listing is kept)."""
+        if not text:
+            return 0
+        base = self._bases[-1] + len(self._texts[-1]) if self._texts else 0
+        if base + len(text) > _MAX_TEXT:
+            raise ValueError("include feeds larger than 4 GiB in total")
+        self._reserve(self._count + text.count("\n") + 1)
+        self._texts.append(text)
+        self._rules.append(rule)
+        self._bases.append(base)
+        dupes = 0
+        for offset, names in iter_names(text):
+            if not self.single_label and not all(map(str.__contains__, names, repeat("."))):
+                self.single_label = True
+            dupes += self._insert(names, base + offset)
+        return dupes
+
+    def _insert(self, names: list[str], pos: int) -> int:
+        """Insert one batch of names, the first at offset ``pos``; return how many were already present. Slots,
+        tags and offsets are computed in C (``map``); the loop stores them, and hands a taken slot to ``_probe``."""
+        table, size = self._table, self._size
+        hashes = list(map(hash, names))
+        slots = map(mod, hashes, repeat(size))
+        starts = accumulate(map(add, map(len, names), repeat(1)), initial=pos)
+        packed = map(or_, map(lshift, map(or_, map(rshift, hashes, repeat(32)), repeat(1)), repeat(32)), starts)
+        dupes = 0
+        for k, (i, v) in enumerate(zip(slots, packed)):  # noqa: B905 (the same length: map stops at hashes')
+            if table[i]:  # taken (the table is at most a third full): probe on
+                dupes += self._probe(i, v, names[k])
+            else:
+                table[i] = v
+        self._count += len(names) - dupes
+        return dupes
+
+    def _probe(self, i: int, v: int, name: str) -> int:
+        """Store ``v`` (``name``'s tag and offset) in the first empty slot from ``i`` on; 1 (nothing stored) when a
+        slot on the way holds the same name already."""
+        table, size, tag = self._table, self._size, v >> 32
+        old = table[i]
+        while old:
+            if old >> 32 == tag and self._equal(old & 0xFFFFFFFF, name):
+                return 1
+            i = i + 1 if i + 1 < size else 0
+            old = table[i]
+        table[i] = v
+        return 0
+
+    def _reserve(self, names: int) -> None:
+        if self._size >= SLOTS_PER_NAME * names:
+            return
+        size = max(16, SLOTS_PER_NAME * names)
+        old = self._table
+        self._table = table = array("q", bytes(8 * size))
+        self._size = size
+        for v in old:
+            if not v:
+                continue
+            i = hash(self._name_at(v & 0xFFFFFFFF)) % size
+            while table[i]:
+                i = i + 1 if i + 1 < size else 0
+            table[i] = v
+
+    # -- reading --------------------------------------------------------------------------------------------------
+    def _feed_of(self, loc: int) -> int:
+        return 0 if len(self._bases) == 1 else bisect.bisect_right(self._bases, loc) - 1
+
+    def _name_at(self, loc: int) -> str:
+        f = self._feed_of(loc)
+        text, start = self._texts[f], loc - self._bases[f]
+        end = text.find("\n", start)
+        return text[start:] if end < 0 else text[start:end]
+
+    def _equal(self, loc: int, name: str) -> bool:
+        f = self._feed_of(loc)
+        text, start = self._texts[f], loc - self._bases[f]
+        end = start + len(name)
+        return text.startswith(name, start) and (end == len(text) or text[end] == "\n")
+
+    def get(self, name: str) -> Rule | None:
+        """The include rule that listed exactly ``name`` (canonical form), or None."""
+        return self.after(_nothing)(name)
+
+    def after(self, first: Callable[[str], Rule | None]) -> Callable[[str], Rule | None]:
+        """``name -> first(name)``, else this table's rule for it: the policy's per-suffix probe (one Python call
+        per suffix, with the table's probe inlined)."""
+        size, table, equal, rule_of, feed_of = self._size, self._table, self._equal, self._rules, self._feed_of
+
+        def probe(name: str) -> Rule | None:
+            rule = first(name)
+            if rule is not None or not size:
+                return rule
+            h = hash(name)
+            i = h % size
+            v = table[i]
+            if v:
+                tag = (h >> 32) | 1
+                while v:
+                    if v >> 32 == tag and equal(v & 0xFFFFFFFF, name):
+                        return rule_of[feed_of(v & 0xFFFFFFFF)]
+                    i = i + 1 if i + 1 < size else 0
+                    v = table[i]
+            return None
+
+        return probe
+
+    def items(self) -> Iterator[tuple[str, Rule]]:
+        """Every name once, with its rule, in feed order (a name listed twice: at its first listing)."""
+        for f, text in enumerate(self._texts):
+            base, rule = self._bases[f], self._rules[f]
+            for offset, names in iter_names(text):
+                pos = base + offset
+                for name in names:
+                    if self._stored_at(name, pos):
+                        yield name, rule
+                    pos += len(name) + 1
+
+    def _stored_at(self, name: str, pos: int) -> bool:
+        size, table = self._size, self._table
+        i = hash(name) % size
+        v = table[i]
+        while v:
+            if v & 0xFFFFFFFF == pos:
+                return True
+            i = i + 1 if i + 1 < size else 0
+            v = table[i]
+        return False
+
+    def nbytes(self) -> int:
+        """Memory held: the table and the texts (ASCII: one byte per character)."""
+        return len(self._table) * 8 + sum(len(t) for t in self._texts)
+
+
+def _nothing(name: str) -> Rule | None:
+    return None

@@ -1,0 +1,175 @@
+"""The compact feed-name table (enforcer/policy/nameindex.py), the policy built on it, and the batch feed parser
+(``feeds.feed_names_text``) that hands it a feed as one string.
+
+The policy keeps feeds below ``COMPACT_MIN_NAMES`` in its dict, so these tests lower the threshold to put small
+feeds in the compact table, and compare every answer with the same policy built on the dict.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from enforcer.policy import feeds, load_policy, matcher
+from enforcer.policy.lint import public_feed_names
+from enforcer.policy.matcher import Policy
+from enforcer.policy.model import Problem, Rule
+from enforcer.policy.nameindex import NameIndex, iter_names, names_digest, text_spans
+from enforcer.policy.names import _ASCII_NAME_RE, MAX_NAME
+
+
+def _rule(n: int) -> Rule:
+    return Rule(f"feed{n}", "bench", "block", "include", f"feed{n}.txt", "web", f"x.yaml:{n}", None, None)
+
+
+def test_index_finds_exactly_the_names_it_holds() -> None:
+    index = NameIndex()
+    a, b = _rule(1), _rule(2)
+    assert index.add("one.example\ntwo.example\none.example\n", a) == 1  # the repeat is counted, not stored twice
+    assert index.add("two.example\nthree.example", b) == 1  # no final newline: the last name still counts
+    assert len(index) == 3
+    assert index.get("one.example") is a
+    assert index.get("two.example") is a  # the first feed to list a name keeps it
+    assert index.get("three.example") is b
+    for miss in ("example", "ne.example", "one.exampl", "one.example.", "x.one.example", "", "three.exampl"):
+        assert index.get(miss) is None, miss
+    assert list(index.items()) == [("one.example", a), ("two.example", a), ("three.example", b)]
+    assert not index.single_label
+    index.add("lan\n", a)
+    assert index.single_label
+
+
+def test_index_grows_and_keeps_every_name() -> None:
+    index = NameIndex()
+    rules = [_rule(i) for i in range(30)]
+    expected: dict[str, Rule] = {}
+    rng = random.Random(7)
+    for rule in rules:  # many feeds one after the other: the table is rebuilt bigger several times
+        names = [f"h{rng.randrange(40_000)}.f{rng.randrange(9)}.example" for _ in range(2_000)]
+        for name in names:
+            expected.setdefault(name, rule)
+        index.add("".join(f"{n}\n" for n in names), rule)
+    assert len(index) == len(expected)
+    assert all(index.get(name) is rule for name, rule in expected.items())
+    assert sum(1 for _ in index.items()) == len(expected)
+    assert index.get("h1.f1.example.org") is None
+
+
+def test_a_colliding_tag_never_matches_another_name() -> None:
+    # Plant, in the slot where an unlisted name's probe starts, an entry with that name's own tag but pointing at a
+    # listed name: exactly what a 64-bit hash collision would look like. The text comparison must refuse it.
+    index = NameIndex()
+    rule = _rule(1)
+    index.add("listed.example\n", rule)
+    probe = "not-listed.example"
+    h = hash(probe)
+    slot = h % index._size
+    while index._table[slot]:  # keep the real entry where it is
+        slot = (slot + 1) % index._size
+    index._table[slot] = ((h >> 32) | 1) << 32 | 0  # the probe's own tag, at the offset of "listed.example"
+    assert index.get(probe) is None
+    assert index.get("listed.example") is rule
+
+
+def test_batches_cover_the_text_once() -> None:
+    text = "".join(f"name{i}.example\n" for i in range(100_000))
+    spans = list(text_spans(text))
+    assert len(spans) > 3
+    assert "".join(text[s : e + 1] for s, e in spans) == text
+    names = [n for _, batch in iter_names(text) for n in batch]
+    assert names == text.splitlines()
+    import hashlib
+
+    assert names_digest(text) == hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def _policy_dir(tmp_path: Path, rng: random.Random) -> Path:
+    """A blocklist with two feeds and domain rules before and after them, some naming the same names."""
+    names = [f"{rng.choice('abcdefgh')}{i}.{rng.choice(['ex', 'ads', 'trk'])}.{rng.choice(['com', 'net', 'cn'])}"
+             for i in range(3_000)]  # fmt: skip
+    feed1, feed2 = names[:2_000], [*names[1_500:], "shared.example"]
+    (tmp_path / "f1.txt").write_text("# feed one\n" + "\n".join(feed1) + "\n")
+    (tmp_path / "f2.txt").write_text("\n".join(feed2))
+    (tmp_path / "a.yaml").write_text(
+        "app: compact\npolicy:\n  effective: 2023-10-30\nblock:\n"
+        f"  - domain: {feed1[10]}\n    category: web\n"  # before the feed that lists it: the domain rule keeps it
+        "  - include: f1.txt\n    category: web\n"
+        "  - include: f2.txt\n    category: telemetry\n"
+        f"  - domain: {feed2[3]}\n    category: messaging\n"  # after: a repeat of the feed's listing
+        "  - domain: trk.net\n    category: web\n"
+        f"allow:\n  - domain: x.{feed1[20]}\n  - domain: {feed1[30]}\n  - domain: shared.example\n"
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_compact_policy_answers_as_the_dict_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    rng = random.Random(seed)
+    folder = _policy_dir(tmp_path, rng)
+    as_dict = load_policy(folder)
+    monkeypatch.setattr(matcher, "COMPACT_MIN_NAMES", 0)
+    compact = load_policy(folder)
+    assert compact._feeds is not None and as_dict._feeds is None
+    assert compact.stats() == as_dict.stats()
+    assert [str(w) for w in compact.warnings] == [str(w) for w in as_dict.warnings]
+    entries = sorted((n, r.id, e) for n, r, e in compact.name_entries())
+    assert entries == sorted((n, r.id, e) for n, r, e in as_dict.name_entries())
+    queries = [n for n, _r, _e in as_dict.name_entries()]
+    queries += [f"{rng.choice(['www.', 'a.b.', ''])}{q}" for q in queries[:2_000]]
+    queries += [q[1:] for q in queries[:500]] + ["x." + q for q in queries[:500]] + ["com", "cn", "qq.com"]
+    for q in queries:
+        want, got = as_dict.match_name(q), compact.match_name(q)
+        assert (got and (got.rule.id, got.matched)) == (want and (want.rule.id, want.matched)), q
+        assert compact.match_key(q) == as_dict.match_key(q), q
+
+
+def test_policy_stays_compact_only_above_the_threshold(tmp_path: Path) -> None:
+    folder = _policy_dir(tmp_path, random.Random(3))
+    policy = load_policy(folder)
+    assert isinstance(policy, Policy) and policy._feeds is None  # 3,000 names: the dict
+
+
+def _line_by_line(text: str, problems: list[Problem]) -> list[str] | None:
+    """The feed parser's definition, one line at a time (what feed_names_text must equal, batch checks or not)."""
+    errors = feeds._Errors("f", problems)
+    names: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if len(line) <= MAX_NAME and _ASCII_NAME_RE.fullmatch(line) and "xn--" not in line:
+            names.append(line)
+        else:
+            names.extend(feeds._slow_line(line, lineno, errors))
+    errors.close()
+    if errors.count:
+        return None
+    for name in public_feed_names(names):
+        lineno, col = next(
+            ((i, ln.find(name) + 1) for i, ln in enumerate(text.splitlines(), 1) if name in ln.split()), (1, 1)
+        )
+        problems.append(Problem("f", lineno, col, "public", "warning"))
+    return names
+
+
+_BIG = "".join(f"n{i}.ex{i % 97}.com\n" for i in range(60_000))  # several batches
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "", "\n", "a.com", "a.com\n", "a.com\nb.org\n", "a.com\n\n\nb.com", "a..com\n", "-a.com\n", "a-.com\n",
+        "# c\na.com\r\nB.ORG\n0.0.0.0 x.com y.net localhost\n\ncom\nco.uk\n", "a.com\nbad name here\n",
+        "xn--bcher-kva.example\n", "x" * 64 + ".com\n", "a" * 60 + "." + "b" * 63 + ".com\n", "a.com\rb.com\n",
+        "foo.kawasaki.jp\ncom\nx.com\ncom\n", "münchen.de\n", "a.com\x85b.com\n", "_dmarc.a.com\n",
+        _BIG, _BIG[:-1], _BIG + "# tail\nCOM\n", "# head\n" + _BIG, _BIG[:300_000] + "bad line\n" + _BIG[300_000:],
+        _BIG[:400_000] + "lan\n" + "y" * 70 + ".net\n" + _BIG[400_000:],
+    ],
+)  # fmt: skip
+def test_feed_text_is_the_line_by_line_reading(text: str) -> None:
+    want_problems: list[Problem] = []
+    got_problems: list[Problem] = []
+    want = _line_by_line(text, want_problems)
+    got = feeds.feed_names_text(text, "f", got_problems)
+    assert got == (None if want is None else "".join(f"{n}\n" for n in want))
+    assert [(p.line, p.col, p.severity) for p in got_problems] == [(p.line, p.col, p.severity) for p in want_problems]
+    assert feeds.parse_feed(text, "f", []) == want
