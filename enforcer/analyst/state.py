@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +55,9 @@ WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
 MAX_LIMIT = 1000
 
 MEMO_SIZE = 8  # memoised aggregations (a 1M-event store: a few MB each)
+SLOW_VIEW_SECONDS = 0.5  # a first view that takes this long is prepared in the background and may be served stale
+STALE_VIEWS = 3  # ... by at most this many refresh intervals
+PREPARING: contextvars.ContextVar[bool] = contextvars.ContextVar("enforcer_analyst_preparing", default=False)
 
 DEFAULT_ANALYST = "analyst"  # the name of a plain token line (no "name:")
 _TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
@@ -136,6 +141,10 @@ class Analyst:
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="enforcer-analyst-db")
         self.gate = asyncio.Semaphore(16)  # bounds queued DB work; further requests wait here, not in the pool
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        # (aggregation, policy key) -> (when prepared, seconds it took, value) of the unfiltered first view.
+        self._prepared: dict[tuple[str, Any], tuple[float, float, Any]] = {}
+        self._prepared_mark: tuple[Any, ...] | None = None
+        self._prepared_at = 0.0
         # Gauges computed off the loop every refresh_interval and read at scrape time.
         self.noncompliant: dict[tuple[str, str], int] = {}
         self.last_block: dict[str, float] = {}
@@ -151,18 +160,56 @@ class Analyst:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def aggregate(self, name: str, fn: Callable[..., T], f: Filters, *args: Any) -> T:
-        """``db(fn, f, *args)`` memoised until the next stored (or deleted) event: aggregations over a large store take seconds,
-        and an analyst flips between the same views (and exports the CSV of the view just seen)."""
-        key = (name, f, self.enforcement.key(), self.ingester.ingested, self.ingester.deleted)
+        """``db(fn, f, *args)`` memoised until the next stored (or deleted) event: aggregations over a large store
+        take seconds, and an analyst flips between the same views (and exports the CSV of the view just seen).
+
+        The first view (no filter) of a store where it takes over ``SLOW_VIEW_SECONDS`` is also prepared in the
+        background (``prepare_first_view``, every refresh) and served as last prepared while events keep arriving,
+        at most ``STALE_VIEWS`` refresh intervals old: a page that opens does not wait for a full pass over the
+        store, and it refreshes itself anyway."""
+        ekey = self.enforcement.key()
+        key = (name, f, ekey, self.ingester.ingested, self.ingester.deleted)
         if key in self._memo:
             self._memo.move_to_end(key)
             hit: T = self._memo[key]  # stored by this method for the same fn
             return hit
+        first_view = f == Filters()
+        if first_view and not PREPARING.get():
+            prepared = self._prepared.get((name, ekey))
+            if prepared is not None and time.monotonic() - prepared[0] <= STALE_VIEWS * self.settings.refresh_interval:
+                value_: T = prepared[2]
+                return value_
+        t0 = time.monotonic()
         value = await self.db(fn, f, *args)
+        took = time.monotonic() - t0
         self._memo[key] = value
         while len(self._memo) > MEMO_SIZE:
             self._memo.popitem(last=False)
+        if first_view and took >= SLOW_VIEW_SECONDS:
+            self._prepared[(name, ekey)] = (time.monotonic(), took, value)
+        elif first_view:
+            self._prepared.pop((name, ekey), None)
         return value
+
+    def first_view_due(self) -> bool:
+        """Whether ``prepare_first_view`` should run now: new (or deleted) events since the last preparation, and
+        at least twice as long since as the preparation took (a slow one never occupies the pool back to back)."""
+        mark = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())
+        if mark == self._prepared_mark:
+            return False
+        took = max((p[1] for p in self._prepared.values()), default=0.0)
+        return time.monotonic() - self._prepared_at >= 2 * took
+
+    async def prepare_first_view(self, build: Callable[[], Awaitable[Any]]) -> None:
+        """Compute the first view (``build``: the dashboard with no filter) now, bypassing the prepared copy."""
+        mark = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())
+        token = PREPARING.set(True)
+        try:
+            await build()
+        finally:
+            PREPARING.reset(token)
+        self._prepared_mark = mark
+        self._prepared_at = time.monotonic()
 
     def refresh_gauges(self, now: datetime | None = None) -> None:
         """Blocking: the per-window non-compliant client counts and the last block per app."""

@@ -428,6 +428,9 @@ async def _refresh_loop(analyst: Analyst, interval: float) -> None:
     while True:
         try:
             await analyst.db(analyst.refresh_gauges)
+            if analyst.first_view_due():
+                # The unfiltered dashboard, ready before a page asks for it (state.Analyst.aggregate).
+                await analyst.prepare_first_view(lambda: dashboard(analyst, Filters()))
         except Exception:  # a locked or damaged database must not stop the service
             log.exception("cannot refresh compliance gauges")
         await asyncio.sleep(interval)
