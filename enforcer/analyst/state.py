@@ -200,6 +200,10 @@ class Analyst:
         took = max((p[1] for p in self._prepared.values()), default=0.0)
         return time.monotonic() - self._prepared_at >= 2 * took
 
+    def first_view_prepared(self) -> bool:
+        """Whether the background refresh has prepared the first view at least once (``/healthz`` says it)."""
+        return self._prepared_mark is not None
+
     async def prepare_first_view(self, build: Callable[[], Awaitable[Any]]) -> None:
         """Compute the first view (``build``: the dashboard with no filter) now, bypassing the prepared copy."""
         mark = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())

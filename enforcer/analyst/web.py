@@ -244,7 +244,16 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     ing: Ingester = request.app[ANALYST].ingester
-    return _json({"status": "ok", "ingested": ing.ingested, "polls": ing.polls})
+    analyst: Analyst = request.app[ANALYST]
+    return _json(
+        {
+            "status": "ok",
+            "ingested": ing.ingested,
+            "polls": ing.polls,
+            "deleted": ing.deleted,
+            "first_view_prepared": analyst.first_view_prepared(),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
