@@ -19,6 +19,10 @@
   mid-write); in a rotated file it is final and parsed as it is, as the report does. Skipped lines are counted by
   reason (``invalid_json``, ``not_event``, ``oversize``, ``torn``) and logged once per chunk with the file, byte
   offset and first one. A line over ``lines.MAX_LINE_BYTES`` is skipped without being held in memory.
+- Rollups and retention (store.py): each chunk's insert updates the rollups under ``enforcement()`` (the analyst's
+  current policy table; rebuilt at the start of a poll when it changed); with ``retention`` (seconds) a poll deletes
+  older events in batches of ``PRUNE_BATCH``, one transaction each, for at most ``PRUNE_BUDGET`` seconds, and the
+  cases closed before the cut-off (``prune_now``); ``deleted`` counts them.
 - Files: only regular files of at most ``max_file_bytes`` are opened (``lines.open_event_file``, non-blocking, so a
   FIFO cannot hang the thread); any other (a FIFO, ``/dev/zero``, a directory named like an event file, a file too
   large) is skipped, counted once in ``files_skipped`` by reason and logged once.

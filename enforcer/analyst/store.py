@@ -9,14 +9,25 @@
   per-client aggregations (report pairs, chart, top rules, gauges, filters) without reading the table. ``files`` =
   ingest offsets per physical file (device, inode, first bytes, offset), committed in the same transaction as the
   events they cover, so a restart neither loses nor repeats lines; ``facets`` = distinct apps/categories/components
-  for the filters.
+  for the filters. Identity columns ``device_id``, ``user``, ``kind`` and their index ``events_ident`` (added to an
+  older store file by ``_migrate``). ``meta``: the stored-event count and the policy key of the rollups.
+- Rollups, updated by ``insert`` in the caller's transaction and taken back by ``delete_before``: ``roll_hour`` (per
+  hour and app: events, enforced events) and ``roll_client`` (per client, app, rule, category: events, enforced
+  events, first and last time). Their enforced counts are those of one ``Enforcement`` (``ROLLUP_KEY``); under
+  another one (a policy change) ``rebuild_rollups`` recomputes them, and readers use the events table meanwhile.
+  ``pairs``, ``series`` (whole-hour buckets) and ``top_rules`` read them when ``Filters.rollup_ok`` (no filter but
+  apps).
+- Cases (``CASES_SCHEMA``, used by cases.py): ``cases`` and the append-only ``case_audit``; ``prune_cases`` is the
+  retention of closed ones; ``delete_before`` the retention of events, in batches.
 - ``Store(path)``: opens/creates the database (WAL, synchronous=NORMAL). ``writer()`` is the one write connection
   (used by the ingest thread only); every other method reads through a per-thread connection, so handlers can run
   them in a thread pool while the ingester writes (WAL: readers never wait for the writer).
-- ``Filters``: the dashboard/API filters (apps, clients, categories, components, since/until in microseconds).
+- ``Filters``: the dashboard/API filters (apps, clients, categories, components, since/until in microseconds, the
+  search text and the clients whose inventory names matched it).
 - Reads: ``events`` (newest first, keyset cursor ``(ts, eid)``), ``pairs`` (what ``report.build_report`` needs),
   ``series`` (attempts per app per time bucket), ``top_rules``, ``noncompliant`` (distinct clients per app with
-  enforced attempts since a time), ``last_block`` (per app), ``bounds``, ``facets``, ``count``.
+  enforced attempts since a time), ``last_block`` (per app), ``bounds``, ``facets``, ``count``, ``identity_rows``
+  (streamed in per-device order), ``first_enforced_after`` (what reopens a case).
 
 Enforced attempts in SQL: rendered from the policy's ``Enforcement`` table (``Enforcement.sql``: ``denied``, ``ts`` at
 or after the app's effective date, the client not exempt), the same table ``report.scan_range`` asks in Python

@@ -12,11 +12,16 @@
   first; ``next`` is an opaque keyset cursor ``TS.SEQ``), ``GET /api/report`` (the ``enforcer report`` JSON),
   ``GET /api/report.csv``, ``GET /api/dashboard`` (chart series, non-compliant devices, top rules, facets),
   ``GET /api/candidates`` (discovery's proposed rules with their evidence, candidates.py; read-only),
-  ``GET /healthz`` (no auth), ``GET /metrics`` (no auth: counts only, for Prometheus).
+  ``GET /healthz`` (no auth), ``GET /metrics`` (no auth: counts only, for Prometheus), ``GET /api/cases``,
+  ``GET /api/cases.csv``, ``POST /api/cases/{device}`` (cases.py). ``q`` on the data routes is the search box. The
+  page is rendered in the language of ``?lang=`` or ``Accept-Language`` (i18n.py); ``/api/dashboard`` adds the
+  retention and the policy notice in that language.
 - Auth: with a token, ``/`` and ``/api/*`` need ``Authorization: Bearer TOKEN`` (compared with
   ``hmac.compare_digest``) and answer 401 otherwise. ``/`` without the header still returns the page *shell* (with
   status 401): it holds no data, only a login form; the script keeps the token in ``sessionStorage`` (gone when the
-  tab closes) and sends it as a Bearer header on every API call. No cookie, hence no CSRF surface.
+  tab closes) and sends it as a Bearer header on every API call. No cookie. The token file may name one token per
+  analyst (``name:token``); the name is who changed a case. A state-changing request must be JSON and not say it
+  comes from another origin (``_cross_site``): the CSRF guard of an analyst without a token.
 - Host check (DNS rebinding): without a token, and with a token when ``allowed_hosts`` is given, a request whose
   ``Host`` header is not one of this analyst's names (``hostcheck.host_allowed``: the listen address, ``localhost``,
   ``127.0.0.1``, ``[::1]``, the ``--allowed-host`` names, each with the port the request came in on) is refused with
