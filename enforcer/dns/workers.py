@@ -65,7 +65,10 @@ def _worker(settings: Any, index: int, conn: multiprocessing.connection.Connecti
     # The parent handles Ctrl-C for the group and stops the workers with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = dataclasses.replace(
-        settings, reuse_port=True, metrics="127.0.0.1:0", events=worker_events_path(settings.events, index),
+        settings,
+        reuse_port=True,
+        metrics="127.0.0.1:0",
+        events=worker_events_path(settings.events, index),
         query_log=worker_events_path(settings.query_log, index),  # one writer per file, like the events
         feeds_refresh=settings.feeds_refresh and index == 1,  # one updater, not one per worker
     )
