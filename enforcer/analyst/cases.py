@@ -154,15 +154,22 @@ class CaseBook:
         return found[0]
 
     # -- reads ------------------------------------------------------------------------------------------------------
-    def cases(self, device: str | None = None) -> list[dict[str, Any]]:
-        """Every case (or one), open ones first, each with its newest audit rows. Blocking."""
+    def counts(self) -> dict[str, int]:
+        """Cases per state. Blocking."""
+        out = dict.fromkeys(STATES, 0)
+        for state, n in self.store.reader().execute("SELECT state, COUNT(*) FROM cases GROUP BY state"):
+            out[state] = int(n)
+        return out
+
+    def cases(self, device: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """Every case (or one, or the first ``limit``), open ones first, each with its newest audit rows. Blocking."""
         conn = self.store.reader()
-        where, params = ("WHERE device = ?", [device]) if device is not None else ("", [])
+        where, params = ("WHERE device = ?", [device, limit]) if device is not None else ("", [limit])
         out = []
         for dev, state, clients, apps, opened, updated, by, note, reopened in conn.execute(
             "SELECT device, state, clients, apps, opened_us, updated_us, updated_by, note, reopened_by FROM cases"
             f" {where} ORDER BY CASE state WHEN 'open' THEN 0 WHEN 'acknowledged' THEN 1 ELSE 2 END,"
-            " updated_us DESC, device",
+            " updated_us DESC, device LIMIT ?",
             params,
         ):
             audit = [

@@ -54,7 +54,7 @@ from prometheus_client import generate_latest
 
 from ..config import ConfigError
 from .candidates import candidates_for
-from .cases import STATES, CaseError
+from .cases import CaseError
 from .cases import to_csv as cases_csv
 from .dashboard import analyst_identity, dashboard, identity_tallies
 from .formats import to_csv
@@ -75,6 +75,7 @@ STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
 DEFAULT_LIMIT = 100
 MAX_FILTER_VALUES = 50
+MAX_CASES = 1000  # cases in one GET /api/cases (open and acknowledged first)
 MAX_SEARCH = 200  # characters of the search box
 MAX_SEARCH_CLIENTS = 500  # clients matched by inventory name for one search
 ANONYMOUS = "anonymous"  # who changed a case on an analyst without a token
@@ -372,9 +373,9 @@ def _owners(analyst: Analyst, cases: list[dict[str, Any]]) -> dict[str, tuple[st
     return out
 
 
-async def _cases(analyst: Analyst) -> list[dict[str, Any]]:
+async def _cases(analyst: Analyst, limit: int = -1) -> list[dict[str, Any]]:
     await analyst.db(analyst.sync_cases)  # a device non-compliant since the last refresh shows at once
-    cases = await analyst.db(analyst.cases.cases)
+    cases = await analyst.db(analyst.cases.cases, None, limit)
     owners = _owners(analyst, cases)
     for c in cases:
         c["owner"], c["unit"] = owners[c["device"]]
@@ -382,9 +383,10 @@ async def _cases(analyst: Analyst) -> list[dict[str, Any]]:
 
 
 async def api_cases(request: web.Request) -> web.StreamResponse:
-    cases = await _cases(request.app[ANALYST])
-    counts = {state: sum(1 for c in cases if c["state"] == state) for state in STATES}
-    return _json({"cases": cases, "counts": counts})
+    analyst: Analyst = request.app[ANALYST]
+    cases = await _cases(analyst, MAX_CASES)  # open ones first; the CSV has them all
+    counts = await analyst.db(analyst.cases.counts)
+    return _json({"cases": cases, "counts": counts, "total": sum(counts.values())})
 
 
 async def api_cases_csv(request: web.Request) -> web.StreamResponse:

@@ -352,13 +352,13 @@
     await load();
   }
 
-  function renderCases(cases) {
+  function renderCases(cases, counts, total) {
     const body = $("cases").tBodies[0];
     body.replaceChildren();
     const q = $("f-q").value.trim().toLowerCase();
     const shown = q ? cases.filter((c) => [c.device, c.owner, c.unit, ...c.clients].some((v) => (v || "").toLowerCase().includes(q))) : cases;
-    const open = cases.filter((c) => c.state !== "remediated").length;
-    $("cases-count").textContent = "(" + open + " / " + cases.length + ")";
+    const open = counts.open + counts.acknowledged;
+    $("cases-count").textContent = "(" + open + " / " + total + ")";
     if (!shown.length) {
       const tr = el("tr");
       const td = el("td", t("no_cases"), "muted");
@@ -425,7 +425,8 @@
   async function loadNow(auto) {
     if (!auto) status(t("loading"));
     const data = await (await api("/api/dashboard", filterParams())).json();
-    const cases = (await (await api("/api/cases")).json()).cases;
+    const casesDoc = await (await api("/api/cases")).json();
+    const cases = casesDoc.cases;
     const key = JSON.stringify([{ ...data, generated_at: null }, cases]);
     if (auto && key === lastKey) {
       status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.ingested }));
@@ -445,7 +446,7 @@
     renderWindows(data.windows);
     renderRetention(data.retention_seconds);
     renderPolicy(data.policy || []);
-    renderCases(cases);
+    renderCases(cases, casesDoc.counts, casesDoc.total);
     try {
       renderCandidates(await (await api("/api/candidates")).json());
     } catch (e) {
