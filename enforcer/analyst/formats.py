@@ -65,7 +65,22 @@ def to_csv(report: dict[str, Any]) -> str:
 
 
 def to_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    """The document with one row per line: ``json.dumps(indent=...)`` runs the pure-Python encoder, whose chunks
+    for tens of thousands of rows cost more memory than the whole report pass; this uses the C encoder per row."""
+    out = ["{"]
+    items = list(report.items())
+    for i, (key, value) in enumerate(items):
+        sep = "," if i < len(items) - 1 else ""
+        head = "  " + json.dumps(key, ensure_ascii=False) + ": "
+        if isinstance(value, list) and value:
+            out.append(head + "[")
+            out += ["    " + json.dumps(v, ensure_ascii=False) + "," for v in value]
+            out[-1] = out[-1][:-1]
+            out.append("  ]" + sep)
+        else:
+            out.append(head + json.dumps(value, ensure_ascii=False) + sep)
+    out.append("}")
+    return "\n".join(out) + "\n"
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .inventory import Device, Inventory
-from .leases import LeaseBook, LeaseFiles
+from .leases import Lease, LeaseBook, LeaseFiles
 from .records import us_to_ts
 
 SOURCES = ("client-id", "lease", "proxy-user", "cidr", "address")
@@ -70,7 +70,7 @@ class Identifier:
         self._by_address: dict[str, Identity] = {}
         self._canonical: dict[str, str] = {}
         self._by_id: dict[str, Identity] = {}
-        self._by_lease: dict[tuple[str, str, str], Identity] = {}
+        self._by_lease: dict[int, tuple[Lease, Identity]] = {}
 
     def identify(self, client: str, ts_us: int, device_id: str = "", user: str = "") -> Identity:
         if device_id:
@@ -82,12 +82,13 @@ class Identifier:
         if self.leases is not None and client:
             lease = self.leases.at(self._address(client), ts_us)
             if lease is not None:
-                holder = lease.holder
-                found = self._by_lease.get(holder)
-                if found is None:
-                    found = self._lease_identity(*holder)
-                    _put(self._by_lease, holder, found)
-                return found
+                # By the lease object (the book keeps it alive; ``is`` guards against a reused id): no hashing of
+                # its fields per event.
+                cached = self._by_lease.get(id(lease))
+                if cached is None or cached[0] is not lease:
+                    cached = (lease, self._lease_identity(*lease.holder))
+                    _put(self._by_lease, id(lease), cached)
+                return cached[1]
         if user:
             return Identity("user:" + user, "proxy-user")
         found = self._by_address.get(client)
