@@ -64,6 +64,7 @@ ANALYST_EVENTS_DUPLICATE_TOTAL = "enforcer_analyst_events_duplicate_total"
 ANALYST_EVENTS_STORED = "enforcer_analyst_events_stored"
 ANALYST_FILES_SKIPPED_TOTAL = "enforcer_analyst_files_skipped_total"
 ANALYST_HOST_REFUSED_TOTAL = "enforcer_analyst_host_refused_total"
+ANALYST_LEASE_LINES_SKIPPED_TOTAL = "enforcer_analyst_lease_lines_skipped_total"
 FEED_UPDATES_TOTAL = "enforcer_feed_updates_total"
 FEED_AGE = "enforcer_feed_age_seconds"
 FEED_REFRESH = "enforcer_feed_refresh_seconds"
@@ -158,6 +159,11 @@ SPECS: dict[str, MetricSpec] = {
             (REASON,),
         ),
         MetricSpec(ANALYST_HOST_REFUSED_TOTAL, "counter", "Analyst requests refused for a foreign Host header."),
+        MetricSpec(
+            ANALYST_LEASE_LINES_SKIPPED_TOTAL,
+            "counter",
+            "Malformed lines of the --leases files skipped by the analyst.",
+        ),
         MetricSpec(
             FEED_UPDATES_TOTAL,
             "counter",

@@ -34,15 +34,8 @@ MAX_BUCKETS = 200
 
 
 def analyst_identity(analyst: Analyst) -> AnalystIdentity:
-    """The analyst's identity sources (``Analyst.identity``; built from its settings when the state has none)."""
-    ident: AnalystIdentity | None = getattr(analyst, "identity", None)
-    if ident is None:
-        settings = analyst.settings
-        ident = AnalystIdentity(
-            getattr(settings, "leases", []), getattr(settings, "attempt_window", 60.0), analyst.inventory
-        )
-        analyst.identity = ident  # type: ignore[attr-defined]  # until state.py builds it (docs/hardening-identity.md)
-    return ident
+    """The analyst's identity sources (inventory, --leases followed as they change, --attempt-window)."""
+    return analyst.identity
 
 
 def identity_tallies(f: Filters, analyst: Analyst) -> Tallies:

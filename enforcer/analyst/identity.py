@@ -249,6 +249,7 @@ class AnalystIdentity:
         self._lock = threading.Lock()  # one refresh at a time (the gauges' thread and a request's may both ask)
         self._identifier = Identifier(inventory, None)
         self._book: LeaseBook | None = None
+        self.version = 0  # one more each time the leases change (a key of the analyst's memoised views)
         self.refresh()
 
     def refresh(self) -> int:
@@ -256,7 +257,11 @@ class AnalystIdentity:
         if not self.files.paths:
             return 0
         with self._lock:
-            return self.files.refresh()
+            book = self.files.book
+            read = self.files.refresh()
+            if self.files.book is not book:
+                self.version += 1
+            return read
 
     def identifier(self) -> Identifier:
         """An ``Identifier`` over the current lease book (a new one, with fresh caches, when the book changed)."""

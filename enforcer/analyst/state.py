@@ -35,12 +35,14 @@ from ..metrics import (
     ANALYST_FILES_SKIPPED_TOTAL,
     ANALYST_HOST_REFUSED_TOTAL,
     ANALYST_INGEST_ERRORS_TOTAL,
+    ANALYST_LEASE_LINES_SKIPPED_TOTAL,
     LAST_BLOCK_TIMESTAMP,
     NONCOMPLIANT_CLIENTS,
     SPECS,
 )
 from .cases import CaseBook
 from .hostcheck import host_names
+from .identity import AnalystIdentity
 from .ingest import Ingester
 from .inventory import Inventory
 from .lines import DEFAULT_MAX_FILE_BYTES, SKIP_REASONS
@@ -119,6 +121,9 @@ class Analyst:
         # token -> analyst name (``--token-file`` lines ``name:token``, or a plain ``token`` named "analyst").
         self.tokens = parse_tokens(self.token) if self.token else {}
         self.inventory = inventory if inventory is not None else Inventory.load(settings.inventory)
+        # Identity sources: the --leases files read now (off the loop: the Analyst is built in a thread) and again
+        # by refresh_gauges when they change; --attempt-window.
+        self.identity = AnalystIdentity(settings.leases, settings.attempt_window, self.inventory)
         self.holder = PolicyHolder(settings.blocklist, on_change=self._policy_changed)
         self.enforcement = enforcement_of(self.holder.policy)
         self.store = Store(settings.db)
@@ -168,7 +173,7 @@ class Analyst:
         at most ``STALE_VIEWS`` refresh intervals old: a page that opens does not wait for a full pass over the
         store, and it refreshes itself anyway."""
         ekey = self.enforcement.key()
-        key = (name, f, ekey, self.ingester.ingested, self.ingester.deleted)
+        key = (name, f, ekey, self.ingester.ingested, self.ingester.deleted, self.identity.version)
         if key in self._memo:
             self._memo.move_to_end(key)
             hit: T = self._memo[key]  # stored by this method for the same fn
@@ -218,6 +223,7 @@ class Analyst:
     def refresh_gauges(self, now: datetime | None = None) -> None:
         """Blocking: the per-window non-compliant client counts and the last block per app."""
         now_us = ts_to_us(dt_to_ts(now or datetime.now(UTC)))
+        self.identity.refresh()
         apps = set(self.enforcement.cutovers) | set(self.store.facets().get("app", []))
         counts: dict[tuple[str, str], int] = {}
         for window, seconds in WINDOWS.items():
@@ -293,6 +299,11 @@ class _AnalystCollector(Collector):
         )
         refused.add_metric([], self.a.host_refused)
         out.append(refused)
+        leases = CounterMetricFamily(
+            ANALYST_LEASE_LINES_SKIPPED_TOTAL[: -len("_total")], SPECS[ANALYST_LEASE_LINES_SKIPPED_TOTAL].help
+        )
+        leases.add_metric([], self.a.identity.files.skipped)
+        out.append(leases)
         stored = GaugeMetricFamily(ANALYST_EVENTS_STORED, SPECS[ANALYST_EVENTS_STORED].help)
         stored.add_metric([], self.a.stored)
         out.append(stored)

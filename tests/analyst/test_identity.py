@@ -236,3 +236,36 @@ def test_identifier_order_and_bursts() -> None:
     enforced = {30 * US, 200 * US}
     assert bursts([t * 2 + (t in enforced) for t in times], 60 * US) == (3, 2)
     assert bursts([t * 2 for t in times], 0) == (5, 0)
+
+
+async def test_analyst_follows_the_lease_file_and_counts_bad_lines(
+    aiohttp_client: Any, tmp_path: Path, policy: Policy
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    t = int(T0.timestamp())
+    head = "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n"
+    leases = tmp_path / "kea-leases4.csv"
+    leases.write_text(head + "10.9.0.50,not-a-mac,,3600,1,1,0,0,,0,\n", encoding="utf-8")
+    (tmp_path / "inv.csv").write_text(INVENTORY, encoding="utf-8")
+    write_events(tmp_path / "ev" / "e.jsonl", [_hit(policy, "long.weixin.qq.com", "10.9.0.50", T0)])
+    analyst = local_analyst(tmp_path, [str(tmp_path / "ev")], inventory=str(tmp_path / "inv.csv"), leases=[str(leases)])
+    try:
+        assert analyst.ingester.poll_once() == 1
+        client = await aiohttp_client(build_app(analyst))
+        before = await (await client.get("/api/report")).json()
+        # Kea appends the lease that held the address at the event's time; the analyst reads the new line.
+        with leases.open("a", encoding="utf-8") as fh:
+            fh.write(f"10.9.0.50,02:00:00:00:0a:01,,3600,{t + 3600},1,0,0,alice-phone,0,\n")
+        analyst.ingester.poll_once()
+        await analyst.db(analyst.refresh_gauges)
+        after = await (await client.get("/api/report")).json()
+        text = await (await client.get("/metrics")).text()
+    finally:
+        analyst.close()
+    assert [(r["identity"], r["device"]) for r in before["clients"]] == [("cidr", "tablet-lab")]
+    assert [(r["identity"], r["device"], r["owner"]) for r in after["clients"]] == [
+        ("lease", "phone-alice", "Alice Martin")
+    ]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["enforcer_analyst_lease_lines_skipped"].samples[0].value == 1
