@@ -13,7 +13,8 @@
   older store file by ``_migrate``). ``meta``: the stored-event count and the policy key of the rollups.
 - Rollups, updated by ``insert`` in the caller's transaction and taken back by ``delete_before``: ``roll_hour`` (per
   hour and app: events, enforced events) and ``roll_client`` (per client, app, rule, category: events, enforced
-  events, first and last time). Their enforced counts are those of one ``Enforcement`` (``ROLLUP_KEY``); under
+  events, first and last time; after a retention delete a row's first time is only a lower bound, exact per
+  client and app). Their enforced counts are those of one ``Enforcement`` (``ROLLUP_KEY``); under
   another one (a policy change) ``rebuild_rollups`` recomputes them, and readers use the events table meanwhile.
   ``pairs``, ``series`` (whole-hour buckets) and ``top_rules`` read them when ``Filters.rollup_ok`` (no filter but
   apps).
@@ -324,16 +325,18 @@ class Store:
             assert enforcement is not None
             _roll(conn, enforcement, "seq IN (SELECT seq FROM doomed)", [], -1)
             touched = conn.execute(
-                "SELECT DISTINCT client, app, rule, category FROM events WHERE seq IN (SELECT seq FROM doomed)"
+                "SELECT DISTINCT client, app FROM events WHERE seq IN (SELECT seq FROM doomed)"
             ).fetchall()
         conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM doomed)")
         if current:
             conn.execute("DELETE FROM roll_hour WHERE n <= 0")
             conn.execute("DELETE FROM roll_client WHERE n <= 0")
-            # First seen of what is left: one index seek per touched key (events_client leads with client, app).
+            # First seen of what is left, per (client, app): one index seek each (events_client leads with client,
+            # app, ts; a per-rule MIN would read every row of the pair for its rule). Rows of the pair are raised to
+            # it, so MIN(first_us) over the pair (``pairs``, its only reader) is exact again.
             conn.executemany(
-                "UPDATE roll_client SET first_us = (SELECT MIN(ts) FROM events WHERE client = ?1 AND app = ?2"
-                " AND rule = ?3 AND category = ?4) WHERE client = ?1 AND app = ?2 AND rule = ?3 AND category = ?4",
+                "UPDATE roll_client SET first_us = MAX(first_us, (SELECT MIN(ts) FROM events WHERE client = ?1"
+                " AND app = ?2)) WHERE client = ?1 AND app = ?2",
                 touched,
             )
         else:
