@@ -315,7 +315,8 @@ def test_cases_and_french_in_chromium(
     wait.until(
         lambda d: (
             d.execute_script(
-                "return [...new Set([...document.querySelectorAll('#noncompliant tbody tr')].map(tr => tr.dataset.client))]"
+                "return [...new Set([...document.querySelectorAll('#noncompliant tbody tr')]"
+                ".map(tr => tr.dataset.client))]"
             )
             == ["10.1.2.7"]
         )
