@@ -220,6 +220,7 @@ def run_report(args: argparse.Namespace) -> int:
         )
         return 1
     report = build_report(tallies, window_s=args.attempt_window, since=since, until=until)
+    del tallies  # the hit times (8 bytes an event) are not needed to print: free them before the output is built
     sys.stdout.write(FORMATTERS[args.format](report))
     sys.stdout.flush()
     return 0
