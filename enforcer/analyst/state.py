@@ -150,6 +150,7 @@ class Analyst:
         self._prepared: dict[tuple[str, Any], tuple[float, float, Any]] = {}
         self._prepared_mark: tuple[Any, ...] | None = None
         self._prepared_at = 0.0
+        self.first_view: tuple[tuple[Any, ...], float, Any] | None = None  # (mark, when, dashboard dict)
         # Gauges computed off the loop every refresh_interval and read at scrape time.
         self.noncompliant: dict[tuple[str, str], int] = {}
         self.last_block: dict[str, float] = {}
@@ -213,12 +214,28 @@ class Analyst:
         """Compute the first view (``build``: the dashboard with no filter) now, bypassing the prepared copy."""
         mark = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())
         token = PREPARING.set(True)
+        t0 = time.monotonic()
         try:
-            await build()
+            view = await build()
         finally:
             PREPARING.reset(token)
         self._prepared_mark = mark
         self._prepared_at = time.monotonic()
+        if self._prepared_at - t0 >= SLOW_VIEW_SECONDS:
+            self.first_view = (mark, self._prepared_at, view)
+        else:
+            self.first_view = None
+
+    def prepared_view(self) -> Any | None:
+        """The whole unfiltered dashboard as last prepared, when it is still for the current events or at most
+        ``STALE_VIEWS`` refresh intervals old (only a slow one is kept: see ``aggregate``); else None."""
+        if self.first_view is None:
+            return None
+        mark, at, view = self.first_view
+        current = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())
+        if mark == current or time.monotonic() - at <= STALE_VIEWS * self.settings.refresh_interval:
+            return view
+        return None
 
     def refresh_gauges(self, now: datetime | None = None) -> None:
         """Blocking: the per-window non-compliant client counts and the last block per app."""

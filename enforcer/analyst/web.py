@@ -354,7 +354,9 @@ async def api_candidates(request: web.Request) -> web.StreamResponse:
 async def api_dashboard(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
     f, _, _ = filters_from(request)
-    data = await dashboard(analyst, await _searched(analyst, f))
+    prepared = analyst.prepared_view() if f == Filters() else None
+    # The first view of a large store comes as prepared by the refresh loop (its generated_at says when).
+    data = dict(prepared) if prepared is not None else await dashboard(analyst, await _searched(analyst, f))
     lang = _lang(request)
     data["lang"] = lang
     data["retention_seconds"] = analyst.settings.retention

@@ -148,3 +148,41 @@ def test_token_file_lines() -> None:
         parse_tokens("carol:\n", source="tokens")
     with pytest.raises(ConfigError, match=r"^tokens:2: this token is already given"):
         parse_tokens("a:same\nb:same\n", source="tokens")
+
+
+async def test_first_view_prepared_and_served_while_events_arrive(client: Any, policy, monkeypatch) -> None:
+    """A slow first view (forced here: any duration counts as slow) is prepared by the refresh and served as
+    prepared while new events arrive, at most STALE_VIEWS refresh intervals old; filtered views stay live."""
+    import time
+
+    import enforcer.analyst.state as state_mod
+    from enforcer.analyst.dashboard import dashboard
+    from enforcer.analyst.store import Filters
+
+    monkeypatch.setattr(state_mod, "SLOW_VIEW_SECONDS", 0.0)
+    a = client.analyst
+    await a.prepare_first_view(lambda: dashboard(a, Filters()))
+    first = await (await client.get("/api/dashboard", headers=PLAIN)).json()
+    extra = HitEvent.from_match(
+        policy.match_name("long.weixin.qq.com"),
+        action="dns-block",
+        component="dns",
+        version=policy.fingerprint,
+        enforced=True,
+        at=datetime.now(UTC),
+        source_ip="10.1.2.7",
+        dns_question_name="long.weixin.qq.com",
+        dns_question_type="A",
+    )
+    write_events(client.tmp / "ev" / "extra.jsonl", [extra])
+    assert a.ingester.poll_once() == 1
+    served = await (await client.get("/api/dashboard", headers=PLAIN)).json()
+    assert served["generated_at"] == first["generated_at"] and served["totals"] == first["totals"]
+    live = await (await client.get("/api/dashboard", params={"app": "wechat"}, headers=PLAIN)).json()
+    assert live["totals"]["hits"] > 0 and live["generated_at"] != first["generated_at"]
+    mark, _, view = a.first_view
+    # Older than the bound (the view and its prepared aggregations): computed again.
+    a.first_view = (mark, time.monotonic() - 3600, view)
+    a._prepared = {k: (at - 3600, took, v) for k, (at, took, v) in a._prepared.items()}
+    fresh = await (await client.get("/api/dashboard", headers=PLAIN)).json()
+    assert fresh["totals"]["hits"] == first["totals"]["hits"] + 1
