@@ -259,6 +259,14 @@ def _latencies(url: str, n: int, auth: bool = True) -> dict[str, float]:
     return {"median_ms": round(statistics.median(out), 1), "p95_ms": round(p95, 1)}
 
 
+def _die_with_parent() -> None:
+    """In the analyst child: SIGTERM when the bench dies (a test timeout kills the bench with SIGKILL, and its
+    analyst must not outlive it)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _start_analyst(events: Path, db: Path, workdir: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     token = workdir / "token"
     token.write_text(TOKEN, encoding="utf-8")
@@ -266,7 +274,7 @@ def _start_analyst(events: Path, db: Path, workdir: Path, *extra: str) -> tuple[
     proc = subprocess.Popen(
         [sys.executable, "-m", "enforcer", "analyst", "--listen", f"127.0.0.1:{port}", "--events", str(events),
          "--db", str(db), "--token-file", str(token), *extra],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
