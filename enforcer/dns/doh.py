@@ -41,6 +41,7 @@ import h11
 from .chain import Handler, Via
 from .clientid import DOH_PATH, client_id_from_path
 from .encrypted import READ_TIMEOUT, Gate, accept_tls
+from .h2fast import install as install_hpack_memo
 from .observe import RateLimitedLog
 from .tls import CertSource
 
@@ -286,6 +287,7 @@ class DohServer:
             normalize_outbound_headers=False,
         )
         conn = h2.connection.H2Connection(config)
+        install_hpack_memo(conn)  # enforcer/dns/h2fast.py: repeated header blocks are not re-coded
         conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

@@ -1,0 +1,126 @@
+"""HPACK with a memo of repeated header blocks, for enforcer/dns/doh.py's HTTP/2 connections.
+
+- ``install(conn)``: gives an ``h2`` connection the ``MemoEncoder`` and ``MemoDecoder`` below (before its first
+  frame), keeping the limits h2 already set on its decoder.
+- ``MemoDecoder``: a request header block made only of indexed fields and literals kept out of the table
+  (``table_neutral``) changes no HPACK table, so it decodes to the same headers as long as the table is unchanged:
+  decoded once, then looked up. Any other block (incremental indexing, a table size update) may change the table
+  and empties the memo.
+- ``MemoEncoder``: the same for our answers' headers: once the encoder emitted a block of one-byte indexed fields
+  for a header list, that list encodes to those bytes until the table changes (any other block) or is resized.
+
+Why: a DoH client sends the same few request headers on every stream, and our answers repeat a handful of header
+lists (status, content-type, content-length, max-age); under dnsperf the pure-Python HPACK work was about a third
+of the CPU per query. Both memos are bounded (``MEMO_SIZE`` blocks, emptied when full).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# hpack ships type information, h2 does not (see enforcer/dns/doh.py).
+from hpack import Decoder, Encoder
+
+MEMO_SIZE = 256
+_INDEXED_ONLY = bytes(range(0x81, 0xFF))  # one-byte indexed fields; 0xFF would start a multi-byte index
+
+
+def _indexed_only(block: bytes) -> bool:
+    return bool(block) and not block.translate(None, _INDEXED_ONLY)
+
+
+def _integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 5.1) at ``pos``: ``(value, next position)``; IndexError when cut short."""
+    mask = (1 << prefix_bits) - 1
+    value = block[pos] & mask
+    pos += 1
+    if value == mask:
+        shift = 0
+        while True:
+            byte = block[pos]
+            pos += 1
+            value += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+    return value, pos
+
+
+def table_neutral(block: bytes) -> bool:
+    """True when decoding ``block`` cannot change the HPACK dynamic table: only indexed fields (RFC 7541 6.1) and
+    literals without indexing or never indexed (6.2.2, 6.2.3); no incremental indexing (6.2.1), no size update
+    (6.3)."""
+    pos, end = 0, len(block)
+    try:
+        while pos < end:
+            first = block[pos]
+            if first & 0x80:
+                _, pos = _integer(block, pos, 7)
+            elif first & 0xE0 == 0:  # 0000xxxx or 0001xxxx: a literal left out of the table
+                index, pos = _integer(block, pos, 4)
+                strings = 2 if index == 0 else 1  # a new name, then the value
+                for _ in range(strings):
+                    length, pos = _integer(block, pos, 7)
+                    pos += length
+            else:
+                return False
+    except IndexError:
+        return False
+    return pos == end and end > 0
+
+
+class MemoDecoder(Decoder):
+    """``hpack.Decoder`` that remembers the headers of table-neutral blocks (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memo: dict[tuple[bytes, bool], list[Any]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        key = (bytes(data), raw)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return list(hit)  # a copy: the caller owns its list
+        headers = super().decode(data, raw)
+        if table_neutral(key[0]):
+            if len(self.memo) >= MEMO_SIZE:
+                self.memo.clear()
+            self.memo[key] = list(headers)
+        else:
+            self.memo.clear()  # the block may have added to or resized the table
+        return headers
+
+
+class MemoEncoder(Encoder):
+    """``hpack.Encoder`` that remembers the blocks of table-neutral header lists (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memo: dict[tuple[Any, ...], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        if self.header_table.resized:  # the next block must carry the size update
+            self.memo.clear()
+            block: bytes = super().encode(headers, huffman)
+            return block
+        key = (tuple(headers), huffman)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit
+        block = super().encode(key[0], huffman)
+        if _indexed_only(block):
+            if len(self.memo) >= MEMO_SIZE:
+                self.memo.clear()
+            self.memo[key] = block
+        else:
+            self.memo.clear()  # the block added to the table (and may have evicted what a memo refers to)
+        return block
+
+
+def install(conn: Any) -> None:
+    """Give the ``h2.connection.H2Connection`` ``conn`` the memo encoder and decoder (before any frame)."""
+    decoder = MemoDecoder()
+    decoder.max_header_list_size = conn.decoder.max_header_list_size
+    decoder.max_allowed_table_size = conn.decoder.max_allowed_table_size
+    conn.encoder = MemoEncoder()
+    conn.decoder = decoder
