@@ -166,6 +166,7 @@ class _H2Answers:
 
     def flush(self) -> None:
         conn = self.conn
+        records = []
         for stream_id, status, payload in self.ready:
             out = [(":status", str(status)), ("content-length", str(len(payload)))]
             if status == 200:
@@ -174,12 +175,15 @@ class _H2Answers:
                 conn.send_headers(stream_id, out, end_stream=not payload)
                 if payload:
                     conn.send_data(stream_id, payload, end_stream=True)
-            # One TLS record per answer (the loop's transport may still send several in one syscall): dnsperf's
-            # DoH client handles one answer per record and stalled when a record carried several.
             data = conn.data_to_send()
-            if data and not self.writer.transport.is_closing():
-                self.writer.write(data)
+            if data:
+                records.append(data)
         self.ready.clear()
+        # One TLS record per answer (writelines: one SSL write per item), all sent in one syscall: dnsperf's DoH
+        # client handles one answer per record and stalled when a record carried several (600 of 604 queries
+        # lost), while a send per answer cost about a fifth of the CPU per query.
+        if records and not self.writer.transport.is_closing():
+            self.writer.writelines(records)
 
     def cancel(self) -> None:
         for task in list(self.tasks):
