@@ -247,4 +247,5 @@ def _fleet_hits_reach_the_report(log_text: str, engine: str, env: dict) -> None:
     assert rep.returncode == 0, rep.stderr
     rows = [c for c in json.loads(rep.stdout)["clients"] if c["app"] == "wechat"]
     assert len(rows) == 1 and rows[0]["client"] == "127.0.0.1", rows
-    assert rows[0]["attempts"] == expected
+    assert rows[0]["hits"] == expected  # every logged rewrite is one hit; attempts group them into bursts
+    assert 1 <= rows[0]["attempts"] <= expected
