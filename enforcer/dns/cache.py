@@ -16,10 +16,10 @@
 - ``Cache.lookup(key)`` + ``Cache.reply(entry, data, q)``: the reply for query ``data`` with its id and question case,
   TTLs counted down by the whole seconds elapsed; patched bytes are memoised per second so a hot entry costs one join.
 - Hot answers: ``Cache.remember(data, key, entry, q)`` notes that the packet ``data`` (every byte after its id) was
-  answered from ``entry``; ``Cache.hot(data)`` then answers the same bytes again with one dict look-up on
-  ``data[2:]``, before any parsing (the chain's step 0c; it decides which answers may be remembered). A remembered
-  packet stops being answered when its entry leaves the cache (expired, evicted, replaced, cleared); the table holds
-  at most ``HOT_MAX`` packets and is emptied when full.
+  answered from ``entry``; ``Cache.hot(data[2:], data)`` then answers the same bytes again with one dict look-up,
+  before any parsing (the chain's step 0c; it decides which answers may be remembered). A remembered packet stops
+  being answered when its entry leaves the cache (expired, evicted, replaced, cleared); the table holds at most
+  ``HOT_MAX`` packets and is emptied when full.
 """
 
 from __future__ import annotations
@@ -128,15 +128,16 @@ class Cache:
         p = entry.patched
         hot[data[2:]] = [entry, p, p[2:12] + data[12 : q.qend] + p[entry.qend :], key, q.qend]
 
-    def hot(self, data: bytes) -> bytes | None:
-        """The reply to a remembered packet (its id, its question bytes, the entry's TTLs now), or None."""
-        h = self._hot.get(data[2:])
+    def hot(self, packet: bytes, data: bytes) -> bytes | None:
+        """The reply to a remembered packet ``data`` (``packet``: its bytes after the id, the key) with its id and
+        question bytes and the entry's TTLs now; None when it is not remembered (any more)."""
+        h = self._hot.get(packet)
         if h is None:
             return None
         entry = h[0]
         now = self.clock()
         if entry.dead or now >= entry.expires:
-            del self._hot[data[2:]]
+            del self._hot[packet]
             return None
         self._d.move_to_end(h[3])  # the LRU order the slow path would keep
         age = int(now - entry.start)

@@ -52,6 +52,7 @@ Reply = bytes | None | Awaitable[bytes | None] | list[bytes]
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 log = logging.getLogger("enforcer.dns")
+VERDICTS_MAX = 20_000  # blocked packets whose (question, rule) are memoised; ~200 bytes each
 # Whatever a packet aimed at the RPZ feed makes go wrong is logged at most once a minute (a sender can repeat it).
 ratelog = RateLimitedLog(log)
 
@@ -191,10 +192,21 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
     new_request = tuple.__new__
     qlog = parts.query_log
 
+    # Packets blocked before (the bytes after the id -> their question and block rule): parsing and matching the same
+    # bytes again gives the same pair, so a repeated blocked query skips both (docs/performance.md). Bounded, and
+    # emptied with everything else decided under a policy when it is swapped.
+    verdicts: dict[bytes, tuple[wire.Question, Rule]] = {}
+
+    def remember_verdict(data: bytes, q: wire.Question, rule: Rule) -> None:
+        if len(verdicts) >= VERDICTS_MAX:
+            verdicts.clear()
+        verdicts[data[2:]] = (q, rule)
+
     def swapped(policy: Policy) -> None:
         # A reload swapped the policy: drop everything decided under the old one.
         cache.clear()
         sinkhole.clear()
+        verdicts.clear()
         current[0], current[1] = policy, policy.enforcement.decide
 
     def finish(req: Request, reply: bytes) -> bytes:
@@ -211,11 +223,11 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         answers as if nothing matched). Either way the hit is counted and logged (a monitor hit when not enforced:
         before the effective date, or an exempt client)."""
         q = req.q
-        enforced, exempt = current[1](rule.app, req.host, now_us() // 1000)  # policy.enforcement.decide
+        at = now_us() // 1000
+        enforced, exempt = current[1](rule.app, req.host, at)  # policy.enforcement.decide
         # unlisted: the question name matched no rule, only its answer did: a name the list misses (discovery).
-        hit(policy, rule, matched, action=action, enforced=enforced, exempt=exempt, addr=req.addr, qname=q.key,
-            qtype=q.qtype, unlisted=req.rule is None, tcp=req.tcp,
-            via=req.via)  # fmt: skip
+        hit(policy, rule, matched, action, enforced, exempt, req.addr, q.key, q.qtype, req.rule is None, req.tcp,
+            req.via, at)  # fmt: skip
         if not enforced:
             return None
         outcome(blocked)
@@ -231,10 +243,15 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         outcome("dropped" if refusal is None else "refused")
         return refusal
 
-    def cached(req: Request, ckey: Any, entry: Entry) -> bytes:
+    def cached(req: Request, policy: Policy, ckey: Any, entry: Entry) -> bytes:
         """Step 4's answer from the cache. The packet is remembered for step 0c when its answer is the same for every
         client and time: no block rule matched its name (nor, by response policy, its answer) and it fits over UDP."""
         data, q, rule = req.data, req.q, req.rule
+        if entry.rule is not None:
+            # The cached answer was blocked by response policy: replay that verdict (and its event) per client.
+            blocked = block(req, policy, entry.rule, q.key, "dns-response-block", "response_blocked")
+            if blocked is not None:
+                return blocked
         outcome("cached")
         if qlog is not None:
             qlog(req.host, q.key, q.qtype)
@@ -277,26 +294,33 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         policy = holder.policy
         if policy is not current[0]:
             swapped(policy)
+        packet = data[2:]  # the bytes after the id: what steps 0c, 1 and 3 decide on
         if not tcp:
-            reply = hot(data)
+            reply = hot(packet, data)
             if reply is not None:
                 outcome("cached")
                 observe(clock() - t0)
                 return reply
 
-        # 1. Parse, on the wire. Why first: everything after needs the question; dnslib sees only the odd packets
-        #    (compressed questions, unusual records), malformed ones end here as FORMERR or are dropped.
-        q = parse(data)
-        if q is None:
-            data, q, reply = reparse(data, outcome)
+        seen = verdicts.get(packet)  # blocked before: steps 1 and 3 gave (question, rule) for these very bytes
+        if seen is None:
+            # 1. Parse, on the wire. Why first: everything after needs the question; dnslib sees only the odd
+            #    packets (compressed questions, unusual records), malformed ones end here as FORMERR or are dropped.
+            q = parse(data)
             if q is None:
-                return reply
+                data, q, reply = reparse(data, outcome)
+                if q is None:
+                    return reply
 
-        # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
-        #    policy reload must take effect on the very next query whatever the cache holds (checked above).
-        rule = policy.match_key(q.key)
+            # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
+            #    policy reload must take effect on the very next query whatever the cache holds (checked above).
+            rule = policy.match_key(q.key)
+        else:
+            q, rule = seen
         req = new_request(Request, (data, q, addr, host, tcp, t0, rule, via))
         if rule is not None and rule.action == "block":
+            if seen is None:
+                remember_verdict(data, q, rule)
             blocked = block(req, policy, rule, q.key, "dns-block", "blocked")
             if blocked is not None:  # else a monitor hit (logged), resolved like any other name
                 return blocked
@@ -306,12 +330,7 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         ckey = cache_key(q, data)
         entry = cache.lookup(ckey)
         if entry is not None:
-            if entry.rule is not None:
-                # The cached answer was blocked by response policy: replay that verdict (and its event) per client.
-                blocked = block(req, policy, entry.rule, q.key, "dns-response-block", "response_blocked")
-                if blocked is not None:
-                    return blocked
-            return cached(req, ckey, entry)
+            return cached(req, policy, ckey, entry)
 
         return forward(req, ckey)  # 5. Upstream (asynchronous from here on).
 
