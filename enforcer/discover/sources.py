@@ -1,6 +1,8 @@
 """Inputs of discovery, read in bounded memory and filtered by time.
 
-- ``event_files(paths)``: JSON Lines files of the given files and folders (``*.jsonl`` and rotated ``*.jsonl.N``).
+- Event files are listed and opened as ``enforcer report`` and the analyst do (``analyst.files.event_files``,
+  ``analyst.lines.open_event_file`` and ``line_blocks``: regular files only, bounded lines); a file they refuse is
+  skipped and named in one warning line.
 - ``Hit``: the fields discovery needs of one event: time, client, app, rule, category, action, dataset, the name
   asked (``dns.question.name``), the SNI, and the chain (``related.hosts``/``related.ip``).
 - ``read_hits(paths, since, needles)``: the hits at or after ``since`` (Unix seconds), at most ``MAX_RECORDS``; with
@@ -12,15 +14,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..analyst.files import event_files
+from ..analyst.lines import EventFileError, line_blocks, open_event_file
 from ..dns.querylog import iter_query_log
-from ..events import iter_events
 
+log = logging.getLogger("enforcer.discover")
 MAX_RECORDS = 1_000_000  # per input kind: bounds memory (a few hundred MB at most) over a week of logs
 
 
@@ -37,17 +42,6 @@ class Hit:
     sni: str
     chain: tuple[str, ...]
     denied: bool
-
-
-def event_files(paths: Sequence[str | Path]) -> list[Path]:
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            out.extend(sorted(x for x in p.iterdir() if x.is_file() and ".jsonl" in x.name))
-        elif p.is_file():
-            out.append(p)
-    return out
 
 
 def _get(doc: dict[str, Any], *path: str) -> Any:
@@ -93,19 +87,24 @@ def hit_from_doc(doc: dict[str, Any]) -> Hit | None:
 def _docs(path: Path, needles: tuple[bytes, ...]) -> Iterator[dict[str, Any]]:
     """The events of one file whose line contains one of ``needles`` (all without needles): a byte search skips the
     JSON parse of every other line (most of a week of hits, when only discovery events and SNI values are read)."""
-    if not needles:
-        yield from iter_events(path)
+    try:
+        fh = open_event_file(path)
+    except EventFileError as exc:
+        log.warning("discover: skipped %s", exc)
         return
-    with open(path, "rb") as fh:
-        for line in fh:
-            if not any(n in line for n in needles):
+    with fh:
+        for block in line_blocks(fh):
+            if block is None:  # a line over the reader's limit, skipped unread
                 continue
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(doc, dict):
-                yield doc
+            for line in block.splitlines():
+                if needles and not any(n in line for n in needles):
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict):
+                    yield doc
 
 
 def read_hits(paths: Sequence[str | Path], since: float, needles: tuple[bytes, ...] = ()) -> Iterator[Hit]:
