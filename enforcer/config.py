@@ -188,3 +188,16 @@ def parse_size(text: str, minimum: int = 1) -> int:
     if not m or int(m.group(1)) * _UNITS[m.group(2).upper()] < minimum:
         raise ValueError(f"invalid size {text!r} (e.g. 65536, 64M, 4G)")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def parse_number(flag: str, value: Any, kind: type, low: float, high: float) -> Any:
+    """A numeric setting (``kind`` int or float) within ``[low, high]``; ValueError naming the flag otherwise.
+
+    One reader for the resolver's numeric settings, plain and encrypted listeners alike."""
+    try:
+        n = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag} {value!r}: not a number") from None
+    if not low <= n <= high:
+        raise ValueError(f"{flag} {value!r}: must be between {low} and {high}")
+    return n

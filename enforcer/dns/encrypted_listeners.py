@@ -26,6 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from ..config import parse_number
 from ..net import split_host_port
 from .chain import Handler
 from .clientid import KnownIds, normalize_server_name
@@ -70,16 +71,6 @@ def _addresses(flag: str, values: list[str] | None) -> list[tuple[str, int]]:
     return out
 
 
-def _number(flag: str, value: Any, kind: type, low: float, high: float) -> Any:
-    try:
-        n = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{flag} {value!r}: not a number") from None
-    if not low <= n <= high:
-        raise ValueError(f"{flag} {value!r}: must be between {low} and {high}")
-    return n
-
-
 def encrypted_settings(args: Any) -> EncryptedSettings | None:
     """The encrypted-listener flags, checked; None when no ``--dot``/``--doh``/``--doq`` is given."""
     s = EncryptedSettings(
@@ -115,13 +106,13 @@ def encrypted_settings(args: Any) -> EncryptedSettings | None:
     if s.require_client_id and not s.server_name and not s.doh:
         raise ValueError("--require-client-id: DoT/DoQ clients name their id as <id>.NAME: give --server-name NAME")
     s.limits = EncryptedLimits(
-        max_connections=_number("--tls-max-connections", getattr(args, "tls_max_connections", 10_000), int, 1,
+        max_connections=parse_number("--tls-max-connections", getattr(args, "tls_max_connections", 10_000), int, 1,
                                 1_000_000),
-        max_per_source=_number("--tls-max-per-source", getattr(args, "tls_max_per_source", 32), int, 1, 1_000_000),
-        handshake_timeout=_number("--tls-handshake-timeout", getattr(args, "tls_handshake_timeout", 5.0), float,
+        max_per_source=parse_number("--tls-max-per-source", getattr(args, "tls_max_per_source", 32), int, 1, 1_000_000),
+        handshake_timeout=parse_number("--tls-handshake-timeout", getattr(args, "tls_handshake_timeout", 5.0), float,
                                   0.1, 120),
-        idle_timeout=_number("--tls-idle-timeout", getattr(args, "tls_idle_timeout", 30.0), float, 0.1, 86_400),
-        h2_max_streams=_number("--doh-max-streams", getattr(args, "doh_max_streams", 100), int, 1, 10_000),
+        idle_timeout=parse_number("--tls-idle-timeout", getattr(args, "tls_idle_timeout", 30.0), float, 0.1, 86_400),
+        h2_max_streams=parse_number("--doh-max-streams", getattr(args, "doh_max_streams", 100), int, 1, 10_000),
     )  # fmt: skip
     return s
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from ..config import parse_size
+from ..config import parse_number, parse_size
 from ..events import EventWriter
 from ..metrics import (
     DNS_CACHE_ENTRIES,
@@ -143,7 +143,7 @@ class DnsSettings:
                 nat64.append(check_nat64_prefix(ipaddress.IPv6Network(value)))
             except ValueError as exc:
                 raise ValueError(f"--nat64-prefix {value!r}: {exc}") from None
-        number = _number
+        number = parse_number
         min_ttl = number("--min-cache-ttl", getattr(args, "min_cache_ttl", 0), int, 0, 604_800)
         max_ttl = number("--max-cache-ttl", getattr(args, "max_cache_ttl", 86_400), int, 0, 2**31 - 1)
         if min_ttl > max_ttl:
@@ -179,16 +179,6 @@ class DnsSettings:
             feeds_refresh=bool(getattr(args, "feeds_refresh", False)),
             feeds_cafile=getattr(args, "feeds_cafile", None) or None,
         )
-
-
-def _number(flag: str, value: Any, kind: type, low: float, high: float) -> Any:
-    try:
-        n = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{flag} {value!r}: not a number") from None
-    if not low <= n <= high:
-        raise ValueError(f"{flag} {value!r}: must be between {low} and {high}")
-    return n
 
 
 def _endpoints(args: Any) -> tuple[list[tuple[str, int]], list[UpstreamSpec]]:
