@@ -22,10 +22,7 @@ from fakeupstream import FakeUpstream
 
 from tests.conftest import eventually, require_tool
 
-# slow: ~50 s of browser start-up on this 2-core machine, which pushed the default run past its 10 minutes; the
-# transports it uses are covered in the default run by kdig, dig, curl and httpx (test_encrypted_doh.py). Run it with
-# `pytest -m slow tests/dns/test_encrypted_chromium.py`.
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
