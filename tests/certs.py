@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -12,15 +13,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed(folder: Path, name: str, prefix: str = "origin", days: int = 30) -> tuple[Path, Path]:
-    """``(cert.pem, key.pem)`` for ``name`` (a DNS name or an IP address, put in subjectAltName), self-signed and
-    marked as a CA so that a client can trust it directly as its CA file."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+def _general_name(name: str) -> x509.GeneralName:
     try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+        return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
-        san = x509.DNSName(name)
+        return x509.DNSName(name)
+
+
+def self_signed(
+    folder: Path,
+    name: str,
+    prefix: str = "origin",
+    days: int = 30,
+    also: Sequence[str] = (),
+    common_name: str | None = None,
+) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` for ``name`` and the names in ``also`` (DNS names, wildcards or IP addresses, put in
+    subjectAltName), self-signed and marked as a CA so that a client can trust it directly as its CA file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or name)])
+    san = [_general_name(n) for n in (name, *also)]
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -30,7 +42,7 @@ def self_signed(folder: Path, name: str, prefix: str = "origin", days: int = 30)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import socket
 import ssl
 import struct
@@ -24,42 +22,25 @@ from typing import Any
 
 import dns.message
 import dnslib
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from dnshelpers import DnsProcess
 
+from tests.certs import self_signed
 from tests.conftest import free_port
 
 SERVER_NAME = "dns.test"
 
 
 def make_cert(folder: Path, tag: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{SERVER_NAME} {tag}")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName(SERVER_NAME), x509.DNSName(f"*.{SERVER_NAME}"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    """A certificate for the resolver's name, its ClientID subdomains and 127.0.0.1; ``tag`` tells two apart (the
+    swap-on-disk tests)."""
+    return self_signed(
+        folder,
+        SERVER_NAME,
+        prefix=tag,
+        days=2,
+        also=(f"*.{SERVER_NAME}", "127.0.0.1"),
+        common_name=f"{SERVER_NAME} {tag}",
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / f"{tag}-cert.pem", folder / f"{tag}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 class EncResolver(DnsProcess):
