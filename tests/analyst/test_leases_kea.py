@@ -142,8 +142,17 @@ def _lease_then_release(tmp: Path, ns: str, mac: str, leases: Path) -> tuple[dat
         eventually(lambda: any(r[1] == mac and r[3] != "0" for r in _rows(leases)), timeout=30)
         bound = datetime.now(UTC)
         eventually(pidfile.exists, timeout=5)
-        os.kill(int(pidfile.read_text().strip()), signal.SIGUSR2)  # udhcpc: release the lease now
-        eventually(lambda: any(r[1] == mac and r[3] == "0" for r in _rows(leases)), timeout=15)
+        pid = int(pidfile.read_text().strip())
+
+        def released_row() -> bool:
+            # udhcpc sends one DHCPRELEASE per SIGUSR2 and never repeats it: a release lost on the veth (or a signal
+            # that came before udhcpc's main loop) would leave Kea's row bound, so ask again until Kea has it.
+            if any(r[1] == mac and r[3] == "0" for r in _rows(leases)):
+                return True
+            os.kill(pid, signal.SIGUSR2)  # udhcpc: release the lease now
+            return False
+
+        eventually(released_row, timeout=15, interval=1.0)
         released = datetime.now(UTC)
     finally:
         proc.terminate()
