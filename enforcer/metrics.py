@@ -47,6 +47,7 @@ DNS_TCP_CONNECTIONS = "enforcer_dns_tcp_connections"
 DNS_ENCRYPTED_QUERIES_TOTAL = "enforcer_dns_encrypted_queries_total"
 DNS_ENCRYPTED_CONNECTIONS_TOTAL = "enforcer_dns_encrypted_connections_total"
 DNS_ENCRYPTED_CONNECTIONS = "enforcer_dns_encrypted_connections_open"
+DNS_ENCRYPTED_RELOADS_TOTAL = "enforcer_dns_encrypted_reloads_total"
 DNS_WORKERS = "enforcer_dns_workers"
 PROXY_FLOWS_TOTAL = "enforcer_proxy_flows_total"
 POLICY_RULES = "enforcer_policy_rules"
@@ -122,6 +123,13 @@ SPECS: dict[str, MetricSpec] = {
             (TRANSPORT, OUTCOME),
         ),
         MetricSpec(DNS_ENCRYPTED_CONNECTIONS, "gauge", "Open encrypted DNS client connections.", (TRANSPORT,)),
+        MetricSpec(
+            DNS_ENCRYPTED_RELOADS_TOTAL,
+            "counter",
+            "Re-reads of the TLS certificate and the ClientID files after a change, by kind (certificate, "
+            "client_ids) and result (success; failure: the last good one is kept).",
+            (KIND, RESULT),
+        ),
         MetricSpec(DNS_WORKERS, "gauge", "Resolver worker processes answering (enforcer dns --workers)."),
         MetricSpec(
             PROXY_FLOWS_TOTAL,

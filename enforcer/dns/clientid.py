@@ -8,7 +8,7 @@
 - ``KnownIds``: the ids ``--require-client-id`` accepts, from ``--client-ids FILE`` (one per line, ``#`` comments)
   and ``--inventory FILE`` (its ``client_id`` column, read by enforcer/analyst/inventory.py, the inventory's one
   reader). ``reload_if_changed()`` re-reads the files when their mtime/size changed (call it off the event loop);
-  a bad file keeps the last good set and says why in one line.
+  a bad file keeps the last good set, says why in one line and counts it (``failures``; ``reloads``: good ones).
 
 Why a label and nothing else: the id travels as the first label of a TLS server name (Android's Private DNS
 hostname, Apple's ``ServerName``), so it must be one; case folding because DNS names are case-insensitive and some
@@ -108,6 +108,8 @@ class KnownIds:
                                                                             (inventory,) if p]  # fmt: skip
         self.ids: frozenset[str] = frozenset()
         self._stamps: list[tuple[int, int] | None] = [None] * len(self.files)
+        self.reloads = 0
+        self.failures = 0  # re-reads refused (a bad file): enforcer_dns_encrypted_reloads_total{result="failure"}
         self.reload_if_changed(strict=True)
 
     def __contains__(self, cid: str) -> bool:
@@ -136,7 +138,9 @@ class KnownIds:
                 raise ValueError(str(exc)) from None
             log.warning("ClientIDs not reloaded, the last good set (%d ids) is kept: %s", len(self.ids), exc)
             self._stamps = stamps  # do not retry a bad file every second; its next change is read again
+            self.failures += 1
             return False
         self._stamps = stamps
         self.ids = frozenset(ids)
+        self.reloads += 1
         return True

@@ -7,7 +7,9 @@
 - ``EncryptedListeners(settings, handler, allowed, outcome, registry)``: ``start()`` loads the certificate and the
   known ClientIDs, binds every DoT/DoH (TCP) and DoQ (UDP) address and returns them as ``HOST:PORT (dot)``;
   a background task re-reads the certificate and the ClientID files every ``watch_interval`` seconds (off the
-  event loop); ``close()`` stops everything. All of them feed the one chain (``handler``: chain.build_chain).
+  event loop), each re-read counted in ``enforcer_dns_encrypted_reloads_total{kind,result}`` (a file that fails is
+  logged, counted as a failure, and the last good one kept); ``close()`` stops everything. All of them feed the
+  one chain (``handler``: chain.build_chain).
 
 The servers are enforcer/dns/encrypted.py (gate, DoT), enforcer/dns/doh.py and enforcer/dns/doq.py.
 """
@@ -27,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ..config import parse_number
+from ..metrics import DNS_ENCRYPTED_RELOADS_TOTAL, Metrics
 from ..net import split_host_port
 from .chain import Handler
 from .clientid import KnownIds, normalize_server_name
@@ -36,6 +39,7 @@ from .tls import CertSource, self_signed
 log = logging.getLogger("enforcer.dns")
 
 DEFAULT_TLS_DIR = "var/tls"  # like the proxy's CA (var/mitmproxy): relative to the working directory
+RELOAD_KINDS = ("certificate", "client_ids")
 
 
 @dataclass
@@ -160,6 +164,12 @@ class EncryptedListeners:
         self.accepting: list[tuple[asyncio.Task[None], socket.socket]] = []
         self.self_signed: str | None = None  # the certificate's path when one was generated
         self._watch: asyncio.Task[None] | None = None
+        self.reloads: Any = None  # the enforcer_dns_encrypted_reloads_total counter, when there is a registry
+        if registry is not None:
+            self.reloads = Metrics(registry, (DNS_ENCRYPTED_RELOADS_TOTAL,))[DNS_ENCRYPTED_RELOADS_TOTAL]
+            for kind in RELOAD_KINDS:  # present from the first scrape, so an alert on increase() works from zero
+                for result in ("success", "failure"):
+                    self.reloads.labels(kind, result)
 
     async def start(self) -> list[str]:
         s = self.settings
@@ -195,6 +205,7 @@ class EncryptedListeners:
 
                         server = DohServer(self.handler, gate, certs, self.outcome)
                     self.servers.append(server)
+                    certs.context(server.alpn)  # made now from the good pair, whatever is on disk later
                     sock = _bind_tcp(host, port, s.reuse_port)
                     port = sock.getsockname()[1]
                     self.accepting.append((asyncio.ensure_future(accept_loop(sock, server.serve)), sock))
@@ -210,10 +221,13 @@ class EncryptedListeners:
         while True:
             await asyncio.sleep(self.settings.watch_interval)
             try:
-                if self.certs is not None:
-                    await loop.run_in_executor(None, self.certs.reload_if_changed)
-                if self.known is not None:
-                    await loop.run_in_executor(None, self.known.reload_if_changed)
+                for kind, source in (("certificate", self.certs), ("client_ids", self.known)):
+                    if source is None:
+                        continue
+                    failures = source.failures
+                    reloaded = await loop.run_in_executor(None, source.reload_if_changed)
+                    if self.reloads is not None and (reloaded or source.failures != failures):
+                        self.reloads.labels(kind, "success" if reloaded else "failure").inc()
             except Exception:  # never let the watcher die: the next round tries again
                 log.exception("encrypted DNS: reloading the certificate or the ClientIDs failed")
 

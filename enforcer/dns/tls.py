@@ -4,8 +4,9 @@
   current ``ssl.SSLContext`` for a listener (TLS 1.2 or later, the listener's ALPN, a callback that records the
   client's SNI on the ``SSLObject`` as ``enforcer_sni`` for the ClientID). ``reload_if_changed()`` re-reads the
   files when their mtime/size changed (call it off the event loop): the contexts are rebuilt, so every handshake
-  after it uses the new certificate; connections already open keep theirs. A bad pair keeps the last good one and
-  says why in one line. ``on_reload`` callbacks (DoQ's configuration) run after a successful reload.
+  after it uses the new certificate; connections already open keep theirs. A bad pair keeps the last good one,
+  says why in one line and counts it (``failures``; ``reloads``: the good ones). ``on_reload`` callbacks (DoQ's
+  configuration) run after a successful reload.
 - ``self_signed(directory, names)``: without ``--tls-cert``, on loopback only, a self-signed certificate for
   ``localhost``, 127.0.0.1, ::1 (and ``--server-name`` with its ``*.`` wildcard) is made once in ``directory``
   and reused afterwards; returns the two paths.
@@ -61,7 +62,8 @@ class CertSource:
         self._stamp = self._stat()
         self.on_reload: list[Callable[[], None]] = []
         self.reloads = 0
-        make_context(cert, key, ["dot"])  # a bad pair fails at start, with the file names
+        self.failures = 0  # reloads refused (a bad pair): enforcer_dns_encrypted_reloads_total{result="failure"}
+        self._alpns[("dot",)] = make_context(cert, key, ["dot"])  # a bad pair fails at start, with the file names
 
     def _stat(self) -> tuple[Any, ...]:
         stamps: list[tuple[int, int, int] | None] = []
@@ -74,6 +76,8 @@ class CertSource:
         return tuple(stamps)
 
     def context(self, alpn: list[str]) -> ssl.SSLContext:
+        """The current context for ``alpn``. Listeners ask for theirs at start (``EncryptedListeners.start``): a
+        context first made later would read whatever is on disk then, maybe a broken pair the reload refused."""
         key = tuple(alpn)
         ctx = self._alpns.get(key)
         if ctx is None:
@@ -92,6 +96,7 @@ class CertSource:
             # A half-written pair (new cert, old key) fails here; it is read again when a file changes next.
             log.warning("TLS certificate %s not reloaded, the previous one is kept: %s", self.cert, exc)
             self._stamp = stamp
+            self.failures += 1
             return False
         self._alpns = fresh
         self._stamp = stamp

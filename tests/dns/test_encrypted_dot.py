@@ -198,6 +198,53 @@ def test_certificate_swapped_on_disk_is_used_by_new_handshakes(tmp_path: Path, u
         r.stop()
 
 
+RELOADS = "enforcer_dns_encrypted_reloads_total"
+
+
+def test_broken_certificate_and_client_ids_swaps_are_counted_and_the_last_good_kept(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    first = make_cert(tmp_path, "one")
+    live_cert, live_key = tmp_path / "live-cert.pem", tmp_path / "live-key.pem"
+    shutil.copy(first[0], live_cert)
+    shutil.copy(first[1], live_key)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("phone-1\n")
+    r = EncResolver(tmp_path, upstream.address, "--tls-cert", str(live_cert), "--tls-key", str(live_key),
+                    "--client-ids", str(ids), "--require-client-id")  # fmt: skip
+    try:
+        assert r.metric(RELOADS, kind="certificate", result="failure") == 0  # present from the first scrape
+        assert r.metric(RELOADS, kind="client_ids", result="failure") == 0
+        # A truncated certificate renamed into place (a botched renewal): logged, counted, the old one kept.
+        broken = tmp_path / "broken.pem"
+        broken.write_text(first[0].read_text()[:200])
+        os.replace(broken, live_cert)
+        eventually(lambda: r.metric(RELOADS, kind="certificate", result="failure") == 1, timeout=10,
+                   message="the broken certificate was not counted")  # fmt: skip
+        assert "not reloaded, the previous one is kept" in r.stderr_text()
+        assert addresses(dot_query(r.dot_port, "allowed.example", f"phone-1.{SERVER_NAME}", first[0])) == [
+            "192.0.2.53"
+        ]  # new handshakes still get the last good certificate
+        # A ClientID file with a bad line: the last good set (phone-1) stays, tablet-2 is not let in.
+        ids.write_text("tablet-2\nnot a label\n")
+        eventually(lambda: r.metric(RELOADS, kind="client_ids", result="failure") == 1, timeout=10,
+                   message="the broken ClientID file was not counted")  # fmt: skip
+        assert f"{ids}:2:" in r.stderr_text()
+        assert rcode(dot_query(r.dot_port, "allowed.example", f"tablet-2.{SERVER_NAME}", first[0])) == "REFUSED"
+        assert addresses(dot_query(r.dot_port, "allowed.example", f"phone-1.{SERVER_NAME}", first[0])) == ["192.0.2.53"]
+        # Fixed files are picked up and counted as successes.
+        shutil.copy(first[0], str(live_cert) + ".new")
+        os.replace(str(live_cert) + ".new", live_cert)
+        ids.write_text("tablet-2\n")
+        eventually(lambda: r.metric(RELOADS, kind="certificate", result="success") == 1
+                   and r.metric(RELOADS, kind="client_ids", result="success") == 1, timeout=10,
+                   message="the fixed files were not reloaded")  # fmt: skip
+        assert rcode(dot_query(r.dot_port, "allowed.example", f"tablet-2.{SERVER_NAME}", first[0])) == "NOERROR"
+        assert r.metric(RELOADS, kind="certificate", result="failure") == 1 and r.alive()
+    finally:
+        r.stop()
+
+
 def test_beyond_loopback_without_certificate_refuses_to_start() -> None:
     result = run_cli("dns", "--upstream", "127.0.0.1:9", "--dot", "0.0.0.0:8853")
     assert result.returncode == 1
