@@ -1,13 +1,23 @@
 """Cases: a non-compliant device is followed from open to acknowledged to remediated, with an append-only audit.
 
-- ``STATES``: ``open`` -> ``acknowledged`` -> ``remediated`` (open -> remediated directly is allowed). A case is
-  keyed by its device: the inventory device name, else the client address.
+- ``STATES``: ``open`` -> ``acknowledged`` -> ``remediated`` (open -> remediated directly is allowed).
+- ``case_key(identity)``: a case follows the identity each enforced attempt got (identity.py, in order of trust:
+  ClientID, DHCP lease -> inventory device by MAC/client-id/hostname, proxy user, inventory CIDR, address): the
+  inventory device's name when a row names it, else the identity's own key (``id:<ClientID>``, ``mac:<MAC>``,
+  ``lease:<client-id or hostname>``, ``user:<login>``, the address). With DHCP one address is a different phone every
+  few hours: each holder has its own case. The inventory name and the bare address are what cases were keyed by
+  before identities existed, so a store's older cases (``identity`` empty: "legacy") keep their keys, are listed,
+  and are changed and reopened like any case whose key an attempt still gets.
 - ``CaseBook(store)``: the case tables of the analyst's store (``store.CASES_SCHEMA``), written through its own
   connection (SQLite serialises it with the ingester's writer; each change is one short transaction).
-  ``sync(rows, enforcement, now_us)`` opens a case for every non-compliant device without one and reopens a
-  remediated case whose device made an enforced attempt after it was remediated, recording that hit (time, event
-  id, app, rule, name, client) as the reason; ``change(device, state, note, who, now_us)`` is an analyst's
-  transition; ``cases()`` lists them with their audit trail; ``to_csv(cases)`` is the spreadsheet-safe export.
+  ``sync(identifier, enforcement, now_us)`` reads the enforced attempts stored since its last call (by ``seq``, the
+  arrival order; the position is kept in ``meta`` under ``SEQ_KEY`` with the policy it was read under,
+  ``POLICY_KEY``: another policy reads the store again), identifies each at its own time, opens a case for every
+  device without one and reopens a remediated case whose device made an enforced attempt after it was remediated,
+  recording that hit (time, event id, app, rule, name, client, identity) as the reason. It reads at most
+  ``SYNC_BUDGET_S`` seconds per call (an older store's first pass continues at the next call).
+  ``change(device, state, note, who, now_us)`` is an analyst's transition; ``cases()`` lists them with their audit
+  trail; ``to_csv(cases)`` is the spreadsheet-safe export.
 - ``CaseError(status, message)``: a refused change (404 unknown device, 409 transition not allowed, 400 bad input).
 - Every change appends one ``case_audit`` row (who, when, from, to, note, the reopening hit); audit rows are never
   updated (a trigger refuses it), and only retention deletes those of a case closed before its cut-off.
@@ -20,11 +30,13 @@ import io
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..policy.enforcement import Enforcement
+from ..policy.enforcement import SQL_EXEMPT_FUNCTION, Enforcement
 from .formats import csv_cell
+from .identity import Identifier, Identity
 from .records import us_to_ts
 from .store import Store
 
@@ -33,7 +45,13 @@ STATES = ("open", "acknowledged", "remediated")
 TRANSITIONS = {"acknowledged": ("open",), "remediated": ("open", "acknowledged")}
 MAX_NOTE = 2000  # characters
 AUDIT_SHOWN = 50  # audit rows returned per case (the newest)
+MAX_CLIENTS = 50  # addresses kept per case (a DHCP device collects many over months): the latest ones
 SYSTEM = "system"  # the "who" of automatic opening and reopening
+LEGACY = "legacy"  # the identity shown for a case opened before cases followed identities (keyed by device/address)
+SEQ_KEY = "cases_seq"  # meta: the last event seq read by CaseBook.sync
+POLICY_KEY = "cases_policy"  # meta: the Enforcement.key() it was read under
+SYNC_CHUNK = 50_000  # events (by seq) read per query
+SYNC_BUDGET_S = 2.0  # per sync call: a large older store is read over several calls, the pool is not held
 
 CSV_COLUMNS = [
     "device",
@@ -47,6 +65,7 @@ CSV_COLUMNS = [
     "updated_by",
     "note",
     "reopened_by_hit",
+    "identity",
 ]
 
 
@@ -56,9 +75,20 @@ class CaseError(ValueError):
         self.status = status
 
 
-def case_key(row: dict[str, Any]) -> str:
-    """The device a non-compliant row belongs to: its inventory device, else its address."""
-    return str(row.get("device") or row.get("client") or "")
+def case_key(ident: Identity) -> str:
+    """The case an identified attempt belongs to: the inventory device's name, else the identity's key."""
+    return ident.device or ident.key
+
+
+@dataclass
+class _Seen:
+    """What one sync read of one device: its identity source, addresses and apps (in order), the earliest hit."""
+
+    source: str
+    clients: dict[str, None] = field(default_factory=dict)
+    apps: dict[str, None] = field(default_factory=dict)
+    reopen: dict[str, Any] | None = None  # the earliest enforced hit after the case was remediated
+    reopen_us: int = 0
 
 
 class CaseBook:
@@ -79,55 +109,104 @@ class CaseBook:
                 self._conn = None
 
     # -- writes ---------------------------------------------------------------------------------------------------
-    def sync(self, rows: Iterable[dict[str, Any]], enforcement: Enforcement, now_us: int) -> dict[str, int]:
+    def sync(self, identifier: Identifier, enforcement: Enforcement, now_us: int) -> dict[str, int]:
         """Open the cases of new non-compliant devices; reopen remediated ones that hit again. Blocking."""
-        devices: dict[str, dict[str, set[str]]] = {}
-        for r in rows:
-            key = case_key(r)
-            if key:
-                d = devices.setdefault(key, {"clients": set(), "apps": set()})
-                d["clients"].add(str(r.get("client") or ""))
-                d["apps"].add(str(r.get("app") or ""))
         opened = reopened = 0
+        deadline = time.monotonic() + SYNC_BUDGET_S
         with self._lock:
             conn = self._writer()
-            known = {
-                dev: (state, upd, clients, apps)
-                for dev, state, upd, clients, apps in conn.execute(
-                    "SELECT device, state, updated_us, clients, apps FROM cases"
-                )
-            }
-            reopen: list[tuple[str, str, str, dict[str, Any]]] = []
-            # New cases and changed client lists: one transaction for all of them.
-            with _tx(conn):
-                for dev, info in devices.items():
-                    clients = json.dumps(sorted(c for c in info["clients"] if c))
-                    apps = json.dumps(sorted(a for a in info["apps"] if a))
-                    if dev not in known:
-                        conn.execute(
-                            "INSERT INTO cases (device, state, clients, apps, opened_us, updated_us, updated_by)"
-                            " VALUES (?, 'open', ?, ?, ?, ?, ?)",
-                            (dev, clients, apps, now_us, now_us, SYSTEM),
-                        )
-                        _audit(conn, dev, now_us, SYSTEM, "", "open", "", None)
-                        opened += 1
-                        continue
-                    state, updated_us, old_clients, old_apps = known[dev]
-                    if state == "remediated":
-                        hit = self.store.first_enforced_after(json.loads(clients), updated_us, enforcement)
-                        if hit is not None:
-                            reopen.append((dev, clients, apps, hit))
-                    elif (clients, apps) != (old_clients, old_apps):
-                        conn.execute("UPDATE cases SET clients = ?, apps = ? WHERE device = ?", (clients, apps, dev))
-                for dev, clients, apps, hit in reopen:
+            conn.create_function(SQL_EXEMPT_FUNCTION, 2, enforcement.is_exempt, deterministic=True)
+            eff, eff_params = enforcement.sql()  # ban apps only: a bypass attempt never opens a case
+            policy = json.dumps(enforcement.key())
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (SEQ_KEY, POLICY_KEY)))
+            start = int(meta.get(SEQ_KEY, 0)) if meta.get(POLICY_KEY) == policy else 0
+            (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            if start > top:
+                start = 0  # the table was emptied (retention) and its rowids started again
+            while True:
+                end = min(int(top), start + SYNC_CHUNK)
+                rows = conn.execute(
+                    "SELECT ts, eid, app, client, device_id, user, rule, name FROM events"
+                    f" WHERE seq > ? AND seq <= ? AND {eff}",
+                    [start, end, *eff_params],
+                ).fetchall()
+                o, r = self._apply(conn, identifier, rows, now_us, end, policy)
+                opened, reopened, start = opened + o, reopened + r, end
+                if start >= top or time.monotonic() > deadline:
+                    break
+        return {"opened": opened, "reopened": reopened}
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        identifier: Identifier,
+        rows: list[tuple[Any, ...]],
+        now_us: int,
+        seq: int,
+        policy: str,
+    ) -> tuple[int, int]:
+        """One chunk of enforced attempts into the cases, with the new read position, in one transaction."""
+        known = {
+            dev: (state, upd, clients, apps)
+            for dev, state, upd, clients, apps in conn.execute(
+                "SELECT device, state, updated_us, clients, apps FROM cases"
+            )
+        }
+        seen: dict[str, _Seen] = {}
+        for ts, eid, app, client, device_id, user, rule, name in rows:
+            ident = identifier.identify(client, ts, device_id, user)
+            key = case_key(ident)
+            if not key:
+                continue
+            s = seen.get(key)
+            if s is None:
+                s = seen[key] = _Seen(ident.source)
+            if client:
+                s.clients.pop(client, None)
+                s.clients[client] = None  # latest last
+            s.apps[app] = None
+            old = known.get(key)
+            if old is not None and old[0] == "remediated" and ts > old[1] and (s.reopen is None or ts < s.reopen_us):
+                s.reopen_us = ts
+                s.reopen = {
+                    "ts": us_to_ts(int(ts)),
+                    "event_id": eid.hex() if isinstance(eid, bytes) else str(eid),
+                    "app": app,
+                    "rule": rule,
+                    "name": name,
+                    "client": client,
+                    "identity": ident.source,
+                }
+        opened = reopened = 0
+        with _tx(conn):
+            for dev, s in seen.items():
+                old = known.get(dev)
+                if old is None:
+                    conn.execute(
+                        "INSERT INTO cases (device, state, clients, apps, opened_us, updated_us, updated_by, identity)"
+                        " VALUES (?, 'open', ?, ?, ?, ?, ?, ?)",
+                        (dev, _merged("[]", s.clients), _merged("[]", s.apps, sort=True), now_us, now_us, SYSTEM,
+                         s.source),
+                    )  # fmt: skip
+                    _audit(conn, dev, now_us, SYSTEM, "", "open", "", None)
+                    opened += 1
+                    continue
+                clients, apps = _merged(old[2], s.clients), _merged(old[3], s.apps, sort=True)
+                if s.reopen is not None:
                     conn.execute(
                         "UPDATE cases SET state = 'open', updated_us = ?, updated_by = ?, reopened_by = ?,"
                         " clients = ?, apps = ? WHERE device = ?",
-                        (now_us, SYSTEM, json.dumps(hit), clients, apps, dev),
+                        (now_us, SYSTEM, json.dumps(s.reopen), clients, apps, dev),
                     )
-                    _audit(conn, dev, now_us, SYSTEM, "remediated", "open", "hit again after remediation", hit)
+                    _audit(conn, dev, now_us, SYSTEM, "remediated", "open", "hit again after remediation", s.reopen)
                     reopened += 1
-        return {"opened": opened, "reopened": reopened}
+                elif (clients, apps) != (old[2], old[3]):
+                    conn.execute("UPDATE cases SET clients = ?, apps = ? WHERE device = ?", (clients, apps, dev))
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [(SEQ_KEY, str(seq)), (POLICY_KEY, policy)],
+            )
+        return opened, reopened
 
     def change(self, device: str, state: str, note: str, who: str, now_us: int) -> dict[str, Any]:
         """An analyst's transition. Raises CaseError. Blocking."""
@@ -166,8 +245,9 @@ class CaseBook:
         conn = self.store.reader()
         where, params = ("WHERE device = ?", [device, limit]) if device is not None else ("", [limit])
         out = []
-        for dev, state, clients, apps, opened, updated, by, note, reopened in conn.execute(
-            "SELECT device, state, clients, apps, opened_us, updated_us, updated_by, note, reopened_by FROM cases"
+        for dev, state, clients, apps, opened, updated, by, note, reopened, source in conn.execute(
+            "SELECT device, state, clients, apps, opened_us, updated_us, updated_by, note, reopened_by, identity"
+            " FROM cases"
             f" {where} ORDER BY CASE state WHEN 'open' THEN 0 WHEN 'acknowledged' THEN 1 ELSE 2 END,"
             " updated_us DESC, device LIMIT ?",
             params,
@@ -190,6 +270,7 @@ class CaseBook:
             out.append(
                 {
                     "device": dev,
+                    "identity": source or LEGACY,
                     "state": state,
                     "clients": json.loads(clients),
                     "apps": json.loads(apps),
@@ -229,10 +310,17 @@ def to_csv(cases: list[dict[str, Any]], owners: dict[str, tuple[str | None, str 
                     c["updated_by"],
                     c["note"],
                     reason,
+                    c.get("identity") or LEGACY,
                 )
             ]
         )
     return buf.getvalue()
+
+
+def _merged(old: str, new: dict[str, None], *, sort: bool = False) -> str:
+    """The JSON list ``old`` with the values of ``new`` (moved to the end, the latest last), at most MAX_CLIENTS."""
+    values = [v for v in json.loads(old) if v not in new] + list(new)
+    return json.dumps(sorted(values) if sort else values[-MAX_CLIENTS:])
 
 
 class _tx:

@@ -6,7 +6,8 @@
   were enforced), the Host check's names; ``db`` runs blocking work in a bounded thread pool, ``aggregate`` memoises
   an aggregation until the next stored event, ``refresh_gauges`` computes the non-compliant client counts.
 - ``parse_tokens(text)``: the ``--token-file`` lines (``name:token`` or a plain ``token``) -> {token: analyst name}.
-- ``Analyst.sync_cases``: opens and reopens cases (cases.py) from the non-compliant devices; run with the gauges.
+- ``Analyst.sync_cases``: opens and reopens cases (cases.py) from the enforced attempts, by identity; run with the
+  gauges.
 - ``_AnalystCollector``: the Prometheus collector of those figures and of the ingest counters.
 """
 
@@ -252,21 +253,12 @@ class Analyst:
         self.stored = self.store.count()
         self.sync_cases(now_us)
 
-    def noncompliant_devices(self, pairs: dict[tuple[str, str], list[Any]]) -> list[dict[str, Any]]:
-        """The (client, app) pairs with enforced attempts, with their inventory device (what cases are made of)."""
-        out = []
-        for (client, app), values in pairs.items():
-            if values[1] > 0:
-                dev = self.inventory.lookup(client) if client else None
-                out.append({"device": dev.device if dev else None, "client": client, "app": app})
-        return out
-
     def sync_cases(self, now_us: int | None = None) -> dict[str, int]:
-        """Blocking: open cases for new non-compliant devices, reopen remediated ones that hit again."""
+        """Blocking: open cases for new non-compliant devices, reopen remediated ones that hit again (cases.py: each
+        attempt's device is its identity at its own time, leases included)."""
         now_us = now_us if now_us is not None else ts_to_us(dt_to_ts(datetime.now(UTC)))
-        eff = self.enforcement
-        rows = self.noncompliant_devices(self.store.pairs(Filters(), eff))
-        return self.cases.sync(rows, eff, now_us)
+        self.identity.refresh()  # a stat per lease file when none changed
+        return self.cases.sync(self.identity.identifier(), self.enforcement, now_us)
 
     def close(self) -> None:
         self.ingester.stop()

@@ -18,7 +18,8 @@
   another one (a policy change) ``rebuild_rollups`` recomputes them, and readers use the events table meanwhile.
   ``pairs``, ``series`` (whole-hour buckets) and ``top_rules`` read them when ``Filters.rollup_ok`` (no filter but
   apps).
-- Cases (``CASES_SCHEMA``, used by cases.py): ``cases`` and the append-only ``case_audit``; ``prune_cases`` is the
+- Cases (``CASES_SCHEMA``, used by cases.py): ``cases`` (its ``identity`` column added to an older store file on
+  open) and the append-only ``case_audit``; ``prune_cases`` is the
   retention of closed ones; ``delete_before`` the retention of events, in batches.
 - ``Store(path)``: opens/creates the database (WAL, synchronous=NORMAL). ``writer()`` is the one write connection
   (used by the ingest thread only); every other method reads through a per-thread connection, so handlers can run
@@ -111,7 +112,8 @@ CREATE TABLE IF NOT EXISTS cases (
     updated_us INTEGER NOT NULL,
     updated_by TEXT NOT NULL,
     note TEXT NOT NULL DEFAULT '',
-    reopened_by TEXT NOT NULL DEFAULT ''
+    reopened_by TEXT NOT NULL DEFAULT '',
+    identity TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS case_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -216,6 +218,9 @@ class Store:
             conn.executescript(SCHEMA)
             self._migrate(conn)
             conn.executescript(CASES_SCHEMA)
+            if "identity" not in {row[1] for row in conn.execute("PRAGMA table_info(cases)")}:
+                # A case opened before cases followed identities: empty, shown as "legacy" (cases.py).
+                conn.execute("ALTER TABLE cases ADD COLUMN identity TEXT NOT NULL DEFAULT ''")
             conn.commit()
 
     @staticmethod

@@ -368,11 +368,12 @@ async def api_dashboard(request: web.Request) -> web.StreamResponse:
 
 
 def _owners(analyst: Analyst, cases: list[dict[str, Any]]) -> dict[str, tuple[str | None, str | None]]:
-    out: dict[str, tuple[str | None, str | None]] = {}
-    for c in cases:
-        dev = analyst.inventory.lookup(c["clients"][0]) if c["clients"] else None
-        out[c["device"]] = (dev.owner, dev.unit) if dev else (None, None)
-    return out
+    """Case device -> (owner, unit): the inventory row of that device name (a case is keyed by it when the
+    inventory knows the device, cases.case_key); an unknown device (``mac:...``, an address) has none."""
+    rows: dict[str, tuple[str | None, str | None]] = {}
+    for row in analyst.inventory.rows:
+        rows.setdefault(row.device, (row.owner or None, row.unit or None))
+    return {c["device"]: rows.get(c["device"], (None, None)) for c in cases}
 
 
 async def _cases(analyst: Analyst, limit: int = -1) -> list[dict[str, Any]]:
