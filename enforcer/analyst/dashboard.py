@@ -1,5 +1,5 @@
 """What the dashboard shows for one set of filters (``GET /api/dashboard``): totals, the chart series, the
-non-compliant devices, the top rules, the facets and the live per-window counts.
+non-compliant devices, the bypass attempts, the top rules, the facets and the live per-window counts.
 
 - ``dashboard(analyst, filters)``: everything, the independent queries run in parallel threads.
 - ``chart_series(store, filters)``: attempts per app per bucket, dense, the bucket chosen from the data's time span
@@ -10,6 +10,8 @@ non-compliant devices, the top rules, the facets and the live per-window counts.
   ``report_document(analyst, filters, since, until)`` (blocking): ``/api/report``, the same document as
   ``enforcer report``. The card totals are sums over the same rows as the tables: ``noncompliant_clients`` counts
   the distinct devices of the non-compliant table, ``noncompliant_rows`` its rows (one per device and app).
+  ``bypass`` (``bypass_total``): the rows of control apps (``kind: control`` blocklists, e.g.
+  blocklists/controls.yaml), most attempts first, in the report's row shape; never counted in the totals.
 """
 
 from __future__ import annotations
@@ -107,8 +109,9 @@ async def dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
         analyst.db(store.facets),
         analyst.db(window_counts, analyst, eff),
     )
-    rows, _bypass = report_rows(tallies, analyst_identity(analyst).window_us)
+    rows, bypass = report_rows(tallies, analyst_identity(analyst).window_us)
     noncompliant = _noncompliant(rows)
+    bypass.sort(key=lambda r: (-r["attempts"], r["app"], r["client"] or "", r["device"] or ""))
     return {
         "generated_at": dt_to_ts(datetime.now(UTC)),
         "totals": {
@@ -123,6 +126,9 @@ async def dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
         "series": series,
         "noncompliant": noncompliant[:MAX_LIMIT],
         "noncompliant_total": len(noncompliant),
+        # Bypass attempts (control apps): their own table, never in the totals or the non-compliant devices.
+        "bypass": bypass[:MAX_LIMIT],
+        "bypass_total": len(bypass),
         "top_rules": top_rules,
         "facets": facets,
         "windows": windows,

@@ -99,6 +99,22 @@ MESSAGES: dict[str, dict[str, str]] = {
     "why": {"en": "Why", "fr": "Motif"},
     "export_cases": {"en": "Export cases (CSV)", "fr": "Exporter les dossiers (CSV)"},
     "policy_title": {"en": "Policy notice", "fr": "Avis de la politique"},
+    "identity": {"en": "Identified by", "fr": "Identifié par"},
+    "hits": {"en": "Hits", "fr": "Occurrences"},
+    "bypass_title": {"en": "Bypass attempts", "fr": "Tentatives de contournement"},
+    "bypass_help": {
+        "en": "Devices that tried to get around the network's protections (public encrypted DNS resolvers, iCloud "
+        "Private Relay: the control rules, kind: control). Blocked and counted here, apart from the ban: a bypass "
+        "attempt never makes a device non-compliant.",
+        "fr": "Appareils qui ont tenté de contourner les protections du réseau (résolveurs DNS chiffrés publics, "
+        "relais privé iCloud : les règles de contrôle, kind: control). Bloquées et comptées ici, à part de "
+        "l'interdiction : une tentative de contournement ne rend jamais un appareil non conforme.",
+    },
+    "bypass_control": {"en": "Control", "fr": "Contrôle"},
+    "js_no_bypass": {
+        "en": "No bypass attempt for these filters.",
+        "fr": "Aucune tentative de contournement pour ces filtres.",
+    },
     "js_cards_attempts": {"en": "Attempts", "fr": "Tentatives"},
     "js_cards_enforced": {"en": "Enforced attempts", "fr": "Tentatives bloquées"},
     "js_cards_clients": {"en": "Clients", "fr": "Clients"},

@@ -22,11 +22,23 @@ import pytest
 
 from enforcer.events import HitEvent
 from tests.analyst.analyst_helpers import HOSTILE, expected_device, expected_report, generate, write_events
-from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
+from tests.browser import LOOPBACK_ONLY, artefacts, chromium
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 TOKEN = "browser-test-token-7f3a9c"
 NOW = datetime.now(UTC).replace(microsecond=0)
+BYPASS_NAME, BYPASS_CLIENT = "dns.google", "10.1.2.8"  # a public DoH resolver (controls.yaml), from lab-tablets
+
+
+def _ban(events: list[HitEvent]) -> list[HitEvent]:
+    """The events of banned apps (what non-compliance and cases are made of; control apps are bypass attempts)."""
+    return [e for e in events if e.app != "controls"]
+
+
+def _bypass_rows(browser: Any) -> list[list[str]]:
+    return [[td.text for td in tr.find_elements("tag name", "td")] for tr in browser.find_elements(
+        "css selector", "#bypass tbody tr")]  # fmt: skip
 
 
 def _get(url: str, token: str | None = None) -> Any:
@@ -40,13 +52,6 @@ def _fnv1a(text: str) -> int:
     for ch in text:
         h = ((h ^ ord(ch)) * 0x01000193) & 0xFFFFFFFF
     return h
-
-
-def _artefacts(tmp_path: Path) -> Path:
-    """Where screenshots are kept: $ENFORCER_ARTEFACTS, else the test's tmp dir (printed either way)."""
-    out = Path(os.environ.get("ENFORCER_ARTEFACTS") or tmp_path / "artefacts")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 @pytest.fixture
@@ -76,7 +81,19 @@ def dataset(tmp_path: Path, policy) -> tuple[list[HitEvent], Path]:
         url_domain="long.weixin.qq.com",
         destination_port=443,
     )
-    events = [e for e in events if e.dns_question_name != HOSTILE] + [hostile, connect]
+    # A bypass attempt (a control app, blocklists/controls.yaml): the bypass panel, never non-compliance.
+    bypass = HitEvent.from_match(
+        policy.match_name(BYPASS_NAME),
+        action="dns-block",
+        component="dns",
+        version=policy.fingerprint,
+        enforced=True,
+        at=NOW - timedelta(hours=2),
+        source_ip=BYPASS_CLIENT,
+        dns_question_name=BYPASS_NAME,
+        dns_question_type="A",
+    )
+    events = [e for e in events if e.dns_question_name != HOSTILE] + [hostile, connect, bypass]
     write_events(tmp_path / "events" / "dns.jsonl", [e for e in events if e.component == "dns"])
     write_events(tmp_path / "events" / "proxy.jsonl", [e for e in events if e.component == "proxy"])
     return events, tmp_path / "events"
@@ -127,34 +144,9 @@ def analyst(tmp_path: Path, dataset: tuple[list[HitEvent], Path], inventory_file
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    chromium = require_tool("chromium")
-    chromedriver = require_tool("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        # Confined to loopback: every name fails to resolve, only the analyst's 127.0.0.1 literal is reachable.
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1400,2200",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=opts)
-    driver.set_page_load_timeout(30)
-    try:
+    # Confined to loopback: every name fails to resolve, only the analyst's 127.0.0.1 literal is reachable.
+    with chromium(tmp_path / "chromium-profile", LOOPBACK_ONLY) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_dashboard_in_chromium(
@@ -207,7 +199,7 @@ def test_dashboard_in_chromium(
         assert g["colour"] == f"c{_fnv1a(app) % 12}"
 
     # Non-compliant table: exactly the (client, app) pairs with enforced attempts, with their devices.
-    want = {k: v for k, v in expected_report(policy, events).items() if v["enforced_attempts"]}
+    want = {k: v for k, v in expected_report(policy, _ban(events)).items() if v["enforced_attempts"]}
     rows = browser.find_elements(By.CSS_SELECTOR, "#noncompliant tbody tr")
     got = {}
     for tr in rows:
@@ -285,7 +277,7 @@ def test_cases_and_french_in_chromium(
     # One case per non-compliant device (inventory device, else the address), all open.
     want = {
         expected_device(client) or client
-        for (client, _), row in expected_report(policy, events).items()
+        for (client, _), row in expected_report(policy, _ban(events)).items()
         if row["enforced_hits"] and client
     }
     rows = browser.find_elements(By.CSS_SELECTOR, "#cases tbody tr")
@@ -305,9 +297,25 @@ def test_cases_and_french_in_chromium(
     case = next(c for c in _get(analyst + "/api/cases", TOKEN)["cases"] if c["device"] == "phone-0007")
     assert (case["state"], case["note"], case["updated_by"]) == ("acknowledged", "owner called", "analyst")
 
-    shots = _artefacts(tmp_path)
+    shots = artefacts(tmp_path)
     en = shots / "dashboard-en.png"
     browser.save_screenshot(str(en))
+
+    # Bypass attempts: their own panel, apart from the ban (the control app is neither a case nor a
+    # non-compliant row), with its own screenshot.
+    want_bypass = [["lab-tablets", "Lab", "Research", BYPASS_CLIENT, "cidr", "controls"]]
+    assert [r[:6] for r in _bypass_rows(browser)] == want_bypass
+    assert [r[8:] for r in _bypass_rows(browser)] == [["1", "1"]]  # attempts, hits
+    panel = browser.find_element(By.ID, "bypass-panel")
+    assert panel.find_element(By.TAG_NAME, "h2").text.startswith("Bypass attempts")
+    assert "never makes a device non-compliant" in panel.text
+    nc_apps = browser.execute_script(
+        "return [...document.querySelectorAll('#noncompliant tbody tr')].map(tr => tr.dataset.app)"
+    )
+    assert "controls" not in nc_apps and "wechat" in nc_apps
+    bypass_en = shots / "bypass-en.png"
+    browser.execute_script("arguments[0].scrollIntoView()", panel)
+    panel.screenshot(str(bypass_en))
 
     # The search box: a device name narrows the non-compliant table to that device's clients.
     browser.find_element(By.ID, "f-q").send_keys("phone-0007")
@@ -334,5 +342,13 @@ def test_cases_and_french_in_chromium(
     assert "tous les événements sont gardés" in browser.find_element(By.ID, "retention").text
     fr = shots / "dashboard-fr.png"
     browser.save_screenshot(str(fr))
+    panel = browser.find_element(By.ID, "bypass-panel")
+    assert panel.find_element(By.TAG_NAME, "h2").text.startswith("Tentatives de contournement")
+    assert "ne rend jamais un appareil non conforme" in panel.text
+    assert [r[:6] for r in _bypass_rows(browser)] == want_bypass
+    bypass_fr = shots / "bypass-fr.png"
+    browser.execute_script("arguments[0].scrollIntoView()", panel)
+    panel.screenshot(str(bypass_fr))
     assert en.stat().st_size > 10_000 and fr.stat().st_size > 10_000
-    print(f"screenshots: {en} {fr}")
+    assert bypass_en.stat().st_size > 2_000 and bypass_fr.stat().st_size > 2_000
+    print(f"screenshots: {en} {fr} {bypass_en} {bypass_fr}")

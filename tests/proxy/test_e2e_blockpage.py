@@ -37,6 +37,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from enforcer.events import iter_events
+from tests import browser
 from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
 from tests.netns import loopback_only_netns
 from tests.proxy.origins import CatchAllProxy, OriginThread, TlsOrigin, make_cert
@@ -274,49 +275,20 @@ def test_sni_behind_an_innocent_connect_host_is_still_refused(page: Proxy) -> No
 
 
 # -- page mode: Chromium -----------------------------------------------------------------------------------------
-def artefacts(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("ENFORCER_ARTEFACTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 @pytest.fixture
 def chromium(page: Proxy, tmp_path: Path) -> Iterator[Any]:
     """Headless Chromium through the proxy, with the mitmproxy CA in its NSS store ($HOME/.pki/nssdb), which is what
     a managed device's trust looks like; ``--ignore-certificate-errors`` would also hide a wrong certificate."""
-    chromium_bin, chromedriver, certutil = (require_tool(t) for t in ("chromium", "chromedriver", "certutil"))
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    certutil = require_tool("certutil")
     home = tmp_path / "home"
     nssdb = home / ".pki" / "nssdb"
     nssdb.mkdir(parents=True)
     subprocess.run([certutil, "-N", "-d", f"sql:{nssdb}", "--empty-password"], check=True, timeout=30)
     subprocess.run([certutil, "-A", "-d", f"sql:{nssdb}", "-n", "enforcer test CA", "-t", "C,,", "-i", str(page.ca)],
                    check=True, timeout=30)  # fmt: skip
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium_bin
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--proxy-server={page.url}",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1000,1100",
-    ):
-        opts.add_argument(flag)
-    service = Service(chromedriver, env={**os.environ, "HOME": str(home)})
-    driver = webdriver.Chrome(service=service, options=opts)
-    driver.set_page_load_timeout(30)
-    try:
+    env = {**os.environ, "HOME": str(home)}
+    with browser.chromium(tmp_path / "profile", f"--proxy-server={page.url}", env=env, window=(1000, 1100)) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.parametrize(("accept_language", "lang"), [("en-CA,en;q=0.9", "en"), ("fr-CA,fr;q=0.9,en;q=0.5", "fr")])
@@ -338,7 +310,7 @@ def test_chromium_shows_the_block_page(
     # Both official languages are on the page, the other one in its own section.
     other = chromium.find_element(By.CSS_SELECTOR, "section").get_attribute("lang")
     assert other == ("fr" if lang == "en" else "en")
-    shot = artefacts(tmp_path) / f"blockpage-{lang}.png"
+    shot = browser.artefacts(tmp_path) / f"blockpage-{lang}.png"
     chromium.save_screenshot(str(shot))
     assert shot.stat().st_size > 5000
     print(f"block page screenshot: {shot}")

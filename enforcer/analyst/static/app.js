@@ -226,6 +226,30 @@
     }
   }
 
+  // Bypass attempts (control apps): apart from the ban, never in the totals or the non-compliant table.
+  function renderBypass(rows, total) {
+    const body = $("bypass").tBodies[0];
+    body.replaceChildren();
+    $("bypass-count").textContent = "(" + total + (total > rows.length ? ", " + t("first_shown", { n: rows.length }) : "") + ")";
+    if (!rows.length) {
+      const tr = el("tr");
+      const td = el("td", t("no_bypass"), "muted");
+      td.colSpan = 10;
+      tr.appendChild(td);
+      body.appendChild(tr);
+      return;
+    }
+    for (const r of rows) {
+      const tr = el("tr");
+      tr.dataset.client = r.client;
+      tr.dataset.app = r.app;
+      cell(tr, r.device); cell(tr, r.owner); cell(tr, r.unit); cell(tr, r.client); cell(tr, r.identity);
+      cell(tr, r.app); cell(tr, shortTs(r.first_seen)); cell(tr, shortTs(r.last_seen));
+      cell(tr, r.attempts, "num"); cell(tr, r.hits, "num");
+      body.appendChild(tr);
+    }
+  }
+
   function renderRules(rows) {
     const body = $("rules").tBodies[0];
     body.replaceChildren();
@@ -362,7 +386,7 @@
     if (!shown.length) {
       const tr = el("tr");
       const td = el("td", t("no_cases"), "muted");
-      td.colSpan = 9;
+      td.colSpan = 10;
       tr.appendChild(td);
       body.appendChild(tr);
       return;
@@ -371,7 +395,7 @@
       const tr = el("tr", undefined, "case-" + c.state);
       tr.dataset.device = c.device;
       tr.dataset.state = c.state;
-      cell(tr, c.device); cell(tr, t("state_" + c.state), "state");
+      cell(tr, c.device); cell(tr, c.identity, "identity"); cell(tr, t("state_" + c.state), "state");
       cell(tr, c.clients.join(" "), "wrap"); cell(tr, c.apps.join(" "));
       cell(tr, shortTs(c.updated_at)); cell(tr, c.updated_by); cell(tr, c.note, "wrap");
       cell(tr, caseReason(c), "wrap reason");
@@ -442,6 +466,7 @@
     renderTotals(data.totals);
     renderChart(data.series);
     renderNoncompliant(data.noncompliant, data.noncompliant_total);
+    renderBypass(data.bypass || [], data.bypass_total || 0);
     renderRules(data.top_rules);
     renderWindows(data.windows);
     renderRetention(data.retention_seconds);
