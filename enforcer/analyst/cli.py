@@ -128,6 +128,15 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             "in the background (default: forever, every event kept)",
         )
         parser.add_argument(
+            "--query-log",
+            action=ReplaceAppend,
+            default=[],
+            metavar="FILE",
+            help="the resolver's sampled query log (enforcer dns --query-log; repeatable, rotations read too): the "
+            "Candidates panel adds co-occurrence, the unknown names the clients that hit a banned app ask for "
+            "around those hits (default: none)",
+        )
+        parser.add_argument(
             "--allowed-host",
             action=ReplaceAppend,
             default=[],
@@ -302,6 +311,7 @@ def run_analyst(args: argparse.Namespace) -> int:
         leases=_flatten(args.leases),
         attempt_window=args.attempt_window,
         retention=_retention(getattr(args, "retention", None)),
+        query_logs=_flatten(args.query_log),
     )
     if settings.token:
         parse_tokens(settings.token, source=str(args.token_file))  # name:token lines: file:line errors now

@@ -109,6 +109,7 @@ class AnalystSettings:
     leases: list[str] = field(default_factory=list)  # --leases: DHCP lease files (identity.AnalystIdentity)
     attempt_window: float = 60.0  # --attempt-window: seconds within which one device's hits are one attempt
     retention: float | None = None  # --retention in seconds: events older than this are deleted; None keeps all
+    query_logs: list[str] = field(default_factory=list)  # --query-log: the resolver's query log (candidates.py)
 
 
 class Analyst:
