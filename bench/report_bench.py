@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import subprocess
 import sys
 import time
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,37 +70,80 @@ def generate(workdir: Path, n: int, leases: int, seed: int = 1) -> dict[str, Pat
                     fh.write(f"{addr},{_mac(dev)},,{half // 2},{begin + half},1,0,0,dev-{dev},0,\n")
                     inv.write(f"{_mac(dev)},dev-{dev},owner {dev % 97},unit {dev % 13}\n")
     if not events.exists():
-        rnd = random.Random(seed)
-        names = ["long.weixin.qq.com", "www.wechat.com", "kaspersky.com", "dnl-01.geo.kaspersky.com"]
-        matches = [(name, policy.match_name(name)) for name in names]
-        step = SPAN_DAYS * 86400 / n
-        tmp = events.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            buf = []
-            for i in range(n):
-                at = start + timedelta(seconds=i * step)
-                name, m = matches[rnd.randrange(len(matches))]
-                assert m is not None
-                ev = HitEvent.from_match(
-                    m,
-                    action="dns-block",
-                    component="dns",
-                    version=policy.fingerprint,
-                    enforced=at >= m.app.effective,
-                    at=at,
-                    source_ip=addresses[rnd.randrange(len(addresses))],
-                    source_port=40000,
-                    dns_question_name=name,
-                    dns_question_type="A",
-                )
-                buf.append(ev.to_json())
-                if len(buf) >= 10000:
-                    fh.write("\n".join(buf) + "\n")
-                    buf.clear()
-            if buf:
-                fh.write("\n".join(buf) + "\n")
-        tmp.replace(events)
+        _write_events(events, n, policy, start, addresses, seed)
     return {"events": events, "leases": lease_file, "inventory": inventory}
+
+
+_SENTINEL_AT = datetime(2000, 1, 1, tzinfo=UTC)
+_SENTINELS = ("2000-01-01T00:00:00.000000Z", "ffffffffffffffffffffffffffffffff", "192.0.2.254")
+_CHECKED = 1000  # leading events also rendered by HitEvent.to_json and compared byte for byte
+
+
+def _event(policy: Any, m: Any, name: str, at: datetime, ip: str, eid: str, enforced: bool) -> HitEvent:
+    return HitEvent.from_match(
+        m,
+        action="dns-block",
+        component="dns",
+        version=policy.fingerprint,
+        enforced=enforced,
+        at=at,
+        source_ip=ip,
+        source_port=40000,
+        dns_question_name=name,
+        dns_question_type="A",
+        id=eid,
+    )
+
+
+def _write_events(events: Path, n: int, policy: Any, start: datetime, addresses: list[str], seed: int) -> None:
+    """N events: each name's line rendered once by ``HitEvent.to_json`` with sentinel time, id and address, then
+    filled in per event (10M events in minutes instead of hours); the first ``_CHECKED`` are compared with a full
+    ``HitEvent.to_json`` of the same values."""
+    rnd = random.Random(seed)
+    names = ["long.weixin.qq.com", "www.wechat.com", "kaspersky.com", "dnl-01.geo.kaspersky.com"]
+    matches = [(name, policy.match_name(name)) for name in names]
+    templates: dict[tuple[int, bool], list[str]] = {}
+    for k, (name, m) in enumerate(matches):
+        assert m is not None
+        for enforced in (False, True):
+            line = _event(policy, m, name, _SENTINEL_AT, _SENTINELS[2], _SENTINELS[1], enforced).to_json()
+            parts = re.split("|".join(map(re.escape, _SENTINELS)), line)
+            assert len(parts) == 4 and [line.index(x) for x in _SENTINELS] == sorted(line.index(x) for x in _SENTINELS)
+            templates[k, enforced] = parts
+    step_us = SPAN_DAYS * 86400 * 1_000_000 // n
+    start_us = int(start.timestamp()) * 1_000_000
+    effective_us = [int(m.app.effective.timestamp() * 1_000_000) for _, m in matches if m is not None]
+    days: dict[int, str] = {}
+    tmp = events.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        buf = []
+        for i in range(n):
+            at_us = start_us + i * step_us
+            k = rnd.randrange(len(matches))
+            ip = addresses[rnd.randrange(len(addresses))]
+            eid = f"{rnd.getrandbits(128):032x}"
+            day, rest = divmod(at_us, 86_400_000_000)
+            date = days.get(day)
+            if date is None:
+                date = days[day] = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%dT")
+            secs, us = divmod(rest, 1_000_000)
+            stamp = f"{date}{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{us:06d}Z"
+            name, m = matches[k]
+            assert m is not None
+            enforced = at_us >= effective_us[k]
+            p0, p1, p2, p3 = templates[k, enforced]
+            line = p0 + stamp + p1 + eid + p2 + ip + p3
+            if i < _CHECKED:
+                at = datetime.fromtimestamp(at_us // 1_000_000, UTC).replace(microsecond=at_us % 1_000_000)
+                assert enforced == (at >= m.app.effective)
+                assert line == _event(policy, m, name, at, ip, eid, enforced).to_json(), line
+            buf.append(line)
+            if len(buf) >= 10000:
+                fh.write("\n".join(buf) + "\n")
+                buf.clear()
+        if buf:
+            fh.write("\n".join(buf) + "\n")
+    tmp.replace(events)
 
 
 def main() -> None:
