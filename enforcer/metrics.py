@@ -119,7 +119,8 @@ SPECS: dict[str, MetricSpec] = {
             DNS_ENCRYPTED_CONNECTIONS_TOTAL,
             "counter",
             "Encrypted DNS connections and refusals by outcome (accepted, refused, source_limit, rejected, "
-            "handshake_timeout, handshake_failed, idle_timeout, client_id_refused, stream_limit, bad_request).",
+            "handshake_timeout, handshake_failed, idle_timeout, client_id_refused, stream_limit, bad_request, "
+            "protocol_error).",
             (TRANSPORT, OUTCOME),
         ),
         MetricSpec(DNS_ENCRYPTED_CONNECTIONS, "gauge", "Open encrypted DNS client connections.", (TRANSPORT,)),

@@ -1,9 +1,10 @@
 """DNS over HTTPS (RFC 8484) on one TLS port, HTTP/2 and HTTP/1.1 chosen by ALPN.
 
 - ``DohServer.serve``: one accepted connection (enforcer/dns/encrypted.py ``accept_loop``): ``Gate.admit``
-  (source address, caps) -> TLS with ALPN ``h2``/``http/1.1`` -> ``_serve_h2`` (the ``h2`` library,
-  ``SETTINGS_MAX_CONCURRENT_STREAMS`` = ``--doh-max-streams``; each stream answered from its own task, so a slow
-  upstream answer holds back no other stream) or ``_serve_h1`` (``h11``, one request after another, keep-alive).
+  (source address, caps) -> TLS with ALPN ``h2``/``http/1.1`` -> ``_DohProtocol``: HTTP/2 by enforcer/dns/h2wire.py
+  (``SETTINGS_MAX_CONCURRENT_STREAMS`` = ``--doh-max-streams``; each request answered as soon as its answer exists,
+  so a slow upstream answer holds back no other stream; a protocol error gets GOAWAY and is counted as
+  ``protocol_error``) or HTTP/1.1 (``h11``, one request after another, keep-alive).
 - ``dns_request(method, target, headers, body)``: the DNS message of a request, or an HTTP status: GET
   ``/dns-query[/<id>]?dns=<base64url, no padding>``, POST with ``content-type: application/dns-message``; 404 for
   another path, 405 for another method, 415 for another content type, 400 for a bad or oversized message.
@@ -11,8 +12,10 @@
 - A refused ClientID (invalid; missing or unknown under ``--require-client-id``) gets HTTP 403 before the message
   is read as DNS. The answer is ``200 application/dns-message`` with ``cache-control: max-age`` = the smallest TTL.
 
-Why h2 and h11 rather than aiohttp: both are sans-I/O (already installed with mitmproxy) and share this module's
-one asyncio TLS server, so one port serves both protocols after one admission check and one handshake.
+Why a hand-written HTTP/2 path and h11 rather than h2 or aiohttp: both are sans-I/O and share this module's one
+asyncio TLS server, so one port serves both protocols after one admission check and one handshake; ``h2``'s general
+state machine cost four times the query's own work per DoH request (enforcer/dns/h2wire.py says what it does
+instead). ``h2`` stays the reference its tests drive it with.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import socket
 import ssl
@@ -29,19 +31,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-# h2 ships no type information (no py.typed); its use here is checked by tests/dns/test_encrypted_doh.py.
-import h2.config  # type: ignore[import-untyped]
-import h2.connection  # type: ignore[import-untyped]
-import h2.errors  # type: ignore[import-untyped]
-import h2.events  # type: ignore[import-untyped]
-import h2.exceptions  # type: ignore[import-untyped]
-import h2.settings  # type: ignore[import-untyped]
 import h11
 
 from .chain import Handler, Via
 from .clientid import DOH_PATH, client_id_from_path
-from .encrypted import READ_TIMEOUT, Gate, accept_tls
-from .h2fast import install as install_hpack_memo
+from .encrypted import READ_TIMEOUT, WRITE_BUFFER, Gate, handshake
+from .h2wire import H2Error, H2Server
 from .observe import RateLimitedLog
 from .tls import CertSource
 
@@ -107,19 +102,6 @@ def _result(reply: bytes | None) -> tuple[int, bytes]:
     return (400, b"") if reply is None else (200, reply)  # None: the chain dropped it (not a query)
 
 
-_WANTED = {b":method": ":method", b":path": ":path", b"content-type": "content-type"}
-
-
-def _request_headers(headers: Any) -> dict[str, str]:
-    """The headers ``dns_request`` reads, decoded from h2's bytes; the others are not decoded at all."""
-    out = {}
-    for name, value in headers or ():
-        key = _WANTED.get(name)
-        if key is not None:
-            out[key] = value.decode("latin-1")
-    return out
-
-
 def _skip_name(data: bytes, pos: int) -> int:
     while True:
         n = data[pos]
@@ -130,64 +112,156 @@ def _skip_name(data: bytes, pos: int) -> int:
         pos += n + 1
 
 
-class _H2Answers:
-    """The answers of one HTTP/2 connection: a stream answered at once is queued, a forwarded one waits in its own
-    task; the answers ready in one loop turn leave together from the next turn (``flush``), never from inside the
-    frame loop (dnsperf's HTTP/2 client stalled when answers were sent from there)."""
+class _DohProtocol(asyncio.Protocol):
+    """One DoH connection after its handshake. HTTP/2 is served here, frames parsed as they arrive
+    (enforcer/dns/h2wire.py); each request is answered as soon as its answer exists: a refused, blocked or cached
+    one at once, a forwarded one from its own task, so a slow upstream answer holds back no other stream. The
+    answers ready in one loop turn leave together from the next turn (one ``writelines``, one TLS record per
+    answer). HTTP/1.1 (ALPN ``http/1.1`` or none) is handed to a ``StreamReaderProtocol`` and the h11 loop
+    (``DohServer._serve_h1``). No task per idle HTTP/2 connection: this object, its buffers and one timer."""
 
-    def __init__(self, server: DohServer, conn: Any, writer: asyncio.StreamWriter, sni_cid: str | None, peer: Any):
+    def __init__(self, server: DohServer, peer: Any, host: str) -> None:
         self.server = server
-        self.conn = conn
-        self.writer = writer
-        self.sni_cid = sni_cid
         self.peer = peer
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.h2: H2Server | None = None
+        self.inner: asyncio.StreamReaderProtocol | None = None  # HTTP/1.1
+        self.sni_cid: str | None = None
+        self.ready: list[bytes] = []
         self.tasks: set[asyncio.Task[None]] = set()
-        self.ready: list[tuple[int, int, bytes]] = []
+        self.last = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
 
-    def respond(self, stream_id: int, headers: dict[str, str], body: bytes) -> None:
-        result = self.server.answer(
-            headers.get(":method", ""), headers.get(":path", ""), headers, body, self.sni_cid, self.peer
-        )
-        if type(result) is tuple:
-            self.queue(stream_id, *result)  # answered now, whatever other streams wait for
-        else:
-            task = asyncio.ensure_future(self.later(stream_id, result))  # type: ignore[arg-type]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        server.protocols.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.sni_cid = server.gate.sni_client_id(ssl_object)
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            reader = asyncio.StreamReader(limit=65_536)
+            self.inner = inner = asyncio.StreamReaderProtocol(reader)
+            inner.connection_made(transport)
+            writer = asyncio.StreamWriter(transport, inner, reader, self.loop)  # type: ignore[arg-type]
+            task = asyncio.ensure_future(server.serve_h1(reader, writer, self.sni_cid, self.peer))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+            return
+        transport.set_write_buffer_limits(high=WRITE_BUFFER)  # type: ignore[attr-defined]
+        self.h2 = H2Server(server.gate.limits.h2_max_streams)
+        transport.write(self.h2.preface())  # type: ignore[attr-defined]
+        self.last = self.loop.time()
+        self.timer = self.loop.call_later(server.gate.limits.idle_timeout, self._idle_check)
 
-    async def later(self, stream_id: int, result: Awaitable[tuple[int, bytes]]) -> None:
-        self.queue(stream_id, *(await result))
+    def _idle_check(self) -> None:
+        idle = self.server.gate.limits.idle_timeout
+        quiet = self.loop.time() - self.last
+        busy = self.h2 is not None and bool(self.h2.streams)
+        if quiet >= idle and not busy:
+            self.server.gate.count("doh", "idle_timeout")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.timer = self.loop.call_later(idle if busy else max(idle - quiet, 0.05), self._idle_check)
 
-    def queue(self, stream_id: int, status: int, payload: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+            return
+        h2 = self.h2
+        if h2 is None or self.transport is None:
+            return
+        self.last = self.loop.time()
+        gate = self.server.gate
+        refused, too_large = h2.stream_limit, h2.too_large
+        try:
+            requests = h2.receive(data)
+        except H2Error as exc:
+            gate.count("doh", "protocol_error")
+            ratelog("doh-h2", logging.INFO, "DoH: HTTP/2 error from %s: %s", self.host, exc)
+            self.transport.writelines([*self.ready, *h2.take(), h2.goaway(exc.code)])
+            self.ready.clear()
+            self.transport.close()
+            return
+        for _ in range(h2.stream_limit - refused):
+            gate.count("doh", "stream_limit")
+        for _ in range(h2.too_large - too_large):
+            gate.count("doh", "bad_request")
+        if h2.out:
+            self._queue(b"".join(h2.take()))
+        for stream_id, headers, body in requests:
+            result = self.server.answer(
+                headers.get(":method", ""), headers.get(":path", ""), headers, body, self.sni_cid, self.peer
+            )
+            if type(result) is tuple:
+                self._answer(stream_id, *result)  # answered now, whatever other streams wait for
+            else:
+                task = asyncio.ensure_future(self._later(stream_id, result))  # type: ignore[arg-type]
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        if h2.goaway_received and not h2.streams:
+            self.loop.call_soon(self._close_after_flush)
+
+    async def _later(self, stream_id: int, result: Awaitable[tuple[int, bytes]]) -> None:
+        self._answer(stream_id, *(await result))
+
+    def _answer(self, stream_id: int, status: int, payload: bytes) -> None:
+        h2 = self.h2
+        if h2 is None:
+            return
+        data = h2.respond(stream_id, status, payload, min_ttl(payload) if status == 200 else None)
+        if data:
+            self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
         if not self.ready:
-            self.loop.call_soon(self.flush)
-        self.ready.append((stream_id, status, payload))
+            self.loop.call_soon(self._flush)
+        self.ready.append(data)
 
-    def flush(self) -> None:
-        conn = self.conn
-        records = []
-        for stream_id, status, payload in self.ready:
-            out = [(":status", str(status)), ("content-length", str(len(payload)))]
-            if status == 200:
-                out += [("content-type", CONTENT_TYPE), ("cache-control", f"max-age={min_ttl(payload)}")]
-            with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):  # the client reset the stream
-                conn.send_headers(stream_id, out, end_stream=not payload)
-                if payload:
-                    conn.send_data(stream_id, payload, end_stream=True)
-            data = conn.data_to_send()
-            if data:
-                records.append(data)
-        self.ready.clear()
+    def _flush(self) -> None:
         # One TLS record per answer (writelines: one SSL write per item), all sent in one syscall: dnsperf's DoH
         # client handles one answer per record and stalled when a record carried several (600 of 604 queries
         # lost), while a send per answer cost about a fifth of the CPU per query.
-        if records and not self.writer.transport.is_closing():
-            self.writer.writelines(records)
+        if self.h2 is not None and self.h2.out:
+            self.ready.append(b"".join(self.h2.take()))  # DATA a WINDOW_UPDATE let go
+        if self.ready and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(self.ready)
+        self.ready.clear()
 
-    def cancel(self) -> None:
+    def _close_after_flush(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:  # the client does not read its answers: stop reading its requests
+        if self.inner is not None:
+            self.inner.pause_writing()
+        elif self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.inner is not None:
+            return self.inner.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+        if self.timer is not None:
+            self.timer.cancel()
         for task in list(self.tasks):
             task.cancel()
+        self.server.gate.release("doh", self.host)
+        self.server.protocols.discard(self)
+        self.transport = None
 
 
 class DohServer:
@@ -201,7 +275,7 @@ class DohServer:
         self.gate = gate
         self.certs = certs
         self.outcome = outcome
-        self.writers: set[asyncio.StreamWriter] = set()
+        self.protocols: set[_DohProtocol] = set()
 
     def answer(
         self, method: str, target: str, headers: dict[str, str], body: bytes, sni_cid: str | None, peer: Any
@@ -247,26 +321,18 @@ class DohServer:
         if not gate.admit("doh", host):
             conn.close()
             return
-        streams = None
         try:
-            streams = await accept_tls(conn, gate, "doh", self.certs.context(self.alpn))
-            if streams is None:
-                return
-            reader, writer = streams
-            self.writers.add(writer)
-            ssl_object = writer.get_extra_info("ssl_object")
-            sni_cid = gate.sni_client_id(ssl_object)
-            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-                await self._serve_h2(reader, writer, sni_cid, peer)
-            else:
-                await self._serve_h1(reader, writer, sni_cid, peer)
-        except (ConnectionError, TimeoutError, OSError, ssl.SSLError):
-            pass
-        finally:
+            done = await handshake(
+                conn, gate, "doh", self.certs.context(self.alpn), lambda: _DohProtocol(self, peer, host)
+            )
+        except BaseException:
             gate.release("doh", host)
-            if streams is not None:
-                self.writers.discard(streams[1])
-                streams[1].transport.abort()
+            conn.close()
+            raise
+        if done is None:
+            gate.release("doh", host)  # no connection_made, so no connection_lost: the slot is given back here
+            return
+        gate.count("doh", "accepted")
 
     async def _read(self, reader: asyncio.StreamReader) -> bytes:
         try:
@@ -275,87 +341,17 @@ class DohServer:
             self.gate.count("doh", "idle_timeout")
             return b""
 
-    async def _serve_h2(
+    async def serve_h1(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sni_cid: str | None, peer: Any
     ) -> None:
-        # h2's header checks and normalisation cost more per request than answering the query (a profile under
-        # dnsperf: ~15 % of the CPU). Our own response headers are fixed and valid; of a request only :method,
-        # :path and content-type are read, as bytes (header_encoding None: no str decode of every header), and a
-        # request missing or mangling them gets its HTTP error (404/405/415) from ``dns_request``.
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        conn = h2.connection.H2Connection(config)
-        install_hpack_memo(conn)  # enforcer/dns/h2fast.py: repeated header blocks are not re-coded
-        conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.gate.limits.h2_max_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADERS,
-            },
-        )
-        conn.initiate_connection()
-        writer.write(conn.data_to_send())
-        streams: dict[int, tuple[dict[str, str], bytearray]] = {}
-        out = _H2Answers(self, conn, writer, sni_cid, peer)
-        respond = out.respond
+        """HTTP/1.1 on one connection (h11), one request after another, keep-alive; the connection is closed at
+        the end."""
         try:
-            while True:
-                data = await self._read(reader)
-                if not data:
-                    return
-                try:
-                    events = conn.receive_data(data)
-                except h2.exceptions.TooManyStreamsError:
-                    self.gate.count("doh", "stream_limit")
-                    writer.write(conn.data_to_send())
-                    return
-                except h2.exceptions.ProtocolError:
-                    self.gate.count("doh", "bad_request")
-                    writer.write(conn.data_to_send())
-                    return
-                if not self._h2_events(conn, events, streams, respond):
-                    return
-                writer.write(conn.data_to_send())
-                await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+            await self._serve_h1(reader, writer, sni_cid, peer)
+        except (ConnectionError, TimeoutError, OSError, ssl.SSLError):
+            pass
         finally:
-            out.cancel()
-
-    def _h2_events(
-        self,
-        conn: h2.connection.H2Connection,
-        events: list[Any],
-        streams: dict[int, tuple[dict[str, str], bytearray]],
-        respond: Callable[[int, dict[str, str], bytes], None],
-    ) -> bool:
-        """Collect each stream's headers and body; a complete request is answered (``respond``). False: the client
-        ended the connection."""
-        for event in events:
-            if isinstance(event, h2.events.RequestReceived):
-                streams[event.stream_id] = (_request_headers(event.headers), bytearray())
-            elif isinstance(event, h2.events.DataReceived):
-                entry = streams.get(event.stream_id)
-                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                if entry is not None:
-                    entry[1].extend(event.data or b"")
-                    if len(entry[1]) > MAX_MESSAGE:
-                        streams.pop(event.stream_id, None)
-                        self.gate.count("doh", "bad_request")
-                        conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            elif isinstance(event, h2.events.StreamEnded):
-                entry = streams.pop(event.stream_id, None)
-                if entry is not None:
-                    respond(event.stream_id, entry[0], bytes(entry[1]))
-            elif isinstance(event, h2.events.StreamReset):
-                streams.pop(event.stream_id, None)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                return False
-        return True
+            writer.transport.abort()
 
     async def _serve_h1(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sni_cid: str | None, peer: Any
@@ -412,5 +408,6 @@ class DohServer:
             return b""
 
     def close_all(self) -> None:
-        for w in list(self.writers):
-            w.transport.abort()
+        for protocol in list(self.protocols):
+            if protocol.transport is not None:
+                protocol.transport.abort()

@@ -68,6 +68,7 @@ CONNECTION_OUTCOMES = (
     "client_id_refused",  # per query: invalid ClientID, or missing/unknown under --require-client-id
     "stream_limit",  # DoH/HTTP2: a stream beyond the concurrent-stream cap was refused
     "bad_request",  # a bad frame, HTTP request or DoQ stream
+    "protocol_error",  # DoH/HTTP2: a connection error (enforcer/dns/h2wire.py), answered with GOAWAY and closed
 )
 MAX_FRAME = 16_384
 READ_TIMEOUT = 3.0  # to finish an HTTP request once it began, or to take an answer (DoH)

@@ -1,32 +1,22 @@
-"""HPACK with a memo of repeated header blocks, for enforcer/dns/doh.py's HTTP/2 connections.
+"""HPACK decoding with a memo of repeated header blocks, for DoH's HTTP/2 server (enforcer/dns/h2wire.py).
 
-- ``install(conn)``: gives an ``h2`` connection the ``MemoEncoder`` and ``MemoDecoder`` below (before its first
-  frame), keeping the limits h2 already set on its decoder.
 - ``MemoDecoder``: a request header block made only of indexed fields and literals kept out of the table
   (``table_neutral``) changes no HPACK table, so it decodes to the same headers as long as the table is unchanged:
   decoded once, then looked up. Any other block (incremental indexing, a table size update) may change the table
   and empties the memo.
-- ``MemoEncoder``: the same for our answers' headers: once the encoder emitted a block of one-byte indexed fields
-  for a header list, that list encodes to those bytes until the table changes (any other block) or is resized.
 
-Why: a DoH client sends the same few request headers on every stream, and our answers repeat a handful of header
-lists (status, content-type, content-length, max-age); under dnsperf the pure-Python HPACK work was about a third
-of the CPU per query. Both memos are bounded (``MEMO_SIZE`` blocks, emptied when full).
+Why: a DoH client sends the same few request headers on every stream; under dnsperf the pure-Python HPACK decode
+was about a third of the CPU per query. The memo is bounded (``MEMO_SIZE`` blocks, emptied when full). (Answers
+need no encoder: h2wire pre-encodes them without the dynamic table.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# hpack ships type information, h2 does not (see enforcer/dns/doh.py).
-from hpack import Decoder, Encoder
+from hpack import Decoder
 
 MEMO_SIZE = 256
-_INDEXED_ONLY = bytes(range(0x81, 0xFF))  # one-byte indexed fields; 0xFF would start a multi-byte index
-
-
-def _indexed_only(block: bytes) -> bool:
-    return bool(block) and not block.translate(None, _INDEXED_ONLY)
 
 
 def _integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
@@ -89,38 +79,3 @@ class MemoDecoder(Decoder):
         else:
             self.memo.clear()  # the block may have added to or resized the table
         return headers
-
-
-class MemoEncoder(Encoder):
-    """``hpack.Encoder`` that remembers the blocks of table-neutral header lists (see the module docstring)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.memo: dict[tuple[Any, ...], bytes] = {}
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        if self.header_table.resized:  # the next block must carry the size update
-            self.memo.clear()
-            block: bytes = super().encode(headers, huffman)
-            return block
-        key = (tuple(headers), huffman)
-        hit = self.memo.get(key)
-        if hit is not None:
-            return hit
-        block = super().encode(key[0], huffman)
-        if _indexed_only(block):
-            if len(self.memo) >= MEMO_SIZE:
-                self.memo.clear()
-            self.memo[key] = block
-        else:
-            self.memo.clear()  # the block added to the table (and may have evicted what a memo refers to)
-        return block
-
-
-def install(conn: Any) -> None:
-    """Give the ``h2.connection.H2Connection`` ``conn`` the memo encoder and decoder (before any frame)."""
-    decoder = MemoDecoder()
-    decoder.max_header_list_size = conn.decoder.max_header_list_size
-    decoder.max_allowed_table_size = conn.decoder.max_allowed_table_size
-    conn.encoder = MemoEncoder()
-    conn.decoder = decoder

@@ -1,4 +1,4 @@
-"""enforcer/dns/h2fast.py: the HPACK memo gives byte-for-byte what plain hpack gives, through table insertions,
+"""enforcer/dns/h2fast.py: the HPACK decoding memo gives byte-for-byte what plain hpack gives, through table insertions,
 evictions and size updates, and ``table_neutral`` tells table-changing blocks from the others (RFC 7541 section 6).
 Real hpack encoders and decoders on both sides; no network."""
 
@@ -9,7 +9,7 @@ import random
 import pytest
 from hpack import Decoder, Encoder
 
-from enforcer.dns.h2fast import MEMO_SIZE, MemoDecoder, MemoEncoder, table_neutral
+from enforcer.dns.h2fast import MEMO_SIZE, MemoDecoder, table_neutral
 
 
 def _requests(rng: random.Random, n: int) -> list[list[tuple[str, str]]]:
@@ -40,28 +40,6 @@ def test_memo_decoder_decodes_as_hpack_does(sensitive_length: bool) -> None:
         assert memo.decode(block, raw=True) == plain.decode(block, raw=True)
     assert hits > 500  # the repeated blocks were answered from the memo
     assert len(memo.memo) <= MEMO_SIZE
-
-
-def test_memo_encoder_encodes_as_hpack_does() -> None:
-    rng = random.Random(11)
-    plain, memo = Encoder(), MemoEncoder()
-    peer_plain, peer_memo = Decoder(), Decoder()
-    hits = 0
-    for i in range(3000):
-        age = rng.choice([0, 60, 300])
-        headers = [(":status", "200"), ("content-length", str(rng.randint(60, 69))),
-                   ("content-type", "application/dns-message"), ("cache-control", f"max-age={age}")]  # fmt: skip
-        if rng.random() < 0.01:
-            headers.append(("x-once", str(i)))
-        if i == 1000:
-            plain.header_table_size = memo.header_table_size = 128  # every insertion evicts
-        if i == 2000:
-            plain.header_table_size = memo.header_table_size = 4096
-        hits += (tuple(headers), True) in memo.memo
-        block = memo.encode(headers)
-        assert block == plain.encode(headers)
-        assert peer_memo.decode(block) == peer_plain.decode(block) == headers  # type: ignore[comparison-overlap]
-    assert hits > 1000
 
 
 @pytest.mark.parametrize(
