@@ -35,10 +35,10 @@ KEA = "/usr/sbin/kea-dhcp4"
 ADDRESS = "192.0.2.50"
 MAC_A, MAC_B = "02:00:00:00:0a:01", "02:00:00:00:0b:02"
 SCRIPT = """#!/bin/sh
-# udhcpc's event script: configure the address (the release is sent from it), nothing else.
+# udhcpc's event script: configure the address (the release is sent from it) and say the lease is bound.
 case "$1" in
   deconfig) ip addr flush dev "$interface" scope global ;;
-  bound|renew) ip addr add "$ip/${mask:-24}" dev "$interface" 2>/dev/null ;;
+  bound|renew) ip addr add "$ip/${mask:-24}" dev "$interface" 2>/dev/null; : > "$UDHCPC_BOUND" ;;
 esac
 exit 0
 """
@@ -129,6 +129,7 @@ def _lease_then_release(tmp: Path, ns: str, mac: str, leases: Path) -> tuple[dat
     """A real client takes the address and then releases it; (bound, released) as seen in Kea's file."""
     busybox = require_tool("busybox")
     pidfile = tmp / f"udhcpc-{mac[-2:]}.pid"
+    bound_marker = tmp / f"udhcpc-{mac[-2:]}.bound"
     script = tmp / "udhcpc.sh"
     script.write_text(SCRIPT, encoding="utf-8")
     script.chmod(0o755)
@@ -136,11 +137,15 @@ def _lease_then_release(tmp: Path, ns: str, mac: str, leases: Path) -> tuple[dat
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, busybox, "udhcpc", "-i", "eth0", "-f", "-R", "-t", "10", "-T", "1",
          "-s", str(script), "-p", str(pidfile)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "UDHCPC_BOUND": str(bound_marker)},
     )  # fmt: skip
     try:
         eventually(lambda: any(r[1] == mac and r[3] != "0" for r in _rows(leases)), timeout=30)
         bound = datetime.now(UTC)
+        # Kea writes its row when it sends the ACK, before udhcpc has read it: a SIGUSR2 then would find udhcpc still
+        # REQUESTING, and it enters RELEASED without sending anything (later signals do nothing). The event script
+        # runs in the loop iteration that sets BOUND, and signals are read at the top of the next one.
+        eventually(bound_marker.exists, timeout=10)
         eventually(pidfile.exists, timeout=5)
         pid = int(pidfile.read_text().strip())
 
