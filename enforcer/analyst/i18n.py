@@ -132,6 +132,18 @@ MESSAGES: dict[str, dict[str, str]] = {
     "cand_signals": {"en": "Evidence", "fr": "Indices"},
     "cand_queries": {"en": "Seen", "fr": "Vus"},
     "js_no_candidates": {"en": "No candidates.", "fr": "Aucun candidat."},
+    "js_cooc_on": {
+        "en": "Co-occurrence (names the clients of blocked queries also ask for, within seconds): from {n} query "
+        "log file(s).",
+        "fr": "Cooccurrence (noms que les clients des requêtes bloquées demandent aussi, à quelques secondes "
+        "près) : d'après {n} fichier(s) de journal des requêtes.",
+    },
+    "js_cooc_off": {
+        "en": "Co-occurrence needs the resolver's query log (enforcer dns --query-log, then enforcer analyst "
+        "--query-log).",
+        "fr": "La cooccurrence demande le journal des requêtes du résolveur (enforcer dns --query-log, puis "
+        "enforcer analyst --query-log).",
+    },
     "js_no_noncompliant": {
         "en": "No non-compliant device for these filters.",
         "fr": "Aucun appareil non conforme pour ces filtres.",

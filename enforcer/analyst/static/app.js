@@ -268,11 +268,16 @@
     body.replaceChildren();
     const rows = data.candidates || [];
     $("cand-count").textContent = rows.length ? "(" + data.total + ")" : "";
+    // Co-occurrence (names asked around blocked queries) runs only with the resolver's query log.
+    $("cand-cooc").textContent = data.co_occurrence ? t("cooc_on", { n: data.query_logs }) : t("cooc_off");
     for (const c of rows) {
       const tr = el("tr");
+      tr.dataset.name = c.name;
+      tr.dataset.signals = c.signals.join(" ");
       cell(tr, c.kind + ": " + c.name, "wrap");
       tr.lastChild.title = c.rule.source;  // the evidence, as the source: line the rule would carry
-      cell(tr, c.app); cell(tr, c.confidence); cell(tr, c.signals.join(", "));
+      cell(tr, c.app); cell(tr, c.confidence); cell(tr, c.signals.join(", "), "wrap");
+      for (const line of (c.detail || []).slice(0, 2)) tr.lastChild.appendChild(el("div", line, "muted"));
       cell(tr, c.count, "num"); cell(tr, c.clients, "num"); cell(tr, shortTs(c.last_seen));
       body.appendChild(tr);
     }
