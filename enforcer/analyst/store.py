@@ -5,12 +5,14 @@
   name, and ``doc`` the ECS JSON line as read, UTF-8 bytes). Indexes: UNIQUE ``(ts, eid)`` is both the dedupe key
   (an event seen twice has the same time and id, and is stored once) and the time index; unlike a UNIQUE index on
   the random id alone, inserts land at its end, which keeps ingest fast as the store grows. ``(app, ts, denied,
-  category, component, rule, client)`` and ``(client, app, ts, denied, category, component)`` cover the per-app and
-  per-client aggregations (report pairs, chart, top rules, gauges, filters) without reading the table. ``files`` =
-  ingest offsets per physical file (device, inode, first bytes, offset), committed in the same transaction as the
-  events they cover, so a restart neither loses nor repeats lines; ``facets`` = distinct apps/categories/components
-  for the filters. Identity columns ``device_id``, ``user``, ``kind`` and their index ``events_ident`` (added to an
-  older store file by ``_migrate``). ``meta``: the stored-event count and the policy key of the rollups.
+  category, component, rule, client)`` and ``events_who`` ``(client, app, ts, denied, device_id, user, kind,
+  category, component)`` cover the per-app and per-client aggregations (report pairs, chart, top rules, gauges,
+  filters, the per-device tallies) without reading the table. ``files`` = ingest offsets per physical file
+  (device, inode, first bytes, offset), committed in the same transaction as the events they cover, so a restart
+  neither loses nor repeats lines; ``facets`` = distinct apps/categories/components for the filters. Identity
+  columns ``device_id``, ``user``, ``kind`` (added to an older store file by ``_migrate``, which also replaces its
+  ``events_client`` and ``events_ident`` indexes by ``events_who``). ``meta``: the stored-event count and the
+  policy key of the rollups.
 - Rollups, updated by ``insert`` in the caller's transaction and taken back by ``delete_before``: ``roll_hour`` (per
   hour and app: events, enforced events) and ``roll_client`` (per client, app, rule, category: events, enforced
   events, first and last time; after a retention delete a row's first time is only a lower bound, exact per
@@ -70,7 +72,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_ts_eid ON events (ts, eid);
 CREATE INDEX IF NOT EXISTS events_app ON events (app, ts, denied, category, component, rule, client);
-CREATE INDEX IF NOT EXISTS events_client ON events (client, app, ts, denied, category, component);
 CREATE TABLE IF NOT EXISTS files (
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
@@ -135,8 +136,14 @@ ADDED_COLUMNS = (
     ("user", "TEXT NOT NULL DEFAULT ''"),
     ("kind", "TEXT NOT NULL DEFAULT ''"),
 )
-# The identity engineer's per-device burst count reads this order without touching the table.
-IDENT_INDEX = "CREATE INDEX IF NOT EXISTS events_ident ON events (app, client, device_id, user, ts, denied, kind)"
+# One index for everything asked per client (the per-device tallies, a client filter, what reopens a case, the
+# first seen after a retention delete), covering: each index costs ingest ~7 us an event, so the two earlier ones
+# (``events_client`` and ``events_ident``, dropped by ``_migrate``) are one now.
+WHO_INDEX = (
+    "CREATE INDEX IF NOT EXISTS events_who ON events"
+    " (client, app, ts, denied, device_id, user, kind, category, component)"
+)
+DROPPED_INDEXES = ("events_client", "events_ident")
 
 INSERT = (
     "INSERT OR IGNORE INTO events"
@@ -146,6 +153,10 @@ INSERT = (
 # One stored row as inserted: eid, ts_us, app, client, category, component, action, rule, denied, name, doc,
 # device_id, user, kind.
 Row = tuple[str | bytes, int, str, str, str, str, str, str, int, str, bytes, str, str, str]
+# The rollups of some rows, summed in Python (``Store.rollup_of``, in the ingest's parser process): the policy key
+# they were computed under, (hour, app) -> [events, enforced], (client, app, rule, category) -> [events, enforced,
+# first, last], and the facets (kind, value).
+Rollup = tuple[str, dict[tuple[int, str], list[int]], dict[tuple[str, str, str, str], list[int]], set[tuple[str, str]]]
 
 HOUR_US = 3600 * 1_000_000
 ROLLUP_KEY = "rollup_enforcement"  # meta: the Enforcement.key() the rollups' enforced counts were computed under
@@ -231,7 +242,9 @@ class Store:
         for column, decl in ADDED_COLUMNS:
             if column not in have:
                 conn.execute(f"ALTER TABLE events ADD COLUMN {column} {decl}")
-        conn.execute(IDENT_INDEX)
+        for name in DROPPED_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        conn.execute(WHO_INDEX)
         if conn.execute("SELECT 1 FROM meta WHERE key = ?", (STORED_KEY,)).fetchone() is None:
             (n,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (STORED_KEY, str(n)))
@@ -274,26 +287,64 @@ class Store:
 
     # -- writes (ingest thread) ---------------------------------------------------------------------------------
     @staticmethod
-    def insert(conn: sqlite3.Connection, rows: Sequence[Row], enforcement: Enforcement | None = None) -> int:
+    def insert(
+        conn: sqlite3.Connection,
+        rows: Sequence[Row],
+        enforcement: Enforcement | None = None,
+        rollup: Rollup | None = None,
+    ) -> int:
         """Insert within the caller's transaction; returns how many rows were new (the rest were duplicates).
 
         The rollups take the new rows in the same transaction (``enforcement`` decides their enforced counts); without
-        an ``enforcement`` they are marked stale (readers fall back to the events table until a rebuild)."""
+        an ``enforcement`` they are marked stale (readers fall back to the events table until a rebuild). ``rollup``:
+        the rows' rollups already summed (``rollup_of``), upserted as they are when every row was new and they were
+        summed under the rollups' policy key; else the new rows are grouped again in SQL."""
         seq0 = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
         before = conn.total_changes
         conn.executemany(INSERT, rows)
         inserted = conn.total_changes - before
-        facets = (
-            {("app", r[2]) for r in rows} | {("category", r[4]) for r in rows} | {("component", r[5]) for r in rows}
-        )
+        facets = rollup[3] if rollup is not None else _facets(rows)
         conn.executemany("INSERT OR IGNORE INTO facets (kind, value) VALUES (?, ?)", sorted(facets))
         if inserted:
             _add_stored(conn, inserted)
-            if enforcement is not None and _rollup_key(conn) == _key_text(enforcement):
-                _roll(conn, enforcement, "seq > ?", [seq0], +1)
-            else:
+            key = _rollup_key(conn)
+            if enforcement is None or key != _key_text(enforcement):
                 conn.execute("DELETE FROM meta WHERE key = ?", (ROLLUP_KEY,))
+            elif rollup is not None and inserted == len(rows) and rollup[0] == key:
+                _upsert_rollup(conn, rollup)
+            else:
+                _roll(conn, enforcement, "seq > ?", [seq0], +1)
         return inserted
+
+    @staticmethod
+    def rollup_of(rows: Iterable[Row], enforcement: Enforcement) -> Rollup:
+        """The rollups of ``rows`` summed in Python, the same figures as ``_roll``'s SQL (``enforced_attempt`` is
+        ``Enforcement.sql`` in Python): what the ingest's parser process hands the writer with each chunk."""
+        hours: dict[tuple[int, str], list[int]] = {}
+        clients: dict[tuple[str, str, str, str], list[int]] = {}
+        enforced_attempt = enforcement.enforced_attempt
+        for row in rows:
+            ts, app, client = row[1], row[2], row[3]
+            enf = 1 if row[8] and enforced_attempt(True, app, client, ts) else 0
+            hk = (ts // HOUR_US * HOUR_US, app)
+            h = hours.get(hk)
+            if h is None:
+                hours[hk] = [1, enf]
+            else:
+                h[0] += 1
+                h[1] += enf
+            ck = (client, app, row[7], row[4])
+            c = clients.get(ck)
+            if c is None:
+                clients[ck] = [1, enf, ts, ts]
+            else:
+                c[0] += 1
+                c[1] += enf
+                if ts < c[2]:
+                    c[2] = ts
+                elif ts > c[3]:
+                    c[3] = ts
+        return _key_text(enforcement), hours, clients, _facets_of_rollup(hours, clients, rows)
 
     @staticmethod
     def rollups_current(conn: sqlite3.Connection, enforcement: Enforcement) -> bool:
@@ -336,7 +387,7 @@ class Store:
         if current:
             conn.execute("DELETE FROM roll_hour WHERE n <= 0")
             conn.execute("DELETE FROM roll_client WHERE n <= 0")
-            # First seen of what is left, per (client, app): one index seek each (events_client leads with client,
+            # First seen of what is left, per (client, app): one index seek each (events_who leads with client,
             # app, ts; a per-rule MIN would read every row of the pair for its rule). Rows of the pair are raised to
             # it, so MIN(first_us) over the pair (``pairs``, its only reader) is exact again.
             conn.executemany(
@@ -535,17 +586,15 @@ class Store:
         ]
 
     def identity_rows(self, filters: Filters, enforcement: Enforcement) -> Iterator[tuple[Any, ...]]:
-        """``(app, client, device_id, user, kind, ts_us, enforced)`` for the filters, ordered by ``(app, client,
-        device_id, user, ts)`` and streamed (the per-device burst count reads them in this order, ``events_ident``)."""
+        """``(app, client, device_id, user, kind, ts_us, enforced)`` for the filters, streamed in the order of the
+        covering index ``events_who`` (client, app, ts): the table's documents are never read (the tallies sort each
+        device's times themselves, so no other order is needed)."""
         where, params = filters.where()
         conn, _, _ = self._enforced(enforcement)
         # Both kinds: a ban app's enforced hits are non-compliance, a control app's are the report's bypass attempts
         # (identity.py tells the sections apart by app), as report.scan_range counts them.
         eff, eff_params = enforcement.sql(kind=None)
-        sql = (
-            f"SELECT app, client, device_id, user, kind, ts, {eff} FROM events WHERE {where}"
-            " ORDER BY app, client, device_id, user, ts"
-        )
+        sql = f"SELECT app, client, device_id, user, kind, ts, {eff} FROM events WHERE {where} ORDER BY client, app, ts"
         yield from conn.execute(sql, [*eff_params, *params])
 
     def first_enforced_after(
@@ -620,6 +669,39 @@ def _add_stored(conn: sqlite3.Connection, delta: int) -> None:
         "INSERT INTO meta (key, value) VALUES (?, ?)"
         " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
         (STORED_KEY, str(delta)),
+    )
+
+
+def _facets(rows: Iterable[Row]) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for r in rows:
+        out.update((("app", r[2]), ("category", r[4]), ("component", r[5])))
+    return out
+
+
+def _facets_of_rollup(
+    hours: dict[tuple[int, str], list[int]], clients: dict[tuple[str, str, str, str], list[int]], rows: Iterable[Row]
+) -> set[tuple[str, str]]:
+    out = {("app", app) for _, app in hours} | {("category", category) for _, _, _, category in clients}
+    out.update(("component", component) for component in {r[5] for r in rows})
+    return out
+
+
+def _upsert_rollup(conn: sqlite3.Connection, rollup: Rollup) -> None:
+    """Add a ``Rollup`` summed in Python to both rollup tables (what ``_roll`` does with +1 in SQL)."""
+    _, hours, clients, _ = rollup
+    conn.executemany(
+        "INSERT INTO roll_hour (hour, app, n, enforced) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (hour, app) DO UPDATE SET n = n + excluded.n, enforced = enforced + excluded.enforced",
+        [(hour, app, n, enf) for (hour, app), (n, enf) in hours.items()],
+    )
+    conn.executemany(
+        "INSERT INTO roll_client (client, app, rule, category, n, enforced, first_us, last_us)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (client, app, rule, category) DO UPDATE SET n = n + excluded.n,"
+        " enforced = enforced + excluded.enforced, first_us = MIN(first_us, excluded.first_us),"
+        " last_us = MAX(last_us, excluded.last_us)",
+        [(*key, n, enf, first, last) for key, (n, enf, first, last) in clients.items()],
     )
 
 

@@ -7,9 +7,11 @@ rollups never answer) and with figures counted straight from the HitEvent object
 
 from __future__ import annotations
 
+import ipaddress
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from enforcer.analyst.dashboard import chart_series
 from enforcer.analyst.ingest import Ingester
@@ -182,3 +184,61 @@ def test_without_a_policy_table_the_rollups_are_marked_stale(tmp_path: Path, pol
     finally:
         ing.stop()
         store.close()
+
+
+def test_rollups_summed_by_the_parser_equal_the_sql_grouping(tmp_path: Path, policy) -> None:
+    """The ingest's parser sums each chunk's rollups in Python (``Store.rollup_of``); the writer upserts them. The
+    same rows grouped by ``_roll``'s SQL (``rebuild_rollups``) give identical tables, with an exempt client, a
+    control app, an app the table does not know, and a chunk read twice (its duplicates take the SQL path)."""
+    from enforcer.analyst.ingest import parse_chunk
+
+    events = _events(policy, 2000, 44)
+    path = tmp_path / "ev" / "dns.jsonl"
+    write_events(path, events)
+    body = path.read_bytes()
+    some_client = events[0].source_ip
+    assert some_client
+    # The shipped table, one client exempt from wechat, and kaspersky unknown to it (always enforced).
+    table = Enforcement(
+        [
+            *(c for app, c in enforcement_of(policy).cutovers.items() if app not in ("wechat", "kaspersky")),
+            Cutover("wechat", policy.apps["wechat"].effective, [ipaddress.ip_network(some_client)]),
+        ]
+    )
+    rows, errors, seen, _, rollup = parse_chunk(body, str(path), 0, table)
+    assert not errors and seen == len(rows) == len(events) and rollup is not None
+    assert sum(n for n, _ in rollup[1].values()) == len(events)
+    assert 0 < sum(e for _, e in rollup[1].values()) < len(events)
+
+    def tables(store: Store) -> tuple[list[Any], ...]:
+        conn = store.reader()
+        return tuple(
+            conn.execute(f"SELECT * FROM {t} ORDER BY {order}").fetchall()
+            for t, order in (("roll_hour", "1, 2"), ("roll_client", "1, 2, 3, 4"), ("facets", "1, 2"))
+        )
+
+    python_store, sql_store = Store(tmp_path / "py.sqlite"), Store(tmp_path / "sql.sqlite")
+    try:
+        for store in (python_store, sql_store):
+            conn = store.writer()
+            conn.execute("BEGIN")
+            Store.rebuild_rollups(conn, table)  # empty: sets the rollups' policy key
+            conn.execute("COMMIT")
+        conn = python_store.writer()
+        half = len(rows) // 2
+        for part in (rows[:half], rows[half:], rows[:half]):  # the last one: all duplicates, nothing added
+            conn.execute("BEGIN")
+            Store.insert(conn, part, table, Store.rollup_of(part, table))
+            conn.execute("COMMIT")
+        conn = sql_store.writer()
+        conn.execute("BEGIN")
+        Store.insert(conn, rows, table)
+        Store.rebuild_rollups(conn, table)
+        conn.execute("COMMIT")
+        got, want = tables(python_store), tables(sql_store)
+        assert got == want and len(got[1]) > 10
+        assert python_store.count() == sql_store.count() == len(events)
+        _same_views(python_store, table)
+    finally:
+        python_store.close()
+        sql_store.close()
