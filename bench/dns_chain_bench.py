@@ -1,6 +1,7 @@
 """The resolver chain's hot path in-process: CPU time per blocked and per cached query through ``handle``.
 
     .venv/bin/python bench/dns_chain_bench.py [--queries 200000] [--rounds 5]
+    .venv/bin/python bench/dns_chain_bench.py --once blocked --queries 4000 --events /tmp/ev.jsonl   # for callgrind
 
 No sockets and no event loop: the shipped blocklists, the real sinkhole, cache and observer (no event file), one
 client. Blocked: A queries for names of the shipped lists; cached: A queries for 1,000 allowed names whose answers
@@ -8,6 +9,10 @@ were stored in the cache first. Prints the best (least disturbed) of ``--rounds`
 To compare two trees on one machine, run it with each tree first on ``sys.path`` in alternation, e.g.
 ``cd /tmp/base-worktree && python /path/to/bench/dns_chain_bench.py`` (it imports ``enforcer`` from the current
 directory). Complements bench/dns_bench.sh (dnsperf over real sockets), whose figures move with the machine's load.
+
+``--once KIND`` runs ``--queries`` queries of one kind once, with hit events written to ``--events`` and flushed, and
+prints nothing: run it under ``valgrind --tool=callgrind`` for N and for 0 queries and divide the difference of the
+"Collected" totals by N for instructions per query (bench/dns_callgrind.sh does exactly that).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class Holder:
         self.policy = policy
 
 
-def make_chain(blocklists: Path) -> tuple[Any, Cache]:
+def make_chain(blocklists: Path, writer: Any = None) -> tuple[Any, Cache]:
     policy = load_policy([blocklists])
     cache = Cache(100_000)
     if hasattr(chain, "Acl"):  # a tree from before enforcer/net.py
@@ -51,7 +56,7 @@ def make_chain(blocklists: Path) -> tuple[Any, Cache]:
         acl = NetworkSet(DEFAULT_ALLOW)
     parts = chain.ChainParts(
         Holder(policy), acl, Sinkhole(parse_mode("null")), cache, Forwarder([parse_upstream("127.0.0.1:9")]),
-        Observer(None, None),
+        Observer(None, writer),
     )  # fmt: skip
     return chain.build_chain(parts), cache
 
@@ -75,8 +80,15 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--blocklists", default=str(Path.cwd() / "blocklists"))
+    ap.add_argument("--once", choices=("blocked", "cached"), help="one pass of --queries queries, for callgrind")
+    ap.add_argument("--events", help="hit events to this file (default: none)")
     args = ap.parse_args()
-    handle, cache = make_chain(Path(args.blocklists))
+    writer = None
+    if args.events:
+        from enforcer.events import EventWriter
+
+        writer = EventWriter(args.events)
+    handle, cache = make_chain(Path(args.blocklists), writer)
     blocked = queries(BLOCKED)
     allowed_names = [f"host{i}.example.org" for i in range(1000)]
     cached = queries(allowed_names)
@@ -88,6 +100,13 @@ def main() -> None:
         cache.store(cache_key(q, data), bytes(reply.pack()))
     for data in blocked + cached:  # warm memos and templates; every query must be answered synchronously
         assert type(handle(data, ("127.0.0.1", 40000), False)) is bytes
+    if args.once:
+        if writer is not None:
+            writer.flush()
+        per_query(handle, blocked if args.once == "blocked" else cached, args.queries)
+        if writer is not None:
+            writer.close()
+        return
     best = {"blocked": float("inf"), "cached": float("inf")}
     for _ in range(args.rounds):
         best["blocked"] = min(best["blocked"], per_query(handle, blocked, args.queries))

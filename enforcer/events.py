@@ -8,7 +8,9 @@
   layout the analyst's fast line reader expects.
 - ``EventWriter``: ``emit()`` appends to a bounded in-memory queue and returns at once; a background thread serialises,
   writes, flushes and rotates by size. A full queue or a failing disk drops events and counts them, it never blocks
-  or raises into the caller. ``close()`` flushes what is queued.
+  or raises into the caller. ``close()`` flushes what is queued. ``emit_line()`` queues an event its caller has
+  already serialised (exactly ``to_json()``'s text: the resolver renders its hits from memoised parts,
+  enforcer/dns/observe.py ``HitLines``), so the writer thread only joins, encodes and writes.
 - External rotation: before every batch (and at least every ``check_interval`` seconds when idle) the writer compares
   the (device, inode) of its path with the file it holds; when the file was renamed away (logrotate without
   copytruncate) or deleted, it opens a fresh one. A batch that landed in a file deleted meanwhile (link count 0 after
@@ -239,7 +241,7 @@ class EventWriter:
         self.reopened = 0  # files reopened after an outside rotation, a delete or a reopen request
         self.written = 0
         self.dropped = 0
-        self._queue: collections.deque[HitEvent] = collections.deque()
+        self._queue: collections.deque[HitEvent | str] = collections.deque()  # str: emit_line's serialised events
         self._wake = threading.Event()
         self._stop = False
         self._file: Any = None
@@ -266,6 +268,19 @@ class EventWriter:
             self.dropped += 1
             return False
         q.append(event)
+        if len(q) == self.max_queue // 2:
+            self._wake.set()
+        return True
+
+    def emit_line(self, line: str) -> bool:
+        """Queue one event already serialised (its ``to_json()`` text, no newline); as ``emit`` otherwise."""
+        if self.path is None:
+            return False
+        q = self._queue
+        if self._stop or len(q) >= self.max_queue:
+            self.dropped += 1
+            return False
+        q.append(line)
         if len(q) == self.max_queue // 2:
             self._wake.set()
         return True
@@ -323,7 +338,8 @@ class EventWriter:
             batch: list[str] = []
             try:
                 while q and len(batch) < 1000:
-                    batch.append(q.popleft().to_json())
+                    event = q.popleft()
+                    batch.append(event if type(event) is str else event.to_json())  # type: ignore[union-attr]
             except Exception:  # a broken event must not kill the writer
                 log.exception("cannot serialise a hit event")
                 self.dropped += 1

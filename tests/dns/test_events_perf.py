@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 
 from dnshelpers import BLOCKLISTS
 
-from enforcer.dns.observe import DnsHitEvent
+from enforcer.dns.observe import DnsHitEvent, HitLines, Observer
+from enforcer.dns.wire import qtype_name
+from enforcer.events import EventWriter, HitEvent, iter_events
 from enforcer.policy import load_policy
+from enforcer.policy.model import Match
 
 
 def test_memoised_json_with_microsecond_times_equals_the_schema() -> None:
@@ -42,3 +46,52 @@ def test_an_event_without_a_given_time_reads_the_clock() -> None:
     ev = DnsHitEvent(policy, rule, "weixin.qq.com", "dns-block", True, False, ("10.0.0.1", 1), "weixin.qq.com", 1)
     after = datetime.now(UTC)
     assert before.replace(microsecond=0) <= ev.timestamp <= after
+
+
+def test_hit_lines_are_byte_for_byte_the_schema_json() -> None:
+    # HitLines (the resolver's usual hit, rendered on the loop thread) must write exactly HitEvent.to_json(): same
+    # bytes, for IPv4 and IPv6 clients, odd names, both transports, enforced/monitor/exempt, memo hits and misses.
+    policy = load_policy([BLOCKLISTS])
+    rule = policy.match_key("weixin.qq.com")
+    cidr = next(r for r in policy.rules if r.kind == "cidr")
+    lines = HitLines()
+    rng = random.Random(12)
+    clients = [("127.0.0.1", 5353), ("::1", 7, 0, 0), ("10.0.0.7", 40000), ("fe80::1%eth0", 65535, 0, 2)]
+    names = ['we"ird\\.weixin.qq.com', "a.weixin.qq.com", "é\x01.x"]
+    ids = set()
+    for i in range(3_000):
+        at_us = rng.randrange(1_700_000_000_000_000, 1_800_000_000_000_000)
+        r = rule if i % 2 else cidr
+        enforced, exempt = (True, False) if i % 3 == 0 else (False, i % 3 == 1)
+        addr, qname, qtype = rng.choice(clients), rng.choice(names), rng.choice((1, 28, 65, 4242))
+        transport, action = rng.choice(("udp", "tcp")), rng.choice(("dns-block", "dns-response-block"))
+        got = lines.line(policy, r, action, enforced, exempt, transport, addr, qname, qtype, at_us)
+        event_id = json.loads(got)["event"]["id"]
+        ids.add(event_id)
+        want = HitEvent.from_match(
+            Match(r, policy.apps[r.app], ""), action=action, component="dns", version=policy.fingerprint,
+            enforced=enforced, exempt=exempt, id=event_id, source_ip=addr[0], source_port=addr[1],
+            at=datetime.fromtimestamp(at_us // 1_000_000, UTC).replace(microsecond=at_us % 1_000_000),
+            dns_question_name=qname, dns_question_type=qtype_name(qtype), dns_transport=transport,
+        )  # fmt: skip
+        assert got == want.to_json()
+    assert len(ids) == 3_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(lines.memo) > 1  # the memo was used (and hit: 3,000 events over far fewer keys)
+
+
+def test_observer_writes_usual_hits_as_lines_and_counts_them(tmp_path: Path) -> None:
+    # Through Observer.hit and the real EventWriter: every hit is in the file, in the schema, none dropped.
+    policy = load_policy([BLOCKLISTS])
+    rule = policy.match_key("weixin.qq.com")
+    writer = EventWriter(tmp_path / "dns.jsonl")
+    obs = Observer(None, writer)
+    for i in range(5_000):
+        obs.hit(policy, rule, "weixin.qq.com", "dns-block", True, False, ("10.0.0.9", 1000 + i % 7), "weixin.qq.com",
+                1, False, i % 2 == 0, None, 1_750_000_000_000_000 + i)  # fmt: skip
+    writer.close()
+    docs = list(iter_events(tmp_path / "dns.jsonl"))
+    assert writer.written == 5_000 and writer.dropped == 0 and len(docs) == 5_000
+    assert [d["@timestamp"][-7:] for d in docs[:2]] == ["000000Z", "000001Z"]
+    assert {d["labels"]["dns_transport"] for d in docs} == {"udp", "tcp"}
+    assert len({d["event"]["id"] for d in docs}) == 5_000
+    assert obs.blocked_total.values[("dns", rule.app, rule.category or "", "dns-block")] == 5_000
