@@ -8,13 +8,23 @@
 - ``parse_tokens(text)``: the ``--token-file`` lines (``name:token`` or a plain ``token``) -> {token: analyst name}.
 - ``Analyst.sync_cases``: opens and reopens cases (cases.py) from the enforced attempts, by identity; run with the
   gauges.
+- The first view across restarts: a slow first view, once prepared, is also written beside the store
+  (``<db>.first-view.json``, ``VIEW_FILE_SUFFIX``) with what it was computed from (the store's ``content_mark``, the
+  policy table, the attempt window, the lease and inventory files' size and time); a restart whose store and inputs
+  are still exactly those serves it at once (``first_view_prepared`` true, its ``generated_at`` says when) instead of
+  a request waiting for a pass over every event. Anything else (events added or deleted, another policy, a changed
+  lease file) and it is not used.
 - ``_AnalystCollector``: the Prometheus collector of those figures and of the ingest counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import json
+import logging
+import os
 import re
 import time
 from collections import OrderedDict
@@ -52,6 +62,7 @@ from .report import enforcement_of
 from .store import Filters, Store
 
 T = TypeVar("T")
+log = logging.getLogger("enforcer.analyst")
 
 WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
 
@@ -61,6 +72,9 @@ MEMO_SIZE = 8  # memoised aggregations (a 1M-event store: a few MB each)
 SLOW_VIEW_SECONDS = 0.5  # a first view that takes this long is prepared in the background and may be served stale
 STALE_VIEWS = 3  # ... by at most this many refresh intervals
 PREPARING: contextvars.ContextVar[bool] = contextvars.ContextVar("enforcer_analyst_preparing", default=False)
+VIEW_FILE_SUFFIX = ".first-view.json"  # beside the store: the last slow first view and what it was computed from
+VIEW_FORMAT = 1  # bumped when the dashboard document changes shape: an older file is then not served
+MAX_VIEW_FILE_BYTES = 64 * 1024 * 1024
 
 DEFAULT_ANALYST = "analyst"  # the name of a plain token line (no "name:")
 _TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
@@ -153,6 +167,7 @@ class Analyst:
         self._prepared_mark: tuple[Any, ...] | None = None
         self._prepared_at = 0.0
         self.first_view: tuple[tuple[Any, ...], float, Any] | None = None  # (mark, when, dashboard dict)
+        self._load_view()  # the first view persisted before a restart, when the store is still exactly as it was
         # Gauges computed off the loop every refresh_interval and read at scrape time.
         self.noncompliant: dict[tuple[str, str], int] = {}
         self.last_block: dict[str, float] = {}
@@ -213,8 +228,12 @@ class Analyst:
         return self._prepared_mark is not None
 
     async def prepare_first_view(self, build: Callable[[], Awaitable[Any]]) -> None:
-        """Compute the first view (``build``: the dashboard with no filter) now, bypassing the prepared copy."""
+        """Compute the first view (``build``: the dashboard with no filter) now, bypassing the prepared copy; a slow
+        one is also persisted beside the store for the next start (``_save_view``)."""
         mark = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())
+        # Read before the view: events stored while it is computed make the mark older than the view, never newer,
+        # so a restart can only refuse a view that was in fact current, not serve one that was not.
+        persisted_mark = await self.db(self._view_mark)
         token = PREPARING.set(True)
         t0 = time.monotonic()
         try:
@@ -225,8 +244,82 @@ class Analyst:
         self._prepared_at = time.monotonic()
         if self._prepared_at - t0 >= SLOW_VIEW_SECONDS:
             self.first_view = (mark, self._prepared_at, view)
+            await self.db(self._save_view, persisted_mark, view)
         else:
             self.first_view = None
+
+    # -- the first view across restarts -------------------------------------------------------------------------
+    def _view_path(self) -> str:
+        return str(self.settings.db) + VIEW_FILE_SUFFIX
+
+    def _view_mark(self) -> dict[str, Any]:
+        """Blocking: what a first view is computed from, as JSON values (compared as they read back)."""
+
+        def stat(path: str | None) -> list[Any] | None:
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                return [path, None]
+            return None if st is None else [path, st.st_size, st.st_mtime_ns]
+
+        mark: dict[str, Any] = json.loads(
+            json.dumps(
+                {
+                    "format": VIEW_FORMAT,
+                    "store": list(self.store.content_mark()),
+                    "policy": self.enforcement.key(),
+                    "window": self.settings.attempt_window,
+                    "leases": [stat(p) for p in self.settings.leases],
+                    "inventory": stat(self.settings.inventory),
+                }
+            )
+        )
+        return mark
+
+    def _save_view(self, mark: dict[str, Any], view: Any) -> None:
+        """Blocking: the view and its mark, written whole (temporary file, then rename) or not at all."""
+        path = self._view_path()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"mark": mark, "view": view}, fh, separators=(",", ":"))
+            os.replace(tmp, path)
+        except (OSError, TypeError, ValueError) as exc:
+            log.warning("cannot keep the first view in %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _load_view(self) -> None:
+        """Blocking (the Analyst is built off the loop): serve the persisted first view when the store and every
+        input are exactly what it was computed from; otherwise leave it (the refresh loop prepares a new one)."""
+        path = self._view_path()
+        try:
+            if os.path.getsize(path) > MAX_VIEW_FILE_BYTES:
+                return
+            with open(path, encoding="utf-8") as fh:
+                saved = json.load(fh)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the kept first view %s: %s", path, exc)
+            return
+        if (
+            not isinstance(saved, dict)
+            or saved.get("mark") != self._view_mark()
+            or not isinstance(saved.get("view"), dict)
+        ):
+            return
+        view = saved["view"]
+        # What depends on the clock or on this process, not on the events: as of now.
+        from .dashboard import window_counts
+
+        view["windows"] = window_counts(self, self.enforcement)
+        view["ingest"] = {"ingested": 0, "duplicates": 0, "errors": {}}
+        mark = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())
+        self._prepared_mark = mark
+        self._prepared_at = time.monotonic()
+        self.first_view = (mark, self._prepared_at, view)
+        log.info("serving the first view kept in %s (generated at %s)", path, saved["view"].get("generated_at"))
 
     def prepared_view(self) -> Any | None:
         """The whole unfiltered dashboard as last prepared, when it is still for the current events or at most

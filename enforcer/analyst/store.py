@@ -30,7 +30,8 @@
   search text and the clients whose inventory names matched it).
 - Reads: ``events`` (newest first, keyset cursor ``(ts, eid)``), ``pairs`` (what ``report.build_report`` needs),
   ``series`` (attempts per app per time bucket), ``top_rules``, ``noncompliant`` (distinct clients per app with
-  enforced attempts since a time), ``last_block`` (per app), ``bounds``, ``facets``, ``count``, ``identity_rows``
+  enforced attempts since a time), ``last_block`` (per app), ``bounds``, ``facets``, ``count``, ``content_mark``
+  (what a view persisted across restarts is checked against), ``identity_rows``
   (streamed in per-device order), ``first_enforced_after`` (what reopens a case).
 
 Enforced attempts in SQL: rendered from the policy's ``Enforcement`` table (``Enforcement.sql``: ``denied``, ``ts`` at
@@ -434,6 +435,13 @@ class Store:
         conn.executemany("DELETE FROM files WHERE dev = ? AND ino = ?", list(idents))
 
     # -- reads ------------------------------------------------------------------------------------------------------
+    def content_mark(self) -> tuple[int, int]:
+        """(stored events, highest ``seq``): changes with every insert and every delete (two O(1)/O(log n) reads),
+        so a view computed under one mark describes the store exactly while the mark is the same."""
+        conn = self.reader()
+        (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        return self.count(), int(top)
+
     def count(self) -> int:
         """Stored events, kept in ``meta`` by every insert and delete (O(1), no COUNT(*) scan)."""
         row = self.reader().execute("SELECT value FROM meta WHERE key = ?", (STORED_KEY,)).fetchone()
