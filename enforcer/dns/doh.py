@@ -55,13 +55,15 @@ def _b64url(text: str) -> bytes:
 def dns_request(method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[bytes | None, str | None, int]:
     """``(message, client_id, status)``: the DNS query of an HTTP request and its path's ClientID (status 200), or
     ``(None, None, status)`` with the HTTP error status."""
-    parts = urlsplit(target)
-    path = parts.path
+    path, _, query = target.partition("?")
+    if "#" in path or "%" in path or "://" in path:  # a fragment, escapes or an absolute URL: the slow, exact way
+        parts = urlsplit(target)
+        path, query = parts.path, parts.query
     if path != DOH_PATH and not path.startswith(DOH_PATH + "/"):
         return None, None, 404
-    cid = client_id_from_path(path)
+    cid = client_id_from_path(path) if path != DOH_PATH else None
     if method == "GET":
-        values = parse_qs(parts.query).get("dns")
+        values = parse_qs(query).get("dns")
         if not values or len(values[0]) > MAX_MESSAGE * 4 // 3 + 4:
             return None, cid, 400
         try:

@@ -1,20 +1,16 @@
-"""HPACK decoding with a memo of repeated header blocks, for DoH's HTTP/2 server (enforcer/dns/h2wire.py).
+"""Which HPACK header blocks may be remembered, for DoH's HTTP/2 server (enforcer/dns/h2wire.py).
 
-- ``MemoDecoder``: a request header block made only of indexed fields and literals kept out of the table
-  (``table_neutral``) changes no HPACK table, so it decodes to the same headers as long as the table is unchanged:
-  decoded once, then looked up. Any other block (incremental indexing, a table size update) may change the table
-  and empties the memo.
+- ``table_neutral(block)``: a request header block made only of indexed fields and literals kept out of the table
+  changes no HPACK table, so it decodes to the same headers as long as the table is unchanged: h2wire decodes it
+  once, then looks it up. Any other block (incremental indexing, a table size update) may change the table and
+  empties the memo. ``MEMO_SIZE``: the memo's bound.
 
 Why: a DoH client sends the same few request headers on every stream; under dnsperf the pure-Python HPACK decode
-was about a third of the CPU per query. The memo is bounded (``MEMO_SIZE`` blocks, emptied when full). (Answers
-need no encoder: h2wire pre-encodes them without the dynamic table.)
+was about a third of the CPU per query. (Answers need no encoder: h2wire pre-encodes them without the dynamic
+table.)
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-from hpack import Decoder
 
 MEMO_SIZE = 256
 
@@ -57,25 +53,3 @@ def table_neutral(block: bytes) -> bool:
     except IndexError:
         return False
     return pos == end and end > 0
-
-
-class MemoDecoder(Decoder):
-    """``hpack.Decoder`` that remembers the headers of table-neutral blocks (see the module docstring)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.memo: dict[tuple[bytes, bool], list[Any]] = {}
-
-    def decode(self, data: bytes, raw: bool = False) -> Any:
-        key = (bytes(data), raw)
-        hit = self.memo.get(key)
-        if hit is not None:
-            return list(hit)  # a copy: the caller owns its list
-        headers = super().decode(data, raw)
-        if table_neutral(key[0]):
-            if len(self.memo) >= MEMO_SIZE:
-                self.memo.clear()
-            self.memo[key] = list(headers)
-        else:
-            self.memo.clear()  # the block may have added to or resized the table
-        return headers

@@ -22,18 +22,20 @@ Why not ``h2``: its general state machine (an object per frame, per-stream state
 validation) cost ~200 us of CPU per DoH query, four times what answering the query costs (docs/performance.md,
 "Encrypted DNS"). A DoH server sees a handful of frame types and answers with a few fixed headers, so the
 response header blocks are pre-encoded (static-table indexes and literals never added to the table: our HPACK
-encoder state never changes) and only the request side runs an HPACK decoder (the ``hpack`` package that ``h2``
-depends on, with enforcer/dns/h2fast.py's memo for repeated blocks). tests/dns/test_doh_h2wire.py drives this with
-``h2``'s client state machine as the reference.
+encoder state never changes; each block made once per status, length and max-age) and only the request side runs
+an HPACK decoder (the ``hpack`` package that ``h2`` depends on; a repeated table-neutral block is decoded once,
+see enforcer/dns/h2fast.py). tests/dns/test_doh_h2wire.py drives this with ``h2``'s client state machine as the
+reference.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
-from hpack import HPACKError, InvalidTableSizeError, OversizedHeaderListError
+from hpack import Decoder, HPACKError, InvalidTableSizeError, OversizedHeaderListError
 
-from .h2fast import MemoDecoder
+from .h2fast import MEMO_SIZE, table_neutral
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_FRAME = 16_384  # SETTINGS_MAX_FRAME_SIZE we accept (the default; never raised)
@@ -115,7 +117,8 @@ class H2Server:
 
     def __init__(self, max_streams: int) -> None:
         self.max_streams = max_streams
-        self.decoder = MemoDecoder()
+        self.decoder = Decoder()
+        self.memo: dict[bytes, dict[str, str]] = {}  # table-neutral header blocks -> their headers
         self.decoder.max_header_list_size = MAX_HEADER_BLOCK
         self.decoder.max_allowed_table_size = 4096  # we never announce another SETTINGS_HEADER_TABLE_SIZE
         self.buf = bytearray()
@@ -133,6 +136,7 @@ class H2Server:
         self.too_large = 0  # requests answered 413 (a body over MAX_BODY)
         self.goaway_received = False
         self.blocked: list[int] = []  # streams with ``pending`` bytes, in answer order
+        self.blocks: dict[tuple[int, int, int | None], bytes] = {}  # response header blocks made so far
 
     def preface(self) -> bytes:
         settings = struct.pack("!HIHIHI", S_MAX_CONCURRENT_STREAMS, self.max_streams, S_MAX_HEADER_LIST_SIZE,
@@ -262,19 +266,37 @@ class H2Server:
             self.continuing = None
             self._header_block(stream_id, head_flags, bytes(block), done)
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def _decode(self, block: bytes) -> Any:
         try:
-            headers: list[tuple[bytes, bytes]] = self.decoder.decode(block, raw=True)
+            headers: Any = self.decoder.decode(block, raw=True)
         except (OversizedHeaderListError, InvalidTableSizeError, HPACKError) as exc:
             raise H2Error(COMPRESSION_ERROR, f"HPACK: {exc}") from None
         except (IndexError, ValueError, UnicodeError) as exc:
             raise H2Error(COMPRESSION_ERROR, f"HPACK: {exc!r}") from None
         return headers
 
+    def _request_headers(self, block: bytes) -> dict[str, str]:
+        """The wanted headers of a header block. Every block is decoded (the HPACK table must follow each one, even
+        a refused stream's), except a repeat of a table-neutral block: it cannot change the table, so it gives the
+        same headers while the table is unchanged (``memo``, emptied by any other block)."""
+        headers = self.memo.get(block)
+        if headers is not None:
+            return headers
+        headers = {}
+        for name, value in self._decode(block):
+            key = _WANTED.get(name)
+            if key is not None:
+                headers[key] = value.decode("latin-1")
+        if not table_neutral(block):
+            self.memo.clear()  # the block may have added to or resized the table
+        elif len(self.memo) < MEMO_SIZE:
+            self.memo[block] = headers
+        return headers
+
     def _header_block(
         self, stream_id: int, flags: int, block: bytes, done: list[tuple[int, dict[str, str], bytes]]
     ) -> None:
-        fields = self._decode(block)  # always: the HPACK table must follow every block, even a refused one
+        headers = self._request_headers(block)  # shared with the memo: read, never changed
         stream = self.streams.get(stream_id)
         if stream is not None or stream_id <= self.last_stream:  # trailers, or a stream already closed
             if stream is None or stream.complete:
@@ -292,11 +314,6 @@ class H2Server:
             self.stream_limit += 1
             self.out.append(frame(RST_STREAM, 0, stream_id, _HEAD.pack(REFUSED_STREAM)))
             return
-        headers = {}
-        for name, value in fields:
-            key = _WANTED.get(name)
-            if key is not None:
-                headers[key] = value.decode("latin-1")
         stream = _Stream(headers, self.initial_window)
         self.streams[stream_id] = stream
         if flags & END_STREAM:
@@ -400,15 +417,23 @@ class H2Server:
         stream = self.streams.get(stream_id)
         if stream is None:
             return b""
-        block = response_block(status, len(body), max_age if status == 200 else None)
-        if not body:
+        n = len(body)
+        key = (status, n, max_age if status == 200 else None)
+        block = self.blocks.get(key)
+        if block is None:
+            if len(self.blocks) >= MEMO_SIZE:
+                self.blocks.clear()
+            block = self.blocks[key] = response_block(*key)
+        if not n:
             del self.streams[stream_id]
             return frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block)
-        n = len(body)
         if n <= self.send_window and n <= stream.window and n <= self.max_frame and not self.blocked:
             self.send_window -= n  # the common case: a small answer, open windows
             del self.streams[stream_id]
-            return frame(HEADERS, END_HEADERS, stream_id, block) + frame(DATA, END_STREAM, stream_id, body)
+            b = len(block)
+            pack = _FRAME.pack
+            return pack(b >> 8, b & 0xFF, HEADERS, END_HEADERS, stream_id) + block + pack(
+                n >> 8, n & 0xFF, DATA, END_STREAM, stream_id) + body  # fmt: skip
         stream.pending = body
         self.blocked.append(stream_id)
         return frame(HEADERS, END_HEADERS, stream_id, block) + self._send_pending()
