@@ -13,7 +13,9 @@
 - ``source_key(host)``: what the per-source cap counts by.
 - ``bind_sockets(host, port, reuse_port)``: the listening sockets, created here so that several worker processes
   can later share one address with SO_REUSEPORT.
-- ``Listener``: UDP + TCP on one address; ``start()``/``close()``.
+- ``Listener``: UDP + TCP on one address; ``start()``/``close()``. UDP is read and answered in batches
+  (udpbatch.py: ``recvmmsg``/``sendmmsg``, one reader callback per batch) where the platform has them (Linux), else
+  by ``UdpServer``; ``batched=False`` forces ``UdpServer``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from ..net import peer_address
 from .chain import Handler
 from .observe import RateLimitedLog
+from .udpbatch import BatchedUdpServer, available
 
 log = logging.getLogger("enforcer.dns.server")
 # A packet that trips a bug is logged with its traceback at most once a minute (a sender can repeat it at will).
@@ -273,13 +276,15 @@ class Listener:
         reuse_port: bool = False,
         tcp_limits: TcpLimits | None = None,
         admit: Callable[[str], bool] | None = None,
+        batched: bool = True,
     ) -> None:
         self.host = host
         self.port = port
         self.handler = handler
         self.count = count
         self.reuse_port = reuse_port
-        self.udp: UdpServer | None = None
+        self.batched = batched and available()
+        self.udp: UdpServer | BatchedUdpServer | None = None
         self.udp_transport: asyncio.DatagramTransport | None = None
         self.tcp = TcpServer(handler, count, tcp_limits, admit)
         self.tcp_server: asyncio.AbstractServer | None = None
@@ -293,13 +298,20 @@ class Listener:
         udp_sock, tcp_sock = bind_sockets(self.host, self.port, self.reuse_port)
         self.port = udp_sock.getsockname()[1]
         handler, count = self.handler, self.count
-        transport, proto = await loop.create_datagram_endpoint(lambda: UdpServer(handler, count), sock=udp_sock)
-        self.udp_transport, self.udp = transport, proto
+        if self.batched:
+            batch = BatchedUdpServer(udp_sock, handler, count)
+            batch.start()
+            self.udp = batch
+        else:
+            transport, proto = await loop.create_datagram_endpoint(lambda: UdpServer(handler, count), sock=udp_sock)
+            self.udp_transport, self.udp = transport, proto
         self.tcp_server = await asyncio.start_server(self.tcp.serve, sock=tcp_sock)
 
     async def close(self) -> None:
         if self.udp_transport is not None:
             self.udp_transport.close()
+        if isinstance(self.udp, BatchedUdpServer):
+            self.udp.close()
         if self.tcp_server is not None:
             self.tcp_server.close()
         self.tcp.close_all()
