@@ -29,7 +29,7 @@ import hashlib
 from array import array
 from collections.abc import Callable, Iterator
 from itertools import accumulate, repeat
-from operator import add, lshift, mod, or_, rshift
+from operator import and_, mod, or_
 
 from .model import Rule
 
@@ -38,6 +38,11 @@ COMPACT_MIN_NAMES = 200_000
 SLOTS_PER_NAME = 3  # the table is at most a third full
 _BATCH = 1 << 18  # characters of names text split at a time: ~16,000 names alive at once
 _MAX_TEXT = (1 << 32) - 1  # offsets are 32-bit
+_OFFSET = 0xFFFFFFFF  # the low half of a slot: the name's offset
+_TAG_BITS = ~_OFFSET  # a hash's top half, in place
+_TAG_LOW = 1 << 32  # the tag's low bit, forced on so that no stored value is 0 (an empty slot)
+_LABEL_BYTES = bytes(b for b in range(256) if b not in b".\n")  # deleted: a name is left as its dots
+_plus_one = (1).__add__
 
 
 def text_spans(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
@@ -71,13 +76,14 @@ def names_digest(text: str) -> str:
 class NameIndex:
     """An exact set of feed names -> the include rule that listed each; see the module docstring."""
 
-    __slots__ = ("_bases", "_count", "_rules", "_size", "_table", "_texts", "single_label")
+    __slots__ = ("_bases", "_count", "_listed", "_rules", "_size", "_table", "_texts", "single_label")
 
     def __init__(self) -> None:
         self._texts: list[str] = []  # one names text per feed, in the order added
         self._rules: list[Rule] = []  # the include rule of each text
         self._bases: list[int] = []  # offset of each text in the one address space the slots point into
-        self._count = 0
+        self._count = 0  # distinct names
+        self._listed = 0  # names as listed, repeats included
         self._size = 0
         self._table = array("q")  # per slot: tag << 32 | offset of the name; 0 = empty
         self.single_label = False
@@ -88,67 +94,70 @@ class NameIndex:
     # -- building -------------------------------------------------------------------------------------------------
     def add(self, text: str, rule: Rule) -> int:
         """Insert the names of ``text`` (every name followed by a newline) for ``rule``; return the number of
-        names already present (the earlier listing is kept)."""
+        names already present (the earlier listing is kept). The table is rebuilt over every feed added so far
+        (``_build``): one large feed is the common case, and a rebuild costs what one insert pass would."""
         if not text:
             return 0
+        if not text.endswith("\n"):
+            text += "\n"  # every name ends at a newline: the text comparison of a lookup relies on it
         base = self._bases[-1] + len(self._texts[-1]) if self._texts else 0
         if base + len(text) > _MAX_TEXT:
             raise ValueError("include feeds larger than 4 GiB in total")
-        self._reserve(self._count + text.count("\n") + 1)
         self._texts.append(text)
         self._rules.append(rule)
         self._bases.append(base)
-        dupes = 0
-        for offset, names in iter_names(text):
-            if not self.single_label and not all(map(str.__contains__, names, repeat("."))):
-                self.single_label = True
-            dupes += self._insert(names, base + offset)
-        return dupes
+        listed = self._listed + text.count("\n")
+        before = self._listed - self._count
+        self._build(listed)
+        self._listed = listed
+        return listed - self._count - before
 
-    def _insert(self, names: list[str], pos: int) -> int:
-        """Insert one batch of names, the first at offset ``pos``; return how many were already present. Slots,
-        tags and offsets are computed in C (``map``); the loop stores them, and hands a taken slot to ``_probe``."""
-        table, size = self._table, self._size
-        hashes = list(map(hash, names))
-        slots = map(mod, hashes, repeat(size))
-        starts = accumulate(map(add, map(len, names), repeat(1)), initial=pos)
-        packed = map(or_, map(lshift, map(or_, map(rshift, hashes, repeat(32)), repeat(1)), repeat(32)), starts)
+    def _build(self, listed: int) -> None:
+        """Build the table over every text, per batch of names: hashes, home slots and packed values (tag | offset)
+        by ``map`` in C, then one Python step per name that stores it at its home slot, or hands a taken one to
+        ``_probe`` (about 1 name in 7 at this load). Measured alternatives (docs/performance.md): storing every
+        value with ``map(table.__setitem__, ...)`` and reading it back costs more (two cache misses per name, as
+        many C calls as the loop), and sorting the names by table region first does not pay for its passes."""
+        size = max(16, SLOTS_PER_NAME * listed)
+        table = array("q", bytes(8 * size))
+        self._table, self._size = table, size
+        single = False
         dupes = 0
-        for k, (i, v) in enumerate(zip(slots, packed)):  # noqa: B905 (the same length: map stops at hashes')
-            if table[i]:  # taken (the table is at most a third full): probe on
-                dupes += self._probe(i, v, names[k])
-            else:
-                table[i] = v
-        self._count += len(names) - dupes
-        return dupes
+        for f, text in enumerate(self._texts):
+            base = self._bases[f]
+            for start, end in text_spans(text):
+                names = text[start:end].split("\n")
+                if not single:
+                    # Labels deleted, a name without a dot is an empty line: one bytes pass instead of one per name.
+                    dots = text[start : end + 1].encode().translate(None, _LABEL_BYTES)
+                    single = dots[:1] == b"\n" or b"\n\n" in dots
+                hashes = list(map(hash, names))
+                offsets = accumulate(map(_plus_one, map(len, names)), initial=base + start + _TAG_LOW)
+                values = map(or_, map(and_, hashes, repeat(_TAG_BITS)), offsets)
+                for i, v in zip(map(mod, hashes, repeat(size)), values):  # noqa: B905 (the same length)
+                    if table[i]:
+                        dupes += self._probe(i, v)
+                    else:
+                        table[i] = v
+        self.single_label = single
+        self._count = listed - dupes
 
-    def _probe(self, i: int, v: int, name: str) -> int:
-        """Store ``v`` (``name``'s tag and offset) in the first empty slot from ``i`` on; 1 (nothing stored) when a
+    def _probe(self, i: int, v: int) -> int:
+        """Store ``v`` (a name's tag and offset) in the first empty slot from ``i`` on; 1 (nothing stored) when a
         slot on the way holds the same name already."""
         table, size, tag = self._table, self._size, v >> 32
         old = table[i]
+        name = None
         while old:
-            if old >> 32 == tag and self._equal(old & 0xFFFFFFFF, name):
-                return 1
+            if old >> 32 == tag:
+                if name is None:
+                    name = self._name_at(v & _OFFSET)
+                if self._equal(old & _OFFSET, name):
+                    return 1
             i = i + 1 if i + 1 < size else 0
             old = table[i]
         table[i] = v
         return 0
-
-    def _reserve(self, names: int) -> None:
-        if self._size >= SLOTS_PER_NAME * names:
-            return
-        size = max(16, SLOTS_PER_NAME * names)
-        old = self._table
-        self._table = table = array("q", bytes(8 * size))
-        self._size = size
-        for v in old:
-            if not v:
-                continue
-            i = hash(self._name_at(v & 0xFFFFFFFF)) % size
-            while table[i]:
-                i = i + 1 if i + 1 < size else 0
-            table[i] = v
 
     # -- reading --------------------------------------------------------------------------------------------------
     def _feed_of(self, loc: int) -> int:
@@ -185,8 +194,8 @@ class NameIndex:
             if v:
                 tag = (h >> 32) | 1
                 while v:
-                    if v >> 32 == tag and equal(v & 0xFFFFFFFF, name):
-                        return rule_of[feed_of(v & 0xFFFFFFFF)]
+                    if v >> 32 == tag and equal(v & _OFFSET, name):
+                        return rule_of[feed_of(v & _OFFSET)]
                     i = i + 1 if i + 1 < size else 0
                     v = table[i]
             return None
@@ -209,7 +218,7 @@ class NameIndex:
         i = hash(name) % size
         v = table[i]
         while v:
-            if v & 0xFFFFFFFF == pos:
+            if v & _OFFSET == pos:
                 return True
             i = i + 1 if i + 1 < size else 0
             v = table[i]
