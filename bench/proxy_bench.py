@@ -20,10 +20,11 @@ proxy process's CPU time per request (utime + stime from /proc/PID/stat over the
 neighbours move far less. By default the proxies run on CPU 0 and the load generator and origins on CPU 1
 (``--no-pin``: anywhere), so the client never competes with the proxy it measures.
 
-Scenarios: ``http-allowed`` (keep-alive GETs, plain HTTP), ``https-allowed`` (one CONNECT + TLS per connection, then
-keep-alive GETs, intercepted by all: the bench policy has a url rule for localhost and mitmdump intercepts by default),
-``https-allowed-newconn`` (new connection, CONNECT, TLS, one GET), ``connect-blocked`` (new connection, CONNECT to a
-blocked name -> 403 from the addon, 200 from the others).
+Scenarios: ``http-allowed`` (keep-alive GETs, plain HTTP), ``http-allowed-unique`` (the same, every request a path
+never seen before: the addon's request memo, enforcer/proxy/decide.py, never hits), ``https-allowed`` (one CONNECT +
+TLS per connection, then keep-alive GETs, intercepted by all: the bench policy has a url rule for localhost and
+mitmdump intercepts by default), ``https-allowed-newconn`` (new connection, CONNECT, TLS, one GET),
+``connect-blocked`` (new connection, CONNECT to a blocked name -> 403 from the addon, 200 from the others).
 Targets (issue 16): addon/bare >= 0.95 on plain HTTP, >= 0.98 on keep-alive HTTPS. Reported: medians of the rounds
 (and every round) per variant, and each variant against bare (req/s ratio, CPU per request ratio).
 No name here is resolved: the blocked CONNECT is answered by the addon; allowed traffic goes to 127.0.0.1/localhost.
@@ -158,6 +159,20 @@ async def http_allowed(proxy: int, ports: dict[str, int], go: Callable[[], bool]
     return n
 
 
+async def http_allowed_unique(proxy: int, ports: dict[str, int], go: Callable[[], bool]) -> int:
+    # Every request a path never seen before: the addon's request memo never hits (its cost on a miss shows here).
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
+    prefix = f"http://127.0.0.1:{ports['http']}/qqfile/{os.urandom(6).hex()}"
+    host = f"Host: 127.0.0.1:{ports['http']}\r\n\r\n"
+    n = 0
+    while go():
+        writer.write(f"GET {prefix}/{n} HTTP/1.1\r\n{host}".encode())
+        assert await read_response(reader) == 200
+        n += 1
+    writer.close()
+    return n
+
+
 async def https_allowed(proxy: int, ports: dict[str, int], go: Callable[[], bool]) -> int:
     target = f"127.0.0.1:{ports['https']}"  # SNI localhost (a url-rule host): intercepted; no name resolution
     reader, writer, status = await open_tunnel(proxy, target)
@@ -200,6 +215,7 @@ async def connect_blocked(proxy: int, ports: dict[str, int], go: Callable[[], bo
 
 SCENARIOS: dict[str, Scenario] = {
     "http-allowed": http_allowed,
+    "http-allowed-unique": http_allowed_unique,
     "https-allowed": https_allowed,
     "https-allowed-newconn": https_allowed_newconn,
     "connect-blocked": connect_blocked,

@@ -8,7 +8,8 @@ websocket upgrades) before its body is read.
   block page, whatever it names: the first one records the tunnel's hit (``Runtime.settle_page``), later ones (a
   browser's retries, favicon) only count as blocked flows.
   A url/store allow rule that let the request through is remembered on the connection, so ``ServerGate`` does not
-  refuse the host it was allowed for by a broader name rule.
+  refuse the host it was allowed for by a broader name rule. The URL decision goes through the runtime's
+  ``decide.RequestMemo``: a request seen before under the same policy is not parsed and matched again.
 - ``connection_hosts``: the names of the connection a request arrived on that the origin may route by.
 """
 
@@ -24,7 +25,6 @@ from enforcer.proxy.decide import (
     INVALID,
     BadHost,
     UnparsableRequest,
-    match_request,
     request_hosts,
     url_for,
 )
@@ -48,7 +48,7 @@ class RequestJudge:
                 self._page(flow)
                 return
             hosts = request_hosts(req.host, req.headers.get_all("host"), req.authority, connection_hosts(flow))
-            match, url = match_request(rt.policy(), req.scheme, hosts, req.port, req.path, req.method)
+            match, url = rt.requests.match(rt.policy(), req.scheme, hosts, req.port, req.path, req.method)
             if match is None:
                 rt.flows.inc((ALLOWED,))
                 return

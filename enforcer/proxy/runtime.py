@@ -3,6 +3,7 @@
 - ``Runtime``: the policy holder, the private metrics registry (flow/blocked/monitored counters, policy gauges, the
   event writer's own collector), the event writer, the ``passthrough`` option and per-connection ``ConnState``.
 - ``Runtime.judge``: a match for a client, now -> ``Verdict`` (asks ``Policy.enforcement`` through ``decide.judge``).
+- ``Runtime.requests``: the ``decide.RequestMemo`` of request decisions (the request judge's URL matching).
 - ``Runtime.record``: counts the decision and, for a block match (enforced or monitored), emits one hit event; a
   monitored match is logged once per connection, action and rule.
 - ``Runtime.answer``: record -> ``flow.metadata["enforcer"]`` -> 403 block page when enforced (CONNECT and requests),
@@ -59,6 +60,7 @@ from enforcer.proxy.decide import (
     PAGE,
     ConnState,
     PendingPage,
+    RequestMemo,
     Verdict,
     client_address,
     judge,
@@ -89,6 +91,7 @@ class Runtime:
         self.passthrough = True
         self.blocked_connect = PAGE  # enforcer_blocked_connect: page | refuse
         self.conns: dict[str, ConnState] = {}
+        self.requests = RequestMemo()
         self.open_pages: collections.Counter[tuple[str, str]] = collections.Counter()  # open block-page tunnels
         self._last_error_log = 0.0
         self._suppressed_errors = 0
