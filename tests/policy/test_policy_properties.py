@@ -1,6 +1,7 @@
 """Hypothesis properties of names and matching: label boundaries, idempotent normalisation, case and trailing dot.
 
-The default run keeps example counts moderate; ``-m slow`` runs the same properties with many more examples.
+The default run keeps example counts moderate (``SHORT``, 40, where each example loads a policy: ~50 ms each);
+``-m slow`` runs every property with many more examples.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ NAME = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
 RAW = st.text(alphabet=st.sampled_from("abcXYZ019-_.éüß微信ＡＢ。"), min_size=0, max_size=30)
 
 DEFAULT = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SHORT = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -44,13 +46,13 @@ def _label_boundary(rule: str, prefix: str, joiner: str) -> None:
         assert m is None, (rule, query)
 
 
-@DEFAULT
+@SHORT
 @given(rule=NAME, prefix=st.one_of(st.just(""), NAME, LABEL), joiner=st.sampled_from([".", "", "-"]))
 def test_suffix_never_matches_across_a_label_boundary(rule: str, prefix: str, joiner: str) -> None:
     _label_boundary(rule, prefix, joiner)
 
 
-@DEFAULT
+@SHORT
 @given(rule=NAME, query=NAME)
 def test_suffix_matches_exactly_the_names_ending_in_its_labels(rule: str, query: str) -> None:
     m = _policy_with(rule).match_name(query)
@@ -58,7 +60,7 @@ def test_suffix_matches_exactly_the_names_ending_in_its_labels(rule: str, query:
     assert (m is not None) == expected
 
 
-@DEFAULT
+@SHORT
 @given(rule=NAME, query=NAME)
 def test_host_rule_matches_only_its_name(rule: str, query: str) -> None:
     m = _policy_with(rule, "host").match_name(query)
@@ -115,6 +117,20 @@ def test_normalize_idempotent_slow(raw: str) -> None:
     test_normalize_name_is_idempotent.hypothesis.inner_test(raw)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
+@SLOW
+@given(rule=NAME, query=NAME)
+def test_suffix_matches_exactly_slow(rule: str, query: str) -> None:
+    test_suffix_matches_exactly_the_names_ending_in_its_labels.hypothesis.inner_test(rule, query)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+@SLOW
+@given(rule=NAME, query=NAME)
+def test_host_rule_matches_only_its_name_slow(rule: str, query: str) -> None:
+    test_host_rule_matches_only_its_name.hypothesis.inner_test(rule, query)  # type: ignore[attr-defined]
+
+
 # -- hostile spellings (issue 10): what the origin or the resolver reads is what is judged ---------------------------
 def _obfuscate(path: str, draw: st.DrawFn) -> str:
     """Spell ``path`` another way that a normalising origin (nginx, IIS) reads back as ``path``."""
@@ -137,7 +153,7 @@ def _spelled_path(draw: st.DrawFn, base: str) -> str:
     return _obfuscate(f"{base}{name}", draw)
 
 
-@DEFAULT
+@SHORT
 @given(blocked=_spelled_path("/weixin/android/"), other=_spelled_path("/qqfile/qq/"))
 def test_every_spelling_of_a_blocked_path_is_blocked(blocked: str, other: str) -> None:
     # As the proxy builds the URL from a request's path (a leading backslash stays in the path, after a "/").
