@@ -153,6 +153,8 @@ class BatchedUdpServer:
         self.addresses: dict[bytes, Any] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        self.batches = 0  # recvmmsg calls that returned datagrams, and the datagrams they returned (per batch: cheap)
+        self.received = 0
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -178,6 +180,8 @@ class BatchedUdpServer:
                 # ICMP errors for earlier replies (a client went away) surface here: nothing to do, keep serving.
                 log.debug("UDP receive error: %s", errno.errorcode.get(err, err))
             return
+        self.batches += 1
+        self.received += n
         handler, words, data_view, names_view, addresses = (
             self.handler,
             rx.words,
