@@ -7,7 +7,8 @@ time, and publishes per feed ``enforcer_feed_age_seconds`` (since that confirmat
 copy yet, so the age alert fires), ``enforcer_feed_refresh_seconds`` and ``enforcer_feed_updates_total{result}``.
 The download is asynchronous and everything else of an update runs in a worker thread (update.py), so the resolver
 keeps answering; a swapped copy reaches the resolver by its usual reload (a file change). A failed update is retried
-at the next tick after ``retry`` seconds, not at once.
+at the next tick after ``retry`` seconds, not at once. ``record(spec, result)`` (each update) and ``publish(specs)``
+(ages, intervals) are also what ``enforcer feeds update --metrics-textfile`` writes out (feeds/cli.py).
 """
 
 from __future__ import annotations
@@ -47,17 +48,17 @@ class FeedScheduler:
         self.tick = tick
         self.retry = retry
         self.clock = clock
-        self.opts = UpdateOptions(cafile=cafile, record=self._record)
+        self.opts = UpdateOptions(cafile=cafile, record=self.record)
         self._failed_at: dict[str, float] = {}
 
-    def _record(self, spec: FeedSpec, result: str) -> None:
+    def record(self, spec: FeedSpec, result: str) -> None:
         self.metrics[FEED_UPDATES_TOTAL].labels(spec.key, result).inc()
         if result in ("refused", "failed"):
             self._failed_at[spec.key] = self.clock()
         else:
             self._failed_at.pop(spec.key, None)
 
-    def _publish(self, specs: list[FeedSpec]) -> None:
+    def publish(self, specs: list[FeedSpec]) -> None:
         now = self.clock()
         for spec in specs:
             checked = read_meta(spec.local).checked_at if spec.local.is_file() else 0.0
@@ -86,7 +87,7 @@ class FeedScheduler:
                 if self._due(spec):
                     await update_feed(spec, self.paths, must_pass, self.opts)
                     done.append(spec.key)
-        self._publish(specs)
+        self.publish(specs)
         return done
 
     async def run(self) -> None:
