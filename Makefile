@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PYTAG := $(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])' 2>/dev/null)
 LOCK := requirements/lock-py$(PYTAG)-test.txt
 
-.PHONY: run test test-fast test-image lock lint system-deps bench clean
+.PHONY: run test test-fast test-slow test-image lock lint system-deps bench clean
 
 $(STAMP): pyproject.toml $(wildcard $(LOCK)) requirements/build.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: system-deps $(STAMP) lint
 # third-party server processes) and the slow ones; no lint, no system-deps (tests needing a missing tool skip).
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow and not e2e"
+
+# The long versions the default run leaves out (marker slow: the full fuzz and property runs, the 1M-event analyst
+# bench, ...: `.venv/bin/pytest -m slow --collect-only -q` lists them); make test then make test-slow run every test.
+test-slow: system-deps $(STAMP)
+	$(BIN)/pytest -m slow
 
 test-image: $(STAMP)
 	bash scripts/image-test.sh
