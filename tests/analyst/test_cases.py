@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from enforcer.analyst.cases import CaseBook
 from enforcer.analyst.state import parse_tokens
 from enforcer.analyst.web import build_app
 from enforcer.config import ConfigError
@@ -25,8 +26,17 @@ BOB = {"Authorization": "Bearer tok-bob-77c2d0"}
 PLAIN = {"Authorization": "Bearer tok-plain-0a9b8c"}
 
 
-@pytest.fixture
-async def client(aiohttp_client: Any, tmp_path: Path, policy, inventory_file: Path) -> Any:
+@pytest.fixture(params=["slices", "index-pass"])
+async def client(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    aiohttp_client: Any,
+    tmp_path: Path,
+    policy,
+    inventory_file: Path,
+) -> Any:
+    # Both ways CaseBook.sync reads attempts: slices by seq (the table), one pass over the covering index.
+    monkeypatch.setattr(CaseBook, "_scan_whole", lambda self, new: request.param == "index-pass")
     start = policy.apps["wechat"].effective - timedelta(days=3)
     events = generate(policy, 600, seed=51, start=start, span_days=6)
     write_events(tmp_path / "ev" / "dns.jsonl", events)

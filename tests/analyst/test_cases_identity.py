@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from enforcer.analyst.cases import CaseBook
 from enforcer.analyst.web import build_app
 from enforcer.events import HitEvent
 from enforcer.policy import Policy
@@ -62,6 +63,13 @@ def _leases(path: Path) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+@pytest.fixture(params=["slices", "index-pass"], autouse=True)
+def read_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways CaseBook.sync reads attempts: slices by seq (the table), one pass over the covering index."""
+    monkeypatch.setattr(CaseBook, "_scan_whole", lambda self, new: request.param == "index-pass")
+    return str(request.param)
 
 
 @pytest.fixture
