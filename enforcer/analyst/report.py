@@ -287,10 +287,16 @@ def stream_report(
         tallies: Tallies = {}
         part_stats: list[ReportStats] = []
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes) for p, s0, e0 in tasks]
-            for fut in futures:
+            futures: list[Any] = [
+                pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes) for p, s0, e0 in tasks
+            ]
+            for i, fut in enumerate(futures):
                 part, st = fut.result()
+                # Dropped as soon as merged: a finished future holds its result, and the part's hit times (8 bytes
+                # an event, extended into the merged arrays) would otherwise stay until the last range is merged.
+                futures[i] = fut = None
                 merge_tallies(tallies, part)
+                del part
                 part_stats.append(st)
         if not _overlap([st.keys for st in part_stats]):
             for st in part_stats:
