@@ -14,8 +14,12 @@
   arrival order; the position is kept in ``meta`` under ``SEQ_KEY`` with the policy it was read under,
   ``POLICY_KEY``: another policy reads the store again), identifies each at its own time, opens a case for every
   device without one and reopens a remediated case whose device made an enforced attempt after it was remediated,
-  recording that hit (time, event id, app, rule, name, client, identity) as the reason. It reads at most
-  ``SYNC_BUDGET_S`` seconds per call (an older store's first pass continues at the next call).
+  recording that hit (time, event id, app, rule, name, client, identity) as the reason. New attempts are read in
+  slices of ``SYNC_CHUNK`` by seq, for at most ``SYNC_BUDGET_S`` seconds per call (the rest at the next call); when
+  most of the store is new (an upgrade's first pass, a new policy) in one pass over the covering per-client index
+  instead. Without leases an identity does not depend on the time, so SQL groups the attempts per (client,
+  ClientID, user, app) first; with leases each attempt is identified at its own time. A call that finds another
+  one running returns at once.
   ``change(device, state, note, who, now_us)`` is an analyst's transition; ``cases()`` lists them with their audit
   trail; ``to_csv(cases)`` is the spreadsheet-safe export.
 - ``CaseError(status, message)``: a refused change (404 unknown device, 409 transition not allowed, 400 bad input).
