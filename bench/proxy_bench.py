@@ -484,6 +484,15 @@ def profile_share(
     flows = rate * args.duration
     print(f"profile {args.profile}: {rate:.1f} flows/s under cProfile, mitmdump CPU {cpu:.2f}s for ~{flows:.0f} flows")
     print(f"  addon hooks: {hook_time:.3f}s cumulative (incl. warm-up) = {hook_time / cpu:.1%} of mitmdump's CPU time")
+    calls = sum(v[1] for k, v in stats.items() if "enforcer/proxy/" in k[0] and k[2] in hooks)
+    print(f"  hook calls: {calls}; the hooks by cumulative time (calls, seconds):")
+    for k, v in sorted(stats.items(), key=lambda kv: -kv[1][3]):
+        if "enforcer/proxy/" in k[0] and k[2] in hooks:
+            print(f"    {Path(k[0]).name}:{k[1]} {k[2]}: {v[1]} calls, {v[3]:.3f}s")
+    print("  enforcer functions by own time (calls, seconds):")
+    own = sorted(((k, v) for k, v in stats.items() if "/enforcer/" in k[0]), key=lambda kv: -kv[1][2])
+    for k, v in own[:10]:
+        print(f"    {Path(k[0]).name}:{k[1]} {k[2]}: {v[1]} calls, {v[2]:.3f}s")
 
 
 def proc_cpu(pid: int) -> float:

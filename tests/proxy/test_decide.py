@@ -22,6 +22,7 @@ from enforcer.proxy.decide import (
     ConnState,
     UnparsableRequest,
     Verdict,
+    authority_host,
     client_address,
     judge,
     match_request,
@@ -121,6 +122,29 @@ def test_more_than_one_host_field_is_bad(values: list[str]) -> None:
 def test_a_bad_authority_is_bad(authority: str) -> None:
     with pytest.raises(BadHost):
         request_hosts("a.test", (), authority)
+
+
+def test_every_control_character_and_separator_in_a_host_is_bad_and_nothing_else() -> None:
+    # The characters some parser splits a host on, and every C0 control and DEL; any other character is the
+    # matcher's business (IDNA, a name that matches nothing), not a second reading.
+    bad = set("@/\\?#% ,") | {chr(c) for c in range(0x20)} | {"\x7f"}
+    for code in [*range(0x3000), 0xFEFF, 0xFFFD, 0x1F600]:
+        ch = chr(code)
+        if ch in "[:":  # bracket and colon have their own rules (IPv6 literal, port)
+            continue
+        value = f"a{ch}b.test:80"
+        if ch in bad:
+            with pytest.raises(BadHost):
+                authority_host(value)
+        else:
+            assert authority_host(value) == f"a{ch}b.test", hex(code)
+
+
+def test_a_host_header_equal_to_the_authority_is_read_once_and_a_different_one_is_read_too() -> None:
+    assert request_hosts("a.test", ["a.test:80"], "a.test:80") == ["a.test"]
+    assert request_hosts("a.test", ["b.test"], "a.test:80") == ["a.test", "b.test"]
+    with pytest.raises(BadHost):
+        request_hosts("a.test", ["user@b.test"], "a.test")
 
 
 # -- url_for -----------------------------------------------------------------------------------------------------
