@@ -32,6 +32,7 @@ def _check(result: dict, events: int) -> None:
     for key in ("first_page", "first_page_app_filter", "first_page_client_filter", "peer_healthz"):
         assert result["api"][key]["median_ms"] > 0
     assert result["api"]["dashboard_first_view"]["median_ms"] > 0
+    assert result["restart"]["dashboard_first_view_after_restart"]["median_ms"] > 0
     # The bench's events are from 2023: --retention 30d deletes them all, while the API answers.
     assert result["retention"]["deleted_all"] is True and result["retention"]["healthz"]["n"] >= 1
 
