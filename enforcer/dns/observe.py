@@ -12,11 +12,12 @@
   template; an event with a ClientID (``device.id``, encrypted transports) takes the general path.
 - ``HitLines``: the usual hit (plain UDP/TCP, a client address, not a discovery) rendered on the loop thread straight
   into its JSON line, for ``EventWriter.emit_line``: everything but the time, the event id and the source port is
-  constant per (rule, action, enforced, exempt, transport, client address, question) and is joined once into four
-  memoised parts (bounded); per event it formats the time and a counter id and joins seven strings (about 1 us, no
-  event object). The writer thread then only joins, encodes and writes: it no longer holds the GIL for the
-  serialisation while queries wait (the blocked p99, docs/performance.md). Event ids are a random 64-bit prefix per
-  process and a 64-bit counter: 32 hex digits, unique, as before.
+  constant per (rule, action, enforced, exempt, transport) (a template, cut once), per client address and per
+  question: those parts are memoised (bounded: 40,000 entries, about 10 MB); per event it formats the time and a
+  counter id and joins seven strings (about 1 us, no event object). The writer thread then only joins, encodes and
+  writes: it no longer holds the GIL for the serialisation while queries wait (the blocked p99,
+  docs/performance.md). Event ids are a random 64-bit prefix per process and a 64-bit counter: 32 hex digits,
+  unique, as before.
 - Discovery: a response-policy block of a question name that matched no rule (``unlisted``: only its CNAME target or
   an address did) is a name the list misses. Its hit event is the same event with ``event.dataset``
   ``enforcer.discovery`` and the chain in ``related.hosts``/``related.ip``; ``enforcer discover`` proposes it as a
@@ -313,14 +314,30 @@ class DnsHitEvent(HitEvent):
         return f'{p[0]}"{ts}"{p[1]}"{event_id}"{p[2]}{ip}{p[3]}{int(addr[1])}{question}'
 
 
-_LINES_MAX = 10_000  # memoised (rule, client, question) parts of HitLines; ~1 KB each
+_LINES_MAX = 40_000  # memoised client and question parts of HitLines, all templates together (~250 bytes each)
+
+
+class _LineTemplate:
+    """One event template of ``HitLines``, cut around the time, id, source and question, and the memoised JSON of the
+    sources and questions seen with it."""
+
+    __slots__ = ("head", "mid", "parts", "questions", "rule", "sources")
+
+    def __init__(self, rule: Rule, parts: tuple[str, ...], prefix: str) -> None:
+        self.rule = rule
+        self.parts = parts
+        self.head = f'{parts[0]}"'  # ... "@timestamp":"
+        self.mid = f'"{parts[1]}"{prefix}'  # "<rest of the head> "id":"<prefix>
+        self.sources: dict[str, str] = {}  # client address -> '"<...>"ip":"<ip>"<...>"port":'
+        self.questions: dict[tuple[str, int], str] = {}  # (qname, qtype) -> ',"dns":{...}}' to the end
 
 
 class HitLines:
     """The JSON line of an ordinary resolver hit, from memoised parts (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.memo: dict[tuple[Any, ...], tuple[Rule, str, str, str, str]] = {}
+        self.templates: dict[tuple[Any, ...], _LineTemplate] = {}
+        self.size = 0  # entries in all the templates' memos
         self.prefix = f"{random.getrandbits(64):016x}"  # per process: ids of several workers never collide
         self.count = 0
 
@@ -338,42 +355,36 @@ class HitLines:
         at_us: int,
     ) -> str:
         """Exactly ``HitEvent.to_json()`` of this hit at ``at_us`` (integer microseconds) with the next event id."""
-        # id(rule) hashes faster than the frozen Rule (a hash of all its fields); the part keeps the rule itself, so a
-        # freed rule whose id was reused is never mistaken for it.
-        key = (id(rule), policy.fingerprint, action, enforced, exempt, transport, addr[0], qname, qtype)
-        parts = self.memo.get(key)
-        if parts is None or parts[0] is not rule:
-            parts = self._parts(key, policy, rule, action, enforced, exempt, transport, addr[0], qname, qtype)
+        # id(rule) hashes faster than the frozen Rule (a hash of all its fields); the template keeps the rule itself,
+        # so a freed rule whose id was reused is never mistaken for it.
+        key = (id(rule), policy.fingerprint, action, enforced, exempt, transport)
+        t = self.templates.get(key)
+        if t is None or t.rule is not rule:
+            tkey = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt, transport)
+            t = _LineTemplate(
+                rule, _json_template(tkey, policy, rule, action, enforced, exempt, transport), self.prefix
+            )
+            self.templates[key] = t
+        host = addr[0]
+        source = t.sources.get(host)
+        if source is None:
+            p = t.parts
+            source = self._remember(t.sources, host, f'"{p[2]}{_json_str(str(host))}{p[3]}')
+        question = t.questions.get((qname, qtype))
+        if question is None:
+            p = t.parts
+            text = f"{p[4]}{_json_str(qname)}{p[5]}{_json_str(qtype_name(qtype))}{p[6]}"
+            question = self._remember(t.questions, (qname, qtype), text)
         self.count = n = self.count + 1
-        return f"{parts[1]}{_timestamp_us(at_us)}{parts[2]}{n:016x}{parts[3]}{addr[1]}{parts[4]}"
+        return f"{t.head}{_timestamp_us(at_us)}{t.mid}{n:016x}{source}{addr[1]}{question}"
 
-    def _parts(
-        self,
-        key: tuple[Any, ...],
-        policy: Policy,
-        rule: Rule,
-        action: str,
-        enforced: bool,
-        exempt: bool,
-        transport: str,
-        host: str,
-        qname: str,
-        qtype: int,
-    ) -> tuple[Rule, str, str, str, str]:
-        tkey = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt, transport)
-        p = _json_template(tkey, policy, rule, action, enforced, exempt, transport)
-        # "@timestamp":"<time>" ... "id":"<prefix><count>" ... "ip":<ip>,"port":<port><question...>
-        parts = (
-            rule,
-            f'{p[0]}"',
-            f'"{p[1]}"{self.prefix}',
-            f'"{p[2]}{_json_str(str(host))}{p[3]}',
-            f"{p[4]}{_json_str(qname)}{p[5]}{_json_str(qtype_name(qtype))}{p[6]}",
-        )
-        if len(self.memo) >= _LINES_MAX:
-            self.memo.clear()
-        self.memo[key] = parts
-        return parts
+    def _remember(self, table: dict[Any, str], key: Any, value: str) -> str:
+        if self.size >= _LINES_MAX:  # bounded: start again (the current template keeps working for this event)
+            self.templates = {}
+            self.size = 0
+        self.size += 1
+        table[key] = value
+        return value
 
 
 block_line = BLOCKS.blocked
