@@ -13,12 +13,14 @@
 - ``accept_loop(sock, serve)``: accepts on a listening socket; ``handshake(conn, gate, transport, ctx, factory)``:
   the TLS handshake of an admitted connection (the loop's ``connect_accepted_socket``), bounded and counted;
   ``accept_tls``: the same, as streams (DoH).
-- ``DotServer`` / ``DotProtocol``: RFC 7858. Accept -> ``Gate.admit`` -> ``handshake`` -> 2-byte framed queries,
-  parsed from each read as they come. Each query is answered as soon as its answer exists: a blocked or cached one
-  at once (the answers of one read in one write), a forwarded one from its own task, so a slow upstream answer never
-  holds back a later query on the same connection (RFC 7766 6.2.1.1, out-of-order answers; the message ID pairs
-  them). At most ``MAX_INFLIGHT`` forwarded queries per connection, and reading pauses while the client does not
-  read its answers. An idle connection is a protocol object, a buffer and one timer (no task): the idle benchmark
+- ``DotServer`` / ``DotProtocol``: RFC 7858. Accept -> ``Gate.admit`` -> TLS in the protocol itself (an
+  ``ssl.SSLObject`` over the plain TCP transport) -> 2-byte framed queries, parsed from each read as they come.
+  Each query is answered as soon as its answer exists: a blocked or cached one at once (the answers of one read in
+  one write), a forwarded one from its own task, so a slow upstream answer never holds back a later query on the
+  same connection (RFC 7766 6.2.1.1, out-of-order answers; the message ID pairs them). At most ``MAX_INFLIGHT``
+  forwarded queries per connection, and reading pauses while the client does not read its answers. An idle
+  connection is a protocol object with slots and OpenSSL's state (no task, no timer, no event-loop TLS buffer;
+  one sweep per listener ends idle connections and slow handshakes): the idle benchmark
   (bench/dns_encrypted_bench.sh) holds 10,000 of them.
 
 DoH is enforcer/dns/doh.py and DoQ enforcer/dns/doq.py; the chain they all feed is enforcer/dns/chain.py
@@ -74,6 +76,7 @@ MAX_FRAME = 16_384
 READ_TIMEOUT = 3.0  # to finish an HTTP request once it began, or to take an answer (DoH)
 MAX_INFLIGHT = 64  # forwarded queries per connection
 WRITE_BUFFER = 64 * 1024  # unsent answers per connection before reading waits for the client to read
+SWEEP = 1.0  # seconds between two looks for idle DoT connections and expired handshakes (at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,48 +230,108 @@ async def accept_loop(listening: socket.socket, serve: Callable[[socket.socket, 
 
 
 class DotProtocol(asyncio.Protocol):
-    """One DoT connection after its handshake: frames parsed from the bytes as they come (several per read when a
-    client pipelines), each query answered as soon as its answer exists; the answers of one read go out in one
-    write. No task per connection and none per read: an idle connection costs this object, its buffer and one
-    timer (the idle check re-arms itself from the last activity)."""
+    """One DoT connection: TLS done here over the plain TCP transport (``ssl.SSLObject`` on two memory BIOs), then
+    frames parsed from the bytes as they come (several per read when a client pipelines), each query answered as
+    soon as its answer exists; the answers of one read go out in one write (one TLS record).
+
+    Why TLS here rather than the event loop's: uvloop's TLS protocol gives every connection a 256 KiB read buffer
+    whose first pages the handshake touches, plus its own protocol and transport objects; here an idle connection
+    is this object (slots, no dict), OpenSSL's state and its two BIOs (bench/dns_encrypted_bench.sh, "idle DoT").
+    No task per connection and no timer: ``DotServer``'s one sweep closes idle connections and expired
+    handshakes."""
+
+    __slots__ = ("buf", "host", "incoming", "last", "outgoing", "peer", "pending", "reading", "server", "shaking",
+                 "tls", "transport", "via", "writable")  # fmt: skip
 
     def __init__(self, server: DotServer, peer: Any, host: str) -> None:
         self.server = server
         self.peer = peer
         self.host = host
-        self.buf = bytearray()
+        self.buf = b""  # an unfinished frame (rare: most reads end on a frame boundary)
         self.transport: asyncio.Transport | None = None
         self.via = Via("dot", None)
-        self.pending: set[asyncio.Future[Any]] = set()
+        self.pending: set[asyncio.Future[Any]] | None = None  # forwarded queries in flight (made on first use)
         self.last = 0.0
-        self.timer: asyncio.TimerHandle | None = None
         self.reading = True
         self.writable = True
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = server.certs.context(server.alpn).wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.shaking = True  # the TLS handshake is not done yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_BUFFER)  # type: ignore[attr-defined]
-        self.via = Via("dot", self.server.gate.sni_client_id(transport.get_extra_info("ssl_object")))
-        loop = asyncio.get_running_loop()
-        self.last = loop.time()
-        self.timer = loop.call_later(self.server.gate.limits.idle_timeout, self._idle_check)
-        self.server.protocols.add(self)
+        self.last = asyncio.get_running_loop().time()
+        self.server.added(self)
 
-    def _idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        idle = self.server.gate.limits.idle_timeout
-        quiet = loop.time() - self.last
-        if quiet >= idle and not self.pending:
-            self.server.gate.count("dot", "idle_timeout")
-            if self.transport is not None:
-                self.transport.close()
-            return
-        self.timer = loop.call_later(max(idle - quiet, 0.05) if not self.pending else idle, self._idle_check)
+    def expired(self, now: float, idle: float, handshake: float) -> bool:
+        """Called by ``DotServer``'s sweep: close a handshake that took too long or a connection idle too long."""
+        if self.transport is None:
+            return False
+        gate = self.server.gate
+        if self.shaking:
+            if now - self.last < handshake:
+                return False
+            gate.count("dot", "handshake_timeout")
+        elif now - self.last < idle or self.pending:
+            return False
+        else:
+            gate.count("dot", "idle_timeout")
+        self.transport.abort() if self.shaking else self.transport.close()
+        return True
+
+    def _send(self) -> None:
+        data = self.outgoing.read()
+        if data and self.transport is not None:
+            self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         self.last = asyncio.get_running_loop().time()
-        buf = self.buf
-        buf += data
+        self.incoming.write(data)
+        tls = self.tls
+        if self.shaking:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._send()
+                return
+            except (ssl.SSLError, ValueError, OSError):
+                self.server.gate.count("dot", "handshake_failed")
+                self._send()  # the alert, if any
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+            self.shaking = False
+            self.server.gate.count("dot", "accepted")
+            self.via = Via("dot", self.server.gate.sni_client_id(tls))
+            self._send()
+        chunks = []
+        try:
+            while True:
+                chunk = tls.read(65_536)
+                if not chunk:  # the client's close_notify (b"" or SSLZeroReturnError): ours back, then close
+                    raise ssl.SSLZeroReturnError
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            if chunks:  # queries sent just before the close_notify still get their answers
+                self._frames(b"".join(chunks))
+            if self.transport is not None:
+                with contextlib.suppress(ssl.SSLError):
+                    tls.unwrap()
+                self._send()
+                self.transport.close()
+            return
+        except ssl.SSLError:
+            self.server.gate.count("dot", "bad_request")
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        if chunks:
+            self._frames(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+
+    def _frames(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
         out: list[bytes] = []
         pos, size = 0, len(buf)
         while size - pos >= 2:
@@ -279,14 +342,23 @@ class DotProtocol(asyncio.Protocol):
                 return
             if size - pos - 2 < length:
                 break
-            reply = self._query(bytes(buf[pos + 2 : pos + 2 + length]))
+            reply = self._query(buf[pos + 2 : pos + 2 + length])
             pos += 2 + length
             if reply is not None:
                 out.append(struct.pack("!H", len(reply)) + reply)
-        if pos:
-            del buf[:pos]
-        if out and self.transport is not None:
-            self.transport.write(b"".join(out))
+        self.buf = buf[pos:] if pos < size else b""
+        if out:
+            self.write(b"".join(out))
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            self.tls.write(data)
+        except ssl.SSLError:
+            self.transport.abort()
+            return
+        self._send()
 
     def _query(self, data: bytes) -> bytes | None:
         server = self.server
@@ -306,6 +378,8 @@ class DotProtocol(asyncio.Protocol):
         if type(reply) is list:  # a zone transfer: not served over DoT
             return None
         task = asyncio.ensure_future(reply)
+        if self.pending is None:
+            self.pending = set()
         self.pending.add(task)
         task.add_done_callback(self._answered)
         if len(self.pending) >= MAX_INFLIGHT:
@@ -313,7 +387,8 @@ class DotProtocol(asyncio.Protocol):
         return None
 
     def _answered(self, task: asyncio.Future[Any]) -> None:
-        self.pending.discard(task)
+        if self.pending is not None:
+            self.pending.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
@@ -322,8 +397,8 @@ class DotProtocol(asyncio.Protocol):
             self.server.outcome("dropped")
         else:
             reply = task.result()
-            if reply is not None and self.transport is not None and not self.transport.is_closing():
-                self.transport.write(struct.pack("!H", len(reply)) + reply)
+            if reply is not None:
+                self.write(struct.pack("!H", len(reply)) + reply)
         self._resume()
 
     def _pause(self) -> None:
@@ -332,7 +407,8 @@ class DotProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume(self) -> None:
-        if not self.reading and self.writable and len(self.pending) < MAX_INFLIGHT and self.transport is not None:
+        inflight = len(self.pending) if self.pending else 0
+        if not self.reading and self.writable and inflight < MAX_INFLIGHT and self.transport is not None:
             self.reading = True
             self.transport.resume_reading()
 
@@ -344,10 +420,11 @@ class DotProtocol(asyncio.Protocol):
         self.writable = True
         self._resume()
 
+    def eof_received(self) -> bool | None:
+        return None  # the client closed its side: close ours
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        for task in list(self.pending):
+        for task in list(self.pending or ()):
             task.cancel()
         self.server.gate.release("dot", self.host)
         self.server.protocols.discard(self)
@@ -355,7 +432,10 @@ class DotProtocol(asyncio.Protocol):
 
 
 class DotServer:
-    """DNS over TLS (RFC 7858) on one address; ``serve`` takes one accepted connection (``accept_loop``)."""
+    """DNS over TLS (RFC 7858) on one address; ``serve`` takes one accepted connection (``accept_loop``). One sweep
+    (``_sweep``, every ``SWEEP`` seconds or a quarter of the idle timeout when shorter, while connections are open)
+    ends the handshakes over the handshake timeout and the connections idle longer than the idle timeout: no timer
+    per connection."""
 
     transport = "dot"
     alpn: ClassVar[list[str]] = ["dot"]
@@ -366,6 +446,24 @@ class DotServer:
         self.certs = certs
         self.outcome = outcome
         self.protocols: set[DotProtocol] = set()
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def added(self, protocol: DotProtocol) -> None:
+        self.protocols.add(protocol)
+        if self.sweeper is None:
+            self.sweeper = asyncio.get_running_loop().call_later(self._interval(), self._sweep)
+
+    def _interval(self) -> float:
+        limits = self.gate.limits
+        return max(0.05, min(SWEEP, limits.idle_timeout / 4, limits.handshake_timeout / 4))
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limits = self.gate.limits
+        for protocol in [p for p in self.protocols if p.expired(now, limits.idle_timeout, limits.handshake_timeout)]:
+            self.protocols.discard(protocol)
+        self.sweeper = loop.call_later(self._interval(), self._sweep) if self.protocols else None
 
     async def serve(self, conn: socket.socket, peer: Any) -> None:
         host = peer[0] if peer else ""
@@ -373,20 +471,23 @@ class DotServer:
         if not gate.admit("dot", host):
             conn.close()
             return
+        loop = asyncio.get_running_loop()
         try:
-            done = await handshake(
-                conn, gate, "dot", self.certs.context(self.alpn), lambda: DotProtocol(self, peer, host)
-            )
+            protocol = DotProtocol(self, peer, host)
+            await loop.connect_accepted_socket(lambda: protocol, conn)
+        except (OSError, ssl.SSLError, ValueError):
+            gate.count("dot", "handshake_failed")
+            gate.release("dot", host)  # no connection_made, so no connection_lost: the slot is given back here
+            conn.close()
         except BaseException:
             gate.release("dot", host)
             conn.close()
             raise
-        if done is None:
-            gate.release("dot", host)  # no connection_made, so no connection_lost: the slot is given back here
-            return
-        gate.count("dot", "accepted")
 
     def close_all(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for protocol in list(self.protocols):
             if protocol.transport is not None:
                 protocol.transport.abort()
