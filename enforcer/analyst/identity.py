@@ -17,6 +17,7 @@
   app's reconnect loop every 30 s is one attempt a minute, not one for ever.
 - ``report_rows(tallies, window_us)``: the report's ``clients`` and ``bypass`` rows (``hits``, ``attempts``,
   ``enforced_hits``, ``enforced_attempts``, ``identity``, ``owner``, ``unit``, ``mac``, ``user``, ...).
+- ``tallies_of_apps(tallies, apps)``: the tallies of an app filter taken from the unfiltered ones.
 - ``tally_store_rows(rows, identifier)``: the same tallies from the store's ``(app, client, device_id, user, kind,
   ts_us, enforced)`` rows, so ``/api/report``, the dashboard and ``enforcer report`` count alike.
 - ``AnalystIdentity(leases, window_s, inventory)``: the analyst's sources: the ``--leases`` files followed as they
@@ -162,6 +163,14 @@ def add_hit(
         if user:
             entry[USER] = user
     entry[TIMES].append(ts_us * 2 + (1 if enforced else 0))
+
+
+def tallies_of_apps(tallies: Tallies, apps: Iterable[str]) -> Tallies:
+    """The part of ``tallies`` for ``apps``: what the same events filtered by app give (an event's identity does not
+    depend on other apps' events), without another pass over them. Entries are shared, not copied (never mutated
+    once counted)."""
+    wanted = frozenset(apps)
+    return {key: entry for key, entry in tallies.items() if key[2] in wanted}
 
 
 def merge_tallies(into: Tallies, other: Tallies) -> None:

@@ -84,3 +84,38 @@ def test_a_restart_serves_the_kept_view_only_while_nothing_changed(
         assert damaged.prepared_view() is None
     finally:
         damaged.close()
+
+
+def test_an_app_filter_takes_its_device_figures_from_the_unfiltered_ones(
+    tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the unfiltered tallies memoised for the same events, an app filter's dashboard is computed without a pass
+    over the events, and equals the one computed from them."""
+    events = generate(policy, 800, seed=9)
+    write_events(tmp_path / "ev" / "dns.jsonl", events)
+    analyst = local_analyst(tmp_path, [str(tmp_path / "ev")])
+    passes: list[Filters] = []
+    rows = analyst.store.identity_rows
+
+    def counted(f: Filters, eff):  # type: ignore[no-untyped-def]
+        passes.append(f)
+        return rows(f, eff)
+
+    monkeypatch.setattr(analyst.store, "identity_rows", counted)
+    try:
+        analyst.ingester.poll_once()
+        asyncio.run(dashboard(analyst, Filters()))
+        assert passes == [Filters()]
+        for apps in (("wechat",), ("kaspersky",), ("wechat", "kaspersky")):
+            derived = asyncio.run(dashboard(analyst, Filters(apps=apps)))
+            assert passes == [Filters()]  # no pass for the filter
+            analyst._memo.clear()
+            direct = asyncio.run(dashboard(analyst, Filters(apps=apps)))
+            assert passes[-1] == Filters(apps=apps)
+            for part in ("totals", "noncompliant", "noncompliant_total", "series", "top_rules"):
+                assert derived[part] == direct[part], part
+            assert 0 < derived["totals"]["hits"] <= len(events)
+            asyncio.run(dashboard(analyst, Filters()))  # the unfiltered figures memoised again
+            passes[:] = [Filters()]
+    finally:
+        analyst.close()
