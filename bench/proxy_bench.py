@@ -1,7 +1,7 @@
 """Requests per second and CPU per request of bare mitmdump vs mitmdump with the enforcer addon, in the same run.
 
-Usage: ``.venv/bin/python bench/proxy_bench.py [--duration 4] [--concurrency 16] [--rounds 5] [--variant NAME]
-[--no-pin] [--json]``
+Usage: ``.venv/bin/python bench/proxy_bench.py [--duration 4] [--concurrency 16] [--rounds 5] [--scenario NAME]
+[--variant NAME] [--baseline DIR] [--no-pin] [--json]``
 
 Pieces:
 - origins (a child process, ``--serve-origins``): a plain HTTP and a TLS HTTP/1.1 server on 127.0.0.1 with a 1 KiB
@@ -10,15 +10,19 @@ Pieces:
   output), one per ``--variant``: ``bare`` (no script), ``noop1`` (a script with one object defining the addon's
   hooks, each doing nothing), ``noop7`` (the same no-op hooks spread over the addon's shape: a composition object and
   6 parts), ``addon-quiet`` (the enforcer addon without events and /metrics: no writer or metrics thread) and
-  ``addon`` (``enforcer proxy``'s mitmdump, events and metrics on). noop7 - noop1 is mitmproxy's hook dispatch over
-  the extra objects; addon-quiet - noop7 is the hooks' own work; addon - addon-quiet is the writer and metrics threads;
+  ``addon`` (``enforcer proxy``'s mitmdump, events and metrics on); ``--baseline DIR`` adds ``baseline``, the addon
+  of another tree (before/after in one run). noop7 - noop1 is mitmproxy's hook dispatch over 6 more objects (the
+  addon's shape before it registered one object, enforcer/proxy/addon.py); addon-quiet - noop1 is the hooks' own
+  work; addon - addon-quiet is the event writer and /metrics threads;
 - a load generator (asyncio sockets, bounded concurrency) running each scenario against every variant in turn,
   ``--rounds`` times (the order rotates each round), so drift on the shared CPU hits all alike.
 
 Two figures per measurement: requests per second (wall clock; other load on the machine moves it by +-20 %), and the
 proxy process's CPU time per request (utime + stime from /proc/PID/stat over the timed window, all threads), which
 neighbours move far less. By default the proxies run on CPU 0 and the load generator and origins on CPU 1
-(``--no-pin``: anywhere), so the client never competes with the proxy it measures.
+(``--no-pin``: anywhere), so the client never competes with the proxy it measures. The window opens once every
+client connection is set up (keep-alive scenarios measure requests, not TLS handshakes) and counts the requests
+answered inside it; each window is preceded by a 0.5 s warm-up.
 
 Scenarios: ``http-allowed`` (keep-alive GETs, plain HTTP), ``http-allowed-unique`` (the same, every request a path
 never seen before: the addon's request memo, enforcer/proxy/decide.py, never hits), ``https-allowed`` (one CONNECT +
@@ -144,73 +148,100 @@ def client_tls() -> ssl.SSLContext:
     return ctx
 
 
-Scenario = Callable[[int, dict[str, int], Callable[[], bool]], Awaitable[int]]
+class Run:
+    """One measurement shared by its client tasks: each sets up its keep-alive connection, then ``await arrived()``;
+    the window opens once every task is ready (so connection set-up stays out of a keep-alive figure) and ``go()``
+    stays true until it closes. ``done()`` counts one answered request; requests answered after the window are not
+    counted."""
+
+    def __init__(self, tasks: int) -> None:
+        self.waiting = tasks
+        self.all_ready = asyncio.Event()
+        self.opened = asyncio.Event()
+        self.deadline = float("inf")
+        self.counting = False
+        self.count = 0
+
+    async def arrived(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.all_ready.set()
+        await self.opened.wait()
+
+    def go(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    def done(self) -> None:
+        if self.counting:
+            self.count += 1
 
 
-async def http_allowed(proxy: int, ports: dict[str, int], go: Callable[[], bool]) -> int:
+Scenario = Callable[[int, dict[str, int], Run], Awaitable[None]]
+
+
+async def http_allowed(proxy: int, ports: dict[str, int], run: Run) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
     req = f"GET http://127.0.0.1:{ports['http']}/qqfile/ok HTTP/1.1\r\nHost: 127.0.0.1:{ports['http']}\r\n\r\n"
-    n = 0
-    while go():
+    await run.arrived()
+    while run.go():
         writer.write(req.encode())
         assert await read_response(reader) == 200
-        n += 1
+        run.done()
     writer.close()
-    return n
 
 
-async def http_allowed_unique(proxy: int, ports: dict[str, int], go: Callable[[], bool]) -> int:
+async def http_allowed_unique(proxy: int, ports: dict[str, int], run: Run) -> None:
     # Every request a path never seen before: the addon's request memo never hits (its cost on a miss shows here).
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
     prefix = f"http://127.0.0.1:{ports['http']}/qqfile/{os.urandom(6).hex()}"
     host = f"Host: 127.0.0.1:{ports['http']}\r\n\r\n"
     n = 0
-    while go():
+    await run.arrived()
+    while run.go():
         writer.write(f"GET {prefix}/{n} HTTP/1.1\r\n{host}".encode())
         assert await read_response(reader) == 200
+        run.done()
         n += 1
     writer.close()
-    return n
 
 
-async def https_allowed(proxy: int, ports: dict[str, int], go: Callable[[], bool]) -> int:
+async def https_allowed(proxy: int, ports: dict[str, int], run: Run) -> None:
     target = f"127.0.0.1:{ports['https']}"  # SNI localhost (a url-rule host): intercepted; no name resolution
     reader, writer, status = await open_tunnel(proxy, target)
     assert status == 200
     await writer.start_tls(client_tls(), server_hostname="localhost")
     req = f"GET /qqfile/ok HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
-    n = 0
-    while go():
+    writer.write(req)  # the first request opens (and handshakes) the upstream side: set-up, before the window
+    assert await read_response(reader) == 200
+    await run.arrived()
+    while run.go():
         writer.write(req)
         assert await read_response(reader) == 200
-        n += 1
+        run.done()
     writer.close()
-    return n
 
 
-async def https_allowed_newconn(proxy: int, ports: dict[str, int], go: Callable[[], bool]) -> int:
+async def https_allowed_newconn(proxy: int, ports: dict[str, int], run: Run) -> None:
     target = f"127.0.0.1:{ports['https']}"
-    n = 0
-    while go():
+    await run.arrived()
+    while run.go():
         reader, writer, status = await open_tunnel(proxy, target)
         assert status == 200
         await writer.start_tls(client_tls(), server_hostname="localhost")
         writer.write(f"GET /qqfile/ok HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
         assert await read_response(reader) == 200
         writer.close()
-        n += 1
-    return n
+        run.done()
 
 
-async def connect_blocked(proxy: int, ports: dict[str, int], go: Callable[[], bool]) -> int:
-    n = 0
-    while go():
+async def connect_blocked(proxy: int, ports: dict[str, int], run: Run) -> None:
+    await run.arrived()
+    while run.go():
         # Bare mitmdump answers 200 (lazy: nothing is dialled until data flows), the addon 403.
         _, writer, status = await open_tunnel(proxy, "www.blocked.bench:443")
         writer.close()
         assert status in (200, 403)
-        n += 1
-    return n
+        run.done()
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -222,21 +253,33 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+async def run_window(
+    scenario: Scenario, proxy: int, ports: dict[str, int], tasks: int, duration: float, pid: int | None
+) -> tuple[int, float, float]:
+    """(requests answered, seconds, proxy CPU seconds) in one window of ``duration`` after every task set up."""
+    run = Run(tasks)
+    clients = asyncio.gather(*(scenario(proxy, ports, run) for _ in range(tasks)))
+    await run.all_ready.wait()
+    cpu0 = proc_cpu(pid) if pid is not None else 0.0
+    start = time.monotonic()
+    run.deadline = start + duration
+    run.counting = True
+    run.opened.set()
+    await asyncio.sleep(duration)
+    run.counting = False  # requests still in flight finish uncounted
+    count, elapsed = run.count, time.monotonic() - start
+    cpu = proc_cpu(pid) - cpu0 if pid is not None else float("nan")
+    await clients
+    return count, elapsed, cpu
+
+
 async def measure(
     scenario: Scenario, proxy: int, ports: dict[str, int], duration: float, concurrency: int, pid: int | None = None
 ) -> tuple[float, float]:
     """(requests per second, proxy CPU seconds per request) over the timed window; CPU is NaN without ``pid``."""
-    # Warm-up (certificate generation, caches), then the timed window.
-    warm_end = time.monotonic() + 0.5
-    await asyncio.gather(*(scenario(proxy, ports, lambda: time.monotonic() < warm_end) for _ in range(2)))
-    end = time.monotonic() + duration
-    cpu0 = proc_cpu(pid) if pid is not None else 0.0
-    start = time.monotonic()
-    counts = await asyncio.gather(*(scenario(proxy, ports, lambda: time.monotonic() < end) for _ in range(concurrency)))
-    elapsed = time.monotonic() - start
-    cpu = proc_cpu(pid) - cpu0 if pid is not None else float("nan")
-    total = sum(counts)
-    return total / elapsed, cpu / max(total, 1)
+    await run_window(scenario, proxy, ports, 2, 0.5, None)  # warm-up (certificate generation, caches)
+    count, elapsed, cpu = await run_window(scenario, proxy, ports, concurrency, duration, pid)
+    return count / elapsed, cpu / max(count, 1)
 
 
 # -- variants ----------------------------------------------------------------------------------------------------
@@ -323,7 +366,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 40) -> 
     raise SystemExit(f"proxy on port {port} did not start")
 
 
-def proxy_commands(tmp: Path, variants: list[str]) -> dict[str, tuple[list[str], int]]:
+def proxy_commands(tmp: Path, variants: list[str], baseline: Path | None = None) -> dict[str, tuple[list[str], int]]:
     """The argv and port of each variant: ``enforcer proxy``'s mitmdump argv, less what the variant leaves out."""
     sys.path.insert(0, str(ROOT))
     from enforcer.proxy.cli import add_arguments, mitmdump_command
@@ -339,11 +382,14 @@ def proxy_commands(tmp: Path, variants: list[str]) -> dict[str, tuple[list[str],
     out: dict[str, tuple[list[str], int]] = {}
     for variant in variants:
         port = free_port()
-        extra = ["--events", str(tmp / "events.jsonl"), "--metrics", f"127.0.0.1:{free_port()}"]
-        argv = [*common, "--listen", f"127.0.0.1:{port}", *(extra if variant == "addon" else [])]
+        extra = ["--events", str(tmp / f"events-{variant}.jsonl"), "--metrics", f"127.0.0.1:{free_port()}"]
+        argv = [*common, "--listen", f"127.0.0.1:{port}", *(extra if variant in ("addon", "baseline") else [])]
         cmd = mitmdump_command(parser.parse_args([*argv, "--", "--set", "ssl_insecure=true"]))
-        if not variant.startswith("addon"):
+        if variant.startswith(("bare", "noop")):
             cmd = without_addon(cmd)
+        if variant == "baseline" and baseline is not None:
+            # The same argv and options with another tree's addon: its enforcer package comes first on the path.
+            cmd[cmd.index("-s") + 1] = str(baseline / "enforcer" / "proxy" / "addon.py")
         if variant.startswith("noop"):
             script = tmp / f"{variant}.py"
             script.write_text(NOOP_ADDONS.replace("ADDON", "One" if variant == "noop1" else "Seven"), encoding="utf-8")
@@ -382,6 +428,13 @@ def main() -> int:
         choices=VARIANTS,
         help="proxies to compare (repeatable; bare always runs; default: " + ", ".join(DEFAULT_VARIANTS) + ")",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run variant 'baseline': the addon (events and metrics on) from DIR/enforcer, e.g. an older "
+        "tree's enforcer/ unpacked with git archive (default: none)",
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin the proxies to CPU 0 and the client to CPU 1")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     ap.add_argument(
@@ -397,6 +450,10 @@ def main() -> int:
         asyncio.run(serve_origins(Path(args.serve_origins)))
         return 0
     variants = ["bare", *(v for v in args.variant or DEFAULT_VARIANTS if v != "bare")]
+    if args.baseline is not None:
+        if not (args.baseline / "enforcer" / "proxy" / "addon.py").is_file():
+            ap.error(f"--baseline {args.baseline}: no enforcer/proxy/addon.py there")
+        variants.append("baseline")
     variants = list(dict.fromkeys(variants))
     if not args.no_pin:
         pin(0, 1)  # the load generator (and the origins it starts) on CPU 1, the proxies on CPU 0
@@ -412,7 +469,7 @@ def main() -> int:
             procs.append(origins)
             assert origins.stdout is not None
             ports = json.loads(origins.stdout.readline())
-            commands = proxy_commands(tmp, variants)
+            commands = proxy_commands(tmp, variants, args.baseline)
             if args.profile:
                 cmd, port = commands["addon"] if "addon" in commands else proxy_commands(tmp, ["addon"])["addon"]
                 profile_share(args, tmp, cmd, port, ports, procs)
@@ -420,7 +477,10 @@ def main() -> int:
             pids: dict[str, int] = {}
             for variant, (cmd, port) in commands.items():
                 log = open(tmp / f"mitmdump-{variant}.log", "wb")  # noqa: SIM115 - lives as long as the process
-                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                env = {**os.environ, "PYTHONPATH": str(args.baseline)} if variant == "baseline" else None
+                procs.append(
+                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                )
                 if not args.no_pin:
                     pin(procs[-1].pid, 0)
                 wait_port(port, procs[-1])
@@ -519,6 +579,15 @@ def report(results: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
                 "rounds_rps": [round(x[0], 1) for x in rounds],
                 "rounds_cpu_us": [round(x[1] * 1e6, 1) for x in rounds],
             }
+    blocked_vs: dict[
+        str, float
+    ] = {}  # the addon answers a blocked CONNECT: it should not cost more than an allowed one
+    if "connect-blocked" in summary and "addon" in summary["connect-blocked"]:
+        blocked = float(summary["connect-blocked"]["addon"]["rps_median"])  # type: ignore[arg-type]
+        for other in ("https-allowed-newconn", "http-allowed", "https-allowed"):
+            if other in summary and "addon" in summary[other]:
+                rps = float(summary[other]["addon"]["rps_median"])  # type: ignore[arg-type]
+                blocked_vs[f"connect-blocked / {other} (addon req/s)"] = round(blocked / rps, 2)
     if args.json:
         doc = {
             "duration": args.duration,
@@ -526,7 +595,7 @@ def report(results: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
             "rounds": args.rounds,
             "pinned": not args.no_pin,
         }
-        print(json.dumps({**doc, "results": summary}, indent=2))
+        print(json.dumps({**doc, "results": summary, "blocked_vs_allowed": blocked_vs}, indent=2))
         return
     pinned = "proxies on CPU 0, client on CPU 1" if not args.no_pin else "not pinned"
     print(
@@ -542,6 +611,8 @@ def report(results: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
     for name, rows in summary.items():
         for variant, row in rows.items():
             print(f"  {name} {variant}: req/s {row['rounds_rps']} | CPU us/req {row['rounds_cpu_us']}")
+    for k, v in blocked_vs.items():
+        print(f"{k}: {v}")
 
 
 if __name__ == "__main__":
