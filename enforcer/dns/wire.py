@@ -11,7 +11,8 @@
   question name case-insensitively, type, class), or None; every upstream transport calls it with the ``qend`` the
   chain's parse found (``question_end`` walks the question only for a caller without one).
 - ``walk_records(wire)``: offsets of every resource record of a response (for TTL patching in the cache and the
-  response-policy checks) without dnslib; raises ``WireError`` on anything malformed.
+  response-policy checks) without dnslib; raises ``WireError`` on anything malformed. The last walk is kept (the
+  forward path walks one answer three times).
 - ``read_name(wire, offset)``: a (possibly compressed) name as a lower-case key; strict (pointers only backwards,
   at most ``MAX_POINTER_HOPS``), since response policy must fail closed on a name it cannot read.
 
@@ -412,8 +413,26 @@ class Response(NamedTuple):
     records: list[Record]
 
 
+# (reply, Response) of the last walk, as one tuple (replaced whole: never a reply paired with another's walk). The
+# reference keeps that reply alive, so its identity cannot be reused by another object.
+_LAST_WALK: list[tuple[bytes, Response] | None] = [None]
+
+
 def walk_records(wire: bytes) -> Response:
-    """Every record's position in a response with exactly one question. Raises WireError when malformed."""
+    """Every record's position in a response with exactly one question. Raises WireError when malformed.
+
+    The walk of the last reply is kept: response policy, the TTL clamp and the cache store each walk the same
+    upstream answer in turn (the same bytes object, immutable), so the second and third walks are an identity test.
+    Callers must not change the returned records."""
+    last = _LAST_WALK[0]
+    if last is not None and wire is last[0]:
+        return last[1]
+    resp = _walk_records(wire)
+    _LAST_WALK[0] = (wire, resp)
+    return resp
+
+
+def _walk_records(wire: bytes) -> Response:
     if len(wire) < 12:
         raise WireError("short header")
     qd, an, ns, ar = struct.unpack_from("!HHHH", wire, 4)
