@@ -22,15 +22,19 @@
 
 Duplicates: an event is counted once per (time, ``event.id``), as the store's UNIQUE index does (the first line read
 wins). The report keeps a 64-bit fingerprint per event in the selected time range (``lines.fingerprint``, about 70
-bytes an event in memory); workers return theirs sorted, and a duplicate that spans two workers' ranges makes the
-report take one sequential pass instead, so the first occurrence in file order wins there too.
+bytes an event in memory); workers write theirs sorted to a temporary folder, merged from there (8 bytes an event
+that the main process never holds), and a duplicate that spans two workers' ranges makes the report take one
+sequential pass instead, so the first occurrence in file order wins there too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
+import os
 import re
+import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -115,6 +119,7 @@ class ReportStats:
     first_invalid: str | None = None
     missing: list[str] = field(default_factory=list)
     keys: array[int] = field(default_factory=lambda: array("Q"))  # sorted fingerprints of the range's events (workers)
+    keys_file: str | None = None  # ... or the file that holds them (``scan_range``'s ``keys_dir``)
     apps: set[str] = field(default_factory=set)  # every app seen in the range, selected or not (--app checks)
 
     def skip(self, reason: str, where: str | None = None, *, recovered: bool = False) -> None:
@@ -140,6 +145,7 @@ class ReportStats:
 
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than starting workers
 RANGE_BYTES = 64 * 1024 * 1024
+KEYS_BLOCK = 65536  # fingerprints read at a time from a worker's file (512 KB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,14 +182,16 @@ def scan_range(
     select: Selection,
     seen: set[int] | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    keys_dir: str | None = None,
 ) -> tuple[Tallies, ReportStats]:
     """Aggregate the events on the lines that *start* in ``[start, end)`` of one file (``end`` None: to EOF).
 
     A plain function of its arguments so that workers can run it. ``seen``: the fingerprints of events already
     counted (shared across the files of a sequential pass); without it the range dedupes on its own and returns its
-    fingerprints sorted in ``stats.keys``. ``first_invalid`` is ``FILE:LINE`` for a range that starts at 0, else
-    ``FILE:+LINE@BYTE`` (line counted from the range start). Raises ``EventFileError`` for a file that is not
-    (any longer) a regular file of at most ``max_file_bytes``.
+    fingerprints sorted in ``stats.keys`` (or, with ``keys_dir``, in a file there named by ``stats.keys_file``: the
+    main process then never holds every range's fingerprints at once). ``first_invalid`` is ``FILE:LINE`` for a
+    range that starts at 0, else ``FILE:+LINE@BYTE`` (line counted from the range start). Raises ``EventFileError``
+    for a file that is not (any longer) a regular file of at most ``max_file_bytes``.
     """
     seen_set: set[int] = set() if seen is None else seen
     tallies: Tallies = {}
@@ -200,7 +208,13 @@ def scan_range(
             if parsed is not None:
                 _count(parsed, select, identifier, seen_set, tallies, stats)
     if seen is None:
-        stats.keys = array("Q", sorted(seen_set))
+        keys = array("Q", sorted(seen_set))
+        if keys_dir is None:
+            stats.keys = keys
+        else:
+            fd, stats.keys_file = tempfile.mkstemp(suffix=".keys", dir=keys_dir)
+            with os.fdopen(fd, "wb") as fh:
+                keys.tofile(fh)
     return tallies, stats
 
 
@@ -246,10 +260,22 @@ def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | Non
     return out
 
 
-def _overlap(parts: list[array[int]]) -> bool:
-    """Whether two sorted fingerprint arrays share a value (an event seen by two workers)."""
+def _overlap(parts: list[Iterable[int]]) -> bool:
+    """Whether two sorted fingerprint sequences share a value (an event seen by two workers)."""
     merged = heapq.merge(*parts)
     return any(a == b for a, b in itertools.pairwise(merged))
+
+
+def _read_keys(path: str) -> Iterator[int]:
+    """The fingerprints a worker wrote (``scan_range``'s ``keys_file``), read in bounded blocks."""
+    with open(path, "rb") as fh:
+        while True:
+            block = array("Q")
+            with contextlib.suppress(EOFError):  # the last, shorter block: fromfile keeps what it read
+                block.fromfile(fh, KEYS_BLOCK)
+            if not block:
+                return
+            yield from block
 
 
 def stream_report(
@@ -286,9 +312,14 @@ def stream_report(
 
         tallies: Tallies = {}
         part_stats: list[ReportStats] = []
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        # The workers' fingerprints go to files (8 bytes an event: 80 MB at 10M events), merged from there.
+        keys_dir = tempfile.TemporaryDirectory(prefix="enforcer-report-")
+        with (
+            keys_dir,
+            ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool,
+        ):
             futures: list[Any] = [
-                pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes) for p, s0, e0 in tasks
+                pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes, keys_dir.name) for p, s0, e0 in tasks
             ]
             for i, fut in enumerate(futures):
                 part, st = fut.result()
@@ -298,9 +329,10 @@ def stream_report(
                 merge_tallies(tallies, part)
                 del part
                 part_stats.append(st)
-        if not _overlap([st.keys for st in part_stats]):
+            overlap = _overlap([_read_keys(st.keys_file) if st.keys_file else st.keys for st in part_stats])
+        if not overlap:
             for st in part_stats:
-                st.keys = array("Q")
+                st.keys, st.keys_file = array("Q"), None
                 stats.merge(st)
             return tallies, stats
         # The same event in two ranges: only one pass in file order says which occurrence counts.

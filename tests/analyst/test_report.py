@@ -277,6 +277,46 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}:+")
 
 
+def test_parallel_duplicates_across_ranges_are_found_in_the_workers_key_files(
+    tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers write their sorted fingerprints to a temporary folder; an event in two ranges is found there (the
+    report then takes one sequential pass), and the folder is gone afterwards."""
+    import tempfile
+
+    import enforcer.analyst.report as report_mod
+
+    events = generate(policy, 2000, seed=12)
+    lines = [e.to_json() for e in events]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join([*lines, *lines[:40]]) + "\n", encoding="utf-8")  # 40 events again, at the end
+    unique = tmp_path / "unique.jsonl"
+    unique.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    eff = enforcement_of(policy)
+    sequential, seq_stats = stream_report([path], enforcement=eff)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(report_mod, "RANGE_BYTES", 100_000)
+    monkeypatch.setattr(report_mod, "PARALLEL_MIN_BYTES", 0)
+    read: list[str] = []
+    real_read = report_mod._read_keys
+
+    def counted(file: str):  # type: ignore[no-untyped-def]
+        read.append(file)
+        return real_read(file)
+
+    monkeypatch.setattr(report_mod, "_read_keys", counted)
+    for source, dupes in ((path, 40), (unique, 0)):
+        read.clear()
+        parallel, par_stats = stream_report([source], enforcement=eff, workers=2)
+        assert len(read) == len(report_mod._ranges([source], True)) > 5 and all(f.startswith(str(temp)) for f in read)
+        assert (par_stats.events, par_stats.duplicates) == (2000, dupes)
+        assert _rows(build_report(parallel)) == _rows(build_report(sequential))
+        assert list(temp.iterdir()) == []  # the workers' key files removed with their folder
+    assert (seq_stats.events, seq_stats.duplicates) == (2000, 40)
+
+
 def test_parse_time_forms() -> None:
     now = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
     assert parse_time("24h", now) == "2024-02-29T12:00:00.000000Z"
