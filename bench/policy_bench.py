@@ -4,9 +4,10 @@ Usage: ``.venv/bin/python bench/policy_bench.py [--sizes 100000,1000000] [--look
 
 - ``make_feed``: a deterministic feed of N realistic random names (2-4 labels, common TLDs) in a temp folder, with a
   one-rule blocklist that ``include:``s it.
-- ``child``: run in a FRESH interpreter per size (``--child``), so ``ru_maxrss`` is the peak of that load alone: it
-  times ``load_policy``, then ``match_name`` and ``match_key`` over a mix of hits and misses (4-label names) on one
-  core, and prints one JSON line.
+- ``child``: run in a FRESH interpreter per size (``--child``), so VmHWM is the peak of that load alone (taken before
+  the queries are read; ``peak_rss_with_queries_mb`` after the timing passes): it times ``load_policy`` (wall and
+  CPU), then ``match_name`` and ``match_key`` over a mix of hits and misses (4-label names) on one core, and prints
+  one JSON line.
 - ``peer``: the same feed exported with ``enforcer export --format dnsmasq`` (timed too) and loaded by
   ``dnsmasq --test`` (and ``unbound-checkconf`` on the unbound export), timed in the same run: the ratio is what
   to compare across machines, the absolute numbers are noisy on a shared 2-core box.
@@ -109,11 +110,11 @@ def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:
     from enforcer.policy import load_policy
 
     import_rss = peak_rss_kb()
-    queries = queries_file.read_text().split("\n")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     policy = load_policy(blocklist)
-    load_s = time.perf_counter() - t0
-    peak_kb = peak_rss_kb()
+    load_s, load_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    peak_kb = peak_rss_kb()  # the load's own peak: the queries are read after it
+    queries = queries_file.read_text().split("\n")
     match_name, match_key = policy.match_name, policy.match_key
     hits = sum(1 for q in queries if match_name(q) is not None)
     rates: dict[str, float] = {}
@@ -130,7 +131,9 @@ def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:
     return {
         "names": policy.stats().names,
         "load_s": round(load_s, 3),
+        "load_cpu_s": round(load_cpu_s, 3),
         "peak_rss_mb": round(peak_kb / 1024, 1),
+        "peak_rss_with_queries_mb": round(peak_rss_kb() / 1024, 1),
         "interpreter_rss_mb": round(base_rss / 1024, 1),
         "after_imports_rss_mb": round(import_rss / 1024, 1),
         "queries": len(queries),

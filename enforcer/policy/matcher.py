@@ -3,7 +3,8 @@
 - ``match_name(name)``: exact ``host`` rules, then ``domain``/``include`` suffixes from the longest to the shortest,
   on label boundaries. One dictionary look-up per label, so a lookup costs about a microsecond whatever the list size.
   Feeds of ``nameindex.COMPACT_MIN_NAMES`` names or more stay in a ``NameIndex`` (a third of the dict's memory)
-  probed after the dict for each label; smaller ones are merged into the dict (docs/performance.md).
+  probed after the dict for each label, the whole walk in one call (``NameIndex.walker``); smaller ones are merged
+  into the dict (docs/performance.md).
 - ``match_url(url, method)``: ``url``/``store`` rules of the request's host (more specific than any name rule), then
   the host itself by name (or by address for an IP literal). The path is judged on every reading an origin may serve
   (``urlrules.request_paths``); a blocking reading wins.
@@ -126,6 +127,8 @@ class Policy:
         self._tld_rules = any("." not in name for name in domains) or (
             self._feeds is not None and self._feeds.single_label
         )
+        # With compact feeds, the whole suffix walk is one call into the table (nameindex.NameIndex.walker).
+        self._walk = None if self._feeds is None else self._feeds.walker(domains.get, self._tld_rules)
         self.urls = urls
         self.cidrs = tuple(cidrs)
         self._cidr_table = CidrTable(cidrs)
@@ -146,6 +149,9 @@ class Policy:
         rule = self._hosts.get(key)
         if rule is not None:
             return Match(rule, self.apps[rule.app], key)
+        if self._walk is not None:
+            found = self._walk(key)
+            return None if found is None else Match(found[0], self.apps[found[0].app], found[1])
         get = self._suffix_rule
         rule = get(key)
         if rule is not None:
@@ -168,6 +174,9 @@ class Policy:
         rule = self._hosts.get(key)
         if rule is not None:
             return rule
+        if self._walk is not None:
+            found = self._walk(key)
+            return None if found is None else found[0]
         get = self._suffix_rule
         rule = get(key)
         if rule is not None:
