@@ -143,6 +143,11 @@ class _UdpSocket(asyncio.DatagramProtocol):
         self.owner._lost(self)
 
 
+def _expire(fut: asyncio.Future[bytes]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class UdpUpstream:
     def __init__(self, spec: UpstreamSpec) -> None:
         self.spec = spec
@@ -171,7 +176,7 @@ class UdpUpstream:
             self._socks.remove(sock)
 
     async def exchange(self, query: bytes, qend: int, timeout: float) -> bytes:
-        socks = await self._sockets()
+        socks = self._socks if len(self._socks) >= UDP_SOCKETS else await self._sockets()
         sock = random.choice(socks)
         for _ in range(8):
             qid = random.getrandbits(16)
@@ -186,10 +191,14 @@ class UdpUpstream:
         fut: asyncio.Future[bytes] = loop.create_future()
         sent = struct.pack("!H", qid) + query[2:]
         sock.pending[qid] = (fut, sent, qend)
+        # A timer on the future itself, not asyncio.wait_for: the same TimeoutError, without wait_for's second future
+        # and callbacks on every forwarded query (the cache-miss path, docs/performance.md).
+        timer = loop.call_later(timeout, _expire, fut)
         try:
             sock.transport.sendto(sent)
-            reply = await asyncio.wait_for(fut, timeout)
+            reply = await fut
         finally:
+            timer.cancel()
             sock.pending.pop(qid, None)
         if reply[2] & 0x02:  # TC: the full answer needs TCP (RFC 7766), within what is left of the same timeout
             left = timeout - (loop.time() - started)
