@@ -81,9 +81,24 @@ def dns_request(method: str, target: str, headers: dict[str, str], body: bytes) 
     return message, cid, 200
 
 
+_TTLS: dict[bytes, int] = {}  # reply without its ID -> min_ttl: a sinkhole or cached answer repeats byte for byte
+TTL_MEMO = 1024
+
+
 def min_ttl(reply: bytes) -> int:
     """The smallest TTL in the answer and authority sections (0 when there is none or the reply is unreadable):
-    the ``cache-control: max-age`` RFC 8484 section 5.1 asks for. A walk over the wire (no message parse)."""
+    the ``cache-control: max-age`` RFC 8484 section 5.1 asks for. A walk over the wire (no message parse), remembered
+    for the same reply bytes after the ID (bounded, emptied when full)."""
+    key = reply[2:]
+    ttl = _TTLS.get(key)
+    if ttl is None:
+        if len(_TTLS) >= TTL_MEMO:
+            _TTLS.clear()
+        ttl = _TTLS[key] = _walk_ttl(reply)
+    return ttl
+
+
+def _walk_ttl(reply: bytes) -> int:
     try:
         qdcount, ancount, nscount = struct.unpack_from("!HHH", reply, 4)
         pos = 12

@@ -370,3 +370,20 @@ def test_resolver_answers_under_a_tiny_client_window(resolver: EncResolver) -> N
             sock.sendall(client.data_to_send())
     reply = dns.message.from_wire(body)
     assert [rr.to_text() for rrset in reply.answer for rr in rrset] == ["0.0.0.0"]
+
+
+def test_min_ttl_matches_dnspython_and_the_memo_follows_the_bytes() -> None:
+    import dns.message
+    import dns.rrset
+
+    from enforcer.dns import doh
+
+    for ttls in ([300], [60, 5, 3600], [0], []):
+        reply = dns.message.make_response(dns.message.make_query("example.test", "A"))
+        for i, ttl in enumerate(ttls):
+            reply.answer.append(dns.rrset.from_text("example.test.", ttl, "IN", "A", f"192.0.2.{i + 1}"))
+        for qid in (1, 2):  # the memo ignores the ID
+            reply.id = qid
+            assert doh.min_ttl(reply.to_wire()) == (min(ttls) if ttls else 0)
+    assert doh.min_ttl(b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x07broken") == 0  # cut short
+    assert len(doh._TTLS) <= doh.TTL_MEMO
