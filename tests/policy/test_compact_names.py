@@ -173,3 +173,62 @@ def test_feed_text_is_the_line_by_line_reading(text: str) -> None:
     assert got == (None if want is None else "".join(f"{n}\n" for n in want))
     assert [(p.line, p.col, p.severity) for p in got_problems] == [(p.line, p.col, p.severity) for p in want_problems]
     assert feeds.parse_feed(text, "f", []) == want
+
+
+def test_walker_answers_as_a_probe_per_suffix() -> None:
+    # The policy's one-call walk (NameIndex.walker) against the per-suffix probe it replaced (after()), with domain
+    # rules that win at their own name, a single-label feed name (tld_rules) and names that share no suffix.
+    index = NameIndex()
+    a, b, explicit = _rule(1), _rule(2), _rule(3)
+    index.add("ads.example\nt.cdn.example\nlan\nx.y.z.example\n", a)
+    index.add("cdn.example\nads.example\n", b)
+    domains = {"t.cdn.example": explicit, "other.test": explicit}
+    assert index.single_label
+    probe = index.after(domains.get)
+    queries = ["ads.example", "a.ads.example", "t.cdn.example", "u.t.cdn.example", "q.cdn.example", "example",
+               "lan", "host.lan", "y.z.example", "w.x.y.z.example", "other.test", "a.other.test", "test",
+               "", "."]  # fmt: skip
+    for tld_rules in (True, False):
+        walk = index.walker(domains.get, tld_rules)
+        for q in queries:
+            want = None
+            i = -1
+            while True:  # the matcher's loop over suffixes, longest first
+                name = q[i + 1 :]
+                if not tld_rules and "." not in name and name != q:
+                    break
+                rule = probe(name)
+                if rule is not None:
+                    want = (rule, name)
+                    break
+                i = q.find(".", i + 1)
+                if i < 0:
+                    break
+            assert walk(q) == want, (q, tld_rules)
+    walk = index.walker(domains.get, True)
+    assert walk("host.lan") == (a, "lan")
+    assert walk("u.t.cdn.example") == (explicit, "t.cdn.example")  # the domain rule wins at its own name
+    assert walk("q.cdn.example") == (b, "cdn.example")  # listed by the second feed only
+    assert index.walker(domains.get, False)("host.lan") is None  # without tld_rules a last label is never tried
+
+
+def test_a_colliding_tag_never_matches_in_the_walk() -> None:
+    index = NameIndex()
+    rule = _rule(1)
+    index.add("listed.example\n", rule)
+    probe = "not-listed.example"
+    h = hash(probe)
+    slot = h % index._size
+    while index._table[slot]:
+        slot = (slot + 1) % index._size
+    index._table[slot] = ((h >> 32) | 1) << 32 | 0  # the probe's own tag, at the offset of "listed.example"
+    none: dict[str, Rule] = {}
+    walk = index.walker(none.get, False)
+    assert walk(probe) is None and walk("a." + probe) is None
+    assert walk("a.listed.example") == (rule, "listed.example")
+
+
+def test_empty_index_walks_to_none() -> None:
+    none: dict[str, Rule] = {}
+    assert NameIndex().walker(none.get, True)("a.b.example") is None
+    assert NameIndex().walker({"b.example": _rule(1)}.get, False)("a.b.example") == (_rule(1), "b.example")
