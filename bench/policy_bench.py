@@ -1,6 +1,8 @@
 """Policy benchmark: load time, peak RSS and lookup rate for large ``include:`` feeds, against dnsmasq in the same run.
 
-Usage: ``.venv/bin/python bench/policy_bench.py [--sizes 100000,1000000] [--lookups 200000] [--json FILE]``
+Usage: ``.venv/bin/python bench/policy_bench.py [--sizes 100000,1000000] [--lookups 200000] [--json FILE]``;
+``--compare ROUNDS [--base DIR]``: the same feed loaded by the compact table, by the plain dict and by another
+checkout, alternating in fresh interpreters (``compare``), medians of every figure and the ratios.
 
 - ``make_feed``: a deterministic feed of N realistic random names (2-4 labels, common TLDs) in a temp folder, with a
   one-rule blocklist that ``include:``s it.
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,7 +111,10 @@ def peak_rss_kb() -> int:
 
 def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:
     base_rss = peak_rss_kb()
-    from enforcer.policy import load_policy
+    from enforcer.policy import load_policy, matcher
+
+    if os.environ.get("ENFORCER_BENCH_DICT"):  # --compare: the same policy with its feed names in the plain dict
+        setattr(matcher, "COMPACT_MIN_NAMES", 1 << 62)  # noqa: B010 (a module constant, not re-exported)
 
     import_rss = peak_rss_kb()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -240,16 +247,82 @@ def run(sizes: list[int], lookups: int, keep: bool) -> dict[str, Any]:
     return results
 
 
+def _child_run(blocklist: Path, queries: Path, env: dict[str, str]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(blocklist), str(queries)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, **env},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({env}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def compare(n: int, lookups: int, rounds: int, base: str | None) -> dict[str, Any]:
+    """Same-run comparison for one feed size: this tree (compact table), the same policy with its feed in the
+    plain dict (``ENFORCER_BENCH_DICT``) and, with ``base``, another checkout of enforcer (``PYTHONPATH``: e.g.
+    ``git worktree add /tmp/base <commit>``), each in a fresh interpreter, alternating for ``rounds`` rounds;
+    medians and every round of load CPU seconds, VmHWM of the load and match_name/match_key lookups per second."""
+    variants: dict[str, dict[str, str]] = {"compact": {}, "dict": {"ENFORCER_BENCH_DICT": "1"}}
+    if base:
+        variants["base"] = {"PYTHONPATH": base}
+    folder = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
+    try:
+        blocklist, names = make_feed(folder, n)
+        queries = folder / f"queries-{n}.txt"
+        queries.write_text("\n".join(make_queries(names, lookups)))
+        del names
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for r in range(rounds):
+            for variant, env in variants.items():
+                runs[variant].append(_child_run(blocklist, queries, env))
+                print(f"round {r + 1} {variant}: {json.dumps(runs[variant][-1])}", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    keys = ("load_cpu_s", "load_s", "peak_rss_mb", "match_name_per_s", "match_key_per_s")
+    out: dict[str, Any] = {"names": n, "rounds": rounds}
+    for variant, entries in runs.items():
+        out[variant] = {k: statistics.median(e[k] for e in entries) for k in keys}
+        out[variant]["every_round"] = {k: [e[k] for e in entries] for k in keys}
+    for variant in variants:
+        if variant != "compact":
+            out[f"compact_vs_{variant}"] = {
+                k: round(out["compact"][k] / out[variant][k], 3) for k in keys if out[variant][k]
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sizes", default="100000,1000000", help="comma-separated feed sizes")
     ap.add_argument("--lookups", type=int, default=200_000, help="queries per timing pass")
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the generated feeds and exports")
+    ap.add_argument(
+        "--compare",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="same-run comparison of the compact table with the dict (and --base), alternating ROUNDS rounds "
+        "per size instead of the peers (default: 0, off)",
+    )
+    ap.add_argument("--base", metavar="DIR", help="with --compare: another enforcer checkout to compare with")
     ap.add_argument("--child", nargs=2, metavar=("BLOCKLIST", "QUERIES"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(Path(args.child[0]), Path(args.child[1]))))
+        return 0
+    if args.compare:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        out = {str(n): compare(n, args.lookups, args.compare, args.base) for n in sizes}
+        text = json.dumps(out, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
         return 0
     results = run([int(x) for x in args.sizes.split(",")], args.lookups, args.keep)
     text = json.dumps(results, indent=2)
