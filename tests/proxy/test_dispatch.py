@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from mitmproxy import hooks
 from mitmproxy.addonmanager import traverse
+from mitmproxy.addons.script import load_script
 
 from enforcer.proxy.addon import EnforcerAddon, bind_hooks
+from enforcer.proxy.cli import ADDON_PATH
 from tests.conftest import BLOCKLISTS
 from tests.proxy.helpers import harness
 
@@ -53,3 +55,16 @@ def test_mitmproxy_registers_one_addon_and_runs_the_parts_hooks() -> None:
         assert a.runtime.passthrough is False
         assert a.runtime.holder is not None and "wechat" in a.policy().apps
     a.done()
+
+
+def test_loaded_as_a_script_the_module_answers_every_hook_lookup_without_a_miss() -> None:
+    # mitmproxy walks the script's module too; a missing module attribute costs an exception on Python 3.11.
+    ns = load_script(str(ADDON_PATH))
+    assert ns is not None
+    objects = list(traverse([ns]))
+    assert objects[0] is ns and len(objects) == 2 and isinstance(objects[1], ns.EnforcerAddon)
+    for name in hooks.all_hooks:
+        assert name in vars(ns) or hasattr(type(ns), name), name
+        # Only the addon object answers a hook; the module's own attribute is None, which mitmproxy skips.
+        answering = [o for o in objects if getattr(o, name, None)]
+        assert answering == ([objects[1]] if name in objects[1].hooks else []), name
