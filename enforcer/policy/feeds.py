@@ -108,21 +108,24 @@ _NAME_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789_-.\n"
 _BREAK_AS_DOT = bytes.maketrans(b"\n", b".")
 
 
-def _clean_batch(batch: str) -> bool:
-    """Whether every line of ``batch`` (which ends with a newline) is a bare name the line-by-line path would
-    keep as it is."""
+def _clean_batch(batch: str) -> list[str] | None:
+    """The names of ``batch`` (which ends with a newline) when every line is a bare name the line-by-line path
+    would keep as it is, else None."""
     if not batch.isascii() or "xn--" in batch:
-        return False
+        return None
     raw = batch.encode()
     if raw.translate(None, _NAME_CHARS):
-        return False
+        return None
     dots = raw.translate(_BREAK_AS_DOT)
     if b".." in dots or b".-" in dots or b"-." in dots or dots[:1] in (b".", b"-"):
-        return False
+        return None
     lines = batch.split("\n")
+    del lines[-1]  # the empty string after the final newline
     if max(map(len, lines)) <= MAX_LABEL:
-        return True
-    return all(len(n) <= MAX_NAME and _ASCII_NAME_RE.fullmatch(n) for n in lines[:-1] if len(n) > MAX_LABEL)
+        return lines
+    if all(len(n) <= MAX_NAME and _ASCII_NAME_RE.fullmatch(n) for n in lines if len(n) > MAX_LABEL):
+        return lines
+    return None
 
 
 def feed_names_text(text: str, shown: str, problems: list[Problem]) -> str | None:
@@ -132,12 +135,15 @@ def feed_names_text(text: str, shown: str, problems: list[Problem]) -> str | Non
     errors = _Errors(shown, problems)
     pieces: list[str | tuple[int, int]] = []  # spans of ``text`` kept as they are, or rebuilt batches
     lineno = 0
+    candidates: set[str] = set()  # of public suffixes (lint), gathered from the batches as they are split here
     for start, end in text_spans(text):
         batch = text[start : end + 1]  # with its newline (none at the end of a text without one)
         if not batch.endswith("\n"):
             batch += "\n"
-        if _clean_batch(batch):
-            lineno += batch.count("\n")
+        clean = _clean_batch(batch)
+        if clean is not None:
+            lineno += len(clean)
+            candidates |= lint.public_candidates(clean, batch, 0, len(batch) - 1)
             if pieces and isinstance(pieces[-1], tuple) and pieces[-1][1] == start:
                 pieces[-1] = (pieces[-1][0], end + 1)
             else:
@@ -152,7 +158,9 @@ def feed_names_text(text: str, shown: str, problems: list[Problem]) -> str | Non
                 names.append(line)
             else:
                 names.extend(_slow_line(line, lineno, errors))
-        pieces.append("".join(f"{n}\n" for n in names))
+        rebuilt = "".join(f"{n}\n" for n in names)
+        candidates |= lint.public_candidates(names, rebuilt, 0, len(rebuilt))
+        pieces.append(rebuilt)
     errors.close()
     if errors.count:
         return None
@@ -161,12 +169,12 @@ def feed_names_text(text: str, shown: str, problems: list[Problem]) -> str | Non
     else:
         out = "".join(text[p[0] : p[1]] + ("" if text[p[1] - 1 : p[1]] == "\n" else "\n") if isinstance(p, tuple)
                       else p for p in pieces)  # fmt: skip
-    _warn_public(out, text, shown, problems)
+    _warn_public(out, candidates, text, shown, problems)
     return out
 
 
-def _warn_public(names: str, text: str, shown: str, problems: list[Problem]) -> None:
-    for name in lint.public_feed_names_text(names):
+def _warn_public(names: str, candidates: set[str], text: str, shown: str, problems: list[Problem]) -> None:
+    for name in lint.public_in_order(names, candidates):
         lineno, col = _line_of(name, text)
         message = f"over-broad feed entry: {name} is a public suffix: this include blocks every name under it"
         problems.append(Problem(shown, lineno, col, message, "warning"))
