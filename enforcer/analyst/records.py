@@ -100,8 +100,25 @@ def ts_to_us(ts: str) -> int:
     return (datetime.fromisoformat(ts) - EPOCH) // _US
 
 
+_DAY_US = 86_400_000_000
+_DAY_PREFIXES: dict[int, str] = {}  # day since the epoch -> "YYYY-MM-DDT" (bounded: cleared when full)
+_DAY_PREFIXES_MAX = 4096
+
+
 def us_to_ts(us: int) -> str:
-    return dt_to_ts(EPOCH + timedelta(microseconds=us))
+    """Integer microseconds since the epoch -> canonical timestamp (``dt_to_ts``'s; the same errors out of range).
+
+    The date part is formatted once per day and the time of day by integer arithmetic: the report and the dashboard
+    format two times per row (80,000 calls for 40,000 rows took 45 % of building the rows through datetime)."""
+    day, rest = divmod(us, _DAY_US)
+    prefix = _DAY_PREFIXES.get(day)
+    if prefix is None:
+        prefix = dt_to_ts(EPOCH + timedelta(days=day))[:11]  # raises as dt_to_ts does outside the range
+        if len(_DAY_PREFIXES) >= _DAY_PREFIXES_MAX:
+            _DAY_PREFIXES.clear()
+        _DAY_PREFIXES[day] = prefix
+    secs, micro = divmod(rest, 1_000_000)
+    return f"{prefix}{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{micro:06d}Z"
 
 
 def _get(doc: dict[str, Any], *path: str) -> Any:
