@@ -52,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b"x" * 1024
@@ -443,11 +444,20 @@ def main() -> int:
         choices=list(SCENARIOS),
         help="instead: run the addon's mitmdump under cProfile for one scenario and print the hooks' share of its CPU",
     )
+    ap.add_argument(
+        "--dispatch",
+        action="store_true",
+        help="instead: time mitmproxy's hook dispatch in-process (the walk over mitmdump's addons plus each script) "
+        "for the 8 events of one plain HTTP request",
+    )
     ap.add_argument("--serve-origins", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_origins:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # stopped by the parent with SIGINT: no traceback per connection
         asyncio.run(serve_origins(Path(args.serve_origins)))
+        return 0
+    if args.dispatch:
+        asyncio.run(dispatch_walk(args.rounds))
         return 0
     variants = ["bare", *(v for v in args.variant or DEFAULT_VARIANTS if v != "bare")]
     if args.baseline is not None:
@@ -507,6 +517,68 @@ def main() -> int:
                     os.killpg(p.pid, signal.SIGKILL)
     report(results, args)
     return 0
+
+
+class _ScriptHolder:
+    """What mitmproxy's ``Script`` shows the addon manager: ``addons`` is a property giving the loaded module."""
+
+    def __init__(self, ns: object) -> None:
+        self.ns = ns
+        self.name = "scriptmanager:bench"
+
+    @property
+    def addons(self) -> list[object]:
+        return [self.ns]
+
+
+async def dispatch_walk(rounds: int) -> None:
+    """Per request, the time mitmproxy spends finding hooks: mitmdump's own addons (a real ``DumpMaster``) plus one
+    script, walked with ``AddonManager._iter_hooks`` for the 8 events of a plain HTTP request (4 hooks, each followed
+    by ``update``). Variants, alternating in one process: bare (no script), noop7 (7 objects, the addon's former
+    shape), noop1 (one object) and the enforcer addon script as it ships. Process CPU time, medians of the rounds."""
+    from mitmproxy import hooks
+    from mitmproxy.addons.script import load_script
+    from mitmproxy.options import Options
+    from mitmproxy.proxy import layers  # noqa: F401 - defines the HTTP hooks in hooks.all_hooks
+    from mitmproxy.test import tflow
+    from mitmproxy.tools.dump import DumpMaster
+
+    sys.path.insert(0, str(ROOT))
+    from enforcer.proxy.cli import ADDON_PATH
+
+    master = DumpMaster(Options(), with_termlog=False)
+    manager = master.addons
+    loader = next(a for a in manager.chain if type(a).__name__ == "ScriptLoader")
+    with tempfile.TemporaryDirectory(prefix="proxy-dispatch-") as tmp_s:
+        scripts: dict[str, list[object]] = {"bare": []}
+        for variant in ("noop7", "noop1"):
+            path = Path(tmp_s) / f"{variant}.py"
+            path.write_text(NOOP_ADDONS.replace("ADDON", "One" if variant == "noop1" else "Seven"), encoding="utf-8")
+            scripts[variant] = [_ScriptHolder(load_script(str(path)))]
+        scripts["addon"] = [_ScriptHolder(load_script(str(ADDON_PATH)))]
+    f = tflow.tflow(resp=True)
+    events: list[hooks.Hook] = []
+    registry: dict[str, Any] = dict(hooks.all_hooks)  # the hook classes by name (their constructors take the flow)
+    for name in ("requestheaders", "request", "responseheaders", "response"):
+        events += [registry[name](f), hooks.UpdateHook([f])]
+    per_request: dict[str, list[float]] = {k: [] for k in scripts}
+    n = 500
+    for _ in range(max(rounds, 3) * 3):
+        for variant, held in scripts.items():
+            loader.addons = held
+            t = time.process_time()
+            for _ in range(n):
+                for event in events:
+                    for addon in manager.chain:
+                        for _found in manager._iter_hooks(addon, event):
+                            pass
+            per_request[variant].append((time.process_time() - t) / n * 1e6)
+    loader.addons = []
+    bare = statistics.median(per_request["bare"])
+    print(f"dispatch per plain HTTP request (8 events), {len(per_request['bare'])} alternating rounds, process CPU:")
+    for variant, values in per_request.items():
+        med = statistics.median(values)
+        print(f"  {variant:6} {med:7.1f} us  (+{med - bare:5.1f} us over bare; min {min(values):.1f})")
 
 
 def profile_share(
