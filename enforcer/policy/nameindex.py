@@ -116,10 +116,12 @@ class NameIndex:
     def _build(self, listed: int) -> None:
         """Build the table over every text, per batch of names: hashes, home slots and packed values (tag | offset)
         by ``map`` in C, then one Python step per name that stores it at its home slot, or hands a taken one to
-        ``_probe`` (about 1 name in 7 at this load). Measured alternatives (docs/performance.md): storing every
-        value with ``map(table.__setitem__, ...)`` and reading it back costs more (two cache misses per name, as
-        many C calls as the loop), and sorting the names by table region first does not pay for its passes."""
+        ``_probe`` (about 1 name in 6 at this load). Measured alternatives (docs/performance.md, "Policy memory"):
+        storing every value with ``map(table.__setitem__, ...)`` and reading it back costs more (two cache misses per
+        name, as many C calls as the loop), and sorting the names by table region first does not pay for its
+        passes."""
         size = max(16, SLOTS_PER_NAME * listed)
+        self._table = array("q")  # the previous feeds' table is freed before the new one is allocated
         table = array("q", bytes(8 * size))
         self._table, self._size = table, size
         single = False
