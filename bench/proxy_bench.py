@@ -646,8 +646,8 @@ def report(results: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
             summary[name][variant] = {
                 "rps_median": round(rps, 1),
                 "cpu_us_per_req_median": round(cpu * 1e6, 1),
-                "rps_vs_bare": round(rps / bare_rps, 3),
-                "cpu_vs_bare": round(cpu / bare_cpu, 3),
+                "rps_vs_bare": round(rps / bare_rps, 3) if bare_rps else float("nan"),
+                "cpu_vs_bare": round(cpu / bare_cpu, 3) if bare_cpu else float("nan"),
                 "rounds_rps": [round(x[0], 1) for x in rounds],
                 "rounds_cpu_us": [round(x[1] * 1e6, 1) for x in rounds],
             }
