@@ -11,8 +11,10 @@
   ``enforcer_dns_encrypted_queries_total{transport}`` (their outcomes, as for UDP, in
   ``enforcer_dns_queries_total``).
 - ``accept_loop(sock, serve)``: accepts on a listening socket; ``handshake(conn, gate, transport, ctx, factory)``:
-  the TLS handshake of an admitted connection (the loop's ``connect_accepted_socket``), bounded and counted;
-  ``accept_tls``: the same, as streams (DoH).
+  the TLS handshake of an admitted connection by the event loop's own TLS (``connect_accepted_socket``), bounded
+  and counted (DoH).
+- ``TlsProtocol`` / ``TlsListener``: TLS done in the protocol (``ssl.SSLObject`` over the plain TCP transport),
+  handshake and idle timeouts by one sweep per listener, counted like ``handshake`` (DoT).
 - ``DotServer`` / ``DotProtocol``: RFC 7858. Accept -> ``Gate.admit`` -> TLS in the protocol itself (an
   ``ssl.SSLObject`` over the plain TCP transport) -> 2-byte framed queries, parsed from each read as they come.
   Each query is answered as soon as its answer exists: a blocked or cached one at once (the answers of one read in
@@ -35,7 +37,7 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -187,19 +189,6 @@ async def handshake(
     return None
 
 
-async def accept_tls(
-    conn: socket.socket, gate: Gate, transport: str, ctx: ssl.SSLContext
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """``handshake`` giving the connection as streams (DoH), or None."""
-    reader = asyncio.StreamReader(limit=65_536)
-    protocol = asyncio.StreamReaderProtocol(reader)
-    done = await handshake(conn, gate, transport, ctx, lambda: protocol)
-    if done is None:
-        return None
-    gate.count(transport, "accepted")
-    return reader, asyncio.StreamWriter(done[0], protocol, reader, asyncio.get_running_loop())  # type: ignore[arg-type]
-
-
 async def accept_loop(listening: socket.socket, serve: Callable[[socket.socket, Any], Awaitable[None]]) -> None:
     """Accept connections on ``listening`` for ever, each served by its own task (kept until done).
 
@@ -229,34 +218,28 @@ async def accept_loop(listening: socket.socket, serve: Callable[[socket.socket, 
             task.cancel()
 
 
-class DotProtocol(asyncio.Protocol):
-    """One DoT connection: TLS done here over the plain TCP transport (``ssl.SSLObject`` on two memory BIOs), then
-    frames parsed from the bytes as they come (several per read when a client pipelines), each query answered as
-    soon as its answer exists; the answers of one read go out in one write (one TLS record).
+class TlsProtocol(asyncio.Protocol):
+    """TLS done in the protocol over the plain TCP transport (``ssl.SSLObject`` on two memory BIOs), for DoT.
+    (DoH keeps the event loop's TLS: moved onto this, it measured the same CPU per query and a lower qps under
+    dnsperf, docs/perf-doh.md.) Subclasses give ``server`` (with ``gate`` and ``kind``) and implement
+    ``handshake_done()`` and ``tls_data(data)``; ``write(data)`` sends one TLS record, ``write_records(items)`` one
+    record per item in one transport write; ``expired(...)`` is the listener's sweep (``TlsListener``).
 
     Why TLS here rather than the event loop's: uvloop's TLS protocol gives every connection a 256 KiB read buffer
     whose first pages the handshake touches, plus its own protocol and transport objects; here an idle connection
-    is this object (slots, no dict), OpenSSL's state and its two BIOs (bench/dns_encrypted_bench.sh, "idle DoT").
-    No task per connection and no timer: ``DotServer``'s one sweep closes idle connections and expired
-    handshakes."""
+    is the protocol object (slots, no dict), OpenSSL's state and its two BIOs (bench/dns_encrypted_bench.sh, "idle
+    DoT"), and a read costs fewer layers. No task per connection and no timer: the listener's one sweep closes idle
+    connections and expired handshakes."""
 
-    __slots__ = ("buf", "host", "incoming", "last", "outgoing", "peer", "pending", "reading", "server", "shaking",
-                 "tls", "transport", "via", "writable")  # fmt: skip
+    __slots__ = ("incoming", "last", "outgoing", "shaking", "tls", "transport")
+    server: Any  # DotServer / DohServer: .gate, .kind, .certs, .alpn, .added(), .protocols
 
-    def __init__(self, server: DotServer, peer: Any, host: str) -> None:
-        self.server = server
-        self.peer = peer
-        self.host = host
-        self.buf = b""  # an unfinished frame (rare: most reads end on a frame boundary)
+    def __init__(self, ctx: ssl.SSLContext) -> None:
         self.transport: asyncio.Transport | None = None
-        self.via = Via("dot", None)
-        self.pending: set[asyncio.Future[Any]] | None = None  # forwarded queries in flight (made on first use)
         self.last = 0.0
-        self.reading = True
-        self.writable = True
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.tls = server.certs.context(server.alpn).wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.shaking = True  # the TLS handshake is not done yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -265,26 +248,37 @@ class DotProtocol(asyncio.Protocol):
         self.last = asyncio.get_running_loop().time()
         self.server.added(self)
 
+    def busy(self) -> bool:
+        """True while the connection waits for answers of ours (not idle, whatever the time since the last read)."""
+        return False
+
     def expired(self, now: float, idle: float, handshake: float) -> bool:
-        """Called by ``DotServer``'s sweep: close a handshake that took too long or a connection idle too long."""
+        """The listener's sweep: close a handshake that took too long or a connection idle too long."""
         if self.transport is None:
             return False
-        gate = self.server.gate
+        gate, kind = self.server.gate, self.server.kind
         if self.shaking:
             if now - self.last < handshake:
                 return False
-            gate.count("dot", "handshake_timeout")
-        elif now - self.last < idle or self.pending:
+            gate.count(kind, "handshake_timeout")
+            self.transport.abort()
+            return True
+        if now - self.last < idle or self.busy():
             return False
-        else:
-            gate.count("dot", "idle_timeout")
-        self.transport.abort() if self.shaking else self.transport.close()
+        gate.count(kind, "idle_timeout")
+        self.transport.close()
         return True
 
     def _send(self) -> None:
         data = self.outgoing.read()
         if data and self.transport is not None:
             self.transport.write(data)
+
+    def handshake_done(self) -> None:
+        raise NotImplementedError
+
+    def tls_data(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
         self.last = asyncio.get_running_loop().time()
@@ -297,13 +291,13 @@ class DotProtocol(asyncio.Protocol):
                 self._send()
                 return
             except (ssl.SSLError, ValueError, OSError):
-                self.server.gate.count("dot", "handshake_failed")
+                self.server.gate.count(self.server.kind, "handshake_failed")
                 self._send()  # the alert, if any
                 self.transport.abort()  # type: ignore[union-attr]
                 return
             self.shaking = False
-            self.server.gate.count("dot", "accepted")
-            self.via = Via("dot", self.server.gate.sni_client_id(tls))
+            self.server.gate.count(self.server.kind, "accepted")
+            self.handshake_done()
             self._send()
         chunks = []
         try:
@@ -315,8 +309,8 @@ class DotProtocol(asyncio.Protocol):
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
-            if chunks:  # queries sent just before the close_notify still get their answers
-                self._frames(b"".join(chunks))
+            if chunks:  # requests sent just before the close_notify still get their answers
+                self.tls_data(b"".join(chunks))
             if self.transport is not None:
                 with contextlib.suppress(ssl.SSLError):
                     tls.unwrap()
@@ -324,11 +318,112 @@ class DotProtocol(asyncio.Protocol):
                 self.transport.close()
             return
         except ssl.SSLError:
-            self.server.gate.count("dot", "bad_request")
+            self.server.gate.count(self.server.kind, "bad_request")
             self.transport.abort()  # type: ignore[union-attr]
             return
         if chunks:
-            self._frames(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            self.tls_data(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+
+    def write(self, data: bytes) -> None:
+        self.write_records((data,))
+
+    def write_records(self, records: Iterable[bytes]) -> None:
+        """One TLS record per item (a DoH client may need one answer per record), one transport write for all."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            for data in records:
+                self.tls.write(data)
+        except ssl.SSLError:
+            self.transport.abort()
+            return
+        self._send()
+
+
+class TlsListener:
+    """What a DoT or DoH listener keeps of its connections: ``protocols`` and the one sweep (every ``SWEEP``
+    seconds, or a quarter of the idle or handshake timeout when shorter, while connections are open) that ends the
+    handshakes over the handshake timeout and the connections idle longer than the idle timeout: no timer per
+    connection. ``accept(conn, peer, factory)``: a connection admitted by the gate, handed to its protocol."""
+
+    kind = ""
+    gate: Gate
+
+    def __init__(self) -> None:
+        self.protocols: set[Any] = set()
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def added(self, protocol: TlsProtocol) -> None:
+        self.protocols.add(protocol)
+        if self.sweeper is None:
+            self.sweeper = asyncio.get_running_loop().call_later(self._interval(), self._sweep)
+
+    def _interval(self) -> float:
+        limits = self.gate.limits
+        return max(0.05, min(SWEEP, limits.idle_timeout / 4, limits.handshake_timeout / 4))
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limits = self.gate.limits
+        for protocol in [p for p in self.protocols if p.expired(now, limits.idle_timeout, limits.handshake_timeout)]:
+            self.protocols.discard(protocol)
+        self.sweeper = loop.call_later(self._interval(), self._sweep) if self.protocols else None
+
+    async def accept(self, conn: socket.socket, peer: Any, factory: Callable[[str], TlsProtocol]) -> None:
+        host = peer[0] if peer else ""
+        gate = self.gate
+        if not gate.admit(self.kind, host):
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            protocol = factory(host)
+            await loop.connect_accepted_socket(lambda: protocol, conn)
+        except (OSError, ssl.SSLError, ValueError):
+            gate.count(self.kind, "handshake_failed")
+            gate.release(self.kind, host)  # no connection_made, so no connection_lost: the slot is given back here
+            conn.close()
+        except BaseException:
+            gate.release(self.kind, host)
+            conn.close()
+            raise
+
+    def close_all(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        for protocol in list(self.protocols):
+            if protocol.transport is not None:
+                protocol.transport.abort()
+
+
+class DotProtocol(TlsProtocol):
+    """One DoT connection (TLS by ``TlsProtocol``): frames parsed from the bytes as they come (several per read
+    when a client pipelines), each query answered as soon as its answer exists; the answers of one read go out in
+    one write (one TLS record)."""
+
+    __slots__ = ("buf", "host", "peer", "pending", "reading", "server", "via", "writable")
+
+    def __init__(self, server: DotServer, peer: Any, host: str) -> None:
+        super().__init__(server.certs.context(server.alpn))
+        self.server = server
+        self.peer = peer
+        self.host = host
+        self.buf = b""  # an unfinished frame (rare: most reads end on a frame boundary)
+        self.via = Via("dot", None)
+        self.pending: set[asyncio.Future[Any]] | None = None  # forwarded queries in flight (made on first use)
+        self.reading = True
+        self.writable = True
+
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    def handshake_done(self) -> None:
+        self.via = Via("dot", self.server.gate.sni_client_id(self.tls))
+
+    def tls_data(self, data: bytes) -> None:
+        self._frames(data)
 
     def _frames(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -349,16 +444,6 @@ class DotProtocol(asyncio.Protocol):
         self.buf = buf[pos:] if pos < size else b""
         if out:
             self.write(b"".join(out))
-
-    def write(self, data: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        try:
-            self.tls.write(data)
-        except ssl.SSLError:
-            self.transport.abort()
-            return
-        self._send()
 
     def _query(self, data: bytes) -> bytes | None:
         server = self.server
@@ -431,63 +516,19 @@ class DotProtocol(asyncio.Protocol):
         self.transport = None
 
 
-class DotServer:
-    """DNS over TLS (RFC 7858) on one address; ``serve`` takes one accepted connection (``accept_loop``). One sweep
-    (``_sweep``, every ``SWEEP`` seconds or a quarter of the idle timeout when shorter, while connections are open)
-    ends the handshakes over the handshake timeout and the connections idle longer than the idle timeout: no timer
-    per connection."""
+class DotServer(TlsListener):
+    """DNS over TLS (RFC 7858) on one address; ``serve`` takes one accepted connection (``accept_loop``)."""
 
     transport = "dot"
+    kind = "dot"
     alpn: ClassVar[list[str]] = ["dot"]
 
     def __init__(self, handler: Handler, gate: Gate, certs: CertSource, outcome: Callable[[str], None]) -> None:
+        super().__init__()
         self.handler = handler
         self.gate = gate
         self.certs = certs
         self.outcome = outcome
-        self.protocols: set[DotProtocol] = set()
-        self.sweeper: asyncio.TimerHandle | None = None
-
-    def added(self, protocol: DotProtocol) -> None:
-        self.protocols.add(protocol)
-        if self.sweeper is None:
-            self.sweeper = asyncio.get_running_loop().call_later(self._interval(), self._sweep)
-
-    def _interval(self) -> float:
-        limits = self.gate.limits
-        return max(0.05, min(SWEEP, limits.idle_timeout / 4, limits.handshake_timeout / 4))
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        limits = self.gate.limits
-        for protocol in [p for p in self.protocols if p.expired(now, limits.idle_timeout, limits.handshake_timeout)]:
-            self.protocols.discard(protocol)
-        self.sweeper = loop.call_later(self._interval(), self._sweep) if self.protocols else None
 
     async def serve(self, conn: socket.socket, peer: Any) -> None:
-        host = peer[0] if peer else ""
-        gate = self.gate
-        if not gate.admit("dot", host):
-            conn.close()
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            protocol = DotProtocol(self, peer, host)
-            await loop.connect_accepted_socket(lambda: protocol, conn)
-        except (OSError, ssl.SSLError, ValueError):
-            gate.count("dot", "handshake_failed")
-            gate.release("dot", host)  # no connection_made, so no connection_lost: the slot is given back here
-            conn.close()
-        except BaseException:
-            gate.release("dot", host)
-            conn.close()
-            raise
-
-    def close_all(self) -> None:
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-            self.sweeper = None
-        for protocol in list(self.protocols):
-            if protocol.transport is not None:
-                protocol.transport.abort()
+        await self.accept(conn, peer, lambda host: DotProtocol(self, peer, host))
