@@ -9,7 +9,8 @@
 - ``match_request``: the URL/store/name decision for a request across those hosts; the blocking match wins.
 - ``RequestMemo``: ``match_request`` remembered per (policy, scheme, hosts, port, path, method), bounded
   (``MEMO_SIZE`` entries, paths up to ``MEMO_MAX_PATH``), emptied when the policy object changes. The decision is a
-  pure function of those; what depends on the client and the time (``judge``) is never remembered.
+  pure function of those; what depends on the client and the time (``judge``) is never remembered. The policy is
+  held by a weak reference: a replaced one is not kept alive by the memo.
 - ``ConnState``: what earlier hooks decided about one client connection; ``PendingPage``: a blocked CONNECT accepted
   to show the block page inside the tunnel, whose hit is recorded once, when its outcome is known.
 - ``BLOCKED_CONNECT_MODES``: ``page`` (accept a blocked CONNECT, answer its first request with the block page) or
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,7 +228,9 @@ class RequestMemo:
     __slots__ = ("_entries", "_policy", "hits", "misses")
 
     def __init__(self) -> None:
-        self._policy: Policy | None = None
+        # A weak reference: the memo must not keep a replaced policy (a 1M-name feed is tens of MB) alive until the
+        # next request; a freed policy answers None, which is never the current one.
+        self._policy: weakref.ref[Policy] | None = None
         self._entries: dict[tuple[str, tuple[str, ...], int | None, str, str], tuple[Match | None, str]] = {}
         self.hits = 0
         self.misses = 0
@@ -235,9 +239,10 @@ class RequestMemo:
         self, policy: Policy, scheme: str, hosts: Sequence[str], port: int | None, path: str, method: str
     ) -> tuple[Match | None, str]:
         """``match_request(policy, ...)``, from memory when the same request was decided under the same policy."""
-        if policy is not self._policy:  # a reload swapped the policy: nothing decided before still holds
+        current = self._policy
+        if current is None or current() is not policy:  # a reload swapped the policy: nothing decided still holds
             self._entries.clear()
-            self._policy = policy
+            self._policy = weakref.ref(policy)
         if len(path) > MEMO_MAX_PATH:
             return match_request(policy, scheme, hosts, port, path, method)
         key = (scheme, tuple(hosts), port, path, method)

@@ -3,6 +3,8 @@ emptied by a policy reload."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,17 @@ def test_a_reload_empties_the_memo_so_a_new_rule_blocks_the_next_same_request(tm
         assert f.response is not None and f.response.status_code == 403
         assert f.metadata["enforcer"]["rule"].startswith("testapp:url:")
     run_hook(a, "done")
+
+
+def test_the_memo_does_not_keep_a_replaced_policy_alive(tmp_path: Path) -> None:
+    write_policy(tmp_path)
+    memo = RequestMemo()
+    old = load_policy([tmp_path])
+    memo.match(old, "https", ["shared.test"], 443, "/app/x.exe", "GET")
+    gone = weakref.ref(old)
+    del old
+    gc.collect()
+    assert gone() is None  # only the memo saw it
+    new = load_policy([tmp_path])
+    match, _ = memo.match(new, "https", ["shared.test"], 443, "/app/x.exe", "GET")
+    assert match is not None and match.blocked and memo.misses == 2 and len(memo) == 1
