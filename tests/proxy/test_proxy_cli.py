@@ -61,7 +61,9 @@ def test_proxy_and_serve_share_one_confdir_default(tmp_path: Path, data_dir: str
     assert info["ca"] == str(Path(served) / CA_CERT_NAME)
 
 
-@pytest.mark.parametrize("confdir", [None, "custom-ca", "absolute"])
+# Each case starts mitmdump (~4 s): the default and a relative --confdir in the default run, an absolute one under
+# -m slow.
+@pytest.mark.parametrize("confdir", [None, "custom-ca", pytest.param("absolute", marks=pytest.mark.slow)])
 def test_proxy_prints_the_ca_path_at_start(tmp_path: Path, confdir: str | None) -> None:
     # mitmdump rejects the unknown flag and exits at once: the line must come before mitmdump starts.
     if confdir == "absolute":
