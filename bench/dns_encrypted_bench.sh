@@ -5,13 +5,15 @@
 #
 #   bench/dns_encrypted_bench.sh                      # 10 s per workload, 20k feed names, 10,000 idle connections
 #   DURATION=20 FEED_NAMES=100000 IDLE=10000 bench/dns_encrypted_bench.sh
+#   ROUNDS=3 DURATION=5 IDLE=0 bench/dns_encrypted_bench.sh   # 3 rounds of every workload, medians; no idle test
 #
 # Layout: every server is pinned to core $SERVER_CPU (one core each, as the issue's targets are "on one core"),
 # dnsperf/openssl/the idle client to $CLIENT_CPU. The upstream for cache misses is a dnsmasq answering every name.
 # Blocklist: the shipped lists + a synthetic feed of $FEED_NAMES names (bench/dns_bench_data.py); Unbound gets it as
 # local-zones (`enforcer export --format unbound --mode null`), dnsdist as a SuffixMatchNode spoofing 0.0.0.0 (the
 # `domains` export). Workloads: 100 % blocked names and 100 % cached allowed names (warmed first), each for DoT and
-# DoH (POST, HTTP/2), dnsperf -c 4 -q 200 (4 connections, 200 queries in flight).
+# DoH (POST, HTTP/2), dnsperf -c 4 -q 200 (4 connections, 200 queries in flight). With ROUNDS > 1 the servers take
+# turns within each round and the table shows each figure's median over the rounds (every round is printed too).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,6 +21,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 DURATION="${DURATION:-10}"
 FEED_NAMES="${FEED_NAMES:-20000}"
 IDLE="${IDLE:-10000}"
+ROUNDS="${ROUNDS:-1}"
 HANDSHAKE_SECONDS="${HANDSHAKE_SECONDS:-8}"
 SERVER_CPU="${SERVER_CPU:-0}"
 CLIENT_CPU="${CLIENT_CPU:-1}"
@@ -123,27 +126,36 @@ perf() {  # perf NAME MODE PORT WORKLOAD SECONDS
   taskset -c "$CLIENT_CPU" dnsperf -m "$mode" -s 127.0.0.1 -p "$port" -d "$WORK/$wl.txt" -l "$secs" -c 4 -q 200 -t 3 \
     "${extra[@]}" 2>&1
 }
-measure() {  # measure NAME PID MODE PORT WORKLOAD
-  local name=$1 pid=$2 mode=$3 port=$4 wl=$5 out="$WORK/$1-$3-$5.out" c0 c1 q a l
+measure() {  # measure NAME PID MODE PORT WORKLOAD ROUND
+  local name=$1 pid=$2 mode=$3 port=$4 wl=$5 r=$6 out="$WORK/$1-$3-$5-$6.out" c0 c1 q a l cpu
   c0=$(cpu_ticks "$pid")
   perf "$name" "$mode" "$port" "$wl" "$DURATION" >"$out"
   c1=$(cpu_ticks "$pid")
   read -r q a l < <("$PY" "$ROOT/bench/dns_bench_data.py" summary "$out")
-  QPS[$name,$mode,$wl]=$q; LOST[$name,$mode,$wl]=$l
-  CPU[$name,$mode,$wl]=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v q="$q" -v d="$DURATION" \
+  cpu=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v q="$q" -v d="$DURATION" \
     'BEGIN { if (q > 0) printf "%.1f", t / hz * 1e6 / (q * d); else print "n/a" }')
+  QPS[$name,$mode,$wl]="${QPS[$name,$mode,$wl]:-} $q"; CPU[$name,$mode,$wl]="${CPU[$name,$mode,$wl]:-} $cpu"
+  LOST[$name,$mode,$wl]=$(( ${LOST[$name,$mode,$wl]:-0} + l ))
+  echo "round $r: $name $mode $wl: $q qps, $cpu us/q, $l lost" >&2
 }
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR] = $1} END {
+  if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for spec in "enforcer $ENF_PID $ENF_DOT $ENF_DOH" "unbound $UB_PID $UB_DOT $UB_DOH" "dnsdist $DD_PID $DD_DOT $DD_DOH"; do
   read -r name pid dot doh <<<"$spec"
   perf "$name" dot "$dot" cached 3 >/dev/null  # warm the caches
 done
-for wl in blocked cached; do
-  for mode in dot doh; do
-    measure enforcer "$ENF_PID" "$mode" "$( [ $mode = dot ] && echo $ENF_DOT || echo $ENF_DOH )" "$wl"
-    measure unbound "$UB_PID" "$mode" "$( [ $mode = dot ] && echo $UB_DOT || echo $UB_DOH )" "$wl"
-    measure dnsdist "$DD_PID" "$mode" "$( [ $mode = dot ] && echo $DD_DOT || echo $DD_DOH )" "$wl"
+for r in $(seq 1 "$ROUNDS"); do
+  for wl in blocked cached; do
+    for mode in dot doh; do
+      measure enforcer "$ENF_PID" "$mode" "$( [ $mode = dot ] && echo $ENF_DOT || echo $ENF_DOH )" "$wl" "$r"
+      measure unbound "$UB_PID" "$mode" "$( [ $mode = dot ] && echo $UB_DOT || echo $UB_DOH )" "$wl" "$r"
+      measure dnsdist "$DD_PID" "$mode" "$( [ $mode = dot ] && echo $DD_DOT || echo $DD_DOH )" "$wl" "$r"
+    done
   done
+done
+for key in "${!QPS[@]}"; do  # each figure's median over the rounds
+  QPS[$key]=$(echo "${QPS[$key]}" | median); CPU[$key]=$(echo "${CPU[$key]}" | median)
 done
 
 # --- TLS handshakes per second (full handshakes, no resumption) ---------------------------------------------------
@@ -152,9 +164,11 @@ handshakes() {  # handshakes PORT ALPN -> connections per second
     | awk '/connections in [0-9.]+ real seconds/ {for (i = 1; i <= NF; i++) if ($i == "in") {print $1 / $(i + 1); exit}}'
 }
 HS_ENF=$(handshakes "$ENF_DOT"); HS_UB=$(handshakes "$UB_DOT"); HS_DD=$(handshakes "$DD_DOT")
+HSH_ENF=$(handshakes "$ENF_DOH"); HSH_UB=$(handshakes "$UB_DOH"); HSH_DD=$(handshakes "$DD_DOH")
 
 # --- idle DoT connections ---------------------------------------------------------------------------------------
-RSS_BEFORE=$(rss_kb "$ENF_PID")
+RSS_BEFORE=$(rss_kb "$ENF_PID"); RSS_IDLE=$RSS_BEFORE; OPEN_IDLE=0; echo "not run (IDLE=0)" >"$WORK/idle.out"
+if [ "$IDLE" -gt 0 ]; then
 taskset -c "$CLIENT_CPU" "$PY" - "$ENF_DOT" "$IDLE" "$WORK/idle.ready" >"$WORK/idle.out" 2>&1 <<'PYEOF' &
 import asyncio, ssl, sys, time
 port, n, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -178,6 +192,7 @@ sleep 2
 RSS_IDLE=$(rss_kb "$ENF_PID")
 OPEN_IDLE=$(curl -s "127.0.0.1:$ENF_METRICS/metrics" | awk '/^enforcer_dns_encrypted_connections_open\{transport="dot"\}/ {print $2}')
 kill "$IDLE_PID" 2>/dev/null || true
+fi
 kill -TERM "$ENF_PID" "$UB_PID" "$DD_PID"; wait "$ENF_PID" "$UB_PID" "$DD_PID" 2>/dev/null || true
 
 # --- report -----------------------------------------------------------------------------------------------------
@@ -196,7 +211,8 @@ for wl in blocked cached; do
 done
 echo "(qps; target: DoT and DoH blocked-name qps >= 0.5 x Unbound's)"
 echo "queries lost: $(for k in "${!LOST[@]}"; do printf '%s=%s ' "$k" "${LOST[$k]}"; done)"
-echo "TLS handshakes/s (openssl s_time -new, ${HANDSHAKE_SECONDS}s): enforcer ${HS_ENF:-n/a}, unbound ${HS_UB:-n/a}," \
-  "dnsdist ${HS_DD:-n/a}"
+echo "TLS handshakes/s (openssl s_time -new, ${HANDSHAKE_SECONDS}s), DoT port: enforcer ${HS_ENF:-n/a}," \
+  "unbound ${HS_UB:-n/a}, dnsdist ${HS_DD:-n/a}; DoH port: enforcer ${HSH_ENF:-n/a}, unbound ${HSH_UB:-n/a}," \
+  "dnsdist ${HSH_DD:-n/a}"
 echo "idle DoT: $(cat "$WORK/idle.out" | head -1); open per /metrics: ${OPEN_IDLE:-?}; enforcer RSS" \
   "$((RSS_BEFORE / 1024)) MiB -> $((RSS_IDLE / 1024)) MiB (target: $IDLE idle connections in <= 300 MB)"
