@@ -154,17 +154,16 @@ class H2Server:
 
     def receive(self, data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
         """Parse ``data`` (what one read gave); the completed requests. Raises ``H2Error`` on a connection error."""
-        buf = self.buf
-        buf += data
+        if self.buf:  # the rest of a frame cut by the previous read
+            self.buf += data
+            buf = bytes(self.buf)
+            self.buf.clear()
+        else:  # the common case: parsed from the read's own bytes, no copy
+            buf = data
         pos = 0
         if not self.preface_seen:
-            if len(buf) < len(PREFACE):
-                if not PREFACE.startswith(bytes(buf)):
-                    raise H2Error(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
+            if not self._preface(buf):
                 return []
-            if buf[: len(PREFACE)] != PREFACE:
-                raise H2Error(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
-            self.preface_seen = True
             pos = len(PREFACE)
         done: list[tuple[int, dict[str, str], bytes]] = []
         end = len(buf)
@@ -179,7 +178,7 @@ class H2Server:
             kind = head & 0xFF
             flags = buf[pos + 4]
             stream_id = unpack(buf, pos + 5)[0] & 0x7FFFFFFF
-            payload = bytes(buf[pos + 9 : pos + 9 + length])
+            payload = buf[pos + 9 : pos + 9 + length]
             pos += 9 + length
             if self.continuing is not None and kind != CONTINUATION:
                 raise H2Error(PROTOCOL_ERROR, "a header block was interrupted")
@@ -195,9 +194,21 @@ class H2Server:
                 self._continuation(stream_id, flags, payload, done)
             else:
                 self._control(kind, flags, stream_id, payload)
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            self.buf += buf[pos:]
         return done
+
+    def _preface(self, buf: bytes) -> bool:
+        """True when ``buf`` starts with the client preface; False when it may still (kept for the next read)."""
+        if len(buf) < len(PREFACE):
+            if not PREFACE.startswith(buf):
+                raise H2Error(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
+            self.buf += buf
+            return False
+        if buf[: len(PREFACE)] != PREFACE:
+            raise H2Error(PROTOCOL_ERROR, "not the HTTP/2 connection preface")
+        self.preface_seen = True
+        return True
 
     def _control(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         """SETTINGS, WINDOW_UPDATE, PING, RST_STREAM, PRIORITY, GOAWAY, PUSH_PROMISE; other types are ignored."""
