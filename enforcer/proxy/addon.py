@@ -4,9 +4,9 @@
 one job and shares one ``Runtime`` (policy holder, counters, event writer, per-connection state). mitmproxy sees ONE
 addon object: each hook a part defines is bound on ``EnforcerAddon`` as that part's method (``bind_hooks``), so
 mitmproxy calls the part directly, with no relay frame. The parts are not nested as ``addons``: mitmproxy walks every
-registered object for every event, and a plain HTTP request fires 8 of them (four hooks, each followed by ``update``);
-6 nested parts made each walk ~5 us longer, about 1 % of mitmdump's CPU per request (docs/perf-proxy.md). For the
-same reason the module defines every hook name as None (see the end of this file).
+registered object for every event, and a plain HTTP request fires 8 of them (four hooks, each followed by ``update``):
+6 nested parts made every walk longer. For the same reason the module defines every hook name as None (see the end
+of this file). Figures: docs/perf-proxy.md.
 
 - ``lifecycle.Lifecycle``: options (``enforcer_blocklist``, ``enforcer_events``, ``enforcer_metrics``,
   ``enforcer_passthrough``, ``enforcer_blocked_connect``), policy loading and watching, the /metrics server, ``done``.
