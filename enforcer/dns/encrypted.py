@@ -281,10 +281,9 @@ class TlsProtocol(asyncio.Protocol):
         raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
-        self.last = asyncio.get_running_loop().time()
         self.incoming.write(data)
         tls = self.tls
-        if self.shaking:
+        if self.shaking:  # ``last`` stays at the connection's start: the handshake timeout is absolute
             try:
                 tls.do_handshake()
             except ssl.SSLWantReadError:
@@ -299,6 +298,7 @@ class TlsProtocol(asyncio.Protocol):
             self.server.gate.count(self.server.kind, "accepted")
             self.handshake_done()
             self._send()
+        self.last = asyncio.get_running_loop().time()
         chunks = []
         try:
             while True:

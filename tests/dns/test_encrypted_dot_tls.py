@@ -1,12 +1,15 @@
 """DoT's own TLS (enforcer/dns/encrypted.py ``DotProtocol``: an ``ssl.SSLObject`` over the plain TCP transport, one
 idle sweep per listener) against a real ``enforcer dns``: a query split into one-byte TLS records and several
 pipelined in one record are answered, a client that is not TLS is counted as a failed handshake, an idle
-connection is closed by the sweep and counted, a busy one is not, and a close_notify ends the connection cleanly.
+connection is closed by the sweep and counted, a busy one is not, a close_notify ends the connection cleanly, and
+a handshake dribbled a byte at a time still times out.
 Names are sinkholed or answered by the local fake upstream."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Iterator
@@ -97,3 +100,42 @@ def test_close_notify_ends_the_connection(resolver: EncResolver, tmp_path: Path)
     finally:
         raw.close()
     assert resolver.alive()
+
+
+def test_a_handshake_dribbled_byte_by_byte_still_times_out(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """The handshake timeout counts from the connection's start, not from the last byte (a slow-loris client)."""
+    r = EncResolver(tmp_path, upstream.address, "--tls-handshake-timeout", "1")
+    try:
+        hello = _client_hello()
+        with socket.create_connection(("127.0.0.1", r.dot_port), timeout=10) as raw:
+            started = time.monotonic()
+            closed_after = None
+            for byte in hello:  # one byte every 0.2 s: the whole hello would take far longer than the timeout
+                try:
+                    raw.sendall(bytes([byte]))
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+                time.sleep(0.2)
+                if time.monotonic() - started > 6:
+                    break
+            if closed_after is None:
+                raw.settimeout(3)
+                with contextlib.suppress(ConnectionResetError):
+                    assert raw.recv(1) == b""
+                closed_after = time.monotonic() - started
+        assert closed_after < 4, closed_after  # 1 s timeout + at most a 0.25 s sweep, with room for a slow machine
+        eventually(lambda: r.metric(CONNECTIONS, transport="dot", outcome="handshake_timeout") == 1, timeout=5)
+    finally:
+        r.stop()
+
+
+def _client_hello() -> bytes:
+    """A real TLS ClientHello (from Python's own client, over memory BIOs)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname="dns.test")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
