@@ -8,9 +8,9 @@
 - ``authority_host``: the host of one Host/:authority value, strictly.
 - ``match_request``: the URL/store/name decision for a request across those hosts; the blocking match wins.
 - ``RequestMemo``: ``match_request`` remembered per (policy, scheme, hosts, port, path, method), bounded
-  (``MEMO_SIZE`` entries, paths up to ``MEMO_MAX_PATH``), emptied when the policy object changes. The decision is a
-  pure function of those; what depends on the client and the time (``judge``) is never remembered. The policy is
-  held by a weak reference: a replaced one is not kept alive by the memo.
+  (``MEMO_SIZE`` entries, emptied when full; paths up to ``MEMO_MAX_PATH``), emptied when the policy object
+  changes. The decision is a pure function of those; what depends on the client and the time (``judge``) is never
+  remembered. The policy is held by a weak reference: a replaced one is not kept alive by the memo.
 - ``ConnState``: what earlier hooks decided about one client connection; ``PendingPage``: a blocked CONNECT accepted
   to show the block page inside the tunnel, whose hit is recorded once, when its outcome is known.
 - ``BLOCKED_CONNECT_MODES``: ``page`` (accept a blocked CONNECT, answer its first request with the block page) or
@@ -254,7 +254,9 @@ class RequestMemo:
         self.misses += 1
         found = match_request(policy, scheme, hosts, port, path, method)  # UnparsableRequest: raised, not kept
         if len(entries) >= MEMO_SIZE:
-            del entries[next(iter(entries))]  # the oldest entry (dicts keep insertion order)
+            # Full: start again. Dropping the oldest instead (``del entries[next(iter(entries))]``) made every miss
+            # ~13 us dearer: a dict's first live entry is found by scanning past the deleted ones.
+            entries.clear()
         entries[key] = found
         return found
 

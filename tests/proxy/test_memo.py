@@ -52,14 +52,17 @@ def test_a_request_no_host_of_which_parses_is_refused_every_time(shipped: Policy
 
 def test_the_memo_is_bounded_and_long_paths_are_not_kept(shipped: Policy) -> None:
     memo = RequestMemo()
-    for i in range(MEMO_SIZE + 50):
+    for i in range(MEMO_SIZE):
         memo.match(shipped, "https", ["dldir1.qq.com"], 443, f"/weixin/{i}.apk", "GET")
     assert len(memo) == MEMO_SIZE
+    for i in range(50):  # full: emptied, then filled again
+        memo.match(shipped, "https", ["dldir1.qq.com"], 443, f"/weixin/more-{i}.apk", "GET")
+    assert len(memo) == 50
     long_path = "/weixin/" + "a" * MEMO_MAX_PATH
     for _ in range(2):
         match, _ = memo.match(shipped, "https", ["dldir1.qq.com"], 443, long_path, "GET")
         assert match is not None and match.blocked
-    assert len(memo) == MEMO_SIZE and memo.hits == 0
+    assert len(memo) == 50 and memo.hits == 0
 
 
 def test_a_reload_empties_the_memo_so_a_new_rule_blocks_the_next_same_request(tmp_path: Path) -> None:
