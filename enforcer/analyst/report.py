@@ -29,6 +29,7 @@ sequential pass instead, so the first occurrence in file order wins there too.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -318,14 +319,17 @@ def stream_report(
             keys_dir,
             ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool,
         ):
-            futures: list[Any] = [
-                pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes, keys_dir.name) for p, s0, e0 in tasks
-            ]
-            for i, fut in enumerate(futures):
-                part, st = fut.result()
-                # Dropped as soon as merged: a finished future holds its result, and the part's hit times (8 bytes
-                # an event, extended into the merged arrays) would otherwise stay until the last range is merged.
-                futures[i] = fut = None
+            # At most two ranges per worker in flight, merged in submission order and dropped once merged: a
+            # finished future holds its result (the range's hit times, 8 bytes an event), and with every range
+            # submitted at once the results that wait for an earlier one pile up in the main process.
+            todo = iter(tasks)
+            inflight: collections.deque[Any] = collections.deque()
+            for p, s0, e0 in itertools.islice(todo, 2 * workers):
+                inflight.append(pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes, keys_dir.name))
+            while inflight:
+                part, st = inflight.popleft().result()
+                for p, s0, e0 in itertools.islice(todo, 1):
+                    inflight.append(pool.submit(scan_range, p, s0, e0, select, None, max_file_bytes, keys_dir.name))
                 merge_tallies(tallies, part)
                 del part
                 part_stats.append(st)
