@@ -135,7 +135,7 @@ class QueryLog:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # 0600: the log names clients and what they asked for (docs/hardening-feeds.md, "Privacy").
+        # 0600: the log names clients and what they asked for (docs/operators.md, "The query log (privacy)").
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._file = os.fdopen(fd, "a", encoding="utf-8")
         self._size = self._file.tell()
