@@ -6,7 +6,7 @@ addon object: each hook a part defines is bound on ``EnforcerAddon`` as that par
 mitmproxy calls the part directly, with no relay frame. The parts are not nested as ``addons``: mitmproxy walks every
 registered object for every event, and a plain HTTP request fires 8 of them (four hooks, each followed by ``update``):
 6 nested parts made every walk longer. For the same reason the module defines every hook name as None (see the end
-of this file). Figures: docs/perf-proxy.md.
+of this file). Figures: docs/performance.md, "the proxy addon against bare mitmdump".
 
 - ``lifecycle.Lifecycle``: options (``enforcer_blocklist``, ``enforcer_events``, ``enforcer_metrics``,
   ``enforcer_passthrough``, ``enforcer_blocked_connect``), policy loading and watching, the /metrics server, ``done``.

@@ -44,7 +44,8 @@ HANDSHAKE_FAILED = "handshake_failed"
 PAGE, REFUSE = "page", "refuse"
 
 # A repeated request (keep-alive polling, the same resource again) skips URL parsing and matching: ~40 us of the
-# ~60 us the request hook took per allowed request (docs/perf-proxy.md). Bounded in entries and key size.
+# ~60 us the request hook took per allowed request (docs/performance.md, "the proxy addon against bare mitmdump").
+# Bounded in entries and key size.
 MEMO_SIZE = 4096
 MEMO_MAX_PATH = 1024
 BLOCKED_CONNECT_MODES = (PAGE, REFUSE)
