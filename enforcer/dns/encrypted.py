@@ -221,9 +221,10 @@ async def accept_loop(listening: socket.socket, serve: Callable[[socket.socket, 
 class TlsProtocol(asyncio.Protocol):
     """TLS done in the protocol over the plain TCP transport (``ssl.SSLObject`` on two memory BIOs), for DoT.
     (DoH keeps the event loop's TLS: moved onto this, it measured the same CPU per query and a lower qps under
-    dnsperf, docs/perf-doh.md.) Subclasses give ``server`` (with ``gate`` and ``kind``) and implement
-    ``handshake_done()`` and ``tls_data(data)``; ``write(data)`` sends one TLS record, ``write_records(items)`` one
-    record per item in one transport write; ``expired(...)`` is the listener's sweep (``TlsListener``).
+    dnsperf, docs/performance.md, "Encrypted DNS, measured".) Subclasses give ``server`` (with ``gate`` and
+    ``kind``) and implement ``handshake_done()`` and ``tls_data(data)``; ``write(data)`` sends one TLS record,
+    ``write_records(items)`` one record per item in one transport write; ``expired(...)`` is the listener's sweep
+    (``TlsListener``).
 
     Why TLS here rather than the event loop's: uvloop's TLS protocol gives every connection a 256 KiB read buffer
     whose first pages the handshake touches, plus its own protocol and transport objects; here an idle connection
