@@ -259,8 +259,9 @@ class EventWriter:
             self._thread.start()
 
     # -- producer side -------------------------------------------------------------------------------------------
-    def emit(self, event: HitEvent) -> bool:
-        """Queue one event; False (and counted as dropped) when the queue is full or the writer is closed."""
+    def emit(self, event: HitEvent | str) -> bool:
+        """Queue one event, as an object or already serialised (its ``to_json()`` text, no newline: the resolver's
+        memoised lines); False (and counted as dropped) when the queue is full or the writer is closed."""
         if self.path is None:
             return False
         q = self._queue
@@ -272,18 +273,7 @@ class EventWriter:
             self._wake.set()
         return True
 
-    def emit_line(self, line: str) -> bool:
-        """Queue one event already serialised (its ``to_json()`` text, no newline); as ``emit`` otherwise."""
-        if self.path is None:
-            return False
-        q = self._queue
-        if self._stop or len(q) >= self.max_queue:
-            self.dropped += 1
-            return False
-        q.append(line)
-        if len(q) == self.max_queue // 2:
-            self._wake.set()
-        return True
+    emit_line = emit  # the name the resolver's hit lines use (a str); one queueing rule for both
 
     def close(self, timeout: float = 5.0) -> None:
         """Write everything queued, then stop the thread and close the file."""

@@ -34,7 +34,7 @@ from typing import Any
 from ..net import peer_address
 from .chain import Handler
 from .observe import RateLimitedLog
-from .udpbatch import BatchedUdpServer, available
+from .udpbatch import BatchedUdpServer, available, forwarded_reply
 
 log = logging.getLogger("enforcer.dns.server")
 # A packet that trips a bug is logged with its traceback at most once a minute (a sender can repeat it at will).
@@ -135,15 +135,7 @@ class UdpServer(asyncio.DatagramProtocol):
         task.add_done_callback(lambda t: self._done(t, addr))
 
     def _done(self, task: asyncio.Task[Any], addr: Any) -> None:
-        self.tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            ratelog("forward", logging.ERROR, "error forwarding a query from %s: %r", addr[0] if addr else "?", exc)
-            self.count("dropped")
-            return
-        reply = task.result()
+        reply = forwarded_reply(task, addr, self.tasks, self.count)
         if reply is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
 

@@ -137,6 +137,23 @@ class _Slots:
         self.iov_lens = memoryview(self.iovs).cast("B").cast("Q")  # iov_len of slot i: iov_lens[2 * i + 1]
 
 
+def forwarded_reply(
+    task: asyncio.Task[Any], addr: Any, tasks: set[asyncio.Task[Any]], count: Callable[[str], None]
+) -> bytes | None:
+    """The reply of a finished forwarding task (both UDP paths send it their own way), or None: cancelled, no answer,
+    or failed (logged at most once a minute, counted as dropped). The task leaves ``tasks``."""
+    tasks.discard(task)
+    if task.cancelled():
+        return None
+    exc = task.exception()
+    if exc is not None:
+        ratelog("forward", logging.ERROR, "error forwarding a query from %s: %r", addr[0] if addr else "?", exc)
+        count("dropped")
+        return None
+    reply: bytes | None = task.result()
+    return reply
+
+
 class BatchedUdpServer:
     """UDP on one bound, non-blocking socket, read and answered in batches (see the module docstring)."""
 
@@ -253,15 +270,7 @@ class BatchedUdpServer:
             sent += 1
 
     def _done(self, task: asyncio.Task[Any], addr: Any) -> None:
-        self.tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            ratelog("forward", logging.ERROR, "error forwarding a query from %s: %r", addr[0] if addr else "?", exc)
-            self.count("dropped")
-            return
-        reply = task.result()
+        reply = forwarded_reply(task, addr, self.tasks, self.count)
         if reply is None or self.closed:
             return
         try:
