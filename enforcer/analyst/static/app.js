@@ -199,16 +199,24 @@
 
   function cell(tr, value, cls) { tr.appendChild(el("td", value === null || value === undefined || value === "" ? "-" : value, cls)); }
 
+  // The one muted row of an empty table, across all its columns.
+  function emptyRow(body, key, span) {
+    const tr = el("tr");
+    const td = el("td", t(key), "muted");
+    td.colSpan = span;
+    tr.appendChild(td);
+    body.appendChild(tr);
+  }
+
+  // "(total)", or "(total, first N shown)" when the API sent fewer rows than there are.
+  function shownCount(total, n) { return "(" + total + (total > n ? ", " + t("first_shown", { n: n }) : "") + ")"; }
+
   function renderNoncompliant(rows, total) {
     const body = $("noncompliant").tBodies[0];
     body.replaceChildren();
-    $("nc-count").textContent = "(" + total + (total > rows.length ? ", " + t("first_shown", { n: rows.length }) : "") + ")";
+    $("nc-count").textContent = shownCount(total, rows.length);
     if (!rows.length) {
-      const tr = el("tr");
-      const td = el("td", t("no_noncompliant"), "muted");
-      td.colSpan = 9;
-      tr.appendChild(td);
-      body.appendChild(tr);
+      emptyRow(body, "no_noncompliant", 9);
       return;
     }
     for (const r of rows) {
@@ -230,13 +238,9 @@
   function renderBypass(rows, total) {
     const body = $("bypass").tBodies[0];
     body.replaceChildren();
-    $("bypass-count").textContent = "(" + total + (total > rows.length ? ", " + t("first_shown", { n: rows.length }) : "") + ")";
+    $("bypass-count").textContent = shownCount(total, rows.length);
     if (!rows.length) {
-      const tr = el("tr");
-      const td = el("td", t("no_bypass"), "muted");
-      td.colSpan = 10;
-      tr.appendChild(td);
-      body.appendChild(tr);
+      emptyRow(body, "no_bypass", 10);
       return;
     }
     for (const r of rows) {
@@ -282,11 +286,7 @@
       body.appendChild(tr);
     }
     if (!rows.length) {
-      const tr = el("tr");
-      const td = el("td", t("no_candidates"), "muted");
-      td.colSpan = 7;
-      tr.appendChild(td);
-      body.appendChild(tr);
+      emptyRow(body, "no_candidates", 7);
     }
   }
 
@@ -389,11 +389,7 @@
     const open = counts.open + counts.acknowledged;
     $("cases-count").textContent = "(" + open + " / " + total + ")";
     if (!shown.length) {
-      const tr = el("tr");
-      const td = el("td", t("no_cases"), "muted");
-      td.colSpan = 10;
-      tr.appendChild(td);
-      body.appendChild(tr);
+      emptyRow(body, "no_cases", 10);
       return;
     }
     for (const c of shown.slice(0, 500)) {
