@@ -96,6 +96,21 @@ class _Seen:
     reopen_us: int = 0
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """The enforced attempts one sync pass reads: ``rng`` (SQL on seq, bound to ``start``, ``end``) and the
+    enforcement condition ``eff`` with its parameters."""
+
+    rng: str
+    start: int
+    end: int
+    eff: str
+    eff_params: list[Any]
+
+    def where(self) -> tuple[str, list[Any]]:
+        return f"{self.rng} AND {self.eff}", [self.start, self.end, *self.eff_params]
+
+
 class CaseBook:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -140,10 +155,9 @@ class CaseBook:
                 end = int(top) if whole else min(int(top), start + SYNC_CHUNK)
                 rng = "+seq > ? AND +seq <= ?" if whole else "seq > ? AND seq <= ?"
                 known = self._known(conn)
-                if identifier.leases is None:
-                    groups = self._grouped(conn, identifier, known, rng, start, end, eff, eff_params)
-                else:
-                    groups = self._per_row(conn, identifier, known, rng, start, end, eff, eff_params)
+                part = _Slice(rng, start, end, eff, eff_params)
+                read = self._grouped if identifier.leases is None else self._per_row
+                groups = read(conn, identifier, known, part)
                 o, r = self._apply(conn, known, groups, now_us, end, policy)
                 opened, reopened, start = opened + o, reopened + r, end
                 if start >= top or time.monotonic() > deadline:
@@ -167,22 +181,16 @@ class CaseBook:
 
     @staticmethod
     def _grouped(
-        conn: sqlite3.Connection,
-        identifier: Identifier,
-        known: dict[str, tuple[str, int, str, str]],
-        rng: str,
-        start: int,
-        end: int,
-        eff: str,
-        eff_params: list[Any],
+        conn: sqlite3.Connection, identifier: Identifier, known: dict[str, tuple[str, int, str, str]], part: _Slice
     ) -> dict[str, _Seen]:
         """Without leases an identity does not depend on the time: one row per (client, ClientID, user, app) from
         SQL, and the reopening hit looked up only for a remediated case that has one."""
         seen: dict[str, _Seen] = {}
+        where, params = part.where()
         for client, device_id, user, app, last in conn.execute(
-            f"SELECT client, device_id, user, app, MAX(ts) FROM events WHERE {rng} AND {eff}"
+            f"SELECT client, device_id, user, app, MAX(ts) FROM events WHERE {where}"
             " GROUP BY client, app, device_id, user",
-            [start, end, *eff_params],
+            params,
         ):
             ident = identifier.identify(client, last, device_id, user)
             key = case_key(ident)
@@ -193,9 +201,9 @@ class CaseBook:
             if old is None or old[0] != "remediated" or last <= old[1]:
                 continue
             row = conn.execute(
-                f"SELECT ts, eid, rule, name FROM events WHERE client = ? AND app = ? AND ts > ? AND {eff}"
-                f" AND device_id = ? AND user = ? AND {rng} ORDER BY ts LIMIT 1",
-                [client, app, old[1], *eff_params, device_id, user, start, end],
+                "SELECT ts, eid, rule, name FROM events WHERE client = ? AND app = ? AND ts > ?"
+                f" AND device_id = ? AND user = ? AND {where} ORDER BY ts LIMIT 1",
+                [client, app, old[1], device_id, user, *params],
             ).fetchone()
             if row is not None:
                 _reopen(s, row[0], row[1], app, row[2], row[3], client, ident.source)
@@ -203,22 +211,15 @@ class CaseBook:
 
     @staticmethod
     def _per_row(
-        conn: sqlite3.Connection,
-        identifier: Identifier,
-        known: dict[str, tuple[str, int, str, str]],
-        rng: str,
-        start: int,
-        end: int,
-        eff: str,
-        eff_params: list[Any],
+        conn: sqlite3.Connection, identifier: Identifier, known: dict[str, tuple[str, int, str, str]], part: _Slice
     ) -> dict[str, _Seen]:
         """With leases each attempt is identified at its own time (one address, several devices over the day); the
         reopening hit's event id, rule and name are read for the one kept."""
         seen: dict[str, _Seen] = {}
         hits: dict[str, int] = {}  # device -> seq of its reopening hit
+        where, params = part.where()
         for seq, ts, app, client, device_id, user in conn.execute(
-            f"SELECT seq, ts, app, client, device_id, user FROM events WHERE {rng} AND {eff}",
-            [start, end, *eff_params],
+            f"SELECT seq, ts, app, client, device_id, user FROM events WHERE {where}", params
         ):
             ident = identifier.identify(client, ts, device_id, user)
             key = case_key(ident)
