@@ -106,6 +106,25 @@ def generate(
     return out
 
 
+def dns_hit(policy: Policy, name: str, client: str, at: datetime, **fields: Any) -> HitEvent:
+    """One enforced DNS block of ``name`` by ``client`` at ``at``, as the resolver records it (``fields``: e.g.
+    ``device_id``, ``user_name``)."""
+    match = policy.match_name(name)
+    assert match is not None, name
+    return HitEvent.from_match(
+        match,
+        action="dns-block",
+        component="dns",
+        version=policy.fingerprint,
+        enforced=True,
+        at=at,
+        source_ip=client,
+        dns_question_name=name,
+        dns_question_type="A",
+        **fields,
+    )
+
+
 def write_events(path: Path, events: Iterable[HitEvent], *, every: int = 0, **writer_kw: Any) -> EventWriter:
     """Write through the real EventWriter (thread, batching, rotation); returns it closed.
 

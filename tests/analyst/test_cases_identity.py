@@ -22,7 +22,7 @@ from enforcer.analyst.cases import CaseBook
 from enforcer.analyst.web import build_app
 from enforcer.events import HitEvent
 from enforcer.policy import Policy
-from tests.analyst.analyst_helpers import local_analyst, write_events
+from tests.analyst.analyst_helpers import dns_hit, local_analyst, write_events
 
 INVENTORY = """device,owner,unit,cidr,mac,hostname,client_id
 phone-alice,Alice Martin,Finance,,02:00:00:00:0a:01,,
@@ -35,19 +35,7 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def _hit(policy: Policy, client: str, at: datetime, name: str = "long.weixin.qq.com") -> HitEvent:
-    match = policy.match_name(name)
-    assert match is not None, name
-    return HitEvent.from_match(
-        match,
-        action="dns-block",
-        component="dns",
-        version=policy.fingerprint,
-        enforced=True,
-        at=at,
-        source_ip=client,
-        dns_question_name=name,
-        dns_question_type="A",
-    )
+    return dns_hit(policy, name, client, at)
 
 
 def _leases(path: Path) -> Path:

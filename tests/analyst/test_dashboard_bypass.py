@@ -10,38 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from enforcer.analyst.web import build_app
-from enforcer.events import HitEvent
 from enforcer.policy import Policy
-from tests.analyst.analyst_helpers import local_analyst, write_events
+from tests.analyst.analyst_helpers import dns_hit, local_analyst, write_events
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
-
-
-def _hit(policy: Policy, name: str, client: str, at: datetime) -> HitEvent:
-    match = policy.match_name(name)
-    assert match is not None, name
-    return HitEvent.from_match(
-        match,
-        action="dns-block",
-        component="dns",
-        version=policy.fingerprint,
-        enforced=True,
-        at=at,
-        source_ip=client,
-        dns_question_name=name,
-        dns_question_type="A",
-    )
 
 
 async def test_bypass_rows_apart_from_the_ban(aiohttp_client: Any, tmp_path: Path, policy: Policy) -> None:
     assert policy.apps["controls"].kind == "control"
     events = [
         # 10.5.0.1: one WeChat attempt, and two bypass bursts (3 hits within a minute, then one 10 minutes later).
-        _hit(policy, "long.weixin.qq.com", "10.5.0.1", T0),
-        *(_hit(policy, "dns.google", "10.5.0.1", T0 + timedelta(seconds=10 * i)) for i in range(3)),
-        _hit(policy, "cloudflare-dns.com", "10.5.0.1", T0 + timedelta(minutes=10)),
+        dns_hit(policy, "long.weixin.qq.com", "10.5.0.1", T0),
+        *(dns_hit(policy, "dns.google", "10.5.0.1", T0 + timedelta(seconds=10 * i)) for i in range(3)),
+        dns_hit(policy, "cloudflare-dns.com", "10.5.0.1", T0 + timedelta(minutes=10)),
         # 10.5.0.2: bypass attempts only: never a non-compliant device, never a case.
-        _hit(policy, "dns.google", "10.5.0.2", T0 + timedelta(minutes=1)),
+        dns_hit(policy, "dns.google", "10.5.0.2", T0 + timedelta(minutes=1)),
     ]
     write_events(tmp_path / "ev" / "dns.jsonl", events)
     analyst = local_analyst(tmp_path, [str(tmp_path / "ev")])

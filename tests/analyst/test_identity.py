@@ -17,7 +17,7 @@ from enforcer.analyst.leases import Lease, LeaseBook
 from enforcer.analyst.web import build_app
 from enforcer.events import HitEvent
 from enforcer.policy import Policy
-from tests.analyst.analyst_helpers import local_analyst, write_events
+from tests.analyst.analyst_helpers import dns_hit, local_analyst, write_events
 from tests.conftest import BLOCKLISTS, run_cli
 
 T0 = datetime(2023, 11, 6, 9, 0, tzinfo=UTC)  # after the ban's effective date
@@ -29,23 +29,6 @@ laptop-bob,Bob Roy,Ops,,,,bob-laptop
 tablet-lab,Lab,Research,10.9.0.0/24,,,
 printer,Facilities,HQ,,,printer-3,
 """
-
-
-def _hit(policy: Policy, name: str, client: str, at: datetime, **fields: Any) -> HitEvent:
-    match = policy.match_name(name)
-    assert match is not None, name
-    return HitEvent.from_match(
-        match,
-        action="dns-block",
-        component="dns",
-        version=policy.fingerprint,
-        enforced=True,
-        at=at,
-        source_ip=client,
-        dns_question_name=name,
-        dns_question_type="A",
-        **fields,
-    )
 
 
 def _lease_file(path: Path) -> Path:
@@ -67,21 +50,21 @@ def _events(policy: Policy) -> list[HitEvent]:
     w = "long.weixin.qq.com"
     return [
         # Alice's phone through its lease: a burst of 3 hits (10 s apart), then one 5 minutes later: 2 attempts.
-        *(_hit(policy, w, "10.9.0.50", T0 + timedelta(minutes=10, seconds=10 * i)) for i in range(3)),
-        _hit(policy, w, "10.9.0.50", T0 + timedelta(minutes=15)),
+        *(dns_hit(policy, w, "10.9.0.50", T0 + timedelta(minutes=10, seconds=10 * i)) for i in range(3)),
+        dns_hit(policy, w, "10.9.0.50", T0 + timedelta(minutes=15)),
         # The same address after the release: another device (a MAC the inventory does not know).
-        _hit(policy, w, "10.9.0.50", T0 + timedelta(hours=1, minutes=5)),
+        dns_hit(policy, w, "10.9.0.50", T0 + timedelta(hours=1, minutes=5)),
         # A ClientID beats the lease: Bob's laptop on the address the lease gives Alice's phone.
-        _hit(policy, w, "10.9.0.50", T0 + timedelta(minutes=20), device_id="bob-laptop"),
+        dns_hit(policy, w, "10.9.0.50", T0 + timedelta(minutes=20), device_id="bob-laptop"),
         # The printer: its lease names it by hostname (FQDN in the lease, bare name in the inventory).
-        _hit(policy, "kaspersky.com", "10.9.0.60", T0 + timedelta(minutes=30)),
+        dns_hit(policy, "kaspersky.com", "10.9.0.60", T0 + timedelta(minutes=30)),
         # A proxy login with no lease: the user.
-        _hit(policy, w, "10.7.7.7", T0 + timedelta(minutes=40), user_name="carol"),
+        dns_hit(policy, w, "10.7.7.7", T0 + timedelta(minutes=40), user_name="carol"),
         # No lease, no login, an inventory range: cidr; nothing at all: the address.
-        _hit(policy, w, "10.9.0.99", T0 + timedelta(minutes=45)),
-        _hit(policy, w, "192.0.2.77", T0 + timedelta(minutes=46)),
+        dns_hit(policy, w, "10.9.0.99", T0 + timedelta(minutes=45)),
+        dns_hit(policy, w, "192.0.2.77", T0 + timedelta(minutes=46)),
         # A bypass attempt (a control app): its own section, never non-compliance.
-        _hit(policy, "dns.google", "10.9.0.99", T0 + timedelta(minutes=47)),
+        dns_hit(policy, "dns.google", "10.9.0.99", T0 + timedelta(minutes=47)),
     ]
 
 
@@ -206,8 +189,8 @@ def _events_count(files: dict[str, Path]) -> list[str]:
 async def test_card_counts_devices_not_rows(aiohttp_client: Any, tmp_path: Path, policy: Policy) -> None:
     """One device non-compliant for two apps: two rows in the table, one device on the card (and both say so)."""
     events = [
-        _hit(policy, "long.weixin.qq.com", "10.9.0.5", T0),
-        _hit(policy, "kaspersky.com", "10.9.0.5", T0 + timedelta(minutes=1)),
+        dns_hit(policy, "long.weixin.qq.com", "10.9.0.5", T0),
+        dns_hit(policy, "kaspersky.com", "10.9.0.5", T0 + timedelta(minutes=1)),
     ]
     write_events(tmp_path / "ev" / "e.jsonl", events)
     analyst = local_analyst(tmp_path, [str(tmp_path / "ev")])
@@ -248,7 +231,7 @@ async def test_analyst_follows_the_lease_file_and_counts_bad_lines(
     leases = tmp_path / "kea-leases4.csv"
     leases.write_text(head + "10.9.0.50,not-a-mac,,3600,1,1,0,0,,0,\n", encoding="utf-8")
     (tmp_path / "inv.csv").write_text(INVENTORY, encoding="utf-8")
-    write_events(tmp_path / "ev" / "e.jsonl", [_hit(policy, "long.weixin.qq.com", "10.9.0.50", T0)])
+    write_events(tmp_path / "ev" / "e.jsonl", [dns_hit(policy, "long.weixin.qq.com", "10.9.0.50", T0)])
     analyst = local_analyst(tmp_path, [str(tmp_path / "ev")], inventory=str(tmp_path / "inv.csv"), leases=[str(leases)])
     try:
         assert analyst.ingester.poll_once() == 1
