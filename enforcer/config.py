@@ -164,6 +164,15 @@ def _long_flag(action: argparse.Action) -> str:
     return next(o[2:] for o in action.option_strings if o.startswith("--"))
 
 
+BLOCKLIST_HELP = "blocklist file or folder (repeatable; default: blocklists/)"
+
+
+def add_blocklist_argument(parser: argparse.ArgumentParser, help: str = BLOCKLIST_HELP) -> None:
+    """``--blocklist PATH``, repeatable, the first use replacing the default (``default_blocklist()``): one
+    definition for every command that loads the policy."""
+    parser.add_argument("--blocklist", action=ReplaceAppend, default=[default_blocklist()], metavar="PATH", help=help)
+
+
 def default_blocklist() -> str:
     """``./blocklists`` when present, else the lists shipped beside the package (source checkout, editable install)."""
     local = Path("blocklists")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ReplaceAppend, default_blocklist
+from ..config import ConfigError, ReplaceAppend, add_blocklist_argument
 
 DEFAULT_EVENTS = "var/events"
 DEFAULT_WINDOW_S = 60  # identity.DEFAULT_WINDOW_S (not imported here: the parser is built without heavy imports)
@@ -74,13 +74,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         help="hits of one device on one app within this many seconds of the first count as one attempt; raw hits "
         "are shown too (0: every hit is an attempt; default: %(default)s)",
     )
-    parser.add_argument(
-        "--blocklist",
-        action=ReplaceAppend,
-        default=[default_blocklist()],
-        metavar="PATH",
-        help="policy files or folders: their effective dates decide which attempts were enforced",
-    )
+    add_blocklist_argument(parser, "policy files or folders: their effective dates decide which attempts were enforced")
     parser.add_argument(
         "--max-file-size",
         default="4G",

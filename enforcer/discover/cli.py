@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ..config import ReplaceAppend, default_blocklist
+from ..config import add_blocklist_argument
 
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
@@ -27,13 +27,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         help="the resolver's --query-log file (repeatable; rotated PATH.N files are read too; default: none)",
     )
     parser.add_argument("--since", default="7d", metavar="DURATION", help="look this far back (default 7d)")
-    parser.add_argument(
-        "--blocklist",
-        action=ReplaceAppend,
-        default=[default_blocklist()],
-        metavar="PATH",
-        help="the policy candidates are checked against (repeatable; default: blocklists/)",
-    )
+    add_blocklist_argument(parser, "the policy candidates are checked against (repeatable; default: blocklists/)")
     parser.add_argument(
         "--must-pass",
         default=None,

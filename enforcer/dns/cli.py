@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ReplaceAppend, default_blocklist
+from ..config import ReplaceAppend, add_blocklist_argument
 from ..policy.cli import DEFAULT_MODE
 from ..policy.reloader import REQUIRE_APP_HELP
 from . import DEFAULT_ALLOW
@@ -33,13 +33,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         help="IP[:PORT] (UDP, TCP on truncation), tcp://IP[:PORT] or https://HOST/dns-query "
         "(repeatable, tried in order with failover; default: nameservers of /etc/resolv.conf)",
     )
-    parser.add_argument(
-        "--blocklist",
-        action=ReplaceAppend,
-        default=[default_blocklist()],
-        metavar="PATH",
-        help="blocklist file or folder (repeatable; default: blocklists/)",
-    )
+    add_blocklist_argument(parser)
     parser.add_argument("--require-app", metavar="APP,APP", default=None, help=REQUIRE_APP_HELP)
     parser.add_argument(
         "--mode",

@@ -20,7 +20,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ..config import ReplaceAppend, default_blocklist
+from ..config import add_blocklist_argument
 from .fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
@@ -29,13 +29,7 @@ if TYPE_CHECKING:
 
 def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["update"], help="update: fetch, check, diff and swap every URL feed")
-    parser.add_argument(
-        "--blocklist",
-        action=ReplaceAppend,
-        default=[default_blocklist()],
-        metavar="PATH",
-        help="blocklist file or folder (repeatable; default: blocklists/)",
-    )
+    add_blocklist_argument(parser)
     parser.add_argument("--dry-run", action="store_true", help="fetch, check and print the diff; swap nothing")
     parser.add_argument(
         "--must-pass",

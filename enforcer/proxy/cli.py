@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from enforcer.config import ConfigError, ReplaceAppend, default_blocklist
+from enforcer.config import ConfigError, add_blocklist_argument
 from enforcer.policy.reloader import REQUIRE_APP_HELP, parse_required_apps
 from enforcer.proxy.decide import BLOCKED_CONNECT_MODES, PAGE
 from enforcer.proxy.logins import LoginError, auth_problems, htpasswd_path
@@ -42,13 +42,7 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="proxy address (default: %(default)s)"
     )
-    parser.add_argument(
-        "--blocklist",
-        action=ReplaceAppend,
-        default=[default_blocklist()],
-        metavar="PATH",
-        help="blocklist file or folder (repeatable; default: blocklists/)",
-    )
+    add_blocklist_argument(parser)
     parser.add_argument("--require-app", metavar="APP,APP", default=None, help=REQUIRE_APP_HELP)
     parser.add_argument("--events", metavar="PATH", help="write hit events (ECS JSON Lines) to this file")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics here")
