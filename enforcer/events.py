@@ -35,7 +35,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -454,16 +454,20 @@ class _WriterCollector(Collector):
         yield queue
 
 
+def json_docs(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among ``lines``; blank, torn or invalid lines and non-objects are skipped."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            yield doc
+
+
 def iter_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Read a JSON Lines event file; torn or invalid lines are skipped."""
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(doc, dict):
-                yield doc
+        yield from json_docs(fh)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 from ..analyst.files import event_files
 from ..analyst.lines import EventFileError, line_blocks, open_event_file
 from ..dns.querylog import iter_query_log
+from ..events import json_docs
 
 log = logging.getLogger("enforcer.discover")
 MAX_RECORDS = 1_000_000  # per input kind: bounds memory (a few hundred MB at most) over a week of logs
@@ -96,15 +96,8 @@ def _docs(path: Path, needles: tuple[bytes, ...]) -> Iterator[dict[str, Any]]:
         for block in line_blocks(fh):
             if block is None:  # a line over the reader's limit, skipped unread
                 continue
-            for line in block.splitlines():
-                if needles and not any(n in line for n in needles):
-                    continue
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(doc, dict):
-                    yield doc
+            lines = block.splitlines()
+            yield from json_docs([x for x in lines if any(n in x for n in needles)] if needles else lines)
 
 
 def read_hits(paths: Sequence[str | Path], since: float, needles: tuple[bytes, ...] = ()) -> Iterator[Hit]:
