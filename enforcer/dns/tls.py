@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,34 +107,43 @@ class CertSource:
         return True
 
 
-def self_signed(directory: str | Path, names: list[str]) -> tuple[str, str]:
-    """``(cert, key)`` paths of a self-signed certificate in ``directory`` for loopback use, made on first use."""
+def write_certificate(
+    cert_path: Path,
+    key_path: Path,
+    common_name: str,
+    alt_names: Sequence[str],
+    *,
+    days: int,
+    ca: bool = False,
+    backdate: datetime.timedelta = datetime.timedelta(minutes=5),
+) -> None:
+    """Write a self-signed P-256 certificate for ``alt_names`` (DNS names, wildcards or IP addresses, put in
+    subjectAltName) and its key (mode 0600). ``ca``: marked as a CA, so that a client can trust it directly as its
+    CA file; ``backdate``: valid from that long ago (a client whose clock is a little behind still accepts it)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    d = Path(directory)
-    cert_path, key_path = d / "dns-selfsigned-cert.pem", d / "dns-selfsigned-key.pem"
-    if cert_path.is_file() and key_path.is_file():
-        return str(cert_path), str(key_path)
-    d.mkdir(parents=True, exist_ok=True)
+    def general_name(name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "localhost")])
-    alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    alt += [x509.DNSName(n) for n in names]
-    alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .not_valid_before(now - backdate)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([general_name(n) for n in alt_names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -145,4 +154,15 @@ def self_signed(directory: str | Path, names: list[str]) -> tuple[str, str]:
             )
         )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def self_signed(directory: str | Path, names: list[str]) -> tuple[str, str]:
+    """``(cert, key)`` paths of a self-signed certificate in ``directory`` for loopback use, made on first use."""
+    d = Path(directory)
+    cert_path, key_path = d / "dns-selfsigned-cert.pem", d / "dns-selfsigned-key.pem"
+    if cert_path.is_file() and key_path.is_file():
+        return str(cert_path), str(key_path)
+    d.mkdir(parents=True, exist_ok=True)
+    alt = ["localhost", *names, "127.0.0.1", "::1"]
+    write_certificate(cert_path, key_path, names[0] if names else "localhost", alt, days=SELF_SIGNED_DAYS)
     return str(cert_path), str(key_path)
