@@ -1,7 +1,8 @@
 """Hit events: one schema (ECS field names) for the resolver and the proxy, and the one writer that stores them.
 
 - ``HitEvent``: what happened (rule, app, client, name/URL), built from a policy ``Match`` by ``HitEvent.from_match``.
-- ``HitEvent.to_ecs()``: one JSON Lines record (nested ECS objects; fields that do not apply are left out). A resolver
+- ``HitEvent.to_ecs()``: one JSON Lines record (nested ECS objects; fields that do not apply are left out), and
+  ``HitEvent.to_json()`` its one line: THE writer of the schema. A resolver
   hit names its transport in ``labels.dns_transport`` (udp, tcp, dot, doh, doq) and an encrypted query's ClientID in
   ``device.id``. A hit of a ``kind: control`` app (a bypass control, not a banned app) carries ``labels.kind:
   "control"``; a ban hit carries no ``labels.kind`` (read it as ``labels.kind or "ban"``), so ban events keep the
@@ -11,6 +12,12 @@
   or raises into the caller. ``close()`` flushes what is queued. ``emit_line()`` queues an event its caller has
   already serialised (exactly ``to_json()``'s text: the resolver renders its hits from memoised parts,
   enforcer/dns/observe.py ``HitLines``), so the writer thread only joins, encodes and writes.
+- Lines from templates, for a caller that writes many events differing in a few fields (the resolver's hits,
+  enforcer/dns/observe.py ``HitLines``): ``cut_template(event, sentinels)`` is ``event.to_json()`` cut around the
+  JSON text of placeholder values; joined again with the JSON text of the real values, written by the same
+  encoders ``to_json`` uses (``json_text`` for a string, ``second_text`` + 6 digits + ``Z`` for ``@timestamp``), the
+  parts give exactly ``to_json()``'s line. So the template is rendered by ``to_json`` itself and the values by its
+  own encoders: one renderer of the schema, whatever is memoised around it.
 - External rotation: before every batch (and at least every ``check_interval`` seconds when idle) the writer compares
   the (device, inode) of its path with the file it holds; when the file was renamed away (logrotate without
   copytruncate) or deleted, it opens a fresh one. A batch that landed in a file deleted meanwhile (link count 0 after
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -82,6 +90,42 @@ def install_reopen_signal(loop: asyncio.AbstractEventLoop | None = None) -> bool
 def rfc3339(ts: datetime) -> str:
     """UTC, microseconds, 'Z' suffix: 2023-10-30T04:00:00.000000Z."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def second_text(sec: int) -> str:
+    """``rfc3339`` of the whole second ``sec`` (seconds since the epoch) up to its dot: ``2023-10-30T04:00:00.``; the
+    time of an event within that second is this, its microseconds in 6 digits, and ``Z``."""
+    return rfc3339(datetime.fromtimestamp(sec, UTC))[:-7]
+
+
+# The one JSON encoding of an event (``HitEvent.to_json``) and of a template's values (``json_text``).
+_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_text(value: str) -> str:
+    """The JSON of a string field exactly as ``HitEvent.to_json`` writes it (printable ASCII without a quote or a
+    backslash needs no escaping: quoted as is, a third of the cost)."""
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return _dumps(value)
+
+
+def cut_template(event: HitEvent, sentinels: tuple[str, ...]) -> tuple[str, ...]:
+    """``event.to_json()`` cut around ``sentinels`` (the JSON text of placeholder field values, e.g. ``'"@@ip@@"'``),
+    which must each occur exactly once and in this order: ``len(sentinels) + 1`` fixed parts. Joining them with the
+    JSON text of other values gives exactly ``to_json()`` of the event with those values (ValueError otherwise)."""
+    text = event.to_json()
+    parts, start = [], 0
+    for sentinel in sentinels:
+        if text.count(sentinel) != 1:
+            raise ValueError(f"event template: {sentinel} not found exactly once")
+        pos = text.index(sentinel)
+        if pos < start:
+            raise ValueError("event template: fields not in the expected order")
+        parts.append(text[start:pos])
+        start = pos + len(sentinel)
+    parts.append(text[start:])
+    return tuple(parts)
 
 
 # The optional ECS fields, in the order they are written (the analyst's fast path reads the writer's own layout):
@@ -212,7 +256,7 @@ class HitEvent:
         return doc
 
     def to_json(self) -> str:
-        return json.dumps(self.to_ecs(), separators=(",", ":"), ensure_ascii=False)
+        return _dumps(self.to_ecs())
 
 
 class EventWriter:

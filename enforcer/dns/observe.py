@@ -5,23 +5,23 @@
   lock), both read by the /metrics thread at scrape time. Hit events go to ``EventWriter.emit``, which appends to a
   bounded deque and returns: the file write happens on the writer's thread.
 - ``FastHistogram``: a Prometheus histogram kept as plain bucket counts for one writer thread.
-- ``DnsHitEvent``: a ``HitEvent`` that is cheap to create on the hot path (a tuple and a float) and is filled in
-  only when read: ``to_json`` (called on the writer's thread) fills a per-rule JSON template made once from the real
-  ``HitEvent.to_json``, so the output is exactly the shared schema at a fraction of the cost; any other field access
-  builds the full ``HitEvent`` first (``__getattr__``). The transport (``labels.dns_transport``) is part of the
-  template; an event with a ClientID (``device.id``, encrypted transports) takes the general path.
-- ``HitLines``: the usual hit (plain UDP/TCP, a client address, not a discovery) rendered on the loop thread straight
-  into its JSON line, for ``EventWriter.emit_line``: everything but the time, the event id and the source port is
-  constant per (rule, action, enforced, exempt, transport) (a template, cut once), per client address and per
-  question: those parts are memoised (bounded: 40,000 entries, about 10 MB); per event it formats the time and a
-  counter id and joins seven strings (about 1 us, no event object). The writer thread then only joins, encodes and
-  writes: it no longer holds the GIL for the serialisation while queries wait (the blocked p99,
-  docs/performance.md). Event ids are a random 64-bit prefix per process and a 64-bit counter: 32 hex digits,
-  unique, as before.
+- ``HitLines``: the usual hit (a client address, no ClientID, not a discovery; any transport) rendered on the loop
+  thread straight into its JSON line, for ``EventWriter.emit``: everything but the time, the event id and the
+  source port is constant per (rule, action, enforced, exempt, transport) and per client address and question.
+  The template is cut once from ``HitEvent.to_json`` itself and the values are written by its own encoders
+  (enforcer/events.py ``cut_template``, ``json_text``, ``second_text``): the schema keeps one writer, this only
+  memoises. The client and question parts are memoised (bounded: 40,000 entries, about 10 MB); per event: the
+  time from integers (the second's text once a second, the microseconds from a table of 1,000 three-digit
+  strings: a format spec costs more than the rest), the next id and one f-string, no event object. The writer
+  thread then only joins, encodes and writes: it does not hold the GIL to serialise while queries wait (the
+  blocked p99, docs/performance.md). Event ids are a random 64-bit prefix per process (16 hex digits) and a counter
+  from 10^15 in 16 decimal digits: 32 hex digits, unique.
+- ``DnsHitEvent``: the other hits (with a ClientID, ``device.id``, or a discovery): a ``HitEvent`` that is cheap to
+  create (a tuple) and is filled in only when read, on the writer's thread (``to_json`` is ``HitEvent.to_json``).
 - Discovery: a response-policy block of a question name that matched no rule (``unlisted``: only its CNAME target or
   an address did) is a name the list misses. Its hit event is the same event with ``event.dataset``
   ``enforcer.discovery`` and the chain in ``related.hosts``/``related.ip``; ``enforcer discover`` proposes it as a
-  rule. It takes the general (untemplated) JSON path: such answers are rare.
+  rule. It is a ``DnsHitEvent``: such answers are rare.
 - ``RateLimitedLog``: at most one log line per key and interval, for anything a client can trigger per packet (a
   hostile sender must not be able to fill the disk with tracebacks); the lines held back are counted in the next one.
   Its clock is a parameter (``time.monotonic`` by default), so tests step it instead of sleeping.
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import logging
 import math
 import random
@@ -51,7 +50,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..blocklog import BLOCKS
-from ..events import EventWriter, HitEvent
+from ..events import EventWriter, HitEvent, cut_template, json_text, second_text
 from ..metrics import (
     BLOCKED_TOTAL,
     DNS_BUCKETS,
@@ -148,63 +147,23 @@ class FastHistogram(Collector):
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(HitEvent))
+# Placeholder values of the fields a template leaves open, and their JSON text in the template event's line.
 _SENTINEL_TIME = datetime(2000, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 _SENTINELS = ('"2000-01-02T03:04:05.678901Z"', '"@@id@@"', '"@@ip@@"', '"@@port@@"', '"@@qname@@"', '"@@qtype@@"')
-_TEMPLATES: dict[tuple[Any, ...], tuple[str, ...]] = {}
-_SECOND: list[Any] = [-1, ""]
 
 
 def _json_template(
-    key: tuple[Any, ...], policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool, transport: str
+    policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool, transport: str
 ) -> tuple[str, ...]:
-    """The event's JSON cut into 7 fixed parts around timestamp, id, source ip, port, question name and type."""
-    tpl = _TEMPLATES.get(key)
-    if tpl is None:
-        sample = HitEvent.from_match(
-            Match(rule, policy.apps[rule.app], ""), action=action, component="dns", version=policy.fingerprint,
-            enforced=enforced, exempt=exempt, at=_SENTINEL_TIME, id="@@id@@", source_ip="@@ip@@",
-            source_port="@@port@@", dns_question_name="@@qname@@", dns_question_type="@@qtype@@",
-            dns_transport=transport,
-        )  # fmt: skip
-        text = sample.to_json()
-        positions = []
-        for sentinel in _SENTINELS:
-            if text.count(sentinel) != 1:
-                raise ValueError(f"event template: {sentinel} not found exactly once")
-            positions.append((text.index(sentinel), sentinel))
-        if [p for p, _ in positions] != sorted(p for p, _ in positions):
-            raise ValueError("event template: fields not in the expected order")
-        parts, start = [], 0
-        for pos, sentinel in positions:
-            parts.append(text[start:pos])
-            start = pos + len(sentinel)
-        parts.append(text[start:])
-        tpl = tuple(parts)
-        if len(_TEMPLATES) > 10_000:
-            _TEMPLATES.clear()
-        _TEMPLATES[key] = tpl
-    return tpl
-
-
-def _timestamp(t: float) -> str:
-    """``rfc3339(datetime.fromtimestamp(t, UTC))`` (same rounding), with the seconds part formatted once a second."""
-    frac, whole = math.modf(t)
-    us = round(frac * 1e6)
-    if us >= 1_000_000:
-        whole += 1
-        us -= 1_000_000
-    sec = int(whole)
-    if sec != _SECOND[0]:
-        _SECOND[0], _SECOND[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{_SECOND[1]}.{us:06d}Z"
-
-
-def _timestamp_us(us: int) -> str:
-    """``_timestamp`` of integer microseconds since the epoch: integer arithmetic only (a third cheaper)."""
-    sec, frac = divmod(us, 1_000_000)
-    if sec != _SECOND_US[0]:
-        _SECOND_US[0], _SECOND_US[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-    return f"{_SECOND_US[1]}{frac:06d}Z"
+    """The event's JSON cut into 7 fixed parts around timestamp, id, source ip, port, question name and type, by
+    ``HitEvent.to_json`` itself (enforcer/events.py ``cut_template``)."""
+    sample = HitEvent.from_match(
+        Match(rule, policy.apps[rule.app], ""), action=action, component="dns", version=policy.fingerprint,
+        enforced=enforced, exempt=exempt, at=_SENTINEL_TIME, id="@@id@@", source_ip="@@ip@@",
+        source_port="@@port@@", dns_question_name="@@qname@@", dns_question_type="@@qtype@@",
+        dns_transport=transport,
+    )  # fmt: skip
+    return cut_template(sample, _SENTINELS)
 
 
 def _datetime(t: float) -> datetime:
@@ -212,24 +171,7 @@ def _datetime(t: float) -> datetime:
     return _EPOCH + timedelta(microseconds=t) if type(t) is int else datetime.fromtimestamp(t, UTC)
 
 
-_SECOND_US: list[Any] = [-1, ""]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_IPS: dict[Any, str] = {}  # client address -> its JSON string
-_QUESTIONS: dict[tuple[Any, ...], str] = {}  # (template, qname, qtype) -> the JSON from the question name to the end
-_MEMO_MAX = 10_000
-
-
-def _memo(table: dict[Any, str], key: Any, value: str) -> str:
-    if len(table) >= _MEMO_MAX:
-        table.clear()
-    table[key] = value
-    return value
-
-
-def _json_str(text: str) -> str:
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'
-    return json.dumps(text, ensure_ascii=False)
 
 
 def _is_address(text: str) -> bool:
@@ -291,30 +233,10 @@ class DnsHitEvent(HitEvent):
         self._materialize()
         return HitEvent.to_ecs(self)
 
-    def to_json(self) -> str:
-        policy, rule, _matched, action, enforced, exempt, addr, qname, qtype, t, event_id, unlisted = self._lazy
-        if not addr or unlisted:
-            return HitEvent.to_json(self)  # the general path (through to_ecs above)
-        transport, device = self._via
-        if device is not None:
-            return HitEvent.to_json(self)  # a ClientID is any label: the general path
-        # The fingerprint, not id(policy): a freed policy's id can be reused by the next one.
-        key = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt, transport)
-        p = _json_template(key, policy, rule, action, enforced, exempt, transport)
-        # The client's address and the question come back again and again (a device retrying a blocked name): their
-        # JSON is memoised (bounded), so an event costs the timestamp, the id, the port and one join.
-        ip = _IPS.get(addr[0])
-        if ip is None:
-            ip = _memo(_IPS, addr[0], _json_str(str(addr[0])))
-        question = _QUESTIONS.get((p, qname, qtype))
-        if question is None:
-            text = f"{p[4]}{_json_str(qname)}{p[5]}{_json_str(qtype_name(qtype))}{p[6]}"
-            question = _memo(_QUESTIONS, (p, qname, qtype), text)
-        ts = _timestamp_us(t) if type(t) is int else _timestamp(t)
-        return f'{p[0]}"{ts}"{p[1]}"{event_id}"{p[2]}{ip}{p[3]}{int(addr[1])}{question}'
-
 
 _LINES_MAX = 40_000  # memoised client and question parts of HitLines, all templates together (~250 bytes each)
+_DIGITS = tuple(f"{i:03d}" for i in range(1000))  # the microseconds of a time in two table look-ups, no formatting
+_FIRST_ID = 10**15  # event id counters start here: always 16 digits (decimal digits are hex digits)
 
 
 class _LineTemplate:
@@ -327,7 +249,7 @@ class _LineTemplate:
         self.rule = rule
         self.parts = parts
         self.head = f'{parts[0]}"'  # ... "@timestamp":"
-        self.mid = f'"{parts[1]}"{prefix}'  # "<rest of the head> "id":"<prefix>
+        self.mid = f'Z"{parts[1]}"{prefix}'  # the time's Z, "<rest of the head> "id":"<prefix>
         self.sources: dict[str, str] = {}  # client address -> '"<...>"ip":"<ip>"<...>"port":'
         self.questions: dict[tuple[str, int], str] = {}  # (qname, qtype) -> ',"dns":{...}}' to the end
 
@@ -339,7 +261,9 @@ class HitLines:
         self.templates: dict[tuple[Any, ...], _LineTemplate] = {}
         self.size = 0  # entries in all the templates' memos
         self.prefix = f"{random.getrandbits(64):016x}"  # per process: ids of several workers never collide
-        self.count = 0
+        self.count = _FIRST_ID
+        self.second_us = 0  # the second of the last event's time, in microseconds, and its text (second_text)
+        self.second = second_text(0)
 
     def line(
         self,
@@ -360,23 +284,25 @@ class HitLines:
         key = (id(rule), policy.fingerprint, action, enforced, exempt, transport)
         t = self.templates.get(key)
         if t is None or t.rule is not rule:
-            tkey = (policy.fingerprint, rule.id, rule.source, action, enforced, exempt, transport)
-            t = _LineTemplate(
-                rule, _json_template(tkey, policy, rule, action, enforced, exempt, transport), self.prefix
-            )
-            self.templates[key] = t
+            parts = _json_template(policy, rule, action, enforced, exempt, transport)
+            t = self.templates[key] = _LineTemplate(rule, parts, self.prefix)
         host = addr[0]
         source = t.sources.get(host)
         if source is None:
             p = t.parts
-            source = self._remember(t.sources, host, f'"{p[2]}{_json_str(str(host))}{p[3]}')
+            source = self._remember(t.sources, host, f'"{p[2]}{json_text(str(host))}{p[3]}')
         question = t.questions.get((qname, qtype))
         if question is None:
             p = t.parts
-            text = f"{p[4]}{_json_str(qname)}{p[5]}{_json_str(qtype_name(qtype))}{p[6]}"
+            text = f"{p[4]}{json_text(qname)}{p[5]}{json_text(qtype_name(qtype))}{p[6]}"
             question = self._remember(t.questions, (qname, qtype), text)
+        us = at_us - self.second_us
+        if us >= 1_000_000 or us < 0:  # a new second: its text once (events.second_text), then integers only
+            self.second_us = at_us - at_us % 1_000_000
+            self.second = second_text(at_us // 1_000_000)
+            us = at_us - self.second_us
         self.count = n = self.count + 1
-        return f"{t.head}{_timestamp_us(at_us)}{t.mid}{n:016x}{source}{addr[1]}{question}"
+        return f"{t.head}{self.second}{_DIGITS[us // 1000]}{_DIGITS[us % 1000]}{t.mid}{n}{source}{addr[1]}{question}"
 
     def _remember(self, table: dict[Any, str], key: Any, value: str) -> str:
         if self.size >= _LINES_MAX:  # bounded: start again (the current template keeps working for this event)
@@ -434,13 +360,10 @@ class Observer:
             return
         # Only a response-policy block can be a discovery (a sinkhole block matched the name itself).
         unlisted = unlisted and action == "dns-response-block"
-        if via is None and addr and not unlisted:  # the usual hit: its line from memoised parts, no event object
-            at = time.time_ns() // 1000 if at_us is None else at_us
-            line = self.lines.line(
-                policy, rule, action, enforced, exempt, "tcp" if tcp else "udp", addr, qname, qtype, at
-            )
-            self.writer.emit_line(line)
-            return
         transport, device = (via[0], via[1]) if via is not None else ("tcp" if tcp else "udp", None)
+        if device is None and addr and not unlisted:  # the usual hit: its line from memoised parts, no event object
+            at = time.time_ns() // 1000 if at_us is None else at_us
+            self.writer.emit(self.lines.line(policy, rule, action, enforced, exempt, transport, addr, qname, qtype, at))
+            return
         self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype, unlisted,
                                      transport, device, at_us))  # fmt: skip

@@ -1,5 +1,6 @@
-"""The resolver's cheap hit events (enforcer/dns/observe.py ``DnsHitEvent``): the JSON written from the memoised
-address and question parts and from integer-microsecond times is exactly the shared schema's (``HitEvent.to_ecs``)."""
+"""The resolver's cheap hit events (enforcer/dns/observe.py ``HitLines`` and ``DnsHitEvent``): the JSON written from
+templates cut out of ``HitEvent.to_json``, memoised address and question parts and integer-microsecond times is
+exactly the shared schema's (``HitEvent.to_json``/``to_ecs``)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def test_an_event_without_a_given_time_reads_the_clock() -> None:
 
 def test_hit_lines_are_byte_for_byte_the_schema_json() -> None:
     # HitLines (the resolver's usual hit, rendered on the loop thread) must write exactly HitEvent.to_json(): same
-    # bytes, for IPv4 and IPv6 clients, odd names, both transports, enforced/monitor/exempt, memo hits and misses.
+    # bytes, for IPv4 and IPv6 clients, odd names, every transport, enforced/monitor/exempt, memo hits and misses,
+    # times back and forth across seconds and at their edges.
     policy = load_policy([BLOCKLISTS])
     rule = policy.match_key("weixin.qq.com")
     cidr = next(r for r in policy.rules if r.kind == "cidr")
@@ -61,10 +63,13 @@ def test_hit_lines_are_byte_for_byte_the_schema_json() -> None:
     ids = set()
     for i in range(3_000):
         at_us = rng.randrange(1_700_000_000_000_000, 1_800_000_000_000_000)
+        if i % 7 == 0:  # the same second again, or its first and last microsecond
+            at_us = 1_750_000_000_000_000 + rng.choice((0, 1, 999, 1000, 999_999, 1_000_000, 123_456))
         r = rule if i % 2 else cidr
         enforced, exempt = (True, False) if i % 3 == 0 else (False, i % 3 == 1)
         addr, qname, qtype = rng.choice(clients), rng.choice(names), rng.choice((1, 28, 65, 4242))
-        transport, action = rng.choice(("udp", "tcp")), rng.choice(("dns-block", "dns-response-block"))
+        transport = rng.choice(("udp", "tcp", "dot", "doh", "doq"))
+        action = rng.choice(("dns-block", "dns-response-block"))
         got = lines.line(policy, r, action, enforced, exempt, transport, addr, qname, qtype, at_us)
         event_id = json.loads(got)["event"]["id"]
         ids.add(event_id)
@@ -76,6 +81,7 @@ def test_hit_lines_are_byte_for_byte_the_schema_json() -> None:
         )  # fmt: skip
         assert got == want.to_json()
     assert len(ids) == 3_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len({i[:16] for i in ids}) == 1  # one random prefix per process, then the counter
     assert 1 < lines.size < 3_000  # the memos were used, and hit (3,000 events over far fewer clients and names)
 
 
