@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import json
 import logging
@@ -38,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..atomic import write_atomic
 from ..config import ConfigError, default_blocklist
 from ..metrics import (
     ANALYST_EVENTS_DUPLICATE_TOTAL,
@@ -292,15 +292,11 @@ class Analyst:
     def _save_view(self, mark: dict[str, Any], view: Any) -> None:
         """Blocking: the view and its mark, written whole (temporary file, then rename) or not at all."""
         path = self._view_path()
-        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump({"mark": mark, "view": view}, fh, separators=(",", ":"))
-            os.replace(tmp, path)
+            # 0600: the view names devices, their owners and their attempts.
+            write_atomic(path, json.dumps({"mark": mark, "view": view}, separators=(",", ":")).encode(), mode=0o600)
         except (OSError, TypeError, ValueError) as exc:
             log.warning("cannot keep the first view in %s: %s", path, exc)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
     def _load_view(self) -> None:
         """Blocking (the Analyst is built off the loop): serve the persisted first view when the store and every

@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..atomic import write_atomic
 
 
 @dataclass
@@ -42,24 +41,8 @@ def read_meta(local: Path) -> Meta:
 
 
 def write_meta(local: Path, meta: Meta) -> None:
-    _atomic_write(meta_path(local), json.dumps(asdict(meta), indent=1).encode())
+    write_atomic(meta_path(local), json.dumps(asdict(meta), indent=1).encode())
 
 
 def swap(local: Path, data: bytes) -> None:
-    _atomic_write(local, data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(local, data)
