@@ -18,6 +18,10 @@ cached, refused, malformed), None (drop), an awaitable of bytes/None (forwarded 
 - ``ChainParts``: the parts ``build_chain`` wires; ``admission(parts)``: who may open a TCP connection at all.
 - ``zone_link(feed, outcome)``: the RPZ feed as a link; ``reparse(data, outcome)``: dnslib's reading of the packets
   the fast parser declines. Neither is on the hot path, so they live outside ``build_chain``.
+- ``Blocked``: a packet blocked before, memoised on its bytes after the id (one memo, ``BLOCKED_MAX`` entries): its
+  question and block rule (what parsing and matching those bytes gave) and, once served, its answer after the id
+  (what the sinkhole built for them). A repeated blocked packet costs one look-up for all three; the hit event is
+  still decided and written per query (whether the rule is enforced depends on the client and the time).
 - Inside ``build_chain``: ``block(req, rule, matched, action, outcome)`` is THE block step (is it enforced for this
   client now -> hit event and counter -> outcome -> sinkhole answer -> size limit), used by the sinkhole, by a cached
   response-policy verdict and by a fresh one; ``finish`` (size limit + latency) ends every answered query.
@@ -27,7 +31,8 @@ answers cost a few microseconds; dnslib is used only for packets the fast parser
 over local names (a method call or attribute look-up per link is measurable at this rate: docs/performance.md).
 
 A policy reload is noticed here by identity (``holder.policy is not current``): the first query after a swap
-clears the cache and the sinkhole templates, so no answer decided under the old policy is served afterwards.
+clears the cache, the blocked-packet memo and the sinkhole templates, so no answer decided under the old policy is
+served afterwards.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ Reply = bytes | None | Awaitable[bytes | None] | list[bytes]
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 log = logging.getLogger("enforcer.dns")
-VERDICTS_MAX = 20_000  # blocked packets whose (question, rule) are memoised; ~200 bytes each
+BLOCKED_MAX = 20_000  # blocked packets memoised (question, rule, answer); ~400 bytes each
 # Whatever a packet aimed at the RPZ feed makes go wrong is logged at most once a minute (a sender can repeat it).
 ratelog = RateLimitedLog(log)
 
@@ -99,6 +104,17 @@ class Request(NamedTuple):
     t0: float  # perf_counter at arrival: the latency histogram
     rule: Rule | None  # what the question name matched at the sinkhole (allow, block, or None)
     via: Via | None  # encrypted transports only
+
+
+class Blocked:
+    """A packet blocked before (see the module docstring): kept in the memo keyed on its bytes after the id."""
+
+    __slots__ = ("answer", "q", "rule")
+
+    def __init__(self, q: wire.Question, rule: Rule) -> None:
+        self.q = q
+        self.rule = rule
+        self.answer: bytes | None = None  # the sinkhole's reply after the id, once the block was enforced
 
 
 @dataclass
@@ -192,21 +208,22 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
     new_request = tuple.__new__
     qlog = parts.query_log
 
-    # Packets blocked before (the bytes after the id -> their question and block rule): parsing and matching the same
-    # bytes again gives the same pair, so a repeated blocked query skips both (docs/performance.md). Bounded, and
-    # emptied with everything else decided under a policy when it is swapped.
-    verdicts: dict[bytes, tuple[wire.Question, Rule]] = {}
+    # Packets blocked before (the bytes after the id -> ``Blocked``): parsing, matching and the sinkhole's answer of
+    # the same bytes give the same again, so a repeated blocked query skips all three (docs/performance.md). Bounded,
+    # and emptied with everything else decided under a policy when it is swapped.
+    blocked_before: dict[bytes, Blocked] = {}
 
-    def remember_verdict(data: bytes, q: wire.Question, rule: Rule) -> None:
-        if len(verdicts) >= VERDICTS_MAX:
-            verdicts.clear()
-        verdicts[data[2:]] = (q, rule)
+    def remember_blocked(packet: bytes, q: wire.Question, rule: Rule) -> Blocked:
+        if len(blocked_before) >= BLOCKED_MAX:
+            blocked_before.clear()
+        known = blocked_before[packet] = Blocked(q, rule)
+        return known
 
     def swapped(policy: Policy) -> None:
         # A reload swapped the policy: drop everything decided under the old one.
         cache.clear()
         sinkhole.clear()
-        verdicts.clear()
+        blocked_before.clear()
         current[0], current[1] = policy, policy.enforcement.decide
 
     def finish(req: Request, reply: bytes) -> bytes:
@@ -218,10 +235,13 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         observe(clock() - req.t0)
         return reply
 
-    def block(req: Request, policy: Policy, rule: Rule, matched: str, action: str, blocked: str) -> bytes | None:
+    def block(
+        req: Request, policy: Policy, rule: Rule, matched: str, action: str, blocked: str, known: Blocked | None = None
+    ) -> bytes | None:
         """THE block step: the blocked answer when ``rule`` is enforced for this client now, else None (the caller
         answers as if nothing matched). Either way the hit is counted and logged (a monitor hit when not enforced:
-        before the effective date, or an exempt client)."""
+        before the effective date, or an exempt client). ``known``: the memo entry of a sinkhole block, which keeps
+        the answer for the next time."""
         q = req.q
         at = now_us() // 1000
         enforced, exempt = current[1](rule.app, req.host, at)  # policy.enforcement.decide
@@ -231,7 +251,11 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         if not enforced:
             return None
         outcome(blocked)
-        return finish(req, sinkhole.answer(req.data, q, rule))
+        if known is None:
+            return finish(req, sinkhole.answer(req.data, q, rule))
+        if known.answer is None:
+            known.answer = sinkhole.answer(req.data, q, rule)[2:]
+        return finish(req, req.data[:2] + known.answer)
 
     def outsider(data: bytes, host: str, tcp: bool) -> Reply:
         """Step 0 for a client outside --allow: the RPZ feed when --transfer-allow admits it, else refused/dropped."""
@@ -302,7 +326,7 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
                 observe(clock() - t0)
                 return reply
 
-        seen = verdicts.get(packet)  # blocked before: steps 1 and 3 gave (question, rule) for these very bytes
+        seen = blocked_before.get(packet)  # blocked before: steps 1 and 3 (and the answer) for these very bytes
         if seen is None:
             # 1. Parse, on the wire. Why first: everything after needs the question; dnslib sees only the odd
             #    packets (compressed questions, unusual records), malformed ones end here as FORMERR or are dropped.
@@ -311,17 +335,18 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
                 data, q, reply = reparse(data, outcome)
                 if q is None:
                     return reply
+                packet = b""  # the question is dnslib's reading of other bytes: not memoised
 
             # 3. Sinkhole. Why before the cache and the upstream: a blocked name must never leave this host, and a
             #    policy reload must take effect on the very next query whatever the cache holds (checked above).
             rule = policy.match_key(q.key)
         else:
-            q, rule = seen
+            q, rule = seen.q, seen.rule
         req = new_request(Request, (data, q, addr, host, tcp, t0, rule, via))
         if rule is not None and rule.action == "block":
-            if seen is None:
-                remember_verdict(data, q, rule)
-            blocked = block(req, policy, rule, q.key, "dns-block", "blocked")
+            if seen is None and packet:
+                seen = remember_blocked(packet, q, rule)
+            blocked = block(req, policy, rule, q.key, "dns-block", "blocked", seen)
             if blocked is not None:  # else a monitor hit (logged), resolved like any other name
                 return blocked
 

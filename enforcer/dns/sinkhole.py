@@ -12,9 +12,9 @@
 Templates: the reply is ``query id + header + the query's own question bytes + a tail`` where the tail (answer,
 authority, OPT) depends only on (rule, type family, EDNS, RD) and is built once per rule and reused; building one
 costs tens of microseconds, using one a few hundred nanoseconds. ``clear()`` after a policy reload. A rule's
-``dns_action`` is read only when its templates are built, so it costs nothing per query. The answer of a packet seen
-before (the same bytes after the id, the same rule) is memoised whole (bounded, emptied by ``clear()``): a device
-retrying a blocked name costs one dict look-up and one join.
+``dns_action`` is read only when its templates are built, so it costs nothing per query. The answer depends only on
+the packet after its id and the rule, so the chain memoises it whole with the packet's verdict (enforcer/dns/chain.py
+``Blocked``): a device retrying a blocked name does not come here again.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from .wire import Question
 
 SOA_MNAME = wire.encode_name("sinkhole.enforcer.invalid")
 SOA_RNAME = wire.encode_name("hostmaster.enforcer.invalid")
-MAX_ANSWERS = 20_000  # memoised answers (packet after the id -> rule, answer after the id); ~300 bytes each
 MAX_TEMPLATES = 50_000  # rules x variants; a 1M-name include feed shares one rule, so this is rarely reached
 
 
@@ -74,27 +73,13 @@ class Sinkhole:
         # rule id -> variant code -> (header after the id, tail, SOA-owner pointer position in tail or -1)
         self._templates: dict[str, dict[int, tuple[bytes, bytes, int, int]]] = {}
         self._count = 0
-        self._answers: dict[bytes, tuple[Rule, bytes]] = {}
 
     def clear(self) -> None:
         self._templates = {}
         self._count = 0
-        self._answers = {}
 
     def answer(self, data: bytes, q: Question, rule: Rule) -> bytes:
-        """The blocked reply for ``data``. Hot path: one dict look-up and a join (a packet seen before), else two
-        dict look-ups and a few byte joins."""
-        packet = data[2:]
-        known = self._answers.get(packet)
-        if known is not None and known[0] is rule:
-            return data[:2] + known[1]
-        reply = self._answer(data, q, rule)
-        if len(self._answers) >= MAX_ANSWERS:
-            self._answers = {}
-        self._answers[packet] = (rule, reply[2:])
-        return reply
-
-    def _answer(self, data: bytes, q: Question, rule: Rule) -> bytes:
+        """The blocked reply for ``data``: two dict look-ups and a few byte joins."""
         if q.qclass == wire.CLASS_IN and q.qtype in (wire.QTYPE_A, wire.QTYPE_AAAA):
             family = 1 if q.qtype == wire.QTYPE_A else 2
         else:

@@ -71,10 +71,9 @@ class ChainHarness:
         self.forwarder = Forwarder([parse_upstream(u) for u in upstreams], timeout=timeout, clock=self.clock)
         self.observer = Observer(None, None)
         self.holder = Holder(load_policy(blocklists if isinstance(blocklists, list) else [blocklists]))
-        self.handle = build_chain(
-            ChainParts(self.holder, NetworkSet(allow), Sinkhole(parse_mode(mode), block_ttl), self.cache,
-                       self.forwarder, self.observer)
-        )  # fmt: skip
+        self.parts = ChainParts(self.holder, NetworkSet(allow), Sinkhole(parse_mode(mode), block_ttl), self.cache,
+                                self.forwarder, self.observer)  # fmt: skip
+        self.handle = build_chain(self.parts)
 
     def run(self, data: bytes, tcp: bool = False, client: str = "127.0.0.1") -> Any:
         async def go() -> Any:

@@ -7,8 +7,10 @@ The subprocess tests (test_dns_resolver.py and others) keep checking the same be
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.rcode
@@ -19,7 +21,11 @@ from dnshelpers import BLOCKLISTS, addresses, app_file, rcode
 from fakeupstream import FakeUpstream
 from test_dns_hardening import a_reply
 
+import enforcer.dns.chain as chain_mod
+from enforcer.dns import wire
 from enforcer.dns.cache import Cache
+from enforcer.dns.chain import Blocked, build_chain
+from enforcer.dns.sinkhole import Sinkhole, parse_mode
 from enforcer.policy import load_policy
 
 
@@ -96,6 +102,44 @@ def test_fresh_response_policy_block_and_monitor(own: ChainHarness, aliases: Fak
     assert addresses(msg) == ["0.0.0.0"]
     assert addresses(own.query("to-future.example")) == ["192.0.2.81"]  # the alias's app is not enforced yet
     assert own.outcomes() == {"response_blocked": 1, "forwarded": 1}
+
+
+def _memo(chain: ChainHarness) -> dict[bytes, Blocked]:
+    # The chain's blocked-packet memo, read from the handler's closure (it is deliberately not an attribute).
+    handle: Any = chain.handle
+    cells = dict(zip(handle.__code__.co_freevars, handle.__closure__, strict=True))
+    memo: dict[bytes, Blocked] = cells["blocked_before"].cell_contents
+    return memo
+
+
+def test_a_repeated_blocked_packet_is_answered_from_one_memo_per_client_and_bounded(
+    own: ChainHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One memo entry per blocked packet (its bytes after the id): the same bytes under other ids get byte for byte
+    # what a fresh sinkhole builds, with their own id; the hit is still counted per query, and whether it is enforced
+    # is still decided per client (an exempt client's repeat of a memoised packet is resolved).
+    fresh = Sinkhole(parse_mode("null"))
+    query = dns.message.make_query("exempt.example", "A", use_edns=0, payload=1232)
+    for n, qid in enumerate((1, 2, 65535), 1):
+        query.id = qid
+        data = query.to_wire()
+        reply = own.run(data, client="10.0.0.1")
+        q = wire.parse_query(data)
+        rule = own.holder.policy.match_key("exempt.example")
+        assert q is not None and rule is not None
+        assert reply == fresh.answer(data, q, rule) and reply[:2] == data[:2]
+        entry = _memo(own)[data[2:]]
+        assert entry.answer == reply[2:] and entry.q.key == "exempt.example" and len(_memo(own)) == 1
+        assert own.observer.blocked_total.values[("dns", "exempt", "messaging", "dns-block")] == n
+    assert addresses(dns.message.from_wire(own.run(data, client="127.0.0.1"))) == ["192.0.2.53"]  # exempt
+    assert own.observer.monitored_total.values[("dns", "exempt", "messaging", "dns-block")] == 1
+    # Bounded: full, it starts again; every answer stays right.
+    monkeypatch.setattr(chain_mod, "BLOCKED_MAX", 2)
+    own.handle = build_chain(dataclasses.replace(own.parts))
+    for name in ("blocked-one.example", "a.blocked-one.example", "b.blocked-one.example"):
+        assert addresses(own.query(name, client="10.0.0.1")) == ["0.0.0.0"]
+        assert addresses(own.query(name, client="10.0.0.1")) == ["0.0.0.0"]
+    assert len(_memo(own)) == 1
 
 
 def test_policy_swap_clears_what_the_old_policy_decided(chain: ChainHarness, lists: Path) -> None:
