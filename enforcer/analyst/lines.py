@@ -40,8 +40,7 @@ _HEX = re.compile(r"[0-9a-f]{32}")
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
 _MASK64 = (1 << 64) - 1
 _EVENT_HEAD = EVENT_HEAD.encode("ascii")
-_UUID_BYTES = 16  # the writer's event.id: a uuid4, 32 hex digits
-_RANDOM_BYTES = 8  # a uuid4's first 8 bytes are random but for none of their bits: usable as a 64-bit digest
+_ID_BYTES = 16  # the writer's event.id: 32 hex digits (a uuid4, or a per-process random prefix and a counter)
 
 
 class EventFileError(Exception):
@@ -343,9 +342,12 @@ def _parse(raw: bytes, final: bool, fast: bool) -> tuple[Parsed | None, str | No
 def fingerprint(ts_us: int, key: str | bytes) -> int:
     """64-bit digest of the store's dedupe identity (time, id): the report's in-memory set holds these, ~70 bytes
     an event instead of the ids themselves (a false match among 10M events: about 3 in a million)."""
-    if isinstance(key, bytes) and len(key) == _UUID_BYTES:
-        # The writer's uuid4 ids: their first 8 bytes are already random; mixing in the time costs no hash.
-        return int.from_bytes(key[:_RANDOM_BYTES], "big") ^ ((ts_us * _GOLDEN) & _MASK64)
+    if isinstance(key, bytes) and len(key) == _ID_BYTES:
+        # The writer's ids are random (uuid4) or a random per-process prefix and a counter: both halves count, so two
+        # events of one process in the same microsecond (same prefix, same time, other counters) never collide;
+        # folding the 128 bits with the time costs no hash.
+        x = int.from_bytes(key, "big") ^ (ts_us * _GOLDEN)
+        return (x ^ (x >> 64)) & _MASK64
     tag = b"b" + key if isinstance(key, bytes) else b"t" + key.encode("utf-8", "surrogatepass")
     h = hashlib.blake2b(ts_us.to_bytes(8, "big", signed=True) + tag, digest_size=8)
     return int.from_bytes(h.digest(), "big")
