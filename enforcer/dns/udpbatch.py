@@ -203,21 +203,18 @@ class BatchedUdpServer:
             return
         self.batches += 1
         self.received += n
-        handler, words, data_view, names_view, addresses = (
-            self.handler,
-            rx.words,
-            rx.data_view,
-            rx.names_view,
-            self.addresses,
-        )
+        # Slicing the ctypes buffers gives bytes in one step (a memoryview slice and bytes() of it cost twice as much).
+        data_buf: Any = rx.data  # (typeshed reads a char array's slice as a list; it is bytes)
+        names_buf: Any = rx.names
+        handler, words, addresses = self.handler, rx.words, self.addresses
         namelen = self.namelen
         out_data, out_names, out_lens = tx.data_view, tx.names_view, tx.iov_lens
         ready = 0
         for i in range(n):
             start = i * SLOT
-            data = bytes(data_view[start : start + words[i * _HDR_WORDS + _LEN_INDEX]])
+            data = data_buf[start : start + words[i * _HDR_WORDS + _LEN_INDEX]]
             at = i * _SOCKADDR_SIZE
-            raw = bytes(names_view[at : at + namelen])
+            raw = names_buf[at : at + namelen]
             addr = addresses.get(raw)
             if addr is None:
                 if len(addresses) >= ADDRS_MAX:
