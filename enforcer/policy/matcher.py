@@ -36,6 +36,10 @@ from .nameindex import COMPACT_MIN_NAMES, NameIndex
 from .names import fast_key
 from .urlrules import ParsedUrl, UrlIndex, UrlPattern, parse_request_url
 
+# ``Match`` built from a ready tuple in C: ``Match(a, b, c)`` runs the NamedTuple's generated ``__new__`` (a Python
+# frame), about 0.3 us more per hit of ``match_name`` (docs/performance.md, "the 1,000,000-name policy").
+_match = tuple.__new__
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyStats:
@@ -140,22 +144,21 @@ class Policy:
     # -- decisions -------------------------------------------------------------------------------------------
     def match_name(self, name: str) -> Match | None:
         """Decide a DNS name (any case, with or without trailing dot, Unicode or punycode)."""
-        if name.isascii():  # fast_key inlined: this runs once per DNS query
-            key = name.lower()
-            if key[-1:] == ".":
-                key = key[:-1]
-        else:
-            key = fast_key(name)
+        # fast_key inlined (this runs once per DNS query), and the Match built as a plain tuple (``_match``).
+        key = name.lower().removesuffix(".") if name.isascii() else fast_key(name)
         rule = self._hosts.get(key)
         if rule is not None:
-            return Match(rule, self.apps[rule.app], key)
+            return _match(Match, (rule, self.apps[rule.app], key))
         if self._walk is not None:
             found = self._walk(key)
-            return None if found is None else Match(found[0], self.apps[found[0].app], found[1])
+            if found is None:
+                return None
+            rule, matched = found
+            return _match(Match, (rule, self.apps[rule.app], matched))
         get = self._suffix_rule
         rule = get(key)
         if rule is not None:
-            return Match(rule, self.apps[rule.app], key)
+            return _match(Match, (rule, self.apps[rule.app], key))
         tld = self._tld_rules
         i = key.find(".")
         while i >= 0:
@@ -165,7 +168,7 @@ class Policy:
             suffix = key[i + 1 :]
             rule = get(suffix)
             if rule is not None:
-                return Match(rule, self.apps[rule.app], suffix)
+                return _match(Match, (rule, self.apps[rule.app], suffix))
             i = j
         return None
 
