@@ -240,13 +240,15 @@ _FIRST_ID = 10**15  # event id counters start here: always 16 digits (decimal di
 
 
 class _LineTemplate:
-    """One event template of ``HitLines``, cut around the time, id, source and question, and the memoised JSON of the
-    sources and questions seen with it."""
+    """One kind of hit (rule, action, enforced, exempt, transport): its event template of ``HitLines``, cut around the
+    time, id, source and question, the memoised JSON of the sources and questions seen with it, and its counter
+    labels (the ``Observer`` counts every hit by them: one look-up finds both)."""
 
-    __slots__ = ("head", "mid", "parts", "questions", "rule", "sources")
+    __slots__ = ("head", "labels", "mid", "parts", "questions", "rule", "sources")
 
-    def __init__(self, rule: Rule, parts: tuple[str, ...], prefix: str) -> None:
+    def __init__(self, rule: Rule, action: str, parts: tuple[str, ...], prefix: str) -> None:
         self.rule = rule
+        self.labels = ("dns", rule.app, rule.category or "", action)  # enforcer_blocked_total/monitored_total
         self.parts = parts
         self.head = f'{parts[0]}"'  # ... "@timestamp":"
         self.mid = f'Z"{parts[1]}"{prefix}'  # the time's Z, "<rest of the head> "id":"<prefix>
@@ -265,6 +267,19 @@ class HitLines:
         self.second_us = 0  # the second of the last event's time, in microseconds, and its text (second_text)
         self.second = second_text(0)
 
+    def template(
+        self, policy: Policy, rule: Rule, action: str, enforced: bool, exempt: bool, transport: str
+    ) -> _LineTemplate:
+        """The template of this kind of hit (memoised; ``Observer.hit`` looks it up inline, the same way)."""
+        # id(rule) hashes faster than the frozen Rule (a hash of all its fields); the template keeps the rule itself,
+        # so a freed rule whose id was reused is never mistaken for it.
+        key = (id(rule), policy.fingerprint, action, enforced, exempt, transport)
+        t = self.templates.get(key)
+        if t is None or t.rule is not rule:
+            parts = _json_template(policy, rule, action, enforced, exempt, transport)
+            t = self.templates[key] = _LineTemplate(rule, action, parts, self.prefix)
+        return t
+
     def line(
         self,
         policy: Policy,
@@ -279,13 +294,12 @@ class HitLines:
         at_us: int,
     ) -> str:
         """Exactly ``HitEvent.to_json()`` of this hit at ``at_us`` (integer microseconds) with the next event id."""
-        # id(rule) hashes faster than the frozen Rule (a hash of all its fields); the template keeps the rule itself,
-        # so a freed rule whose id was reused is never mistaken for it.
-        key = (id(rule), policy.fingerprint, action, enforced, exempt, transport)
-        t = self.templates.get(key)
-        if t is None or t.rule is not rule:
-            parts = _json_template(policy, rule, action, enforced, exempt, transport)
-            t = self.templates[key] = _LineTemplate(rule, parts, self.prefix)
+        return self.render(self.template(policy, rule, action, enforced, exempt, transport), addr, qname, qtype, at_us)
+
+    def render(
+        self, t: _LineTemplate, addr: tuple[str, int] | tuple[str, int, int, int], qname: str, qtype: int, at_us: int
+    ) -> str:
+        """``line`` of a hit of template ``t``."""
         host = addr[0]
         source = t.sources.get(host)
         if source is None:
@@ -327,6 +341,7 @@ class Observer:
             self.queries.values[(outcome,)] = 0
         self._labels = {o: (o,) for o in OUTCOMES}
         self._outcomes = self.queries.values
+        self._blocked, self._monitored = self.blocked_total.values, self.monitored_total.values
         self.lines = HitLines()
 
     def outcome(self, outcome: str) -> None:
@@ -352,18 +367,22 @@ class Observer:
     ) -> None:
         """Count and log one hit. Called once per blocked query: the chain passes everything by position (cheaper than
         by keyword at this rate); the names are kept for other callers."""
-        labels = ("dns", rule.app, rule.category or "", action)
-        (self.blocked_total if enforced else self.monitored_total).inc(labels)
+        transport, device = (via[0], via[1]) if via is not None else ("tcp" if tcp else "udp", None)
+        # The kind of hit: its counter labels and event template in one look-up (HitLines.template, inlined).
+        lines = self.lines
+        t = lines.templates.get((id(rule), policy.fingerprint, action, enforced, exempt, transport))
+        if t is None or t.rule is not rule:
+            t = lines.template(policy, rule, action, enforced, exempt, transport)
+        counts = self._blocked if enforced else self._monitored
+        counts[t.labels] = counts.get(t.labels, 0) + 1  # LocalCounter.inc inlined
         if enforced:  # at most one INFO line per app every 10 s (enforcer/blocklog.py)
             block_line("dns", rule.app, rule.id, rule.source, qname, addr[0] if addr else None)
         if self.writer is None:
             return
         # Only a response-policy block can be a discovery (a sinkhole block matched the name itself).
         unlisted = unlisted and action == "dns-response-block"
-        transport, device = (via[0], via[1]) if via is not None else ("tcp" if tcp else "udp", None)
         if device is None and addr and not unlisted:  # the usual hit: its line from memoised parts, no event object
-            at = time.time_ns() // 1000 if at_us is None else at_us
-            self.writer.emit(self.lines.line(policy, rule, action, enforced, exempt, transport, addr, qname, qtype, at))
+            self.writer.emit(lines.render(t, addr, qname, qtype, time.time_ns() // 1000 if at_us is None else at_us))
             return
         self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype, unlisted,
                                      transport, device, at_us))  # fmt: skip
