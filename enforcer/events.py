@@ -419,7 +419,9 @@ class EventWriter:
         self.reopened += 1
 
     def _write(self, lines: list[str]) -> None:
-        data = ("\n".join(lines) + "\n").encode("utf-8")
+        # The trailing empty line gives the last newline: ``join(lines) + "\n"`` copied the whole batch once more
+        # (0.7 against 0.33 us per event for 1,000 lines of 590 bytes, docs/performance.md).
+        data = "\n".join([*lines, ""]).encode("utf-8")
         try:
             self._check_file(0.0)
             for _attempt in range(2):
