@@ -2,7 +2,9 @@
 
 Usage: ``.venv/bin/python bench/policy_bench.py [--sizes 100000,1000000] [--lookups 200000] [--json FILE]``;
 ``--compare ROUNDS [--base DIR]``: the same feed loaded by the compact table, by the plain dict and by another
-checkout, alternating in fresh interpreters (``compare``), medians of every figure and the ratios.
+checkout, alternating in fresh interpreters (``compare``), medians of every figure and the ratios; with
+``--marisa [DIR]`` also the feed in a marisa-trie (``MarisaNames``, measured and rejected: docs/performance.md), with
+``--breakdown`` the steps of one ``match_name`` in us per query (``breakdown``).
 
 - ``make_feed``: a deterministic feed of N realistic random names (2-4 labels, common TLDs) in a temp folder, with a
   one-rule blocklist that ``include:``s it.
@@ -170,6 +172,42 @@ class MarisaNames:
         return walk
 
 
+def _noop(name: str) -> None:
+    return None
+
+
+def _normalise(name: str) -> str:
+    return name.lower().removesuffix(".") if name.isascii() else name  # match_name's inline normalisation
+
+
+def breakdown(policy: Any, queries: list[str], rounds: int = 5) -> dict[str, Any]:
+    """``--breakdown``: where one ``match_name`` goes, in us per query (CPU), measured on the same queries in chunks
+    of 5,000, each step timed right after the others on the same chunk (drift and neighbours hit them alike): a
+    call that does nothing (the timing loop's own cost), the normalisation of the name, the exact-host probe, the
+    suffix walk alone (``Policy._walk``: the structure, with the domain rules; None for a dict policy), then
+    ``match_key`` (host probe + walk) and ``match_name`` (normalisation + match_key's work + the ``Match``)."""
+    steps: dict[str, Any] = {
+        "call": _noop,
+        "normalise": _normalise,
+        "hosts_get": policy._hosts.get,
+        "walk": policy._walk,
+        "match_key": policy.match_key,
+        "match_name": policy.match_name,
+    }
+    steps = {k: fn for k, fn in steps.items() if fn is not None}
+    spent = dict.fromkeys(steps, 0.0)
+    chunks = [queries[i : i + 5000] for i in range(0, len(queries), 5000)]
+    for _ in range(rounds):
+        for chunk in chunks:
+            for label, fn in steps.items():
+                c0 = time.process_time()
+                for q in chunk:
+                    fn(q)
+                spent[label] += time.process_time() - c0
+    n = rounds * len(queries)
+    return {f"us_{label}": round(t / n * 1e6, 3) for label, t in spent.items()}
+
+
 def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:
     base_rss = peak_rss_kb()
     from enforcer.policy import build, load_policy, matcher
@@ -178,6 +216,7 @@ def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:
         setattr(matcher, "COMPACT_MIN_NAMES", 1 << 62)  # noqa: B010 (a module constant, not re-exported)
     if os.environ.get("ENFORCER_BENCH_MARISA"):  # --compare --marisa: the feed names in a marisa trie
         setattr(build, "NameIndex", MarisaNames)  # noqa: B010 (the builder's class, replaced in this child only)
+        setattr(matcher, "COMPACT_MIN_NAMES", 0)  # noqa: B010 (the trie at every size, never merged into the dict)
 
     import_rss = peak_rss_kb()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -198,7 +237,9 @@ def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
             rates[label] = max(rates.get(label, 0.0), len(queries) / cpu)
             rates[label + "_wall"] = max(rates.get(label + "_wall", 0.0), len(queries) / wall)
+    extra = breakdown(policy, queries) if os.environ.get("ENFORCER_BENCH_BREAKDOWN") else {}
     return {
+        **extra,
         "names": policy.stats().names,
         "load_s": round(load_s, 3),
         "load_cpu_s": round(load_cpu_s, 3),
@@ -325,7 +366,9 @@ def _child_run(blocklist: Path, queries: Path, env: dict[str, str]) -> dict[str,
     return result
 
 
-def compare(n: int, lookups: int, rounds: int, base: str | None, marisa: str | None = None) -> dict[str, Any]:
+def compare(
+    n: int, lookups: int, rounds: int, base: str | None, marisa: str | None = None, split: bool = False
+) -> dict[str, Any]:
     """Same-run comparison for one feed size: this tree (compact table), the same policy with its feed in the
     plain dict (``ENFORCER_BENCH_DICT``) and, with ``base``, another checkout of enforcer (``PYTHONPATH``: e.g.
     ``git worktree add /tmp/base <commit>``), each in a fresh interpreter, alternating for ``rounds`` rounds;
@@ -338,6 +381,8 @@ def compare(n: int, lookups: int, rounds: int, base: str | None, marisa: str | N
     if marisa is not None:
         here = str(Path(__file__).resolve().parents[1])  # this tree first: the variant patches its builder
         variants["marisa"] = {"ENFORCER_BENCH_MARISA": "1", "PYTHONPATH": os.pathsep.join(filter(None, [here, marisa]))}
+    if split:
+        variants = {v: {**env, "ENFORCER_BENCH_BREAKDOWN": "1"} for v, env in variants.items()}
     folder = Path(tempfile.mkdtemp(prefix="enforcer-bench-"))
     try:
         blocklist, names = make_feed(folder, n)
@@ -355,6 +400,9 @@ def compare(n: int, lookups: int, rounds: int, base: str | None, marisa: str | N
     out: dict[str, Any] = {"names": n, "rounds": rounds}
     for variant, entries in runs.items():
         out[variant] = {k: statistics.median(e[k] for e in entries) for k in keys}
+        steps = [k for k in entries[0] if k.startswith("us_")]
+        if steps:
+            out[variant]["breakdown_us"] = {k[3:]: statistics.median(e[k] for e in entries) for k in steps}
         out[variant]["every_round"] = {k: [e[k] for e in entries] for k in keys}
     for variant in variants:
         if variant != "compact":
@@ -387,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --compare: also the feed in a marisa-trie (not a dependency: installed in the interpreter, or "
         "in DIR, e.g. pip install --target DIR marisa-trie; default: off)",
     )
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="with --compare: also time the steps of match_name (normalisation, host probe, walk, Match) in us per "
+        "query (default: off)",
+    )
     ap.add_argument("--child", nargs=2, metavar=("BLOCKLIST", "QUERIES"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -394,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.compare:
         sizes = [int(x) for x in args.sizes.split(",")]
-        out = {str(n): compare(n, args.lookups, args.compare, args.base, args.marisa) for n in sizes}
+        out = {str(n): compare(n, args.lookups, args.compare, args.base, args.marisa, args.breakdown) for n in sizes}
         text = json.dumps(out, indent=2)
         print(text)
         if args.json:

@@ -15,7 +15,7 @@ import pytest
 from enforcer.policy import feeds, load_policy, matcher
 from enforcer.policy.lint import public_feed_names
 from enforcer.policy.matcher import Policy
-from enforcer.policy.model import Problem, Rule
+from enforcer.policy.model import Match, Problem, Rule
 from enforcer.policy.nameindex import NameIndex, iter_names, names_digest, text_spans
 from enforcer.policy.names import _ASCII_NAME_RE, MAX_NAME
 
@@ -232,3 +232,38 @@ def test_empty_index_walks_to_none() -> None:
     none: dict[str, Rule] = {}
     assert NameIndex().walker(none.get, True)("a.b.example") is None
     assert NameIndex().walker({"b.example": _rule(1)}.get, False)("a.b.example") == (_rule(1), "b.example")
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_match_name_returns_whole_match_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compact: bool) -> None:
+    # match_name builds its Match from a ready tuple (matcher._match): on every path (exact host, the one-call walk
+    # of a compact feed, the dict's walk) the answer must be a real Match, equal to the one the constructor builds,
+    # whatever the case of the query and with or without its final dot.
+    (tmp_path / "f.txt").write_text("ads.example\ntrk.example.net\n")
+    (tmp_path / "a.yaml").write_text(
+        "app: compact\npolicy:\n  effective: 2023-10-30\nblock:\n"
+        "  - host: exact.example.org\n    category: telemetry\n"
+        "  - domain: chat.example.org\n    category: messaging\n"
+        "  - include: f.txt\n    category: web\n"
+        "allow:\n  - domain: ok.ads.example\n"
+    )
+    if compact:
+        monkeypatch.setattr(matcher, "COMPACT_MIN_NAMES", 0)
+    policy = load_policy(tmp_path)
+    assert (policy._feeds is not None) is compact
+    rules = {r.kind + ":" + r.value: r for r in policy.rules}
+    app = policy.apps["compact"]
+    cases = {
+        "Exact.Example.ORG.": Match(rules["host:exact.example.org"], app, "exact.example.org"),
+        "a.chat.example.org": Match(rules["domain:chat.example.org"], app, "chat.example.org"),
+        "WWW.ADS.EXAMPLE.": Match(rules["include:f.txt"], app, "ads.example"),
+        "x.ok.ads.example": Match(rules["domain:ok.ads.example"], app, "ok.ads.example"),
+        "trk.example.net": Match(rules["include:f.txt"], app, "trk.example.net"),
+    }
+    for query, want in cases.items():
+        got = policy.match_name(query)
+        assert type(got) is Match and got == want, query
+        assert got.blocked == (want.rule.action == "block") and got.category == want.rule.category
+        assert got._asdict() == {"rule": want.rule, "app": app, "matched": want.matched}
+    for miss in ("x.example.org", "example.net", "other.test.", "", "."):
+        assert policy.match_name(miss) is None, miss
