@@ -11,7 +11,9 @@
   time it was first seen). A malformed line is skipped and reported as ``PATH:LINE: message``, never an abort.
 - ``LeaseBook``: every lease learned, per address, at most ``max_leases`` spans (the spans that ended first are
   dropped beyond it, counted in ``dropped``). Renewals of one holder merge into one span. ``at(address, ts_us)``:
-  the lease that held the address at that time (the latest span started at or before it, if it has not ended).
+  the lease that held the address at that time (the latest span started at or before it, if it has not ended);
+  ``span(address, ts_us)``: the same lease with the time interval over which that answer holds (``version`` counts
+  the book's changes, after which a kept interval is stale).
 - ``LeaseFiles(paths)``: the ``--leases`` files followed as they change: ``refresh()`` (blocking: run it off the
   event loop) re-reads a file whose size, time or inode changed, from where it stopped when it only grew (Kea
   appends) and wholly when it was rewritten (Kea's lease-file cleanup, dhcpd's periodic rewrite, dnsmasq). What was
@@ -45,6 +47,7 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  # a lease file larger than this is refused (
 _MAX_ID_CHARS = 512  # a DUID is at most 130 octets
 MAX_PROBLEMS = 100  # per read: the first ones are kept, the rest only counted
 KEA, DHCPD, DNSMASQ = "kea", "dhcpd", "dnsmasq"
+SPAN_EDGE = 1 << 62  # beyond any time in microseconds: the open ends of ``LeaseBook.span``
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +343,7 @@ class LeaseBook:
         self._starts: dict[str, list[int]] = {}
         self.count = 0
         self.dropped = 0
+        self.version = 0  # one more at each change: what ``span`` answered before may no longer hold
 
     def __len__(self) -> int:
         return self.count
@@ -353,6 +357,7 @@ class LeaseBook:
             prev = spans[i - 1]
             if lease.end_us > prev.end_us:
                 spans[i - 1] = replace(prev, end_us=lease.end_us)
+                self.version += 1
             return
         # A span of the same holder that starts inside this one (a file read out of order): absorb it.
         while i < len(spans) and spans[i].holder == lease.holder and spans[i].start_us <= lease.end_us:
@@ -362,11 +367,13 @@ class LeaseBook:
         spans.insert(i, lease)
         starts.insert(i, lease.start_us)
         self.count += 1
+        self.version += 1
         if self.count > self.max_leases:
             self._trim()
 
     def _trim(self) -> None:
         """Drop the spans that ended first until a tenth of the room is free again (amortised)."""
+        self.version += 1
         keep = self.max_leases * 9 // 10
         ends = sorted(s.end_us for spans in self._spans.values() for s in spans)
         cut = ends[self.count - keep - 1]
@@ -398,6 +405,22 @@ class LeaseBook:
             return None
         lease = self._spans[address][i]
         return lease if ts_us < lease.end_us else None
+
+    def span(self, address: str, ts_us: int) -> tuple[Lease | None, int, int]:
+        """``(at(address, ts_us), lo, hi)``: ``at`` gives the same answer for every time in ``[lo, hi)`` (the
+        lease's own span up to the next holder's start, or the gap around ``ts_us``), so that a caller can keep it
+        for the next events of that address instead of searching again."""
+        starts = self._starts.get(address)
+        if not starts:
+            return None, -SPAN_EDGE, SPAN_EDGE
+        i = bisect.bisect_right(starts, ts_us) - 1
+        if i < 0:
+            return None, -SPAN_EDGE, starts[0]
+        nxt = starts[i + 1] if i + 1 < len(starts) else SPAN_EDGE
+        lease = self._spans[address][i]
+        if ts_us < lease.end_us:
+            return lease, starts[i], min(lease.end_us, nxt)
+        return None, max(starts[i], lease.end_us), nxt
 
     def addresses(self) -> int:
         return len(self._spans)

@@ -37,8 +37,8 @@ DEFAULT_MAX_FILE_BYTES = 4 * 1024**3
 READ_BYTES = 1024 * 1024
 SKIP_REASONS = ("invalid_json", "not_event", "oversize", "torn")
 _HEX = re.compile(r"[0-9a-f]{32}")
-_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
-_MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
+MASK64 = (1 << 64) - 1
 _EVENT_HEAD = EVENT_HEAD.encode("ascii")
 _ID_BYTES = 16  # the writer's event.id: 32 hex digits (a uuid4, or a per-process random prefix and a counter)
 
@@ -218,38 +218,56 @@ def _event(text: bytes | str) -> Parsed | None:
 
 # The writer's own line (events.HitEvent.to_ecs, json.dumps with compact separators), matched whole: a line that
 # matches is valid JSON with exactly these keys in this order, so the fields read from the groups are the values a
-# JSON parse would give, provided no string holds an escape (``_S``/``_C`` refuse backslashes and control characters)
+# JSON parse would give, provided no string holds an escape (``_S``/``_c`` refuse backslashes and control characters)
 # and the line is valid UTF-8. Anything else (another key order, another field, an escape) takes the JSON parse:
 # this only saves time (a third of the parse's cost), the rule stays that of ``record_from_doc``.
 _S = rb'"[^"\\\x00-\x1f]*"'
-_C = rb'"([^"\\\x00-\x1f]*)"'
 _N = rb"(?:0|[1-9][0-9]{0,18})"
-_WRITER_LINE = re.compile(
-    (
-        rb'\{"@timestamp":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)"'
-        rb',"event":\{"id":"([0-9a-f]{32})","kind":' + _S + rb',"category":\[(?:' + _S + rb"(?:," + _S + rb")*)?\]"
-        rb',"type":\["(denied|allowed)"\],"action":' + _C + rb',"dataset":' + _S + rb',"module":' + _S + rb"\}"
-        rb',"rule":\{"id":'
-        + _C
-        + rb',"ruleset":"([^"\\\x00-\x1f]+)","reference":'
-        + _S
-        + rb',"version":'
-        + _S
-        + rb'(?:,"category":'
-        + _C
-        + rb")?\}"
-        rb',"observer":\{"hostname":' + _S + rb',"type":' + _C + rb"\}"
-        # labels: exempt and/or the resolver's dns_transport (a line with device.id takes the full parse)
-        rb'(?:,"labels":\{(?:"exempt":true|"dns_transport":"[a-z]{2,4}"|"exempt":true,"dns_transport":"[a-z]{2,4}")\})?'
-        rb'(?:,"source":\{"ip":' + _C + rb'(?:,"port":' + _N + rb")?\})?"
-        rb'(?:,"dns":\{"question":\{"name":' + _C + rb'(?:,"type":' + _S + rb")?\}\})?"
-        rb'(?:,"url":\{(?:"full":' + _S + rb'(?:,"domain":' + _C + rb')?|"domain":' + _C + rb")\})?"
-        rb'(?:,"http":\{"request":\{"method":' + _S + rb"\}\})?"
-        rb'(?:,"tls":\{"client":\{"server_name":' + _C + rb"\}\})?"
-        rb'(?:,"destination":\{(?:"ip":' + _C + rb'(?:,"port":' + _N + rb')?|"port":' + _N + rb")\})?"
-        rb"\}"
-    ).decode("ascii"),
-    re.ASCII,  # on text, so that \d is 0-9 only
+
+
+def _c(name: str) -> bytes:
+    """A captured string value, as the group ``name``."""
+    return rb'"(?P<' + name.encode("ascii") + rb'>[^"\\\x00-\x1f]*)"'
+
+
+_WRITER_SOURCE = (
+    rb'\{"@timestamp":"(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)"'
+    rb',"event":\{"id":"(?P<eid>[0-9a-f]{32})","kind":' + _S + rb',"category":\[(?:' + _S + rb"(?:," + _S + rb")*)?\]"
+    rb',"type":\["(?P<type>denied|allowed)"\],"action":'
+    + _c("action")
+    + rb',"dataset":'
+    + _S
+    + rb',"module":'
+    + _S
+    + rb"\}"
+    rb',"rule":\{"id":'
+    + _c("rule")
+    + rb',"ruleset":"(?P<app>[^"\\\x00-\x1f]+)","reference":'
+    + _S
+    + rb',"version":'
+    + _S
+    + rb'(?:,"category":'
+    + _c("category")
+    + rb")?\}"
+    rb',"observer":\{"hostname":' + _S + rb',"type":' + _c("component") + rb"\}"
+    # labels: exempt and/or the resolver's dns_transport (a line with device.id takes the full parse)
+    rb'(?:,"labels":\{(?:"exempt":true|"dns_transport":"[a-z]{2,4}"|"exempt":true,"dns_transport":"[a-z]{2,4}")\})?'
+    rb'(?:,"source":\{"ip":' + _c("client") + rb'(?:,"port":' + _N + rb")?\})?"
+    rb'(?:,"dns":\{"question":\{"name":' + _c("dns_name") + rb'(?:,"type":' + _S + rb")?\}\})?"
+    rb'(?:,"url":\{(?:"full":' + _S + rb'(?:,"domain":' + _c("domain1") + rb')?|"domain":' + _c("domain2") + rb")\})?"
+    rb'(?:,"http":\{"request":\{"method":' + _S + rb"\}\})?"
+    rb'(?:,"tls":\{"client":\{"server_name":' + _c("sni") + rb"\}\})?"
+    rb'(?:,"destination":\{(?:"ip":' + _c("dest_ip") + rb'(?:,"port":' + _N + rb')?|"port":' + _N + rb")\})?"
+    rb"\}"
+).decode("ascii")
+_WRITER_LINE = re.compile(_WRITER_SOURCE, re.ASCII)  # on text, so that \d is 0-9 only
+# The same lines, found in a block of text (one match per whole line: no part of the pattern matches a newline),
+# capturing only what the report counts (``report.scan_range``): the other groups made non-capturing, so that a
+# match creates five strings instead of fourteen. The same pattern otherwise: a line is a writer line for both.
+REPORT_FIELDS = ("ts", "eid", "type", "app", "client")
+WRITER_LINES = re.compile(
+    "^" + re.sub(r"\(\?P<(?!(?:" + "|".join(REPORT_FIELDS) + r")>)\w+>", "(?:", _WRITER_SOURCE) + "$",
+    re.ASCII | re.MULTILINE,
 )
 
 
@@ -346,8 +364,8 @@ def fingerprint(ts_us: int, key: str | bytes) -> int:
         # The writer's ids are random (uuid4) or a random per-process prefix and a counter: both halves count, so two
         # events of one process in the same microsecond (same prefix, same time, other counters) never collide;
         # folding the 128 bits with the time costs no hash.
-        x = int.from_bytes(key, "big") ^ (ts_us * _GOLDEN)
-        return (x ^ (x >> 64)) & _MASK64
+        x = int.from_bytes(key, "big") ^ (ts_us * GOLDEN)
+        return (x ^ (x >> 64)) & MASK64
     tag = b"b" + key if isinstance(key, bytes) else b"t" + key.encode("utf-8", "surrogatepass")
     h = hashlib.blake2b(ts_us.to_bytes(8, "big", signed=True) + tag, digest_size=8)
     return int.from_bytes(h.digest(), "big")

@@ -41,16 +41,26 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from ..policy.enforcement import Enforcement
 from .files import check_files, event_files
 from .identity import BYPASS, CONTROL_KIND, DEFAULT_WINDOW_S, Identifier, Tallies, add_hit, merge_tallies, report_rows
-from .lines import DEFAULT_MAX_FILE_BYTES, Parsed, fingerprint, line_blocks, open_event_file, parse_event_line
+from .lines import (
+    DEFAULT_MAX_FILE_BYTES,
+    GOLDEN,
+    MASK64,
+    MAX_LINE_BYTES,
+    WRITER_LINES,
+    fingerprint,
+    line_blocks,
+    open_event_file,
+    parse_event_line,
+)
 
 if TYPE_CHECKING:
     from ..policy import Policy
-from .records import MIN_DATE, canonical_ts, dt_to_ts, us_to_ts
+from .records import MIN_DATE, MIN_TS, canonical_ts, dt_to_ts, ts_to_us, us_to_ts
 
 # (client, app) -> [hits, enforced hits, first_seen, last_seen]: the per-address figures (Store.pairs)
 Pairs = dict[tuple[str, str], list[Any]]
@@ -161,19 +171,123 @@ class Selection:
     identifier: Identifier | None = None
 
 
-def _range_lines(fh: BinaryIO, start: int, end: int | None) -> Iterator[tuple[Parsed | None, str | None]]:
-    """Every line that starts in ``[start, end)`` as ``lines.parse_event_line`` judges it (an oversize line, skipped
-    unread, as ``(None, "oversize")``)."""
-    for block in line_blocks(fh, start, end):
-        if block is None:
-            yield None, "oversize"
-            continue
-        lines = block.split(b"\n")
+_FAST_MAX_CHARS = MAX_LINE_BYTES // 4  # a longer writer line may be over MAX_LINE_BYTES in UTF-8: the line rule
+_MINUTES_MAX = 100_000  # minutes (69 days) of times kept converted
+_INVALID_MINUTE = -1
+
+
+class _Counter:
+    """One pass's counting: ``block`` reads a block of whole lines, ``count`` is the rule for one event read (in the
+    time range, once per (time, id), of a selected app -> counted for its device)."""
+
+    def __init__(
+        self, select: Selection, identifier: Identifier, seen: set[int], tallies: Tallies, stats: ReportStats
+    ) -> None:
+        self.select, self.seen, self.tallies, self.stats = select, seen, tallies, stats
+        self.identify = identifier.identify
+        self.enforced_attempt = select.enforcement.enforced_attempt
+        self.controls = select.enforcement.controls
+        self.minutes: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" -> its microseconds (_INVALID_MINUTE: not a time)
+
+    def block(self, block: bytes, n: int, where: str) -> int:
+        """The lines of ``block`` (whole lines; the last one unterminated only at the end of the file), numbered
+        after ``n``; returns the last number. The writer's own lines are found by ``lines.WRITER_LINES`` in the
+        decoded block, one regular-expression search for all of them instead of a parse per line; every other line
+        (and a block that is not valid UTF-8) takes ``lines.parse_event_line``, the rule both paths give."""
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.lines(block, n, where)
+        pos = 0
+        minutes, count, stats = self.minutes, self.count, self.stats
+        for m in WRITER_LINES.finditer(text):
+            s, e = m.span()
+            if s != pos:  # the lines in between are not the writer's
+                n = self.lines(text[pos:s].encode("utf-8"), n, where)
+            pos = e + 1
+            ts, eid, typ, app, client = m.groups()
+            base = minutes.get(ts[:16])
+            if base is None:
+                base = self._minute(ts[:16])
+            sec = int(ts[17:19] + ts[20:26])  # seconds and microseconds: "SS" "ffffff"
+            if base == _INVALID_MINUTE or sec >= 60_000_000 or e - s > _FAST_MAX_CHARS:
+                n = self.lines(text[s:pos].encode("utf-8"), n, where)  # the line rule says what it is
+                continue
+            n += 1
+            stats.lines += 1
+            ts_us = base + sec
+            x = int(eid, 16) ^ (ts_us * GOLDEN)  # lines.fingerprint of the id's 16 bytes, read from its hex digits
+            count(ts, ts_us, (x ^ (x >> 64)) & MASK64, app, client or "", typ == "denied", "", "", "")
+        if pos < len(text):
+            n = self.lines(text[pos:].encode("utf-8"), n, where)
+        return n
+
+    def _minute(self, minute: str) -> int:
+        """``records.ts_to_us`` of the minute's start; ``_INVALID_MINUTE`` when it is not a time in the range."""
+        try:
+            us = ts_to_us(minute + ":00.000000Z") if minute >= MIN_TS[:16] else _INVALID_MINUTE
+        except ValueError:
+            us = _INVALID_MINUTE
+        if len(self.minutes) >= _MINUTES_MAX:
+            self.minutes.clear()
+        self.minutes[minute] = us
+        return us
+
+    def lines(self, chunk: bytes, n: int, where: str) -> int:
+        """Each line of ``chunk`` as ``lines.parse_event_line`` judges it (a file's unterminated last line: torn
+        when it is not JSON)."""
+        stats = self.stats
+        lines = chunk.split(b"\n")
         if not lines[-1]:
             lines.pop()
-        last = -1 if block.endswith(b"\n") else len(lines) - 1  # the file's unterminated last line
+        last = -1 if chunk.endswith(b"\n") else len(lines) - 1  # the file's unterminated last line
         for i, raw in enumerate(lines):
-            yield parse_event_line(raw, i == last)
+            n += 1
+            parsed, reason = parse_event_line(raw, i == last)
+            if parsed is None and reason is None:
+                continue  # a blank line
+            stats.lines += 1
+            if reason is not None:  # skipped; "torn": the line is skipped, the event found at its end counts
+                stats.skip(reason, where.format(n), recovered=parsed is not None)
+            if parsed is not None:
+                rec, ts_us = parsed.record, parsed.ts_us
+                fp = fingerprint(ts_us, parsed.key)
+                self.count(rec.ts, ts_us, fp, rec.app, rec.client, rec.denied, rec.device_id, rec.user, rec.kind)
+        return n
+
+    def count(
+        self,
+        ts: str,
+        ts_us: int,
+        fp: int,
+        app: str,
+        client: str,
+        denied: bool,
+        device_id: str,
+        user: str,
+        kind: str,
+    ) -> None:
+        """One event read: in the time range, once per (time, id), of a selected app -> counted for its device."""
+        select = self.select
+        if (select.since is not None and ts < select.since) or (select.until is not None and ts >= select.until):
+            return
+        seen = self.seen
+        if fp in seen:
+            self.stats.duplicates += 1
+            return
+        seen.add(fp)
+        stats = self.stats
+        if app not in stats.apps:
+            stats.apps.add(app)
+        if select.apps and app not in select.apps:
+            return
+        stats.events += 1
+        # kind=None: a ban app's enforced hits are non-compliance, a control app's are bypass attempts (their own
+        # section: identity.add_hit); Store.identity_rows renders the same rule.
+        enforced = self.enforced_attempt(denied, app, client, ts_us, None)
+        if app in self.controls:
+            kind = CONTROL_KIND
+        add_hit(self.tallies, self.identify(client, ts_us, device_id, user), app, client, user, ts_us, enforced, kind)
 
 
 def scan_range(
@@ -197,17 +311,17 @@ def scan_range(
     seen_set: set[int] = set() if seen is None else seen
     tallies: Tallies = {}
     stats = ReportStats()
-    identifier = select.identifier or Identifier()
+    counter = _Counter(select, select.identifier or Identifier(), seen_set, tallies, stats)
     where = f"{path}:{{}}" if start == 0 else f"{path}:+{{}}@{start}"
+    n = 0
     with open_event_file(path, max_file_bytes) as fh:
-        for n, (parsed, reason) in enumerate(_range_lines(fh, start, end), 1):
-            if parsed is None and reason is None:
-                continue  # a blank line
-            stats.lines += 1
-            if reason is not None:  # skipped; "torn": the line is skipped, the event found at its end counts
-                stats.skip(reason, where.format(n), recovered=parsed is not None)
-            if parsed is not None:
-                _count(parsed, select, identifier, seen_set, tallies, stats)
+        for block in line_blocks(fh, start, end):
+            if block is None:  # a line over MAX_LINE_BYTES, skipped unread
+                n += 1
+                stats.lines += 1
+                stats.skip("oversize", where.format(n))
+                continue
+            n = counter.block(block, n, where)
     if seen is None:
         keys = array("Q", sorted(seen_set))
         if keys_dir is None:
@@ -217,35 +331,6 @@ def scan_range(
             with os.fdopen(fd, "wb") as fh:
                 keys.tofile(fh)
     return tallies, stats
-
-
-def _count(
-    parsed: Parsed, select: Selection, identifier: Identifier, seen: set[int], tallies: Tallies, stats: ReportStats
-) -> None:
-    """One event read: in the time range, once per (time, id), of a selected app -> counted for its device."""
-    rec = parsed.record
-    ts = rec.ts
-    if (select.since is not None and ts < select.since) or (select.until is not None and ts >= select.until):
-        return
-    fp = fingerprint(parsed.ts_us, parsed.key)
-    if fp in seen:
-        stats.duplicates += 1
-        return
-    seen.add(fp)
-    app = rec.app
-    if app not in stats.apps:
-        stats.apps.add(app)
-    if select.apps and app not in select.apps:
-        return
-    stats.events += 1
-    eff = select.enforcement
-    ts_us = parsed.ts_us
-    # kind=None: a ban app's enforced hits are non-compliance, a control app's are bypass attempts (their own
-    # section: identity.add_hit); Store.identity_rows renders the same rule.
-    enforced = eff.enforced_attempt(rec.denied, app, rec.client, ts_us, kind=None)
-    kind = CONTROL_KIND if app in eff.controls else rec.kind
-    ident = identifier.identify(rec.client, ts_us, rec.device_id, rec.user)
-    add_hit(tallies, ident, app, rec.client, rec.user, ts_us, enforced, kind)
 
 
 def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | None]]:

@@ -25,8 +25,7 @@ import pytest
 from enforcer.analyst.identity import AnalystIdentity
 from enforcer.analyst.inventory import Inventory
 from enforcer.policy import load_policy
-from tests.analyst.analyst_helpers import write_events
-from tests.analyst.test_identity import _hit
+from tests.analyst.analyst_helpers import dns_hit, write_events
 from tests.conftest import BLOCKLISTS, eventually, require_tool, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -192,7 +191,7 @@ def test_two_clients_one_address_attributed_by_kea_leases(tmp_path: Path) -> Non
     # Events from the one address at each client's time (while it held the lease).
     a_times = [a_bound + (a_released - a_bound) * i / 4 for i in range(3)]
     b_times = [b_bound + (b_released - b_bound) * i / 4 for i in range(2)]
-    events = [_hit(policy, "long.weixin.qq.com", ADDRESS, t) for t in a_times + b_times]
+    events = [dns_hit(policy, "long.weixin.qq.com", ADDRESS, t) for t in a_times + b_times]
     write_events(tmp_path / "ev" / "events.jsonl", events)
     out = run_cli(
         "report", "--events", str(tmp_path / "ev"), "--leases", str(leases), "--inventory", str(inventory_file),
