@@ -19,8 +19,8 @@ cached, refused, malformed), None (drop), an awaitable of bytes/None (forwarded 
 - ``zone_link(feed, outcome)``: the RPZ feed as a link; ``reparse(data, outcome)``: dnslib's reading of the packets
   the fast parser declines. Neither is on the hot path, so they live outside ``build_chain``.
 - ``Blocked``: a packet blocked before, memoised on its bytes after the id (one memo, ``BLOCKED_MAX`` entries): its
-  question and block rule (what parsing and matching those bytes gave) and, once served, its answer after the id
-  (what the sinkhole built for them). A repeated blocked packet costs one look-up for all three; the hit event is
+  question and block rule (what parsing and matching those bytes gave), the rule's ``decide`` (from the policy's
+  enforcement table) and, once served, its answer after the id (what the sinkhole built for them). A repeated blocked packet costs one look-up for all three; the hit event is
   still decided and written per query (whether the rule is enforced depends on the client and the time).
 - Inside ``build_chain``: ``block(req, rule, matched, action, outcome)`` is THE block step (is it enforced for this
   client now -> hit event and counter -> outcome -> sinkhole answer -> size limit), used by the sinkhole, by a cached
@@ -109,11 +109,14 @@ class Request(NamedTuple):
 class Blocked:
     """A packet blocked before (see the module docstring): kept in the memo keyed on its bytes after the id."""
 
-    __slots__ = ("answer", "q", "rule")
+    __slots__ = ("answer", "decide", "q", "rule")
 
-    def __init__(self, q: wire.Question, rule: Rule) -> None:
+    def __init__(self, q: wire.Question, rule: Rule, policy: Policy) -> None:
         self.q = q
         self.rule = rule
+        # Whether the rule is enforced for a client at a time: its app's rule from the policy's one owner of it
+        # (``Policy.enforcement``), found once per packet instead of once per query.
+        self.decide = policy.enforcement.cutover(rule.app).decide
         self.answer: bytes | None = None  # the sinkhole's reply after the id, once the block was enforced
 
 
@@ -213,10 +216,10 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
     # and emptied with everything else decided under a policy when it is swapped.
     blocked_before: dict[bytes, Blocked] = {}
 
-    def remember_blocked(packet: bytes, q: wire.Question, rule: Rule) -> Blocked:
+    def remember_blocked(packet: bytes, q: wire.Question, rule: Rule, policy: Policy) -> Blocked:
         if len(blocked_before) >= BLOCKED_MAX:
             blocked_before.clear()
-        known = blocked_before[packet] = Blocked(q, rule)
+        known = blocked_before[packet] = Blocked(q, rule, policy)
         return known
 
     def swapped(policy: Policy) -> None:
@@ -244,7 +247,10 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         the answer for the next time."""
         q = req.q
         at = now_us() // 1000
-        enforced, exempt = current[1](rule.app, req.host, at)  # policy.enforcement.decide
+        if known is None:
+            enforced, exempt = current[1](rule.app, req.host, at)  # policy.enforcement.decide
+        else:
+            enforced, exempt = known.decide(req.host, at)
         # unlisted: the question name matched no rule, only its answer did: a name the list misses (discovery).
         hit(policy, rule, matched, action, enforced, exempt, req.addr, q.key, q.qtype, req.rule is None, req.tcp,
             req.via, at)  # fmt: skip
@@ -345,7 +351,7 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         req = new_request(Request, (data, q, addr, host, tcp, t0, rule, via))
         if rule is not None and rule.action == "block":
             if seen is None and packet:
-                seen = remember_blocked(packet, q, rule)
+                seen = remember_blocked(packet, q, rule, policy)
             blocked = block(req, policy, rule, q.key, "dns-block", "blocked", seen)
             if blocked is not None:  # else a monitor hit (logged), resolved like any other name
                 return blocked
