@@ -17,7 +17,9 @@
   TTLs counted down by the whole seconds elapsed; patched bytes are memoised per second so a hot entry costs one join.
 - Hot answers: ``Cache.remember(data, key, entry, q)`` notes that the packet ``data`` (every byte after its id) was
   answered from ``entry``; ``Cache.hot(data[2:], data)`` then answers the same bytes again with one dict look-up,
-  before any parsing (the chain's step 0c; it decides which answers may be remembered). A remembered packet stops
+  before any parsing (the chain's step 0c; it decides which answers may be remembered). ``hot_get(packet)`` is that
+  look-up alone (the table's own ``get``: a packet that was never remembered, such as a blocked one, costs no
+  method call) and ``hot_reply(h, packet, data)`` the answer from what it found. A remembered packet stops
   being answered when its entry leaves the cache (expired, evicted, replaced, cleared); the table holds at most
   ``HOT_MAX`` packets and is emptied when full.
 """
@@ -108,7 +110,9 @@ class Cache:
         self._d: OrderedDict[Any, Entry] = OrderedDict()
         # packet bytes after the id -> [entry, the patched bytes the tail was made from, reply after the id, key,
         # end of the packet's question]
+        # (Never rebound, only cleared: ``hot_get`` is its bound ``get``.)
         self._hot: dict[bytes, list[Any]] = {}
+        self.hot_get = self._hot.get
 
     def __len__(self) -> int:
         return len(self._d)
@@ -134,6 +138,10 @@ class Cache:
         h = self._hot.get(packet)
         if h is None:
             return None
+        return self.hot_reply(h, packet, data)
+
+    def hot_reply(self, h: list[Any], packet: bytes, data: bytes) -> bytes | None:
+        """``hot`` once ``hot_get(packet)`` found ``h``."""
         entry = h[0]
         now = self.clock()
         if entry.dead or now >= entry.expires:

@@ -20,8 +20,9 @@ cached, refused, malformed), None (drop), an awaitable of bytes/None (forwarded 
   the fast parser declines. Neither is on the hot path, so they live outside ``build_chain``.
 - ``Blocked``: a packet blocked before, memoised on its bytes after the id (one memo, ``BLOCKED_MAX`` entries): its
   question and block rule (what parsing and matching those bytes gave), the rule's ``decide`` (from the policy's
-  enforcement table) and, once served, its answer after the id (what the sinkhole built for them). A repeated blocked packet costs one look-up for all three; the hit event is
-  still decided and written per query (whether the rule is enforced depends on the client and the time).
+  enforcement table) and, once served, its answer after the id (what the sinkhole built for them). A repeated
+  blocked packet costs one look-up for all of them; whether the rule is enforced is still decided per query (it
+  depends on the client and the time), and the hit event written per query.
 - Inside ``build_chain``: ``block(req, rule, matched, action, outcome)`` is THE block step (is it enforced for this
   client now -> hit event and counter -> outcome -> sinkhole answer -> size limit), used by the sinkhole, by a cached
   response-policy verdict and by a fresh one; ``finish`` (size limit + latency) ends every answered query.
@@ -207,7 +208,7 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
     zone = zone_link(feed, outcome) if feed is not None else None
     nat64 = parts.nat64
     clamp = cache.clamp
-    hot = cache.hot
+    hot_get, hot_reply = cache.hot_get, cache.hot_reply
     new_request = tuple.__new__
     qlog = parts.query_log
 
@@ -326,11 +327,13 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
             swapped(policy)
         packet = data[2:]  # the bytes after the id: what steps 0c, 1 and 3 decide on
         if not tcp:
-            reply = hot(packet, data)
-            if reply is not None:
-                outcome("cached")
-                observe(clock() - t0)
-                return reply
+            h = hot_get(packet)
+            if h is not None:
+                reply = hot_reply(h, packet, data)
+                if reply is not None:
+                    outcome("cached")
+                    observe(clock() - t0)
+                    return reply
 
         seen = blocked_before.get(packet)  # blocked before: steps 1 and 3 (and the answer) for these very bytes
         if seen is None:
