@@ -10,9 +10,10 @@ To compare two trees on one machine, run it with each tree first on ``sys.path``
 ``cd /tmp/base-worktree && python /path/to/bench/dns_chain_bench.py`` (it imports ``enforcer`` from the current
 directory). Complements bench/dns_bench.sh (dnsperf over real sockets), whose figures move with the machine's load.
 
-``--once KIND`` runs ``--queries`` queries of one kind once, with hit events written to ``--events`` and flushed, and
-prints nothing: run it under ``valgrind --tool=callgrind`` for N and for 0 queries and divide the difference of the
-"Collected" totals by N for instructions per query (bench/dns_callgrind.sh does exactly that).
+``--once KIND`` runs ``--queries`` queries of one kind once, with hit events written to ``--events`` and flushed (all
+at the end, in full batches of 1,000: deterministic), and prints nothing: run it under ``valgrind --tool=callgrind``
+for N and for 0 queries and divide the difference of the "Collected" totals by N for instructions per query
+(bench/dns_callgrind.sh does exactly that).
 """
 
 from __future__ import annotations
@@ -87,7 +88,14 @@ def main() -> None:
     if args.events:
         from enforcer.events import EventWriter
 
-        writer = EventWriter(args.events)
+        # --once: the writer thread waits for the final flush and writes everything then, in full batches, so its
+        # share of the count does not depend on how fast valgrind runs (with the default wake-ups every 100 ms the
+        # batches, and so the per-batch costs per event, followed the machine's load).
+        writer = (
+            EventWriter(args.events, max_queue=args.queries + 20_000, flush_interval=3600.0)
+            if args.once
+            else EventWriter(args.events)
+        )
     handle, cache = make_chain(Path(args.blocklists), writer)
     blocked = queries(BLOCKED)
     allowed_names = [f"host{i}.example.org" for i in range(1000)]
