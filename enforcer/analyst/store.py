@@ -17,7 +17,9 @@
 - Rollups, updated by ``insert`` in the caller's transaction and taken back by ``delete_before``: ``roll_hour`` (per
   hour and app: events, enforced events) and ``roll_client`` (per client, app, rule, category: events, enforced
   events, first and last time; after a retention delete a row's first time is only a lower bound, exact per
-  client and app). Their enforced counts are those of one ``Enforcement`` (``ROLLUP_KEY``); under
+  client and app). One definition sums them, ``sum_rollups`` (in Python, enforced = ``Enforcement.enforced_attempt``):
+  the parser's ``rollup_of`` of each chunk and the writer's read-back of rows (duplicates, a rebuild, a delete) both
+  go through it. Their enforced counts are those of one ``Enforcement`` (``ROLLUP_KEY``); under
   another one (a policy change) ``rebuild_rollups`` recomputes them, and readers use the events table meanwhile.
   ``pairs``, ``series`` (whole-hour buckets) and ``top_rules`` read them when ``Filters.rollup_ok`` (no filter but
   apps).
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -158,7 +161,7 @@ INSERT = (
 # One stored row as inserted: eid, ts_us, app, client, category, component, action, rule, denied, name, doc,
 # device_id, user, kind.
 Row = tuple[str | bytes, int, str, str, str, str, str, str, int, str, bytes, str, str, str]
-# The rollups of some rows, summed in Python (``Store.rollup_of``, in the ingest's parser process): the policy key
+# The rollups of some rows (``Store.rollup_of``, in the ingest's parser process): the policy key
 # they were computed under, (hour, app) -> [events, enforced], (client, app, rule, category) -> [events, enforced,
 # first, last], and the facets (kind, value).
 Rollup = tuple[str, dict[tuple[int, str], list[int]], dict[tuple[str, str, str, str], list[int]], set[tuple[str, str]]]
@@ -320,39 +323,17 @@ class Store:
             if enforcement is None or key != _key_text(enforcement):
                 conn.execute("DELETE FROM meta WHERE key = ?", (ROLLUP_KEY,))
             elif rollup is not None and inserted == len(rows) and rollup[0] == key:
-                _upsert_rollup(conn, rollup)
+                _upsert_rollup(conn, rollup[1], rollup[2])
             else:
                 _roll(conn, enforcement, "seq > ?", [seq0], +1)
         return inserted
 
     @staticmethod
     def rollup_of(rows: Iterable[Row], enforcement: Enforcement) -> Rollup:
-        """The rollups of ``rows`` summed in Python, the same figures as ``_roll``'s SQL (``enforced_attempt`` is
-        ``Enforcement.sql`` in Python): what the ingest's parser process hands the writer with each chunk."""
-        hours: dict[tuple[int, str], list[int]] = {}
-        clients: dict[tuple[str, str, str, str], list[int]] = {}
-        enforced_attempt = enforcement.enforced_attempt
-        for row in rows:
-            ts, app, client = row[1], row[2], row[3]
-            enf = 1 if row[8] and enforced_attempt(True, app, client, ts) else 0
-            hk = (ts // HOUR_US * HOUR_US, app)
-            h = hours.get(hk)
-            if h is None:
-                hours[hk] = [1, enf]
-            else:
-                h[0] += 1
-                h[1] += enf
-            ck = (client, app, row[7], row[4])
-            c = clients.get(ck)
-            if c is None:
-                clients[ck] = [1, enf, ts, ts]
-            else:
-                c[0] += 1
-                c[1] += enf
-                if ts < c[2]:
-                    c[2] = ts
-                elif ts > c[3]:
-                    c[3] = ts
+        """The rollups of ``rows`` (``sum_rollups``): what the ingest's parser process hands the writer with each
+        chunk, so that the writer upserts a few hundred rollup rows instead of grouping the chunk again."""
+        rows = rows if isinstance(rows, Sequence) else list(rows)
+        hours, clients = sum_rollups(map(_ROLLED, rows), enforcement)
         return _key_text(enforcement), hours, clients, _facets_of_rollup(hours, clients, rows)
 
     @staticmethod
@@ -706,41 +687,76 @@ def _facets_of_rollup(
     return out
 
 
-def _upsert_rollup(conn: sqlite3.Connection, rollup: Rollup) -> None:
-    """Add a ``Rollup`` summed in Python to both rollup tables (what ``_roll`` does with +1 in SQL)."""
-    _, hours, clients, _ = rollup
+# What a rollup reads of an event: (ts_us, app, client, rule, category, denied), from a ``Row`` or from the table.
+RollupInput = tuple[int, str, str, str, str, int]
+_ROLLED = operator.itemgetter(1, 2, 3, 7, 4, 8)  # Row -> RollupInput
+_ROLLED_SQL = "ts, app, client, rule, category, denied"  # the events table -> RollupInput
+_ROLL_FETCH = 65_536  # rows fetched at a time when a rollup is summed from the table (bounded memory)
+
+
+def sum_rollups(
+    rows: Iterable[RollupInput], enforcement: Enforcement
+) -> tuple[dict[tuple[int, str], list[int]], dict[tuple[str, str, str, str], list[int]]]:
+    """The one definition of both rollups: (hour, app) -> [events, enforced], and (client, app, rule, category) ->
+    [events, enforced, first, last]; enforced is ``Enforcement.enforced_attempt`` (the rule ``Enforcement.sql``
+    renders for the readers' fallback over the table). The parser sums each chunk's rows with it, the writer the
+    rows it reads back (a chunk with duplicates, a rebuild, a retention delete)."""
+    hours: dict[tuple[int, str], list[int]] = {}
+    clients: dict[tuple[str, str, str, str], list[int]] = {}
+    enforced_attempt = enforcement.enforced_attempt
+    for ts, app, client, rule, category, denied in rows:
+        enf = 1 if denied and enforced_attempt(True, app, client, ts) else 0
+        hk = (ts // HOUR_US * HOUR_US, app)
+        h = hours.get(hk)
+        if h is None:
+            hours[hk] = [1, enf]
+        else:
+            h[0] += 1
+            h[1] += enf
+        ck = (client, app, rule, category)
+        c = clients.get(ck)
+        if c is None:
+            clients[ck] = [1, enf, ts, ts]
+        else:
+            c[0] += 1
+            c[1] += enf
+            if ts < c[2]:
+                c[2] = ts
+            elif ts > c[3]:
+                c[3] = ts
+    return hours, clients
+
+
+def _upsert_rollup(
+    conn: sqlite3.Connection,
+    hours: dict[tuple[int, str], list[int]],
+    clients: dict[tuple[str, str, str, str], list[int]],
+    sign: int = 1,
+) -> None:
+    """Add (``sign`` +1) or take out (-1) summed rollups to/from both rollup tables."""
     conn.executemany(
         "INSERT INTO roll_hour (hour, app, n, enforced) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (hour, app) DO UPDATE SET n = n + excluded.n, enforced = enforced + excluded.enforced",
-        [(hour, app, n, enf) for (hour, app), (n, enf) in hours.items()],
+        [(hour, app, sign * n, sign * enf) for (hour, app), (n, enf) in hours.items()],
     )
+    first = "MIN(first_us, excluded.first_us)" if sign > 0 else "first_us"  # a delete recomputes it afterwards
     conn.executemany(
         "INSERT INTO roll_client (client, app, rule, category, n, enforced, first_us, last_us)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (client, app, rule, category) DO UPDATE SET n = n + excluded.n,"
-        " enforced = enforced + excluded.enforced, first_us = MIN(first_us, excluded.first_us),"
-        " last_us = MAX(last_us, excluded.last_us)",
-        [(*key, n, enf, first, last) for key, (n, enf, first, last) in clients.items()],
+        f" enforced = enforced + excluded.enforced, first_us = {first}, last_us = MAX(last_us, excluded.last_us)",
+        [(*key, sign * n, sign * enf, lo, hi) for key, (n, enf, lo, hi) in clients.items()],
     )
 
 
 def _roll(conn: sqlite3.Connection, enforcement: Enforcement, where: str, params: list[Any], sign: int) -> None:
-    """Add (``sign`` +1) or take out (-1) the events matching ``where`` to/from both rollups, one GROUP BY each over
-    just those rows (the chunk just inserted, or the batch about to be deleted)."""
-    conn.create_function(SQL_EXEMPT_FUNCTION, 2, enforcement.is_exempt, deterministic=True)
-    eff, eff_params = enforcement.sql()
-    conn.execute(
-        f"INSERT INTO roll_hour (hour, app, n, enforced) SELECT (ts / ?) * ?, app, ? * COUNT(*), ? * SUM({eff})"
-        f" FROM events WHERE {where} GROUP BY 1, 2"
-        " ON CONFLICT (hour, app) DO UPDATE SET n = n + excluded.n, enforced = enforced + excluded.enforced",
-        [HOUR_US, HOUR_US, sign, sign, *eff_params, *params],
-    )
-    first = "MIN(first_us, excluded.first_us)" if sign > 0 else "first_us"  # a delete recomputes it afterwards
-    conn.execute(
-        "INSERT INTO roll_client (client, app, rule, category, n, enforced, first_us, last_us)"
-        f" SELECT client, app, rule, category, ? * COUNT(*), ? * SUM({eff}), MIN(ts), MAX(ts)"
-        f" FROM events WHERE {where} GROUP BY 1, 2, 3, 4"
-        " ON CONFLICT (client, app, rule, category) DO UPDATE SET n = n + excluded.n,"
-        f" enforced = enforced + excluded.enforced, first_us = {first}, last_us = MAX(last_us, excluded.last_us)",
-        [sign, sign, *eff_params, *params],
-    )
+    """Add (``sign`` +1) or take out (-1) the events matching ``where`` (the chunk just inserted, the batch about to
+    be deleted, every event for a rebuild) to/from both rollups: read back and summed by ``sum_rollups``."""
+    cur = conn.execute(f"SELECT {_ROLLED_SQL} FROM events WHERE {where}", params)
+    hours, clients = sum_rollups(_fetched(cur), enforcement)
+    _upsert_rollup(conn, hours, clients, sign)
+
+
+def _fetched(cur: sqlite3.Cursor) -> Iterator[RollupInput]:
+    while batch := cur.fetchmany(_ROLL_FETCH):
+        yield from batch

@@ -18,7 +18,7 @@ from enforcer.analyst.ingest import Ingester
 from enforcer.analyst.records import us_to_ts
 from enforcer.analyst.report import enforcement_of
 from enforcer.analyst.store import HOUR_US, Filters, Store
-from enforcer.policy.enforcement import Cutover, Enforcement
+from enforcer.policy.enforcement import SQL_EXEMPT_FUNCTION, Cutover, Enforcement
 from tests.analyst.analyst_helpers import expected_report, generate, local_analyst, write_events
 
 RAW = Filters(since=0)  # every event, but not answerable by the rollups
@@ -186,10 +186,11 @@ def test_without_a_policy_table_the_rollups_are_marked_stale(tmp_path: Path, pol
         store.close()
 
 
-def test_rollups_summed_by_the_parser_equal_the_sql_grouping(tmp_path: Path, policy) -> None:
-    """The ingest's parser sums each chunk's rollups in Python (``Store.rollup_of``); the writer upserts them. The
-    same rows grouped by ``_roll``'s SQL (``rebuild_rollups``) give identical tables, with an exempt client, a
-    control app, an app the table does not know, and a chunk read twice (its duplicates take the SQL path)."""
+def test_rollups_summed_by_the_parser_equal_the_read_back_and_the_sql_rule(tmp_path: Path, policy) -> None:
+    """The ingest's parser sums each chunk's rollups (``Store.rollup_of``); the writer upserts them. The same rows
+    read back by the writer (``rebuild_rollups``) give identical tables, with an exempt client, a control app, an
+    app the table does not know, and a chunk read twice (its duplicates are read back); and both equal a GROUP BY of
+    the table under ``Enforcement.sql`` (the readers' fallback rule), under this table and after a policy change."""
     from enforcer.analyst.ingest import parse_chunk
 
     events = _events(policy, 2000, 44)
@@ -217,6 +218,26 @@ def test_rollups_summed_by_the_parser_equal_the_sql_grouping(tmp_path: Path, pol
             for t, order in (("roll_hour", "1, 2"), ("roll_client", "1, 2, 3, 4"), ("facets", "1, 2"))
         )
 
+    def grouped_in_sql(store: Store, enforcement: Enforcement) -> tuple[list[Any], ...]:
+        """Both rollups as one GROUP BY each over the table, enforced by the SQL rendering of the rule."""
+        conn = sqlite3.connect(store.path)
+        conn.create_function(SQL_EXEMPT_FUNCTION, 2, enforcement.is_exempt, deterministic=True)
+        eff, params = enforcement.sql()
+        try:
+            hours = conn.execute(
+                f"SELECT (ts / {HOUR_US}) * {HOUR_US}, app, COUNT(*), SUM({eff}) FROM events GROUP BY 1, 2"
+                " ORDER BY 1, 2",
+                params,
+            ).fetchall()
+            clients = conn.execute(
+                f"SELECT client, app, rule, category, COUNT(*), SUM({eff}), MIN(ts), MAX(ts) FROM events"
+                " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                params,
+            ).fetchall()
+        finally:
+            conn.close()
+        return hours, clients
+
     python_store, sql_store = Store(tmp_path / "py.sqlite"), Store(tmp_path / "sql.sqlite")
     try:
         for store in (python_store, sql_store):
@@ -238,7 +259,22 @@ def test_rollups_summed_by_the_parser_equal_the_sql_grouping(tmp_path: Path, pol
         got, want = tables(python_store), tables(sql_store)
         assert got == want and len(got[1]) > 10
         assert python_store.count() == sql_store.count() == len(events)
+        assert got[:2] == grouped_in_sql(python_store, table)
         _same_views(python_store, table)
+        # A policy change (wechat's date a day later, nobody exempt): rebuilt, equal to the SQL rule again.
+        later = Enforcement(
+            [
+                *(c for app, c in table.cutovers.items() if app != "wechat"),
+                Cutover("wechat", policy.apps["wechat"].effective + timedelta(days=1), []),
+            ]
+        )
+        conn = python_store.writer()
+        conn.execute("BEGIN")
+        Store.rebuild_rollups(conn, later)
+        conn.execute("COMMIT")
+        changed = tables(python_store)
+        assert changed[:2] == grouped_in_sql(python_store, later) and changed[1] != got[1]
+        _same_views(python_store, later)
     finally:
         python_store.close()
         sql_store.close()
