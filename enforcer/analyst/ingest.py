@@ -10,7 +10,9 @@
   renaming ``events.jsonl`` -> ``events.jsonl.1`` and opening a new file, so the renamed file keeps its offset and the
   new file starts at 0. A reused inode (first bytes differ) or a truncated file (size < offset) starts again at 0.
 - Offsets live in the store's ``files`` table and are committed in the same transaction as the events read up to
-  them: a restart resumes exactly where the last commit ended. (time, ``event.id``) is UNIQUE in the store, so
+  them: a restart resumes exactly where the last commit ended. One transaction holds several chunks (up to
+  ``COMMIT_ROWS`` events or ``COMMIT_SECONDS``, and the end of a poll); a failed insert rolls them all back, and they
+  are read again on the next poll. (time, ``event.id``) is UNIQUE in the store, so
   anything read twice anyway (copy-truncate rotation, a file listed twice) is stored once and counted as a duplicate.
 - Pipeline: JSON parsing of chunk N+1 runs in a parser process while chunk N is inserted; a parser process that
   dies is replaced on the next poll. The parser also sums the chunk's rollups (``Store.rollup_of``, under the
@@ -35,10 +37,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -63,6 +67,23 @@ HEAD_BYTES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
 _SHOWN_BYTES = 80  # of a bad line, quoted in the log
 Parsed = tuple[list[Row], dict[str, int], int, str | None, Rollup | None]
+# Chunks stored per transaction: up to COMMIT_ROWS events or COMMIT_SECONDS of inserting, whichever comes first.
+# Each commit writes every page it dirtied to the WAL (and a checkpoint writes it again): at a large store a chunk
+# dirties one leaf of the per-client index per client, so committing several chunks at once writes each such leaf
+# once for all of them. Readers see new events at most this much later.
+COMMIT_ROWS = 131_072
+COMMIT_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The open ingest transaction: when it began, its events, and what becomes the ingester's on commit."""
+
+    started: float
+    rows: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    states: dict[tuple[int, int], tuple[bytes, int, str]] = field(default_factory=dict)
 
 
 class Ingester:
@@ -104,6 +125,7 @@ class Ingester:
         self._parser_process = parser_process
         self._parser = self._new_parser()
         self._thread: threading.Thread | None = None
+        self._batch: _Batch | None = None  # the open ingest transaction, if any
 
     def _new_parser(self) -> Executor:
         if self._parser_process:
@@ -156,13 +178,18 @@ class Ingester:
                 with contextlib.suppress(OSError):
                     st = path.stat()
                     present.add((st.st_dev, st.st_ino))
-            for path in files:
-                if self._stop.is_set():
-                    break
-                try:
-                    stored += self._read_file(path, present)
-                except OSError as exc:
-                    log.warning("%s: cannot read: %s", path, exc.strerror)
+            try:
+                for path in files:
+                    if self._stop.is_set():
+                        break
+                    try:
+                        stored += self._read_file(path, present)
+                    except OSError as exc:
+                        log.warning("%s: cannot read: %s", path, exc.strerror)
+                self._flush()
+            except BaseException:
+                self._abort()
+                raise
             gone = [ident for ident in self._states if ident not in present]
             if gone and not self._stop.is_set():
                 Store.forget_files(self._conn, gone)
@@ -310,22 +337,46 @@ class Ingester:
         return self._parser.submit(parse_chunk, body, str(path), read_to, enforcement), read_to + len(body)
 
     def _commit(self, ident: tuple[int, int], head: bytes, path: Path, future: Future[Parsed], offset: int) -> int:
-        """Store one parsed chunk and the file offset after it in one transaction."""
-        assert self._states is not None
+        """Store one parsed chunk and the file offset after it in the open ingest transaction (``_Batch``), which is
+        committed once it holds ``COMMIT_ROWS`` events or is ``COMMIT_SECONDS`` old, and at the end of the poll."""
         rows, errors, seen, first_bad, rollup = future.result()
         self.lines += seen
         if errors:
             for reason, n in errors.items():
                 self.errors[reason] = self.errors.get(reason, 0) + n
             log.warning("skipped %d bad line(s); first: %s", sum(errors.values()), first_bad)
-        with self._transaction() as conn:
-            enforcement = self.enforcement() if self.enforcement is not None else None
-            inserted = Store.insert(conn, rows, enforcement, rollup) if rows else 0
-            Store.save_file_state(conn, ident, head, offset, str(path))
-        self._states[ident] = (head, offset, str(path))
-        self.ingested += inserted
-        self.duplicates += len(rows) - inserted
+        batch = self._batch
+        if batch is None:
+            self._conn.execute("BEGIN IMMEDIATE")
+            batch = self._batch = _Batch(time.monotonic())
+        enforcement = self.enforcement() if self.enforcement is not None else None
+        inserted = Store.insert(self._conn, rows, enforcement, rollup) if rows else 0
+        Store.save_file_state(self._conn, ident, head, offset, str(path))
+        batch.rows += len(rows)
+        batch.inserted += inserted
+        batch.duplicates += len(rows) - inserted
+        batch.states[ident] = (head, offset, str(path))
+        if batch.rows >= COMMIT_ROWS or time.monotonic() - batch.started >= COMMIT_SECONDS:
+            self._flush()
         return inserted
+
+    def _flush(self) -> None:
+        """Commit the open ingest transaction; only then do its offsets and counts become the ingester's."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        self._conn.execute("COMMIT")
+        assert self._states is not None
+        self._states.update(batch.states)
+        self.ingested += batch.inserted
+        self.duplicates += batch.duplicates
+
+    def _abort(self) -> None:
+        """Roll the open ingest transaction back (a failed insert): its chunks are read again on the next poll."""
+        batch, self._batch = self._batch, None
+        if batch is not None and self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def _transaction(self) -> Any:
