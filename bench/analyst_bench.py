@@ -40,6 +40,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -117,7 +118,10 @@ def fresh_db(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def bench_ingest(events: Path, db: Path) -> dict[str, float]:
+def bench_ingest(events: Path, db: Path, budget: float | None = None, sample_s: float = 0.0) -> dict[str, Any]:
+    """The real ``Ingester`` into a fresh store: wall rate and CPU of each stage. ``budget``: stop cleanly after this
+    many seconds (after the chunk in hand); ``sample_s``: the stored count every so often (the rate as the store
+    grows), also printed to stderr as it goes."""
     fresh_db(db)
     store = Store(db)
     # As the analyst runs it: the rollups follow the shipped policy, updated in each chunk's transaction.
@@ -126,8 +130,32 @@ def bench_ingest(events: Path, db: Path) -> dict[str, float]:
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    n = ing.poll_once()
+    done = threading.Event()
+    samples: list[tuple[float, int, float]] = []
+
+    def watch() -> None:
+        last_t, last_n = 0.0, 0
+        while not done.wait(sample_s or 1.0):
+            t = time.perf_counter() - t0
+            if budget is not None and t >= budget:
+                ing._stop.set()  # ends the poll after the chunk in hand
+            if sample_s:
+                n = store.count()
+                samples.append((round(t, 1), n, round((n - last_n) / (t - last_t))))
+                print(f"ingest: {t:7.1f} s {n:>10,} stored {samples[-1][2]:>7,}/s", file=sys.stderr, flush=True)
+                last_t, last_n = t, n
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    n = 0
+    while True:  # several polls: a budget stop ends one early, and a folder's files all come in the first
+        got = ing.poll_once()
+        n += got
+        if not got or ing._stop.is_set():
+            break
     dt = time.perf_counter() - t0
+    done.set()
+    watcher.join()
     cpu_main = time.process_time() - cpu0
     ing.stop()  # reaps the parser process, so its CPU time shows in RUSAGE_CHILDREN
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -137,10 +165,15 @@ def bench_ingest(events: Path, db: Path) -> dict[str, float]:
         "events": n,
         "seconds": round(dt, 2),
         "events_per_s": round(n / dt),
+        "budget_reached": budget is not None and dt >= budget,
         "cpu_seconds_writer": round(cpu_main, 2),
         "cpu_seconds_parser": round(cpu_parser, 2),
+        "cpu_us_per_event_writer": round(cpu_main / max(n, 1) * 1e6, 1),
+        "cpu_us_per_event_parser": round(cpu_parser / max(n, 1) * 1e6, 1),
         # The rate the slower of the two pipeline stages allows with a core to itself (the machine is shared).
         "events_per_cpu_s_bottleneck": round(n / max(cpu_main, cpu_parser)),
+        "writer_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "samples_s_stored_rate": samples,
     }
 
 
@@ -408,6 +441,18 @@ def main() -> int:
                          "folder) instead of generating one (default: generate WORKDIR/events-N.jsonl)")  # fmt: skip
     ap.add_argument("--leases", type=Path, default=None, help="a lease file for the report and the analyst")
     ap.add_argument("--inventory", type=Path, default=None, help="an inventory for the report and the analyst")
+    ap.add_argument(
+        "--ingest-budget",
+        type=float,
+        default=None,
+        help="stop the ingest part cleanly after this many seconds (default: none, ingest everything)",
+    )
+    ap.add_argument(
+        "--sample",
+        type=float,
+        default=0.0,
+        help="print the stored count every so many seconds of the ingest part (default: 0, never)",
+    )
     args = ap.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -435,7 +480,7 @@ def main() -> int:
     if "report" not in args.skip:
         result["report"] = bench_report(events, *extra)
     if "ingest" not in args.skip:  # --skip ingest: the API parts on the store of the previous run
-        result["ingest"] = bench_ingest(events, db)
+        result["ingest"] = bench_ingest(events, db, args.ingest_budget, args.sample)
     # The ratio against the naive loop comes from alternating rounds on the same prefix (fresh stores each time),
     # so that both see the same load on this shared machine.
     rounds = min(args.naive_limit or 200_000, args.events)
