@@ -181,11 +181,12 @@ def _normalise(name: str) -> str:
 
 
 def breakdown(policy: Any, queries: list[str], rounds: int = 5) -> dict[str, Any]:
-    """``--breakdown``: where one ``match_name`` goes, in us per query (CPU), measured on the same queries in chunks
-    of 5,000, each step timed right after the others on the same chunk (drift and neighbours hit them alike): a
-    call that does nothing (the timing loop's own cost), the normalisation of the name, the exact-host probe, the
-    suffix walk alone (``Policy._walk``: the structure, with the domain rules; None for a dict policy), then
-    ``match_key`` (host probe + walk) and ``match_name`` (normalisation + match_key's work + the ``Match``)."""
+    """``--breakdown``: where one ``match_name`` goes, in us per query (CPU, the median of ``rounds`` passes over
+    every query, the steps in a rotating order so that neighbours and drift hit them alike; a whole pass each, so
+    that no step runs on entries the step before it just brought into the cache): a call that does nothing (the
+    timing loop's own cost), the normalisation of the name, the exact-host probe, the suffix walk alone
+    (``Policy._walk``: the structure, with the domain rules; absent for a dict policy), then ``match_key`` (host
+    probe + walk) and ``match_name`` (normalisation + match_key's work + the ``Match``)."""
     steps: dict[str, Any] = {
         "call": _noop,
         "normalise": _normalise,
@@ -194,18 +195,15 @@ def breakdown(policy: Any, queries: list[str], rounds: int = 5) -> dict[str, Any
         "match_key": policy.match_key,
         "match_name": policy.match_name,
     }
-    steps = {k: fn for k, fn in steps.items() if fn is not None}
-    spent = dict.fromkeys(steps, 0.0)
-    chunks = [queries[i : i + 5000] for i in range(0, len(queries), 5000)]
-    for _ in range(rounds):
-        for chunk in chunks:
-            for label, fn in steps.items():
-                c0 = time.process_time()
-                for q in chunk:
-                    fn(q)
-                spent[label] += time.process_time() - c0
-    n = rounds * len(queries)
-    return {f"us_{label}": round(t / n * 1e6, 3) for label, t in spent.items()}
+    order = [(label, fn) for label, fn in steps.items() if fn is not None]
+    spent: dict[str, list[float]] = {label: [] for label, _ in order}
+    for r in range(rounds):
+        for label, fn in order[r % len(order) :] + order[: r % len(order)]:
+            c0 = time.process_time()
+            for q in queries:
+                fn(q)
+            spent[label].append(time.process_time() - c0)
+    return {f"us_{label}": round(statistics.median(t) / len(queries) * 1e6, 3) for label, t in spent.items()}
 
 
 def child(blocklist: Path, queries_file: Path) -> dict[str, Any]:

@@ -214,6 +214,8 @@ class NameIndex:
         size, table, equal, rule_of, feed_of = self._size, self._table, self._equal, self._rules, self._feed_of
         if not size:
             size, table = 1, array("q", [0])  # an empty index: every probe ends at the empty slot
+        if len(self._texts) == 1:
+            return self._walker_one(first, tld_rules)
 
         def walk(key: str) -> tuple[Rule, str] | None:
             name, i = key, key.find(".")  # i: the dot before the next suffix to try
@@ -229,6 +231,42 @@ class NameIndex:
                     while v:
                         if v >> 32 == tag and equal(v & _OFFSET, name):
                             return rule_of[feed_of(v & _OFFSET)], name
+                        j = j + 1 if j + 1 < size else 0
+                        v = table[j]
+                if i < 0:
+                    return None
+                j = key.find(".", i + 1)
+                if j < 0 and not tld_rules:
+                    return None  # the last label alone: no rule is that short
+                name, i = key[i + 1 :], j
+
+        return walk
+
+    def _walker_one(
+        self, first: Callable[[str], Rule | None], tld_rules: bool
+    ) -> Callable[[str], tuple[Rule, str] | None]:
+        """``walker`` for one feed (the usual case): its text at offset 0 and its rule are known, so a tag match is
+        checked against the text inline instead of through ``_equal`` and ``_feed_of`` (three Python calls per hit).
+        The text ends with a newline and a name never holds one, so ``text[end]`` exists wherever the name does."""
+        size, table, text, only = self._size, self._table, self._texts[0], self._rules[0]
+        starts = text.startswith
+
+        def walk(key: str) -> tuple[Rule, str] | None:
+            name, i = key, key.find(".")  # i: the dot before the next suffix to try
+            while True:
+                rule = first(name)
+                if rule is not None:
+                    return rule, name
+                h = hash(name)
+                j = h % size
+                v = table[j]
+                if v:
+                    tag = (h >> 32) | 1
+                    while v:
+                        if v >> 32 == tag:
+                            at = v & _OFFSET
+                            if starts(name, at) and text[at + len(name)] == "\n":
+                                return only, name
                         j = j + 1 if j + 1 < size else 0
                         v = table[j]
                 if i < 0:

@@ -267,3 +267,37 @@ def test_match_name_returns_whole_match_objects(tmp_path: Path, monkeypatch: pyt
         assert got._asdict() == {"rule": want.rule, "app": app, "matched": want.matched}
     for miss in ("x.example.org", "example.net", "other.test.", "", "."):
         assert policy.match_name(miss) is None, miss
+
+
+def test_one_feed_walk_answers_as_a_probe_per_suffix() -> None:
+    # One feed takes NameIndex._walker_one (the text compared inline); it must answer as the per-suffix probe, and a
+    # planted tag that points at a listed line of which the probe is only a prefix must not match.
+    index = NameIndex()
+    rule, explicit = _rule(1), _rule(2)
+    index.add("ads.example\nt.cdn.example\nabc.example.net\nlast.example", rule)  # no final newline on purpose
+    domains = {"t.cdn.example": explicit}
+    walk, probe = index.walker(domains.get, False), index.after(domains.get)
+    assert walk.__qualname__.startswith("NameIndex._walker_one")
+    queries = ["ads.example", "x.ads.example", "ads.exampl", "u.t.cdn.example", "cdn.example", "abc.example",
+               "abc.example.net", "q.abc.example.net", "last.example", "a.last.example", "last.exampl", "",
+               "."]  # fmt: skip
+    for q in queries:
+        want = None
+        name, i = q, q.find(".")
+        while True:
+            found = probe(name)
+            if found is not None:
+                want = (found, name)
+                break
+            if i < 0 or "." not in q[i + 1 :]:
+                break
+            name, i = q[i + 1 :], q.find(".", i + 1)
+        assert walk(q) == want, q
+    h = hash("abc.example")
+    slot = h % index._size
+    while index._table[slot]:
+        slot = (slot + 1) % index._size
+    at = index._texts[0].index("abc.example.net")
+    index._table[slot] = ((h >> 32) | 1) << 32 | at  # the tag of "abc.example", at the line "abc.example.net"
+    assert index.walker(domains.get, False)("abc.example") is None
+    assert index.walker(domains.get, False)("q.abc.example.net") == (rule, "abc.example.net")
