@@ -50,3 +50,22 @@ def test_bench_one_million(tmp_path: Path) -> None:
     result = _bench(Path("/tmp/enforcer-analyst-bench"), 1_000_000, 880)
     _check(result, 1_000_000)
     print(json.dumps(result, indent=2))
+
+
+def test_bench_ingest_samples_and_first_view_only(tmp_path: Path) -> None:
+    """The 10M-run options: the stored count sampled as the store grows, the CPU per event of each stage, and the
+    first-view part without the event pages (``--skip pages``)."""
+    result = _bench(
+        tmp_path, 20000, 240, "--sample", "0.1", "--ingest-budget", "600",
+        *("--skip", "report", "--skip", "rounds", "--skip", "retention", "--skip", "pages"),
+    )  # fmt: skip
+    ingest = result["ingest"]
+    assert ingest["events"] == 20000 and ingest["budget_reached"] is False
+    assert ingest["cpu_us_per_event_writer"] > 0 and ingest["cpu_us_per_event_parser"] > 0
+    samples = ingest["samples_s_stored_rate"]
+    assert samples and all(0 <= n <= 20000 for _, n, _ in samples)
+    assert [n for _, n, _ in samples] == sorted(n for _, n, _ in samples)  # the stored count only grows
+    api = result["api"]
+    assert api["dashboard_first_view"]["median_ms"] > 0 and api["dashboard_app_filter"]["median_ms"] > 0
+    assert "first_page" not in api
+    assert result["restart"]["dashboard_first_view_after_restart"]["median_ms"] > 0
