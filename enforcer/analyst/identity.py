@@ -9,10 +9,13 @@
   ``device``/``owner``/``unit`` when a row matches (by ClientID, MAC, DHCP client-id or hostname, or CIDR), the
   lease's ``mac``, the ``device_id``.
 - ``Identifier(inventory, leases)``: ``identify(client, ts_us, device_id, user)`` -> ``Identity`` (bounded caches;
-  per address, the lease interval of its last event: the next events of that address inside it need no search).
-- ``Tallies`` / ``add_hit`` / ``merge_tallies``: per (section, identity key, app) the raw hits, enforced hits,
-  first/last time, the hit times (for the bursts), the last address and user seen. Section ``"clients"`` or
-  ``"bypass"`` (events with ``labels.kind == "control"``: bypass attempts, never non-compliance).
+  per address, the lease interval of its last event: the next events of that address inside it need no search);
+  ``identify_span(client, ts_us)``: the identity of an event without device.id and user, and the time interval over
+  which it is the same (``enforcer report`` keeps it per client).
+- ``Tallies`` / ``add_hit`` (``tally_entry`` + ``count_hit``) / ``merge_tallies``: per (section, identity key, app)
+  the raw hits, enforced hits, first/last time, the hit times (for the bursts), the last address and user seen.
+  Section ``"clients"`` or ``"bypass"`` (events with ``labels.kind == "control"``: bypass attempts, never
+  non-compliance).
 - ``bursts(times, window_us)``: an *attempt* is a burst: the hits of one identity on one app within ``window_us`` of
   the burst's first hit count once (``--attempt-window``, ``DEFAULT_WINDOW_S``); anchored at the first hit, so an
   app's reconnect loop every 30 s is one attempt a minute, not one for ever.
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .inventory import Device, Inventory
-from .leases import Lease, LeaseBook, LeaseFiles
+from .leases import SPAN_EDGE, Lease, LeaseBook, LeaseFiles
 from .records import us_to_ts
 
 SOURCES = ("client-id", "lease", "proxy-user", "cidr", "address")
@@ -100,6 +103,15 @@ class Identifier:
             found = _with(dev, client, "cidr" if dev is not None else "address")
             _put(self._by_address, client, found)
         return found
+
+    def identify_span(self, client: str, ts_us: int) -> tuple[int, int, Identity]:
+        """``(lo, hi, identify(client, ts_us))`` for an event without device.id and user: the identity is the same
+        for every time in ``[lo, hi)`` (the lease interval, or all time for a client no lease book can name), so a
+        caller can keep it for that client's next events."""
+        if self.leases is not None and client:
+            lo, hi, ident = self._span(client, ts_us)
+            return lo, hi, ident if ident is not None else self.identify(client, ts_us)
+        return -SPAN_EDGE, SPAN_EDGE, self.identify(client, ts_us)
 
     def _span(self, client: str, ts_us: int) -> tuple[int, int, Identity | None]:
         """The lease identity of ``client`` at ``ts_us`` (None: no lease then) and the interval where it holds."""
@@ -170,10 +182,24 @@ def add_hit(
     kind: str = "",
 ) -> None:
     """Count one event at ``ts_us`` (microseconds since the epoch)."""
+    count_hit(tally_entry(tallies, identity, app, client, user, ts_us, kind), client, user, ts_us, enforced)
+
+
+def tally_entry(
+    tallies: Tallies, identity: Identity, app: str, client: str, user: str, ts_us: int, kind: str = ""
+) -> list[Any]:
+    """The entry of ``tallies`` that an event of ``identity`` on ``app`` counts in (made, with no hits, if new): a
+    caller that keeps it (``enforcer report``, per client and lease interval) counts the next events of that device
+    with ``count_hit`` alone."""
     key = (BYPASS if kind == CONTROL_KIND else CLIENTS, identity.key, app)
     entry = tallies.get(key)
     if entry is None:
         entry = tallies[key] = [0, 0, ts_us, ts_us, array("q"), identity, client, user]
+    return entry
+
+
+def count_hit(entry: list[Any], client: str, user: str, ts_us: int, enforced: bool) -> None:
+    """One event at ``ts_us`` counted in ``entry`` (``tally_entry``)."""
     entry[HITS] += 1
     if enforced:
         entry[ENFORCED] += 1
