@@ -40,11 +40,14 @@ _EXPECTED = f"the header names {','.join(REQUIRED)} and at least one of {','.joi
 _MAC_SEP = re.compile(r"[:\-.]")
 _HEX = re.compile(r"[0-9a-f]+")
 _MAX_MAC_OCTETS = 20
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){0,19}")  # 1.._MAX_MAC_OCTETS octets
 
 
 def normal_mac(text: str) -> str | None:
     """``AA-BB-CC-DD-EE-FF`` / ``aabb.ccdd.eeff`` / ``aa:bb:...`` -> ``aa:bb:cc:dd:ee:ff``; None for no MAC."""
     t = text.strip().lower()
+    if _CANONICAL_MAC.fullmatch(t):
+        return t  # already the form returned (most lease and inventory files): one match instead of the checks below
     if not t:
         return None
     parts = _MAC_SEP.split(t)

@@ -149,3 +149,17 @@ def test_identify_with_kept_intervals_equals_a_fresh_identifier() -> None:
     book.add(Lease("10.0.0.3", ts - 10 * US, ts + 10 * US, mac="02:00:00:00:00:01"))
     assert kept.identify("10.0.0.3", ts).key == "mac:02:00:00:00:00:01"
     assert kept.identify("10.0.0.3", ts).device == "phone"
+
+
+def test_normal_mac_canonical_shortcut_equals_the_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inventory.normal_mac`` returns an already canonical MAC after one match: the same as the full checks."""
+    from enforcer.analyst import inventory
+
+    rnd = random.Random(6)
+    cases = ["aa:bb:cc:dd:ee:ff", "AA-BB-CC-DD-EE-FF", "aabb.ccdd.eeff", "a:b:c", "aa", " aa:bb ", "aa:bb:", ":aa"]
+    cases += [":".join(["0a"] * 20), ":".join(["0a"] * 21), "gg:00:11:22:33:44"]
+    cases += ["".join(rnd.choice("0123456789abcdefABG:-. ") for _ in range(rnd.randrange(12))) for _ in range(5000)]
+    quick = [inventory.normal_mac(c) for c in cases]
+    monkeypatch.setattr(inventory, "_CANONICAL_MAC", re.compile(r"(?!)"))
+    assert quick == [inventory.normal_mac(c) for c in cases]
+    assert quick[0] == "aa:bb:cc:dd:ee:ff" and quick[9] is None
