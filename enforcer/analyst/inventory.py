@@ -78,6 +78,10 @@ class Device:
     hostname: str = ""
     client_id: str = ""
 
+    def __reduce__(self) -> tuple[type[Device], tuple[str, ...]]:
+        # The dataclass's own pickling calls fields() per object (``enforcer report`` sends each worker the rows).
+        return (Device, (self.cidr, self.device, self.owner, self.unit, self.mac, self.hostname, self.client_id))
+
 
 class Inventory:
     def __init__(self, rows: list[Device] | None = None) -> None:

@@ -64,6 +64,11 @@ class Lease:
     def holder(self) -> tuple[str, str, str]:
         return (self.mac, self.client_id, self.hostname)
 
+    def __reduce__(self) -> tuple[type[Lease], tuple[str, int, int, str, str, str, str]]:
+        # The dataclass's own pickling calls fields() per object: 1 s for the 40,000 leases ``enforcer report``
+        # sends each worker.
+        return (Lease, (self.address, self.start_us, self.end_us, self.mac, self.hostname, self.client_id, self.where))
+
 
 @dataclass
 class ReadResult:
