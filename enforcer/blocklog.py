@@ -43,10 +43,14 @@ class BlockLog:
             return False
         if not log.isEnabledFor(logging.INFO):
             return False
-        held = int(state[1]) if state is not None else 0
-        if len(self._state) > 1024:  # apps come from the policy; a bound all the same
-            self._state.clear()
-        self._state[key] = [now + self.interval, 0]
+        if state is None:
+            if len(self._state) > 1024:  # apps come from the policy; a bound all the same
+                self._state.clear()
+            held = 0
+            self._state[key] = [now + self.interval, 0]
+        else:  # updated in place: a caller holding it (``state``) keeps counting into the live one
+            held = int(state[1])
+            state[0], state[1] = now + self.interval, 0
         msg = "blocked: %s %s for %s (app %s, rule %s, %s)"
         args: tuple[object, ...] = (component, target, client or "?", app, rule_id, source)
         if held:
@@ -54,6 +58,13 @@ class BlockLog:
             args = (*args, held, self.interval)
         log.info(msg, *args)
         return True
+
+    def state(self, component: str, app: str) -> list[float] | None:
+        """What ``blocked`` keeps for (component, app): ``[when the next line may be written, blocks held back since
+        the last one]`` (updated in place), or None before the first line. A hot path may hold it and count a
+        held-back block itself, ``state[1] += 1`` while ``clock() < state[0]``, calling ``blocked`` only when a line
+        is due (enforcer/dns/observe.py)."""
+        return self._state.get((component, app))
 
 
 BLOCKS = BlockLog()  # the process's one limiter, shared by whatever component runs in it

@@ -244,11 +244,12 @@ class _LineTemplate:
     time, id, source and question, the memoised JSON of the sources and questions seen with it, and its counter
     labels (the ``Observer`` counts every hit by them: one look-up finds both)."""
 
-    __slots__ = ("head", "labels", "mid", "parts", "questions", "rule", "sources")
+    __slots__ = ("head", "labels", "log", "mid", "parts", "questions", "rule", "sources")
 
     def __init__(self, rule: Rule, action: str, parts: tuple[str, ...], prefix: str) -> None:
         self.rule = rule
         self.labels = ("dns", rule.app, rule.category or "", action)  # enforcer_blocked_total/monitored_total
+        self.log: list[float] | None = None  # the app's block-line state (enforcer/blocklog.py BlockLog.state)
         self.parts = parts
         self.head = f'{parts[0]}"'  # ... "@timestamp":"
         self.mid = f'Z"{parts[1]}"{prefix}'  # the time's Z, "<rest of the head> "id":"<prefix>
@@ -328,6 +329,7 @@ class HitLines:
 
 
 block_line = BLOCKS.blocked
+block_clock = BLOCKS.clock
 
 
 class Observer:
@@ -376,7 +378,12 @@ class Observer:
         counts = self._blocked if enforced else self._monitored
         counts[t.labels] = counts.get(t.labels, 0) + 1  # LocalCounter.inc inlined
         if enforced:  # at most one INFO line per app every 10 s (enforcer/blocklog.py)
-            block_line("dns", rule.app, rule.id, rule.source, qname, addr[0] if addr else None)
+            held = t.log
+            if held is not None and block_clock() < held[0]:  # not due: counted for the next line, no call
+                held[1] += 1
+            else:
+                block_line("dns", rule.app, rule.id, rule.source, qname, addr[0] if addr else None)
+                t.log = BLOCKS.state("dns", rule.app)
         if self.writer is None:
             return
         # Only a response-policy block can be a discovery (a sinkhole block matched the name itself).

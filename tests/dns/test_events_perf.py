@@ -5,12 +5,16 @@ exactly the shared schema's (``HitEvent.to_json``/``to_ecs``)."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from dnshelpers import BLOCKLISTS
 
+from enforcer.blocklog import BLOCKS
+from enforcer.dns import observe
 from enforcer.dns.observe import DnsHitEvent, HitLines, Observer
 from enforcer.dns.wire import qtype_name
 from enforcer.events import EventWriter, HitEvent, iter_events
@@ -101,3 +105,29 @@ def test_observer_writes_usual_hits_as_lines_and_counts_them(tmp_path: Path) -> 
     assert {d["labels"]["dns_transport"] for d in docs} == {"udp", "tcp"}
     assert len({d["event"]["id"] for d in docs}) == 5_000
     assert obs.blocked_total.values[("dns", rule.app, rule.category or "", "dns-block")] == 5_000
+
+
+def test_block_lines_count_the_held_back_hits_of_every_kind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Observer.hit counts a held-back block line on the app's BlockLog state itself; the next line still reports
+    # every hit held back, whichever kind of hit (here: UDP and TCP templates) it came from.
+    now = [1000.0]
+    monkeypatch.setattr(BLOCKS, "clock", lambda: now[0])
+    monkeypatch.setattr(observe, "block_clock", lambda: now[0])
+    monkeypatch.setattr(BLOCKS, "_state", {})
+    caplog.set_level(logging.INFO, "enforcer.blocks")
+    policy = load_policy([BLOCKLISTS])
+    rule = policy.match_key("weixin.qq.com")
+    assert rule is not None
+    obs = Observer(None, None)
+    for i in range(30):
+        obs.hit(policy, rule, "weixin.qq.com", "dns-block", True, False, ("10.0.0.1", 1), "weixin.qq.com", 1, False,
+                i % 2 == 0, None, 0)  # fmt: skip
+        now[0] += 0.3  # 9 s in all: within the interval
+    now[0] += 2
+    obs.hit(policy, rule, "weixin.qq.com", "dns-block", True, False, ("10.0.0.2", 1), "weixin.qq.com", 1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "enforcer.blocks"]
+    assert len(lines) == 2 and "for 10.0.0.1" in lines[0] and "for 10.0.0.2" in lines[1]
+    assert "(29 similar line(s) held back in the last 10 s)" in lines[1]
+    assert obs.blocked_total.values[("dns", rule.app, rule.category or "", "dns-block")] == 31
