@@ -6,7 +6,7 @@
   bounded deque and returns: the file write happens on the writer's thread.
 - ``FastHistogram``: a Prometheus histogram kept as plain bucket counts for one writer thread.
 - ``HitLines``: the usual hit (a client address, no ClientID, not a discovery; any transport) rendered on the loop
-  thread straight into its JSON line, for ``EventWriter.emit``: everything but the time, the event id and the
+  thread straight into its JSON line, for ``EventWriter.emit_line``: everything but the time, the event id and the
   source port is constant per (rule, action, enforced, exempt, transport) and per client address and question.
   The template is cut once from ``HitEvent.to_json`` itself and the values are written by its own encoders
   (enforcer/events.py ``cut_template``, ``json_text``, ``second_text``): the schema keeps one writer, this only
@@ -389,7 +389,8 @@ class Observer:
         # Only a response-policy block can be a discovery (a sinkhole block matched the name itself).
         unlisted = unlisted and action == "dns-response-block"
         if device is None and addr and not unlisted:  # the usual hit: its line from memoised parts, no event object
-            self.writer.emit(lines.render(t, addr, qname, qtype, time.time_ns() // 1000 if at_us is None else at_us))
+            at = time.time_ns() // 1000 if at_us is None else at_us
+            self.writer.emit_line(lines.render(t, addr, qname, qtype, at))
             return
         self.writer.emit(DnsHitEvent(policy, rule, matched, action, enforced, exempt, addr, qname, qtype, unlisted,
                                      transport, device, at_us))  # fmt: skip
