@@ -169,7 +169,9 @@ class ReportStats:
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than starting workers
 RANGE_BYTES = 64 * 1024 * 1024
 RANGES_PER_TASK = 8  # 512 MB, about 900,000 events: see _groups
-KEYS_BLOCK = 65536  # fingerprints read at a time from a worker's file (512 KB)
+# Fingerprints read at a time from each worker's file (64 KB): the overlap check reads all range files at once while
+# the main process holds every hit time (90 files at 10M events: 512 KB blocks were 46 MB of its peak).
+KEYS_BLOCK = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,12 +481,12 @@ def stream_report(
                 initargs=(select,),
             ) as pool,
         ):
-            # At most two ranges per worker in flight, merged in submission order and dropped once merged: a
-            # finished future holds its result (the range's hit times, 8 bytes an event), and with every range
+            # One task per worker in flight and one more, merged in submission order and dropped once merged: a
+            # finished future holds its result (the group's hit times, 8 bytes an event), and with every task
             # submitted at once the results that wait for an earlier one pile up in the main process.
             todo = iter(_groups(tasks, workers))
             inflight: collections.deque[Any] = collections.deque()
-            for group in itertools.islice(todo, 2 * workers):
+            for group in itertools.islice(todo, workers + 1):
                 inflight.append(pool.submit(_worker_scan, group, max_file_bytes, keys_dir.name))
             while inflight:
                 part, sts = inflight.popleft().result()
