@@ -41,8 +41,8 @@ class BlockLog:
         if state is not None and now < state[0]:  # the usual case on a busy resolver: one compare, one increment
             state[1] += 1
             return False
-        if not log.isEnabledFor(logging.INFO):
-            return False
+        # A line is due: the next one in an interval from now, whether or not this one is written (with INFO off,
+        # the level is read once per interval and app, not per block).
         if state is None:
             if len(self._state) > 1024:  # apps come from the policy; a bound all the same
                 self._state.clear()
@@ -51,6 +51,8 @@ class BlockLog:
         else:  # updated in place: a caller holding it (``state``) keeps counting into the live one
             held = int(state[1])
             state[0], state[1] = now + self.interval, 0
+        if not log.isEnabledFor(logging.INFO):
+            return False
         msg = "blocked: %s %s for %s (app %s, rule %s, %s)"
         args: tuple[object, ...] = (component, target, client or "?", app, rule_id, source)
         if held:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from dnshelpers import BLOCKLISTS
 
-from enforcer.blocklog import BLOCKS
+from enforcer.blocklog import BLOCKS, BlockLog
 from enforcer.dns import observe
 from enforcer.dns.observe import DnsHitEvent, HitLines, Observer
 from enforcer.dns.wire import qtype_name
@@ -131,3 +131,21 @@ def test_block_lines_count_the_held_back_hits_of_every_kind(
     assert len(lines) == 2 and "for 10.0.0.1" in lines[0] and "for 10.0.0.2" in lines[1]
     assert "(29 similar line(s) held back in the last 10 s)" in lines[1]
     assert obs.blocked_total.values[("dns", rule.app, rule.category or "", "dns-block")] == 31
+
+
+def test_block_lines_with_info_off_keep_the_state_and_read_the_level_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    blocks = BlockLog(interval=10, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, "enforcer.blocks")
+    assert not blocks.blocked("dns", "wechat", "r", "w.yaml:3", "weixin.qq.com", "10.0.0.7")
+    assert blocks.state("dns", "wechat") == [1010.0, 0]  # armed although nothing was written
+    assert not blocks.blocked("dns", "wechat", "r", "w.yaml:3", "weixin.qq.com", "10.0.0.7")
+    assert blocks.state("dns", "wechat") == [1010.0, 1]
+    now[0] += 10
+    caplog.set_level(logging.INFO, "enforcer.blocks")
+    assert blocks.blocked("dns", "wechat", "r", "w.yaml:3", "dl.wechat.com", None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "blocked: dns dl.wechat.com for ? (app wechat, rule r, w.yaml:3) (1 similar line(s) held back in the last 10 s)"
+    ]
