@@ -4,7 +4,7 @@
   inventory, token, SQLite path, blocklist.
 - ``Analyst``: store, ingester, inventory, the policy (watched; its ``Enforcement`` table decides which attempts
   were enforced), the Host check's names; ``db`` runs blocking work in a bounded thread pool, ``aggregate`` memoises
-  an aggregation until the next stored event, ``refresh_gauges`` computes the non-compliant client counts.
+  an aggregation until the next stored event (concurrent callers of one share its pass), ``refresh_gauges`` computes the non-compliant client counts.
 - ``parse_tokens(text)``: the ``--token-file`` lines (``name:token`` or a plain ``token``) -> {token: analyst name}.
 - ``Analyst.sync_cases``: opens and reopens cases (cases.py) from the enforced attempts, by identity; run with the
   gauges.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -163,6 +164,10 @@ class Analyst:
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="enforcer-analyst-db")
         self.gate = asyncio.Semaphore(16)  # bounds queued DB work; further requests wait here, not in the pool
         self._memo: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        # Aggregations being computed, by memo key: a second caller waits for the same pass instead of starting
+        # another (the first request after a start and the refresh loop's preparation of the first view, each
+        # minutes of one core at 10M events).
+        self._inflight: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
         # (aggregation, policy key) -> (when prepared, seconds it took, value) of the unfiltered first view.
         self._prepared: dict[tuple[str, Any], tuple[float, float, Any]] = {}
         self._prepared_mark: tuple[Any, ...] | None = None
@@ -186,6 +191,7 @@ class Analyst:
     async def aggregate(self, name: str, fn: Callable[..., T], f: Filters, *args: Any) -> T:
         """``db(fn, f, *args)`` memoised until the next stored (or deleted) event: aggregations over a large store
         take seconds, and an analyst flips between the same views (and exports the CSV of the view just seen).
+        Callers asking for the same aggregation of the same events while it is computed share that one pass.
         The ``TALLIES`` of an app filter are taken from the memoised unfiltered ones of the same events
         (``identity.tallies_of_apps``).
 
@@ -216,16 +222,29 @@ class Analyst:
                 value_: T = prepared[2]
                 return value_
         t0 = time.monotonic()
-        value = await self.db(fn, f, *args)
+        task = self._inflight.get(key)
+        owner = task is None
+        if task is None:
+            task = self._inflight[key] = asyncio.ensure_future(self.db(fn, f, *args))
+            task.add_done_callback(functools.partial(self._landed, key))
+        # Shielded: a caller that goes away (a closed page) does not cancel the pass the others wait for.
+        value: T = await asyncio.shield(task)
         took = time.monotonic() - t0
         self._memo[key] = value
         while len(self._memo) > MEMO_SIZE:
             self._memo.popitem(last=False)
+        if not owner:
+            return value  # the caller that started the pass records how long it took
         if first_view and took >= SLOW_VIEW_SECONDS:
             self._prepared[(name, ekey)] = (time.monotonic(), took, value)
         elif first_view:
             self._prepared.pop((name, ekey), None)
         return value
+
+    def _landed(self, key: tuple[Any, ...], task: asyncio.Task[Any]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every caller may have gone away before it failed
 
     def first_view_due(self) -> bool:
         """Whether ``prepare_first_view`` should run now: new (or deleted) events since the last preparation, and
