@@ -225,8 +225,8 @@ class _Counter:
             n = self.lines(block, n, where, events)
             self.count_all(events)
             return n
-        pos = 0
-        minutes, stats, add = self.minutes, self.stats, events.append
+        pos = found = 0
+        minutes, add = self.minutes, events.append
         for m in WRITER_LINES.finditer(text):
             s, e = m.span()
             if s != pos:  # the lines in between are not the writer's
@@ -241,12 +241,13 @@ class _Counter:
                 n = self.lines(text[s:pos].encode("utf-8"), n, where, events)  # the line rule says what it is
                 continue
             n += 1
-            stats.lines += 1
+            found += 1
             ts_us = base + sec
             x = int(eid, 16) ^ (ts_us * GOLDEN)  # lines.fingerprint of the id's 16 bytes, read from its hex digits
             add((ts, ts_us, (x ^ (x >> 64)) & MASK64, app, client or "", typ == "denied", "", "", ""))
         if pos < len(text):
             n = self.lines(text[pos:].encode("utf-8"), n, where, events)
+        self.stats.lines += found
         self.count_all(events)
         return n
 
