@@ -14,8 +14,8 @@ A feed's names stay in one string, one name per line ("names text": every name f
 
 A succinct trie of the names reversed (``marisa-trie``, one C call per lookup for every listed suffix) was measured
 against this table on the same 1M-name feed (``bench/policy_bench.py --compare N --marisa``): 0.9-1.5 x its lookups
-from one run to the next, but 1.6-2.6 x its load CPU and 149 MB peak RSS during the build (this table: 73 MB), so
-it is not used (docs/performance.md, "the 1,000,000-name policy").
+from one run to the next, but 1.3 x (quiet machine) to 2.6 x (loaded) its load CPU and 149 MB peak RSS during the
+build (this table: 73 MB), so it is not used (docs/performance.md, "the 1,000,000-name policy").
 
 The table: ``SLOTS_PER_NAME`` slots per name (at most a third full: linear probing then ends a miss after about 1.6
 probes), one ``array('q')``: 8 bytes per slot, 24 per name. A slot holds 32 bits of the name's 64-bit ``hash()`` (a
