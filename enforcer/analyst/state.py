@@ -4,7 +4,8 @@
   inventory, token, SQLite path, blocklist.
 - ``Analyst``: store, ingester, inventory, the policy (watched; its ``Enforcement`` table decides which attempts
   were enforced), the Host check's names; ``db`` runs blocking work in a bounded thread pool, ``aggregate`` memoises
-  an aggregation until the next stored event (concurrent callers of one share its pass), ``refresh_gauges`` computes the non-compliant client counts.
+  an aggregation until the next stored event (concurrent callers of one share its pass), ``refresh_gauges``
+  computes the non-compliant client counts.
 - ``parse_tokens(text)``: the ``--token-file`` lines (``name:token`` or a plain ``token``) -> {token: analyst name}.
 - ``Analyst.sync_cases``: opens and reopens cases (cases.py) from the enforced attempts, by identity; run with the
   gauges.
