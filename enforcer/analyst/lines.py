@@ -12,7 +12,8 @@
   (``invalid_json``, ``not_event``, ``oversize``), ``(None, None)`` for a blank line (not a line of the log).
 - ``Parsed``: the indexed fields (``records.Record``), the time in microseconds, the dedupe identity ``key`` (the
   store's UNIQUE ``(ts, eid)``) and the bytes to store; ``fingerprint(ts_us, key)`` is its 64-bit digest, which the
-  report keeps in memory to count each event once, as the store does.
+  report keeps in memory to count each event once, as the store does (``id_fingerprint(ts_us, eid)`` the same for a
+  writer id given as its integer, as the report reads it from a block).
 
 Kept apart from the callers' loops so that later fields (e.g. DHCP identities) are added in one place: extend
 ``records.Record`` / ``record_from_doc`` and both the report and the store see them.
@@ -37,8 +38,8 @@ DEFAULT_MAX_FILE_BYTES = 4 * 1024**3
 READ_BYTES = 1024 * 1024
 SKIP_REASONS = ("invalid_json", "not_event", "oversize", "torn")
 _HEX = re.compile(r"[0-9a-f]{32}")
-GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
-MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
+_MASK64 = (1 << 64) - 1
 _EVENT_HEAD = EVENT_HEAD.encode("ascii")
 _ID_BYTES = 16  # the writer's event.id: 32 hex digits (a uuid4, or a per-process random prefix and a counter)
 
@@ -357,15 +358,20 @@ def _parse(raw: bytes, final: bool, fast: bool) -> tuple[Parsed | None, str | No
     return None, (("torn" if final else "invalid_json") if doc is _INVALID else "not_event")
 
 
+def id_fingerprint(ts_us: int, eid: int) -> int:
+    """``fingerprint`` of a writer's event (its 32-hex-digit id as the 128-bit integer ``eid``), no hash: the ids are
+    random (uuid4) or a random per-process prefix and a counter, so both halves count (two events of one process in
+    the same microsecond, same prefix, other counters, never collide), folded with the time. ``enforcer report``
+    calls it with ``int(hex, 16)`` of the ids it finds in a block, without the bytes."""
+    x = eid ^ (ts_us * _GOLDEN)
+    return (x ^ (x >> 64)) & _MASK64
+
+
 def fingerprint(ts_us: int, key: str | bytes) -> int:
     """64-bit digest of the store's dedupe identity (time, id): the report's in-memory set holds these, ~70 bytes
     an event instead of the ids themselves (a false match among 10M events: about 3 in a million)."""
     if isinstance(key, bytes) and len(key) == _ID_BYTES:
-        # The writer's ids are random (uuid4) or a random per-process prefix and a counter: both halves count, so two
-        # events of one process in the same microsecond (same prefix, same time, other counters) never collide;
-        # folding the 128 bits with the time costs no hash.
-        x = int.from_bytes(key, "big") ^ (ts_us * GOLDEN)
-        return (x ^ (x >> 64)) & MASK64
+        return id_fingerprint(ts_us, int.from_bytes(key, "big"))
     tag = b"b" + key if isinstance(key, bytes) else b"t" + key.encode("utf-8", "surrogatepass")
     h = hashlib.blake2b(ts_us.to_bytes(8, "big", signed=True) + tag, digest_size=8)
     return int.from_bytes(h.digest(), "big")

@@ -60,11 +60,10 @@ from .identity import (
 )
 from .lines import (
     DEFAULT_MAX_FILE_BYTES,
-    GOLDEN,
-    MASK64,
     MAX_LINE_BYTES,
     WRITER_LINES,
     fingerprint,
+    id_fingerprint,
     line_blocks,
     open_event_file,
     parse_event_line,
@@ -243,8 +242,7 @@ class _Counter:
             n += 1
             found += 1
             ts_us = base + sec
-            x = int(eid, 16) ^ (ts_us * GOLDEN)  # lines.fingerprint of the id's 16 bytes, read from its hex digits
-            add((ts, ts_us, (x ^ (x >> 64)) & MASK64, app, client or "", typ == "denied", "", "", ""))
+            add((ts, ts_us, id_fingerprint(ts_us, int(eid, 16)), app, client or "", typ == "denied", "", "", ""))
         if pos < len(text):
             n = self.lines(text[pos:].encode("utf-8"), n, where, events)
         self.stats.lines += found
