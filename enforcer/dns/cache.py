@@ -16,9 +16,9 @@
 - ``Cache.lookup(key)`` + ``Cache.reply(entry, data, q)``: the reply for query ``data`` with its id and question case,
   TTLs counted down by the whole seconds elapsed; patched bytes are memoised per second so a hot entry costs one join.
 - Hot answers: ``Cache.remember(data, key, entry, q)`` notes that the packet ``data`` (every byte after its id) was
-  answered from ``entry``; ``Cache.hot(data[2:], data)`` then answers the same bytes again with one dict look-up,
-  before any parsing (the chain's step 0c; it decides which answers may be remembered). ``hot_get(packet)`` is that
-  look-up alone (the table's own ``get``: a packet that was never remembered, such as a blocked one, costs no
+  answered from ``entry``; the same bytes are then answered again with one dict look-up, before any parsing (the
+  chain's step 0c; it decides which answers may be remembered): ``hot_get(packet)`` (``packet``: ``data[2:]``) is
+  that look-up (the table's own ``get``: a packet that was never remembered, such as a blocked one, costs no
   method call) and ``hot_reply(h, packet, data)`` the answer from what it found. A remembered packet stops
   being answered when its entry leaves the cache (expired, evicted, replaced, cleared); the table holds at most
   ``HOT_MAX`` packets and is emptied when full.
@@ -125,23 +125,17 @@ class Cache:
         self.bytes = 0
 
     def remember(self, data: bytes, key: Any, entry: Entry, q: Question) -> None:
-        """Answer the packet ``data`` (all but its id) from ``entry`` from now on (``hot``)."""
+        """Answer the packet ``data`` (all but its id) from ``entry`` from now on (``hot_get``, ``hot_reply``)."""
         hot = self._hot
         if len(hot) >= HOT_MAX:
             hot.clear()
         p = entry.patched
         hot[data[2:]] = [entry, p, p[2:12] + data[12 : q.qend] + p[entry.qend :], key, q.qend]
 
-    def hot(self, packet: bytes, data: bytes) -> bytes | None:
-        """The reply to a remembered packet ``data`` (``packet``: its bytes after the id, the key) with its id and
-        question bytes and the entry's TTLs now; None when it is not remembered (any more)."""
-        h = self._hot.get(packet)
-        if h is None:
-            return None
-        return self.hot_reply(h, packet, data)
-
     def hot_reply(self, h: list[Any], packet: bytes, data: bytes) -> bytes | None:
-        """``hot`` once ``hot_get(packet)`` found ``h``."""
+        """The reply to the remembered packet ``data`` (``packet``: its bytes after the id, the key; ``h``: what
+        ``hot_get(packet)`` found) with its id and question bytes and the entry's TTLs now; None when it is no
+        longer answered (its entry left the cache)."""
         entry = h[0]
         now = self.clock()
         if entry.dead or now >= entry.expires:

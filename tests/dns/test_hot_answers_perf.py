@@ -1,5 +1,6 @@
-"""Hot answers (enforcer/dns/cache.py ``Cache.hot``, the chain's step 0c): a packet the cache answered before is
-answered again from its raw bytes, and the answer is the one the full chain would give, in every case that matters.
+"""Hot answers (enforcer/dns/cache.py ``Cache.hot_get``/``hot_reply``, the chain's step 0c): a packet the cache
+answered before is answered again from its raw bytes, and the answer is the one the full chain would give, in every
+case that matters.
 
 Driven through the real chain in-process (tests/dns/chainharness.py: real policy, cache, fake upstream on 127.0.0.1,
 fake clock), comparing against a chain without hot answers where the bytes must match.
