@@ -402,19 +402,13 @@ class LeaseBook:
 
     def at(self, address: str, ts_us: int) -> Lease | None:
         """The lease that held ``address`` (canonical spelling, as ``str(ip_address(...))``) at ``ts_us``."""
-        starts = self._starts.get(address)
-        if not starts:
-            return None
-        i = bisect.bisect_right(starts, ts_us) - 1
-        if i < 0:
-            return None
-        lease = self._spans[address][i]
-        return lease if ts_us < lease.end_us else None
+        return self.span(address, ts_us)[0]
 
     def span(self, address: str, ts_us: int) -> tuple[Lease | None, int, int]:
-        """``(at(address, ts_us), lo, hi)``: ``at`` gives the same answer for every time in ``[lo, hi)`` (the
+        """``(lease, lo, hi)``: the lease that held ``address`` at ``ts_us`` (the latest span started at or before
+        it, if it has not ended; else None), and the interval ``[lo, hi)`` over which that answer is the same (the
         lease's own span up to the next holder's start, or the gap around ``ts_us``), so that a caller can keep it
-        for the next events of that address instead of searching again."""
+        for the next events of that address instead of searching again. ``at`` is its first item."""
         starts = self._starts.get(address)
         if not starts:
             return None, -SPAN_EDGE, SPAN_EDGE

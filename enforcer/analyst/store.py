@@ -691,7 +691,6 @@ def _facets_of_rollup(
 RollupInput = tuple[int, str, str, str, str, int]
 _ROLLED = operator.itemgetter(1, 2, 3, 7, 4, 8)  # Row -> RollupInput
 _ROLLED_SQL = "ts, app, client, rule, category, denied"  # the events table -> RollupInput
-_ROLL_FETCH = 65_536  # rows fetched at a time when a rollup is summed from the table (bounded memory)
 
 
 def sum_rollups(
@@ -752,11 +751,6 @@ def _upsert_rollup(
 def _roll(conn: sqlite3.Connection, enforcement: Enforcement, where: str, params: list[Any], sign: int) -> None:
     """Add (``sign`` +1) or take out (-1) the events matching ``where`` (the chunk just inserted, the batch about to
     be deleted, every event for a rebuild) to/from both rollups: read back and summed by ``sum_rollups``."""
-    cur = conn.execute(f"SELECT {_ROLLED_SQL} FROM events WHERE {where}", params)
-    hours, clients = sum_rollups(_fetched(cur), enforcement)
+    # The cursor is read a row at a time as it is summed: memory bounded by the sums, not by the rows.
+    hours, clients = sum_rollups(conn.execute(f"SELECT {_ROLLED_SQL} FROM events WHERE {where}", params), enforcement)
     _upsert_rollup(conn, hours, clients, sign)
-
-
-def _fetched(cur: sqlite3.Cursor) -> Iterator[RollupInput]:
-    while batch := cur.fetchmany(_ROLL_FETCH):
-        yield from batch
