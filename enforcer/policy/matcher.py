@@ -133,6 +133,12 @@ class Policy:
         )
         # With compact feeds, the whole suffix walk is one call into the table (nameindex.NameIndex.walker).
         self._walk = None if self._feeds is None else self._feeds.walker(domains.get, self._tld_rules)
+        # One compact feed (the usual large policy): match_name and match_key with the walk inlined, one Python call
+        # per lookup (NameIndex.lookups; the methods below answer the same and stay the reference).
+        fused = None if self._feeds is None else self._feeds.lookups(hosts, domains, self.apps, self._tld_rules)
+        if fused is not None:
+            self.match_name = fused[0]  # type: ignore[method-assign,assignment]
+            self.match_key = fused[1]  # type: ignore[method-assign,assignment]
         self.urls = urls
         self.cidrs = tuple(cidrs)
         self._cidr_table = CidrTable(cidrs)

@@ -301,3 +301,68 @@ def test_one_feed_walk_answers_as_a_probe_per_suffix() -> None:
     index._table[slot] = ((h >> 32) | 1) << 32 | at  # the tag of "abc.example", at the line "abc.example.net"
     assert index.walker(domains.get, False)("abc.example") is None
     assert index.walker(domains.get, False)("q.abc.example.net") == (rule, "abc.example.net")
+
+
+@pytest.mark.parametrize("tld", [False, True])
+def test_fused_one_feed_lookups_answer_as_the_methods(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tld: bool
+) -> None:
+    # One compact feed: Policy.match_name / match_key are NameIndex.lookups' closures (the walk inlined). They must
+    # answer as the methods they replace (Policy.match_name(policy, q): hosts, then per suffix the domain rules before
+    # the feed, over NameIndex.walker) and as the dict policy, on hosts, domain rules (block and allow) at names the
+    # feed lists and below them, a single-label rule or none, any case, a final dot, an IDN.
+    rng = random.Random(5)
+    names = [f"{rng.choice('abcdef')}{i}.{rng.choice(['ex', 'ads'])}.{rng.choice(['com', 'net', 'cn'])}"
+             for i in range(2_000)]  # fmt: skip
+    names += ["ads.example", "t.cdn.example", "xn--bcher-kva.example"]
+    (tmp_path / "f.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "a.yaml").write_text(
+        "app: compact\npolicy:\n  effective: 2023-10-30\nblock:\n"
+        f"  - host: {names[5]}\n    category: telemetry\n"  # a host rule at a name the feed lists
+        "  - host: exact.example.org\n    category: telemetry\n"
+        f"  - domain: {names[7]}\n    category: messaging\n"  # the domain rule decides the feed's own name
+        "  - domain: cdn.example\n    category: messaging\n"  # a domain rule above a feed name
+        "  - include: f.txt\n    category: web\n"
+        + ("  - domain: lan\n    category: web\n" if tld else "")
+        + f"allow:\n  - domain: ok.ads.example\n  - domain: x.{names[9]}\n"
+    )
+    as_dict = load_policy(tmp_path)
+    monkeypatch.setattr(matcher, "COMPACT_MIN_NAMES", 0)
+    policy = load_policy(tmp_path)
+    assert policy._feeds is not None and policy._tld_rules is tld
+    assert "_fused_" in policy.match_name.__qualname__ and "_fused_" in policy.match_key.__qualname__
+    queries = [*names, *(f"{rng.choice(['www.', 'a.b.', 'x.', 'ok.'])}{n}" for n in names[:500])]
+    queries += [n.upper() + "." for n in names[:200]] + [n[1:] for n in names[:200]]
+    queries += ["EXACT.example.org.", "a.exact.example.org", "u.t.cdn.example", "cdn.example", "ok.ads.example",
+                "z.ok.ads.example", "host.lan", "lan", "com", "", ".", "bücher.example",
+                "www.Bücher.example."]  # fmt: skip
+    for q in queries:
+        want = Policy.match_name(policy, q)
+        got = policy.match_name(q)
+        assert type(got) is type(want) and got == want, q
+        dict_want = as_dict.match_name(q)
+        assert (got and (got.rule.id, got.matched)) == (dict_want and (dict_want.rule.id, dict_want.matched)), q
+        key = q.lower().removesuffix(".")
+        assert policy.match_key(key) == Policy.match_key(policy, key) == as_dict.match_key(key), q
+
+
+def test_a_colliding_tag_never_matches_in_the_fused_lookups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The planted collision of test_a_colliding_tag_never_matches_in_the_walk, through the fused closures: a tag
+    # that points at a listed line of which the probe is only a prefix must not match.
+    (tmp_path / "f.txt").write_text("ads.example\nabc.example.net\n")
+    (tmp_path / "a.yaml").write_text(
+        "app: compact\npolicy:\n  effective: 2023-10-30\nblock:\n  - include: f.txt\n    category: web\n"
+    )
+    monkeypatch.setattr(matcher, "COMPACT_MIN_NAMES", 0)
+    policy = load_policy(tmp_path)
+    index = policy._feeds
+    assert index is not None
+    h = hash("abc.example")
+    slot = h % index._size
+    while index._table[slot]:
+        slot = (slot + 1) % index._size
+    index._table[slot] = ((h >> 32) | 1) << 32 | index._texts[0].index("abc.example.net")
+    assert policy.match_name("abc.example") is None and policy.match_key("abc.example") is None
+    found = policy.match_name("q.abc.example.net")
+    assert found is not None and found.matched == "abc.example.net"
+    assert policy.match_key("q.abc.example.net") is found.rule
