@@ -3,8 +3,9 @@
 - ``match_name(name)``: exact ``host`` rules, then ``domain``/``include`` suffixes from the longest to the shortest,
   on label boundaries. One dictionary look-up per label, so a lookup costs about a microsecond whatever the list size.
   Feeds of ``nameindex.COMPACT_MIN_NAMES`` names or more stay in a ``NameIndex`` (a third of the dict's memory)
-  probed after the dict for each label, the whole walk in one call (``NameIndex.walker``); smaller ones are merged
-  into the dict (docs/performance.md).
+  probed after the dict for each label, the whole walk in one call (``NameIndex.walker``); with one such feed (the
+  usual case) ``match_name``/``match_key`` are ``NameIndex.lookups``' closures, the walk inlined and answering as the
+  methods do. Smaller feeds are merged into the dict (docs/performance.md).
 - ``match_url(url, method)``: ``url``/``store`` rules of the request's host (more specific than any name rule), then
   the host itself by name (or by address for an IP literal). The path is judged on every reading an origin may serve
   (``urlrules.request_paths``); a blocking reading wins.
