@@ -37,7 +37,7 @@ import hashlib
 from array import array
 from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate, repeat
-from operator import and_, mod, or_
+from operator import add, and_, mod, or_
 
 from .model import AppPolicy, Match, Rule
 from .names import fast_key
@@ -51,7 +51,6 @@ _OFFSET = 0xFFFFFFFF  # the low half of a slot: the name's offset
 _TAG_BITS = ~_OFFSET  # a hash's top half, in place
 _TAG_LOW = 1 << 32  # the tag's low bit, forced on so that no stored value is 0 (an empty slot)
 _LABEL_BYTES = bytes(b for b in range(256) if b not in b".\n")  # deleted: a name is left as its dots
-_plus_one = (1).__add__
 
 
 def text_spans(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
@@ -181,12 +180,23 @@ class NameIndex:
             dots = text[start:end].encode().translate(None, _LABEL_BYTES) + b"\n"
             self.single_label = dots[:1] == b"\n" or b"\n\n" in dots
         hashes = list(map(hash, names))
-        offsets = accumulate(map(_plus_one, map(len, names)), initial=base + start + _TAG_LOW)
+        offsets = accumulate(map(add, map(len, names), repeat(1)), initial=base + start + _TAG_LOW)
         values = map(or_, map(and_, hashes, repeat(_TAG_BITS)), offsets)
         dupes = 0
         for i, v in zip(map(mod, hashes, repeat(size)), values):  # noqa: B905 (the same length)
-            if table[i]:
-                dupes += self._probe(i, v)
+            old = table[i]
+            if not old:
+                table[i] = v
+                continue
+            # Taken (1 name in 6): linear probing inline; an entry with the same tag may be the same name, and
+            # _probe compares the texts from there.
+            tag = v >> 32
+            while old:
+                if old >> 32 == tag:
+                    dupes += self._probe(i, v)
+                    break
+                i = i + 1 if i + 1 < size else 0
+                old = table[i]
             else:
                 table[i] = v
         return dupes

@@ -424,3 +424,26 @@ def test_only_the_first_feed_is_indexed_while_checked(tmp_path: Path, monkeypatc
     for line in f1.read_text().splitlines()[::50]:
         found = one.match_name("www." + line)
         assert found is not None and found.matched == line
+
+
+def test_names_with_one_hash_are_all_stored_and_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every name given the same hash: the same home slot AND the same tag, what a full 64-bit collision looks like.
+    # The build must tell them apart by their text (store each distinct name, count only real repeats), on both
+    # paths (the table built by add, the one filled while the feed is checked), and every lookup must find exactly
+    # the listed names.
+    from enforcer.policy import nameindex
+
+    monkeypatch.setattr(nameindex, "hash", lambda s: 0x5EED << 32 | 7, raising=False)
+    names = [f"n{i}.example" for i in range(300)]
+    text = "".join(f"{n}\n" for n in [*names, *names[:40]])  # 40 real repeats
+    rule = _rule(1)
+    built_names, built = feeds.feed_names_indexed(text, "f", [])
+    assert built_names == text and built is not None
+    for prebuilt in (None, built):
+        index = NameIndex()
+        assert index.add(text, rule, prebuilt) == 40 and len(index) == 300
+        assert (index._table is built._table) is (prebuilt is not None)
+        assert all(index.get(n) is rule for n in names)
+        assert index.get("n300.example") is None and index.get("n1.exampl") is None
+        walk = index.walker({}.get, False)
+        assert walk("a.n7.example") == (rule, "n7.example") and walk("a.n7.exampl") is None
