@@ -274,6 +274,34 @@ async def run_window(
     return count, elapsed, cpu
 
 
+async def measure_together(
+    scenario: Scenario, proxies: dict[str, tuple[int, int]], ports: dict[str, int], duration: float, concurrency: int
+) -> dict[str, tuple[float, float]]:
+    """``--side-by-side``: every proxy (variant -> (port, pid)) under its own ``concurrency`` clients in one window, at
+    the same time, all on one CPU: the scheduler gives each the same share, so whatever slows the machine in that
+    window slows them alike, and req/s between them compares the CPU one request costs. (req/s, CPU s/req) each."""
+    for tasks, window in ((2, 0.5), (concurrency, duration)):  # warm-up, then the timed window
+        runs = {v: Run(tasks) for v in proxies}
+        clients = [
+            asyncio.gather(*(scenario(port, ports, runs[v]) for _ in range(tasks))) for v, (port, _) in proxies.items()
+        ]
+        for run in runs.values():
+            await run.all_ready.wait()
+        cpu0 = {v: proc_cpu(pid) for v, (_, pid) in proxies.items()}
+        start = time.monotonic()
+        for run in runs.values():
+            run.deadline = start + window
+            run.counting = True
+            run.opened.set()
+        await asyncio.sleep(window)
+        for run in runs.values():
+            run.counting = False
+        elapsed = time.monotonic() - start
+        cpu = {v: proc_cpu(pid) - cpu0[v] for v, (_, pid) in proxies.items()}
+        await asyncio.gather(*clients)
+    return {v: (run.count / elapsed, cpu[v] / max(run.count, 1)) for v, run in runs.items()}
+
+
 async def measure(
     scenario: Scenario, proxy: int, ports: dict[str, int], duration: float, concurrency: int, pid: int | None = None
 ) -> tuple[float, float]:
@@ -436,6 +464,12 @@ def main() -> int:
         help="also run variant 'baseline': the addon (events and metrics on) from DIR/enforcer, e.g. an older "
         "tree's enforcer/ unpacked with git archive (default: none)",
     )
+    ap.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="instead of alternating: load every variant at once, all sharing CPU 0, each round one window (a noise-"
+        "resistant comparison of CPU per request; the req/s are shares of one CPU, not each proxy's own throughput)",
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin the proxies to CPU 0 and the client to CPU 1")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     ap.add_argument(
@@ -496,16 +530,7 @@ def main() -> int:
                 wait_port(port, procs[-1])
                 pids[variant] = procs[-1].pid
             for name in args.scenario or list(SCENARIOS):
-                results[name] = {v: [] for v in variants}
-                for r in range(args.rounds):
-                    # Rotate the order each round: no variant always runs right after another one warmed the CPU.
-                    for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
-                        _, port = commands[variant]
-                        results[name][variant].append(
-                            asyncio.run(
-                                measure(SCENARIOS[name], port, ports, args.duration, args.concurrency, pids[variant])
-                            )
-                        )
+                results[name] = run_scenario(SCENARIOS[name], args, commands, pids, ports)
         finally:
             for p in procs:
                 with contextlib.suppress(ProcessLookupError):
@@ -517,6 +542,33 @@ def main() -> int:
                     os.killpg(p.pid, signal.SIGKILL)
     report(results, args)
     return 0
+
+
+def run_scenario(
+    scenario: Scenario,
+    args: argparse.Namespace,
+    commands: dict[str, tuple[list[str], int]],
+    pids: dict[str, int],
+    ports: dict[str, int],
+) -> dict[str, list[tuple[float, float]]]:
+    """Every round of one scenario: (req/s, CPU s/req) per variant and round, in round order."""
+    variants = list(commands)
+    out: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    if args.side_by_side:
+        together = {v: (commands[v][1], pids[v]) for v in variants}
+        for _ in range(args.rounds):
+            window = asyncio.run(measure_together(scenario, together, ports, args.duration, args.concurrency))
+            for variant, figures in window.items():
+                out[variant].append(figures)
+        return out
+    for r in range(args.rounds):
+        # Rotate the order each round: no variant always runs right after another one warmed the CPU.
+        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            _, port = commands[variant]
+            out[variant].append(
+                asyncio.run(measure(scenario, port, ports, args.duration, args.concurrency, pids[variant]))
+            )
+    return out
 
 
 class _ScriptHolder:
@@ -643,8 +695,13 @@ def report(results: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
         for variant, rounds in by_variant.items():
             rps = statistics.median(x[0] for x in rounds)
             cpu = statistics.median(x[1] for x in rounds)
+            bare_rounds = by_variant["bare"]
+            # The same round's bare and variant ran back to back (or together): the median of those paired ratios
+            # cancels what drifts between rounds, which the ratio of the two medians does not.
+            paired = [x[0] / b[0] for x, b in zip(rounds, bare_rounds, strict=False) if b[0]]
             summary[name][variant] = {
                 "rps_median": round(rps, 1),
+                "rps_vs_bare_paired": round(statistics.median(paired), 3) if paired else float("nan"),
                 "cpu_us_per_req_median": round(cpu * 1e6, 1),
                 "rps_vs_bare": round(rps / bare_rps, 3) if bare_rps else float("nan"),
                 "cpu_vs_bare": round(cpu / bare_cpu, 3) if bare_cpu else float("nan"),
@@ -666,19 +723,22 @@ def report(results: dict[str, dict[str, list[tuple[float, float]]]], args: argpa
             "concurrency": args.concurrency,
             "rounds": args.rounds,
             "pinned": not args.no_pin,
+            "side_by_side": args.side_by_side,
         }
         print(json.dumps({**doc, "results": summary, "blocked_vs_allowed": blocked_vs}, indent=2))
         return
     pinned = "proxies on CPU 0, client on CPU 1" if not args.no_pin else "not pinned"
+    how = "side-by-side (all variants at once)" if args.side_by_side else "rotating"
+    print(f"proxy_bench: {args.rounds} {how} round(s) x {args.duration:g}s, concurrency {args.concurrency}, {pinned}")
     print(
-        f"proxy_bench: {args.rounds} rotating round(s) x {args.duration:g}s, concurrency {args.concurrency}, {pinned}"
+        f"{'scenario':22} {'variant':12} {'req/s':>8} {'/bare':>6} {'paired':>6} {'CPU us/req':>11} {'/bare':>6}"
+        "   (medians; paired: median of the rounds' own ratios)"
     )
-    print(f"{'scenario':22} {'variant':12} {'req/s':>8} {'/bare':>6} {'CPU us/req':>11} {'/bare':>6}   (medians)")
     for name, rows in summary.items():
         for variant, row in rows.items():
             print(
                 f"{name:22} {variant:12} {row['rps_median']:8.1f} {row['rps_vs_bare']:6.3f} "
-                f"{row['cpu_us_per_req_median']:11.1f} {row['cpu_vs_bare']:6.3f}"
+                f"{row['rps_vs_bare_paired']:6.3f} {row['cpu_us_per_req_median']:11.1f} {row['cpu_vs_bare']:6.3f}"
             )
     for name, rows in summary.items():
         for variant, row in rows.items():
