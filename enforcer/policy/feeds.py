@@ -107,6 +107,10 @@ def parse_feed(text: str, shown: str, problems: list[Problem]) -> list[str] | No
 # at most 63 characters (a line longer than that, rare, is checked alone).
 _NAME_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789_-.\n"
 _BREAK_AS_DOT = bytes.maketrans(b"\n", b".")
+# Hyphens as dots too: one search for ".." then finds every pair of the three checks (and "--", valid inside a
+# label: only then are the three exact searches made). Each search is a byte-by-byte scan of the batch: one instead
+# of three saves 0.045 CPU s on a 1M-name feed (docs/perf-policy.md).
+_BREAK_AND_HYPHEN_AS_DOT = bytes.maketrans(b"\n-", b"..")
 
 
 def _clean_batch(batch: str) -> list[str] | None:
@@ -117,9 +121,11 @@ def _clean_batch(batch: str) -> list[str] | None:
     raw = batch.encode()
     if raw.translate(None, _NAME_CHARS):
         return None
-    dots = raw.translate(_BREAK_AS_DOT)
-    if b".." in dots or b".-" in dots or b"-." in dots or dots[:1] in (b".", b"-"):
-        return None
+    pairs = raw.translate(_BREAK_AND_HYPHEN_AS_DOT)
+    if pairs[:1] == b"." or b".." in pairs:
+        dots = raw.translate(_BREAK_AS_DOT)
+        if b".." in dots or b".-" in dots or b"-." in dots or dots[:1] in (b".", b"-"):
+            return None
     lines = batch.split("\n")
     del lines[-1]  # the empty string after the final newline
     if max(map(len, lines)) <= MAX_LABEL:

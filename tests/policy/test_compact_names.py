@@ -447,3 +447,21 @@ def test_names_with_one_hash_are_all_stored_and_found(monkeypatch: pytest.Monkey
         assert index.get("n300.example") is None and index.get("n1.exampl") is None
         walk = index.walker({}.get, False)
         assert walk("a.n7.example") == (rule, "n7.example") and walk("a.n7.exampl") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a--b.com\n", "a--b.com\nc.-d.com\n", "a--b.com\nc-.d.com\n", "a--b.com\n-c.com\n", "a--b.com\nc..com\n",
+     "a--b.com\nc.com.\n", ".a.com\n", "-a.com\n", "a.com\n.b.com\n", "a.com\nb-\n", "a.b-c.d-e.com\n",
+     _BIG[:200_000] + "a--b.example\n" + _BIG[200_000:], _BIG[:200_000] + "a--b.example\nx-.y.com\n" + _BIG[200_000:]],
+)  # fmt: skip
+def test_hyphen_pairs_in_a_batch_are_read_line_by_line_alike(text: str) -> None:
+    # _clean_batch looks for "..", ".-", "-." (and a leading "." or "-") with one search over the batch with its
+    # hyphens and line breaks as dots; "--" inside a label (valid) trips that search too and must then pass the exact
+    # checks. Either way the feed reads as line by line.
+    want_problems: list[Problem] = []
+    got_problems: list[Problem] = []
+    want = _line_by_line(text, want_problems)
+    got = feeds.feed_names_text(text, "f", got_problems)
+    assert got == (None if want is None else "".join(f"{n}\n" for n in want))
+    assert [(p.line, p.col, p.severity) for p in got_problems] == [(p.line, p.col, p.severity) for p in want_problems]
