@@ -13,7 +13,7 @@
 - ``Parsed``: the indexed fields (``records.Record``), the time in microseconds, the dedupe identity ``key`` (the
   store's UNIQUE ``(ts, eid)``) and the bytes to store; ``fingerprint(ts_us, key)`` is its 64-bit digest, which the
   report keeps in memory to count each event once, as the store does (``id_fingerprint(ts_us, eid)`` the same for a
-  writer id given as its integer, as the report reads it from a block).
+  writer id given as its hex digits, as the report reads it from a block).
 
 Kept apart from the callers' loops so that later fields (e.g. DHCP identities) are added in one place: extend
 ``records.Record`` / ``record_from_doc`` and both the report and the store see them.
@@ -38,10 +38,7 @@ DEFAULT_MAX_FILE_BYTES = 4 * 1024**3
 READ_BYTES = 1024 * 1024
 SKIP_REASONS = ("invalid_json", "not_event", "oversize", "torn")
 _HEX = re.compile(r"[0-9a-f]{32}")
-_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: a bijection on 64-bit times
-_MASK64 = (1 << 64) - 1
 _EVENT_HEAD = EVENT_HEAD.encode("ascii")
-_ID_BYTES = 16  # the writer's event.id: 32 hex digits (a uuid4, or a per-process random prefix and a counter)
 
 
 class EventFileError(Exception):
@@ -264,12 +261,22 @@ _WRITER_SOURCE = (
 _WRITER_LINE = re.compile(_WRITER_SOURCE, re.ASCII)  # on text, so that \d is 0-9 only
 # The same lines, found in a block of text (one match per whole line: no part of the pattern matches a newline),
 # capturing only what the report counts (``report.scan_range``): the other groups made non-capturing, so that a
-# match creates five strings instead of fourteen. The same pattern otherwise: a line is a writer line for both.
-REPORT_FIELDS = ("ts", "eid", "type", "app", "client")
+# match creates seven strings instead of fourteen, and the time as its minute, seconds and microseconds (the report
+# converts the minute once and never needs the whole text). The same pattern otherwise: a line is a writer line for
+# both.
+REPORT_FIELDS = ("minute", "sec", "usec", "eid", "type", "app", "client")
+_REPORT_TS = r"(?P<minute>\d{4}-\d\d-\d\dT\d\d:\d\d):(?P<sec>\d\d)\.(?P<usec>\d{6})Z"
 WRITER_LINES = re.compile(
-    "^" + re.sub(r"\(\?P<(?!(?:" + "|".join(REPORT_FIELDS) + r")>)\w+>", "(?:", _WRITER_SOURCE) + "$",
+    "^"
+    + re.sub(
+        r"\(\?P<(?!(?:" + "|".join(REPORT_FIELDS) + r")>)\w+>",
+        "(?:",
+        _WRITER_SOURCE.replace(r"(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)", _REPORT_TS, 1),
+    )
+    + "$",
     re.ASCII | re.MULTILINE,
 )
+assert WRITER_LINES.groupindex.keys() == set(REPORT_FIELDS)
 
 
 def _writer_line(raw: bytes) -> Parsed | None:
@@ -358,20 +365,17 @@ def _parse(raw: bytes, final: bool, fast: bool) -> tuple[Parsed | None, str | No
     return None, (("torn" if final else "invalid_json") if doc is _INVALID else "not_event")
 
 
-def id_fingerprint(ts_us: int, eid: int) -> int:
-    """``fingerprint`` of a writer's event (its 32-hex-digit id as the 128-bit integer ``eid``), no hash: the ids are
-    random (uuid4) or a random per-process prefix and a counter, so both halves count (two events of one process in
-    the same microsecond, same prefix, other counters, never collide), folded with the time. ``enforcer report``
-    calls it with ``int(hex, 16)`` of the ids it finds in a block, without the bytes."""
-    x = eid ^ (ts_us * _GOLDEN)
-    return (x ^ (x >> 64)) & _MASK64
-
-
 def fingerprint(ts_us: int, key: str | bytes) -> int:
     """64-bit digest of the store's dedupe identity (time, id): the report's in-memory set holds these, ~70 bytes
-    an event instead of the ids themselves (a false match among 10M events: about 3 in a million)."""
-    if isinstance(key, bytes) and len(key) == _ID_BYTES:
-        return id_fingerprint(ts_us, int.from_bytes(key, "big"))
-    tag = b"b" + key if isinstance(key, bytes) else b"t" + key.encode("utf-8", "surrogatepass")
-    h = hashlib.blake2b(ts_us.to_bytes(8, "big", signed=True) + tag, digest_size=8)
-    return int.from_bytes(h.digest(), "big")
+    an event instead of the ids themselves (a false match among 10M events: about 3 in a million). The writer's
+    id (16 bytes) counts as its 32 lower-case hex digits, as the report reads it from a block (``id_fingerprint``).
+
+    Python's own hash (SipHash of the id, folded with the time): the one digest computed in C, a tenth of what a
+    fold of the id as a 128-bit integer cost an event. It depends on the process's hash seed: ``enforcer report``
+    starts its workers with one seed, so that their fingerprints compare."""
+    return hash((ts_us, key.hex() if isinstance(key, bytes) else key))
+
+
+def id_fingerprint(ts_us: int, eid: str) -> int:
+    """``fingerprint`` of a writer's event: its id as the 32 lower-case hex digits of the line."""
+    return hash((ts_us, eid))

@@ -29,15 +29,17 @@ sequential pass instead, so the first occurrence in file order wins there too.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
-import heapq
 import itertools
+import operator
 import os
 import re
+import secrets
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,8 +49,15 @@ from ..policy.enforcement import Enforcement
 from .files import check_files, event_files
 from .identity import (
     BYPASS,
+    CLIENT,
     CONTROL_KIND,
     DEFAULT_WINDOW_S,
+    ENFORCED,
+    FIRST,
+    HITS,
+    LAST,
+    TIMES,
+    USER,
     Identifier,
     Identity,
     Tallies,
@@ -140,7 +149,7 @@ class ReportStats:
     skipped: dict[str, int] = field(default_factory=dict)
     first_invalid: str | None = None
     missing: list[str] = field(default_factory=list)
-    keys: array[int] = field(default_factory=lambda: array("Q"))  # sorted fingerprints of the range's events (workers)
+    keys: array[int] = field(default_factory=lambda: array("q"))  # sorted fingerprints of the range's events (workers)
     keys_file: str | None = None  # ... or the file that holds them (``scan_range``'s ``keys_dir``)
     apps: set[str] = field(default_factory=set)  # every app seen in the range, selected or not (--app checks)
 
@@ -168,9 +177,6 @@ class ReportStats:
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than starting workers
 RANGE_BYTES = 64 * 1024 * 1024
 RANGES_PER_TASK = 8  # 512 MB, about 900,000 events: see _groups
-# Fingerprints read at a time from each worker's file (64 KB): the overlap check reads all range files at once while
-# the main process holds every hit time (90 files at 10M events: 512 KB blocks were 46 MB of its peak).
-KEYS_BLOCK = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +191,19 @@ class Selection:
     identifier: Identifier | None = None
 
 
+# The shortest writer line: its opening ({"@timestamp":"TIME","event":{"id":"32 hex digits) alone (tests check it
+# against the pattern's own minimum)
+_WRITER_MIN_BYTES = 91
 _FAST_MAX_CHARS = MAX_LINE_BYTES // 4  # a longer writer line may be over MAX_LINE_BYTES in UTF-8: the line rule
 _MINUTES_MAX = 100_000  # minutes (69 days) of times kept converted
 _INVALID_MINUTE = -1
 _SPANS_MAX = 100_000  # clients whose identity interval is kept
 
+
+_NEVER = 1 << 62  # after any time in microseconds: an exempt client's events are never enforced
+# A client's identity over an interval (``_Counter.spans``) and a (client, app)'s entry (``_Counter._slot``)
+_Slot = tuple[int, int, Any]
+_Span = tuple[int, int, Identity, dict[Any, list[Any]]]
 
 # One event read, as ``_Counter.count_all`` takes it: (ts, ts_us, fingerprint, app, client, denied, device_id, user,
 # labels.kind)
@@ -203,27 +217,67 @@ class _Counter:
     each call costs seconds."""
 
     def __init__(
-        self, select: Selection, identifier: Identifier, seen: set[int], tallies: Tallies, stats: ReportStats
+        self,
+        select: Selection,
+        identifier: Identifier,
+        tallies: Tallies,
+        prior: set[int] | frozenset[int] = frozenset(),
+        exact: bool = False,
     ) -> None:
-        self.select, self.seen, self.tallies, self.stats = select, seen, tallies, stats
-        self.identifier = identifier
+        self.select, self.tallies, self.identifier = select, tallies, identifier
+        self.stats = ReportStats()  # the current range's (``_scan``)
+        self.seen: set[int] = set()  # the fingerprints of the current range's events (``_scan``)
+        self.prior = prior  # ... and of the events counted before it (a sequential pass over several files)
+        self.exact = exact  # no deferred counting (``count_rows``): after ``settle`` found it could not say
+        # The time range in microseconds (``count_rows``; ``since``/``until`` are canonical, so the same bounds)
+        self.since_us = ts_to_us(select.since) if select.since is not None else -_NEVER
+        self.until_us = ts_to_us(select.until) if select.until is not None else _NEVER
         self.minutes: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" -> its microseconds (_INVALID_MINUTE: not a time)
         # client -> (lo, hi, identity, {app (or (app, "control")): its tallies entry}): Identifier.identify_span of
         # the client's last event without device.id and user, reused while the next events fall in [lo, hi)
-        self.spans: dict[str, tuple[int, int, Identity, dict[Any, list[Any]]]] = {}
+        self.spans: dict[str, _Span] = {}
+        # ``count_rows``: app -> client -> (lo, hi, append to the times of the client and app over that interval),
+        # and each such interval's (identity, app, client, times, enforced from, kind), for ``settle``
+        self.slots: dict[str, dict[str, _Slot]] = {}
+        self.pending: list[tuple[Identity, str, str, array[int], int, str]] = []
 
     def block(self, block: bytes, n: int, where: str) -> int:
         """The lines of ``block`` (whole lines; the last one unterminated only at the end of the file), numbered
         after ``n``; returns the last number. The writer's own lines are found by ``lines.WRITER_LINES`` in the
         decoded block, one regular-expression search for all of them instead of a parse per line; every other line
-        (and a block that is not valid UTF-8) takes ``lines.parse_event_line``, the rule both paths give."""
-        events: list[_Event] = []
+        (and a block that is not valid UTF-8) takes ``lines.parse_event_line``, the rule both paths give.
+
+        A block whose every line is the writer's (the common case: the count of matches is the count of lines) is
+        counted by ``count_rows`` straight from ``findall``'s tuples, without a match object, a span or an event
+        tuple per line; any other block takes ``search``, line by line in file order."""
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
+            events: list[_Event] = []
             n = self.lines(block, n, where, events)
             self.count_all(events)
             return n
+        rows = [] if self.exact else WRITER_LINES.findall(text)
+        if (
+            rows
+            and len(rows) == text.count("\n") + (not text.endswith("\n"))
+            # No line over MAX_LINE_BYTES (the line rule's "oversize"): every line is a writer line, at least
+            # _WRITER_MIN_BYTES long, so the longest is at most the block less the others.
+            and len(block) - (len(rows) - 1) * (_WRITER_MIN_BYTES + 1) <= MAX_LINE_BYTES
+        ):
+            done = self.count_rows(rows)
+            self.stats.lines += done
+            n += done
+            if done == len(rows):
+                return n
+            # A line whose time is not one (``count_rows`` stopped there): it and the rest, in order, line by line.
+            return self.search(text.split("\n", done)[done], n, where)
+        return self.search(text, n, where)
+
+    def search(self, text: str, n: int, where: str) -> int:
+        """``block`` for a decoded block that holds other lines than the writer's: each writer line found by the
+        search, the lines in between by the line rule, all counted in file order."""
+        events: list[_Event] = []
         pos = found = 0
         minutes, add = self.minutes, events.append
         for m in WRITER_LINES.finditer(text):
@@ -231,23 +285,123 @@ class _Counter:
             if s != pos:  # the lines in between are not the writer's
                 n = self.lines(text[pos:s].encode("utf-8"), n, where, events)
             pos = e + 1
-            ts, eid, typ, app, client = m.groups()
-            base = minutes.get(ts[:16])
+            minute, ss, us, eid, typ, app, client = m.groups()
+            base = minutes.get(minute)
             if base is None:
-                base = self._minute(ts[:16])
-            sec = int(ts[17:19] + ts[20:26])  # seconds and microseconds: "SS" "ffffff"
+                base = self._minute(minute)
+            sec = int(ss + us)
             if base == _INVALID_MINUTE or sec >= 60_000_000 or e - s > _FAST_MAX_CHARS:
                 n = self.lines(text[s:pos].encode("utf-8"), n, where, events)  # the line rule says what it is
                 continue
             n += 1
             found += 1
             ts_us = base + sec
-            add((ts, ts_us, id_fingerprint(ts_us, int(eid, 16)), app, client or "", typ == "denied", "", "", ""))
+            ts = f"{minute}:{ss}.{us}Z"
+            add((ts, ts_us, id_fingerprint(ts_us, eid), app, client or "", typ == "denied", "", "", ""))
         if pos < len(text):
             n = self.lines(text[pos:].encode("utf-8"), n, where, events)
         self.stats.lines += found
         self.count_all(events)
         return n
+
+    def count_rows(self, rows: list[tuple[str, ...]]) -> int:
+        """``count_all`` for the writer lines of a block, as ``findall`` gives them (``lines.REPORT_FIELDS``), in
+        one loop: the same rule (time range, once per (time, id), selected apps, the identity over the client's
+        lease interval). Deferred to ``settle``: each hit is only appended, as ``ts_us * 2 + denied``, to the times
+        of its client and app over the client's identity interval; which of them are enforced, the entry they count
+        in and its last address are settled once per interval. Each event touches a handful of objects instead of
+        a dozen (at 20,000 devices they are not in the processor's caches: the memory, not the instructions, was
+        most of this loop's time). Stops at the first line whose time is not one (the line rule decides what it
+        is); returns the number of lines counted or skipped before it."""
+        stats, seen, prior, by_app = self.stats, self.seen, self.prior, self.slots
+        lo, hi, only, apps = self.since_us, self.until_us, self.select.apps, stats.apps
+        mget, sadd = self.minutes.get, seen.add
+        done = counted = duplicates = 0
+        for minute, ss, us, eid, typ, app, client in rows:
+            base = mget(minute)
+            if base is None:
+                base = self._minute(minute)
+            sec = int(ss + us)
+            if base == _INVALID_MINUTE or sec >= 60_000_000:
+                break
+            done += 1
+            ts_us = base + sec
+            if not lo <= ts_us < hi:
+                continue
+            fp = hash((ts_us, eid))  # lines.id_fingerprint, inline
+            if fp in seen or fp in prior:
+                duplicates += 1
+                continue
+            sadd(fp)
+            if app not in apps:
+                apps.add(app)
+            if only and app not in only:
+                continue
+            counted += 1
+            slots = by_app.get(app)
+            if slots is None:
+                slots = by_app[app] = {}
+            slot = slots.get(client)
+            if slot is None or not slot[0] <= ts_us < slot[1]:
+                slot = self._slot(slots, app, client, ts_us)
+            slot[2](ts_us * 2 + 1 if typ == "denied" else ts_us * 2)
+        stats.events += counted
+        stats.duplicates += duplicates
+        return done
+
+    def _span(self, client: str, ts_us: int) -> _Span:
+        """The client's identity over the interval that holds ``ts_us`` (``Identifier.identify_span``), with no
+        entries yet (``count_all``)."""
+        if len(self.spans) >= _SPANS_MAX:
+            self.spans.clear()
+        lo, hi, ident = self.identifier.identify_span(client, ts_us)
+        span = self.spans[client] = (lo, hi, ident, {})
+        return span
+
+    def _slot(self, slots: dict[str, _Slot], app: str, client: str, ts_us: int) -> _Slot:
+        """The times of ``client`` and ``app`` over the client's identity interval that holds ``ts_us``, kept for
+        ``settle`` with what it needs: the identity, and the first time at which a denied event of that client and
+        app is enforced (``_NEVER`` for an exempt client): ``Enforcement.enforced_attempt`` with ``kind=None``."""
+        lo, hi, ident = self.identifier.identify_span(client, ts_us)
+        enforcement = self.select.enforcement
+        cut = enforcement.cutover(app)
+        at = _NEVER if cut.exempt and cut.is_exempt(client) else cut.at_us
+        times: array[int] = array("q")
+        self.pending.append((ident, app, client, times, at, CONTROL_KIND if app in enforcement.controls else ""))
+        if len(slots) >= _SPANS_MAX:
+            slots.clear()
+        slot = slots[client] = (lo, hi, times.append)
+        return slot
+
+    def settle(self) -> bool:
+        """``count_rows``' hits into their tallies entries: enforced (denied, at or after the app's date for that
+        client), and the entry's last time and address. False when that cannot be told without the order of the
+        events: two addresses of one device with its last hit at the same microsecond, or an entry that also has a
+        user (the last user is the user of the last event *when it was read*); the caller then counts again with
+        ``exact`` (each event in file order)."""
+        ok = True
+        for ident, app, client, times, at, kind in self.pending:
+            if not times:
+                continue
+            first, last = min(times), max(times)
+            at2 = at * 2  # ts_us * 2 + denied >= at * 2 <=> ts_us >= at
+            if last < at2:  # none enforced
+                times = array("q", map(operator.and_, times, itertools.repeat(-2)))
+            elif first < at2:
+                times = array("q", [t if t >= at2 else t & -2 for t in times])
+            last_us = last >> 1
+            entry = tally_entry(self.tallies, ident, app, client, "", last_us, kind)
+            if entry[TIMES]:  # hits counted before: by the line rule, or another interval
+                if entry[USER]:
+                    ok = False
+                if last_us > entry[LAST]:
+                    entry[LAST], entry[CLIENT] = last_us, client
+                elif last_us == entry[LAST] and client != entry[CLIENT]:
+                    ok = False
+            entry[TIMES].extend(times)
+        self.pending.clear()
+        self.slots.clear()
+        return ok
 
     def _minute(self, minute: str) -> int:
         """``records.ts_to_us`` of the minute's start; ``_INVALID_MINUTE`` when it is not a time in the range."""
@@ -286,14 +440,15 @@ class _Counter:
         """Each event read, in order: in the time range, once per (time, id), of a selected app -> counted for its
         device."""
         select, stats, seen, tallies, spans = self.select, self.stats, self.seen, self.tallies, self.spans
+        prior = self.prior
         since, until, only, apps = select.since, select.until, select.apps, stats.apps
         enforced_attempt, controls = select.enforcement.enforced_attempt, select.enforcement.controls
-        identify, identify_span = self.identifier.identify, self.identifier.identify_span
+        identify = self.identifier.identify
         counted = duplicates = 0
         for ts, ts_us, fp, app, client, denied, device_id, user, kind in events:
             if (since is not None and ts < since) or (until is not None and ts >= until):
                 continue
-            if fp in seen:
+            if fp in seen or fp in prior:
                 duplicates += 1
                 continue
             seen.add(fp)
@@ -315,10 +470,7 @@ class _Counter:
             # more place in memory to reach, per event).
             span = spans.get(client)
             if span is None or not span[0] <= ts_us < span[1]:
-                if len(spans) >= _SPANS_MAX:
-                    spans.clear()
-                lo, hi, ident = identify_span(client, ts_us)
-                span = spans[client] = (lo, hi, ident, {})
+                span = self._span(client, ts_us)
             entries = span[3]
             slot = app if kind != CONTROL_KIND else (app, kind)
             entry = entries.get(slot)
@@ -327,6 +479,60 @@ class _Counter:
             count_hit(entry, client, user, ts_us, enforced)
         stats.events += counted
         stats.duplicates += duplicates
+
+
+def _finish(tallies: Tallies) -> None:
+    """Each entry's hits, enforced hits and first time, from its times (``count_rows`` only appends them)."""
+    odd = (1).__and__
+    for entry in tallies.values():
+        times = entry[TIMES]
+        if times:
+            entry[HITS] = len(times)
+            entry[ENFORCED] = sum(map(odd, times))
+            entry[FIRST] = min(times) >> 1
+
+
+def _scan(counter: _Counter, path: str, start: int, end: int | None, max_file_bytes: int) -> ReportStats:
+    """The lines that start in ``[start, end)`` of one file, counted by ``counter`` into its tallies, with a new
+    set of fingerprints (``counter.seen``) and the range's own stats (returned)."""
+    stats = counter.stats = ReportStats()
+    counter.seen = set()
+    where = f"{path}:{{}}" if start == 0 else f"{path}:+{{}}@{start}"
+    n = 0
+    with open_event_file(path, max_file_bytes) as fh:
+        for block in line_blocks(fh, start, end):
+            if block is None:  # a line over MAX_LINE_BYTES, skipped unread
+                n += 1
+                stats.lines += 1
+                stats.skip("oversize", where.format(n))
+                continue
+            n = counter.block(block, n, where)
+    return stats
+
+
+def _count(
+    select: Selection,
+    ranges: list[tuple[str, int, int | None]],
+    max_file_bytes: int,
+    prior: set[int] | frozenset[int] = frozenset(),
+    keys: Callable[[int, set[int]], None] | None = None,
+) -> tuple[Tallies, list[ReportStats]]:
+    """Consecutive ranges counted into one tallies, each range deduping on its own (and against ``prior``);
+    ``keys(i, seen)`` is given each range's fingerprints. Counted again with each event in file order
+    (``_Counter.exact``) in the rare case ``settle`` cannot tell the last address or user of a device."""
+    for exact in (False, True):
+        tallies: Tallies = {}
+        counter = _Counter(select, select.identifier or Identifier(), tallies, prior, exact)
+        stats = []
+        for i, (path, start, end) in enumerate(ranges):
+            stats.append(_scan(counter, path, start, end, max_file_bytes))
+            if keys is not None and not exact:  # the same fingerprints either way
+                keys(i, counter.seen)
+            counter.seen = set()
+        if counter.settle() or exact:
+            break
+    _finish(tallies)
+    return tallies, stats
 
 
 def scan_range(
@@ -341,35 +547,55 @@ def scan_range(
     """Aggregate the events on the lines that *start* in ``[start, end)`` of one file (``end`` None: to EOF).
 
     A plain function of its arguments so that workers can run it. ``seen``: the fingerprints of events already
-    counted (shared across the files of a sequential pass); without it the range dedupes on its own and returns its
-    fingerprints sorted in ``stats.keys`` (or, with ``keys_dir``, in a file there named by ``stats.keys_file``: the
-    main process then never holds every range's fingerprints at once). ``first_invalid`` is ``FILE:LINE`` for a
-    range that starts at 0, else ``FILE:+LINE@BYTE`` (line counted from the range start). Raises ``EventFileError``
-    for a file that is not (any longer) a regular file of at most ``max_file_bytes``.
+    counted (shared across the files of a sequential pass: this range's are added); without it the range dedupes
+    on its own and returns its fingerprints sorted in ``stats.keys`` (or, with ``keys_dir``, in a file there named
+    by ``stats.keys_file``: the main process then never holds every range's fingerprints at once).
+    ``first_invalid`` is ``FILE:LINE`` for a range that starts at 0, else ``FILE:+LINE@BYTE`` (line counted from
+    the range start). Raises ``EventFileError`` for a file that is not (any longer) a regular file of at most
+    ``max_file_bytes``.
     """
-    seen_set: set[int] = set() if seen is None else seen
-    tallies: Tallies = {}
-    stats = ReportStats()
-    counter = _Counter(select, select.identifier or Identifier(), seen_set, tallies, stats)
-    where = f"{path}:{{}}" if start == 0 else f"{path}:+{{}}@{start}"
-    n = 0
-    with open_event_file(path, max_file_bytes) as fh:
-        for block in line_blocks(fh, start, end):
-            if block is None:  # a line over MAX_LINE_BYTES, skipped unread
-                n += 1
-                stats.lines += 1
-                stats.skip("oversize", where.format(n))
-                continue
-            n = counter.block(block, n, where)
-    if seen is None:
-        keys = array("Q", sorted(seen_set))
+    found: list[set[int]] = []
+    tallies, (stats,) = _count(
+        select, [(path, start, end)], max_file_bytes, seen or frozenset(), lambda _i, keys: found.append(keys)
+    )
+    if seen is not None:
+        seen |= found[0]
+    else:
+        keys = array("q", sorted(found[0]))
         if keys_dir is None:
             stats.keys = keys
         else:
-            fd, stats.keys_file = tempfile.mkstemp(suffix=".keys", dir=keys_dir)
-            with os.fdopen(fd, "wb") as fh:
-                keys.tofile(fh)
+            stats.keys_file = _write_keys(keys, keys_dir)
     return tallies, stats
+
+
+# The overlap check reads the workers' fingerprints a bucket at a time (the top bits of the 64-bit value): about
+# 160,000 of them at 10M events, held in a set for a moment, instead of every fingerprint at once.
+KEY_BUCKETS = 64
+_BUCKET_SHIFT = 64 - 6
+
+
+def _write_keys(keys: array[int], keys_dir: str) -> str:
+    """Sorted fingerprints written to a new file in ``keys_dir`` (its name returned): where each bucket starts
+    (``KEY_BUCKETS`` + 1 offsets), then the values."""
+    fd, name = tempfile.mkstemp(suffix=".keys", dir=keys_dir)
+    starts = [bisect.bisect_left(keys, (b << _BUCKET_SHIFT) - (1 << 63)) for b in range(KEY_BUCKETS)]
+    with os.fdopen(fd, "wb") as fh:
+        array("Q", [*starts, len(keys)]).tofile(fh)
+        keys.tofile(fh)
+    return name
+
+
+def _read_keys(path: str) -> Iterator[array[int]]:
+    """The fingerprints of a ``_write_keys`` file, one bucket at a time."""
+    with open(path, "rb") as fh:
+        starts = array("Q")
+        starts.fromfile(fh, KEY_BUCKETS + 1)
+        for b in range(KEY_BUCKETS):
+            part = array("q")
+            if starts[b + 1] > starts[b]:
+                part.fromfile(fh, starts[b + 1] - starts[b])
+            yield part
 
 
 # A worker's Selection: sent once when the worker starts (``_worker_init``), not with each range. Its identifier
@@ -385,14 +611,17 @@ def _worker_init(select: Selection) -> None:
 def _worker_scan(
     ranges: list[tuple[str, int, int | None]], max_file_bytes: int, keys_dir: str
 ) -> tuple[Tallies, list[ReportStats]]:
-    """``scan_range`` over consecutive ``ranges`` in a worker, with the Selection it was started with: their tallies
-    merged there, in order (each range still dedupes on its own and writes its own fingerprints)."""
-    tallies: Tallies = {}
-    stats: list[ReportStats] = []
-    for path, start, end in ranges:
-        part, st = scan_range(path, start, end, _WORKER_SELECT[0], None, max_file_bytes, keys_dir)
-        merge_tallies(tallies, part)
-        stats.append(st)
+    """``scan_range`` over consecutive ``ranges`` in a worker, with the Selection it was started with: counted into
+    one tallies (each range still dedupes on its own and writes its own fingerprints, ``stats.keys_file``)."""
+    files: list[str] = []
+    tallies, stats = _count(
+        _WORKER_SELECT[0],
+        ranges,
+        max_file_bytes,
+        keys=lambda _i, seen: files.append(_write_keys(array("q", sorted(seen)), keys_dir)),
+    )
+    for st, name in zip(stats, files, strict=True):
+        st.keys_file = name
     return tallies, stats
 
 
@@ -417,22 +646,32 @@ def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | Non
     return out
 
 
-def _overlap(parts: list[Iterable[int]]) -> bool:
-    """Whether two sorted fingerprint sequences share a value (an event seen by two workers)."""
-    merged = heapq.merge(*parts)
-    return any(a == b for a, b in itertools.pairwise(merged))
+@contextlib.contextmanager
+def _one_hash_seed() -> Iterator[None]:
+    """Workers started meanwhile share one random hash seed (``PYTHONHASHSEED``, read when an interpreter starts):
+    their fingerprints (``lines.fingerprint``: Python's hash of the id) compare across them. Random for each run,
+    as the seed of any process is; the environment is restored afterwards."""
+    before = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = str(secrets.randbelow(4294967295) + 1)  # 1..2**32-1 (0 turns hashing off)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = before
 
 
-def _read_keys(path: str) -> Iterator[int]:
-    """The fingerprints a worker wrote (``scan_range``'s ``keys_file``), read in bounded blocks."""
-    with open(path, "rb") as fh:
-        while True:
-            block = array("Q")
-            with contextlib.suppress(EOFError):  # the last, shorter block: fromfile keeps what it read
-                block.fromfile(fh, KEYS_BLOCK)
-            if not block:
-                return
-            yield from block
+def _overlap(parts: list[Iterable[array[int]]]) -> bool:
+    """Whether two fingerprint files (``_read_keys``: sorted, no value twice in one) share a value (an event seen by
+    two workers): bucket by bucket, the values of every file in one set."""
+    for buckets in zip(*parts, strict=True):
+        values: set[int] = set()
+        for part in buckets:
+            values.update(part)
+        if len(values) != sum(map(len, buckets)):
+            return True
+    return False
 
 
 def stream_report(
@@ -469,10 +708,11 @@ def stream_report(
 
         tallies: Tallies = {}
         part_stats: list[ReportStats] = []
-        # The workers' fingerprints go to files (8 bytes an event: 80 MB at 10M events), merged from there.
+        # The workers' fingerprints go to files (8 bytes an event: 80 MB at 10M events), checked from there.
         keys_dir = tempfile.TemporaryDirectory(prefix="enforcer-report-")
         with (
             keys_dir,
+            _one_hash_seed(),
             ProcessPoolExecutor(
                 min(workers, len(tasks)),
                 mp_context=multiprocessing.get_context("spawn"),
@@ -494,10 +734,10 @@ def stream_report(
                 merge_tallies(tallies, part)
                 del part
                 part_stats.extend(sts)
-            overlap = _overlap([_read_keys(st.keys_file) if st.keys_file else st.keys for st in part_stats])
+            overlap = _overlap([_read_keys(st.keys_file) for st in part_stats if st.keys_file])
         if not overlap:
             for st in part_stats:
-                st.keys, st.keys_file = array("Q"), None
+                st.keys_file = None
                 stats.merge(st)
             return tallies, stats
         # The same event in two ranges: only one pass in file order says which occurrence counts.
