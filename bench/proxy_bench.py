@@ -1,7 +1,7 @@
 """Requests per second and CPU per request of bare mitmdump vs mitmdump with the enforcer addon, in the same run.
 
-Usage: ``.venv/bin/python bench/proxy_bench.py [--duration 4] [--concurrency 16] [--rounds 5] [--scenario NAME]
-[--variant NAME] [--baseline DIR] [--no-pin] [--json]``
+Usage: ``.venv/bin/python bench/proxy_bench.py [--duration 4] [--concurrency 16] [--rounds 5] [--slices 5]
+[--scenario NAME] [--variant NAME] [--baseline DIR] [--side-by-side] [--no-pin] [--json]``
 
 Pieces:
 - origins (a child process, ``--serve-origins``): a plain HTTP and a TLS HTTP/1.1 server on 127.0.0.1 with a 1 KiB
@@ -15,7 +15,12 @@ Pieces:
   addon's shape before it registered one object, enforcer/proxy/addon.py); addon-quiet - noop1 is the hooks' own
   work; addon - addon-quiet is the event writer and /metrics threads;
 - a load generator (asyncio sockets, bounded concurrency) running each scenario against every variant in turn,
-  ``--rounds`` times (the order rotates each round), so drift on the shared CPU hits all alike.
+  ``--rounds`` times (the order rotates each round), so drift on the shared CPU hits all alike. Within a round each
+  variant's ``--duration`` is cut into ``--slices`` slices taken in turn (its keep-alive connections parked, nothing
+  in flight, while the others run): one 5 s window per variant let the machine's drift fall on one variant's few
+  seconds (identical trees measured 0.84 against 0.93 of bare in one run). ``--slices 1``: one window each, as before.
+  ``--side-by-side`` instead loads all variants at once on CPU 0, each round one window: the scheduler shares the CPU
+  between them, so req/s between them compares the CPU one request costs, with whatever else happens hitting all;
 
 Two figures per measurement: requests per second (wall clock; other load on the machine moves it by +-20 %), and the
 proxy process's CPU time per request (utime + stime from /proc/PID/stat over the timed window, all threads), which
@@ -30,7 +35,8 @@ TLS per connection, then keep-alive GETs, intercepted by all: the bench policy h
 mitmdump intercepts by default), ``https-allowed-newconn`` (new connection, CONNECT, TLS, one GET),
 ``connect-blocked`` (new connection, CONNECT to a blocked name -> 403 from the addon, 200 from the others).
 Targets (issue 16): addon/bare >= 0.95 on plain HTTP, >= 0.98 on keep-alive HTTPS. Reported: medians of the rounds
-(and every round) per variant, and each variant against bare (req/s ratio, CPU per request ratio).
+(and every round) per variant, and each variant against bare (req/s ratio of the medians, ``paired``: the median of
+each round's own req/s ratio, and the CPU per request ratio).
 No name here is resolved: the blocked CONNECT is answered by the addon; allowed traffic goes to 127.0.0.1/localhost.
 """
 
@@ -151,17 +157,23 @@ def client_tls() -> ssl.SSLContext:
 
 class Run:
     """One measurement shared by its client tasks: each sets up its keep-alive connection, then ``await arrived()``;
-    the window opens once every task is ready (so connection set-up stays out of a keep-alive figure) and ``go()``
+    the window opens once every task is ready (so connection set-up stays out of a keep-alive figure) and ``turn()``
     stays true until it closes. ``done()`` counts one answered request; requests answered after the window are not
-    counted."""
+    counted. Sliced (``measure_sliced``): ``turn()`` also parks each task at the closed ``gate`` between the slices
+    of its proxy, and ``all_parked`` is set once every task is parked (no request of this proxy in flight)."""
 
     def __init__(self, tasks: int) -> None:
+        self.tasks = tasks
         self.waiting = tasks
         self.all_ready = asyncio.Event()
         self.opened = asyncio.Event()
         self.deadline = float("inf")
         self.counting = False
         self.count = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.parked = 0
+        self.all_parked = asyncio.Event()
 
     async def arrived(self) -> None:
         self.waiting -= 1
@@ -169,7 +181,13 @@ class Run:
             self.all_ready.set()
         await self.opened.wait()
 
-    def go(self) -> bool:
+    async def turn(self) -> bool:
+        if not self.gate.is_set():
+            self.parked += 1
+            if self.parked == self.tasks:
+                self.all_parked.set()
+            await self.gate.wait()
+            self.parked -= 1
         return time.monotonic() < self.deadline
 
     def done(self) -> None:
@@ -184,7 +202,7 @@ async def http_allowed(proxy: int, ports: dict[str, int], run: Run) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
     req = f"GET http://127.0.0.1:{ports['http']}/qqfile/ok HTTP/1.1\r\nHost: 127.0.0.1:{ports['http']}\r\n\r\n"
     await run.arrived()
-    while run.go():
+    while await run.turn():
         writer.write(req.encode())
         assert await read_response(reader) == 200
         run.done()
@@ -198,7 +216,7 @@ async def http_allowed_unique(proxy: int, ports: dict[str, int], run: Run) -> No
     host = f"Host: 127.0.0.1:{ports['http']}\r\n\r\n"
     n = 0
     await run.arrived()
-    while run.go():
+    while await run.turn():
         writer.write(f"GET {prefix}/{n} HTTP/1.1\r\n{host}".encode())
         assert await read_response(reader) == 200
         run.done()
@@ -215,7 +233,7 @@ async def https_allowed(proxy: int, ports: dict[str, int], run: Run) -> None:
     writer.write(req)  # the first request opens (and handshakes) the upstream side: set-up, before the window
     assert await read_response(reader) == 200
     await run.arrived()
-    while run.go():
+    while await run.turn():
         writer.write(req)
         assert await read_response(reader) == 200
         run.done()
@@ -225,7 +243,7 @@ async def https_allowed(proxy: int, ports: dict[str, int], run: Run) -> None:
 async def https_allowed_newconn(proxy: int, ports: dict[str, int], run: Run) -> None:
     target = f"127.0.0.1:{ports['https']}"
     await run.arrived()
-    while run.go():
+    while await run.turn():
         reader, writer, status = await open_tunnel(proxy, target)
         assert status == 200
         await writer.start_tls(client_tls(), server_hostname="localhost")
@@ -237,7 +255,7 @@ async def https_allowed_newconn(proxy: int, ports: dict[str, int], run: Run) -> 
 
 async def connect_blocked(proxy: int, ports: dict[str, int], run: Run) -> None:
     await run.arrived()
-    while run.go():
+    while await run.turn():
         # Bare mitmdump answers 200 (lazy: nothing is dialled until data flows), the addon 403.
         _, writer, status = await open_tunnel(proxy, "www.blocked.bench:443")
         writer.close()
@@ -300,6 +318,56 @@ async def measure_together(
         cpu = {v: proc_cpu(pid) - cpu0[v] for v, (_, pid) in proxies.items()}
         await asyncio.gather(*clients)
     return {v: (run.count / elapsed, cpu[v] / max(run.count, 1)) for v, run in runs.items()}
+
+
+async def measure_sliced(
+    scenario: Scenario,
+    proxies: dict[str, tuple[int, int]],
+    ports: dict[str, int],
+    duration: float,
+    concurrency: int,
+    slices: int,
+) -> dict[str, tuple[float, float]]:
+    """One round of the alternating comparison, interleaved: every proxy (variant -> (port, pid), in this round's
+    order) gets ``duration`` seconds in ``slices`` slices taken in turn, its clients parked (keep-alive connections
+    open, nothing in flight) while the others run. A slice ends when the last request started in it is answered, so
+    its count and its CPU time cover the same work. Drift of the machine over a round reaches every proxy alike: one
+    window per proxy per round (``--slices 1``) leaves each proxy a different few seconds. (req/s, CPU s/req) each."""
+    for port, _ in proxies.values():
+        await run_window(scenario, port, ports, 2, 0.5, None)  # warm-up (certificate generation, caches)
+    runs = {v: Run(concurrency) for v in proxies}
+    for run in runs.values():
+        run.gate.clear()  # parked until their first slice
+    clients = [
+        asyncio.gather(*(scenario(port, ports, runs[v]) for _ in range(concurrency)))
+        for v, (port, _) in proxies.items()
+    ]
+    for run in runs.values():
+        await run.all_ready.wait()
+        run.opened.set()
+        await run.all_parked.wait()
+    totals = {v: [0, 0.0, 0.0] for v in proxies}  # requests, seconds, CPU seconds
+    for _ in range(slices):
+        for variant, (_, pid) in proxies.items():
+            run = runs[variant]
+            run.all_parked.clear()
+            run.count, run.counting = 0, True
+            cpu0, start = proc_cpu(pid), time.monotonic()
+            run.gate.set()
+            await asyncio.sleep(duration / slices)
+            run.gate.clear()
+            await run.all_parked.wait()
+            elapsed, cpu = time.monotonic() - start, proc_cpu(pid) - cpu0
+            run.counting = False
+            total = totals[variant]
+            total[0] += run.count
+            total[1] += elapsed
+            total[2] += cpu
+    for run in runs.values():
+        run.deadline = 0.0  # every client leaves at its next turn
+        run.gate.set()
+    await asyncio.gather(*clients)
+    return {v: (n / max(t, 1e-9), cpu / max(n, 1)) for v, (n, t, cpu) in totals.items()}
 
 
 async def measure(
@@ -465,6 +533,13 @@ def main() -> int:
         "tree's enforcer/ unpacked with git archive (default: none)",
     )
     ap.add_argument(
+        "--slices",
+        type=int,
+        default=5,
+        help="alternating rounds: each variant's --duration is taken in this many slices, the variants in turn "
+        "(1: one window per variant per round, as before; default %(default)s)",
+    )
+    ap.add_argument(
         "--side-by-side",
         action="store_true",
         help="instead of alternating: load every variant at once, all sharing CPU 0, each round one window (a noise-"
@@ -563,7 +638,14 @@ def run_scenario(
         return out
     for r in range(args.rounds):
         # Rotate the order each round: no variant always runs right after another one warmed the CPU.
-        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        if args.slices > 1:
+            proxies = {v: (commands[v][1], pids[v]) for v in order}
+            window = asyncio.run(measure_sliced(scenario, proxies, ports, args.duration, args.concurrency, args.slices))
+            for variant, figures in window.items():
+                out[variant].append(figures)
+            continue
+        for variant in order:
             _, port = commands[variant]
             out[variant].append(
                 asyncio.run(measure(scenario, port, ports, args.duration, args.concurrency, pids[variant]))
