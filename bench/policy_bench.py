@@ -135,12 +135,7 @@ class MarisaNames:
     def __len__(self) -> int:
         return 0 if self._trie is None else len(self._trie)
 
-    @property
-    def feeds(self) -> int:
-        return 0 if self._trie is None else 1
-
-    def add(self, text: str, rule: Any, built: Any = None) -> int:
-        del built  # the loader's prebuilt NameIndex of the first feed: not used by this variant
+    def add(self, text: str, rule: Any) -> int:
         if self._trie is not None:
             raise SystemExit("the marisa variant takes one feed (the benchmark's blocklist has one)")
         # num_tries=1: 1.3-1.45 x the lookups of the default (3), 10.4 MB instead of 6.6 (measured in development).

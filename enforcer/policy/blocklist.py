@@ -28,7 +28,7 @@ import yaml
 from . import lint
 from .bounded import DEFAULT_LIMITS, Limits, MiB, Unreadable, compose_bounded, node_pos, read_regular
 from .build import ParsedFile, PolicyBuilder
-from .feeds import feed_names_indexed, feed_names_text, url_include
+from .feeds import feed_names_text, url_include
 from .matcher import Policy
 from .model import (
     APP_KINDS,
@@ -43,7 +43,7 @@ from .model import (
     TextField,
     primary_tag,
 )
-from .nameindex import NameIndex, names_digest
+from .nameindex import names_digest
 from .names import InvalidName, normalize_name
 from .nodes import NodeReader
 from .urlrules import STORES, InvalidPattern, check_store_id, compile_store_rule, compile_url_rule
@@ -75,9 +75,7 @@ def load_policy(paths: str | Path | Sequence[str | Path], *, limits: Limits = DE
     files = _expand_paths(paths, problems)
     builder = PolicyBuilder(problems)
     for f in files:
-        # The policy's first feed is indexed while it is checked (NameIndex.add adopts that table); a later one
-        # would be rebuilt with the others anyway.
-        parsed = _FileParser(f, problems, limits, index_feed=not builder.feed_names.feeds).parse()
+        parsed = _FileParser(f, problems, limits).parse()
         if parsed is not None:
             builder.add_file(*parsed)
     if not files and not problems:
@@ -150,13 +148,10 @@ def yaml_error_location(exc: yaml.MarkedYAMLError) -> tuple[int, int, str]:
 
 
 class _FileParser(NodeReader):
-    def __init__(
-        self, path: Path, problems: list[Problem], limits: Limits = DEFAULT_LIMITS, *, index_feed: bool = False
-    ) -> None:
+    def __init__(self, path: Path, problems: list[Problem], limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__(str(path), problems)
         self.path = path
         self.limits = limits
-        self.index_feed = index_feed  # index the next include feed while checking it (the policy's first feed)
 
     def parse(self) -> tuple[ParsedFile, str] | None:
         root = self.read_root()
@@ -468,10 +463,10 @@ class _FileParser(NodeReader):
             if rule.action == "allow":
                 self.error(node, "include feeds are block lists; write allow exceptions as domain/host rules")
                 return _REFUSED
-            names, digest, index = self.read_feed(raw, node)
+            names, digest = self.read_feed(raw, node)
             if names is None:
                 return _REFUSED
-            parsed.feeds.append((rule, names, digest, index))
+            parsed.feeds.append((rule, names, digest))
         return payload
 
     def rule_id(self, fields: dict[str, yaml.Node], app_id: str, action: str, kind: str, value: str) -> str | None:
@@ -521,7 +516,7 @@ class _FileParser(NodeReader):
         parsed.rules.append((rule, (compile_store_rule(rule, stores), node)))
 
     # -- include feeds ----------------------------------------------------------------------------------------------
-    def read_feed(self, raw: str, node: yaml.Node) -> tuple[str | None, str, NameIndex | None]:
+    def read_feed(self, raw: str, node: yaml.Node) -> tuple[str | None, str]:
         feed = (self.path.parent / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
         shown = str(self.path.parent / raw) if not Path(raw).is_absolute() else raw
         folder = self.path.parent.resolve()
@@ -529,27 +524,22 @@ class _FileParser(NodeReader):
             # Checked on the resolved path, so '..' and symlinks that lead out are caught alike; nothing of the
             # foreign file is read, so nothing of it can appear in a message, an export or the RPZ feed.
             self.error(node, f"include file {raw!r} is outside the blocklist folder {folder} (feeds must be in it)")
-            return None, "", None
+            return None, ""
         try:
             data = read_regular(feed, self.limits.feed_bytes)
         except Unreadable as exc:
             self.error(node, f"cannot read include file {raw!r}: {exc}")
-            return None, "", None
+            return None, ""
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.error(node, f"include file {raw!r} is not UTF-8: {exc.reason}")
-            return None, "", None
+            return None, ""
         del data  # a large feed: one copy alive at a time (nameindex.py keeps the names as one string)
-        index = None
-        if self.index_feed:
-            self.index_feed = False
-            names, index = feed_names_indexed(text, shown, self.problems)
-        else:
-            names = feed_names_text(text, shown, self.problems)
+        names = feed_names_text(text, shown, self.problems)
         if names is None:
             self.ok = False
-            return None, "", None
+            return None, ""
         if not names:
             self.warn(node, f"include file {raw!r} has no domains")
-        return names, names_digest(names), index
+        return names, names_digest(names)

@@ -28,8 +28,7 @@ from .urlrules import UrlIndex, UrlPattern
 class ParsedFile:
     app: AppPolicy
     rules: list[tuple[Rule, Any]] = field(default_factory=list)  # (rule, payload)
-    # include rule, names text, feed digest, its names already indexed (the policy's first feed) or None
-    feeds: list[tuple[Rule, str, str, NameIndex | None]] = field(default_factory=list)
+    feeds: list[tuple[Rule, str, str]] = field(default_factory=list)  # include rule, names text, feed digest
     app_pos: tuple[int, int] = (1, 1)
 
 
@@ -72,7 +71,7 @@ class PolicyBuilder:
         self.digest_lines.append(
             f"app\0{app_id}\0{app.effective.isoformat()}\0{','.join(map(str, app.exempt_clients))}{kind}"
         )
-        feeds = {id(rule): (names, digest, index) for rule, names, digest, index in parsed.feeds}
+        feeds = {id(rule): (names, digest) for rule, names, digest in parsed.feeds}
         for rule, (payload, node) in parsed.rules:
             self.positions[id(rule)] = (app.path, *node_pos(node))
             if self.admit(rule, app.path, node):
@@ -96,7 +95,7 @@ class PolicyBuilder:
             self.problems.append(Problem(path, line, col, f"duplicate rule id '{rule.id}' (first at {prior.source})"))
         return False
 
-    def index(self, rule: Rule, payload: Any, feeds: dict[int, tuple[str, str, NameIndex | None]]) -> None:
+    def index(self, rule: Rule, payload: Any, feeds: dict[int, tuple[str, str]]) -> None:
         """Put an admitted rule in its table and count it (an include: its names)."""
         self.rules.append(rule)
         dns_action = f"\0{rule.dns_action}" if rule.dns_action is not None else ""
@@ -108,9 +107,9 @@ class PolicyBuilder:
         if rule.kind in ("domain", "host"):
             self.add_name(self.domains if rule.kind == "domain" else self.hosts, rule.value, rule)
         elif rule.kind == "include":
-            names, digest, built = feeds[id(rule)]
+            names, digest = feeds[id(rule)]
             self.digest_lines.append(f"feed\0{rule.id}\0{digest}")
-            self.add_feed(names, rule, built)
+            self.add_feed(names, rule)
             n = names.count("\n")
         elif rule.kind == "cidr":
             self.cidrs.append((payload, rule))
@@ -131,8 +130,8 @@ class PolicyBuilder:
         # Same name, opposite actions: equal specificity, so allow wins.
         table[name] = rule if rule.action == "allow" else old
 
-    def add_feed(self, names: str, rule: Rule, built: NameIndex | None = None) -> None:
-        dupes = self.feed_names.add(names, rule, built)
+    def add_feed(self, names: str, rule: Rule) -> None:
+        dupes = self.feed_names.add(names, rule)
         # A name a domain rule already listed: that rule decides it (the table keeps it, and lookups ask the domain
         # rules first), so this feed's listing counts as a repeat.
         dupes += sum(1 for name in self.domains if self.feed_names.get(name) is rule)

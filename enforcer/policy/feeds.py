@@ -6,7 +6,6 @@
   ``problems`` at ``shown:LINE:COL``. Returns the names, or None when a line was bad (the include is refused whole).
 - ``feed_names_text(text, shown, problems)``: the same names as one string, each followed by a newline, without a
   ``str`` per name (the loader's form: a 1,000,000-name feed stays one string; ``nameindex.py``).
-  ``feed_names_indexed``: the same, with the names stored in a ``NameIndex`` as they are checked.
 
 URL feeds (``include: {url: ..., sha256: ...}`` pinned, ``include: {url: ..., refresh: 6h, max_change: 10%}``
 followed; issue 17): the loader never fetches. It reads the LOCAL copy that ``enforcer feeds update`` keeps next to
@@ -41,7 +40,7 @@ import yaml
 from . import lint
 from .bounded import Unreadable, read_regular
 from .model import Problem
-from .nameindex import NameIndex, text_spans
+from .nameindex import text_spans
 from .names import _ASCII_NAME_RE, MAX_LABEL, MAX_NAME, InvalidName, normalize_name
 from .nodes import NodeReader
 
@@ -109,7 +108,7 @@ _NAME_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789_-.\n"
 _BREAK_AS_DOT = bytes.maketrans(b"\n", b".")
 # Hyphens as dots too: one search for ".." then finds every pair of the three checks (and "--", valid inside a
 # label: only then are the three exact searches made). Each search is a byte-by-byte scan of the batch: one instead
-# of three saves 0.045 CPU s on a 1M-name feed (docs/perf-policy.md).
+# of three saves about 0.05 CPU s on a 1M-name feed (docs/perf-policy.md).
 _BREAK_AND_HYPHEN_AS_DOT = bytes.maketrans(b"\n-", b"..")
 
 
@@ -139,20 +138,6 @@ def feed_names_text(text: str, shown: str, problems: list[Problem]) -> str | Non
     """``parse_feed`` as one string, every name followed by a newline (what ``nameindex.NameIndex`` stores): a
     batch of lines that are all bare names is checked at once (``_clean_batch``) and kept as it is (a clean feed
     file ending in a newline is returned unchanged, no copy); any other batch goes line by line."""
-    return _feed_names(text, shown, problems, None)[0]
-
-
-def feed_names_indexed(text: str, shown: str, problems: list[Problem]) -> tuple[str | None, NameIndex | None]:
-    """``feed_names_text``, and its names stored in a ``NameIndex`` as the batches are checked (for
-    ``NameIndex.add(names, rule, built)``: the names are split and hashed once). The index is None when a batch
-    needed the line-by-line path (its names are not the file's lines: ``add`` then builds its own table) or the
-    feed was refused."""
-    return _feed_names(text, shown, problems, NameIndex.for_text(text))
-
-
-def _feed_names(
-    text: str, shown: str, problems: list[Problem], index: NameIndex | None
-) -> tuple[str | None, NameIndex | None]:
     errors = _Errors(shown, problems)
     pieces: list[str | tuple[int, int]] = []  # spans of ``text`` kept as they are, or rebuilt batches
     lineno = 0
@@ -165,14 +150,11 @@ def _feed_names(
         if clean is not None:
             lineno += len(clean)
             candidates |= lint.public_candidates(clean, batch, 0, len(batch) - 1)
-            if index is not None:
-                index.insert(clean, start, end)  # while the names are split and hashed (by the line above)
             if pieces and isinstance(pieces[-1], tuple) and pieces[-1][1] == start:
                 pieces[-1] = (pieces[-1][0], end + 1)
             else:
                 pieces.append((start, end + 1))
             continue
-        index = None  # the names text is no longer the file's lines: NameIndex.add builds its own table
         names: list[str] = []
         fullmatch = _ASCII_NAME_RE.fullmatch
         for line in batch.splitlines():
@@ -187,16 +169,14 @@ def _feed_names(
         pieces.append(rebuilt)
     errors.close()
     if errors.count:
-        return None, None
+        return None
     if len(pieces) == 1 and pieces[0] == (0, len(text)):
         out = text  # the common case: a clean file that ends in a newline, kept without a copy
     else:
         out = "".join(text[p[0] : p[1]] + ("" if text[p[1] - 1 : p[1]] == "\n" else "\n") if isinstance(p, tuple)
                       else p for p in pieces)  # fmt: skip
     _warn_public(out, candidates, text, shown, problems)
-    if index is not None:
-        index.adopt_text(out)
-    return out, index
+    return out
 
 
 def _warn_public(names: str, candidates: set[str], text: str, shown: str, problems: list[Problem]) -> None:

@@ -99,18 +99,11 @@ class NameIndex:
     def __len__(self) -> int:
         return self._count
 
-    @property
-    def feeds(self) -> int:
-        """How many feeds (names texts) were added."""
-        return len(self._texts)
-
     # -- building -------------------------------------------------------------------------------------------------
-    def add(self, text: str, rule: Rule, built: NameIndex | None = None) -> int:
+    def add(self, text: str, rule: Rule) -> int:
         """Insert the names of ``text`` (every name followed by a newline) for ``rule``; return the number of
         names already present (the earlier listing is kept). The table is rebuilt over every feed added so far
-        (``_build``): one large feed is the common case, and a rebuild costs what one insert pass would. ``built``:
-        the same names already stored while the feed was checked (``for_text``, ``feeds.feed_names_indexed``); the
-        first feed adopts its table instead of building one (a later feed rebuilds over all, ``built`` unused)."""
+        (``_build``): one large feed is the common case, and a rebuild costs what one insert pass would."""
         if not text:
             return 0
         if not text.endswith("\n"):
@@ -123,83 +116,51 @@ class NameIndex:
         self._bases.append(base)
         listed = self._listed + text.count("\n")
         before = self._listed - self._count
-        if built is not None and not base and built._listed == listed and len(built._texts[0]) == len(text):
-            self._table, self._size, self._count = built._table, built._size, built._count
-            self.single_label = built.single_label
-        else:
-            self._build(listed)
+        self._build(listed)
         self._listed = listed
         return listed - self._count - before
 
-    @classmethod
-    def for_text(cls, text: str) -> NameIndex:
-        """An empty table sized for the lines of ``text`` (a feed being checked), filled batch by batch with
-        ``insert`` as the check accepts them, for ``add`` to adopt: the names are split and hashed once, by the
-        check, instead of again by ``_build`` (1M names: 0.1 CPU s of the load; docs/perf-policy.md)."""
-        index = cls()
-        index._texts, index._bases = [text], [0]
-        lines = text.count("\n") + (not text.endswith("\n"))
-        index._size = max(16, SLOTS_PER_NAME * lines)
-        index._table = array("q", bytes(8 * index._size))
-        return index
-
-    def insert(self, names: list[str], start: int, end: int) -> None:
-        """Store ``names``, the lines of ``text[start:end]`` of the text given to ``for_text``."""
-        self._listed += len(names)
-        self._count += len(names) - self._insert(names, self._texts[0], start, end)
-
-    def adopt_text(self, text: str) -> None:
-        """Point at ``text``, the names text of the checked feed (the same lines at the same offsets, with a final
-        newline), so that the file's text, when it lacked one, is not kept alive beside it."""
-        self._texts[0] = text
-
     def _build(self, listed: int) -> None:
-        """Build the table over every text, batch by batch (``_insert``)."""
+        """Build the table over every text, per batch of names: hashes, home slots and packed values (tag | offset)
+        by ``map`` in C, then one Python step per name that stores it at its home slot; a taken one (about 1 name
+        in 6 at this load) is probed inline, and ``_probe`` compares the texts from an entry with the same tag.
+        Measured alternatives (docs/performance.md, "Policy memory"; docs/perf-policy.md): storing every value with
+        ``map(table.__setitem__, ...)`` and reading it back costs more (two cache misses per name, as many C calls
+        as the loop), sorting the names by table region first does not pay for its passes, and indexing the feed
+        while it is checked (its names split and hashed once) saved 1-2 %."""
         size = max(16, SLOTS_PER_NAME * listed)
         self._table = array("q")  # the previous feeds' table is freed before the new one is allocated
-        self._table, self._size = array("q", bytes(8 * size)), size
-        self.single_label = False
+        table = array("q", bytes(8 * size))
+        self._table, self._size = table, size
+        single = False
         dupes = 0
         for f, text in enumerate(self._texts):
             base = self._bases[f]
             for start, end in text_spans(text):
-                dupes += self._insert(text[start:end].split("\n"), text, start, end, base)
+                names = text[start:end].split("\n")
+                if not single:
+                    # Labels deleted, a name without a dot is an empty line: one bytes pass instead of one per name.
+                    dots = text[start : end + 1].encode().translate(None, _LABEL_BYTES)
+                    single = dots[:1] == b"\n" or b"\n\n" in dots
+                hashes = list(map(hash, names))
+                offsets = accumulate(map(add, map(len, names), repeat(1)), initial=base + start + _TAG_LOW)
+                values = map(or_, map(and_, hashes, repeat(_TAG_BITS)), offsets)
+                for i, v in zip(map(mod, hashes, repeat(size)), values):  # noqa: B905 (the same length)
+                    old = table[i]
+                    if not old:
+                        table[i] = v
+                        continue
+                    tag = v >> 32
+                    while old:
+                        if old >> 32 == tag:  # perhaps the same name: _probe compares the texts from here
+                            dupes += self._probe(i, v)
+                            break
+                        i = i + 1 if i + 1 < size else 0
+                        old = table[i]
+                    else:
+                        table[i] = v
+        self.single_label = single
         self._count = listed - dupes
-
-    def _insert(self, names: list[str], text: str, start: int, end: int, base: int = 0) -> int:
-        """Store one batch: ``names`` are the lines of ``text[start:end]``, the text at ``base`` in the address
-        space of the slots. Hashes, home slots and packed values (tag | offset) by ``map`` in C, then one Python
-        step per name that stores it at its home slot, or hands a taken one to ``_probe`` (about 1 name in 6 at
-        this load). Returns the names already stored. Measured alternatives (docs/performance.md, "Policy memory"):
-        storing every value with ``map(table.__setitem__, ...)`` and reading it back costs more (two cache misses
-        per name, as many C calls as the loop), and sorting the names by table region first does not pay for its
-        passes."""
-        table, size = self._table, self._size
-        if not self.single_label:
-            # Labels deleted, a name without a dot is an empty line: one bytes pass instead of one per name.
-            dots = text[start:end].encode().translate(None, _LABEL_BYTES) + b"\n"
-            self.single_label = dots[:1] == b"\n" or b"\n\n" in dots
-        hashes = list(map(hash, names))
-        offsets = accumulate(map(add, map(len, names), repeat(1)), initial=base + start + _TAG_LOW)
-        values = map(or_, map(and_, hashes, repeat(_TAG_BITS)), offsets)
-        dupes = 0
-        for i, v in zip(map(mod, hashes, repeat(size)), values):  # noqa: B905 (the same length)
-            old = table[i]
-            if not old:
-                table[i] = v
-                continue
-            # Taken (1 name in 6): linear probing inline; an entry with the same tag may be the same name, and
-            # _probe compares the texts from there.
-            tag = v >> 32
-            while old:
-                if old >> 32 == tag:
-                    dupes += self._probe(i, v)
-                    break
-                i = i + 1 if i + 1 < size else 0
-                old = table[i]
-            else:
-                table[i] = v
-        return dupes
 
     def _probe(self, i: int, v: int) -> int:
         """Store ``v`` (a name's tag and offset) in the first empty slot from ``i`` on; 1 (nothing stored) when a

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.policy import blocklist, feeds, load_policy, matcher
+from enforcer.policy import feeds, load_policy, matcher
 from enforcer.policy.lint import public_feed_names
 from enforcer.policy.matcher import Policy
 from enforcer.policy.model import Match, Problem, Rule
@@ -368,85 +368,24 @@ def test_a_colliding_tag_never_matches_in_the_fused_lookups(tmp_path: Path, monk
     assert policy.match_key("q.abc.example.net") is found.rule
 
 
-@pytest.mark.parametrize(
-    "text",
-    ["", "a.com", "a.com\na.com\nb.org\n", "cn\na.com\n", "a.com\nlan", "# c\na.com\n", "a.com\nbad name\n",
-     _BIG, _BIG[:-1], _BIG + "# tail\nCOM\n", _BIG + _BIG[:50_000], _BIG[:400_000] + "lan\n" + _BIG[400_000:]],
-)  # fmt: skip
-def test_feed_indexed_while_checked_is_the_table_add_builds(text: str) -> None:
-    # feeds.feed_names_indexed stores the names as the check accepts them; NameIndex.add adopts that table. It must
-    # hold what add would build from the names text: the same names, repeats, single-label flag, items in order.
-    rule = _rule(1)
-    problems: list[Problem] = []
-    names, built = feeds.feed_names_indexed(text, "f", problems)
-    assert names == feeds.feed_names_text(text, "f", [])
-    if names is None:
-        assert built is None
-        return
-    clean = text == "" or all(line == line.strip().lower() and "#" not in line and " " not in line
-                              for line in text.splitlines())  # fmt: skip
-    assert (built is not None) is clean  # a batch that took the line-by-line path drops the index
-    adopted, rebuilt = NameIndex(), NameIndex()
-    assert adopted.add(names, rule, built) == rebuilt.add(names, rule)
-    if built is not None and names:
-        assert adopted._table is built._table and adopted._texts[0] is names
-    assert len(adopted) == len(rebuilt) and adopted.single_label == rebuilt.single_label
-    assert list(adopted.items()) == list(rebuilt.items())
-    for name in [*names.splitlines()[::97], "x.a.com", "com", "lan", "a.co"]:
-        assert adopted.get(name) is rebuilt.get(name), name
-
-
-def test_only_the_first_feed_is_indexed_while_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The loader indexes the policy's first include as it checks it and builds no table for it; a second include is
-    # checked plainly, and the table is then rebuilt over both (as before): every answer as the dict policy's.
-    folder = _policy_dir(tmp_path, random.Random(4))
-    f1 = tmp_path / "f1.txt"
-    f1.write_text(f1.read_text().removeprefix("# feed one\n"))  # all bare names: indexed while checked
-    as_dict = load_policy(folder)
-    indexed: list[int] = []
-    builds: list[int] = []
-    real_indexed, real_build = feeds.feed_names_indexed, NameIndex._build
-    monkeypatch.setattr(blocklist, "feed_names_indexed", lambda *a: indexed.append(1) or real_indexed(*a))
-    monkeypatch.setattr(NameIndex, "_build", lambda self, listed: builds.append(listed) or real_build(self, listed))
-    monkeypatch.setattr(matcher, "COMPACT_MIN_NAMES", 0)
-    compact = load_policy(folder)
-    assert len(indexed) == 1 and len(builds) == 1  # f1 indexed while checked; the table rebuilt when f2 came
-    assert compact.stats() == as_dict.stats()
-    assert [str(w) for w in compact.warnings] == [str(w) for w in as_dict.warnings]
-    (tmp_path / "a.yaml").write_text(
-        "app: compact\npolicy:\n  effective: 2023-10-30\nblock:\n  - include: f1.txt\n    category: web\n"
-    )
-    indexed.clear()
-    builds.clear()
-    one = load_policy(folder)
-    assert len(indexed) == 1 and not builds  # one feed: its table is the one made while it was checked
-    assert one._feeds is not None and len(one._feeds) == len(f1.read_text().splitlines())
-    for line in f1.read_text().splitlines()[::50]:
-        found = one.match_name("www." + line)
-        assert found is not None and found.matched == line
-
-
 def test_names_with_one_hash_are_all_stored_and_found(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every name given the same hash: the same home slot AND the same tag, what a full 64-bit collision looks like.
-    # The build must tell them apart by their text (store each distinct name, count only real repeats), on both
-    # paths (the table built by add, the one filled while the feed is checked), and every lookup must find exactly
-    # the listed names.
+    # The build (its inline probing, then _probe at the same tag) must tell them apart by their text: store each
+    # distinct name, count only real repeats; every lookup must find exactly the listed names.
     from enforcer.policy import nameindex
 
     monkeypatch.setattr(nameindex, "hash", lambda s: 0x5EED << 32 | 7, raising=False)
+    monkeypatch.setattr(nameindex, "_BATCH", 200)  # many batches
     names = [f"n{i}.example" for i in range(300)]
     text = "".join(f"{n}\n" for n in [*names, *names[:40]])  # 40 real repeats
     rule = _rule(1)
-    built_names, built = feeds.feed_names_indexed(text, "f", [])
-    assert built_names == text and built is not None
-    for prebuilt in (None, built):
-        index = NameIndex()
-        assert index.add(text, rule, prebuilt) == 40 and len(index) == 300
-        assert (index._table is built._table) is (prebuilt is not None)
-        assert all(index.get(n) is rule for n in names)
-        assert index.get("n300.example") is None and index.get("n1.exampl") is None
-        walk = index.walker({}.get, False)
-        assert walk("a.n7.example") == (rule, "n7.example") and walk("a.n7.exampl") is None
+    index = NameIndex()
+    assert index.add(text, rule) == 40 and len(index) == 300
+    assert all(index.get(n) is rule for n in names)
+    assert index.get("n300.example") is None and index.get("n1.exampl") is None
+    walk = index.walker({}.get, False)
+    assert walk("a.n7.example") == (rule, "n7.example") and walk("a.n7.exampl") is None
+    assert [n for n, _ in index.items()] == names  # each at its first listing
 
 
 @pytest.mark.parametrize(
