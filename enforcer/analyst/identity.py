@@ -61,6 +61,13 @@ class Identity:
     mac: str | None = None
     device_id: str | None = None
 
+    def __reduce__(
+        self,
+    ) -> tuple[type[Identity], tuple[str, str, str | None, str | None, str | None, str | None, str | None]]:
+        # A report worker's result holds one per device (20,000 and more): the dataclass's own pickling (state
+        # through __getstate__ per object) cost the main process a third more to read them back.
+        return (Identity, (self.key, self.source, self.device, self.owner, self.unit, self.mac, self.device_id))
+
 
 def _with(dev: Device | None, key: str, source: str, mac: str | None = None, device_id: str | None = None) -> Identity:
     if dev is None:

@@ -33,7 +33,6 @@ import bisect
 import collections
 import contextlib
 import itertools
-import operator
 import os
 import re
 import secrets
@@ -202,7 +201,7 @@ _SPANS_MAX = 100_000  # clients whose identity interval is kept
 
 _NEVER = 1 << 62  # after any time in microseconds: an exempt client's events are never enforced
 # A client's identity over an interval (``_Counter.spans``) and a (client, app)'s entry (``_Counter._slot``)
-_Slot = tuple[int, int, Any]
+_Slot = tuple[int, int, Any, int]
 _Span = tuple[int, int, Identity, dict[Any, list[Any]]]
 
 # One event read, as ``_Counter.count_all`` takes it: (ts, ts_us, fingerprint, app, client, denied, device_id, user,
@@ -236,10 +235,11 @@ class _Counter:
         # client -> (lo, hi, identity, {app (or (app, "control")): its tallies entry}): Identifier.identify_span of
         # the client's last event without device.id and user, reused while the next events fall in [lo, hi)
         self.spans: dict[str, _Span] = {}
-        # ``count_rows``: app -> client -> (lo, hi, append to the times of the client and app over that interval),
-        # and each such interval's (identity, app, client, times, enforced from, kind), for ``settle``
+        # ``count_rows``: app -> client -> (lo, hi, append to the times of the client and app over that interval,
+        # the first time a denied hit is enforced), and each such interval's (identity, app, client, times, kind)
+        # for ``settle``
         self.slots: dict[str, dict[str, _Slot]] = {}
-        self.pending: list[tuple[Identity, str, str, array[int], int, str]] = []
+        self.pending: list[tuple[Identity, str, str, array[int], str]] = []
 
     def block(self, block: bytes, n: int, where: str) -> int:
         """The lines of ``block`` (whole lines; the last one unterminated only at the end of the file), numbered
@@ -307,9 +307,9 @@ class _Counter:
     def count_rows(self, rows: list[tuple[str, ...]]) -> int:
         """``count_all`` for the writer lines of a block, as ``findall`` gives them (``lines.REPORT_FIELDS``), in
         one loop: the same rule (time range, once per (time, id), selected apps, the identity over the client's
-        lease interval). Deferred to ``settle``: each hit is only appended, as ``ts_us * 2 + denied``, to the times
-        of its client and app over the client's identity interval; which of them are enforced, the entry they count
-        in and its last address are settled once per interval. Each event touches a handful of objects instead of
+        lease interval). Deferred to ``settle``: each hit is only appended, as ``ts_us * 2 + enforced``, to the
+        times of its client and app over the client's identity interval; the entry they count in, its hits and its
+        last address are settled once per interval. Each event touches a handful of objects instead of
         a dozen (at 20,000 devices they are not in the processor's caches: the memory, not the instructions, was
         most of this loop's time). Stops at the first line whose time is not one (the line rule decides what it
         is); returns the number of lines counted or skipped before it."""
@@ -344,7 +344,7 @@ class _Counter:
             slot = slots.get(client)
             if slot is None or not slot[0] <= ts_us < slot[1]:
                 slot = self._slot(slots, app, client, ts_us)
-            slot[2](ts_us * 2 + 1 if typ == "denied" else ts_us * 2)
+            slot[2](ts_us * 2 + 1 if typ == "denied" and ts_us >= slot[3] else ts_us * 2)
         stats.events += counted
         stats.duplicates += duplicates
         return done
@@ -367,37 +367,33 @@ class _Counter:
         cut = enforcement.cutover(app)
         at = _NEVER if cut.exempt and cut.is_exempt(client) else cut.at_us
         times: array[int] = array("q")
-        self.pending.append((ident, app, client, times, at, CONTROL_KIND if app in enforcement.controls else ""))
+        self.pending.append((ident, app, client, times, CONTROL_KIND if app in enforcement.controls else ""))
         if len(slots) >= _SPANS_MAX:
             slots.clear()
-        slot = slots[client] = (lo, hi, times.append)
+        slot = slots[client] = (lo, hi, times.append, at)
         return slot
 
     def settle(self) -> bool:
-        """``count_rows``' hits into their tallies entries: enforced (denied, at or after the app's date for that
-        client), and the entry's last time and address. False when that cannot be told without the order of the
-        events: two addresses of one device with its last hit at the same microsecond, or an entry that also has a
-        user (the last user is the user of the last event *when it was read*); the caller then counts again with
-        ``exact`` (each event in file order)."""
+        """``count_rows``' hits into their tallies entries, and each entry's last time and address. False when
+        that cannot be told without the order of the events: two addresses of one device with its last hit at the
+        same microsecond, or an entry that also has a user (the last user is the user of the last event *when it
+        was read*); the caller then counts again with ``exact`` (each event in file order)."""
         ok = True
-        for ident, app, client, times, at, kind in self.pending:
+        for ident, app, client, times, kind in self.pending:
             if not times:
                 continue
-            first, last = min(times), max(times)
-            at2 = at * 2  # ts_us * 2 + denied >= at * 2 <=> ts_us >= at
-            if last < at2:  # none enforced
-                times = array("q", map(operator.and_, times, itertools.repeat(-2)))
-            elif first < at2:
-                times = array("q", [t if t >= at2 else t & -2 for t in times])
-            last_us = last >> 1
+            last_us = max(times) >> 1
             entry = tally_entry(self.tallies, ident, app, client, "", last_us, kind)
-            if entry[TIMES]:  # hits counted before: by the line rule, or another interval
-                if entry[USER]:
-                    ok = False
-                if last_us > entry[LAST]:
-                    entry[LAST], entry[CLIENT] = last_us, client
-                elif last_us == entry[LAST] and client != entry[CLIENT]:
-                    ok = False
+            if not entry[TIMES]:  # new: these times are its own (no copy)
+                entry[TIMES] = times
+                continue
+            # Hits counted before: by the line rule, or in another interval of the device.
+            if entry[USER]:
+                ok = False
+            if last_us > entry[LAST]:
+                entry[LAST], entry[CLIENT] = last_us, client
+            elif last_us == entry[LAST] and client != entry[CLIENT]:
+                ok = False
             entry[TIMES].extend(times)
         self.pending.clear()
         self.slots.clear()
@@ -570,9 +566,9 @@ def scan_range(
 
 
 # The overlap check reads the workers' fingerprints a bucket at a time (the top bits of the 64-bit value): about
-# 160,000 of them at 10M events, held in a set for a moment, instead of every fingerprint at once.
-KEY_BUCKETS = 64
-_BUCKET_SHIFT = 64 - 6
+# 40,000 of them at 10M events, held in a set for a moment, instead of every fingerprint at once.
+KEY_BUCKETS = 256
+_BUCKET_SHIFT = 64 - 8
 
 
 def _write_keys(keys: array[int], keys_dir: str) -> str:
