@@ -29,7 +29,6 @@ sequential pass instead, so the first occurrence in file order wins there too.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import contextlib
 import itertools
@@ -571,26 +570,31 @@ KEY_BUCKETS = 256
 _BUCKET_SHIFT = 64 - 8
 
 
-def _write_keys(keys: array[int], keys_dir: str) -> str:
-    """Sorted fingerprints written to a new file in ``keys_dir`` (its name returned): where each bucket starts
-    (``KEY_BUCKETS`` + 1 offsets), then the values."""
+def _write_keys(keys: Iterable[int], keys_dir: str) -> str:
+    """Fingerprints written to a new file in ``keys_dir`` (its name returned) by bucket (their top 8 bits): each
+    bucket's size (``KEY_BUCKETS``), then the values of bucket 0, 1, ... A Python step a value, which costs less
+    than sorting them (a third of the time at 110,000 a range): the check reads them by bucket, in no order."""
+    parts: list[array[int]] = [array("q") for _ in range(KEY_BUCKETS)]
+    adds = [part.append for part in parts]
+    for v in keys:
+        adds[v >> _BUCKET_SHIFT](v)  # -128..127: the list's index from its end for the negative half
     fd, name = tempfile.mkstemp(suffix=".keys", dir=keys_dir)
-    starts = [bisect.bisect_left(keys, (b << _BUCKET_SHIFT) - (1 << 63)) for b in range(KEY_BUCKETS)]
     with os.fdopen(fd, "wb") as fh:
-        array("Q", [*starts, len(keys)]).tofile(fh)
-        keys.tofile(fh)
+        array("Q", map(len, parts)).tofile(fh)
+        for part in parts:
+            part.tofile(fh)
     return name
 
 
 def _read_keys(path: str) -> Iterator[array[int]]:
     """The fingerprints of a ``_write_keys`` file, one bucket at a time."""
     with open(path, "rb") as fh:
-        starts = array("Q")
-        starts.fromfile(fh, KEY_BUCKETS + 1)
-        for b in range(KEY_BUCKETS):
+        sizes = array("Q")
+        sizes.fromfile(fh, KEY_BUCKETS)
+        for size in sizes:
             part = array("q")
-            if starts[b + 1] > starts[b]:
-                part.fromfile(fh, starts[b + 1] - starts[b])
+            if size:
+                part.fromfile(fh, size)
             yield part
 
 
@@ -614,7 +618,7 @@ def _worker_scan(
         _WORKER_SELECT[0],
         ranges,
         max_file_bytes,
-        keys=lambda _i, seen: files.append(_write_keys(array("q", sorted(seen)), keys_dir)),
+        keys=lambda _i, seen: files.append(_write_keys(seen, keys_dir)),
     )
     for st, name in zip(stats, files, strict=True):
         st.keys_file = name
