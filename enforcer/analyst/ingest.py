@@ -67,14 +67,14 @@ HEAD_BYTES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
 _SHOWN_BYTES = 80  # of a bad line, quoted in the log
 Parsed = tuple[list[Row], dict[str, int], int, str | None, Rollup | None]
-# Chunks stored per transaction: up to COMMIT_ROWS events or COMMIT_SECONDS of inserting, whichever comes first.
-# Each commit writes every page it dirtied to the WAL (and a checkpoint writes it again): at a large store a chunk
-# dirties one leaf of the per-client index per client, so committing several chunks at once writes each such leaf
-# once for all of them. Measured at a 3M-event store (docs/perf-ingest.md): the writer's CPU per event was 29.6 us
-# with 131,072 events or 2 s (on a loaded machine 2 s held one or two chunks), 23.3 us with 131,072 events and no
-# time bound, 21.7-21.9 us with 524,288 (1,048,576: no better); the bytes written per event went from 7.3 to 3.8 kB.
-# Memory stays bounded: dirty pages beyond the writer's page cache spill to the WAL. Only a backlog fills a
-# transaction (a poll commits what it read when it ends), so readers see a backlog's events at most this much later.
+# Chunks stored per transaction: up to COMMIT_ROWS events or COMMIT_SECONDS of inserting, whichever comes first. Each
+# commit writes every page it dirtied to the WAL (and a checkpoint writes it again): at a large store a chunk dirties
+# one leaf of the per-client index per client, so committing several chunks at once writes each such leaf once for all
+# of them. Measured at a 3M-event store (docs/scale.md, "Ingest, fifth round"): the writer's CPU per event was 29.6 us
+# with 131,072 events or 2 s (on a loaded machine 2 s held one or two chunks), 23.3 us with 131,072 events and no time
+# bound, 21.7-21.9 us with 524,288 (1,048,576: no better); the bytes written per event went from 7.3 to 3.8 kB. Memory
+# stays bounded: dirty pages beyond the writer's page cache spill to the WAL. Only a backlog fills a transaction (a poll
+# commits what it read when it ends), so readers see a backlog's events at most this much later.
 COMMIT_ROWS = 524_288
 COMMIT_SECONDS = 30.0
 

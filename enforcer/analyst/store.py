@@ -168,8 +168,8 @@ Row = tuple[str | bytes, int, str, str, str, str, str, str, int, str, bytes, str
 Rollup = tuple[str, dict[tuple[int, str], list[int]], dict[tuple[str, str, str, str], list[int]], set[tuple[str, str]]]
 
 HOUR_US = 3600 * 1_000_000
-# Page size of a new store file (SQLite's default is 4096). Measured at a 3M-event store, 1M events more
-# (docs/perf-ingest.md): the writer's CPU 16.7 us an event with 16 KiB pages against 22.1-24.0 us with 4 KiB, the
+# Page size of a new store file (SQLite's default is 4096). Measured at a 3M-event store, 1M events more (docs/scale.md,
+# "Ingest, fifth round"): the writer's CPU 16.7 us an event with 16 KiB pages against 22.1-24.0 us with 4 KiB, the
 # kernel's share 3.6 us against 7.3-7.9 (a quarter of the WAL frames and write calls for the same bytes, shallower
 # b-trees), and a 10% smaller file.
 PAGE_SIZE = 16384
@@ -297,7 +297,7 @@ class Store:
         # and one leaf of the per-client index per (client, app) it touches, 20,000 leaves of 16 KiB = 320 MB for
         # 10,000 clients and two apps. With 256 MiB (enough for 4 KiB pages) they spilled to the WAL and were
         # written again: at a 6M-event store 8.5 kB written an event and 23.6 us of writer CPU, against 3.8 kB and
-        # 21.1 us with 1 GiB (docs/perf-ingest.md). Allocated as used: a small store never reaches it.
+        # 21.1 us with 1 GiB (docs/scale.md, "Ingest, fifth round"). Allocated as used: a small store never reaches it.
         conn.execute("PRAGMA cache_size=-1048576")
         with self._lock:
             self._conns.append(conn)

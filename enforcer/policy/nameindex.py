@@ -124,10 +124,10 @@ class NameIndex:
         """Build the table over every text, per batch of names: hashes, home slots and packed values (tag | offset)
         by ``map`` in C, then one Python step per name that stores it at its home slot; a taken one (about 1 name
         in 6 at this load) is probed inline, and ``_probe`` compares the texts from an entry with the same tag.
-        Measured alternatives (docs/performance.md, "Policy memory"; docs/perf-policy.md): storing every value with
-        ``map(table.__setitem__, ...)`` and reading it back costs more (two cache misses per name, as many C calls
-        as the loop), sorting the names by table region first does not pay for its passes, and indexing the feed
-        while it is checked (its names split and hashed once) saved 1-2 %."""
+        Measured alternatives (docs/performance.md, "Policy memory" and "The 1,000,000-name policy, fourth pass"):
+        storing every value with ``map(table.__setitem__, ...)`` and reading it back costs more (two cache misses per
+        name, as many C calls as the loop), sorting the names by table region first does not pay for its passes, and
+        indexing the feed while it is checked (its names split and hashed once) saved 1-2 %."""
         size = max(16, SLOTS_PER_NAME * listed)
         self._table = array("q")  # the previous feeds' table is freed before the new one is allocated
         table = array("q", bytes(8 * size))
@@ -304,7 +304,7 @@ class NameIndex:
         suffix, longest first, ``domains`` before the feed. Fused, a lookup is one Python call instead of three (the
         method, the walk, the ``Match``), with no ``(rule, suffix)`` tuple between them, and a suffix asks the domain
         rules with ``in`` (the hash ``hash()`` just cached) instead of calling ``dict.get``: 1.05-1.11 x
-        ``match_name``/s on the 1M-name feed (docs/perf-policy.md)."""
+        ``match_name``/s on the 1M-name feed (docs/performance.md, "The 1,000,000-name policy, fourth pass")."""
         if len(self._texts) != 1 or self._rules[0].app not in apps:
             return None
         return self._fused_name(hosts, domains, apps, tld_rules), self._fused_key(hosts, domains, tld_rules)

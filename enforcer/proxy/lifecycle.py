@@ -182,11 +182,11 @@ class Lifecycle:
 
         Why: under load mitmproxy allocates enough for a full collection every few seconds, and each walked all of
         them: 75-87 ms a pass, ~25 us a request at 500 requests/s on plain HTTP, about 2 % of the proxy's CPU and as
-        much as the addon's own hooks and dispatch cost (docs/perf-proxy.md). Frozen objects are still freed by
-        reference counting; only garbage cycles among them would stay: the policy has none (a replaced one is freed
-        at once), and what ``done`` leaves behind becomes collectable again with ``unfreeze``. The collection first
-        keeps start-up garbage out of the frozen set. A policy loaded later is not frozen (its objects are collected
-        as before)."""
+        much as the addon's own hooks and dispatch cost (docs/performance.md, "The proxy addon, fourth pass").
+        Frozen objects are still freed by reference counting; only garbage cycles among them would stay: the policy has
+        none (a replaced one is freed at once), and what ``done`` leaves behind becomes collectable again with
+        ``unfreeze``. The collection first keeps start-up garbage out of the frozen set. A policy loaded later is not
+        frozen (its objects are collected as before)."""
         if self.frozen:
             return
         gc.collect()

@@ -1,6 +1,6 @@
 """Once mitmproxy runs, the addon freezes what start-up left alive (``Lifecycle.freeze_startup``): full garbage
-collections under load no longer walk mitmproxy's and the enforcer's ~90,000 start-up objects (docs/perf-proxy.md).
-``done`` (shutdown, a script reload) undoes it."""
+collections under load no longer walk mitmproxy's and the enforcer's ~90,000 start-up objects (docs/performance.md,
+"The proxy addon, fourth pass"). ``done`` (shutdown, a script reload) undoes it."""
 
 from __future__ import annotations
 
