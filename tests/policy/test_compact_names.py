@@ -154,6 +154,18 @@ def _line_by_line(text: str, problems: list[Problem]) -> list[str] | None:
 _BIG = "".join(f"n{i}.ex{i % 97}.com\n" for i in range(60_000))  # several batches
 
 
+def _reads_line_by_line(text: str) -> None:
+    """The batch reading of a feed (``feeds.feed_names_text``, ``feeds.parse_feed``) gives the names and problems of
+    the line-by-line reading."""
+    want_problems: list[Problem] = []
+    got_problems: list[Problem] = []
+    want = _line_by_line(text, want_problems)
+    got = feeds.feed_names_text(text, "f", got_problems)
+    assert got == (None if want is None else "".join(f"{n}\n" for n in want))
+    assert [(p.line, p.col, p.severity) for p in got_problems] == [(p.line, p.col, p.severity) for p in want_problems]
+    assert feeds.parse_feed(text, "f", []) == want
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -166,13 +178,7 @@ _BIG = "".join(f"n{i}.ex{i % 97}.com\n" for i in range(60_000))  # several batch
     ],
 )  # fmt: skip
 def test_feed_text_is_the_line_by_line_reading(text: str) -> None:
-    want_problems: list[Problem] = []
-    got_problems: list[Problem] = []
-    want = _line_by_line(text, want_problems)
-    got = feeds.feed_names_text(text, "f", got_problems)
-    assert got == (None if want is None else "".join(f"{n}\n" for n in want))
-    assert [(p.line, p.col, p.severity) for p in got_problems] == [(p.line, p.col, p.severity) for p in want_problems]
-    assert feeds.parse_feed(text, "f", []) == want
+    _reads_line_by_line(text)
 
 
 def test_walker_answers_as_a_probe_per_suffix() -> None:
@@ -398,9 +404,4 @@ def test_hyphen_pairs_in_a_batch_are_read_line_by_line_alike(text: str) -> None:
     # _clean_batch looks for "..", ".-", "-." (and a leading "." or "-") with one search over the batch with its
     # hyphens and line breaks as dots; "--" inside a label (valid) trips that search too and must then pass the exact
     # checks. Either way the feed reads as line by line.
-    want_problems: list[Problem] = []
-    got_problems: list[Problem] = []
-    want = _line_by_line(text, want_problems)
-    got = feeds.feed_names_text(text, "f", got_problems)
-    assert got == (None if want is None else "".join(f"{n}\n" for n in want))
-    assert [(p.line, p.col, p.severity) for p in got_problems] == [(p.line, p.col, p.severity) for p in want_problems]
+    _reads_line_by_line(text)
