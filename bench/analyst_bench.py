@@ -29,6 +29,7 @@ at 10M events with 20,000 leases, first dashboard view <= 200 ms at 1M and <= 30
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
@@ -299,6 +300,11 @@ def _latencies(url: str, n: int, auth: bool = True) -> dict[str, float]:
     return {"median_ms": round(statistics.median(out), 1), "p95_ms": round(p95, 1)}
 
 
+# The longest wait for the analyst's refresh loop to prepare the first view (a 10M-event store's first pass took
+# 73-155 s on the test machines, docs/scale.md).
+FIRST_VIEW_WAIT_S = 900
+
+
 def _die_with_parent() -> None:
     """In the analyst child: SIGTERM when the bench dies (a test timeout kills the bench with SIGKILL, and its
     analyst must not outlive it)."""
@@ -311,11 +317,14 @@ def _start_analyst(events: Path, db: Path, workdir: Path, *extra: str) -> tuple[
     token = workdir / "token"
     token.write_text(TOKEN, encoding="utf-8")
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "enforcer", "analyst", "--listen", f"127.0.0.1:{port}", "--events", str(events),
-         "--db", str(db), "--token-file", str(token), *extra],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-    )  # fmt: skip
+    # Each analyst's log in the workdir (analyst-1.log, ...): what a run that fails or hangs is asked about first.
+    log_path = workdir / f"analyst-{len(list(workdir.glob('analyst-*.log'))) + 1}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "enforcer", "analyst", "--listen", f"127.0.0.1:{port}", "--events", str(events),
+             "--db", str(db), "--token-file", str(token), *extra],
+            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -376,6 +385,10 @@ def bench_api(
         # a just-started analyst waits for).
         at_start = _latencies(base + "/api/dashboard", 1)
         while not json.loads(urllib.request.urlopen(base + "/healthz", timeout=60).read())["first_view_prepared"]:
+            if time.perf_counter() - t0 > FIRST_VIEW_WAIT_S:
+                raise RuntimeError(
+                    f"the first view was not prepared in {FIRST_VIEW_WAIT_S} s (see {workdir}/analyst-*.log)"
+                )
             time.sleep(0.5)
         prepared_after = time.perf_counter() - t0
         out: dict[str, object] = {
@@ -458,7 +471,16 @@ def main() -> int:
         default=0.0,
         help="print the stored count every so many seconds of the ingest part (default: 0, never)",
     )
+    ap.add_argument(
+        "--watchdog",
+        type=float,
+        default=0.0,
+        help="after this many seconds, print every thread's stack to stderr and exit 1 (a hung run says where it "
+        "hangs; the analyst processes' logs are analyst-N.log in the workdir; default: 0, none)",
+    )
     args = ap.parse_args()
+    if args.watchdog:
+        faulthandler.dump_traceback_later(args.watchdog, exit=True)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "analyst.sqlite"

@@ -21,7 +21,10 @@ def _bench(workdir: Path, events: int, timeout: int, *extra: str) -> dict:
          *extra],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    logs = "".join(
+        f"\n--- {p.name}:\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(workdir.glob("analyst-*.log"))
+    )
+    assert out.returncode == 0, out.stderr + logs
     return json.loads(out.stdout)
 
 
@@ -37,11 +40,13 @@ def _check(result: dict, events: int) -> None:
     assert result["retention"]["deleted_all"] is True and result["retention"]["healthz"]["n"] >= 1
 
 
+@pytest.mark.timeout(300)
 def test_bench_small(tmp_path: Path) -> None:
-    # 240 s: the run also waits for the prepared first view and runs the retention phase (a loaded machine). The
-    # alternating ingest rounds against the naive loop (six more ingests, a ratio nothing here checks) run in the
-    # 1M-event run under -m slow.
-    _check(_bench(tmp_path, 5000, 240, "--naive-limit", "2000", "--skip", "rounds"), 5000)
+    # 240 s: the run also waits for the prepared first view and runs the retention phase (a loaded machine); it
+    # takes 6-17 s here. Past 200 s the bench prints every thread's stack and exits (--watchdog), so a hang fails
+    # with where it hung (and the analysts' logs are in tmp_path). The alternating ingest rounds against the naive
+    # loop (six more ingests, a ratio nothing here checks) run in the 1M-event run under -m slow.
+    _check(_bench(tmp_path, 5000, 240, "--naive-limit", "2000", "--skip", "rounds", "--watchdog", "200"), 5000)
 
 
 @pytest.mark.slow
