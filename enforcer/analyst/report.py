@@ -22,9 +22,9 @@
 
 Duplicates: an event is counted once per (time, ``event.id``), as the store's UNIQUE index does (the first line read
 wins). The report keeps a 64-bit fingerprint per event in the selected time range (``lines.fingerprint``, about 70
-bytes an event in memory); workers write theirs sorted to a temporary folder, merged from there (8 bytes an event
-that the main process never holds), and a duplicate that spans two workers' ranges makes the report take one
-sequential pass instead, so the first occurrence in file order wins there too.
+bytes an event in memory); workers write theirs by bucket to a temporary folder, checked from there a bucket at a
+time (8 bytes an event that the main process never holds), and a duplicate that spans two workers' ranges makes
+the report take one sequential pass instead, so the first occurrence in file order wins there too.
 """
 
 from __future__ import annotations
@@ -543,8 +543,8 @@ def scan_range(
 
     A plain function of its arguments so that workers can run it. ``seen``: the fingerprints of events already
     counted (shared across the files of a sequential pass: this range's are added); without it the range dedupes
-    on its own and returns its fingerprints sorted in ``stats.keys`` (or, with ``keys_dir``, in a file there named
-    by ``stats.keys_file``: the main process then never holds every range's fingerprints at once).
+    on its own and returns its fingerprints sorted in ``stats.keys`` (or, with ``keys_dir``, by bucket in a file
+    there named by ``stats.keys_file``: the main process then never holds every range's fingerprints at once).
     ``first_invalid`` is ``FILE:LINE`` for a range that starts at 0, else ``FILE:+LINE@BYTE`` (line counted from
     the range start). Raises ``EventFileError`` for a file that is not (any longer) a regular file of at most
     ``max_file_bytes``.
@@ -556,11 +556,10 @@ def scan_range(
     if seen is not None:
         seen |= found[0]
     else:
-        keys = array("q", sorted(found[0]))
         if keys_dir is None:
-            stats.keys = keys
+            stats.keys = array("q", sorted(found[0]))
         else:
-            stats.keys_file = _write_keys(keys, keys_dir)
+            stats.keys_file = _write_keys(found[0], keys_dir)  # by bucket: no sort needed
     return tallies, stats
 
 
@@ -663,7 +662,7 @@ def _one_hash_seed() -> Iterator[None]:
 
 
 def _overlap(parts: list[Iterable[array[int]]]) -> bool:
-    """Whether two fingerprint files (``_read_keys``: sorted, no value twice in one) share a value (an event seen by
+    """Whether two fingerprint files (``_read_keys``: by bucket, no value twice in one) share a value (an event seen by
     two workers): bucket by bucket, the values of every file in one set."""
     for buckets in zip(*parts, strict=True):
         values: set[int] = set()
