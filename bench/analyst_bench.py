@@ -51,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from enforcer.analyst.ingest import Ingester  # noqa: E402
+from enforcer.analyst.ingest import Ingester, tune_gc  # noqa: E402
 from enforcer.analyst.records import parse_line, ts_to_us  # noqa: E402
 from enforcer.analyst.report import enforcement_of  # noqa: E402
 from enforcer.analyst.store import INSERT, SCHEMA, Store  # noqa: E402
@@ -124,6 +124,7 @@ def bench_ingest(events: Path, db: Path, budget: float | None = None, sample_s: 
     many seconds (after the chunk in hand); ``sample_s``: the stored count every so often (the rate as the store
     grows), also printed to stderr as it goes."""
     fresh_db(db)
+    tune_gc()  # as the analyst process sets its collector (cli.run_analyst)
     store = Store(db)
     # As the analyst runs it: the rollups follow the shipped policy, updated in each chunk's transaction.
     enforcement = enforcement_of(load_policy([default_blocklist()]))

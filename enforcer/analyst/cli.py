@@ -289,6 +289,7 @@ def run_analyst(args: argparse.Namespace) -> int:
 
     from ..policy import PolicyError
     from .hostcheck import check_listen
+    from .ingest import tune_gc
     from .state import AnalystSettings, parse_tokens
     from .web import start_analyst
 
@@ -310,6 +311,7 @@ def run_analyst(args: argparse.Namespace) -> int:
     if settings.token:
         parse_tokens(settings.token, source=str(args.token_file))  # name:token lines: file:line errors now
     check_listen(settings)  # before anything is opened: the refusal is the whole output
+    tune_gc()  # this process owns its collector: ingest's row tuples (ingest.GC_THRESHOLDS)
 
     async def serve() -> int:
         try:

@@ -34,9 +34,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import sqlite3
 import threading
 import time
@@ -56,7 +58,7 @@ from .lines import (
     parse_event_line,
     skip_line,
 )
-from .store import Rollup, Row, Store
+from .store import PendingRollups, Rollup, Row, Store
 
 log = logging.getLogger("enforcer.analyst.ingest")
 
@@ -67,6 +69,8 @@ HEAD_BYTES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
 _SHOWN_BYTES = 80  # of a bad line, quoted in the log
 Parsed = tuple[list[Row], dict[str, int], int, str | None, Rollup | None]
+# ``parse_chunk_packed``: the same, the rows pickled (protocol 5) by the parser process
+Packed = tuple[bytes | list[Row], dict[str, int], int, str | None, Rollup | None]
 # Chunks stored per transaction: up to COMMIT_ROWS events or COMMIT_SECONDS of inserting, whichever comes first. Each
 # commit writes every page it dirtied to the WAL (and a checkpoint writes it again): at a large store a chunk dirties
 # one leaf of the per-client index per client, so committing several chunks at once writes each such leaf once for all
@@ -77,6 +81,19 @@ Parsed = tuple[list[Row], dict[str, int], int, str | None, Rollup | None]
 # commits what it read when it ends), so readers see a backlog's events at most this much later.
 COMMIT_ROWS = 524_288
 COMMIT_SECONDS = 30.0
+# The analyst process's garbage-collector thresholds (``tune_gc``): ingest allocates every row it stores as a tuple
+# (unpickled from the parser process), ~30,000 a chunk, freed by reference counting once inserted; with Python's
+# default (700, 10, 10) they set off a young collection every 700 and a full one, over every live object, every few
+# chunks: 1.05 us of the writer's 13.7 an event (48 full collections of ~28 ms for 2M events), against 0.39 us with
+# these (docs/scale.md, "Ingest, sixth round"). The resolver's values (enforcer/dns/process.py); cycles are still
+# collected.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Set ``GC_THRESHOLDS`` for the whole process: called by the owner of a process that ingests (``enforcer
+    analyst``, and the ingest benchmark as the analyst runs it)."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(slots=True)
@@ -88,6 +105,7 @@ class _Batch:
     inserted: int = 0
     duplicates: int = 0
     states: dict[tuple[int, int], tuple[bytes, int, str]] = field(default_factory=dict)
+    rollups: PendingRollups = field(default_factory=PendingRollups)  # upserted just before the commit
 
 
 class Ingester:
@@ -296,7 +314,7 @@ class Ingester:
         fh.seek(offset)
         # Parse chunk N+1 in the parser process while chunk N is inserted here: sqlite3 releases the GIL while it
         # updates the B-trees, so the two overlap on two cores.
-        pending: tuple[Future[Parsed], int] | None = None
+        pending: tuple[Future[Packed], int] | None = None
         read_to = offset
         stored = 0
         while not self._stop.is_set():
@@ -316,7 +334,7 @@ class Ingester:
 
     def _submit(
         self, fh: BinaryIO, path: Path, chunk: bytes, read_to: int, rotated: bool
-    ) -> tuple[Future[Parsed], int] | None:
+    ) -> tuple[Future[Packed], int] | None:
         """The whole lines of ``chunk`` (read at ``read_to``) handed to the parser, and the offset after them; the
         file is left positioned there. None: stop here until the next poll."""
         eof = len(chunk) < CHUNK_BYTES
@@ -328,7 +346,7 @@ class Ingester:
             if nxt is None and not rotated:
                 return None
             new_to = nxt if nxt is not None else fh.tell()
-            future: Future[Parsed] = Future()
+            future: Future[Packed] = Future()
             future.set_result(([], {"oversize": 1}, 1, f"{path}: oversize line after byte {read_to}", None))
             fh.seek(new_to)
             return future, new_to
@@ -338,12 +356,14 @@ class Ingester:
         body = chunk if (end < 0 or (eof and rotated)) else chunk[: end + 1]
         fh.seek(read_to + len(body))
         enforcement = self.enforcement() if self.enforcement is not None else None
-        return self._parser.submit(parse_chunk, body, str(path), read_to, enforcement), read_to + len(body)
+        parse = parse_chunk_packed if self._parser_process else parse_chunk
+        return self._parser.submit(parse, body, str(path), read_to, enforcement), read_to + len(body)
 
-    def _commit(self, ident: tuple[int, int], head: bytes, path: Path, future: Future[Parsed], offset: int) -> int:
+    def _commit(self, ident: tuple[int, int], head: bytes, path: Path, future: Future[Packed], offset: int) -> int:
         """Store one parsed chunk and the file offset after it in the open ingest transaction (``_Batch``), which is
         committed once it holds ``COMMIT_ROWS`` events or is ``COMMIT_SECONDS`` old, and at the end of the poll."""
-        rows, errors, seen, first_bad, rollup = future.result()
+        packed, errors, seen, first_bad, rollup = future.result()
+        rows: list[Row] = pickle.loads(packed) if isinstance(packed, bytes) else packed
         self.lines += seen
         if errors:
             for reason, n in errors.items():
@@ -354,7 +374,7 @@ class Ingester:
             self._conn.execute("BEGIN IMMEDIATE")
             batch = self._batch = _Batch(time.monotonic())
         enforcement = self.enforcement() if self.enforcement is not None else None
-        inserted = Store.insert(self._conn, rows, enforcement, rollup) if rows else 0
+        inserted = Store.insert(self._conn, rows, enforcement, rollup, batch.rollups) if rows else 0
         Store.save_file_state(self._conn, ident, head, offset, str(path))
         batch.rows += len(rows)
         batch.inserted += inserted
@@ -366,10 +386,13 @@ class Ingester:
 
     def _flush(self) -> None:
         """Commit the open ingest transaction; only then do its offsets and counts become the ingester's."""
-        batch, self._batch = self._batch, None
+        batch = self._batch
         if batch is None:
             return
+        # Still the open batch until the commit succeeds: a failure here (a full disk) leaves it for ``_abort``.
+        batch.rollups.flush(self._conn)
         self._conn.execute("COMMIT")
+        self._batch = None
         assert self._states is not None
         self._states.update(batch.states)
         self.ingested += batch.inserted
@@ -422,11 +445,13 @@ def parse_chunk(body: bytes, path: str, offset: int, enforcement: Enforcement | 
         if parsed is None:
             continue
         rec = parsed.record
+        key = parsed.key
         # The same few strings repeat on every row: one object each, so that pickling the rows back to the writer
-        # stores a memo reference instead of the string again.
+        # stores a memo reference instead of the string again. The id and the document as bytearray: see
+        # ``parse_chunk_packed``.
         rows.append(
             (
-                parsed.key,
+                bytearray(key) if type(key) is bytes else key,
                 parsed.ts_us,
                 same(rec.app, rec.app),
                 same(rec.client, rec.client),
@@ -436,7 +461,7 @@ def parse_chunk(body: bytes, path: str, offset: int, enforcement: Enforcement | 
                 same(rec.rule, rec.rule),
                 1 if rec.denied else 0,
                 same(rec.name, rec.name),
-                parsed.doc,
+                bytearray(parsed.doc),
                 # Identity fields (records.Record gains them with the identity work; "" until then).
                 same(getattr(rec, "device_id", ""), getattr(rec, "device_id", "")),
                 same(getattr(rec, "user", ""), getattr(rec, "user", "")),
@@ -445,3 +470,16 @@ def parse_chunk(body: bytes, path: str, offset: int, enforcement: Enforcement | 
         )
     rollup = Store.rollup_of(rows, enforcement) if enforcement is not None else None
     return rows, errors, seen, first_bad, rollup
+
+
+def parse_chunk_packed(body: bytes, path: str, offset: int, enforcement: Enforcement | None = None) -> Packed:
+    """``parse_chunk`` as the parser process runs it, for the writer: the rows pickled here with protocol 5.
+
+    Why: the writer is the slower stage of the pipeline, and the sqlite3 module binds a ``bytes`` parameter only
+    after asking its adapter registry (every type but int, float, str and bytearray is looked up), ~0.3 us each,
+    two a row; so ``parse_chunk`` gives each row's id and document as bytearray, which binds as the same BLOB
+    without it. Protocol 5 unpickles a bytearray as fast as bytes (the executor's own protocol, 4, rebuilds it by a
+    call, twice as slow), and the writer unpickles the rows from one bytes object (``Ingester._commit``). Measured:
+    docs/scale.md, "Ingest, sixth round"."""
+    rows, errors, seen, first_bad, rollup = parse_chunk(body, path, offset, enforcement)
+    return pickle.dumps(rows, protocol=5), errors, seen, first_bad, rollup

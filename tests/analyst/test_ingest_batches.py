@@ -27,8 +27,20 @@ def _stored(db: Path) -> list[str]:
         return [bytes(r[0]).hex() for r in conn.execute("SELECT eid FROM events")]
 
 
+def _rollups_exact(store: Store, enforcement) -> None:
+    """The rollups (``Filters()``) answer what the events table (``since=0``) answers."""
+    assert Store.rollups_current(store.reader(), enforcement)
+    raw = Filters(since=0)
+    got = store.pairs(Filters(), enforcement)
+    assert got and got == store.pairs(raw, enforcement)
+    assert store.top_rules(Filters(), enforcement, 50) == store.top_rules(raw, enforcement, 50)
+    for bucket in (3600 * 10**6, 86400 * 10**6):
+        assert store.series(Filters(), bucket) == store.series(raw, bucket)
+
+
+@pytest.mark.parametrize("parser_process", [False, True], ids=["thread", "process"])
 def test_a_failed_transaction_rolls_back_all_its_chunks_and_offsets(
-    tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch, parser_process: bool
 ) -> None:
     events = generate(policy, 1500, seed=61)
     path = tmp_path / "dns.jsonl"
@@ -46,7 +58,7 @@ def test_a_failed_transaction_rolls_back_all_its_chunks_and_offsets(
             " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
         )
     enforcement = enforcement_of(policy)
-    ing = Ingester(store, [path], parser_process=False, enforcement=lambda: enforcement)
+    ing = Ingester(store, [path], parser_process=parser_process, enforcement=lambda: enforcement)
     try:
         with pytest.raises(sqlite3.IntegrityError, match="refused by the test"):
             ing.poll_once()
@@ -59,11 +71,106 @@ def test_a_failed_transaction_rolls_back_all_its_chunks_and_offsets(
             conn.execute("DROP TRIGGER refuse")
         assert ing.poll_once() == len(events)
         assert ing.poll_once() == 0
+        # The retried transaction's rollups (summed over its chunks, upserted once before its commit) are exact:
+        # nothing of the failed one was kept, nothing counted twice.
+        _rollups_exact(store, enforcement)
+        assert sum(v[0] for v in store.pairs(Filters(), enforcement).values()) == len(events)
     finally:
         ing.stop()
         store.close()
     assert sorted(_stored(db)) == sorted(e.id for e in events)
     assert ing.ingested == len(events) and ing.duplicates == 0
+
+
+def test_rollups_of_many_chunks_in_one_transaction_through_the_parser_process(
+    tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """~20 chunks parsed in the real parser process (``parse_chunk_packed``: ids and documents as bytearray,
+    pickled with protocol 5) and stored in one transaction: every line stored as the bytes written, ids and
+    documents as BLOBs, the rollups summed across the chunks equal the events table; a second file with half
+    duplicates (its rollups grouped again in SQL) in the same transaction keeps them exact."""
+    events = generate(policy, 2000, seed=63)
+    first, second = tmp_path / "ev" / "dns.jsonl", tmp_path / "ev" / "proxy.jsonl"
+    write_events(first, events[:1500])
+    write_events(second, events[1000:])  # 500 read twice
+    monkeypatch.setattr(ingest, "CHUNK_BYTES", first.stat().st_size // 20)
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", 10**9)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    store = Store(tmp_path / "a.sqlite")
+    enforcement = enforcement_of(policy)
+    ing = Ingester(store, [tmp_path / "ev"], enforcement=lambda: enforcement)
+    commits: list[int] = []
+    flush = Ingester._flush
+
+    def counted_flush(self: Ingester) -> None:
+        commits.append(self._batch is not None)
+        flush(self)
+
+    monkeypatch.setattr(Ingester, "_flush", counted_flush)
+    try:
+        assert ing.poll_once() == len(events)
+        assert commits == [True]  # one transaction for both files
+        assert ing.duplicates == 500
+        _rollups_exact(store, enforcement)
+        assert sum(v[0] for v in store.pairs(Filters(), enforcement).values()) == len(events)
+        with sqlite3.connect(store.path) as conn:
+            kinds = conn.execute("SELECT DISTINCT typeof(eid), typeof(doc) FROM events").fetchall()
+            docs = {bytes(eid).hex(): bytes(doc) for eid, doc in conn.execute("SELECT eid, doc FROM events")}
+        assert kinds == [("blob", "blob")]
+        written = (first.read_bytes() + second.read_bytes()).splitlines()
+        assert {line for line in written} == set(docs.values())
+        assert sorted(docs) == sorted(e.id for e in events)
+    finally:
+        ing.stop()
+        store.close()
+
+
+def test_pending_rollups_of_a_stale_policy_key_are_dropped(tmp_path: Path, policy) -> None:
+    """A chunk under another policy table in the same transaction marks the rollups stale: the rollups summed
+    before it are not upserted at the flush, and the rebuild makes them exact."""
+    from datetime import timedelta
+
+    from enforcer.analyst.ingest import parse_chunk
+    from enforcer.analyst.store import PendingRollups
+    from enforcer.policy.enforcement import Cutover, Enforcement
+
+    events = generate(policy, 600, seed=64)
+    path = tmp_path / "dns.jsonl"
+    write_events(path, events)
+    table = enforcement_of(policy)
+    later = Enforcement(
+        [
+            *(c for app, c in table.cutovers.items() if app != "wechat"),
+            Cutover("wechat", policy.apps["wechat"].effective + timedelta(days=1), []),
+        ]
+    )
+    rows, _, _, _, _ = parse_chunk(path.read_bytes(), str(path), 0)
+    store = Store(tmp_path / "a.sqlite")
+    try:
+        conn = store.writer()
+        conn.execute("BEGIN")
+        Store.rebuild_rollups(conn, table)
+        conn.execute("COMMIT")
+        pending = PendingRollups()
+        conn.execute("BEGIN")
+        Store.insert(conn, rows[:300], table, Store.rollup_of(rows[:300], table), pending)
+        assert pending.key is not None and pending.clients
+        Store.insert(conn, rows[300:], later, Store.rollup_of(rows[300:], later), pending)
+        pending.flush(conn)
+        conn.execute("COMMIT")
+        assert not pending.clients and pending.key is None
+        reader = store.reader()
+        assert not Store.rollups_current(reader, table) and not Store.rollups_current(reader, later)
+        assert reader.execute("SELECT COUNT(*) FROM roll_client").fetchone()[0] == 0
+        conn.execute("BEGIN")
+        Store.rebuild_rollups(conn, later)
+        conn.execute("COMMIT")
+        _rollups_exact(store, later)
+        pending.add(Store.rollup_of(rows[:10], table))
+        with pytest.raises(ValueError, match="two policy keys"):
+            pending.add(Store.rollup_of(rows[:10], later))
+    finally:
+        store.close()
 
 
 def test_a_transaction_is_committed_at_commit_rows(tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch) -> None:
