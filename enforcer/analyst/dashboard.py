@@ -102,16 +102,20 @@ def chart_series(store: Store, f: Filters) -> dict[str, Any]:
 async def dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
     """Everything the dashboard shows for one set of filters; the independent queries run in parallel threads."""
     store, eff = analyst.store, analyst.enforcement
+    # One mark for every part of the document: the rows below are computed from these tallies, and memoised as
+    # of the events the tallies are of, whatever was stored or deleted while they were computed.
+    mark = analyst.view_mark()
     tallies, series, top_rules, facets, windows = await asyncio.gather(
-        analyst.aggregate("tallies", identity_tallies, f, analyst),
-        analyst.aggregate("series", functools.partial(chart_series, store), f),
-        analyst.aggregate("top_rules", store.top_rules, f, eff, 10),
+        analyst.aggregate("tallies", identity_tallies, f, analyst, mark=mark),
+        analyst.aggregate("series", functools.partial(chart_series, store), f, mark=mark),
+        analyst.aggregate("top_rules", store.top_rules, f, eff, 10, mark=mark),
         analyst.db(store.facets),
         analyst.db(window_counts, analyst, eff),
     )
     # In the pool and memoised with the tallies: the bursts of every device's hit times (seconds at 10M events,
     # each request of a filtered view, on the event loop before).
-    rows, bypass = await analyst.aggregate("rows", _rows, f, tallies, analyst_identity(analyst).window_us)
+    window = analyst_identity(analyst).window_us
+    rows, bypass = await analyst.aggregate("rows", _rows, f, tallies, window, mark=mark)
     noncompliant = _noncompliant(rows)
     return {
         "generated_at": dt_to_ts(datetime.now(UTC)),

@@ -189,7 +189,14 @@ class Analyst:
         async with self.gate:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def aggregate(self, name: str, fn: Callable[..., T], f: Filters, *args: Any) -> T:
+    def view_mark(self) -> tuple[Any, ...]:
+        """What every memoised aggregation is of, besides its name and filters: the policy table, the events stored
+        and deleted so far, the lease book's version (all but the policy only grow)."""
+        return (self.enforcement.key(), self.ingester.ingested, self.ingester.deleted, self.identity.version)
+
+    async def aggregate(
+        self, name: str, fn: Callable[..., T], f: Filters, *args: Any, mark: tuple[Any, ...] | None = None
+    ) -> T:
         """``db(fn, f, *args)`` memoised until the next stored (or deleted) event: aggregations over a large store
         take seconds, and an analyst flips between the same views (and exports the CSV of the view just seen).
         Callers asking for the same aggregation of the same events while it is computed share that one pass.
@@ -199,9 +206,16 @@ class Analyst:
         The first view (no filter) of a store where it takes over ``SLOW_VIEW_SECONDS`` is also prepared in the
         background (``prepare_first_view``, every refresh) and served as last prepared while events keep arriving,
         at most ``STALE_VIEWS`` refresh intervals old: a page that opens does not wait for a full pass over the
-        store, and it refreshes itself anyway."""
-        ekey = self.enforcement.key()
-        key = (name, f, ekey, self.ingester.ingested, self.ingester.deleted, self.identity.version)
+        store, and it refreshes itself anyway.
+
+        ``mark``: the ``view_mark`` the caller read before computing what it passes in ``args`` (the rows of the
+        dashboard are computed from its tallies): memoised under that mark, not under the current one, which events
+        stored or deleted meanwhile may have moved on (a delete between the tallies and their rows kept the rows of
+        the deleted events as the view of the store without them, until the next change)."""
+        if mark is None:
+            mark = self.view_mark()
+        ekey = mark[0]
+        key = (name, f, *mark)
         if key in self._memo:
             self._memo.move_to_end(key)
             hit: T = self._memo[key]  # stored by this method for the same fn
