@@ -5,10 +5,8 @@
   logins through mitmproxy's proxyauth; the user goes into hit events as ``user.name``),
   ``--addon-path``; anything after ``--`` is handed to mitmdump unchanged.
 - ``default_confdir``: the one mitmproxy CA directory default, shared with ``serve`` so a host has one CA.
-- ``mitmdump_command``: the exact argv: mitmproxy's mitmdump with the addon registered on its master
-  (``launch``: not as a ``-s`` script, whose walk by mitmproxy for every event was the addon's whole cost), lazy
-  connections so nothing upstream is contacted before the addon decides, ``flow_detail=0`` so the console carries the
-  addon's and mitmproxy's messages, not one line per flow.
+- ``mitmdump_command``: the exact argv (lazy connections so nothing upstream is contacted before the addon decides,
+  ``flow_detail=0`` so the console carries the addon's and mitmproxy's messages, not one line per flow).
 - ``run``: validates the policy first (one ``PATH:LINE:COL`` line per problem, exit 1), then starts mitmdump as a
   child, forwards SIGINT/SIGTERM/SIGHUP to it and returns its exit code. ``--addon-path`` prints ``ADDON_PATH``
   (for ``mitmdump -s`` in an operator's own mitmproxy, without activating the venv) and exits 0.
@@ -18,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,9 +73,11 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
 
 
 def mitmdump_executable() -> list[str]:
-    """mitmdump with the enforcer addon registered on its master (``launch``), from this interpreter's environment
-    (the addon must import enforcer from the same one)."""
-    return [sys.executable, "-m", "enforcer.proxy.launch"]
+    """mitmdump from this interpreter's environment (the addon must import enforcer from the same one)."""
+    local = Path(sys.executable).with_name("mitmdump")
+    if local.exists():
+        return [str(local)]
+    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())"]
 
 
 def mitmdump_command(args: argparse.Namespace) -> list[str]:
@@ -103,6 +104,8 @@ def mitmdump_command(args: argparse.Namespace) -> list[str]:
         "connection_strategy=lazy",
         "--set",
         "flow_detail=0",
+        "-s",
+        str(ADDON_PATH),
         "--set",
         "enforcer_blocklist=" + ",".join(str(Path(p).resolve()) for p in args.blocklist),
     ]
@@ -146,8 +149,8 @@ def run(command: str, args: argparse.Namespace) -> int:
         print("\n".join(problems), file=sys.stderr)
         return 1
     cmd = mitmdump_command(args)
-    if importlib.util.find_spec("mitmproxy") is None:
-        print(f"cannot find mitmproxy for {sys.executable}: install mitmproxy", file=sys.stderr)
+    if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
+        print(f"cannot find mitmdump ({cmd[0]}): install mitmproxy", file=sys.stderr)
         return 1
     print(f"mitmproxy CA: {Path(args.confdir).expanduser().resolve() / CA_CERT_NAME}", file=sys.stderr, flush=True)
     child = subprocess.Popen(cmd)

@@ -29,8 +29,7 @@ def test_mitmdump_command_is_lazy_quiet_and_passes_extra_args(tmp_path: Path) ->
     cmd = mitmdump_command(args)
     pairs = dict(itertools.pairwise(cmd))
     assert pairs["--listen-host"] == "::1" and pairs["--listen-port"] == "9090"
-    # mitmproxy's mitmdump with the addon on its master (enforcer.proxy.launch), not as a -s script
-    assert cmd[:3] == [sys.executable, "-m", "enforcer.proxy.launch"] and "-s" not in cmd[:-3]
+    assert pairs["-s"] == str(ADDON_PATH) and ADDON_PATH.name == "addon.py"
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert "connection_strategy=lazy" in sets and "flow_detail=0" in sets and f"confdir={tmp_path}" in sets
     assert f"enforcer_blocklist={BLOCKLISTS.resolve()}" in sets and "enforcer_metrics=127.0.0.1:9191" in sets
