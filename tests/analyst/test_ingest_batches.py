@@ -212,3 +212,39 @@ def test_a_transaction_is_committed_at_commit_rows(tmp_path: Path, policy, monke
         ing.stop()
         store.close()
     assert sorted(_stored(db)) == sorted(e.id for e in events)
+
+
+def test_a_failure_at_the_flush_rolls_the_transaction_back(
+    tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollups summed over the transaction are upserted just before its COMMIT: a failure there (a real one of
+    SQLite: a trigger refusing the rollup rows) rolls back the whole transaction, and the next poll stores every
+    event once with exact rollups."""
+    events = generate(policy, 900, seed=65)
+    path = tmp_path / "dns.jsonl"
+    write_events(path, events)
+    monkeypatch.setattr(ingest, "CHUNK_BYTES", path.stat().st_size // 6)
+    monkeypatch.setattr(ingest, "COMMIT_ROWS", 10**9)
+    monkeypatch.setattr(ingest, "COMMIT_SECONDS", 3600.0)
+    db = tmp_path / "a.sqlite"
+    store = Store(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON roll_client BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+    enforcement = enforcement_of(policy)
+    ing = Ingester(store, [path], enforcement=lambda: enforcement)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="refused by the test"):
+            ing.poll_once()
+        assert _stored(db) == [] and store.count() == 0 and ing.ingested == 0
+        assert Store.file_states(store.reader()) == {}
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER refuse")
+        assert ing.poll_once() == len(events)
+        _rollups_exact(store, enforcement)
+        assert sum(v[0] for v in store.pairs(Filters(), enforcement).values()) == len(events)
+    finally:
+        ing.stop()
+        store.close()
+    assert sorted(_stored(db)) == sorted(e.id for e in events)
