@@ -607,16 +607,25 @@ def main() -> int:
             for name in args.scenario or list(SCENARIOS):
                 results[name] = run_scenario(SCENARIOS[name], args, commands, pids, ports)
         finally:
-            for p in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGINT)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_groups(procs)
     report(results, args)
     return 0
+
+
+def stop_groups(procs: list[subprocess.Popen[Any]], grace: float = 10.0) -> None:
+    """Stop every process and its group (``start_new_session``): SIGINT (mitmdump shuts down cleanly), SIGKILL after
+    ``grace`` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
 
 
 def run_scenario(
