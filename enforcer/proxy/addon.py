@@ -5,8 +5,8 @@ one job and shares one ``Runtime`` (policy holder, counters, event writer, per-c
 addon object: each hook a part defines is bound on ``EnforcerAddon`` as that part's method (``bind_hooks``), so
 mitmproxy calls the part directly, with no relay frame. The parts are not nested as ``addons``: mitmproxy walks every
 registered object for every event, and a plain HTTP request fires 8 of them (four hooks, each followed by ``update``):
-6 nested parts made every walk longer. For the same reason the module defines every hook name as None (see the end
-of this file). Figures: docs/performance.md, "the proxy addon against bare mitmdump".
+6 nested parts made every walk longer. For the same reason, loaded as a script the module itself is that object, not a
+holder of it (see the end of this file). Figures: docs/performance.md, "the proxy addon against bare mitmdump".
 
 - ``lifecycle.Lifecycle``: options (``enforcer_blocklist``, ``enforcer_events``, ``enforcer_metrics``,
   ``enforcer_passthrough``, ``enforcer_blocked_connect``), policy loading and watching, the /metrics server, ``done``.
@@ -99,14 +99,20 @@ def bind_hooks(target: object, parts: Iterable[object]) -> tuple[str, ...]:
     return tuple(owner)
 
 
-__all__ = ["BLOCKED", "MONITORED", "EnforcerAddon", "addons", "bind_hooks"]
+__all__ = ["ADDON", "BLOCKED", "MONITORED", "EnforcerAddon", "addons", "bind_hooks", "name"]
 
-addons = [EnforcerAddon()]
+ADDON = EnforcerAddon()
 
-# Loaded as a script, this module is an addon object too (it holds ``addons``): mitmproxy asks it for the hook of
-# every event. On Python 3.11 a missing module attribute raises an AttributeError with a formatted message inside
-# getattr (measured 5.9 us against 0.3 us for a missing instance attribute, loaded machine; 3.12 skips the
-# exception), 8 times per plain HTTP request. mitmproxy skips a None attribute (``if func:``): every hook name is one.
+# Loaded as a script (``mitmdump -s addon.py``), this module is the object mitmproxy registers: its hooks are the
+# parts' own methods (those ``bind_hooks`` gave ``ADDON``), its name is the addon's, and its ``addons`` is empty.
+# For every event mitmproxy walks the script loader, the script and its module, then what the module's ``addons``
+# holds: an addon object there cost one more level of that walk (a generator resumed at every level, a getattr and a
+# hasattr) for each of the 8 walks of a keep-alive request. Every name mitmproxy asks the module for is defined:
+# on Python 3.11 a missing module attribute raises an AttributeError with a formatted message inside each getattr
+# and hasattr (docs/performance.md, "The proxy addon, sixth pass"); a hook the parts do not define is None, which
+# mitmproxy skips (``if func:``).
+name = ADDON.name
+addons: list[object] = []
 for _hook in hooks.all_hooks:
-    globals().setdefault(_hook, None)
+    globals()[_hook] = getattr(ADDON, _hook) if _hook in ADDON.hooks else None
 del _hook
