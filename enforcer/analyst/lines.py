@@ -277,6 +277,21 @@ WRITER_LINES = re.compile(
     re.ASCII | re.MULTILINE,
 )
 assert WRITER_LINES.groupindex.keys() == set(REPORT_FIELDS)
+# The same lines in a block with no backslash and no control character but its newlines (``clean_block``): there
+# no string can hold what ``_S`` refuses, so a string's content is ``[^"]*``, which the regular-expression engine
+# steps over in one tight loop where a character class costs a call per character: 1.6 against 2.3 us a line of
+# the writer's (8 MB of them, one process), the check of the block 0.36 us a line. A match of this one may run over
+# a newline, but only through a line that no match holds whole, so ``report._Counter.block``'s count (as many matches
+# as lines) still says that every line is the writer's, matched whole; any other block takes ``WRITER_LINES``.
+_STRING_CLASS = r'[^"\\\x00-\x1f]'
+WRITER_LINES_CLEAN = re.compile(WRITER_LINES.pattern.replace(_STRING_CLASS, '[^"]'), re.ASCII | re.MULTILINE)
+assert WRITER_LINES_CLEAN.pattern.count('[^"]') == WRITER_LINES.pattern.count(_STRING_CLASS) > 20
+_NOT_CLEAN = bytes(range(0x20)).replace(b"\n", b"") + b"\\"
+
+
+def clean_block(block: bytes) -> bool:
+    """Whether ``block`` holds no backslash and no control character but newlines (``WRITER_LINES_CLEAN``)."""
+    return len(block.translate(None, _NOT_CLEAN)) == len(block)
 
 
 def _writer_line(raw: bytes) -> Parsed | None:

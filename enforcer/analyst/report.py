@@ -69,6 +69,8 @@ from .lines import (
     DEFAULT_MAX_FILE_BYTES,
     MAX_LINE_BYTES,
     WRITER_LINES,
+    WRITER_LINES_CLEAN,
+    clean_block,
     fingerprint,
     id_fingerprint,
     line_blocks,
@@ -242,9 +244,10 @@ class _Counter:
 
     def block(self, block: bytes, n: int, where: str) -> int:
         """The lines of ``block`` (whole lines; the last one unterminated only at the end of the file), numbered
-        after ``n``; returns the last number. The writer's own lines are found by ``lines.WRITER_LINES`` in the
-        decoded block, one regular-expression search for all of them instead of a parse per line; every other line
-        (and a block that is not valid UTF-8) takes ``lines.parse_event_line``, the rule both paths give.
+        after ``n``; returns the last number. The writer's own lines are found by ``lines.WRITER_LINES`` (its
+        ``WRITER_LINES_CLEAN`` in a block without backslashes and control characters) in the decoded block, one
+        regular-expression search for all of them instead of a parse per line; every other line (and a block that
+        is not valid UTF-8) takes ``lines.parse_event_line``, the rule both paths give.
 
         A block whose every line is the writer's (the common case: the count of matches is the count of lines) is
         counted by ``count_rows`` straight from ``findall``'s tuples, without a match object, a span or an event
@@ -256,7 +259,7 @@ class _Counter:
             n = self.lines(block, n, where, events)
             self.count_all(events)
             return n
-        rows = [] if self.exact else WRITER_LINES.findall(text)
+        rows = [] if self.exact else (WRITER_LINES_CLEAN if clean_block(block) else WRITER_LINES).findall(text)
         if (
             rows
             and len(rows) == text.count("\n") + (not text.endswith("\n"))
@@ -627,9 +630,17 @@ def _worker_scan(
 def _groups(ranges: list[tuple[str, int, int | None]], workers: int) -> list[list[tuple[str, int, int | None]]]:
     """Consecutive ranges grouped into tasks: a task's result (up to 40,000 rows at 20,000 leases) costs the main
     process about 0.4 s to receive and merge, so 90 one-range tasks at 10M events made it a third busy process on
-    two cores; at most ``RANGES_PER_TASK`` a task, and at least four tasks a worker (a small input stays balanced)."""
-    size = max(1, min(RANGES_PER_TASK, len(ranges) // (4 * workers)))
-    return [ranges[i : i + size] for i in range(0, len(ranges), size)]
+    two cores; at most ``RANGES_PER_TASK`` a task, and at least four tasks a worker (a small input stays balanced).
+    Tasks shrink toward the end (what is left over twice the workers, down to two ranges): with 8 ranges a task to
+    the end, one worker ran the last task alone for ~2.5 s of a 10M-event report while the other had none."""
+    cap = max(1, min(RANGES_PER_TASK, len(ranges) // (4 * workers)))
+    out: list[list[tuple[str, int, int | None]]] = []
+    i = 0
+    while i < len(ranges):
+        size = max(min(cap, 2), min(cap, (len(ranges) - i) // (2 * workers)))
+        out.append(ranges[i : i + size])
+        i += size
+    return out
 
 
 def _ranges(files: list[Path], parallel: bool) -> list[tuple[str, int, int | None]]:

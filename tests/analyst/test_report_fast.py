@@ -57,6 +57,12 @@ def _odd_lines(policy: Policy) -> list[bytes]:
         w.encode(),  # a duplicate of the CRLF line's event
         w[:200].encode() + w.encode(),  # torn: the event at its end counts
         w.replace("10.9.0.50", "10.9.0.5\u00e9").encode(),  # non-ASCII, still a writer line
+        # In a block of its own these would be clean but for them (lines.clean_block): each makes its block take
+        # the strict pattern, where the line rule judges them: a tab inside a string (not JSON), an escape (JSON,
+        # the same name), and a writer line cut in two inside a string, which WRITER_LINES_CLEAN matches as one.
+        w.replace("long.weixin", "long\tweixin").encode(),
+        w.replace("long.weixin", "long\\u002eweixin").encode(),
+        (w[: w.index('"kind":"') + 9] + "\n" + w[w.index('"kind":"') + 9 :]).encode(),
     ]
 
 
@@ -87,7 +93,8 @@ def test_block_search_counts_what_the_line_rule_counts(
     monkeypatch.setattr(lines_mod, "READ_BYTES", 64 * 1024)  # many blocks, lines cut at their edges
 
     fast = scan_range(str(path), 0, None, select)
-    monkeypatch.setattr(report_mod, "WRITER_LINES", re.compile(r"(?!)"))  # no line found by the search
+    for pattern in ("WRITER_LINES", "WRITER_LINES_CLEAN"):  # no line found by the search
+        monkeypatch.setattr(report_mod, pattern, re.compile(r"(?!)"))
     select_slow = Selection(enforcement_of(policy), identifier=Identifier(Inventory(), book))
     slow = scan_range(str(path), 0, None, select_slow)
 
@@ -98,6 +105,24 @@ def test_block_search_counts_what_the_line_rule_counts(
     assert st.events > 2900 and st.duplicates >= 1 and st.recovered >= 1
     assert st.skipped.get("not_event", 0) >= 4 and st.skipped.get("invalid_json", 0) >= 1
     assert st.skipped.get("torn", 0) >= 1
+
+
+def test_the_clean_pattern_finds_what_the_strict_one_finds_and_stops_at_what_it_refuses(policy: Policy) -> None:
+    w = dns_hit(policy, "long.weixin.qq.com", "10.9.0.50", T0).to_json()
+    block = "\n".join(e.to_json() for e in generate(policy, 200, seed=3)) + "\n" + w
+    assert lines_mod.clean_block(block.encode())
+    rows = lines_mod.WRITER_LINES.findall(block)
+    assert len(rows) == 201 and lines_mod.WRITER_LINES_CLEAN.findall(block) == rows
+    # What only the block check keeps from the clean pattern: a control character or a backslash in a string.
+    for odd in ("long\tweixin", "long\\u002eweixin", "long\x01weixin"):
+        line = w.replace("long.weixin", odd)
+        assert not lines_mod.clean_block(line.encode()) and not lines_mod.WRITER_LINES.findall(line)
+        assert lines_mod.WRITER_LINES_CLEAN.findall(line)
+    # A line cut inside a string: one clean match over both lines, fewer matches than lines (report._Counter.block).
+    k = w.index('"kind":"') + 9
+    cut = "\n".join([w, w[:k], w[k:], w])
+    assert lines_mod.clean_block(cut.encode()) and len(lines_mod.WRITER_LINES.findall(cut)) == 2
+    assert len(lines_mod.WRITER_LINES_CLEAN.findall(cut)) == 3 < cut.count("\n") + 1
 
 
 def _book(rnd: random.Random) -> LeaseBook:
