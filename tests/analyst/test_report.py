@@ -277,6 +277,22 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}:+")
 
 
+@pytest.mark.parametrize(("n", "workers"), [(1, 2), (3, 2), (8, 2), (20, 2), (91, 2), (91, 4), (400, 2)])
+def test_parallel_tasks_take_every_range_once_in_order_and_shrink_toward_the_end(n: int, workers: int) -> None:
+    import enforcer.analyst.report as report_mod
+
+    ranges = [("f", i, i + 1) for i in range(n)]
+    groups = report_mod._groups(ranges, workers)
+    sizes = [len(g) for g in groups]
+    assert [r for g in groups for r in g] == ranges
+    assert sizes == sorted(sizes, reverse=True) and max(sizes) <= report_mod.RANGES_PER_TASK
+    assert len(groups) >= min(n, 4 * workers)  # a small input still gives every worker several tasks
+    # The last task of each worker is small: no worker is left with a long task while the other has none.
+    assert all(size <= 2 for size in sizes[-workers:])
+    if n >= 91:
+        assert sizes[0] >= 5 and len(groups) <= n // 3  # large tasks first: few results for the main process
+
+
 def test_parallel_duplicates_across_ranges_are_found_in_the_workers_key_files(
     tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
