@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other; each prints its own figures as ratios to a peer measured in the same run
-# (bench/README.md, figures in docs/performance.md). About 20 minutes on the 2-core test machine; check `uptime` first:
+# (bench/README.md, figures in docs/performance.md). About 45 minutes on the 2-core test machine (the proxy's
+# instruction counts under valgrind take 25 of them: SKIP=proxy-callgrind leaves them out); check `uptime` first:
 # on a loaded machine only the same-run ratios and the CPU (or instruction) counts per query mean anything.
 #
 #   bench/run_all.sh                          # everything below, output also in $OUT (default /tmp/enforcer-bench-all)
@@ -25,5 +26,6 @@ if [ -n "${BASE:-}" ]; then step dns-ab env BASE="$BASE" bash bench/dns_ab.sh; f
 step workers bash bench/dns_workers_bench.sh
 step workers-pinned env PIN=1 bash bench/dns_workers_bench.sh
 step proxy "$py" bench/proxy_bench.py
+step proxy-callgrind "$py" bench/proxy_callgrind.py --requests 2400 --variants bare,addon
 step analyst "$py" bench/analyst_bench.py
 echo "== done: $OUT"
