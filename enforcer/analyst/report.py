@@ -632,7 +632,7 @@ def _groups(ranges: list[tuple[str, int, int | None]], workers: int) -> list[lis
     process about 0.4 s to receive and merge, so 90 one-range tasks at 10M events made it a third busy process on
     two cores; at most ``RANGES_PER_TASK`` a task, and at least four tasks a worker (a small input stays balanced).
     Tasks shrink toward the end (what is left over twice the workers, down to two ranges): with 8 ranges a task to
-    the end, one worker ran the last task alone for ~2.5 s of a 10M-event report while the other had none."""
+    the end, one worker ran the last task alone for ~2 s of a 10M-event report while the other had none."""
     cap = max(1, min(RANGES_PER_TASK, len(ranges) // (4 * workers)))
     out: list[list[tuple[str, int, int | None]]] = []
     i = 0
