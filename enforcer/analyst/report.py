@@ -637,7 +637,7 @@ def _groups(ranges: list[tuple[str, int, int | None]], workers: int) -> list[lis
     out: list[list[tuple[str, int, int | None]]] = []
     i = 0
     while i < len(ranges):
-        size = max(min(cap, 2), min(cap, (len(ranges) - i) // (2 * workers)))
+        size = min(cap, max(2, (len(ranges) - i) // (2 * workers)))
         out.append(ranges[i : i + size])
         i += size
     return out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from mitmproxy import hooks
-from mitmproxy.addonmanager import traverse
+from mitmproxy.addonmanager import AddonManager, traverse
 from mitmproxy.addons.script import load_script
 
 from enforcer.proxy.addon import EnforcerAddon, bind_hooks
@@ -108,24 +110,15 @@ def test_under_mitmdump_the_addon_adds_one_short_walk_per_event() -> None:
     def extra(part: str, suffix: str) -> float:
         return per_request("addon", part, suffix) - per_request("bare", part, suffix)
 
-    walks = per_request("bare", "", "mitmproxy/addonmanager.py:" + _line_of("trigger_event") + ":trigger_event")
+    walks = per_request("bare", "", _counted_as(AddonManager.trigger_event))
     assert walks >= 8  # four events a keep-alive request, each followed by an update
-    assert 4 * walks <= extra("", "mitmproxy/addonmanager.py:" + _line_of_traverse() + ":traverse") <= 7 * walks + 1
+    assert 4 * walks <= extra("", _counted_as(traverse)) <= 7 * walks + 1
     assert extra("", "C:getattr") <= 2.5 * walks
     # ... and the addon's own hook ran: it judged every request (the one hook of a request on a kept connection).
     assert per_request("addon", "enforcer/proxy/request.py:", ":requestheaders") == 1
 
 
-def _line_of(name: str) -> str:
-    """The first line of mitmproxy's ``AddonManager.<name>`` (the key bench/proxy_calls.py counts it under)."""
-    import inspect
-
-    from mitmproxy.addonmanager import AddonManager
-
-    return str(inspect.getsourcelines(getattr(AddonManager, name))[1])
-
-
-def _line_of_traverse() -> str:
-    import inspect
-
-    return str(inspect.getsourcelines(traverse)[1])
+def _counted_as(fn: Any) -> str:
+    """The end of the key bench/proxy_calls.py counts a mitmproxy function under (file:first line:name)."""
+    code = fn.__code__
+    return f"mitmproxy/addonmanager.py:{code.co_firstlineno}:{code.co_name}"
