@@ -51,7 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from enforcer.analyst.ingest import Ingester, tune_gc  # noqa: E402
+from enforcer.analyst.ingest import Ingester  # noqa: E402
+from enforcer.analyst.lines import tune_gc  # noqa: E402
 from enforcer.analyst.records import parse_line, ts_to_us  # noqa: E402
 from enforcer.analyst.report import enforcement_of  # noqa: E402
 from enforcer.analyst.store import INSERT, SCHEMA, Store  # noqa: E402

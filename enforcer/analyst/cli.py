@@ -162,7 +162,7 @@ def run_report(args: argparse.Namespace) -> int:
     from .identity import Identifier
     from .inventory import Inventory
     from .leases import load as load_leases
-    from .lines import EventFileError
+    from .lines import EventFileError, tune_gc
     from .report import build_report, enforcement_of, parse_range, stream_report, unknown_apps
 
     events = _flatten(args.events)
@@ -190,6 +190,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"report: skipped {leases.skipped} malformed lease line(s); first: {leases.problems[0]}", file=sys.stderr)
     policy = _load_policy(_flatten(args.blocklist))
     enforcement = enforcement_of(policy)
+    tune_gc()  # this process owns its collector: the workers' results it merges, or a sequential pass's rows
     try:
         tallies, stats = stream_report(
             events,
@@ -289,7 +290,7 @@ def run_analyst(args: argparse.Namespace) -> int:
 
     from ..policy import PolicyError
     from .hostcheck import check_listen
-    from .ingest import tune_gc
+    from .lines import tune_gc
     from .state import AnalystSettings, parse_tokens
     from .web import start_analyst
 
@@ -311,7 +312,7 @@ def run_analyst(args: argparse.Namespace) -> int:
     if settings.token:
         parse_tokens(settings.token, source=str(args.token_file))  # name:token lines: file:line errors now
     check_listen(settings)  # before anything is opened: the refusal is the whole output
-    tune_gc()  # this process owns its collector: ingest's row tuples (ingest.GC_THRESHOLDS)
+    tune_gc()  # this process owns its collector: ingest's row tuples (lines.GC_THRESHOLDS)
 
     async def serve() -> int:
         try:

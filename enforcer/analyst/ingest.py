@@ -34,7 +34,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import multiprocessing
 import os
@@ -81,19 +80,6 @@ Packed = tuple[bytes | list[Row], dict[str, int], int, str | None, Rollup | None
 # commits what it read when it ends), so readers see a backlog's events at most this much later.
 COMMIT_ROWS = 524_288
 COMMIT_SECONDS = 30.0
-# The analyst process's garbage-collector thresholds (``tune_gc``): ingest allocates every row it stores as a tuple
-# (unpickled from the parser process), ~30,000 a chunk, freed by reference counting once inserted; with Python's
-# default (700, 10, 10) they set off a young collection every 700 and a full one, over every live object, every few
-# chunks: 1.05 us of the writer's 13.7 an event (48 full collections of ~28 ms for 2M events), against 0.39 us with
-# these (docs/scale.md, "Ingest, sixth round"). The resolver's values (enforcer/dns/process.py); cycles are still
-# collected.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Set ``GC_THRESHOLDS`` for the whole process: called by the owner of a process that ingests (``enforcer
-    analyst``, and the ingest benchmark as the analyst runs it)."""
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import itertools
 import os
 import re
@@ -76,6 +77,7 @@ from .lines import (
     line_blocks,
     open_event_file,
     parse_event_line,
+    tune_gc,
 )
 
 if TYPE_CHECKING:
@@ -608,6 +610,10 @@ _WORKER_SELECT: list[Selection] = []
 
 def _worker_init(select: Selection) -> None:
     _WORKER_SELECT[:] = [select]
+    # The worker's collector (lines.GC_THRESHOLDS), and the Selection (its leases and inventory, as long-lived as
+    # the worker) kept out of the full collections.
+    tune_gc()
+    gc.freeze()
 
 
 def _worker_scan(

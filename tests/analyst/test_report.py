@@ -277,6 +277,34 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}:+")
 
 
+def test_report_workers_run_with_the_bulk_readers_collector(tmp_path: Path, policy) -> None:
+    """A report worker (a real pool process, as ``stream_report`` starts it) has ``lines.GC_THRESHOLDS`` and its
+    Selection frozen out of the collections; Python's defaults cost it 6 % of its instructions."""
+    import gc
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import enforcer.analyst.report as report_mod
+    from enforcer.analyst.lines import GC_THRESHOLDS
+
+    select = report_mod.Selection(enforcement_of(policy))
+    with ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=report_mod._worker_init,
+        initargs=(select,),
+    ) as pool:
+        threshold, frozen = pool.submit(_collector).result(timeout=60)
+    assert tuple(threshold) == GC_THRESHOLDS != gc.get_threshold()
+    assert frozen > 1000  # the worker's modules and its Selection
+
+
+def _collector() -> tuple[tuple[int, int, int], int]:
+    import gc
+
+    return gc.get_threshold(), gc.get_freeze_count()
+
+
 @pytest.mark.parametrize(("n", "workers"), [(1, 2), (3, 2), (8, 2), (20, 2), (91, 2), (91, 4), (400, 2)])
 def test_parallel_tasks_take_every_range_once_in_order_and_shrink_toward_the_end(n: int, workers: int) -> None:
     import enforcer.analyst.report as report_mod

@@ -125,6 +125,16 @@ def test_the_clean_pattern_finds_what_the_strict_one_finds_and_stops_at_what_it_
     assert len(lines_mod.WRITER_LINES_CLEAN.findall(cut)) == 3 < cut.count("\n") + 1
 
 
+def test_a_clean_block_is_one_without_a_backslash_or_a_control_character_but_newlines() -> None:
+    line = b'{"a":"bc"}\n{"d":"e"}\n'
+    assert lines_mod.clean_block(line) and lines_mod.clean_block(b"") and lines_mod.clean_block(b"\n\n")
+    for c in range(256):
+        for at in (0, 7, len(line) - 1):
+            block = line[:at] + bytes([c]) + line[at:]
+            assert lines_mod.clean_block(block) is (c == 0x0A or (c >= 0x20 and c != 0x5C)), (c, at)
+    assert len(lines_mod.NOT_CLEAN) == 32
+
+
 def _book(rnd: random.Random) -> LeaseBook:
     book = LeaseBook()
     t = 1_000 * US
