@@ -12,6 +12,7 @@ everything with the events on disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -90,7 +91,12 @@ def _prometheus_config(tmp: Path, targets: dict[str, str]) -> Path:
 
 
 def _firing(prom: str, alert: str, app: str) -> bool:
-    status, _, body = _http(f"http://{prom}/api/v1/alerts")
+    try:
+        status, _, body = _http(f"http://{prom}/api/v1/alerts")
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            return False  # still starting: it opens its port after reading its storage
+        raise
     if status != 200:
         return False
     alerts = json.loads(body)["data"]["alerts"]
@@ -103,7 +109,7 @@ def _firing(prom: str, alert: str, app: str) -> bool:
 def test_serve_blocks_shows_alerts_and_stops_cleanly(tmp_path: Path) -> None:
     prometheus = require_tool("prometheus")
     shutil.copytree(BLOCKLISTS, tmp_path / "blocklists")
-    with loopback_only_netns():
+    with loopback_only_netns(), contextlib.ExitStack() as stack:
         upstream = FakeUpstream(ttl=60)
         ports = {k: free_port() for k in ("dns", "dns_metrics", "proxy", "proxy_metrics", "analyst", "prometheus")}
         argv = [
@@ -128,6 +134,8 @@ def test_serve_blocks_shows_alerts_and_stops_cleanly(tmp_path: Path) -> None:
 
             prom_dir = tmp_path / "prometheus"
             prom_dir.mkdir()
+            prom_log = prom_dir / "prometheus.log"
+            prom_err = stack.enter_context(prom_log.open("wb"))
             conf = _prometheus_config(prom_dir, {
                 "enforcer-dns": f"127.0.0.1:{ports['dns_metrics']}",
                 "enforcer-proxy": f"127.0.0.1:{ports['proxy_metrics']}",
@@ -136,7 +144,7 @@ def test_serve_blocks_shows_alerts_and_stops_cleanly(tmp_path: Path) -> None:
             prom_proc = subprocess.Popen(
                 [prometheus, f"--config.file={conf}", f"--storage.tsdb.path={prom_dir / 'data'}",
                  f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=prom_err,
             )  # fmt: skip
 
             # DNS: blocked name sinkholed, never forwarded; an allowed name forwarded.
@@ -177,7 +185,12 @@ def test_serve_blocks_shows_alerts_and_stops_cleanly(tmp_path: Path) -> None:
                 lambda: _firing(f"127.0.0.1:{ports['prometheus']}", "EnforcerNoncompliantDevice", "wechat"),
                 timeout=60,
                 interval=1,
-                message="EnforcerNoncompliantDevice never fired for wechat",
+                message=lambda: (
+                    "EnforcerNoncompliantDevice never fired for wechat; prometheus "
+                    + (f"exited with {prom_proc.returncode}" if prom_proc.poll() is not None else "running")
+                    + ", its log:\n"
+                    + prom_log.read_text(errors="replace")[-3000:]
+                ),
             )
             assert _firing(f"127.0.0.1:{ports['prometheus']}", "EnforcerNoncompliantDevice", "wechat")
             assert not _firing(f"127.0.0.1:{ports['prometheus']}", "EnforcerNoncompliantDevice", "kaspersky")
