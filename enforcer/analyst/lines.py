@@ -153,7 +153,7 @@ def line_blocks(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterato
             else:
                 rest = buf
             continue
-        whole, rest = buf[: cut + 1], buf[cut + 1 :]
+        whole, rest = buf[: cut + 1], b""
         if end is not None and pos + len(whole) > end:
             # Only the lines starting before ``end``: up to the newline that ends the line holding byte end-1.
             k = whole.find(b"\n", max(0, end - pos - 1))
@@ -161,6 +161,10 @@ def line_blocks(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterato
             return
         yield whole
         pos += len(whole)
+        if len(whole) < len(buf):
+            # The line cut by the read is read again with the next block rather than copied in front of it: a
+            # megabyte copied less a block (the page cache serves the few hundred bytes twice).
+            fh.seek(pos)
 
 
 @dataclass(slots=True)  # not frozen: built once per line, and frozen init costs a setattr per field

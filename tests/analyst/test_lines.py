@@ -8,7 +8,9 @@ non-ASCII, empty strings, marker-like text) and on random edits of writer lines 
 from __future__ import annotations
 
 import itertools
+import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +100,45 @@ def test_fast_path_equals_the_json_parse_on_edited_lines(index: int, edits: list
     raw = bytes(line)
     assert parse_event_line(raw) == _parse(raw, False, False)
     assert parse_event_line(raw, True) == _parse(raw, True, False)
+
+
+@pytest.mark.parametrize("read_bytes", [1, 2, 7, 16, 64])
+def test_line_blocks_with_reads_shorter_than_lines(tmp_path, monkeypatch: pytest.MonkeyPatch, read_bytes: int) -> None:
+    """Blocks of whole lines whatever the read size: a line cut by a read is read again with the next block, a line
+    longer than a read is put together, one over MAX_LINE_BYTES that no read ends is one None; every range cut gives
+    the same lines."""
+    import enforcer.analyst.lines as lines_mod
+
+    monkeypatch.setattr(lines_mod, "READ_BYTES", read_bytes)
+    monkeypatch.setattr(lines_mod, "MAX_LINE_BYTES", 40)
+    rnd = random.Random(read_bytes)
+    lines = [bytes([97 + i % 26]) * rnd.choice([0, 1, 3, 9, 20, 39, 40, 41, 90]) for i in range(60)]
+    data = b"\n".join(lines) + b"\nlast"
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    expected = [line + b"\n" for line in lines] + [b"last"]
+    with path.open("rb") as fh:
+        blocks = list(line_blocks(fh))
+    got: list[bytes | None] = []
+    for block in blocks:
+        if block is None:
+            got.append(None)
+            continue
+        assert block.endswith(b"\n") or block is blocks[-1]
+        got.extend(part + b"\n" for part in block.split(b"\n")[:-1])
+        if not block.endswith(b"\n"):
+            got.append(block.rsplit(b"\n", 1)[-1])
+    # A line over the limit is None when no read held its end, else it stays in its block (the line rule measures it).
+    assert len(got) == len(expected)
+    assert all(g == e or (g is None and len(e) > 41) for g, e in zip(got, expected, strict=True))
+    assert None in got or read_bytes > 40
+    for cut in range(0, len(data) + 1, 5):
+        with path.open("rb") as fh:
+            first = [b for b in line_blocks(fh, 0, cut)]
+        with path.open("rb") as fh:
+            second = [b for b in line_blocks(fh, cut, None)]
+        assert b"".join(b for b in first + second if b) == b"".join(g for g in got if g), cut
+        assert sum(b is None for b in first + second) == got.count(None), cut
 
 
 def test_line_blocks_cut_ranges_exactly(tmp_path) -> None:
