@@ -250,11 +250,18 @@ def merge_tallies(into: Tallies, other: Tallies) -> None:
         mine[TIMES].extend(entry[TIMES])
 
 
-def bursts(times: Iterable[int], window_us: int) -> tuple[int, int]:
-    """(bursts of all hits, bursts of enforced hits) over ``times`` (sorted ``ts_us * 2 + enforced``)."""
+def bursts(times: Iterable[int], window_us: int, enforced_hits: int | None = None) -> tuple[int, int]:
+    """(bursts of all hits, bursts of enforced hits) over ``times`` (sorted ``ts_us * 2 + enforced``).
+
+    ``enforced_hits``: how many of them are enforced, when the caller knows (``report_rows``: the entry's count).
+    When all are (every denied hit after the effective date: the common case) or none, the enforced bursts are the
+    bursts or none, without a second pass over the times."""
     seq = times if isinstance(times, list | array) else list(times)
+    n = _burst_starts(seq, window_us)
+    if enforced_hits is not None and enforced_hits in (0, len(seq)):
+        return n, n if enforced_hits else 0
     enforced = list(itertools.compress(seq, map(operator.and_, seq, itertools.repeat(1))))
-    return _burst_starts(seq, window_us), _burst_starts(enforced, window_us)
+    return n, _burst_starts(enforced, window_us)
 
 
 def _burst_starts(seq: list[int] | array[int], window_us: int) -> int:
@@ -288,7 +295,7 @@ def report_rows(tallies: Tallies, window_us: int) -> tuple[list[dict[str, Any]],
     out: dict[str, list[dict[str, Any]]] = {CLIENTS: [], BYPASS: []}
     for (section, _key, app), entry in tallies.items():
         times = entry[TIMES]
-        attempts, enforced_attempts = bursts(sorted(times), window_us)
+        attempts, enforced_attempts = bursts(sorted(times), window_us, entry[ENFORCED])
         ident: Identity = entry[IDENT]
         out[section].append(
             {

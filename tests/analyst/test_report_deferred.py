@@ -126,16 +126,21 @@ def _bursts_loop(times: list[int], window_us: int) -> tuple[int, int]:
 
 def test_bursts_equal_the_plain_loop() -> None:
     rnd = random.Random(11)
-    checked = 0
+    checked = checked_all = 0
     for _ in range(3000):
         window = rnd.choice((0, 1, 2, 5, 60, 1000))
         spread = rnd.choice((3, 10, 100, 5000))
-        times = sorted(rnd.randrange(spread) * 2 + rnd.randrange(2) for _ in range(rnd.randrange(60)))
+        mode = rnd.choice((2, 2, 1, 0))  # enforced at random, or all enforced, or none (bursts' shortcut)
+        times = sorted(
+            rnd.randrange(spread) * 2 + (rnd.randrange(2) if mode == 2 else mode) for _ in range(rnd.randrange(60))
+        )
         want = _bursts_loop(times, window)
         assert bursts(times, window) == want, (times, window)
         assert bursts(iter(times), window) == want
+        assert bursts(times, window, sum(t & 1 for t in times)) == want
+        checked_all += bool(times) and len({t & 1 for t in times}) == 1
         checked += want[0] != len(times)  # some hits fall in an earlier hit's burst
-    assert checked > 500
+    assert checked > 500 and checked_all > 500  # every hit enforced, or none: the shortcut
 
 
 def test_no_writer_line_is_shorter_than_the_block_test_assumes() -> None:
