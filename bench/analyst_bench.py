@@ -52,6 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import vm_hwm_kb  # noqa: E402
 from enforcer.analyst.ingest import Ingester  # noqa: E402
 from enforcer.analyst.lines import tune_gc  # noqa: E402
 from enforcer.analyst.records import parse_line, ts_to_us  # noqa: E402
@@ -239,24 +240,12 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def _hwm_mb(pid: int) -> float:
-    """The high-water mark of ``pid``'s resident memory since its exec (VmHWM); 0 once it has exited."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
-
-
 def run_child(cmd: list[str]) -> tuple[float, int, int, int]:
     """(wall seconds, peak RSS in MB of the child process, peak RSS of its whole process tree, return code).
 
     Both are sampled every 20 ms. The child's is its own high-water mark (VmHWM), which only grows, so a sample
     misses at most what it added in its last 20 ms; not wait4's ``ru_maxrss``, which also counts this process's
-    memory (a child started by vfork or fork records its parent's at exec). The tree figure (the sum over the child
+    memory (``procfs.vm_hwm_kb``). The tree figure (the sum over the child
     and its workers at each sample) can miss a short peak.
     """
     t0 = time.perf_counter()
@@ -266,7 +255,7 @@ def run_child(cmd: list[str]) -> tuple[float, int, int, int]:
         pid, status, _rusage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        peak = max(peak, _hwm_mb(proc.pid))
+        peak = max(peak, (vm_hwm_kb(proc.pid) or 0) / 1024)
         peak_tree = max(peak_tree, _tree_rss_mb(proc.pid))
         time.sleep(0.02)
     dt = time.perf_counter() - t0

@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.procfs import vm_hwm_kb
+
 TLDS = ["com", "net", "org", "info", "io", "cn", "ru", "de", "co.uk", "com.br", "xyz", "top", "online", "site", "app"]
 SYLLABLES = [
     "ad", "an", "ar", "ba", "be", "cdn", "cl", "co", "da", "de", "di", "do", "el", "en", "er", "fa", "go", "ha",
@@ -101,15 +104,10 @@ def make_queries(names: list[str], count: int, seed: int = 2) -> list[str]:
 
 
 def peak_rss_kb() -> int:
-    """This process's peak RSS. VmHWM belongs to the current address space; ru_maxrss would also count what the
-    parent had resident when it forked us (Linux keeps the pre-exec high-water mark), hence the preference."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak RSS: its VmHWM (``procfs.vm_hwm_kb``: ru_maxrss would also count what the parent had
+    resident when it forked us), else ru_maxrss."""
+    hwm = vm_hwm_kb()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 class MarisaNames:

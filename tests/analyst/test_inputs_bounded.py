@@ -136,16 +136,16 @@ def test_report_invalid_max_file_size_is_one_line(tmp_path: Path) -> None:
 
 
 # ``enforcer`` with its own peak RSS on stderr at exit: VmHWM, the high-water mark of the process's memory since its
-# exec. The peak wait4 reports would also count the pytest process's memory (a child started with vfork or fork
-# records its parent's at exec): 200 MB in a full run of the suite.
+# exec (bench/procfs.py). The peak wait4 reports would also count the pytest process's memory: 200 MB in a full run
+# of the suite. Run from the repository's root, so ``bench`` is importable.
 _WITH_PEAK = """
 import sys
+from bench.procfs import vm_hwm_kb
 from enforcer.cli import main
 try:
     code = main(sys.argv[1:])
 finally:
-    with open("/proc/self/status") as fh:
-        print(next(line for line in fh if line.startswith("VmHWM")), file=sys.stderr)
+    print("VmHWM:", vm_hwm_kb(), "kB", file=sys.stderr)
 sys.exit(code)
 """
 
