@@ -1,7 +1,7 @@
 """Instructions per event (valgrind callgrind) of one ``enforcer report`` worker's pass over a byte range.
 
 Usage: ``.venv/bin/python bench/report_callgrind.py --events FILE [--leases CSV] [--inventory CSV] [--start 0]
-[--bytes 16M] [--warmup-bytes 4M] [--reps 1] [--json]``
+[--bytes 16M] [--warmup-bytes 64M] [--reps 1] [--out DIR] [--json]``
 
 Wall-clock figures of ``enforcer report`` move by a third and more with the machine's speed (docs/scale.md); the
 instructions a worker executes for the same lines do not, so a change of a few percent in the worker's loop shows in
@@ -31,7 +31,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTROL_TIMEOUT = 120.0
+sys.path.insert(0, str(ROOT))
+from bench.proxy_callgrind import CONTROL_TIMEOUT, control, dump_file, read_dump  # noqa: E402
+from enforcer.config import parse_size  # noqa: E402
 
 # The measured process: its stdin says when to start and stop, its stdout when it is ready and done.
 _CHILD = r"""
@@ -58,47 +60,21 @@ sys.stdin.readline()
 """
 
 
-def _size(text: str) -> int:
-    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
-    t = text.strip().lower()
-    return int(float(t[:-1]) * units[t[-1]]) if t[-1:] in units else int(t)
-
-
-def _control(*command: str, pid: int) -> None:
-    done = subprocess.run(
-        ["callgrind_control", *command, str(pid)], capture_output=True, text=True, timeout=CONTROL_TIMEOUT
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"callgrind_control {' '.join(command)} {pid}: {done.stdout}{done.stderr}")
-
-
-def _totals(path: Path) -> int:
-    summary = None
-    for line in path.read_text().splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
-        if line.startswith("summary:"):
-            summary = int(line.split()[1])
-    if summary is None:
-        raise RuntimeError(f"{path}: no totals: or summary: line")
-    return summary
-
-
 def measure(args: argparse.Namespace, out: Path) -> dict[str, float]:
     """One repetition: the instructions of the worker's pass over the range, and the lines and events it held."""
-    prefix = out / "callgrind.out"
+    dump = out / "callgrind.out"
     cmd = [
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
-        f"--callgrind-out-file={prefix}.%p",
+        f"--callgrind-out-file={dump}",
         sys.executable,
         "-c",
         _CHILD,
         str(args.events),
         str(args.start),
-        str(_size(args.bytes)),
-        str(_size(args.warmup_bytes)),
+        str(args.bytes),
+        str(args.warmup_bytes),
         str(args.leases or ""),
         str(args.inventory or ""),
         str(ROOT / "blocklists"),
@@ -111,23 +87,21 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, float]:
         try:
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError("the measured process did not start (run it without valgrind to see why)")
-            _control("-i", "on", pid=proc.pid)
+            control(proc.pid, "-i", "on")
             proc.stdin.write("go\n")
             proc.stdin.flush()
             done = proc.stdout.readline().split()
             if not done or done[0] != "done":
                 raise RuntimeError("the measured process stopped before the end of its pass")
-            _control("-i", "off", pid=proc.pid)
-            _control("-d", pid=proc.pid)
+            control(proc.pid, "-i", "off")
+            control(proc.pid, "-d")
             proc.stdin.write("stop\n")
             proc.stdin.flush()
             proc.wait(timeout=CONTROL_TIMEOUT)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    dumps = sorted(out.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
-    dumped = [p for p in dumps if p.name.count(".") >= 3]  # callgrind.out.PID.N: the -d dump
-    ir = _totals((dumped or dumps)[-1])
+    ir = read_dump(dump_file(dump)).instructions
     lines, events = int(done[1]), int(done[2])
     return {"instructions": ir, "lines": lines, "events": events, "ir_per_event": ir / max(1, events)}
 
@@ -138,8 +112,13 @@ def main() -> None:
     ap.add_argument("--leases", type=Path)
     ap.add_argument("--inventory", type=Path)
     ap.add_argument("--start", type=int, default=0, help="byte offset of the measured range")
-    ap.add_argument("--bytes", default="16M", help="the measured range's length (suffix k, M, G)")
-    ap.add_argument("--warmup-bytes", default="4M", help="scanned before the range, uninstrumented")
+    ap.add_argument("--bytes", type=parse_size, default="16M", help="the measured range's length (suffix K, M, G)")
+    ap.add_argument(
+        "--warmup-bytes",
+        type=lambda text: parse_size(text, minimum=0),
+        default="64M",
+        help="scanned before the range, uninstrumented",
+    )
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", type=Path, help="keep the callgrind files here (callgrind_annotate reads them)")
@@ -147,8 +126,7 @@ def main() -> None:
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             sys.exit(f"report_callgrind: {tool} not found (Debian package valgrind)")
-    if args.start < _size(args.warmup_bytes):
-        args.start = _size(args.warmup_bytes)
+    args.start = max(args.start, args.warmup_bytes)
     results = []
     for _ in range(args.reps):
         if args.out is not None:
