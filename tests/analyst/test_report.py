@@ -277,7 +277,7 @@ def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: p
     assert par_stats.first_invalid and par_stats.first_invalid.startswith(f"{path}:+")
 
 
-def test_report_workers_run_with_the_bulk_readers_collector(tmp_path: Path, policy) -> None:
+def test_report_workers_run_with_the_bulk_readers_collector(policy) -> None:
     """A report worker (a real pool process, as ``stream_report`` starts it) has ``lines.GC_THRESHOLDS`` and its
     Selection frozen out of the collections; Python's defaults cost it 6 % of its instructions."""
     import multiprocessing
