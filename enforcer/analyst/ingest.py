@@ -56,6 +56,7 @@ from .lines import (
     open_event_file,
     parse_event_line,
     skip_line,
+    writer_rows,
 )
 from .store import PendingRollups, Rollup, Row, Store
 
@@ -66,6 +67,10 @@ PRUNE_BUDGET = 1.0  # seconds of deleting per poll before ingest gets its turn
 PRUNE_INTERVAL = 60.0  # seconds between retention checks once nothing is left to delete
 HEAD_BYTES = 64
 CHUNK_BYTES = 16 * 1024 * 1024
+# A chunk is read by blocks of this many bytes (to the next newline): each block the writer's lines only takes one
+# search (``lines.writer_rows``); a block with any other line, line by line. Under ``lines.MAX_LINE_BYTES``, so that
+# a block of writer lines is never refused for its length.
+BLOCK_BYTES = 256 * 1024
 _SHOWN_BYTES = 80  # of a bad line, quoted in the log
 Parsed = tuple[list[Row], dict[str, int], int, str | None, Rollup | None]
 # ``parse_chunk_packed``: the same, the rows pickled (protocol 5) by the parser process
@@ -406,36 +411,37 @@ class Ingester:
 def parse_chunk(body: bytes, path: str, offset: int, enforcement: Enforcement | None = None) -> Parsed:
     """Lines -> (rows to insert, skipped lines by reason, lines seen, first problem for the log, the rows' rollups).
 
-    A plain function of its arguments so that it can run in the parser process. Every line goes through
-    ``lines.parse_event_line`` (the rule ``enforcer report`` applies too); the writer's lines are stored as the bytes
-    read, and the rows go back to the writer process as bytes, which pickle at memcpy speed. With an
-    ``enforcement``, the chunk's rollups (``store.Rollup``) are summed here too, so that the writer upserts a few
-    hundred rollup rows instead of grouping the chunk's rows again in SQL.
+    A plain function of its arguments so that it can run in the parser process. Every line is read by the rule
+    ``enforcer report`` applies too: the writer's lines of each ``BLOCK_BYTES`` block by ``lines.writer_rows`` (one
+    search for the block), a block holding any other line by ``lines.parse_event_line``, line by line. The writer's
+    lines are stored as the bytes read, and the rows go back to the writer process as bytes, which pickle at memcpy
+    speed. With an ``enforcement``, the chunk's rollups (``store.Rollup``) are summed here too, so that the writer
+    upserts a few hundred rollup rows instead of grouping the chunk's rows again in SQL.
     """
     rows: list[Row] = []
     errors: dict[str, int] = {}
     seen = 0
     strings: dict[str, str] = {}
+    # The same few strings repeat on every row: one object each, so that pickling the rows back to the writer stores
+    # a memo reference instead of the string again. The id and the document as bytearray: see ``parse_chunk_packed``.
     same = strings.setdefault
+    minutes: dict[str, int] = {}
     first_bad: str | None = None
-    lines = body.split(b"\n")
-    last = len(lines) - 1 if lines[-1] else -1  # a rotated file's unterminated last line
-    for i, raw in enumerate(lines):
-        parsed, reason = parse_event_line(raw, i == last)
+    add = rows.append
+
+    def line_rule(raw: bytes, final: bool) -> None:
+        nonlocal seen, first_bad
+        parsed, reason = parse_event_line(raw, final)
         if parsed is None and reason is None:
-            continue  # blank
+            return  # blank
         seen += 1
         if reason is not None:
             errors[reason] = errors.get(reason, 0) + 1
             first_bad = first_bad or f"{path}: {reason} line after byte {offset}: {raw[:_SHOWN_BYTES]!r}"
         if parsed is None:
-            continue
-        rec = parsed.record
-        key = parsed.key
-        # The same few strings repeat on every row: one object each, so that pickling the rows back to the writer
-        # stores a memo reference instead of the string again. The id and the document as bytearray: see
-        # ``parse_chunk_packed``.
-        rows.append(
+            return
+        rec, key = parsed.record, parsed.key
+        add(
             (
                 bytearray(key) if type(key) is bytes else key,
                 parsed.ts_us,
@@ -448,12 +454,50 @@ def parse_chunk(body: bytes, path: str, offset: int, enforcement: Enforcement | 
                 1 if rec.denied else 0,
                 same(rec.name, rec.name),
                 bytearray(parsed.doc),
-                # Identity fields (records.Record gains them with the identity work; "" until then).
-                same(getattr(rec, "device_id", ""), getattr(rec, "device_id", "")),
-                same(getattr(rec, "user", ""), getattr(rec, "user", "")),
-                same(getattr(rec, "kind", ""), getattr(rec, "kind", "")),
+                same(rec.device_id, rec.device_id),
+                same(rec.user, rec.user),
+                same(rec.kind, rec.kind),
             )
         )
+
+    size, start = len(body), 0
+    while start < size:
+        cut = body.find(b"\n", start + BLOCK_BYTES)
+        end = size if cut < 0 else cut + 1
+        block = body[start:end]
+        final = end == size and not block.endswith(b"\n")  # a rotated file's unterminated last line
+        fast = writer_rows(block, minutes)
+        if fast is None:
+            lines = block.split(b"\n")
+            last = len(lines) - 1 if final else -1
+            for i, raw in enumerate(lines):
+                line_rule(raw, i == last)
+        else:
+            for item in fast:
+                if isinstance(item, bytes):  # a time that is not one: the line rule says what the line is
+                    line_rule(item, final and item is fast[-1])
+                    continue
+                seen += 1
+                raw, ts_us, eid, denied, action, rule, app, category, component, client, name = item
+                add(
+                    (
+                        bytearray.fromhex(eid),
+                        ts_us,
+                        same(app, app),
+                        same(client, client),
+                        same(category, category),
+                        same(component, component),
+                        same(action, action),
+                        same(rule, rule),
+                        1 if denied else 0,
+                        same(name, name),
+                        bytearray(raw),
+                        "",
+                        "",
+                        "",
+                    )
+                )
+        start = end
     rollup = Store.rollup_of(rows, enforcement) if enforcement is not None else None
     return rows, errors, seen, first_bad, rollup
 

@@ -317,6 +317,75 @@ def clean_block(block: bytes) -> bool:
     return not any(map(block.__contains__, NOT_CLEAN))
 
 
+# Every field the ingest stores of a writer line, for a block of whole lines (``writer_rows``): ``WRITER_LINES`` with
+# all of ``_WRITER_LINE``'s groups, and the DNS name captured with its quotes, because ``findall`` gives "" for a
+# group that took no part, and the rule below tells an empty DNS name (the name, even empty) from none.
+_ROWS_SOURCE = _WRITER_SOURCE.replace(r"(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)", _REPORT_TS, 1)
+_ROWS_SOURCE = _ROWS_SOURCE.replace(f'"(?P<dns_name>{_STRING_CLASS}*)"', f'(?P<dns_name>"{_STRING_CLASS}*")', 1)
+WRITER_ROWS = re.compile("^" + _ROWS_SOURCE + "$", re.ASCII | re.MULTILINE)
+WRITER_ROWS_CLEAN = re.compile(WRITER_ROWS.pattern.replace(_STRING_CLASS, '[^"]'), re.ASCII | re.MULTILINE)
+assert WRITER_ROWS.groups == _WRITER_LINE.groups + 2 and '(?P<dns_name>"' in WRITER_ROWS.pattern
+MINUTES_MAX = 100_000  # minutes (69 days) of times kept converted (``minute_us``)
+INVALID_MINUTE = -1
+
+
+def minute_us(minutes: dict[str, int], minute: str) -> int:
+    """``records.ts_to_us`` of the start of ``minute`` (``YYYY-MM-DDTHH:MM``), remembered in ``minutes`` (cleared
+    when it holds ``MINUTES_MAX``); ``INVALID_MINUTE`` when it is not a time at or after ``MIN_TS``. A writer line's
+    time is its minute's plus ``int(seconds + microseconds)``, valid below 60,000,000: one dict lookup an event
+    instead of a datetime parse (the report's and the ingest's block paths)."""
+    try:
+        us = ts_to_us(minute + ":00.000000Z") if minute >= MIN_TS[:16] else INVALID_MINUTE
+    except ValueError:
+        us = INVALID_MINUTE
+    if len(minutes) >= MINUTES_MAX:
+        minutes.clear()
+    minutes[minute] = us
+    return us
+
+
+# One writer line as ``writer_rows`` reads it: (the line's bytes, time in microseconds, event id (32 hex digits),
+# denied, action, rule id, app, category, component, client, name): ``Record``'s fields without a Record, the device
+# id, user and kind being "" on every writer line.
+WriterRow = tuple[bytes, int, str, bool, str, str, str, str, str, str, str]
+
+
+def writer_rows(block: bytes, minutes: dict[str, int]) -> list[WriterRow | bytes] | None:
+    """Each line of ``block`` (whole lines, the last one maybe unterminated) as ``parse_event_line`` reads it, in
+    order, when every line is the writer's (else None: the caller takes ``parse_event_line`` line by line); a line
+    whose time is not one is in the list as its bytes, for the line rule to judge.
+
+    One regular-expression search over the decoded block instead of a match, a Record and a Parsed a line (the
+    ingest's parser, docs/scale.md "Ingest, ninth round"). As many matches as lines means one match a line, whole
+    (``report._Counter.block`` relies on the same), so the i-th match is the i-th line."""
+    try:
+        text = block.decode("utf-8")  # strict: a block that is not valid UTF-8 takes the line rule
+    except UnicodeDecodeError:
+        return None
+    found = (WRITER_ROWS_CLEAN if clean_block(block) else WRITER_ROWS).findall(text)
+    raws = block.split(b"\n")
+    if not raws[-1]:
+        raws.pop()
+    if len(found) != len(raws) or max(map(len, raws), default=0) > MAX_LINE_BYTES:
+        return None
+    out: list[WriterRow | bytes] = []
+    add, mget = out.append, minutes.get
+    for raw, fields in zip(raws, found, strict=True):
+        minute, ss, us, eid, typ, action, rule_id, app, category, component, client, dns, dom1, dom2, sni, dest = fields
+        base = mget(minute)
+        if base is None:
+            base = minute_us(minutes, minute)
+        sec = int(ss + us)
+        if base == INVALID_MINUTE or sec >= 60_000_000:
+            add(raw)
+            continue
+        # _writer_line's rule: the DNS name (even empty), else a non-empty URL domain, else a non-empty SNI, else
+        # the destination address ("" for a group that took no part, as None there).
+        name = dns[1:-1] if dns else (dom1 or dom2 or sni or dest)
+        add((raw, base + sec, eid, typ == "denied", action, rule_id, app, category, component, client, name))
+    return out
+
+
 def _writer_line(raw: bytes) -> Parsed | None:
     """The writer's own line without a JSON parse (see ``_WRITER_LINE``); None: take the full parse."""
     try:

@@ -68,6 +68,7 @@ from .identity import (
 )
 from .lines import (
     DEFAULT_MAX_FILE_BYTES,
+    INVALID_MINUTE,
     MAX_LINE_BYTES,
     WRITER_LINES,
     WRITER_LINES_CLEAN,
@@ -75,6 +76,7 @@ from .lines import (
     fingerprint,
     id_fingerprint,
     line_blocks,
+    minute_us,
     open_event_file,
     parse_event_line,
     tune_gc,
@@ -82,7 +84,7 @@ from .lines import (
 
 if TYPE_CHECKING:
     from ..policy import Policy
-from .records import MIN_DATE, MIN_TS, canonical_ts, dt_to_ts, ts_to_us, us_to_ts
+from .records import MIN_DATE, canonical_ts, dt_to_ts, ts_to_us, us_to_ts
 
 # (client, app) -> [hits, enforced hits, first_seen, last_seen]: the per-address figures (Store.pairs)
 Pairs = dict[tuple[str, str], list[Any]]
@@ -197,8 +199,6 @@ class Selection:
 # against the pattern's own minimum)
 _WRITER_MIN_BYTES = 91
 _FAST_MAX_CHARS = MAX_LINE_BYTES // 4  # a longer writer line may be over MAX_LINE_BYTES in UTF-8: the line rule
-_MINUTES_MAX = 100_000  # minutes (69 days) of times kept converted
-_INVALID_MINUTE = -1
 _SPANS_MAX = 100_000  # clients whose identity interval is kept
 
 
@@ -245,7 +245,7 @@ class _Counter:
         # The time range in microseconds (``count_rows``; ``since``/``until`` are canonical, so the same bounds)
         self.since_us = ts_to_us(select.since) if select.since is not None else -_NEVER
         self.until_us = ts_to_us(select.until) if select.until is not None else _NEVER
-        self.minutes: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" -> its microseconds (_INVALID_MINUTE: not a time)
+        self.minutes: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" -> its microseconds (lines.minute_us)
         # client -> (lo, hi, identity, {app (or (app, "control")): its tallies entry}): Identifier.identify_span of
         # the client's last event without device.id and user, reused while the next events fall in [lo, hi)
         self.spans: dict[str, _Span] = {}
@@ -305,7 +305,7 @@ class _Counter:
             if base is None:
                 base = self._minute(minute)
             sec = int(ss + us)
-            if base == _INVALID_MINUTE or sec >= 60_000_000 or e - s > _FAST_MAX_CHARS:
+            if base == INVALID_MINUTE or sec >= 60_000_000 or e - s > _FAST_MAX_CHARS:
                 n = self.lines(text[s:pos].encode("utf-8"), n, where, events)  # the line rule says what it is
                 continue
             n += 1
@@ -337,7 +337,7 @@ class _Counter:
             if base is None:
                 base = self._minute(minute)
             sec = int(ss + us)
-            if base == _INVALID_MINUTE or sec >= 60_000_000:
+            if base == INVALID_MINUTE or sec >= 60_000_000:
                 break
             done += 1
             ts_us = base + sec
@@ -415,15 +415,8 @@ class _Counter:
         return ok
 
     def _minute(self, minute: str) -> int:
-        """``records.ts_to_us`` of the minute's start; ``_INVALID_MINUTE`` when it is not a time in the range."""
-        try:
-            us = ts_to_us(minute + ":00.000000Z") if minute >= MIN_TS[:16] else _INVALID_MINUTE
-        except ValueError:
-            us = _INVALID_MINUTE
-        if len(self.minutes) >= _MINUTES_MAX:
-            self.minutes.clear()
-        self.minutes[minute] = us
-        return us
+        """``lines.minute_us`` in this pass's ``minutes``."""
+        return minute_us(self.minutes, minute)
 
     def lines(self, chunk: bytes, n: int, where: str, events: list[_Event]) -> int:
         """Each line of ``chunk`` as ``lines.parse_event_line`` judges it (a file's unterminated last line: torn

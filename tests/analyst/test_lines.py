@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -153,3 +154,92 @@ def test_line_blocks_cut_ranges_exactly(tmp_path) -> None:
         with path.open("rb") as fh:
             second = b"".join(b for b in line_blocks(fh, cut, None) if b)
         assert first + second == data, cut
+
+
+def _line_rule_chunk(monkeypatch: pytest.MonkeyPatch, body: bytes, enforcement: Any) -> Any:
+    """``parse_chunk`` by its definition: every line through the JSON parse (``_parse(..., fast=False)``)."""
+    import enforcer.analyst.ingest as ingest_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(ingest_mod, "writer_rows", lambda block, minutes: None)
+        m.setattr(ingest_mod, "parse_event_line", lambda raw, final=False: _parse(raw, final, False))
+        return ingest_mod.parse_chunk(body, "f", 0, enforcement)
+
+
+def _odd_lines() -> list[bytes]:
+    """Lines the block path must hand to the line rule: not the writer's, or the writer's with a time that is not
+    one (each still matches the writer pattern but for its time)."""
+    base = _lines()[0].decode()
+    stamp = base[15:42]
+    return [
+        b"",
+        b"not json",
+        base.replace('"kind":', '"extra":1,"kind":', 1).encode(),
+        base.replace(stamp, "2023-13-01T00:00:00.000000Z", 1).encode(),  # no month 13
+        base.replace(stamp, "2023-10-30T12:00:60.000000Z", 1).encode(),  # second 60
+        base.replace(stamp, "1969-12-31T23:59:59.000000Z", 1).encode(),  # before MIN_TS
+        base.encode()[:100] + _lines()[1],  # torn, then a whole event
+        base.encode().replace(b"kaspersky", b"kasp\xffrsky"),  # not UTF-8
+        b"  " + base.encode() + b"\r",
+    ]
+
+
+def test_block_path_equals_the_line_rule(monkeypatch: pytest.MonkeyPatch, policy) -> None:
+    """``ingest.parse_chunk`` reads a block of writer lines by one search (``lines.writer_rows``): its rows, skips,
+    line count and rollups equal the line rule's on the nasty variants (an empty DNS name beside a URL domain among
+    them), alone and with every kind of line the block path refuses, in blocks of a few lines each."""
+    import enforcer.analyst.ingest as ingest_mod
+    from enforcer.analyst.report import enforcement_of
+
+    events = _variants(generate(policy, 40, seed=84))
+    both = HitEvent(**{f: getattr(events[0], f) for f in HitEvent.__dataclass_fields__})
+    both.dns_question_name, both.url_domain, both.url_full = "", "url.example", "https://url.example/x"
+    lines = [e.to_json().encode() for e in [*events, both]]
+    assert b'"name":""' in lines[-1] and b'"domain":"url.example"' in lines[-1]
+    table = enforcement_of(policy)
+    monkeypatch.setattr(ingest_mod, "BLOCK_BYTES", 3000)
+    calls: list[bool] = []
+    real = ingest_mod.writer_rows
+    monkeypatch.setattr(ingest_mod, "writer_rows", lambda b, m: calls.append(real(b, m) is not None) or real(b, m))
+    odd = _odd_lines()
+    # Each odd line among plain writer lines, more than a block apart: the blocks around it take the block path.
+    mixed = [e.to_json().encode() for e in generate(policy, 12 * len(odd), seed=85)]
+    for i, line in enumerate(odd):
+        mixed.insert(i * 13, line)
+    for body in (
+        b"\n".join(lines) + b"\n",
+        b"\n".join(mixed) + b"\n",
+        b"\n".join(mixed) + b"\n" + odd[6],  # a rotated file's torn last line
+        b"\n".join(lines),
+    ):
+        calls.clear()
+        got = ingest_mod.parse_chunk(body, "f", 0, table)
+        want = _line_rule_chunk(monkeypatch, body, table)
+        assert got == want
+        assert True in calls  # the block path did serve blocks here
+        assert got[2] == want[2] > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 19), min_size=1, max_size=12),
+    st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 2), st.binary(min_size=0, max_size=3)), max_size=3),
+)
+def test_block_path_equals_the_line_rule_on_edited_blocks(
+    picks: list[int], edits: list[tuple[int, int, bytes]]
+) -> None:
+    """Random edits anywhere in a block of writer lines (a newline removed or added, a quote, a byte that is not
+    UTF-8): the block path gives what the line rule gives."""
+    import enforcer.analyst.ingest as ingest_mod
+
+    body = bytearray(b"".join(_lines()[i] + b"\n" for i in picks))
+    for pos, kind, data in edits:
+        pos %= len(body) + 1
+        if kind == 0:
+            body[pos:pos] = data
+        elif kind == 1:
+            del body[pos : pos + len(data) + 1]
+        else:
+            body[pos : pos + len(data)] = data
+    with pytest.MonkeyPatch.context() as mp:
+        assert ingest_mod.parse_chunk(bytes(body), "f", 0) == _line_rule_chunk(mp, bytes(body), None)
