@@ -33,6 +33,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -85,6 +86,10 @@ Packed = tuple[bytes | list[Row], dict[str, int], int, str | None, Rollup | None
 # commits what it read when it ends), so readers see a backlog's events at most this much later.
 COMMIT_ROWS = 524_288
 COMMIT_SECONDS = 30.0
+# Chunks handed to the parser ahead of the one being inserted (``_read_from``): each holds ~30,000 events, ~20 MB of
+# rows on their way back. With one, the parser sat idle through every commit and checkpoint (seconds), and the writer
+# then waited for it (docs/scale.md, "Ingest, ninth round").
+PIPELINE_CHUNKS = 3
 
 
 @dataclass(slots=True)
@@ -303,9 +308,10 @@ class Ingester:
     def _read_from(self, fh: BinaryIO, path: Path, ident: tuple[int, int], head: bytes, offset: int) -> int:
         rotated = is_rotated(path)
         fh.seek(offset)
-        # Parse chunk N+1 in the parser process while chunk N is inserted here: sqlite3 releases the GIL while it
-        # updates the B-trees, so the two overlap on two cores.
-        pending: tuple[Future[Packed], int] | None = None
+        # Parse the next chunks in the parser process while this one is inserted here: sqlite3 releases the GIL while
+        # it updates the B-trees, so the two overlap on two cores. Up to PIPELINE_CHUNKS ahead, so that the parser
+        # does not wait out a long commit (a checkpoint: seconds) with nothing to do.
+        pending: collections.deque[tuple[Future[Packed], int]] = collections.deque()
         read_to = offset
         stored = 0
         while not self._stop.is_set():
@@ -315,12 +321,12 @@ class Ingester:
             step = self._submit(fh, path, chunk, read_to, rotated)
             if step is None:
                 break
-            if pending is not None:
-                stored += self._commit(ident, head, path, *pending)
-            pending = step
+            pending.append(step)
             read_to = step[1]
-        if pending is not None:
-            stored += self._commit(ident, head, path, *pending)
+            if len(pending) > PIPELINE_CHUNKS:
+                stored += self._commit(ident, head, path, *pending.popleft())
+        while pending:
+            stored += self._commit(ident, head, path, *pending.popleft())
         return stored
 
     def _submit(

@@ -225,3 +225,40 @@ def test_a_transaction_is_committed_at_commit_rows(tmp_path: Path, policy, monke
         ing.stop()
         store.close()
     assert sorted(_stored(db)) == sorted(e.id for e in events)
+
+
+def test_the_parser_has_chunks_ahead_of_each_insert(tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one chunk is inserted, the next ``PIPELINE_CHUNKS`` are already with the parser (so that it works
+    through a long commit); every event is still stored once, in file order."""
+    events = generate(policy, 1200, seed=66)
+    path = tmp_path / "dns.jsonl"
+    write_events(path, events)
+    monkeypatch.setattr(ingest, "CHUNK_BYTES", path.stat().st_size // 12)
+    submitted: list[int] = []
+    ahead: list[int] = []
+    real_submit, real_commit = Ingester._submit, Ingester._commit
+
+    def submit(self, *args):  # type: ignore[no-untyped-def]
+        step = real_submit(self, *args)
+        submitted.append(step is not None)
+        return step
+
+    def commit(self, *args):  # type: ignore[no-untyped-def]
+        ahead.append(sum(submitted) - len(ahead) - 1)
+        return real_commit(self, *args)
+
+    monkeypatch.setattr(Ingester, "_submit", submit)
+    monkeypatch.setattr(Ingester, "_commit", commit)
+    store = Store(tmp_path / "a.sqlite")
+    ing = Ingester(store, [path], parser_process=False, enforcement=lambda: enforcement_of(policy))
+    try:
+        assert ing.poll_once() == len(events)
+    finally:
+        ing.stop()
+        store.close()
+    assert len(ahead) >= 12
+    assert ahead[: -ingest.PIPELINE_CHUNKS] == [ingest.PIPELINE_CHUNKS] * (len(ahead) - ingest.PIPELINE_CHUNKS)
+    assert ahead[-ingest.PIPELINE_CHUNKS :] == list(range(ingest.PIPELINE_CHUNKS - 1, -1, -1))
+    with sqlite3.connect(tmp_path / "a.sqlite") as conn:
+        stored = [bytes(r[0]).hex() for r in conn.execute("SELECT eid FROM events ORDER BY seq")]
+    assert stored == [e.id for e in events]
