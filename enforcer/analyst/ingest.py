@@ -57,6 +57,7 @@ from .lines import (
     open_event_file,
     parse_event_line,
     skip_line,
+    tune_gc,
     writer_rows,
 )
 from .store import PendingRollups, Rollup, Row, Store
@@ -147,7 +148,9 @@ class Ingester:
 
     def _new_parser(self) -> Executor:
         if self._parser_process:
-            return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            # The bulk readers' collector (lines.GC_THRESHOLDS): a chunk's ~30,000 row tuples set off a young
+            # collection every 700 with the default (3 % of the parser's instructions, bench: docs/scale.md).
+            return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=tune_gc)
         return ThreadPoolExecutor(1, thread_name_prefix="enforcer-analyst-parse")
 
     # -- thread -----------------------------------------------------------------------------------------------------

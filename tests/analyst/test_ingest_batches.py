@@ -262,3 +262,19 @@ def test_the_parser_has_chunks_ahead_of_each_insert(tmp_path: Path, policy, monk
     with sqlite3.connect(tmp_path / "a.sqlite") as conn:
         stored = [bytes(r[0]).hex() for r in conn.execute("SELECT eid FROM events ORDER BY seq")]
     assert stored == [e.id for e in events]
+
+
+def test_the_parser_process_runs_with_the_bulk_readers_collector(tmp_path: Path) -> None:
+    """The parser process allocates a tuple a row: it runs with ``lines.GC_THRESHOLDS``, as the analyst does."""
+    import gc
+
+    from enforcer.analyst.lines import GC_THRESHOLDS
+
+    store = Store(tmp_path / "a.sqlite")
+    ing = Ingester(store, [tmp_path / "none.jsonl"], parser_process=True)
+    try:
+        # A spawned process starts with the default (700, 10, 10) unless its initializer sets them.
+        assert ing._parser.submit(gc.get_threshold).result(timeout=60) == GC_THRESHOLDS != (700, 10, 10)
+    finally:
+        ing.stop()
+        store.close()
