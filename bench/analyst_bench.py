@@ -122,6 +122,12 @@ def fresh_db(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
+def _io_counters() -> dict[str, int]:
+    """This process's I/O counters (``/proc/self/io``: ``wchar``, ``write_bytes``, ...)."""
+    with open("/proc/self/io") as fh:
+        return {k: int(v) for k, v in (line.split(": ") for line in fh)}
+
+
 def bench_ingest(events: Path, db: Path, budget: float | None = None, sample_s: float = 0.0) -> dict[str, Any]:
     """The real ``Ingester`` into a fresh store: wall rate and CPU of each stage. ``budget``: stop cleanly after this
     many seconds (after the chunk in hand); ``sample_s``: the stored count every so often (the rate as the store
@@ -133,6 +139,7 @@ def bench_ingest(events: Path, db: Path, budget: float | None = None, sample_s: 
     enforcement = enforcement_of(load_policy([default_blocklist()]))
     ing = Ingester(store, [events], enforcement=lambda: enforcement)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    io0 = _io_counters()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     done = threading.Event()
@@ -162,6 +169,7 @@ def bench_ingest(events: Path, db: Path, budget: float | None = None, sample_s: 
     done.set()
     watcher.join()
     cpu_main = time.process_time() - cpu0
+    io1 = _io_counters()
     ing.stop()  # reaps the parser process, so its CPU time shows in RUSAGE_CHILDREN
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_parser = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
@@ -178,6 +186,10 @@ def bench_ingest(events: Path, db: Path, budget: float | None = None, sample_s: 
         # The rate the slower of the two pipeline stages allows with a core to itself (the machine is shared).
         "events_per_cpu_s_bottleneck": round(n / max(cpu_main, cpu_parser)),
         "writer_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        # What the store costs the disk: bytes the writer passed to write() (the WAL's frames and the checkpoints'
+        # copies) and bytes it sent to the block device (its page-cache writeback), per event.
+        "bytes_written_per_event": round((io1["wchar"] - io0["wchar"]) / max(n, 1)),
+        "bytes_to_disk_per_event": round((io1["write_bytes"] - io0["write_bytes"]) / max(n, 1)),
         "samples_s_stored_rate": samples,
     }
 
