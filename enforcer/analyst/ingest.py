@@ -82,10 +82,13 @@ Packed = tuple[bytes | list[Row], dict[str, int], int, str | None, Rollup | None
 # one leaf of the per-client index per client, so committing several chunks at once writes each such leaf once for all
 # of them. Measured at a 3M-event store (docs/scale.md, "Ingest, fifth round"): the writer's CPU per event was 29.6 us
 # with 131,072 events or 2 s (on a loaded machine 2 s held one or two chunks), 23.3 us with 131,072 events and no time
-# bound, 21.7-21.9 us with 524,288 (1,048,576: no better); the bytes written per event went from 7.3 to 3.8 kB. Memory
-# stays bounded: dirty pages beyond the writer's page cache spill to the WAL. Only a backlog fills a transaction (a poll
-# commits what it read when it ends), so readers see a backlog's events at most this much later.
-COMMIT_ROWS = 524_288
+# bound, 21.7-21.9 us with 524,288 (1,048,576: no better); the bytes written per event went from 7.3 to 3.8 kB. The
+# larger the store, the more leaves each transaction dirties (about all of the per-client index's at 10M events, 800
+# MB), so at 10M the time bound ends transactions, not the count: ~1.1M events in 30 s, which wrote 2.9 kB an event
+# against 3.4 kB with 524,288 (docs/scale.md, "Ingest, ninth round"). Memory stays bounded: dirty pages beyond the
+# writer's page cache spill to the WAL. Only a backlog fills a transaction (a poll commits what it read when it ends),
+# so readers see a backlog's events at most COMMIT_SECONDS (and the commit) later.
+COMMIT_ROWS = 2_097_152
 COMMIT_SECONDS = 30.0
 # Chunks handed to the parser ahead of the one being inserted (``_read_from``): each holds ~30,000 events, ~20 MB of
 # rows on their way back. With one, the parser sat idle through every commit and checkpoint (seconds), and the writer
