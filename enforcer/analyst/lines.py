@@ -10,6 +10,10 @@
 - ``parse_event_line(raw)``: THE rule for one line (docs/operators.md, section 9.4): ``(Parsed, None)`` for an event,
   ``(Parsed, "torn")`` for an event recovered from the tail of a torn line, ``(None, reason)`` for a skipped line
   (``invalid_json``, ``not_event``, ``oversize``), ``(None, None)`` for a blank line (not a line of the log).
+- ``writer_rows(block, minutes)``: the same rule for a block of the writer's own lines at once (the ingest's parser):
+  each line's fields from one search of the block, or None when any line of it is not the writer's (then the line
+  rule, line by line). ``minute_us``: a writer time's minute in microseconds, remembered (the report's block path
+  and this one).
 - ``Parsed``: the indexed fields (``records.Record``), the time in microseconds, the dedupe identity ``key`` (the
   store's UNIQUE ``(ts, eid)``) and the bytes to store; ``fingerprint(ts_us, key)`` is its 64-bit digest, which the
   report keeps in memory to count each event once, as the store does (``id_fingerprint(ts_us, eid)`` the same for a
