@@ -14,14 +14,16 @@
   ``COMMIT_ROWS`` events or ``COMMIT_SECONDS``, and the end of a poll); a failed insert rolls them all back, and they
   are read again on the next poll. (time, ``event.id``) is UNIQUE in the store, so
   anything read twice anyway (copy-truncate rotation, a file listed twice) is stored once and counted as a duplicate.
-- Pipeline: JSON parsing of chunk N+1 runs in a parser process while chunk N is inserted; a parser process that
-  dies is replaced on the next poll. The parser also sums the chunk's rollups (``Store.rollup_of``, under the
-  policy table current when it was submitted), which the writer upserts in the chunk's transaction.
-- Lines: every line goes through ``lines.parse_event_line``, the rule ``enforcer report`` applies too, so both count
-  the same events. An incomplete last line of the live file is left for the next poll (the writer may be
-  mid-write); in a rotated file it is final and parsed as it is, as the report does. Skipped lines are counted by
-  reason (``invalid_json``, ``not_event``, ``oversize``, ``torn``) and logged once per chunk with the file, byte
-  offset and first one. A line over ``lines.MAX_LINE_BYTES`` is skipped without being held in memory.
+- Pipeline: the next chunks (up to ``PIPELINE_CHUNKS``) are parsed in a parser process while one is inserted; a
+  parser process that dies is replaced on the next poll. The parser also sums the chunk's rollups
+  (``Store.rollup_of``, under the policy table current when it was submitted), which the writer upserts in the
+  chunk's transaction.
+- Lines: every line is read by the rule ``enforcer report`` applies too, so both count the same events: the
+  writer's own lines a block at a time (``lines.writer_rows``), any other line by ``lines.parse_event_line``. An
+  incomplete last line of the live file is left for the next poll (the writer may be mid-write); in a rotated file
+  it is final and parsed as it is, as the report does. Skipped lines are counted by reason (``invalid_json``,
+  ``not_event``, ``oversize``, ``torn``) and logged once per chunk with the file, byte offset and first one. A line
+  over ``lines.MAX_LINE_BYTES`` is skipped without being held in memory.
 - Rollups and retention (store.py): each chunk's insert updates the rollups under ``enforcement()`` (the analyst's
   current policy table; rebuilt at the start of a poll when it changed); with ``retention`` (seconds) a poll deletes
   older events in batches of ``PRUNE_BATCH``, one transaction each, for at most ``PRUNE_BUDGET`` seconds, and the
