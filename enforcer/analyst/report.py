@@ -303,7 +303,7 @@ class _Counter:
             minute, ss, us, eid, typ, app, client = m.groups()
             base = minutes.get(minute)
             if base is None:
-                base = self._minute(minute)
+                base = minute_us(self.minutes, minute)
             sec = int(ss + us)
             if base == INVALID_MINUTE or sec >= 60_000_000 or e - s > _FAST_MAX_CHARS:
                 n = self.lines(text[s:pos].encode("utf-8"), n, where, events)  # the line rule says what it is
@@ -335,7 +335,7 @@ class _Counter:
         for minute, ss, us, eid, typ, app, client in rows:
             base = mget(minute)
             if base is None:
-                base = self._minute(minute)
+                base = minute_us(self.minutes, minute)
             sec = int(ss + us)
             if base == INVALID_MINUTE or sec >= 60_000_000:
                 break
@@ -413,10 +413,6 @@ class _Counter:
         self.pending.clear()
         self.slots.clear()
         return ok
-
-    def _minute(self, minute: str) -> int:
-        """``lines.minute_us`` in this pass's ``minutes``."""
-        return minute_us(self.minutes, minute)
 
     def lines(self, chunk: bytes, n: int, where: str, events: list[_Event]) -> int:
         """Each line of ``chunk`` as ``lines.parse_event_line`` judges it (a file's unterminated last line: torn
