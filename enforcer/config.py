@@ -49,6 +49,25 @@ def find_config_arg(argv: list[str]) -> str | None:
     return None
 
 
+def read_utf8(path: str | Path, limit: int, what: str) -> str:
+    """A regular file of at most ``limit`` bytes as UTF-8 text (a leading BOM dropped), never blocking on a FIFO or
+    a device; otherwise ``ConfigError`` ``PATH:LINE: cannot read WHAT: ...`` or ``PATH:LINE: WHAT is not UTF-8
+    text ...``, the line the first undecodable byte is on (a CSV saved from a spreadsheet in a legacy code page)."""
+    from .policy.bounded import Unreadable, read_regular
+
+    try:
+        data = read_regular(path, limit)
+    except Unreadable as exc:
+        raise ConfigError(f"{path}:1: cannot read {what}: {exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        hint = "it is UTF-16: save it as UTF-8" if utf16 else f"byte 0x{data[exc.start]:02x}: save it as UTF-8"
+        raise ConfigError(f"{path}:{line}: {what} is not UTF-8 text ({hint})") from None
+
+
 def load_config(path: str) -> tuple[dict[str, Any], yaml.Node | None]:
     """Parse the config file; returns the data and its node tree (for positions in error messages)."""
     # Bounded like a blocklist: a regular file only (a FIFO would hang), at most 1 MiB (a config is a few KB), and

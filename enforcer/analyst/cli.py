@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, ReplaceAppend, add_blocklist_argument
+from ..config import ConfigError, ReplaceAppend, add_blocklist_argument, read_utf8
 
 DEFAULT_EVENTS = "var/events"
 DEFAULT_WINDOW_S = 60  # identity.DEFAULT_WINDOW_S (not imported here: the parser is built without heavy imports)
@@ -246,6 +246,10 @@ def _create_token(path: Path) -> None:
     print(f"analyst: created --token-file {path} (mode 0600); token: {token}", file=sys.stderr, flush=True)
 
 
+# A token file holds a line per analyst: a few KB.
+TOKEN_FILE_BYTES = 1024 * 1024
+
+
 def _read_token(path: str | None, create: bool = False) -> str | None:
     if not path:
         if create:
@@ -257,10 +261,7 @@ def _read_token(path: str | None, create: bool = False) -> str | None:
         raise ConfigError(
             f"analyst: --token-file {path} does not exist (give --create-token to create it with a new random token)"
         )
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"analyst: cannot read --token-file {path}: {exc.strerror}") from None
+    token = read_utf8(path, TOKEN_FILE_BYTES, "--token-file").strip()
     if not token:
         raise ConfigError(f"analyst: --token-file {path} is empty")
     return token

@@ -5,7 +5,8 @@
 - ``Inventory.load(path)``: parse and validate the CSV. The header names ``device,owner,unit`` and at least one of
   ``cidr``, ``mac``, ``hostname``, ``client_id``, in any order (``COLUMNS``). A file without a header whose first
   field is a CIDR is read as today's positional ``cidr,device,owner,unit``. A bad row raises ``ConfigError`` with
-  ``PATH:LINE: message``; a header problem names the expected header.
+  ``PATH:LINE: message``; a header problem names the expected header; a file that is not UTF-8 (a spreadsheet's
+  legacy code page, UTF-16) names the line of its first undecodable byte (``config.read_utf8``).
 - ``Inventory.lookup(ip)``: longest-prefix match over the ``cidr`` rows (the most specific CIDR wins; nested ranges
   are fine), IPv4 and IPv6; an IPv4-mapped IPv6 client (``::ffff:10.1.2.3``) matches IPv4 rows. Results are
   memoised in a bounded cache.
@@ -27,10 +28,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import ConfigError, read_utf8
 from ..net import NetworkMap, peer_address
 
 _CACHE_MAX = 100_000
+# An inventory file is read whole (a million devices is ~60 MB): a larger file, a FIFO or a device named as the
+# inventory gets one line saying so instead of a hang or an unbounded read.
+MAX_BYTES = 256 * 1024 * 1024
 _HEADER = "cidr,device,owner,unit"
 REQUIRED = ("device", "owner", "unit")
 IDENTIFIERS = ("cidr", "mac", "hostname", "client_id")
@@ -123,10 +127,7 @@ class Inventory:
         inv = cls()
         if not path:
             return inv
-        try:
-            text = Path(path).read_text(encoding="utf-8-sig")
-        except OSError as exc:
-            raise ConfigError(f"{path}:1: cannot read inventory: {exc.strerror}") from None
+        text = read_utf8(path, MAX_BYTES, "inventory")
         columns: tuple[str, ...] | None = None
         seen: dict[tuple[str, str], int] = {}
         for lineno, raw in enumerate(csv.reader(text.splitlines()), 1):

@@ -37,6 +37,10 @@ def test_empty_token_file_and_bad_inventory(tmp_path: Path) -> None:
     (tmp_path / "inv.csv").write_text("10.0.0.0/8,dev,o,u\nnot-a-cidr,x,y,z\n", encoding="utf-8")
     out = _run("--inventory", str(tmp_path / "inv.csv"), "--db", str(tmp_path / "a.sqlite"), "--listen", "127.0.0.1:0")
     assert out.returncode == 1 and "inv.csv:2: invalid CIDR" in out.stderr
+    (tmp_path / "latin1").write_bytes(b"r\xe9mi:secret\n")
+    out = _run("--token-file", str(tmp_path / "latin1"), "--db", str(tmp_path / "a.sqlite"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().endswith("latin1:1: --token-file is not UTF-8 text (byte 0xe9: save it as UTF-8)")
 
 
 def test_serves_and_stops_cleanly(tmp_path: Path) -> None:

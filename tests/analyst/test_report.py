@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -253,6 +254,28 @@ def test_cli_report_errors(tmp_path: Path) -> None:
     assert out.returncode == 1 and "invalid time" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = _cli("--events", str(tmp_path / "e.jsonl"), "--format", "json")
     assert out.returncode == 0 and json.loads(out.stdout)["clients"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        # An Excel CSV in a Windows code page (a French owner name), and one saved as "Unicode text" (UTF-16).
+        (b"device,owner,unit,cidr\nphone,H\xe9l\xe8ne Roy,Finances,10.0.0.1/32\n", "inv.csv:2: inventory is not UTF-8"),
+        ("device,owner,unit,cidr\n".encode("utf-16"), "inv.csv:1: inventory is not UTF-8 text (it is UTF-16"),
+        (None, "inv.csv:1: cannot read inventory: not a regular file (a FIFO)"),
+    ],
+    ids=["cp1252", "utf16", "fifo"],
+)
+def test_cli_unreadable_inventory_is_one_line(tmp_path: Path, content: bytes | None, expected: str) -> None:
+    (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
+    inv = tmp_path / "inv.csv"
+    if content is None:
+        os.mkfifo(inv)  # would block a plain open() for ever
+    else:
+        inv.write_bytes(content)
+    out = _cli("--events", str(tmp_path / "e.jsonl"), "--inventory", str(inv))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and expected in out.stderr
 
 
 def test_parallel_ranges_equal_sequential(tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch) -> None:
