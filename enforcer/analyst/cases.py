@@ -284,6 +284,9 @@ class CaseBook:
             raise CaseError(400, f"state must be one of {', '.join(TRANSITIONS)}")
         if len(note) > MAX_NOTE:
             raise CaseError(400, f"note too long (max {MAX_NOTE} characters)")
+        if state == "remediated" and not note.strip():
+            # The audit of a closed case must say what was done: it is the record a compliance review reads.
+            raise CaseError(400, "a remediated case needs a note saying what was done (e.g. WeChat removed by MDM)")
         with self._lock:
             conn = self._writer()
             with _tx(conn):

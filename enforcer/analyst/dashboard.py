@@ -105,12 +105,13 @@ async def dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
     # One mark for every part of the document: the rows below are computed from these tallies, and memoised as
     # of the events the tallies are of, whatever was stored or deleted while they were computed.
     mark = analyst.view_mark()
-    tallies, series, top_rules, facets, windows = await asyncio.gather(
+    tallies, series, top_rules, facets, windows, stored = await asyncio.gather(
         analyst.aggregate("tallies", identity_tallies, f, analyst, mark=mark),
         analyst.aggregate("series", functools.partial(chart_series, store), f, mark=mark),
         analyst.aggregate("top_rules", store.top_rules, f, eff, 10, mark=mark),
         analyst.db(store.facets),
         analyst.db(window_counts, analyst, eff),
+        analyst.db(store.count),
     )
     # In the pool and memoised with the tallies: the bursts of every device's hit times (seconds at 10M events,
     # each request of a filtered view, on the event loop before).
@@ -138,6 +139,8 @@ async def dashboard(analyst: Analyst, f: Filters) -> dict[str, Any]:
         "facets": facets,
         "windows": windows,
         "ingest": {
+            # The store's events (what the page shows, across restarts) beside this process's own ingest counts.
+            "stored": stored,
             "ingested": analyst.ingester.ingested,
             "duplicates": analyst.ingester.duplicates,
             "errors": dict(analyst.ingester.errors),

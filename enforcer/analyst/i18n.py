@@ -52,8 +52,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "search_placeholder": {"en": "name, rule or device", "fr": "nom, règle ou appareil"},
     "apply": {"en": "Apply", "fr": "Appliquer"},
     "export_csv": {"en": "Export CSV", "fr": "Exporter en CSV"},
-    "chart_title": {"en": "Attempts per app over time", "fr": "Tentatives par application dans le temps"},
-    "chart_label": {"en": "attempts per app over time", "fr": "tentatives par application dans le temps"},
+    # Raw hits, not attempts (bursts): a burst can span buckets and rules, so only the cards and the device tables
+    # count attempts.
+    "chart_title": {"en": "Hits per app over time", "fr": "Occurrences par application dans le temps"},
+    "chart_label": {"en": "hits per app over time", "fr": "occurrences par application dans le temps"},
     "nc_title": {"en": "Non-compliant devices", "fr": "Appareils non conformes"},
     "nc_help": {
         "en": "Clients with attempts after the app's effective date that the policy enforced (blocked). "
@@ -157,8 +159,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     "js_attempts_n": {"en": "{n} attempt(s)", "fr": "{n} tentative(s)"},
     "js_loading": {"en": "loading…", "fr": "chargement…"},
     "js_updated": {
-        "en": "updated {ts} · {n} events ingested",
-        "fr": "mis à jour {ts} · {n} événements reçus",
+        "en": "updated {ts} · {n} events stored",
+        "fr": "mis à jour {ts} · {n} événements enregistrés",
     },
     "js_error": {"en": "Error: {msg}", "fr": f"Erreur{_NBSP}: {{msg}}"},
     "js_bad_token": {"en": "That token was not accepted.", "fr": "Ce jeton n'a pas été accepté."},

@@ -76,7 +76,7 @@ SLOW_VIEW_SECONDS = 0.5  # a first view that takes this long is prepared in the 
 STALE_VIEWS = 3  # ... by at most this many refresh intervals
 PREPARING: contextvars.ContextVar[bool] = contextvars.ContextVar("enforcer_analyst_preparing", default=False)
 VIEW_FILE_SUFFIX = ".first-view.json"  # beside the store: the last slow first view and what it was computed from
-VIEW_FORMAT = 1  # bumped when the dashboard document changes shape: an older file is then not served
+VIEW_FORMAT = 2  # bumped when the dashboard document changes shape: an older file is then not served
 MAX_VIEW_FILE_BYTES = 64 * 1024 * 1024
 
 DEFAULT_ANALYST = "analyst"  # the name of a plain token line (no "name:")
@@ -357,7 +357,7 @@ class Analyst:
         from .dashboard import window_counts
 
         view["windows"] = window_counts(self, self.enforcement)
-        view["ingest"] = {"ingested": 0, "duplicates": 0, "errors": {}}
+        view["ingest"] = {"stored": self.store.count(), "ingested": 0, "duplicates": 0, "errors": {}}
         mark = (self.ingester.ingested, self.ingester.deleted, self.enforcement.key())
         self._prepared_mark = mark
         self._prepared_at = time.monotonic()

@@ -33,9 +33,9 @@
 - ``Filters``: the dashboard/API filters (apps, clients, categories, components, since/until in microseconds, the
   search text and the clients whose inventory names matched it).
 - Reads: ``events`` (newest first, keyset cursor ``(ts, eid)``), ``pairs`` (what ``report.build_report`` needs),
-  ``series`` (attempts per app per time bucket), ``top_rules``, ``noncompliant`` (distinct clients per app with
-  enforced attempts since a time), ``last_block`` (per app), ``bounds``, ``facets``, ``count``, ``content_mark``
-  (what a view persisted across restarts is checked against), ``identity_rows``
+  ``series`` (hits per app per time bucket), ``top_rules`` (hits and enforced hits per rule), ``noncompliant``
+  (distinct clients per app with enforced attempts since a time), ``last_block`` (per app), ``bounds``, ``facets``,
+  ``count``, ``content_mark`` (what a view persisted across restarts is checked against), ``identity_rows``
   (streamed in per-device order), ``first_enforced_after`` (what reopens a case).
 
 Enforced attempts in SQL: rendered from the policy's ``Enforcement`` table (``Enforcement.sql``: ``denied``, ``ts`` at
@@ -593,8 +593,8 @@ class Store:
                 "rule": rule,
                 "app": app,
                 "category": category,
-                "attempts": int(n),
-                "enforced_attempts": int(enf or 0),
+                "hits": int(n),
+                "enforced_hits": int(enf or 0),
                 "clients": int(clients),
                 "last_seen": us_to_ts(last),
             }

@@ -133,6 +133,24 @@ def filters_from(request: web.Request) -> tuple[Filters, str | None, str | None]
     return f, since, until
 
 
+async def checked_filters(request: web.Request) -> tuple[Filters, str | None, str | None]:
+    """``filters_from``, and an app filter naming an app that neither the policy nor the stored events know refused
+    with a 400 naming the known ones: a typo would otherwise answer an empty, clean-looking report (``enforcer
+    report --app`` exits 1 the same way)."""
+    f, since, until = filters_from(request)
+    analyst: Analyst = request.app[ANALYST]
+    unknown = set(f.apps) - set(analyst.enforcement.cutovers)
+    if unknown:
+        stored = set((await analyst.db(analyst.store.facets))["app"])
+        if unknown - stored:
+            known = sorted(set(analyst.enforcement.cutovers) | stored)
+            raise BadRequest(
+                f"unknown app {', '.join(map(repr, sorted(unknown - stored)))}: neither the policy nor the events"
+                f" name it (known: {', '.join(known) or 'none'})"
+            )
+    return f, since, until
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
@@ -292,7 +310,7 @@ def _format_cursor(cursor: tuple[int, str | bytes] | None) -> str | None:
 
 async def api_events(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
-    f, _, _ = filters_from(request)
+    f, _, _ = await checked_filters(request)
     raw_limit = request.query.get("limit", str(DEFAULT_LIMIT)).strip()
     if not _LIMIT.fullmatch(raw_limit):
         raise BadRequest(f"limit must be an integer 1..{MAX_LIMIT}")
@@ -327,7 +345,7 @@ def _search_clients(analyst: Analyst, needle: str) -> tuple[str, ...]:
 
 async def _report(request: web.Request) -> dict[str, Any]:
     analyst: Analyst = request.app[ANALYST]
-    f, since, until = filters_from(request)
+    f, since, until = await checked_filters(request)
     f = await _searched(analyst, f)
     tallies = await analyst.aggregate("tallies", identity_tallies, f, analyst)
     return build_report(tallies, window_s=analyst_identity(analyst).window_s, since=since, until=until)
@@ -353,7 +371,7 @@ async def api_candidates(request: web.Request) -> web.StreamResponse:
 
 async def api_dashboard(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
-    f, _, _ = filters_from(request)
+    f, _, _ = await checked_filters(request)
     prepared = analyst.prepared_view() if f == Filters() else None
     # The first view of a large store comes as prepared by the refresh loop (its generated_at says when).
     data = dict(prepared) if prepared is not None else await dashboard(analyst, await _searched(analyst, f))
@@ -410,6 +428,9 @@ async def api_case_change(request: web.Request) -> web.StreamResponse:
         raise BadRequest('the body must be a JSON object {"state": ..., "note": ...}') from None
     if not isinstance(body, dict) or not isinstance(body.get("state"), str):
         raise BadRequest('the body must be a JSON object with "state" (acknowledged or remediated)')
+    extra = sorted(set(body) - {"state", "note"})
+    if extra:  # a misspelt "note" would otherwise leave the audit without one
+        raise BadRequest(f'unknown field(s) {", ".join(map(repr, extra))[:200]}: the body has "state" and "note"')
     note = body.get("note", "")
     if not isinstance(note, str):
         raise BadRequest('"note" must be a string')

@@ -165,6 +165,18 @@ async def test_bad_parameters_are_400(client: Any) -> None:
         assert "error" in await resp.json()
 
 
+async def test_an_unknown_app_is_400_naming_the_known_ones(client: Any) -> None:
+    """A typo in an app filter is refused as ``enforcer report --app`` refuses it, not answered with an empty,
+    clean-looking report; an app the policy or the stored events know is fine."""
+    for path in ("/api/report", "/api/report.csv", "/api/dashboard", "/api/events"):
+        resp = await client.get(path, params={"app": "wechta"}, headers=AUTH)
+        assert resp.status == 400, path
+        error = (await resp.json())["error"]
+        assert "unknown app 'wechta'" in error and "kaspersky" in error and "wechat" in error, error
+        resp = await client.get(path, params={"app": "wechat"}, headers=AUTH)
+        assert resp.status == 200, path
+
+
 async def test_report_json_and_csv(client: Any, policy, events: list[HitEvent]) -> None:
     resp = await client.get("/api/report", headers=AUTH)
     doc = await resp.json()
@@ -197,7 +209,10 @@ async def test_dashboard_data(client: Any, policy, events: list[HitEvent]) -> No
     # Three years of data: per-day buckets (dashboard.BUCKETS: up to 200 points, then per day).
     assert series["bucket_seconds"] == 86400
     assert len(series["buckets"]) == len(series["apps"]["kaspersky"])
-    assert sum(r["attempts"] for r in data["top_rules"]) <= sum(series["apps"]["kaspersky"])
+    # The chart and the top rules count hits (the cards and tables count attempts, bursts).
+    assert sum(r["hits"] for r in data["top_rules"]) <= sum(series["apps"]["kaspersky"])
+    assert all(r["hits"] >= r["enforced_hits"] >= 0 for r in data["top_rules"]) and data["top_rules"]
+    assert data["ingest"]["stored"] == len(events)
     assert data["facets"]["app"] == ["kaspersky", "wechat"]
 
 

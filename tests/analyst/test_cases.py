@@ -123,6 +123,11 @@ async def test_refusals(client: Any) -> None:
     assert (await _post(client, device, {"state": "closed"}, ALICE)).status == 400
     assert (await _post(client, device, {"state": "remediated", "note": "x" * 2001}, ALICE)).status == 400
     assert (await _post(client, device, ["acknowledged"], ALICE)).status == 400
+    # A remediated case says what was done; a misspelt note is not dropped silently.
+    resp = await _post(client, device, {"state": "remediated", "note": "  "}, ALICE)
+    assert resp.status == 400 and "note" in (await resp.json())["error"]
+    resp = await _post(client, device, {"state": "acknowledged", "notes": "called the owner"}, ALICE)
+    assert resp.status == 400 and "'notes'" in (await resp.json())["error"]
     # CSRF: a form-encoded or text/plain body (what a cross-site form can send without a preflight) is refused, and
     # so is a request that says it comes from another origin.
     resp = await client.post(f"/api/cases/{device}", data="state=remediated", headers={**ALICE})
@@ -133,7 +138,7 @@ async def test_refusals(client: Any) -> None:
     assert resp.status == 403
     assert (await _cases(client))[device]["state"] == "open"  # nothing above changed it
     origin = str(client.make_url("")).rstrip("/")
-    resp = await _post(client, device, {"state": "remediated"}, {**PLAIN, "Origin": origin})
+    resp = await _post(client, device, {"state": "remediated", "note": "removed"}, {**PLAIN, "Origin": origin})
     assert resp.status == 200 and (await resp.json())["updated_by"] == "analyst"  # a plain token line
 
 

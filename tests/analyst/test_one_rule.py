@@ -129,7 +129,7 @@ def test_sql_and_python_count_the_same_attempts(setup: tuple[Policy, list[HitEve
         assert {k: v[:2] for k, v in report.items()} == expected
         # The other two SQL users of the rule agree with the Python figures.
         rules = store.top_rules(Filters(), enforcement)
-        assert {r["app"]: r["enforced_attempts"] for r in rules} == {
+        assert {r["app"]: r["enforced_hits"] for r in rules} == {
             app: sum(v[1] for (_, a), v in report.items() if a == app) for app in APPS
         }
         assert store.noncompliant(0, enforcement) == {

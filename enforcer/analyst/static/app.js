@@ -260,7 +260,7 @@
     for (const r of rows) {
       const tr = el("tr");
       cell(tr, r.rule, "wrap"); cell(tr, r.app); cell(tr, r.category);
-      cell(tr, r.attempts, "num"); cell(tr, r.enforced_attempts, "num"); cell(tr, r.clients, "num");
+      cell(tr, r.hits, "num"); cell(tr, r.enforced_hits, "num"); cell(tr, r.clients, "num");
       cell(tr, shortTs(r.last_seen));
       body.appendChild(tr);
     }
@@ -454,7 +454,7 @@
     const cases = casesDoc.cases;
     const key = JSON.stringify([{ ...data, generated_at: null }, cases]);
     if (auto && key === lastKey) {
-      status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.ingested }));
+      status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.stored }));
       return;
     }
     lastKey = key;
@@ -480,7 +480,7 @@
       $("cand-count").textContent = "(" + e.message + ")";  // the rest of the dashboard still shows
     }
     if (drill) await loadDrill(false);
-    status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.ingested }));
+    status(t("updated", { ts: shortTs(data.generated_at), n: data.ingest.stored }));
     document.body.dataset.loaded = "1";
   }
 
