@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import logging
 import operator
 import threading
 from array import array
@@ -49,6 +50,9 @@ DEFAULT_WINDOW_S = 60
 CONTROL_KIND = "control"  # labels.kind of a bypass attempt (a control app: encrypted DNS, VPN, ...)
 CLIENTS, BYPASS = "clients", "bypass"
 _CACHE_MAX = 100_000
+_LOGGED_MAX = 1000  # distinct lease problems remembered as logged
+
+log = logging.getLogger("enforcer.analyst.identity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +343,8 @@ class AnalystIdentity:
     """The analyst's identity sources: the inventory, the lease files followed as they change, the attempt window."""
 
     def __init__(self, leases: Iterable[str], window_s: float, inventory: Inventory) -> None:
-        self.files = LeaseFiles([str(p) for p in leases])
+        self.files = LeaseFiles([str(p) for p in leases], on_problem=self._log_problem)
+        self._logged: set[str] = set()  # problems already logged: a missing file is found again on every refresh
         self.window_s = window_s
         self.inventory = inventory
         self._lock = threading.Lock()  # one refresh at a time (the gauges' thread and a request's may both ask)
@@ -347,6 +352,16 @@ class AnalystIdentity:
         self._book: LeaseBook | None = None
         self.version = 0  # one more each time the leases change (a key of the analyst's memoised views)
         self.refresh()
+
+    def _log_problem(self, message: str) -> None:
+        """A lease file that is missing, unreadable or not a lease file, or a malformed line: logged once, so that
+        a wrong ``--leases`` path does not pass unnoticed while every device is named by its address."""
+        if message in self._logged:
+            return
+        if len(self._logged) >= _LOGGED_MAX:
+            self._logged.clear()
+        self._logged.add(message)
+        log.warning("leases: %s", message)
 
     def refresh(self) -> int:
         """Blocking: re-read the lease files that changed; the number of leases read."""

@@ -32,7 +32,8 @@ import csv
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ DEFAULT_MAX_LEASES = 1_000_000  # spans kept over all files; 20,000 devices rene
 MAX_FILE_BYTES = 512 * 1024 * 1024  # a lease file larger than this is refused (Kea's LFC keeps files small)
 _MAX_ID_CHARS = 512  # a DUID is at most 130 octets
 MAX_PROBLEMS = 100  # per read: the first ones are kept, the rest only counted
+NOT_LEASES = "not a lease file (Kea memfile CSV, dhcpd.leases or dnsmasq.leases)"
 KEA, DHCPD, DNSMASQ = "kea", "dhcpd", "dnsmasq"
 SPAN_EDGE = 1 << 62  # beyond any time in microseconds: the open ends of ``LeaseBook.span``
 
@@ -123,7 +125,7 @@ def read_leases(path: str, text: str, seen_at_us: int, first_line: int = 1) -> R
         return _read_dnsmasq(path, text, seen_at_us)
     out = ReadResult()
     if text.strip():
-        out.problem(path, 1, "not a lease file (Kea memfile CSV, dhcpd.leases or dnsmasq.leases)")
+        out.problem(path, 1, NOT_LEASES)
     return out
 
 
@@ -445,6 +447,8 @@ class LeaseFiles:
     book: LeaseBook = field(default_factory=LeaseBook)
     skipped: int = 0  # malformed lines over all reads
     problems: list[str] = field(default_factory=list)  # the latest reads' problems (bounded)
+    # Told each problem as it is found (the analyst logs them; ``enforcer report`` prints its own summary)
+    on_problem: Callable[[str], None] | None = None
     _files: dict[str, _FileState] = field(default_factory=dict)
 
     def refresh(self) -> int:
@@ -479,6 +483,8 @@ class LeaseFiles:
     def _problem(self, message: str) -> None:
         self.problems.append(message)
         del self.problems[:-MAX_PROBLEMS]
+        if self.on_problem is not None:
+            self.on_problem(message)
 
     def _refresh_one(self, path: str, book: LeaseBook) -> int:
         st = os.stat(path)
@@ -486,11 +492,17 @@ class LeaseFiles:
         state = self._files.setdefault(path, _FileState())
         if key == state.key:
             return 0
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO would block the open (and the thread) until something writes to it.
+            self._problem(f"{path}:1: cannot read lease file: not a regular file")
+            state.key = key
+            return 0
         if st.st_size > MAX_FILE_BYTES:
             self._problem(f"{path}:1: lease file of {st.st_size} bytes is over {MAX_FILE_BYTES}: not read")
             state.key = key
             return 0
-        with open(path, "rb") as fh:
+        # Non-blocking: a FIFO swapped in after the stat cannot block the open either (its read then finds nothing).
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
             head = fh.read(_HEAD_BYTES)
             grown = state.key[:2] == key[:2] and st.st_size >= state.offset and head[: len(state.head)] == state.head
             append = grown and state.kea_columns is not None
@@ -519,13 +531,16 @@ class LeaseFiles:
 
 
 def load(paths: Iterable[str], max_leases: int = DEFAULT_MAX_LEASES) -> LeaseFiles:
-    """The lease files read once (``enforcer report``); ConfigError for a missing or unreadable one."""
+    """The lease files read once (``enforcer report``); ConfigError for a missing or unreadable one, or one that is
+    no lease file at all (a wrong path would otherwise name every device by its bare address, silently)."""
     files = LeaseFiles([str(p) for p in paths], LeaseBook(max_leases))
     for path in files.paths:
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise ConfigError(f"{path}:1: no such lease file")
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}:1: cannot read lease file: not a regular file")
     files.refresh()
-    unreadable = [p for p in files.problems if "cannot read lease file" in p]
+    unreadable = [p for p in files.problems if "cannot read lease file" in p or p.endswith(NOT_LEASES)]
     if unreadable:
         raise ConfigError(unreadable[0])
     return files
