@@ -35,6 +35,19 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+MAX_WORKERS = 256
+
+
+def _workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{n} is outside 1..{MAX_WORKERS}")
+    return n
+
+
 def _flatten(values: Any) -> list[str]:
     out: list[str] = []
     for v in values or []:
@@ -83,13 +96,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         "skipped and counted). Only regular files are read, lines over 1 MiB are skipped (default: %(default)s)",
     )
     if command == "report":
-        parser.add_argument("--since", help="from this time (RFC 3339, YYYY-MM-DD, or back from now: 24h, 7d)")
+        parser.add_argument("--since", help="from this time (RFC 3339, YYYY-MM-DD, now, or back from now: 24h, 7d)")
         parser.add_argument("--until", help="before this time (same forms as --since)")
         parser.add_argument("--app", action=ReplaceAppend, default=[], metavar="APP", help="only this app (repeatable)")
         parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
         parser.add_argument(
             "--workers",
-            type=int,
+            type=_workers,
             default=min(4, os.cpu_count() or 1),
             help="processes for inputs over 64 MB (each reads its own byte ranges; default: CPUs, at most 4)",
         )

@@ -100,7 +100,7 @@ def enforcement_of(policy: Policy | None) -> Enforcement:
     return policy.enforcement if policy is not None else Enforcement(())
 
 
-_FORMS = "RFC 3339, YYYY-MM-DD, or a duration like 24h / 7d"
+_FORMS = "RFC 3339, YYYY-MM-DD, now, or a duration back from now like 24h / 7d"
 
 
 def parse_time(value: str | None, now: datetime | None = None) -> str | None:
@@ -110,6 +110,8 @@ def parse_time(value: str | None, now: datetime | None = None) -> str | None:
         return None
     v = str(value).strip()
     shown = v if len(v) <= _SHOWN_CHARS else v[:_SHOWN_CHARS] + "..."
+    if v.lower() == "now":  # --until now: what the durations count back from
+        return dt_to_ts(now or datetime.now(UTC))
     m = _DURATION.match(v.lower())
     if m:
         now = now or datetime.now(UTC)

@@ -254,6 +254,9 @@ def test_cli_report_errors(tmp_path: Path) -> None:
     assert out.returncode == 1 and "invalid time" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = _cli("--events", str(tmp_path / "e.jsonl"), "--format", "json")
     assert out.returncode == 0 and json.loads(out.stdout)["clients"] == []
+    for workers in ("0", "-3", "257", "two"):
+        out = _cli("--events", str(tmp_path / "e.jsonl"), "--workers", workers)
+        assert out.returncode == 2 and "argument --workers:" in out.stderr, workers
 
 
 @pytest.mark.parametrize(
@@ -388,6 +391,7 @@ def test_parse_time_forms() -> None:
     assert parse_time("24h", now) == "2024-02-29T12:00:00.000000Z"
     assert parse_time("7d", now) == "2024-02-23T12:00:00.000000Z"
     assert parse_time("90m", now) == "2024-03-01T10:30:00.000000Z"
+    assert parse_time("now", now) == parse_time(" NOW ", now) == "2024-03-01T12:00:00.000000Z"
     assert parse_time("2023-10-30") == "2023-10-30T00:00:00.000000Z"
     assert parse_time("2023-10-30T00:00:00-04:00") == "2023-10-30T04:00:00.000000Z"
     assert parse_time("2023-10-30T04:00:00Z") == "2023-10-30T04:00:00.000000Z"
