@@ -329,12 +329,21 @@ def test_cases_and_french_in_chromium(
             == ["10.1.2.7"]
         )
     )
-    browser.find_element(By.ID, "f-q").clear()
+    assert "q=phone-0007" in browser.current_url  # the view's address: bookmarked or shared as it is
 
-    # The switch: the same page in French, the token kept for the tab.
+    # The switch: the same page in French, the token and the filters kept for the tab.
     browser.find_element(By.ID, "lang-switch").click()
     wait.until(lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("lang") == "fr")
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
+    assert browser.find_element(By.ID, "f-q").get_attribute("value") == "phone-0007"
+    clients = browser.execute_script(
+        "return [...new Set([...document.querySelectorAll('#noncompliant tbody tr')].map(tr => tr.dataset.client))]"
+    )
+    assert clients == ["10.1.2.7"]
+    browser.find_element(By.ID, "f-q").clear()
+    browser.find_element(By.ID, "apply").click()
+    wait.until(lambda d: "q=" not in d.current_url)
+    wait.until(lambda d: len(_bypass_rows(d)) == 1)
     assert browser.find_element(By.TAG_NAME, "h1").text == "Examen de la conformité"
     assert browser.find_element(By.ID, "lang-switch").text == "English"
     state = browser.find_element(By.CSS_SELECTOR, '#cases tbody tr[data-device="phone-0007"] td.state').text

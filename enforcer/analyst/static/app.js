@@ -72,14 +72,41 @@
     return resp;
   }
 
+  const FILTERS = ["app", "category", "component", "since", "until", "q"];
+
   function filterParams() {
     const p = new URLSearchParams();
-    for (const name of ["app", "category", "component", "since", "until", "q"]) {
+    for (const name of FILTERS) {
       const v = $("f-" + name).value.trim();
       if (v) p.set(name, v);
     }
     p.set("lang", LANG);
     return p;
+  }
+
+  // The filters live in the page's address too: a filtered view can be bookmarked or shared, and the language
+  // switch keeps it (it links to the same filters in the other language).
+  function filtersFromAddress() {
+    const p = new URLSearchParams(location.search);
+    for (const name of FILTERS) {
+      const v = (p.get(name) || "").trim();
+      if (!v) continue;
+      const input = $("f-" + name);
+      if (input.tagName === "SELECT" && ![...input.options].some((o) => o.value === v)) {
+        const o = el("option", v);  // until the facets arrive (fillSelect keeps it when they name it)
+        o.value = v;
+        input.appendChild(o);
+      }
+      input.value = v;
+    }
+  }
+
+  function filtersToAddress() {
+    const p = filterParams();
+    history.replaceState(null, "", "?" + p.toString());
+    const sw = $("lang-switch");
+    p.set("lang", sw.getAttribute("hreflang"));
+    sw.href = "?" + p.toString();
   }
 
   function status(text, isError) {
@@ -450,6 +477,7 @@
   async function loadNow(auto) {
     if (!auto) status(t("loading"));
     const data = await (await api("/api/dashboard", filterParams())).json();
+    if (!auto) filtersToAddress();
     const casesDoc = await (await api("/api/cases")).json();
     const cases = casesDoc.cases;
     const key = JSON.stringify([{ ...data, generated_at: null }, cases]);
@@ -498,6 +526,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     try { T = JSON.parse($("i18n").textContent || "{}"); } catch (e) { T = {}; }
+    filtersFromAddress();
     $("login-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
