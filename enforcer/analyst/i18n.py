@@ -166,6 +166,13 @@ MESSAGES: dict[str, dict[str, str]] = {
     "js_bad_token": {"en": "That token was not accepted.", "fr": "Ce jeton n'a pas été accepté."},
     "js_denied": {"en": "denied", "fr": "refusé"},
     "js_allowed": {"en": "allowed", "fr": "permis"},
+    # The identity sources (identity.SOURCES, and cases.LEGACY): the API's values in English.
+    "js_ident_client-id": {"en": "client-id", "fr": "ClientID"},
+    "js_ident_lease": {"en": "lease", "fr": "bail DHCP"},
+    "js_ident_proxy-user": {"en": "proxy-user", "fr": "utilisateur du mandataire"},
+    "js_ident_cidr": {"en": "cidr", "fr": "plage d'adresses"},
+    "js_ident_address": {"en": "address", "fr": "adresse"},
+    "js_ident_legacy": {"en": "legacy", "fr": "ancien"},
     "js_state_open": {"en": "open", "fr": "ouvert"},
     "js_state_acknowledged": {"en": "acknowledged", "fr": "pris en charge"},
     "js_state_remediated": {"en": "remediated", "fr": "corrigé"},

@@ -25,6 +25,12 @@
     return s;
   }
 
+  // Which source named a device (identity: client-id, lease, proxy-user, cidr, address, legacy), in the page's
+  // language; the API keeps the source's own name.
+  function identityText(source) {
+    return T["ident_" + source] ? t("ident_" + source) : source;
+  }
+
   // FNV-1a of the app name: the same app gets the same colour in every run and whatever other apps exist.
   function colourClass(app) {
     let h = 0x811c9dc5;
@@ -274,7 +280,7 @@
       const tr = el("tr");
       tr.dataset.client = r.client;
       tr.dataset.app = r.app;
-      cell(tr, r.device); cell(tr, r.owner); cell(tr, r.unit); cell(tr, r.client); cell(tr, r.identity);
+      cell(tr, r.device); cell(tr, r.owner); cell(tr, r.unit); cell(tr, r.client); cell(tr, identityText(r.identity));
       cell(tr, r.app); cell(tr, shortTs(r.first_seen)); cell(tr, shortTs(r.last_seen));
       cell(tr, r.attempts, "num"); cell(tr, r.hits, "num");
       body.appendChild(tr);
@@ -423,7 +429,7 @@
       const tr = el("tr", undefined, "case-" + c.state);
       tr.dataset.device = c.device;
       tr.dataset.state = c.state;
-      cell(tr, c.device); cell(tr, c.identity, "identity"); cell(tr, t("state_" + c.state), "state");
+      cell(tr, c.device); cell(tr, identityText(c.identity), "identity"); cell(tr, t("state_" + c.state), "state");
       cell(tr, c.clients.join(" "), "wrap"); cell(tr, c.apps.join(" "));
       cell(tr, shortTs(c.updated_at)); cell(tr, c.updated_by); cell(tr, c.note, "wrap");
       cell(tr, caseReason(c), "wrap reason");
