@@ -199,11 +199,41 @@ def _nest(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# RFC 8259 JSON only: Python's json takes NaN and Infinity, which the API would then write back out as JSON no other
+# reader accepts.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _loads(data: bytes | str) -> Any:
+    """The JSON text ``data`` (bytes: strict UTF-8) or ``_INVALID``: not JSON, NaN or Infinity, or a string with a
+    lone surrogate escape (``"\\udc80"``), which no UTF-8 text can hold: the store (SQLite) refuses such a string,
+    and one such line stopped the analyst's ingest for good."""
     try:
-        return json.loads(data)
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data  # a leading BOM, as json.loads
+        doc = _DECODER.decode(text)
+        if "\\u" in text and _lone_surrogate(doc):
+            return _INVALID
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting is a RecursionError
         return _INVALID
+    return doc
+
+
+def _lone_surrogate(value: Any) -> bool:
+    if type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if type(value) is dict:
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if type(value) is list:
+        return any(map(_lone_surrogate, value))
+    return False
 
 
 _INVALID = object()
