@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,7 @@ class Inventory:
         text = read_utf8(path, MAX_BYTES, "inventory")
         columns: tuple[str, ...] | None = None
         seen: dict[tuple[str, str], int] = {}
-        for lineno, raw in enumerate(csv.reader(text.splitlines()), 1):
+        for lineno, raw in _csv_rows(path, text):
             if not raw or not "".join(raw).strip() or raw[0].lstrip().startswith("#"):
                 continue
             fields = [f.strip() for f in raw]
@@ -178,6 +179,22 @@ class Inventory:
 
 
 _LEGACY = ("cidr", "device", "owner", "unit")
+
+
+def _csv_rows(path: str | Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each row; a line the csv module refuses (an unclosed quote, a field over its
+    limit) is a ``PATH:LINE`` ConfigError, not a traceback."""
+    reader = csv.reader(text.splitlines())
+    lineno = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ConfigError(f"{path}:{reader.line_num}: not a CSV line: {exc}") from None
+        lineno += 1
+        yield lineno, row
 
 
 def _columns(path: str | Path, lineno: int, fields: list[str]) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import csv
 import ipaddress
+import itertools
 import os
 import re
 import stat
@@ -47,6 +48,9 @@ DEFAULT_MAX_LEASES = 1_000_000  # spans kept over all files; 20,000 devices rene
 MAX_FILE_BYTES = 512 * 1024 * 1024  # a lease file larger than this is refused (Kea's LFC keeps files small)
 _MAX_ID_CHARS = 512  # a DUID is at most 130 octets
 MAX_PROBLEMS = 100  # per read: the first ones are kept, the rest only counted
+_DETECT_LINES = 100
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes "²" and other digits int() refuses
+_OCTAL = re.compile(r"[0-7]{3}")
 NOT_LEASES = "not a lease file (Kea memfile CSV, dhcpd.leases or dnsmasq.leases)"
 KEA, DHCPD, DNSMASQ = "kea", "dhcpd", "dnsmasq"
 SPAN_EDGE = 1 << 62  # beyond any time in microseconds: the open ends of ``LeaseBook.span``
@@ -98,8 +102,9 @@ def _hex_id(text: str) -> str:
 
 
 def detect(text: str) -> str | None:
-    """The lease file format from its first meaningful line; None when it is none of the three."""
-    for line in text.splitlines():
+    """The lease file format from its first recognisable line among the first ``_DETECT_LINES`` (a malformed first
+    line is one skipped line of its format, not a whole file unread); None when it is none of the three."""
+    for line in itertools.islice(text.removeprefix("\ufeff").splitlines(), _DETECT_LINES):
         s = line.strip()
         if not s:
             continue
@@ -108,14 +113,14 @@ def detect(text: str) -> str | None:
         if s.startswith(("#", "lease ", "server-duid", "authoring-byte-order", "failover ", "ia-na ", "ia-pd ")):
             return DHCPD
         fields = s.split()
-        if fields[0] == "duid" or (len(fields) == 5 and fields[0].isdigit()):
+        if fields[0] == "duid" or (len(fields) == 5 and _DIGITS.fullmatch(fields[0])):
             return DNSMASQ
-        return None
     return None
 
 
 def read_leases(path: str, text: str, seen_at_us: int, first_line: int = 1) -> ReadResult:
     """One lease file (or, for Kea, the lines appended since the last read, numbered from ``first_line``)."""
+    text = text.removeprefix("\ufeff")  # a BOM (a file saved by a spreadsheet)
     fmt = detect(text)
     if fmt == KEA:
         return _read_kea(path, text, first_line)
@@ -146,7 +151,14 @@ def _kea_columns(header: list[str]) -> dict[str, int] | None:
 def _read_kea(path: str, text: str, first_line: int, columns: dict[str, int] | None = None) -> ReadResult:
     out = ReadResult()
     cols = columns
-    for lineno, row in enumerate(csv.reader(text.splitlines()), first_line):
+    for lineno, line in enumerate(text.splitlines(), first_line):
+        # One reader a line: Kea writes no multi-line field, and a line the csv module refuses (an unclosed quote,
+        # a field over its limit) is one skipped line, not an exception out of the whole file.
+        try:
+            row = next(csv.reader((line,)), [])
+        except csv.Error as exc:
+            out.problem(path, lineno, f"not a CSV line: {exc}")
+            continue
         if not row or not "".join(row).strip():
             continue
         if row[0].strip() == "address":
@@ -237,7 +249,7 @@ def _dhcpd_uid(value: str) -> str:
     data = bytearray()
     i = 0
     while i < len(raw):
-        if raw[i] == "\\" and i + 3 < len(raw) + 1 and raw[i + 1 : i + 4].isdigit():
+        if raw[i] == "\\" and _OCTAL.fullmatch(raw, i + 1, i + 4):
             data.append(int(raw[i + 1 : i + 4], 8) & 0xFF)
             i += 4
         elif raw[i] == "\\" and i + 1 < len(raw):
@@ -258,9 +270,9 @@ def _read_dhcpd(path: str, text: str) -> ReadResult:
     pos = 0
     # Comments are whole lines in dhcpd.leases; strip them keeping the line count.
     body = re.sub(r"(?m)^\s*#.*$", "", text)
-    for m in _STATEMENT.finditer(body):
-        if m.start() != pos and body[pos : m.start()].strip():
-            break  # an unterminated quote: the rest cannot be parsed
+    # Each statement matched where the last one ended: a search from every position (finditer) rescanned the whole
+    # tail for each when it held no terminator (a file cut short, a crash's NUL bytes): minutes for 64 KB.
+    while (m := _STATEMENT.match(body, pos)) is not None:
         lineno += body.count("\n", pos, m.end())
         pos = m.end()
         stmt, end = " ".join(m.group(1).split()), m.group(2)
@@ -317,7 +329,7 @@ def _read_dnsmasq(path: str, text: str, seen_at_us: int) -> ReadResult:
         fields = line.split()
         if not fields or fields[0] == "duid":
             continue
-        if len(fields) != 5 or not fields[0].isdigit():
+        if len(fields) != 5 or not _DIGITS.fullmatch(fields[0]):
             out.problem(path, lineno, "expected 'expiry mac address hostname clientid'")
             continue
         expiry = int(fields[0])

@@ -60,3 +60,77 @@ def test_analyst_logs_each_lease_problem_once(tmp_path: Path, caplog: pytest.Log
     assert "No such file or directory" in logged[0] and "not a regular file" in logged[1] + logged[2]
     assert "not a lease file" in logged[3]
     assert len(ident.files.book) == 0
+
+
+KEA4 = "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n"
+
+
+def _kea(address: str, mac: str, hostname: str) -> str:
+    return f"{address},{mac},,86400,1999999999,1,0,0,{hostname},0,\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        # str.isdigit() takes a superscript two, int() does not (a traceback out of the report and the analyst)
+        ("dnsmasq.leases", "1999999999 02:00:00:00:0a:01 10.0.0.1 a *\n² 02:00:00:00:0a:02 10.0.0.2 b *\n", ":2: "),
+        # \999 is no octal escape (int(..., 8) raised)
+        (
+            "dhcpd.leases",
+            "lease 10.0.0.1 {\n  starts 5 2024/03/01 00:00:00;\n  hardware ethernet 02:00:00:00:0a:01;\n"
+            '  uid "\\999abc";\n}\n',
+            None,
+        ),
+        # an unclosed quote, a field over the csv module's limit (csv.Error out of the whole file)
+        ("kea-leases4.csv", KEA4 + _kea("10.0.0.1", "02:00:00:00:0a:01", "a") + '10.0.0.2,"x\n', ":3: "),
+        (
+            "kea-leases4.csv",
+            KEA4 + _kea("10.0.0.1", "02:00:00:00:0a:01", "h" * 200_000) + _kea("10.0.0.2", "02:00:00:00:0a:02", "b"),
+            ":2: not a CSV line",
+        ),
+        # a spreadsheet's BOM and CRLF; a malformed first line of a dnsmasq file (it made the whole file unknown)
+        ("kea-leases4.csv", "\ufeff" + (KEA4 + _kea("10.0.0.1", "02:00:00:00:0a:01", "a")).replace("\n", "\r\n"), None),
+        (
+            "dnsmasq.leases",
+            "1709380800 02:00:00:00:0a:09 10.0.0.9\n1999999999 02:00:00:00:0a:01 10.0.0.1 a *\n",
+            ":1: ",
+        ),
+    ],
+    ids=[
+        "dnsmasq-superscript",
+        "dhcpd-uid-not-octal",
+        "kea-open-quote",
+        "kea-huge-field",
+        "kea-bom-crlf",
+        "dnsmasq-bad-first",
+    ],
+)
+def test_a_malformed_lease_line_is_skipped_and_the_rest_read(
+    tmp_path: Path, name: str, text: str, problem: str | None
+) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
+    out = _report("--events", str(tmp_path / "e.jsonl"), "--leases", str(path))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    if problem is not None:
+        assert f"skipped 1 malformed lease line(s); first: {path}{problem}" in out.stderr, out.stderr
+    from enforcer.analyst.leases import load
+
+    files = load([str(path)])
+    assert len(files.book) == 1 and files.skipped == (problem is not None)
+
+
+def test_a_dhcpd_file_cut_short_is_read_in_linear_time(tmp_path: Path) -> None:
+    """A crash leaves a lease file ending in NUL bytes, with no ``;`` after them: each statement was searched for
+    from every position to the end (64 KB took a minute, 1 MB hours, and the analyst never started). Bounded by the
+    subprocess's timeout, so a regression fails instead of hanging the run."""
+    path = tmp_path / "dhcpd.leases"
+    path.write_bytes(
+        b"lease 10.0.0.1 {\n  starts 5 2024/03/01 00:00:00;\n  hardware ethernet 02:00:00:00:0a:01;\n}\n"
+        + b"lease 10.0.0.2 {\n  starts 5 2024/03/01 00:00:00;"
+        + b"\0" * 1_000_000
+    )
+    (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
+    out = _report("--events", str(tmp_path / "e.jsonl"), "--leases", str(path))  # timeout=60
+    assert out.returncode == 0 and f"first: {path}:6: unterminated lease block" in out.stderr, out.stderr
