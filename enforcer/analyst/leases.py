@@ -478,6 +478,8 @@ class LeaseFiles:
                 ok = True
             except OSError as exc:
                 self._problem(f"{path}:1: cannot read lease file: {exc.strerror or exc}")
+            except (ValueError, csv.Error) as exc:  # a parser's bug must not take the gauges and cases down with it
+                self._problem(f"{path}:1: cannot parse lease file: {exc}")
         if ok:
             self.book = book
         return read
