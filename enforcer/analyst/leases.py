@@ -554,7 +554,11 @@ def load(paths: Iterable[str], max_leases: int = DEFAULT_MAX_LEASES) -> LeaseFil
         if not Path(path).is_file():
             raise ConfigError(f"{path}:1: cannot read lease file: not a regular file")
     files.refresh()
-    unreadable = [p for p in files.problems if "cannot read lease file" in p or p.endswith(NOT_LEASES)]
+    unreadable = [
+        p
+        for p in files.problems
+        if "cannot read lease file" in p or "cannot parse lease file" in p or p.endswith(NOT_LEASES)
+    ]
     if unreadable:
         raise ConfigError(unreadable[0])
     return files
