@@ -124,7 +124,9 @@ def parse_time(value: str | None, now: datetime | None = None) -> str | None:
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
             v += "T00:00:00+00:00"
-        return canonical_ts(v)
+        ts = canonical_ts(v)
+        ts_to_us(ts)  # the writer's shape passes canonical_ts unparsed: 2024-02-30 must fail here, not in a caller
+        return ts
     except ValueError as exc:
         detail = str(exc) if str(exc).startswith("time ") else _FORMS
         raise ValueError(f"invalid time {shown!r} ({detail})") from None

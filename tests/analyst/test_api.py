@@ -159,7 +159,8 @@ async def test_filters(client: Any, events: list[HitEvent], params: dict[str, st
 
 
 async def test_bad_parameters_are_400(client: Any) -> None:
-    for q in ("limit=0", "limit=5000", "limit=x", "since=someday", "cursor=abc", "until=2023-13-45"):
+    bad = ("limit=0", "limit=5000", "limit=x", "since=someday", "cursor=abc", "until=2023-13-45")
+    for q in (*bad, "since=2024-02-30T00:00:00.000000Z", "until=2024-13-45T99:99:99.000000Z"):
         resp = await client.get(f"/api/events?{q}", headers=AUTH)
         assert resp.status == 400, q
         assert "error" in await resp.json()

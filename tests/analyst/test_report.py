@@ -394,6 +394,11 @@ def test_parse_time_forms() -> None:
     assert parse_time("7d", now) == "2024-02-23T12:00:00.000000Z"
     assert parse_time("90m", now) == "2024-03-01T10:30:00.000000Z"
     assert parse_time("now", now) == parse_time(" NOW ", now) == "2024-03-01T12:00:00.000000Z"
+    # In the writer's own shape but no date: a ValueError naming it (it was a traceback from the report, a 500 from
+    # the API).
+    for bad in ("2024-02-30T00:00:00.000000Z", "2024-13-45T99:99:99.000000Z"):
+        with pytest.raises(ValueError, match="invalid time"):
+            parse_time(bad)
     assert parse_time("2023-10-30") == "2023-10-30T00:00:00.000000Z"
     assert parse_time("2023-10-30T00:00:00-04:00") == "2023-10-30T04:00:00.000000Z"
     assert parse_time("2023-10-30T04:00:00Z") == "2023-10-30T04:00:00.000000Z"
