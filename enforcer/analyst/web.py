@@ -424,7 +424,7 @@ async def api_case_change(request: web.Request) -> web.StreamResponse:
     analyst: Analyst = request.app[ANALYST]
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError, LookupError):  # not JSON or UTF-8, nested too deep, an unknown charset
         raise BadRequest('the body must be a JSON object {"state": ..., "note": ...}') from None
     if not isinstance(body, dict) or not isinstance(body.get("state"), str):
         raise BadRequest('the body must be a JSON object with "state" (acknowledged or remediated)')
@@ -434,6 +434,10 @@ async def api_case_change(request: web.Request) -> web.StreamResponse:
     note = body.get("note", "")
     if not isinstance(note, str):
         raise BadRequest('"note" must be a string')
+    try:
+        (body["state"] + note).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape ("\ud800"): no text the store can keep
+        raise BadRequest('"state" and "note" must be Unicode text (a lone surrogate escape is not)') from None
     device = request.match_info["device"]
     now_us = ts_to_us(dt_to_ts(datetime.now(UTC)))
     await analyst.db(analyst.sync_cases)  # the device may have become non-compliant since the last refresh

@@ -128,6 +128,14 @@ async def test_refusals(client: Any) -> None:
     assert resp.status == 400 and "note" in (await resp.json())["error"]
     resp = await _post(client, device, {"state": "acknowledged", "notes": "called the owner"}, ALICE)
     assert resp.status == 400 and "'notes'" in (await resp.json())["error"]
+    # Bodies that raised out of the handler (500): a lone surrogate, nesting too deep to parse, an unknown charset.
+    for data, ctype in (
+        ('{"state": "acknowledged", "note": "\\ud800"}', "application/json"),
+        ("[" * 20_000, "application/json"),
+        ('{"state": "acknowledged"}', "application/json; charset=x-nope"),
+    ):
+        resp = await client.post(f"/api/cases/{device}", data=data, headers={**ALICE, "Content-Type": ctype})
+        assert resp.status == 400, (data[:40], await resp.text())
     # CSRF: a form-encoded or text/plain body (what a cross-site form can send without a preflight) is refused, and
     # so is a request that says it comes from another origin.
     resp = await client.post(f"/api/cases/{device}", data="state=remediated", headers={**ALICE})
