@@ -36,6 +36,18 @@ def _seconds(value: str) -> float:
 
 
 MAX_WORKERS = 256
+MIN_POLL_S, MAX_POLL_S = 0.05, 3600.0
+
+
+def _poll_interval(value: str) -> float:
+    # 0 or NaN spun a core; inf killed the ingest thread (a sleep past the platform's time_t)
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not MIN_POLL_S <= seconds <= MAX_POLL_S:
+        raise argparse.ArgumentTypeError(f"{value} is outside {MIN_POLL_S}..{MAX_POLL_S:g} seconds")
+    return seconds
 
 
 def _workers(value: str) -> int:
@@ -125,7 +137,11 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             "--db", default="var/analyst.sqlite", metavar="PATH", help="SQLite event store (default: %(default)s)"
         )
         parser.add_argument(
-            "--poll-interval", type=float, default=0.5, metavar="SECONDS", help="between event file polls (0.5)"
+            "--poll-interval",
+            type=_poll_interval,
+            default=0.5,
+            metavar="SECONDS",
+            help="between event file polls (0.5)",
         )
         parser.add_argument(
             "--retention",

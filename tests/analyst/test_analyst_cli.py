@@ -124,3 +124,21 @@ def test_wrong_inventory_header_names_the_expected_one(header: str, first: str, 
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 1 and len(lines) == 1, out.stderr
     assert lines[0].startswith(f"{inv}:1: ") and repr(first) in lines[0] and "cidr,device,owner,unit" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # 0 or NaN spun a core; inf killed the ingest thread while /healthz said ok
+        (("--poll-interval", "0"), "argument --poll-interval: 0 is outside 0.05..3600 seconds"),
+        (("--poll-interval", "nan"), "argument --poll-interval: nan is outside"),
+        (("--poll-interval", "inf"), "argument --poll-interval: inf is outside"),
+        # the cut-off overflowed SQLite's integers and every poll failed on it
+        (("--retention", "999999y"), "--retention '999999y': at most 1000y (or 'forever')"),
+        (("--retention", "30m"), "--retention '30m': give a period such as 90d"),
+    ],
+)
+def test_out_of_range_intervals_are_refused_at_start(tmp_path: Path, args: tuple[str, str], expected: str) -> None:
+    out = _run(*args, "--db", str(tmp_path / "a.sqlite"), "--listen", "127.0.0.1:0")
+    assert out.returncode in (1, 2) and expected in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "a.sqlite").exists()
