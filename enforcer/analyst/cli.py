@@ -317,6 +317,7 @@ def _retention(value: str | None) -> float | None:
 def run_analyst(args: argparse.Namespace) -> int:
     import asyncio
     import signal
+    import sqlite3
 
     from ..policy import PolicyError
     from .hostcheck import check_listen
@@ -350,6 +351,9 @@ def run_analyst(args: argparse.Namespace) -> int:
         except PolicyError as exc:
             errors = [str(p) for p in exc.problems if p.severity == "error"] or [str(exc)]
             print("\n".join(errors), file=sys.stderr)
+            return 1
+        except (sqlite3.Error, OSError) as exc:  # --db: not an SQLite file, a device, a folder, no permission
+            print(f"analyst: --db {settings.db}: cannot open the store: {exc}", file=sys.stderr)
             return 1
         print(f"analyst: serving on {runner.url}", file=sys.stderr, flush=True)
         stop = asyncio.Event()

@@ -142,3 +142,11 @@ def test_out_of_range_intervals_are_refused_at_start(tmp_path: Path, args: tuple
     out = _run(*args, "--db", str(tmp_path / "a.sqlite"), "--listen", "127.0.0.1:0")
     assert out.returncode in (1, 2) and expected in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "a.sqlite").exists()
+
+
+def test_a_db_that_is_no_store_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an SQLite file\n" * 100, encoding="utf-8")
+    for db, why in ((tmp_path / "notes.txt", "file is not a database"), (tmp_path, "unable to open database file")):
+        out = _run("--db", str(db), "--listen", "127.0.0.1:0", "--events", str(tmp_path / "none.jsonl"))
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.strip().splitlines()[-1] == f"analyst: --db {db}: cannot open the store: {why}"
