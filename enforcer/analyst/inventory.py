@@ -175,7 +175,7 @@ class Inventory:
         return found
 
     def by_client_id(self, client_id: str) -> Device | None:
-        return self._ids.get(client_id)
+        return self._ids.get(client_id.lower())
 
 
 _LEGACY = ("cidr", "device", "owner", "unit")
@@ -243,7 +243,9 @@ def _device(path: str | Path, lineno: int, row: dict[str, str], seen: dict[tuple
         unit=row.get("unit", ""),
         mac=mac,
         hostname=row.get("hostname", ""),
-        client_id=row.get("client_id", ""),
+        # A ClientID is a DNS label: case-insensitive, and the resolver folds it to lower case (Phone-17 named no
+        # device, and beside phone-17 was a second row for the same ClientID).
+        client_id=row.get("client_id", "").lower(),
     )
     ids = {"cidr": dev.cidr, "mac": dev.mac, "hostname": normal_hostname(dev.hostname), "client_id": dev.client_id}
     if not any(ids.values()):

@@ -60,6 +60,12 @@ def test_normal_mac() -> None:
         assert normal_mac(bad) is None, bad
 
 
+def test_client_ids_are_case_insensitive(tmp_path: Path) -> None:
+    inv = Inventory.load(_write(tmp_path, "client_id,device,owner,unit\nPhone-17,phone-0017,Alice,Finance\n"))
+    assert inv.by_client_id("phone-17") is inv.by_client_id("PHONE-17") is not None
+    assert inv.client_ids == {"phone-17"}  # what the resolver's --require-client-id accepts
+
+
 @pytest.mark.parametrize(
     ("text", "where", "message"),
     [
@@ -75,6 +81,8 @@ def test_normal_mac() -> None:
         ),
         ("hostname,device,owner,unit\nPhone,x,y,z\nphone.,w,y,z\n", 3, "hostname phone is already mapped at line 2"),
         ("client_id,device,owner,unit\nc1,x,y,z\nc1,w,y,z\n", 3, "client_id c1 is already mapped at line 2"),
+        # ClientIDs are DNS labels, folded to lower case by the resolver
+        ("client_id,device,owner,unit\nPhone-17,x,y,z\nphone-17,w,y,z\n", 3, "client_id phone-17 is already mapped"),
         ("mac,hostname,device,owner,unit\n,,x,y,z\n", 2, "row for 'x' has no cidr, mac, hostname, client_id"),
         ("mac,device,owner,unit\naa:bb:cc:dd:ee:01,,y,z\n", 2, "missing device name for aa:bb:cc:dd:ee:01"),
         ("cidr,device,owner,unit\n10.0.0.0/33,x,y,z\n", 2, "invalid CIDR '10.0.0.0/33'"),
