@@ -39,7 +39,8 @@ def test_columns_in_any_order_and_every_lookup(tmp_path: Path) -> None:
     assert inv.by_hostname("alice-phone.dhcp.example.").device == "phone-1"  # type: ignore[union-attr]
     assert inv.by_hostname("carol") is None and inv.by_hostname("") is None
     assert inv.by_client_id("tab3").unit == "Research"  # type: ignore[union-attr]
-    assert inv.by_client_id("TAB3") is None
+    assert inv.by_client_id("TAB3") is inv.by_client_id("tab3")  # a DNS label: case-insensitive
+    assert inv.by_client_id("tab") is None
     assert inv.lookup("10.1.9.44").device == "printer-4"  # type: ignore[union-attr]
     assert inv.lookup("10.1.8.1") is None
     assert inv.by_mac("aa:bb:cc:00:00:01").cidr == ""  # type: ignore[union-attr]
