@@ -82,6 +82,15 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+# First bytes of the compressed formats logrotate and friends write (gzip, bzip2, xz, zstd)
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip", "zcat"),
+    (b"BZh", "bzip2", "bzcat"),
+    (b"\xfd7zXZ", "xz", "xzcat"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "zstdcat"),
+)
+
+
 def open_event_file(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BinaryIO:
     """Open an event file for reading, refusing anything but a regular file of at most ``max_bytes``.
 
@@ -102,6 +111,10 @@ def open_event_file(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_F
             raise EventFileError(
                 "too_large", f"{path}: {st.st_size} bytes, over --max-file-size ({max_bytes} bytes); not read"
             )
+        head = os.pread(fd, 6, 0)
+        for magic, kind, tool in _COMPRESSED:
+            if head.startswith(magic):  # a rotated file compressed by logrotate, named like the JSON Lines it was
+                raise EventFileError("compressed", f"{path}: {kind}-compressed, not JSON Lines; not read ({tool} it)")
         return os.fdopen(fd, "rb")  # buffered: read(n) returns n bytes unless the file ends
     except BaseException:
         os.close(fd)

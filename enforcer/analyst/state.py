@@ -437,7 +437,7 @@ class _AnalystCollector(Collector):
             ANALYST_FILES_SKIPPED_TOTAL[: -len("_total")], SPECS[ANALYST_FILES_SKIPPED_TOTAL].help, labels=["reason"]
         )
         files = dict(ing.files_skipped)
-        for reason in sorted({"not_regular", "too_large", "unreadable", *files}):
+        for reason in sorted({"not_regular", "too_large", "unreadable", "compressed", *files}):
             skipped.add_metric([reason], files.get(reason, 0))
         out.append(skipped)
         refused = CounterMetricFamily(

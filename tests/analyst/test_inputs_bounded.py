@@ -89,6 +89,17 @@ def _case_too_large(tmp: Path) -> tuple[list[str], Path]:
     return [str(big)], big
 
 
+def _case_gzip_named_jsonl(tmp: Path) -> tuple[list[str], Path]:
+    import gzip
+
+    folder = tmp / "events"
+    folder.mkdir()
+    write_events(folder / "events.jsonl", generate_small())
+    bad = folder / "events.jsonl.1"  # logrotate's compress, without its .gz
+    bad.write_bytes(gzip.compress((folder / "events.jsonl").read_bytes()))
+    return [str(folder)], bad
+
+
 _SMALL: list = []
 
 
@@ -107,6 +118,7 @@ CASES: dict[str, tuple[Callable[[Path], tuple[list[str], Path]], str]] = {
     "fifo-in-folder": (_case_fifo_in_folder, "a FIFO"),
     "directory-as-rotation": (_case_directory_as_rotation, "directory"),
     "too-large": (_case_too_large, "over --max-file-size"),
+    "gzip-named-jsonl": (_case_gzip_named_jsonl, "gzip-compressed, not JSON Lines; not read (zcat it)"),
 }
 
 
@@ -191,6 +203,7 @@ def test_ingest_skips_and_counts_what_is_not_a_bounded_regular_file(tmp_path: Pa
     (ev / "dir.jsonl").mkdir()
     with (ev / "big.jsonl").open("wb") as fh:
         fh.truncate(5 * 1024 * 1024)
+    (ev / "good.jsonl.1").write_bytes(b"\x1f\x8b\x08\x00" + bytes(100))  # gzip'd by a rotation, named as before
     store = Store(tmp_path / "a.sqlite")
     ing = Ingester(store, [ev, tmp_path / "direct.jsonl"], parser_process=False, max_file_bytes=4 * 1024 * 1024)
     try:
@@ -200,7 +213,7 @@ def test_ingest_skips_and_counts_what_is_not_a_bounded_regular_file(tmp_path: Pa
     finally:
         ing.stop()
         store.close()
-    assert ing.files_skipped == {"not_regular": 4, "too_large": 1}
+    assert ing.files_skipped == {"not_regular": 4, "too_large": 1, "compressed": 1}
     assert ing.errors == {}
 
 
