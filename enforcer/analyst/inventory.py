@@ -131,6 +131,7 @@ class Inventory:
         text = read_utf8(path, MAX_BYTES, "inventory")
         columns: tuple[str, ...] | None = None
         seen: dict[tuple[str, str], int] = {}
+        owners: dict[str, tuple[str, str, int]] = {}  # device -> its owner, unit and first line
         for lineno, raw in _csv_rows(path, text):
             if not raw or not "".join(raw).strip() or raw[0].lstrip().startswith("#"):
                 continue
@@ -142,7 +143,16 @@ class Inventory:
             if len(fields) > len(columns):
                 raise ConfigError(f"{path}:{lineno}: expected {','.join(columns)}, got {len(fields)} fields")
             row = dict(zip(columns, fields, strict=False))
-            inv.add(_device(path, lineno, row, seen))
+            dev = _device(path, lineno, row, seen)
+            # A device may have several rows (its MAC, its address range, ...), all with one owner and unit: cases
+            # and the report are keyed by the device's name, so two owners under one name mixed two people's hits.
+            first = owners.setdefault(dev.device, (dev.owner, dev.unit, lineno))
+            if first[:2] != (dev.owner, dev.unit):
+                raise ConfigError(
+                    f"{path}:{lineno}: device {dev.device!r} has owner {dev.owner!r}, unit {dev.unit!r} here but"
+                    f" {first[0]!r}, {first[1]!r} at line {first[2]} (one device, one owner and unit)"
+                )
+            inv.add(dev)
         return inv
 
     def lookup(self, client: str) -> Device | None:

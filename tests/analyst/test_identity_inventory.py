@@ -82,6 +82,12 @@ def test_client_ids_are_case_insensitive(tmp_path: Path) -> None:
         ),
         ("hostname,device,owner,unit\nPhone,x,y,z\nphone.,w,y,z\n", 3, "hostname phone is already mapped at line 2"),
         ("client_id,device,owner,unit\nc1,x,y,z\nc1,w,y,z\n", 3, "client_id c1 is already mapped at line 2"),
+        # One device name, two owners: the cases (keyed by device) mixed two people's hits
+        (
+            "cidr,device,owner,unit\n10.0.0.0/31,phone,Alice,Finance\n10.0.0.2/31,phone,Carol,Ops\n",
+            3,
+            "device 'phone' has owner 'Carol', unit 'Ops' here but 'Alice', 'Finance' at line 2",
+        ),
         # ClientIDs are DNS labels, folded to lower case by the resolver
         ("client_id,device,owner,unit\nPhone-17,x,y,z\nphone-17,w,y,z\n", 3, "client_id phone-17 is already mapped"),
         ("mac,hostname,device,owner,unit\n,,x,y,z\n", 2, "row for 'x' has no cidr, mac, hostname, client_id"),
