@@ -225,6 +225,13 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
             return _page(_lang(request), status=401)
         return _json({"error": "unauthorized: send Authorization: Bearer TOKEN"}, status=401)
     request[WHO] = who
+    missing = request.match_info.http_exception  # no such route (404) or method (405)
+    if missing is not None and request.path.startswith("/api"):
+        # JSON like every other API answer; before the cross-site check, which told a DELETE to send JSON
+        response = _json({"error": f"{missing.reason.lower()}: {request.method} {request.path}"}, status=missing.status)
+        if "Allow" in missing.headers:
+            response.headers["Allow"] = missing.headers["Allow"]
+        return response
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         why = _cross_site(request)
         if why is not None:

@@ -209,3 +209,20 @@ async def test_first_view_prepared_and_served_while_events_arrive(client: Any, p
     a._prepared = {k: (at - 3600, took, v) for k, (at, took, v) in a._prepared.items()}
     fresh = await (await client.get("/api/dashboard", headers=PLAIN)).json()
     assert fresh["totals"]["hits"] == first["totals"]["hits"] + 1
+
+
+async def test_no_such_route_or_method_is_json(client: Any) -> None:
+    """The API answers in JSON throughout: a wrong method or path too (they were plain text, and a DELETE was told
+    to send its body as JSON by the cross-site check)."""
+    device = next(iter(await _cases(client)))
+    for method, path, status in (
+        ("GET", f"/api/cases/{device}", 405),
+        ("DELETE", f"/api/cases/{device}", 405),
+        ("GET", "/api/nothing", 404),
+    ):
+        resp = await client.request(method, path, headers=ALICE)
+        assert resp.status == status and resp.content_type == "application/json", (method, path)
+        assert path in (await resp.json())["error"]
+        if status == 405:
+            assert "POST" in resp.headers["Allow"]
+    assert (await client.request("DELETE", f"/api/cases/{device}")).status == 401  # still asked who first
