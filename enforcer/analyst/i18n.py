@@ -119,8 +119,9 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "js_cards_attempts": {"en": "Attempts", "fr": "Tentatives"},
     "js_cards_enforced": {"en": "Enforced attempts", "fr": "Tentatives bloquées"},
-    "js_cards_clients": {"en": "Clients", "fr": "Clients"},
-    "js_cards_noncompliant": {"en": "Non-compliant clients", "fr": "Clients non conformes"},
+    # Devices (identities), as the tables below them count: dashboard totals "clients" and "noncompliant_clients"
+    "js_cards_clients": {"en": "Devices", "fr": "Appareils"},
+    "js_cards_noncompliant": {"en": "Non-compliant devices", "fr": "Appareils non conformes"},
     "js_no_events": {"en": "no events for these filters", "fr": "aucun événement pour ces filtres"},
     "cand_title": {"en": "Candidates (proposed rules)", "fr": "Candidats (règles proposées)"},
     "cand_help": {
@@ -151,6 +152,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "fr": "Aucun appareil non conforme pour ces filtres.",
     },
     "js_no_cases": {"en": "No case.", "fr": "Aucun dossier."},
+    "js_no_rules": {"en": "No hit for these filters.", "fr": "Aucune occurrence pour ces filtres."},
     "js_first_shown": {"en": "first {n} shown", "fr": "{n} premiers affichés"},
     "js_per": {"en": "per", "fr": "par"},
     "js_minute": {"en": "{n} min", "fr": "{n} min"},

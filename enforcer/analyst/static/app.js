@@ -290,6 +290,10 @@
   function renderRules(rows) {
     const body = $("rules").tBodies[0];
     body.replaceChildren();
+    if (!rows.length) {
+      emptyRow(body, "no_rules", 7);
+      return;
+    }
     for (const r of rows) {
       const tr = el("tr");
       cell(tr, r.rule, "wrap"); cell(tr, r.app); cell(tr, r.category);
@@ -430,8 +434,8 @@
       tr.dataset.device = c.device;
       tr.dataset.state = c.state;
       cell(tr, c.device); cell(tr, identityText(c.identity), "identity"); cell(tr, t("state_" + c.state), "state");
-      cell(tr, c.clients.join(" "), "wrap"); cell(tr, c.apps.join(" "));
-      cell(tr, shortTs(c.updated_at)); cell(tr, c.updated_by); cell(tr, c.note, "wrap");
+      cell(tr, c.clients.join(" "), "addrs"); cell(tr, c.apps.join(" "));
+      cell(tr, shortTs(c.updated_at)); cell(tr, c.updated_by); cell(tr, c.note, "wrap note-text");
       cell(tr, caseReason(c), "wrap reason");
       const td = el("td", undefined, "actions");
       if (c.state !== "remediated") {
