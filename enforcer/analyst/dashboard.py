@@ -158,7 +158,7 @@ def _rows(f: Filters, tallies: Tallies, window_us: int) -> tuple[list[dict[str, 
 def window_counts(analyst: Analyst, eff: Enforcement) -> list[dict[str, Any]]:
     """Live per-window counts (the gauges on /metrics are refreshed periodically; the page must not lag them)."""
     now_us = ts_to_us(dt_to_ts(datetime.now(UTC)))
-    apps = sorted(set(eff.cutovers) | set(analyst.store.facets().get("app", [])))
+    apps = sorted((set(eff.cutovers) | set(analyst.store.facets().get("app", []))) - eff.controls)  # bans only
     out = []
     for window, seconds in WINDOWS.items():
         per_app = analyst.store.noncompliant(now_us - seconds * 1_000_000, eff)

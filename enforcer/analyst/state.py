@@ -379,11 +379,13 @@ class Analyst:
         """Blocking: the per-window non-compliant client counts and the last block per app."""
         now_us = ts_to_us(dt_to_ts(now or datetime.now(UTC)))
         self.identity.refresh()
-        apps = set(self.enforcement.cutovers) | set(self.store.facets().get("app", []))
+        # A control app's hits are bypass attempts, never non-compliance: no series that could only read 0
+        controls = self.enforcement.controls
+        apps = (set(self.enforcement.cutovers) | set(self.store.facets().get("app", []))) - controls
         counts: dict[tuple[str, str], int] = {}
         for window, seconds in WINDOWS.items():
             per_app = self.store.noncompliant(now_us - seconds * 1_000_000, self.enforcement)
-            for app in apps | set(per_app):
+            for app in apps | (set(per_app) - controls):
                 counts[(app, window)] = per_app.get(app, 0)
         self.noncompliant = counts
         self.last_block = {app: us / 1e6 for app, us in self.store.last_block().items()}

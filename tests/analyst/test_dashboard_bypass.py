@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from enforcer.analyst.web import build_app
 from enforcer.policy import Policy
 from tests.analyst.analyst_helpers import dns_hit, local_analyst, write_events
@@ -42,6 +44,12 @@ async def test_bypass_rows_apart_from_the_ban(aiohttp_client: Any, tmp_path: Pat
         assert [(r["client"], r["app"]) for r in doc["noncompliant"]] == [("10.5.0.1", "wechat")]
         cases = (await (await client.get("/api/cases")).json())["cases"]
         assert [(c["device"], c["apps"]) for c in cases] == [("10.5.0.1", ["wechat"])]
+        # "Non-compliant now" and its gauge: the ban apps only (a controls series could only ever read 0)
+        assert {w["app"] for w in doc["windows"]} == {"kaspersky", "wechat"}
+        analyst.refresh_gauges()
+        metrics = text_string_to_metric_families(await (await client.get("/metrics")).text())
+        gauge = next(f for f in metrics if f.name == "enforcer_noncompliant_clients")
+        assert {s.labels["app"] for s in gauge.samples} == {"kaspersky", "wechat"}
         # Filtered to the control app: its rows, still no non-compliance.
         doc = await (await client.get("/api/dashboard", params={"app": "controls"})).json()
         assert doc["bypass_total"] == 2 and doc["noncompliant_total"] == 0 and doc["totals"]["attempts"] == 0
