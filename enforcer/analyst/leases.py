@@ -192,7 +192,8 @@ def _kea_row(path: str, lineno: int, row: list[str], cols: dict[str, int], out: 
     except ValueError:
         out.problem(path, lineno, "valid_lifetime and expire must be integers")
         return None
-    if valid < 0 or not 0 <= expire <= MAX_US // US:
+    # Kea's lifetimes are 32-bit: a larger one put the lease's start at 1970, naming every earlier event from it
+    if not 0 <= valid <= 0xFFFFFFFF or not 0 <= expire <= MAX_US // US:
         out.problem(path, lineno, f"lifetime {valid} / expire {expire} out of range")
         return None
     # cltt (the last renewal) = expire - valid_lifetime; a lifetime of 0xffffffff is "infinite".

@@ -134,10 +134,10 @@ def _get(doc: dict[str, Any], *path: str) -> Any:
 
 
 def _text(value: Any) -> str:
-    if value is None:
-        return ""
     if isinstance(value, list):
-        return str(value[0]) if value else ""
+        value = value[0] if value else None
+    if value is None or isinstance(value, list | dict):
+        return ""  # not a value of this field: its Python repr ("['10.9.0.6']") was shown as one
     return str(value)
 
 

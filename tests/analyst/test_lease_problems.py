@@ -95,6 +95,14 @@ def _kea(address: str, mac: str, hostname: str) -> str:
             "1709380800 02:00:00:00:0a:09 10.0.0.9\n1999999999 02:00:00:00:0a:01 10.0.0.1 a *\n",
             ":1: ",
         ),
+        # a lifetime over Kea's 32 bits put the lease's start at 1970, naming every earlier event from the address
+        (
+            "kea-leases4.csv",
+            KEA4
+            + "10.0.0.2,02:00:00:00:0a:02,,100000000000000000000000000,1999999999,1,0,0,b,0,\n"
+            + _kea("10.0.0.1", "02:00:00:00:0a:01", "a"),
+            ":2: lifetime 100000000000000000000000000",
+        ),
     ],
     ids=[
         "dnsmasq-superscript",
@@ -103,6 +111,7 @@ def _kea(address: str, mac: str, hostname: str) -> str:
         "kea-huge-field",
         "kea-bom-crlf",
         "dnsmasq-bad-first",
+        "kea-lifetime-over-32-bits",
     ],
 )
 def test_a_malformed_lease_line_is_skipped_and_the_rest_read(

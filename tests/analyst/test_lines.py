@@ -243,3 +243,16 @@ def test_block_path_equals_the_line_rule_on_edited_blocks(
             body[pos : pos + len(data)] = data
     with pytest.MonkeyPatch.context() as mp:
         assert ingest_mod.parse_chunk(bytes(body), "f", 0) == _line_rule_chunk(mp, bytes(body), None)
+
+
+def test_a_nested_value_is_no_field_value() -> None:
+    """``"ip": [["10.9.0.6"]]`` named the client by its Python repr (``['10.9.0.6']``); it names none now, for the
+    report and the ingest alike (one line rule)."""
+    base = (
+        '{"@timestamp":"2024-03-01T00:00:00.000000Z","event":{"id":"00000000000000000000000000000001",'
+        '"type":["denied"],"action":"dns-block"},"rule":{"id":"wechat:domain:x","ruleset":"wechat"},'
+        '"observer":{"type":"dns"},"source":{"ip":IP}}'
+    )
+    for ip, client in (('"10.9.0.6"', "10.9.0.6"), ('["10.9.0.6"]', "10.9.0.6"), ('[["10.9.0.6"]]', ""), ("{}", "")):
+        parsed, reason = parse_event_line(base.replace("IP", ip).encode())
+        assert reason is None and parsed is not None and parsed.record.client == client, ip
