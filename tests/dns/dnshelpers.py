@@ -39,18 +39,26 @@ class DnsProcess:
 
     def __init__(self, tmp: Path, *args: str, listen_host: str = "127.0.0.1", env: dict[str, str] | None = None):
         self.host = listen_host
-        self.port = free_port(listen_host)
-        self.metrics_port = free_port()
-        self.events = tmp / f"events-{self.port}.jsonl"
-        self.stderr_path = tmp / f"stderr-{self.port}.log"
-        listen = f"[{listen_host}]:{self.port}" if ":" in listen_host else f"{listen_host}:{self.port}"
-        cmd = [sys.executable, "-m", "enforcer", "dns", "--listen", listen,
-               "--metrics", f"127.0.0.1:{self.metrics_port}", "--events", str(self.events), *args]  # fmt: skip
-        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._stderr, cwd=ROOT, env={**os.environ, **(env or {})}
-        )
-        self.lines = self._read_startup()
+        # A port found free can be taken before the resolver binds it (another test's client socket took one in a
+        # full run: "cannot listen: Address already in use"): start again on other ports, at most three times.
+        for attempt in range(3):
+            self.port = free_port(host=listen_host)
+            self.metrics_port = free_port()
+            self.events = tmp / f"events-{self.port}.jsonl"
+            self.stderr_path = tmp / f"stderr-{self.port}.log"
+            listen = f"[{listen_host}]:{self.port}" if ":" in listen_host else f"{listen_host}:{self.port}"
+            cmd = [sys.executable, "-m", "enforcer", "dns", "--listen", listen,
+                   "--metrics", f"127.0.0.1:{self.metrics_port}", "--events", str(self.events), *args]  # fmt: skip
+            self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=self._stderr, cwd=ROOT, env={**os.environ, **(env or {})}
+            )
+            try:
+                self.lines = self._read_startup()
+                return
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
 
     def _read_startup(self, timeout: float = 20.0) -> list[str]:
         assert self.proc.stdout is not None
