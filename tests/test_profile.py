@@ -173,7 +173,11 @@ def test_inventory_writes_one_profile_per_client_id(tmp_path: Path) -> None:
             "10.1.0.0/24,a,Ana,HR,same\n10.1.1.0/24,b,Bo,IT,same\n",
             "inventory.csv:3: client_id same is already mapped at line 2",
         ),
-        ("10.1.0.0/24,a,Ana,HR,Same\n10.1.1.0/24,b,Bo,IT,same\n", "ClientID 'same' is given to both 'a' and 'b'"),
+        # ClientIDs are DNS labels, so case does not make two of them: the inventory names the line.
+        (
+            "10.1.0.0/24,a,Ana,HR,Same\n10.1.1.0/24,b,Bo,IT,same\n",
+            "inventory.csv:3: client_id same is already mapped at line 2",
+        ),
         ("10.1.0.0/24,a,Ana,HR,\n", "no row has a client_id"),
     ],
 )
