@@ -62,6 +62,7 @@ LAST_BLOCK_TIMESTAMP = "enforcer_last_block_timestamp_seconds"
 ANALYST_EVENTS_INGESTED_TOTAL = "enforcer_analyst_events_ingested_total"
 ANALYST_INGEST_ERRORS_TOTAL = "enforcer_analyst_ingest_errors_total"
 ANALYST_EVENTS_DUPLICATE_TOTAL = "enforcer_analyst_events_duplicate_total"
+ANALYST_INGEST_FAILURES_TOTAL = "enforcer_analyst_ingest_failures_total"
 ANALYST_EVENTS_STORED = "enforcer_analyst_events_stored"
 ANALYST_FILES_SKIPPED_TOTAL = "enforcer_analyst_files_skipped_total"
 ANALYST_HOST_REFUSED_TOTAL = "enforcer_analyst_host_refused_total"
@@ -159,6 +160,11 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(ANALYST_INGEST_ERRORS_TOTAL, "counter", "Event lines skipped by the analyst.", (REASON,)),
         MetricSpec(
             ANALYST_EVENTS_DUPLICATE_TOTAL, "counter", "Events read again (same event.id) and not stored twice."
+        ),
+        MetricSpec(
+            ANALYST_INGEST_FAILURES_TOTAL,
+            "counter",
+            "Ingest polls that failed (a full disk, a store that cannot be written); /healthz names the last error.",
         ),
         MetricSpec(ANALYST_EVENTS_STORED, "gauge", "Events in the analyst's store."),
         MetricSpec(

@@ -31,6 +31,9 @@
 - Files: only regular files of at most ``max_file_bytes`` are opened (``lines.open_event_file``, non-blocking, so a
   FIFO cannot hang the thread); any other (a FIFO, ``/dev/zero``, a directory named like an event file, a file too
   large) is skipped, counted once in ``files_skipped`` by reason and logged once.
+- Failures: a poll that raises (a full disk, a store that cannot be written) is rolled back, counted in
+  ``poll_failures``, logged once per streak of the same error, and kept in ``last_error`` until a poll succeeds; the
+  thread retries every ``interval`` and the offsets it had not committed are read again, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -106,6 +109,11 @@ class _Batch:
     rows: int = 0
     inserted: int = 0
     duplicates: int = 0
+    lines: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # skipped lines by reason
+    problems: list[tuple[int, str | None]] = field(
+        default_factory=list
+    )  # (lines skipped, the first) per chunk, for the log
     states: dict[tuple[int, int], tuple[bytes, int, str]] = field(default_factory=dict)
     rollups: PendingRollups = field(default_factory=PendingRollups)  # upserted just before the commit
 
@@ -140,6 +148,11 @@ class Ingester:
         self.files_skipped: dict[str, int] = {}
         self._refused: set[tuple[str, str]] = set()  # (path, reason) already counted and logged
         self.polls = 0
+        # Polls that raised (a full disk, a store that cannot be written): ``last_error`` is the latest one's line
+        # until a poll succeeds again; /healthz and /metrics show both (ingestion stops, the service keeps serving).
+        self.poll_failures = 0
+        self.last_error: str | None = None
+        self._streak = 0
         self._conn: Any = None
         self._states: dict[tuple[int, int], tuple[bytes, int, str]] | None = None
         self._lock = threading.Lock()  # poll_once from a test and the thread must not interleave
@@ -180,12 +193,24 @@ class Ingester:
             try:
                 self.poll_once()
             except BrokenExecutor:
-                log.error("the event parser process died; starting a new one")
+                self._failed("the event parser process died; starting a new one")
                 self._parser.shutdown(wait=False, cancel_futures=True)
                 self._parser = self._new_parser()
-            except Exception:  # a broken file or a full disk must not end ingestion for good
-                log.exception("ingest poll failed; retrying")
+            except Exception as exc:  # a broken file or a full disk must not end ingestion for good
+                self._failed(f"ingest poll failed, retrying every {self.interval:g} s: {type(exc).__name__}: {exc}")
+            else:
+                if self.last_error is not None:
+                    log.warning("ingest works again after %d failed poll(s)", self._streak)
+                    self.last_error = None
             self._stop.wait(self.interval)
+
+    def _failed(self, line: str) -> None:
+        """Count a failed poll; log it once per streak of the same error (a full disk fails every poll, for hours)."""
+        self.poll_failures += 1
+        self._streak = self._streak + 1 if self.last_error is not None else 1
+        if line != self.last_error:
+            log.error("%s", line, exc_info=log.isEnabledFor(logging.DEBUG))
+        self.last_error = line
 
     # -- one pass ---------------------------------------------------------------------------------------------------
     def poll_once(self) -> int:
@@ -369,15 +394,16 @@ class Ingester:
         committed once it holds ``COMMIT_ROWS`` events or is ``COMMIT_SECONDS`` old, and at the end of the poll."""
         packed, errors, seen, first_bad, rollup = future.result()
         rows: list[Row] = pickle.loads(packed) if isinstance(packed, bytes) else packed
-        self.lines += seen
-        if errors:
-            for reason, n in errors.items():
-                self.errors[reason] = self.errors.get(reason, 0) + n
-            log.warning("skipped %d bad line(s); first: %s", sum(errors.values()), first_bad)
         batch = self._batch
         if batch is None:
             self._conn.execute("BEGIN IMMEDIATE")
             batch = self._batch = _Batch(time.monotonic())
+        # Counted and logged on commit: a rolled-back chunk is read again, and its bad lines must count once.
+        batch.lines += seen
+        if errors:
+            for reason, n in errors.items():
+                batch.errors[reason] = batch.errors.get(reason, 0) + n
+            batch.problems.append((sum(errors.values()), first_bad))
         enforcement = self.enforcement() if self.enforcement is not None else None
         inserted = Store.insert(self._conn, rows, enforcement, rollup, batch.rollups) if rows else 0
         Store.save_file_state(self._conn, ident, head, offset, str(path))
@@ -402,6 +428,11 @@ class Ingester:
         self._states.update(batch.states)
         self.ingested += batch.inserted
         self.duplicates += batch.duplicates
+        self.lines += batch.lines
+        for reason, n in batch.errors.items():
+            self.errors[reason] = self.errors.get(reason, 0) + n
+        for n, first_bad in batch.problems:
+            log.warning("skipped %d bad line(s); first: %s", n, first_bad)
 
     def _abort(self) -> None:
         """Roll the open ingest transaction back (a failed insert): its chunks are read again on the next poll."""

@@ -48,6 +48,7 @@ from ..metrics import (
     ANALYST_FILES_SKIPPED_TOTAL,
     ANALYST_HOST_REFUSED_TOTAL,
     ANALYST_INGEST_ERRORS_TOTAL,
+    ANALYST_INGEST_FAILURES_TOTAL,
     ANALYST_LEASE_LINES_SKIPPED_TOTAL,
     LAST_BLOCK_TIMESTAMP,
     NONCOMPLIANT_CLIENTS,
@@ -424,6 +425,7 @@ class _AnalystCollector(Collector):
         for name, value in (
             (ANALYST_EVENTS_INGESTED_TOTAL, ing.ingested),
             (ANALYST_EVENTS_DUPLICATE_TOTAL, ing.duplicates),
+            (ANALYST_INGEST_FAILURES_TOTAL, ing.poll_failures),
         ):
             c = CounterMetricFamily(name[: -len("_total")], SPECS[name].help)
             c.add_metric([], value)

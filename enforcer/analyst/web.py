@@ -276,9 +276,14 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.StreamResponse:
     ing: Ingester = request.app[ANALYST].ingester
     analyst: Analyst = request.app[ANALYST]
+    # Degraded is still 200: the page and the API keep answering from what is stored, and an orchestrator that
+    # restarted the analyst on it would take them away without freeing the disk. The alert is on the metric.
+    error = ing.last_error
     return _json(
         {
-            "status": "ok",
+            "status": "degraded" if error else "ok",
+            "ingest_error": error,
+            "ingest_failures": ing.poll_failures,
             "ingested": ing.ingested,
             "polls": ing.polls,
             "deleted": ing.deleted,
