@@ -62,9 +62,11 @@ def read_utf8(path: str | Path, limit: int, what: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        # exc.object, not data: after a BOM, utf-8-sig decodes (and counts exc.start in) the bytes that follow it.
+        undecoded = bytes(exc.object)
+        line = undecoded.count(b"\n", 0, exc.start) + 1
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-        hint = "it is UTF-16: save it as UTF-8" if utf16 else f"byte 0x{data[exc.start]:02x}: save it as UTF-8"
+        hint = "it is UTF-16: save it as UTF-8" if utf16 else f"byte 0x{undecoded[exc.start]:02x}: save it as UTF-8"
         raise ConfigError(f"{path}:{line}: {what} is not UTF-8 text ({hint})") from None
 
 

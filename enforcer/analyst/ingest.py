@@ -153,6 +153,7 @@ class Ingester:
         self.poll_failures = 0
         self.last_error: str | None = None
         self._streak = 0
+        self._last_line: str | None = None  # the full line logged for the current streak
         self._conn: Any = None
         self._states: dict[tuple[int, int], tuple[bytes, int, str]] | None = None
         self._lock = threading.Lock()  # poll_once from a test and the thread must not interleave
@@ -193,24 +194,31 @@ class Ingester:
             try:
                 self.poll_once()
             except BrokenExecutor:
-                self._failed("the event parser process died; starting a new one")
+                self._failed("the event parser process died; starting a new one", "the event parser process died")
                 self._parser.shutdown(wait=False, cancel_futures=True)
                 self._parser = self._new_parser()
             except Exception as exc:  # a broken file or a full disk must not end ingestion for good
-                self._failed(f"ingest poll failed, retrying every {self.interval:g} s: {type(exc).__name__}: {exc}")
+                self._failed(
+                    f"ingest poll failed, retrying every {self.interval:g} s: {type(exc).__name__}: {exc}",
+                    _public(exc),
+                    # An expected failure (the disk, the store) is one line; anything else is a bug: its stack.
+                    trace=not isinstance(exc, (sqlite3.Error, OSError)),
+                )
             else:
                 if self.last_error is not None:
                     log.warning("ingest works again after %d failed poll(s)", self._streak)
-                    self.last_error = None
+                    self.last_error = self._last_line = None
             self._stop.wait(self.interval)
 
-    def _failed(self, line: str) -> None:
-        """Count a failed poll; log it once per streak of the same error (a full disk fails every poll, for hours)."""
+    def _failed(self, line: str, public: str, trace: bool = False) -> None:
+        """Count a failed poll; log it once per streak of the same error (a full disk fails every poll, for hours).
+        ``public`` is what /healthz (no token) shows: no paths, no event data."""
         self.poll_failures += 1
         self._streak = self._streak + 1 if self.last_error is not None else 1
-        if line != self.last_error:
-            log.error("%s", line, exc_info=log.isEnabledFor(logging.DEBUG))
-        self.last_error = line
+        if line != self._last_line:
+            log.error("%s", line, exc_info=trace or log.isEnabledFor(logging.DEBUG))
+        self._last_line = line
+        self.last_error = public
 
     # -- one pass ---------------------------------------------------------------------------------------------------
     def poll_once(self) -> int:
@@ -451,6 +459,16 @@ class Ingester:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+
+def _public(exc: Exception) -> str:
+    """A failed poll in a line safe for an unauthenticated /healthz: SQLite's message names no file, an OSError's
+    reason without its path, anything else its type only (the log has the rest)."""
+    if isinstance(exc, sqlite3.Error):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or 'error'}"
+    return f"{type(exc).__name__} (see the analyst log)"
 
 
 def parse_chunk(body: bytes, path: str, offset: int, enforcement: Enforcement | None = None) -> Parsed:

@@ -49,7 +49,9 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  # a lease file larger than this is refused (
 _MAX_ID_CHARS = 512  # a DUID is at most 130 octets
 MAX_PROBLEMS = 100  # per read: the first ones are kept, the rest only counted
 _DETECT_LINES = 100
-_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes "²" and other digits int() refuses
+# str.isdigit() also takes "²" and other digits int() refuses; 19 digits hold any time, and int() of a long run
+# raises (over 4,300 digits) where one bad line must only be skipped.
+_DIGITS = re.compile(r"[0-9]{1,19}")
 _OCTAL = re.compile(r"[0-7]{3}")
 NOT_LEASES = "not a lease file (Kea memfile CSV, dhcpd.leases or dnsmasq.leases)"
 KEA, DHCPD, DNSMASQ = "kea", "dhcpd", "dnsmasq"
@@ -81,6 +83,7 @@ class ReadResult:
     leases: list[Lease] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # "PATH:LINE: message", the first MAX_PROBLEMS
     skipped: int = 0  # malformed lines, all of them
+    kea_columns: dict[str, int] | None = None  # a Kea file's header in force at its end: later lines are appended
 
     def problem(self, path: str, lineno: int, message: str) -> None:
         self.skipped += 1
@@ -172,6 +175,7 @@ def _read_kea(path: str, text: str, first_line: int, columns: dict[str, int] | N
         lease = _kea_row(path, lineno, row, cols, out)
         if lease is not None:
             out.leases.append(lease)
+    out.kea_columns = cols
     return out
 
 
@@ -210,7 +214,11 @@ def _kea_row(path: str, lineno: int, row: list[str], cols: dict[str, int], out: 
 
 # dhcpd.leases: blocks "lease ADDRESS { statement; ... }"; times "W YYYY/MM/DD HH:MM:SS" (UTC), "epoch N" or "never".
 _DHCPD_TIME = re.compile(r"(?:\d\s+)?(\d{4})/(\d{1,2})/(\d{1,2})\s+(\d{1,2}):(\d{2}):(\d{2})")
-_STATEMENT = re.compile(r'\s*([^;{}"]*(?:"(?:[^"\\]|\\.)*"[^;{}"]*)*)([;{}])')
+# Possessive: a tail with no terminator (a file cut short, spaces, NULs) fails once, not at every split of it.
+_STATEMENT = re.compile(r'\s*+([^;{}"]*+(?:"(?:[^"\\]|\\.)*+"[^;{}"]*+)*+)([;{}])')
+
+
+_COMMENT = re.compile(r"(?m)^[ \t\r\f\v]*#.*$")  # not \s, which also runs across newlines: quadratic in blank lines
 
 
 def _dhcpd_time(value: str) -> int | None:
@@ -270,7 +278,7 @@ def _read_dhcpd(path: str, text: str) -> ReadResult:
     block_line = 0
     pos = 0
     # Comments are whole lines in dhcpd.leases; strip them keeping the line count.
-    body = re.sub(r"(?m)^\s*#.*$", "", text)
+    body = _COMMENT.sub("", text)
     # Each statement matched where the last one ended: a search from every position (finditer) rescanned the whole
     # tail for each when it held no terminator (a file cut short, a crash's NUL bytes): minutes for 64 KB.
     while (m := _STATEMENT.match(body, pos)) is not None:
@@ -533,7 +541,8 @@ class LeaseFiles:
         else:
             result = read_leases(path, text, st.st_mtime_ns // 1000)
             state.offset = state.lines = 0
-            state.kea_columns = _kea_columns(text.split("\n", 1)[0].split(",")) if detect(text) == KEA else None
+        # The header _read_kea found (after a BOM, a bad first line): the file's next lines are read as appended.
+        state.kea_columns = result.kea_columns
         state.offset += len(data)
         state.lines += text.count("\n")
         state.key, state.head = key, head

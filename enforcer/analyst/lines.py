@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -216,9 +217,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# RFC 8259 JSON only: Python's json takes NaN and Infinity, which the API would then write back out as JSON no other
-# reader accepts.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON that Python reads as inf
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
+# RFC 8259 JSON only: Python's json takes NaN and Infinity (and reads 1e999 as inf), which the API would then write
+# back out as JSON no other reader accepts.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 
 def _loads(data: bytes | str) -> Any:

@@ -259,7 +259,7 @@ def test_lines_no_utf8_text_or_json_can_hold_are_skipped_and_ingest_goes_on(
     tmp_path: Path, policy, parser_process: bool
 ) -> None:
     """A lone surrogate escape (``\\udc80``: Python's json takes it, SQLite refuses the string) stopped the ingest for
-    good, every poll failing on the same transaction; NaN and Infinity (Python's json takes them too) came back out
+    good, every poll failing on the same transaction; NaN, Infinity and 1e999 (Python's json takes them) came back out
     of the API as JSON no other reader accepts. Each is an invalid_json line now, for the report as for the ingest,
     and the events around them are stored."""
     from enforcer.analyst.report import stream_report
@@ -272,14 +272,15 @@ def test_lines_no_utf8_text_or_json_can_hold_are_skipped_and_ingest_goes_on(
         lines[0].replace(ip, '"ip":"10.0.0.\\udc80"'),
         lines[1].replace(f'"ip":"{events[1].source_ip}"', '"ip":NaN'),
         lines[2].replace(f'"ip":"{events[2].source_ip}"', '"ip":-Infinity'),
+        lines[3].replace(f'"ip":"{events[3].source_ip}"', '"ip":1e999'),  # valid JSON, read by Python as inf
     ]
     path = tmp_path / "events.jsonl"
-    path.write_text("\n".join(bad + lines[3:]) + "\n", encoding="utf-8")
+    path.write_text("\n".join(bad + lines[4:]) + "\n", encoding="utf-8")
     store = Store(tmp_path / "s.sqlite")
     ing = Ingester(store, [path], parser_process=parser_process)
     try:
-        assert ing.poll_once() == 9
-        assert ing.errors == {"invalid_json": 3}
+        assert ing.poll_once() == 8
+        assert ing.errors == {"invalid_json": 4}
         # A surrogate pair is a character like any other.
         with path.open("a", encoding="utf-8") as fh:
             fh.write(lines[0].replace(ip, '"ip":"10.0.0.\\ud83d\\ude00"') + "\n")
@@ -287,6 +288,6 @@ def test_lines_no_utf8_text_or_json_can_hold_are_skipped_and_ingest_goes_on(
     finally:
         ing.stop()
         store.close()
-    assert sorted(_stored_ids(tmp_path / "s.sqlite")) == sorted(e.id for e in events[3:] + events[:1])
+    assert sorted(_stored_ids(tmp_path / "s.sqlite")) == sorted(e.id for e in events[4:] + events[:1])
     _tallies, stats = stream_report([path], enforcement=enforcement_of(policy))
-    assert (stats.events, stats.skipped) == (10, {"invalid_json": 3})
+    assert (stats.events, stats.skipped) == (9, {"invalid_json": 4})

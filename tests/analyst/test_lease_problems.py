@@ -103,6 +103,12 @@ def _kea(address: str, mac: str, hostname: str) -> str:
             + _kea("10.0.0.1", "02:00:00:00:0a:01", "a"),
             ":2: lifetime 100000000000000000000000000",
         ),
+        # int() of over 4,300 digits raises: the one line was a whole file unread (and the report stopped)
+        (
+            "dnsmasq.leases",
+            "9" * 5000 + " 02:00:00:00:0a:09 10.0.0.9 b *\n1999999999 02:00:00:00:0a:01 10.0.0.1 a *\n",
+            ":1: ",
+        ),
     ],
     ids=[
         "dnsmasq-superscript",
@@ -112,6 +118,7 @@ def _kea(address: str, mac: str, hostname: str) -> str:
         "kea-bom-crlf",
         "dnsmasq-bad-first",
         "kea-lifetime-over-32-bits",
+        "dnsmasq-5000-digit-expiry",
     ],
 )
 def test_a_malformed_lease_line_is_skipped_and_the_rest_read(
@@ -130,16 +137,38 @@ def test_a_malformed_lease_line_is_skipped_and_the_rest_read(
     assert len(files.book) == 1 and files.skipped == (problem is not None)
 
 
-def test_a_dhcpd_file_cut_short_is_read_in_linear_time(tmp_path: Path) -> None:
-    """A crash leaves a lease file ending in NUL bytes, with no ``;`` after them: each statement was searched for
-    from every position to the end (64 KB took a minute, 1 MB hours, and the analyst never started). Bounded by the
-    subprocess's timeout, so a regression fails instead of hanging the run."""
+@pytest.mark.parametrize("tail", [b"\0", b" "], ids=["nul", "spaces"])
+def test_a_dhcpd_file_cut_short_is_read_in_linear_time(tmp_path: Path, tail: bytes) -> None:
+    """A crash leaves a lease file ending in NUL bytes or spaces, with no ``;`` after them: each statement was
+    searched for from every position to the end (64 KB took a minute, 1 MB hours, and the analyst never started),
+    then the spaces split every way between two overlapping repeats. Bounded by the subprocess's timeout, so a
+    regression fails instead of hanging the run."""
     path = tmp_path / "dhcpd.leases"
     path.write_bytes(
         b"lease 10.0.0.1 {\n  starts 5 2024/03/01 00:00:00;\n  hardware ethernet 02:00:00:00:0a:01;\n}\n"
         + b"lease 10.0.0.2 {\n  starts 5 2024/03/01 00:00:00;"
-        + b"\0" * 1_000_000
+        + tail * 1_000_000
     )
     (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
     out = _report("--events", str(tmp_path / "e.jsonl"), "--leases", str(path))  # timeout=60
     assert out.returncode == 0 and f"first: {path}:6: unterminated lease block" in out.stderr, out.stderr
+
+
+def test_blank_lines_and_comments_of_a_dhcpd_file_are_read_in_linear_time(tmp_path: Path) -> None:
+    """The comment pattern's leading blanks ran across newlines: a run of blank lines with no comment after it took
+    hours, and one with a comment after it was deleted with the comment, so later problems named the wrong line."""
+    path = tmp_path / "dhcpd.leases"
+    lease = "lease 10.0.0.{n} {{\n  starts 5 2024/03/01 00:00:00;\n  hardware ethernet 02:00:00:00:0a:0{n};\n}}\n"
+    text = (
+        lease.format(n=1) + "\n" * 500_000 + "  # a comment\n" + lease.format(n=2)
+        + "\n" * 500_000 + "lease 10.0.0.3 {\n  starts 5 2024/03/01 00:00:00;"
+    )  # fmt: skip
+    path.write_text(text, encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
+    out = _report("--events", str(tmp_path / "e.jsonl"), "--leases", str(path))  # timeout=60
+    last = text.count("\n") + 1
+    assert out.returncode == 0 and f"first: {path}:{last}: unterminated lease block" in out.stderr, out.stderr
+    from enforcer.analyst.leases import load
+
+    files = load([str(path)])
+    assert len(files.book) == 2 and files.skipped == 1

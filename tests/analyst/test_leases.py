@@ -168,6 +168,21 @@ def test_follower_reads_appends_and_keeps_history_over_rewrites(tmp_path: Path) 
     assert files.book is book and "cannot read lease file" in files.problems[-1]  # last good leases kept
 
 
+@pytest.mark.parametrize("before", ["\ufeff", "not,a,header\n"], ids=["bom", "bad-first-line"])
+def test_follower_reads_only_the_appended_lines_after_a_bom_or_a_bad_first_line(tmp_path: Path, before: str) -> None:
+    """The header Kea's lines are read by is the one the reader found, wherever it is: with a BOM or a bad line in
+    front of it, each append made the follower read the whole file again (up to 512 MB on every change)."""
+    path = _write(
+        tmp_path / "kea-leases4.csv", before + KEA4_HEAD + f"10.0.0.1,aa:bb:cc:00:00:01,,3600,{T + 3600},1,0,0,a,0,\n"
+    )
+    files = LeaseFiles([str(path)])
+    assert files.refresh() == 1
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(f"10.0.0.2,aa:bb:cc:00:00:02,,3600,{T + 3600},1,0,0,b,0,\n")
+    assert files.refresh() == 1  # the line appended, not both leases again
+    assert files.book.at("10.0.0.2", T * US).hostname == "b"  # type: ignore[union-attr]
+
+
 def test_book_is_bounded() -> None:
     book = LeaseBook(max_leases=100)
     for i in range(1000):

@@ -264,12 +264,17 @@ def test_cli_report_errors(tmp_path: Path) -> None:
     [
         # An Excel CSV in a Windows code page (a French owner name), and one saved as "Unicode text" (UTF-16).
         (b"device,owner,unit,cidr\nphone,H\xe9l\xe8ne Roy,Finances,10.0.0.1/32\n", "inv.csv:2: inventory is not UTF-8"),
+        # The same after a BOM: the line and the byte are counted in the file, not after the BOM.
+        (
+            b"\xef\xbb\xbfdevice,owner,unit,cidr\nphone,H\xe9l\xe8ne Roy,Finances,10.0.0.1/32\n",
+            "inv.csv:2: inventory is not UTF-8 text (byte 0xe9",
+        ),
         ("device,owner,unit,cidr\n".encode("utf-16"), "inv.csv:1: inventory is not UTF-8 text (it is UTF-16"),
         (None, "inv.csv:1: cannot read inventory: not a regular file (a FIFO)"),
         # A field over the csv module's limit (csv.Error)
         (b'device,owner,unit,cidr\nphone,"' + b"x" * 200_000 + b'",u,10.0.0.1/32\n', "inv.csv:2: not a CSV line"),
     ],
-    ids=["cp1252", "utf16", "fifo", "huge-field"],
+    ids=["cp1252", "cp1252-bom", "utf16", "fifo", "huge-field"],
 )
 def test_cli_unreadable_inventory_is_one_line(tmp_path: Path, content: bytes | None, expected: str) -> None:
     (tmp_path / "e.jsonl").write_text("", encoding="utf-8")
