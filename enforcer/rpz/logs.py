@@ -17,25 +17,32 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from typing import BinaryIO
 from zoneinfo import ZoneInfo
 
 from ..events import EventWriter, HitEvent, install_reopen_signal
 from ..policy.matcher import Policy
 
+MAX_LINE_BYTES = 16 * 1024  # BIND and Unbound hit lines are under 1 KB; a longer line is not one
+READ_BYTES = 64 * 1024
+FOLLOW_POLL = 0.5  # seconds between looks at a followed log that has nothing new
+
 UNBOUND_RE = re.compile(
-    r"rpz: applied (?:\[(?P<logname>[^\]]*)\] )?(?:(?P<trigger>client-ip|nsip|nsdname|response-ip|qname) )?"
+    r"rpz: applied (?:\[(?P<logname>[^\]]{0,255})\] )?(?:(?P<trigger>client-ip|nsip|nsdname|response-ip|qname) )?"
     r"(?P<via>\S+) (?P<action>\S+) (?P<ip>[0-9A-Fa-f:.]+)@(?P<port>\d+) (?P<qname>\S+) (?P<qtype>\S+) (?P<qclass>\S+)"
 )
 UNBOUND_EPOCH_RE = re.compile(r"^\[(?P<epoch>\d+)\]")
 BIND_RE = re.compile(
-    r"client (?:@0x[0-9a-f]+ )?(?P<ip>[0-9A-Fa-f:.]+)#(?P<port>\d+) \((?P<qname>[^)]*)\): (?:view \S+: )?"
+    r"client (?:@0x[0-9a-f]+ )?(?P<ip>[0-9A-Fa-f:.]+)#(?P<port>\d+) \((?P<qname>[^)]{0,1100})\): (?:view \S+: )?"
     r"rpz (?P<trigger>QNAME|IP|NSIP|NSDNAME|CLIENT-IP) (?P<action>\S+) rewrite "
     r"(?P<name>[^/]+)/(?P<qtype>[^/]+)/(?P<qclass>\S+) via (?P<via>\S+)"
 )
@@ -166,6 +173,10 @@ def convert(
 # -- enforcer rpz-log ------------------------------------------------------------------------------------------------
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("logs", nargs="+", metavar="LOG", help="BIND or Unbound log files ('-' for standard input)")
     p.add_argument("--engine", required=True, choices=ENGINES, help="which software wrote the logs")
@@ -176,25 +187,98 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--follow", action="store_true", help="keep reading appended lines (like tail -f)")
 
 
-def _follow(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        while True:
-            line = fh.readline()
-            if line:
-                yield line
+class LineReader:
+    """Whole lines of a byte stream, each at most ``MAX_LINE_BYTES``: a longer one is skipped without being held
+    (counted in ``oversize``), so one runaway line can neither fill memory nor feed the patterns a megabyte."""
+
+    def __init__(self) -> None:
+        self.oversize = 0
+        self._buf = b""
+        self._skipping = False  # inside a line already over the limit: drop up to its newline
+
+    def feed(self, data: bytes) -> Iterator[str]:
+        """The lines ``data`` completes; the unterminated rest waits for the next ``feed`` (a line being written)."""
+        buf = self._buf + data
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            if self._skipping:
+                self._skipping = False
+            elif end - start <= MAX_LINE_BYTES:
+                yield buf[start:end].decode("utf-8", "replace")
             else:
-                time.sleep(0.5)
+                self.oversize += 1
+            start = end + 1
+        rest = buf[start:]
+        if len(rest) > MAX_LINE_BYTES:
+            if not self._skipping:
+                self.oversize += 1
+            self._skipping, rest = True, b""
+        self._buf = rest
+
+    def drop(self) -> None:
+        """Forget the unterminated rest (the file it came from was truncated)."""
+        self._buf, self._skipping = b"", False
+
+    def end(self) -> Iterator[str]:
+        """The last line of a file that will not grow (read to its end, or rotated away), even without a newline."""
+        if self._buf and not self._skipping:
+            yield self._buf.decode("utf-8", "replace")
+        self._buf, self._skipping = b"", False
 
 
-def _lines(paths: list[str], follow: bool) -> Iterator[str]:
+def _read(fh: BinaryIO, reader: LineReader) -> Iterator[str]:
+    while chunk := fh.read(READ_BYTES):
+        yield from reader.feed(chunk)
+
+
+def _follow(path: Path, reader: LineReader, poll: float = FOLLOW_POLL) -> Iterator[str]:
+    """Lines appended to ``path``, like ``tail -F``: a line being written is held until its newline; when the log
+    is rotated (renamed and created again by logrotate or rsyslog) the old file is read to its end and the new one
+    from its start; a file truncated in place (``copytruncate``) is read again from its start, as ``tail -F`` does
+    once it is seen shorter than what was read (lines that regrow it past that within one poll are missed)."""
+    fh = path.open("rb")
+    try:
+        while True:
+            data = fh.read(READ_BYTES)
+            if data:
+                yield from reader.feed(data)
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                st = None  # between the rename and the new file: keep the old one until it appears
+            ident = os.fstat(fh.fileno())
+            if st is not None and (st.st_dev, st.st_ino) != (ident.st_dev, ident.st_ino):
+                try:
+                    new = path.open("rb")
+                except OSError:
+                    new = None  # gone again: look at the next poll
+                if new is not None:
+                    yield from _read(fh, reader)  # what was written before the rename
+                    yield from reader.end()
+                    fh.close()
+                    fh = new
+                    continue
+            elif st is not None and st.st_size < fh.tell():
+                reader.drop()  # the half line before the truncation went with it
+                fh.seek(0)
+                continue
+            time.sleep(poll)
+    finally:
+        fh.close()
+
+
+def _lines(paths: list[str], follow: bool, reader: LineReader) -> Iterator[str]:
     for p in paths:
         if p == "-":
-            yield from sys.stdin
+            yield from _read(sys.stdin.buffer, reader)
+            yield from reader.end()
         elif follow:
-            yield from _follow(Path(p))
+            yield from _follow(Path(p), reader)
         else:
-            with open(p, encoding="utf-8", errors="replace") as fh:
-                yield from fh
+            with open(p, "rb") as fh:
+                yield from _read(fh, reader)
+            yield from reader.end()
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -219,9 +303,12 @@ def run(command: str, args: argparse.Namespace) -> int:
     writer = EventWriter(args.events)
     # logrotate's postrotate may send SIGUSR1 to every enforcer process: reopen, never die of it.
     install_reopen_signal()
+    # A service manager stops with SIGTERM: end like Ctrl-C, so that the queued events are written.
+    signal.signal(signal.SIGTERM, _interrupt)
     written = skipped = 0
+    reader = LineReader()
     try:
-        for event in convert(_lines(args.logs, args.follow), args.engine, policy, tz, args.observer):
+        for event in convert(_lines(args.logs, args.follow, reader), args.engine, policy, tz, args.observer):
             if event is None:
                 skipped += 1
             elif writer.emit(event):
@@ -233,8 +320,9 @@ def run(command: str, args: argparse.Namespace) -> int:
         pass
     finally:
         writer.close()
+    oversize = f", {reader.oversize} line(s) over {MAX_LINE_BYTES} bytes skipped" if reader.oversize else ""
     print(
-        f"rpz-log: {written} event(s) written to {args.events}, {skipped} hit(s) not matched by the policy",
+        f"rpz-log: {written} event(s) written to {args.events}, {skipped} hit(s) not matched by the policy{oversize}",
         file=sys.stderr,
     )
     return 0 if writer.dropped == 0 else 1

@@ -141,3 +141,70 @@ def test_follow_survives_sigusr1_and_writes_to_the_new_file(tmp_path: Path) -> N
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "2 event(s) written" in err
+
+
+def _bind_from(client: str) -> str:
+    return BIND.replace("10.20.0.8", client)
+
+
+def _clients(path: Path) -> list[str]:
+    return [e["source"]["ip"] for e in iter_events(path)] if path.exists() else []
+
+
+def test_follow_waits_for_whole_lines_and_follows_rotation_truncation_and_sigterm(tmp_path: Path) -> None:
+    """``--follow`` on a log that rsyslog writes and logrotate rotates: a line caught half-written was read as two
+    lines (the hit lost), and after the first rotation the follower read the renamed file for ever (every later hit
+    lost). SIGTERM (a service manager's stop) ended it without writing what was queued."""
+    log = tmp_path / "named.log"
+    log.write_text(_bind_from("10.20.0.1") + "\n")
+    out = tmp_path / "rpz.jsonl"
+    argv = [sys.executable, "-m", "enforcer", "rpz-log", "--engine", "bind", "--follow", "--events", str(out),
+            "--blocklist", str(BLOCKLISTS), str(log)]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def have(*clients: str) -> bool:
+            assert proc.poll() is None, "rpz-log ended"
+            return _clients(out) == list(clients)
+
+        eventually(lambda: have("10.20.0.1"), 20.0, 0.1)
+        line = _bind_from("10.20.0.2")
+        with log.open("a") as fh:
+            fh.write(line[:60])
+        time.sleep(1.5)  # three polls over the half line
+        with log.open("a") as fh:
+            fh.write(line[60:] + "\n")
+        eventually(lambda: have("10.20.0.1", "10.20.0.2"), 20.0, 0.1)
+        # logrotate's create: rename, the writer's last line still goes to the old file, then a new file.
+        log.rename(tmp_path / "named.log.1")
+        with (tmp_path / "named.log.1").open("a") as fh:
+            fh.write(_bind_from("10.20.0.3") + "\n")
+        log.write_text(_bind_from("10.20.0.4") + "\n" + "28-Nov-2026 20:57:36.001 general: info: not a hit\n" * 20)
+        eventually(lambda: have("10.20.0.1", "10.20.0.2", "10.20.0.3", "10.20.0.4"), 20.0, 0.1)
+        # copytruncate: the same file (a day of lines), emptied in place, then written from its start.
+        with log.open("r+") as fh:
+            fh.truncate(0)
+        log.write_text(_bind_from("10.20.0.5") + "\n")
+        eventually(lambda: have("10.20.0.1", "10.20.0.2", "10.20.0.3", "10.20.0.4", "10.20.0.5"), 20.0, 0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "5 event(s) written" in err
+
+
+def test_a_runaway_line_is_skipped_without_stalling_the_patterns(tmp_path: Path) -> None:
+    """A line of a megabyte (a torn log, a hostile file) was held whole and searched from each of its thousands of
+    ``client`` words to its end; it is skipped and counted, and the lines around it are read."""
+    log = tmp_path / "named.log"
+    runaway = "client 10.0.0.1#1 (" * 60_000
+    log.write_text(f"{_bind_from('10.20.0.1')}\n{runaway}\n{_bind_from('10.20.0.2')}\n{runaway}")
+    out = tmp_path / "rpz.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "enforcer", "rpz-log", "--engine", "bind", "--events", str(out),
+         "--blocklist", str(BLOCKLISTS), str(log)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert _clients(out) == ["10.20.0.1", "10.20.0.2"]
+    assert "2 event(s) written" in proc.stderr and "2 line(s) over 16384 bytes skipped" in proc.stderr
