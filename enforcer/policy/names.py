@@ -22,6 +22,9 @@ _ASCII_NAME_RE = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z
 _BAD_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}
 
 
+_IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
 class InvalidName(ValueError):
     """A domain name that cannot be a DNS name; the message says why."""
 
@@ -46,14 +49,17 @@ def normalize_name(name: str) -> str:
     if not isinstance(name, str):
         raise InvalidName(f"expected a domain name, got {type(name).__name__}")
     n = name.strip()
+    if not n.isascii():
+        # The dots IDNA reads as "." (the stdlib codec's, which getaddrinfo applies), mapped before the trailing one
+        # is stripped: "weixin.qq.com\u3002" is weixin.qq.com to the resolver, and must be to the matcher.
+        n = n.translate(_IDNA_DOTS)
     if n.endswith("."):
         n = n[:-1]
     if not n:
         raise InvalidName("empty domain name")
     if not n.isascii():
-        # IDNA 2003 via the stdlib codec; it maps full-width dots and case too.
-        labels = n.replace("\u3002", ".").replace("\uff0e", ".").replace("\uff61", ".").split(".")
-        n = ".".join(_idna_label(lbl) if lbl and not lbl.isascii() else lbl for lbl in labels)
+        # IDNA 2003 via the stdlib codec; it maps case too.
+        n = ".".join(_idna_label(lbl) if lbl and not lbl.isascii() else lbl for lbl in n.split("."))
     n = n.lower()
     if len(n) > MAX_NAME:
         raise InvalidName(f"domain name longer than {MAX_NAME} characters ({len(n)})")
@@ -94,7 +100,14 @@ def fast_key(name: str) -> str:
     try:
         return normalize_name(name)
     except InvalidName:
-        return name.lower().rstrip(".")
+        pass
+    # Not a valid name, but maybe one getaddrinfo still resolves: key it as the resolver would be asked (the stdlib
+    # IDNA codec's output), so that no spelling of a listed name reaches it unjudged.
+    try:
+        n = name.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return name.lower().rstrip(".")  # no resolver is asked this either: Python cannot encode it
+    return n[:-1] if n.endswith(".") else n
 
 
 def parents(name: str) -> list[str]:

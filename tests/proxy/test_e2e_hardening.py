@@ -136,6 +136,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
                 "good.test": ["127.0.0.1"],
                 "dldir1.qq.com": ["127.0.0.1"],
                 "example.com": ["127.0.0.1"],
+                "weixin.qq.com": ["127.0.0.1"],  # a fail-open reaches the local origins, never the real host
             }
         )
         origins = OriginThread()
@@ -191,6 +192,20 @@ def test_blocked_literal_shows_the_page_over_tls_in_regular_mode(net: Net) -> No
     assert status(head) == 200 and status(page) == 403, (head[:200], page[:300])
     assert header(page, "X-Enforcer-Rule") == "kaspersky:cidr:77.74.176.0/21" and b"Kaspersky" in page
     assert not net.plain_local.reached_blocked() and not net.tls_local.reached_blocked()
+
+
+def test_a_name_ending_in_an_ideographic_full_stop_is_the_name(net: Net) -> None:
+    """``xn--com-bz3b`` is ``com\u3002``: mitmproxy reads the host as ``weixin.qq.com\u3002`` and getaddrinfo (IDNA)
+    asks DNS for weixin.qq.com; the matcher stripped the trailing dot before mapping the full stop, so no name rule
+    matched and the proxy connected. (The UTF-8 spelling itself mitmproxy refuses as a bad request line.)"""
+    host = "weixin.qq.xn--com-bz3b"
+    before = (len(net.plain_local.addresses), len(net.tls_local.addresses))
+    out = _get(net, f"http://{host}:{net.plain.port}/x")
+    assert status(out) == 403 and header(out, "X-Enforcer-Rule") == "wechat:domain:weixin.qq.com", out[:300]
+    head, page = tunnel_get(net.port, f"{host}:{net.tls.port}")
+    assert status(head) == 200 and status(page) == 403, (head[:200], page[:200])
+    assert header(page, "X-Enforcer-Rule") == "wechat:domain:weixin.qq.com", page[:200]
+    assert (len(net.plain_local.addresses), len(net.tls_local.addresses)) == before  # no origin was dialled
 
 
 def test_name_resolving_into_a_blocked_range_never_connects(net: Net) -> None:
