@@ -28,6 +28,7 @@ from enforcer.policy.model import AppPolicy, TextField, primary_tag
 STATUS = 403
 ERROR_RULE = "enforcer:error"
 BAD_REQUEST_RULE = "enforcer:bad-host"
+PATH_TOO_LONG_RULE = "enforcer:path-too-long"
 LANGUAGES = ("en", "fr")  # Canada's two official languages; the first is the default
 DEFAULT_LANGUAGE = LANGUAGES[0]
 MAX_ACCEPT_LANGUAGE = 4096  # characters of Accept-Language read (a header is a few dozen; the rest is ignored)
@@ -119,6 +120,27 @@ refusée.</p>
 </body>
 </html>
 """
+
+
+_TOO_LONG_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Request path too long</title></head>
+<body>
+<h1>Request path too long</h1>
+<p>This server's requests are checked against the network's policy, which reads paths of up to {limit} characters;
+this one is longer, so it was refused: <code>{why}</code></p>
+<section lang="fr">
+<h2>Chemin de requête trop long</h2>
+<p>Les requêtes vers ce serveur sont vérifiées selon la politique du réseau, qui lit les chemins d\u2019au plus
+{limit} caractères\u00a0; celui-ci est plus long, la requête a donc été refusée.</p>
+</section>
+</body>
+</html>
+"""
+
+
+def render_path_too_long(why: str, limit: int) -> bytes:
+    return _TOO_LONG_PAGE.format(why=html.escape(why), limit=limit).encode("utf-8")
 
 
 _TARGET = "\x00target\x00"

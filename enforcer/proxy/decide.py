@@ -30,6 +30,7 @@ from typing import Any
 
 from enforcer.net import IPAddress, strip_zone
 from enforcer.policy import Match, Policy
+from enforcer.policy.urlrules import MAX_PATH
 
 # Outcomes of enforcer_proxy_flows_total (bounded label values).
 ALLOWED = "allowed"
@@ -57,6 +58,11 @@ class UnparsableRequest(ValueError):
 
 class BadHost(ValueError):
     """A Host or :authority that different servers would read differently: refused with 400, never forwarded."""
+
+
+class PathTooLong(ValueError):
+    """A path longer than the url/store rules read (``urlrules.MAX_PATH``) to a host they may apply to: refused
+    with 414, never forwarded (padding before the part that matters would otherwise put it past what is judged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +211,13 @@ def match_request(
 ) -> tuple[Match | None, str]:
     """Decide a request against each host it names. Returns (match, url): a block match wins over allow/none.
 
-    Raises UnparsableRequest when none of the hosts makes a URL the matcher can read.
+    Raises UnparsableRequest when none of the hosts makes a URL the matcher can read, PathTooLong for a path
+    longer than the url/store rules read to a host they may apply to.
     """
+    size = path.find("?")
+    size = len(path) if size < 0 else size
+    if size > MAX_PATH and any(policy.has_url_rules(h, any_host=True) for h in hosts):
+        raise PathTooLong(f"a path of {size} characters, over the {MAX_PATH} the URL rules read")
     first: tuple[Match | None, str] | None = None
     for host in hosts:
         url = url_for(scheme, host, port, path)

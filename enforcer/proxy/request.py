@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from enforcer.policy.urlrules import MAX_PATH
 from enforcer.proxy import responses
 from enforcer.proxy.decide import (
     ALLOWED,
@@ -24,6 +25,7 @@ from enforcer.proxy.decide import (
     ERROR,
     INVALID,
     BadHost,
+    PathTooLong,
     UnparsableRequest,
     request_hosts,
     url_for,
@@ -69,6 +71,9 @@ class RequestJudge:
         except BadHost as exc:
             rt.flows.inc((INVALID,))
             rt.refuse(flow, {"outcome": INVALID, "reason": str(exc)}, responses.bad_request(str(exc)))
+        except PathTooLong as exc:
+            rt.flows.inc((INVALID,))
+            rt.refuse(flow, {"outcome": INVALID, "reason": str(exc)}, responses.path_too_long(str(exc), MAX_PATH))
         except UnparsableRequest:
             rt.flows.inc((INVALID,))
             rt.refuse(flow, {"outcome": INVALID}, responses.error(req.host_header or req.host))

@@ -45,6 +45,11 @@ def bad_request(why: str) -> http.Response:
     return _response(400, b"Bad Request", blockpage.BAD_REQUEST_RULE, body, (b"connection", b"close"))
 
 
+def path_too_long(why: str, limit: int) -> http.Response:
+    body = blockpage.render_path_too_long(why, limit)
+    return _response(414, b"URI Too Long", blockpage.PATH_TOO_LONG_RULE, body, (b"connection", b"close"))
+
+
 def sinkhole(request: dns.Message) -> dns.Message:
     """The resolver's default ``null`` answer: A 0.0.0.0 / AAAA ::, NODATA for every other type."""
     question = request.question

@@ -33,6 +33,7 @@ import dnslib
 import pytest
 
 from enforcer.events import iter_events
+from enforcer.policy.urlrules import MAX_PATH
 from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, require_tool
 from tests.netns import loopback_only_netns
 from tests.proxy.origins import OriginThread, PlainOrigin, TlsOrigin, make_cert
@@ -301,6 +302,29 @@ def test_path_variants_blocked_over_http1_and_http2(net: Net, path: str, tmp_pat
     got = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=30)
     assert got.stdout == "2 403", (path, got.stdout, got.stderr)
     assert len(net.plain.rec.requests) + len(net.tls.rec.requests) == before
+
+
+@pytest.mark.parametrize(
+    "pad", ["a/../", "./", "/", "%2e/", "x;p/../"], ids=["dotdot", "dot", "slash", "escaped", "params"]
+)
+def test_a_path_padded_past_what_the_rules_read_is_refused(net: Net, pad: str) -> None:
+    """Paths were judged on their first 8 KiB: padding that an origin folds away (dot segments, slashes) pushed
+    ``weixin/`` past the cut and the download was served. Past it, the proxy refuses (414) instead of guessing."""
+    path = "/" + pad * (MAX_PATH // len(pad) + 1) + "weixin/x.apk"
+    before = len(net.plain.rec.requests) + len(net.tls.rec.requests)
+    out = _get(net, f"http://dldir1.qq.com:{net.plain.port}{path}")
+    assert status(out) == 414 and header(out, "X-Enforcer-Rule") == "enforcer:path-too-long", out[:300]
+    curl = require_tool("curl")
+    cmd = [curl, "-s", "--path-as-is", "--http2", "--cacert", str(net.ca), "-x", f"http://127.0.0.1:{net.port}"]
+    cmd += ["-o", os.devnull, "-w", "%{http_version} %{http_code}", "--max-time", "15"]
+    got = subprocess.run(
+        [*cmd, f"https://dldir1.qq.com:{net.tls.port}{path}"], capture_output=True, text=True, timeout=30
+    )
+    assert got.stdout == "2 414", (got.stdout, got.stderr)
+    assert len(net.plain.rec.requests) + len(net.tls.rec.requests) == before
+    # A long query is not a long path: it is read whole (store rules read its parameters) and passed.
+    out = _get(net, f"http://good.test:{net.plain.port}/ok?q=" + "a" * 20_000)
+    assert status(out) == 200, out[:300]
 
 
 # -- 4. Host header anomalies ------------------------------------------------------------------------------------
