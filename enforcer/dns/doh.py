@@ -175,7 +175,9 @@ class _DohProtocol(asyncio.Protocol):
     def _idle_check(self) -> None:
         idle = self.server.gate.limits.idle_timeout
         quiet = self.loop.time() - self.last
-        busy = self.h2 is not None and bool(self.h2.streams)
+        # Busy only while we owe an answer: a request left unfinished (HEADERS without END_STREAM) or an answer the
+        # client's windows hold back kept the connection, and its slot in the gate, for ever.
+        busy = self.h2 is not None and self.h2.waiting()
         if quiet >= idle and not busy:
             self.server.gate.count("doh", "idle_timeout")
             if self.transport is not None:
@@ -222,7 +224,12 @@ class _DohProtocol(asyncio.Protocol):
             self.loop.call_soon(self._close_after_flush)
 
     async def _later(self, stream_id: int, result: Awaitable[tuple[int, bytes]]) -> None:
-        self._answer(stream_id, *(await result))
+        try:
+            answer = await result
+        finally:
+            if self.h2 is not None:
+                self.h2.done(stream_id)  # answered below, or never: either way no longer in flight
+        self._answer(stream_id, *answer)
 
     def _answer(self, stream_id: int, status: int, payload: bytes) -> None:
         h2 = self.h2

@@ -4,7 +4,8 @@
   WINDOW_UPDATE so clients never wait on our receive window); ``receive(data)`` parses the frames of one read and
   returns the requests it completed as ``(stream_id, headers, body)`` (``headers``: only ``:method``, ``:path`` and
   ``content-type``, as ``str``); what the protocol itself must answer (SETTINGS ACK, PING ACK, WINDOW_UPDATE,
-  RST_STREAM REFUSED_STREAM beyond ``max_streams``) accumulates in ``out`` (``take()`` returns and empties it).
+  RST_STREAM REFUSED_STREAM beyond ``max_streams`` streams open or still being answered after the client reset
+  them) accumulates in ``out`` (``take()`` returns and empties it).
   ``respond(stream_id, status, body, max_age)``: one answer as bytes, HEADERS + DATA together (the caller writes it
   as one TLS record), or ``b""`` when the stream was reset; when the peer's flow-control windows cannot take the
   whole body, what fits goes now and the rest when a WINDOW_UPDATE opens them (then it comes out of ``take()``).
@@ -124,6 +125,10 @@ class H2Server:
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.streams: dict[int, _Stream] = {}
+        # Streams the client reset after their request was handed out, still being answered: they count against
+        # max_streams until ``respond`` (or ``done``), or a client resetting each request at once (HTTP/2 "rapid
+        # reset") would have any number of queries in flight on one connection.
+        self.working: set[int] = set()
         self.last_stream = 0  # the highest stream id the client opened
         self.preface_seen = False
         self.settings_seen = False
@@ -225,7 +230,9 @@ class H2Server:
             if not stream_id or len(payload) != 4:
                 raise H2Error(FRAME_SIZE_ERROR if len(payload) != 4 else PROTOCOL_ERROR, "bad RST_STREAM")
             self._idle_check(stream_id)
-            self.streams.pop(stream_id, None)
+            stream = self.streams.pop(stream_id, None)
+            if stream is not None and stream.complete and stream_id not in self.blocked:
+                self.working.add(stream_id)
         elif kind == PRIORITY:
             if not stream_id:
                 raise H2Error(PROTOCOL_ERROR, "PRIORITY on stream 0")
@@ -321,7 +328,7 @@ class H2Server:
         self.last_stream = stream_id
         if self.goaway_received:
             return
-        if len(self.streams) >= self.max_streams:
+        if len(self.streams) + len(self.working) >= self.max_streams:
             self.stream_limit += 1
             self.out.append(frame(RST_STREAM, 0, stream_id, _HEAD.pack(REFUSED_STREAM)))
             return
@@ -427,6 +434,7 @@ class H2Server:
         a 200's ``cache-control``. A body the windows cannot take whole leaves in parts (``take()``)."""
         stream = self.streams.get(stream_id)
         if stream is None:
+            self.working.discard(stream_id)
             return b""
         n = len(body)
         key = (status, n, max_age if status == 200 else None)
@@ -448,6 +456,15 @@ class H2Server:
         stream.pending = body
         self.blocked.append(stream_id)
         return frame(HEADERS, END_HEADERS, stream_id, block) + self._send_pending()
+
+    def done(self, stream_id: int) -> None:
+        """The work on ``stream_id`` ended without an answer (it raised): it no longer counts as in flight."""
+        self.working.discard(stream_id)
+
+    def waiting(self) -> bool:
+        """Whether a request is whole and waits for our answer (the upstream's: bounded by its timeout). A request
+        the client has not finished, or an answer its windows hold back, is the client's to move."""
+        return bool(self.working) or any(s.complete and not s.pending for s in self.streams.values())
 
     def _unblock(self) -> None:
         if self.blocked:

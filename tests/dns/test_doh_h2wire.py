@@ -8,7 +8,9 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import h2.config  # type: ignore[import-untyped]
@@ -240,6 +242,40 @@ def test_client_reset_drops_the_answer_and_oversized_body_gets_413() -> None:
     assert p.response(3) == ({":status": "413", "content-length": "0"}, b"", True)
 
 
+def test_rapid_reset_streams_count_until_answered() -> None:
+    """HTTP/2 "rapid reset": each request reset as soon as it is sent. The reset stream left the count of open
+    streams while its query was still being answered, so one connection had any number in flight (1,000 with a cap
+    of 100) and could take every forwarder slot. It counts until its answer (dropped) or its end."""
+    p = Pair(max_streams=4)
+    for sid in range(1, 21, 2):
+        p.client.send_headers(sid, POST)
+        p.client.send_data(sid, QUERY, end_stream=True)
+        p.client.reset_stream(sid)
+    p.pump()
+    assert [r[0] for r in p.requests] == [1, 3, 5, 7] and p.server.stream_limit == 6
+    assert p.server.waiting()  # four queries still owe an answer
+    assert p.server.respond(1, 200, b"late", 1) == b""  # dropped: the client reset it
+    p.server.done(3)  # the work for 3 ended without an answer
+    for sid in (21, 23, 25):
+        p.client.send_headers(sid, POST)
+        p.client.send_data(sid, QUERY, end_stream=True)
+    p.pump()
+    assert [r[0] for r in p.requests] == [1, 3, 5, 7, 21, 23] and p.server.stream_limit == 7
+
+
+def test_waiting_means_an_answer_is_owed() -> None:
+    """The idle timer keeps a connection while we owe an answer, not while the client owes the rest of a request."""
+    p = Pair()
+    p.client.send_headers(1, POST)  # no END_STREAM: the body never comes
+    p.pump()
+    assert p.server.streams and not p.server.waiting()
+    p.client.send_data(1, QUERY, end_stream=True)
+    p.pump()
+    assert p.server.waiting()
+    p.to_client(p.server.respond(1, 200, b"one", 1))
+    assert not p.server.waiting()
+
+
 def test_goaway_from_the_client_is_noted() -> None:
     p = Pair()
     p.client.close_connection()
@@ -387,3 +423,25 @@ def test_min_ttl_matches_dnspython_and_the_memo_follows_the_bytes() -> None:
             assert doh.min_ttl(reply.to_wire()) == (min(ttls) if ttls else 0)
     assert doh.min_ttl(b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x07broken") == 0  # cut short
     assert len(doh._TTLS) <= doh.TTL_MEMO
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_resolver_closes_a_connection_whose_request_never_ends(tmp_path: Path) -> None:
+    """HEADERS without END_STREAM, then silence: the connection (and its place under the per-source cap) was held
+    for ever; it is closed after --tls-idle-timeout like any idle one."""
+    up = FakeUpstream()
+    r = EncResolver(tmp_path, up.address, "--tls-idle-timeout", "1")
+    try:
+        with _h2_socket(r.doh_port) as sock:
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            client.send_headers(1, POST)
+            sock.sendall(client.data_to_send())
+            started = time.monotonic()
+            _read_until_closed(sock)  # the socket's own timeout (10 s) fails the test if it is never closed
+            assert time.monotonic() - started < 9
+        assert r.metric("enforcer_dns_encrypted_connections_total", transport="doh", outcome="idle_timeout") >= 1
+    finally:
+        r.stop()
+        up.close()
