@@ -40,6 +40,7 @@ class UrlPattern:
     specificity: int
     text: str
     path_ci: re.Pattern[str] | None = None  # the same glob, case-insensitive (None: ``path`` already is)
+    lists: bool = False  # a query value may be a comma-separated list (iTunes lookup?id=1,414478124)
 
     def matches(
         self, scheme: str, path: str, params: dict[str, list[str]], method: str | None, *, fold: bool = False
@@ -53,9 +54,15 @@ class UrlPattern:
             return False
         for key, value in self.query:
             values = params.get(key)
-            if values is None or value not in values:
+            if values is None:
+                return False
+            if value not in values and not (self.lists and any(value in _items(v) for v in values if "," in v)):
                 return False
         return True
+
+
+def _items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +237,12 @@ def compile_store_rule(rule: Rule, stores: dict[str, tuple[str, ...]]) -> list[U
     """Expand ``store: {google_play, apple, tencent}`` into the store pages and downloads of those apps."""
     out: list[UrlPattern] = []
 
-    def add(host: str, path: str, query: tuple[tuple[str, str], ...] = (), scheme: str | None = None) -> None:
+    def add(
+        host: str, path: str, query: tuple[tuple[str, str], ...] = (), scheme: str | None = None, lists: bool = False
+    ) -> None:
         text = f"{host}{path}" + ("?" + "&".join(f"{k}={v}" for k, v in query) if query else "")
-        out.append(UrlPattern(rule, host, re.compile(path, re.IGNORECASE), query, scheme, 1000 + len(text), text))
+        regex = re.compile(path, re.IGNORECASE)
+        out.append(UrlPattern(rule, host, regex, query, scheme, 1000 + len(text), text, lists=lists))
 
     for pkg in stores.get("google_play", ()):
         q = (("id", pkg.lower()),)
@@ -242,7 +252,8 @@ def compile_store_rule(rule: Rule, stores: dict[str, tuple[str, ...]]) -> list[U
         seg = rf"(?:.*/)?id{track}(?:/.*)?\Z"
         add("apps.apple.com", seg)
         add("itunes.apple.com", seg)
-        add("itunes.apple.com", r"/lookup/?\Z", (("id", track),))
+        # The Search API looks up several apps at once: id=A,B (blocklists/README.md, store rules).
+        add("itunes.apple.com", r"/lookup/?\Z", (("id", track),), lists=True)
     for pkg in stores.get("tencent", ()):
         add("a.app.qq.com", r".*\Z", (("pkgname", pkg.lower()),))
         add("sj.qq.com", rf"/appdetail/{re.escape(pkg)}(?:/.*)?\Z")
