@@ -40,7 +40,7 @@ class UrlPattern:
     specificity: int
     text: str
     path_ci: re.Pattern[str] | None = None  # the same glob, case-insensitive (None: ``path`` already is)
-    lists: bool = False  # a query value may be a comma-separated list (iTunes lookup?id=1,414478124)
+    lists: bool = False  # a query value may be a comma-separated list of numbers (iTunes lookup?id=1,0414478124)
 
     def matches(
         self, scheme: str, path: str, params: dict[str, list[str]], method: str | None, *, fold: bool = False
@@ -56,13 +56,14 @@ class UrlPattern:
             values = params.get(key)
             if values is None:
                 return False
-            if value not in values and not (self.lists and any(value in _items(v) for v in values if "," in v)):
+            if value not in values and not (self.lists and any(value in _numbers(v) for v in values)):
                 return False
         return True
 
 
-def _items(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",")]
+def _numbers(value: str) -> list[str]:
+    """The items of a comma-separated list of numbers as the store reads them: ``+0414478124`` is 414478124."""
+    return [item.strip().lstrip("+").lstrip("0") for item in value.split(",")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,14 +247,16 @@ def compile_store_rule(rule: Rule, stores: dict[str, tuple[str, ...]]) -> list[U
 
     for pkg in stores.get("google_play", ()):
         q = (("id", pkg.lower()),)
-        add("play.google.com", r"/store/apps/details/?\Z", q)
+        # /details/<Name>?id=PKG is a common link form too (the slug is ignored by the store).
+        add("play.google.com", r"/store/apps/details(?:/[^/]*)?/?\Z", q)
         add("details", r"/?\Z", q, scheme="market")
-    for track in stores.get("apple", ()):
-        seg = rf"(?:.*/)?id{track}(?:/.*)?\Z"
+    for track in (t.lstrip("0") or "0" for t in stores.get("apple", ())):
+        seg = rf"(?:.*/)?id0*{track}(?:/.*)?\Z"  # a number: leading zeros name the same app
         add("apps.apple.com", seg)
         add("itunes.apple.com", seg)
-        # The Search API looks up several apps at once: id=A,B (blocklists/README.md, store rules).
-        add("itunes.apple.com", r"/lookup/?\Z", (("id", track),), lists=True)
+        # The Search API: with a storefront (/cn/lookup, the usual update check) or without, and several apps at once
+        # (id=A,B) (blocklists/README.md, store rules).
+        add("itunes.apple.com", r"(?:/[a-z]{2})?/lookup/?\Z", (("id", track),), lists=True)
     for pkg in stores.get("tencent", ()):
         add("a.app.qq.com", r".*\Z", (("pkgname", pkg.lower()),))
         add("sj.qq.com", rf"/appdetail/{re.escape(pkg)}(?:/.*)?\Z")
