@@ -15,7 +15,8 @@ holder of it (see the end of this file). Figures: docs/performance.md, "the prox
 - ``server.ServerGate`` (``server_connect``/``server_connected``): the catch-all before any upstream connection is
   opened, in every mode; resolves names itself and pins the address it judged.
 - ``request.RequestJudge`` (``requestheaders``): URL, store and name rules on every host a request names.
-- ``dnsmode.DnsSinkhole`` (``dns_request``): mitmproxy's DNS/WireGuard modes sinkhole what ``enforcer dns`` does.
+- ``dnsmode.DnsSinkhole`` (``dns_request``, ``dns_response``): mitmproxy's DNS/WireGuard modes sinkhole what
+  ``enforcer dns`` does, questions and answers.
 
 mitmproxy hooks fail open (an exception is logged and the flow proceeds), so every hook catches its own errors and
 refuses the flow instead, counting ``enforcer_proxy_flows_total{outcome="error"}``. Flows another addon already

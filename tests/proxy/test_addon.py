@@ -321,6 +321,42 @@ def test_dns_mode_replaces_the_resolvers_answer(addon: EnforcerAddon) -> None:
     assert [str(a.ipv4_address) for a in ok.response.answers] == ["192.0.2.9"]
 
 
+def test_dns_mode_judges_the_answer_of_an_allowed_name(addon: EnforcerAddon) -> None:
+    """As the resolver's response policy does: an allowed name whose answer is an address in a blocked range, or an
+    alias of a blocked name, gets the sinkhole answer (DNS mode's answers were never looked at)."""
+
+    def answered(name: str, *records: dns.ResourceRecord) -> dns.DNSFlow:
+        f = dns_flow(name, types.A)
+        f.response = f.request.succeed(list(records))
+        run_hook(addon, "dns_request", f)
+        if f.response is not None:
+            run_hook(addon, "dns_response", f)
+        return f
+
+    v4 = ipaddress.IPv4Address
+    into_range = answered("updates.example", dns.ResourceRecord.A("updates.example", v4("77.74.177.5")))
+    alias = answered(
+        "cdn.example",
+        dns.ResourceRecord.CNAME("cdn.example", "long.weixin.qq.com"),
+        dns.ResourceRecord.A("long.weixin.qq.com", v4("192.0.2.7")),
+    )
+    clean = answered("www.example", dns.ResourceRecord.A("www.example", v4("192.0.2.9")))
+    # The WeCom exception keeps its alias under weixin.qq.com (as in the resolver), not a banned address.
+    wecom = answered(
+        "work.weixin.qq.com",
+        dns.ResourceRecord.CNAME("work.weixin.qq.com", "x.weixin.qq.com"),
+        dns.ResourceRecord.A("x.weixin.qq.com", v4("192.0.2.8")),
+    )
+    wecom_banned = answered("work.weixin.qq.com", dns.ResourceRecord.A("work.weixin.qq.com", v4("77.74.177.5")))
+    for f in (into_range, alias, wecom_banned):
+        assert f.response is not None and [str(a.ipv4_address) for a in f.response.answers] == ["0.0.0.0"], f
+        assert f.metadata["enforcer"]["action"] == "dns-response-block"
+    assert into_range.metadata["enforcer"]["rule"].startswith("kaspersky:cidr:")
+    assert alias.metadata["enforcer"]["rule"] == "wechat:domain:weixin.qq.com"
+    assert [str(a.ipv4_address) for a in clean.response.answers] == ["192.0.2.9"]
+    assert [r.name for r in wecom.response.answers] == ["work.weixin.qq.com", "x.weixin.qq.com"]
+
+
 # -- monitor mode ------------------------------------------------------------------------------------------------
 async def test_monitor_mode_before_effective_date(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"

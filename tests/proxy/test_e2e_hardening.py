@@ -342,3 +342,44 @@ def test_ambiguous_host_gets_400(net: Net, extra: str) -> None:
     out = raw(net.port, f"GET http://good.test:{net.plain.port}/h HTTP/1.1\r\n{extra}\r\n".encode())
     assert status(out) == 400, out[:300]
     assert len(net.plain.rec.requests) == before
+
+
+# -- 5. mitmproxy's DNS mode judges answers as the resolver does -------------------------------------------------
+def test_dns_mode_answer_into_a_blocked_range_is_sinkholed(net: Net, tmp_path: Path) -> None:
+    """``evil.test`` is no listed name, but the fake DNS answers an address in Kaspersky's range: mitmproxy's own
+    resolver put that answer in the flow and the DNS mode served it (only the question name was judged)."""
+    import dns.message
+    import dns.query
+
+    unshare = require_tool("unshare")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n", encoding="utf-8")
+    port, dns_port = free_port(), free_port(socket.SOCK_DGRAM)
+    log = tmp_path / "mitmdump.log"
+    cmd = [unshare, "--mount", "--propagation", "private", "--", "sh", "-c",
+           'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv),
+           sys.executable, "-m", "enforcer", "proxy", "--listen", f"127.0.0.1:{port}",
+           "--blocklist", str(BLOCKLISTS), "--events", str(tmp_path / "events.jsonl"),
+           "--confdir", str(tmp_path / "confdir"),
+           "--", "--mode", "regular", "--mode", f"dns@127.0.0.1:{dns_port}"]  # fmt: skip
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        wait_port(port, proc, log)
+
+        def ask(name: str) -> list[str] | None:
+            try:
+                reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=dns_port, timeout=2)
+            except (dns.exception.Timeout, OSError):
+                return None
+            return [rr.to_text() for rrset in reply.answer for rr in rrset if rrset.rdtype == 1]
+
+        assert eventually(lambda: ask("good.test"), 20, 0.2, "the DNS mode does not answer") == ["127.0.0.1"]
+        assert ask("evil.test") == ["0.0.0.0"], log.read_text()[-2000:]
+        assert ask("weixin.qq.com") == ["0.0.0.0"]
+        stop_proxy(proc)  # the events are written by the time it has stopped
+        events = list(iter_events(tmp_path / "events.jsonl"))
+        actions = {(e["event"]["action"], e["rule"]["id"]) for e in events}
+        assert ("dns-response-block", "kaspersky:cidr:77.74.176.0/21") in actions, actions
+    finally:
+        stop_proxy(proc)
