@@ -19,6 +19,7 @@ import aiohttp
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 USER_AGENT = "enforcer-feeds/1"
+MAX_REDIRECTS = 3
 
 
 class FetchError(Exception):
@@ -62,26 +63,38 @@ async def fetch(
     try:
         async with (
             aiohttp.ClientSession(timeout=limits, trust_env=False) as session,
-            session.get(url, headers=headers, ssl=ctx, allow_redirects=True, max_redirects=3) as resp,
+            session.get(url, headers=headers, ssl=ctx, allow_redirects=True, max_redirects=MAX_REDIRECTS) as resp,
         ):
             return await _answer(url, resp, max_bytes, etag, last_modified)
     except FetchError:
         raise
     except TimeoutError:
         raise FetchError(f"timed out after {timeout:g} s") from None
+    except aiohttp.TooManyRedirects:
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects: refused") from None
     except aiohttp.ClientPayloadError as exc:
-        raise FetchError(f"download cut short: {exc}") from None
+        raise FetchError(f"download cut short: {_line(exc)}") from None
     except aiohttp.ClientConnectorCertificateError as exc:
         raise FetchError(f"TLS certificate not trusted: {exc.certificate_error}") from None
     except (aiohttp.ClientError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-        raise FetchError(f"{type(exc).__name__}: {exc}") from None
+        raise FetchError(f"{type(exc).__name__}: {_line(exc)}") from None
+
+
+def _line(exc: BaseException) -> str:
+    """An exception's message as one short line: some quote what the server sent (a body, a header)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 async def _answer(
     url: str, resp: aiohttp.ClientResponse, max_bytes: int, etag: str | None, last_modified: str | None
 ) -> Fetched:
-    if url.startswith("https://") and resp.url.scheme != "https":
-        raise FetchError(f"redirected from https to {resp.url.scheme}: refused")
+    if url.startswith("https://"):
+        # Every hop, not only the last: https -> http -> https lets whoever controls the plain hop send the feed
+        # anywhere with a valid certificate.
+        for hop in (*resp.history, resp):
+            if hop.url.scheme != "https":
+                raise FetchError(f"redirected from https to {hop.url.scheme} ({hop.url.host}): refused")
     if resp.status == 304:
         return Fetched(304, b"", etag, last_modified)
     if resp.status != 200:

@@ -81,14 +81,26 @@ class FeedScheduler:
         for p in problems:
             log.warning("feeds: %s", p)
         done = []
-        if specs:
-            must_pass = await asyncio.to_thread(read_must_pass, default_must_pass(self.paths))
-            for spec in specs:
-                if self._due(spec):
-                    await update_feed(spec, self.paths, must_pass, self.opts)
-                    done.append(spec.key)
-        self.publish(specs)
+        try:
+            if specs:
+                must_pass = await asyncio.to_thread(read_must_pass, default_must_pass(self.paths))
+                for spec in specs:
+                    if self._due(spec):
+                        await self._update(spec, must_pass)
+                        done.append(spec.key)
+        finally:
+            # Ages and intervals even when a pass breaks off: a frozen age would keep EnforcerFeedStale silent.
+            self.publish(specs)
         return done
+
+    async def _update(self, spec: FeedSpec, must_pass: Sequence[str]) -> None:
+        try:
+            await update_feed(spec, self.paths, must_pass, self.opts)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one feed's update: counted and retried after ``retry``, the others go on
+            log.exception("feeds: the update of %s (%s) failed", spec.key, spec.url)
+            self.record(spec, "failed")
 
     async def run(self) -> None:
         while True:

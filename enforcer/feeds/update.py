@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -31,6 +32,7 @@ from typing import Any
 import yaml
 
 from ..config import default_blocklist
+from ..policy import lint
 from ..policy.blocklist import load_policy
 from ..policy.bounded import DEFAULT_LIMITS, Unreadable, compose_bounded, read_regular
 from ..policy.feeds import FEEDS_DIR, FeedSpec, parse_feed, parse_spec
@@ -199,24 +201,65 @@ async def _update_feed(
     spec: FeedSpec, paths: Sequence[str | Path], must_pass: Sequence[str], opts: UpdateOptions
 ) -> FeedResult:
     local = spec.local
-    have_copy = local.is_file()
-    meta = read_meta(local) if have_copy else Meta()
+    # One update of a feed at a time (the resolver's schedule and an operator's run): two at once could leave the
+    # copy from one and its metadata from the other, and a later 304 would then vouch for the wrong copy.
+    lock = await asyncio.to_thread(_lock, local) if not opts.dry_run else None
     try:
-        got = await fetch(
-            spec.url,
-            etag=meta.etag,
-            last_modified=meta.last_modified,
-            timeout=opts.timeout,
-            max_bytes=opts.max_bytes,
-            cafile=opts.cafile,
+        have_copy = local.is_file()
+        meta = await asyncio.to_thread(_trusted_meta, local) if have_copy else Meta()
+        try:
+            got = await fetch(
+                spec.url,
+                etag=meta.etag,
+                last_modified=meta.last_modified,
+                timeout=opts.timeout,
+                max_bytes=opts.max_bytes,
+                cafile=opts.cafile,
+            )
+        except FetchError as exc:
+            return FeedResult(spec, "failed", f"{exc}; {_kept(have_copy)}")
+        # Everything after the download parses, loads the whole policy twice and writes files: a worker thread, so
+        # a scheduled update (--feeds-refresh) never blocks the resolver's event loop.
+        return await asyncio.get_running_loop().run_in_executor(
+            None, _judge, spec, list(paths), must_pass, opts.dry_run, got, meta, have_copy
         )
-    except FetchError as exc:
-        return FeedResult(spec, "failed", f"{exc}; the last good copy is kept")
-    # Everything after the download parses, loads the whole policy twice and writes files: a worker thread, so a
-    # scheduled update (--feeds-refresh) never blocks the resolver's event loop.
-    return await asyncio.get_running_loop().run_in_executor(
-        None, _judge, spec, list(paths), must_pass, opts.dry_run, got, meta, have_copy
-    )
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
+
+
+def _kept(have_copy: bool) -> str:
+    return "the last good copy is kept" if have_copy else "there is no local copy yet"
+
+
+def _lock(local: Path) -> Any:
+    """An exclusive flock on ``<local>.lock`` (waits for another update of the feed), or None where the folder cannot
+    hold one (read-only: the update then fails on its write, with the reason)."""
+    import fcntl
+
+    try:
+        fh = open(local.with_suffix(".lock"), "a")  # noqa: SIM115 - held until the update ends
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def _trusted_meta(local: Path) -> Meta:
+    """The copy's metadata, when it describes the copy (its sha256): validators of another copy would make the server
+    answer 304 for content the copy does not hold. Otherwise an empty Meta: the next download is unconditional."""
+    meta = read_meta(local)
+    if meta.sha256 is None:
+        return Meta()
+    try:
+        digest = hashlib.sha256(read_regular(local, DEFAULT_LIMITS.feed_bytes)).hexdigest()
+    except Unreadable:
+        return Meta()
+    return meta if digest == meta.sha256 else Meta()
 
 
 def _judge(
@@ -228,9 +271,28 @@ def _judge(
     meta: Meta,
     have_copy: bool,
 ) -> FeedResult:
+    try:
+        return _judge_and_write(spec, paths, must_pass, dry_run, got, meta, have_copy)
+    except OSError as exc:  # a read-only folder, a full disk: the swap is atomic, so the copy is the old one
+        where = exc.filename or spec.local
+        return FeedResult(spec, "failed", f"cannot write {where}: {exc.strerror or exc}; {_kept(have_copy)}")
+
+
+def _judge_and_write(
+    spec: FeedSpec,
+    paths: list[str | Path],
+    must_pass: Sequence[str],
+    dry_run: bool,
+    got: Fetched,
+    meta: Meta,
+    have_copy: bool,
+) -> FeedResult:
     local = spec.local
     now = time.time()
     if got.status == 304:
+        if not have_copy or not (meta.etag or meta.last_modified):
+            # Not modified since... nothing: no validator was sent, so a 304 confirms no copy.
+            return FeedResult(spec, "failed", f"HTTP 304 to a request without validators; {_kept(have_copy)}")
         if not dry_run:
             meta.checked_at = now
             write_meta(local, meta)
@@ -248,12 +310,18 @@ def _judge(
     problems: list[Problem] = []
     names = parse_feed(text, spec.url, problems)
     if names is None:
-        shown = [str(p) for p in problems if p.severity == "error"]
-        return FeedResult(spec, "refused", f"{len(shown)} invalid line(s)", problems=shown)
+        bad = [p for p in problems if p.severity == "error"]
+        # The first MAX_FEED_ERRORS are listed, then one line counts the rest.
+        more = re.fullmatch(r"(\d+) more invalid lines not shown", bad[-1].message) if bad else None
+        count = len(bad) - 1 + int(more[1]) if more else len(bad)
+        return FeedResult(spec, "refused", f"{count} invalid line(s)", problems=[str(p) for p in bad])
     if not names:
         return FeedResult(spec, "refused", "the new copy has no names (an empty feed never replaces a list)")
     old_names = _copy_names(local) if have_copy else None
     diff = diff_names(old_names, names)
+    refusal = _unsafe_change(spec, have_copy, old_names, diff)
+    if refusal is not None:
+        return refusal
     if have_copy and digest == meta.sha256:
         if not dry_run:
             meta.checked_at = now
@@ -278,6 +346,27 @@ def _judge(
     swap(local, got.body)
     write_meta(local, Meta(spec.url, got.etag, got.last_modified, digest, len(names), now, now))
     return FeedResult(spec, "updated", f"+{len(diff.added)} -{len(diff.removed)} names, {len(names)} in all", diff)
+
+
+def _unsafe_change(spec: FeedSpec, have_copy: bool, old_names: list[str] | None, diff: FeedDiff) -> FeedResult | None:
+    """A refusal for a new copy that cannot be compared with the local one, or that adds a public suffix."""
+    if have_copy and not old_names and spec.sha256 is None:
+        # max_change compares with the copy: one that is empty or no longer reads (a hand edit, an older release's)
+        # would let any new copy in unchecked. Deleting it takes the next download whole, as the first one was.
+        return FeedResult(
+            spec, "refused", f"the local copy {spec.local} is empty or does not read as a feed, so the change cannot "
+            "be checked against max_change: look at it, or delete it to take the new copy whole"
+        )  # fmt: skip
+    broad = lint.public_feed_names(diff.added)
+    if broad:
+        # A public suffix blocks every name under it (org: wikipedia.org too); must-pass.txt only catches it when
+        # one of its names happens to sit under that suffix.
+        shown = ", ".join(broad[:5]) + (f" and {len(broad) - 5} more" if len(broad) > 5 else "")
+        return FeedResult(
+            spec, "refused", f"adds over-broad entr{'y' if len(broad) == 1 else 'ies'} {shown}: a public suffix "
+            "blocks every name under it", diff
+        )  # fmt: skip
+    return None
 
 
 async def update_all(

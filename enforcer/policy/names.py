@@ -22,6 +22,15 @@ _ASCII_NAME_RE = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z
 _BAD_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}
 
 
+# Longer than any name, even one full of characters IDNA maps to nothing (soft hyphens): refused unread.
+_MAX_INPUT = 4 * 256
+
+
+def _short(text: str) -> str:
+    """``text`` quoted for a message, cut to a readable length (a hostile token may be megabytes)."""
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
+
+
 _IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
@@ -37,7 +46,9 @@ def _idna_label(label: str) -> str:
         # not: report the reason alone so the message is the same on both.
         reason = str(exc)
         wrapped = re.search(r"\(UnicodeError: (.*)\)$", reason)
-        raise InvalidName(f"invalid internationalised label {label!r}: {wrapped[1] if wrapped else reason}") from None
+        raise InvalidName(
+            f"invalid internationalised label {_short(label)}: {wrapped[1] if wrapped else reason}"
+        ) from None
     return encoded.lower()
 
 
@@ -49,6 +60,9 @@ def normalize_name(name: str) -> str:
     if not isinstance(name, str):
         raise InvalidName(f"expected a domain name, got {type(name).__name__}")
     n = name.strip()
+    if len(n) > _MAX_INPUT:
+        # Before the IDNA codec, which takes seconds and gigabytes on a megabyte token (a hostile feed line).
+        raise InvalidName(f"domain name longer than {MAX_NAME} characters ({len(n)}): {_short(n)}")
     if not n.isascii():
         # The dots IDNA reads as "." (the stdlib codec's, which getaddrinfo applies), mapped before the trailing one
         # is stripped: "weixin.qq.com\u3002" is weixin.qq.com to the resolver, and must be to the matcher.
@@ -70,23 +84,23 @@ def normalize_name(name: str) -> str:
         return n
     for label in n.split("."):
         if not label:
-            raise InvalidName(f"empty label in {name!r}")
+            raise InvalidName(f"empty label in {_short(name)}")
         if len(label) > MAX_LABEL:
             raise InvalidName(f"label longer than {MAX_LABEL} characters: {label[:20]}...")
         if not _LABEL_RE.fullmatch(label):
-            raise InvalidName(f"bad character in label {label!r} (letters, digits, '-' and '_' only)")
-    raise InvalidName(f"invalid domain name {name!r}")  # pragma: no cover - regex and loop agree
+            raise InvalidName(f"bad character in label {_short(label)} (letters, digits, '-' and '_' only)")
+    raise InvalidName(f"invalid domain name {_short(name)}")  # pragma: no cover - regex and loop agree
 
 
 def _check_a_label(label: str) -> None:
     try:
         decoded = label[4:].encode("ascii").decode("punycode")
     except UnicodeError:
-        raise InvalidName(f"invalid punycode label {label!r}") from None
+        raise InvalidName(f"invalid punycode label {_short(label)}") from None
     # An A-label stands for a Unicode label: it must decode to something non-ASCII and printable ("xn--a" decodes to
     # a control character). Not a full IDNA 2008 check, which would need the idna package.
     if decoded.isascii() or any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in decoded):
-        raise InvalidName(f"invalid punycode label {label!r}: it does not encode a valid Unicode label")
+        raise InvalidName(f"invalid punycode label {_short(label)}: it does not encode a valid Unicode label")
 
 
 def fast_key(name: str) -> str:

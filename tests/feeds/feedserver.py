@@ -2,7 +2,8 @@
 
 ``FeedServer(cert=None, key=None)`` as a context manager; ``.url(path)``; ``.set(path, body, etag=None)`` serves
 ``body`` at ``path`` with an ETag (answering 304 to a matching If-None-Match); ``.truncate(path)`` makes the next
-answers declare twice the length and close after the first half; ``.requests`` records (path, If-None-Match).
+answers declare twice the length and close after the first half; ``.redirects[path] = url`` answers 302 there,
+``.not_modified`` paths always 304; ``.requests`` records (path, If-None-Match).
 ``NAMES``, ``feed(names)`` and ``blocklist(folder, url)``: the test feed and a blocklist that follows it.
 """
 
@@ -42,6 +43,8 @@ class FeedServer:
         self.bodies: dict[str, bytes] = {}
         self.truncated: set[str] = set()
         self.gzipped: set[str] = set()  # served with Content-Encoding: gzip
+        self.redirects: dict[str, str] = {}  # path -> the Location of a 302
+        self.not_modified: set[str] = set()  # always answered 304, whatever was asked
         self.requests: list[tuple[str, str | None]] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -61,6 +64,10 @@ class FeedServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests.append((path, request.headers.get("If-None-Match")))
+        if path in self.redirects:
+            return web.Response(status=302, headers={"Location": self.redirects[path]})
+        if path in self.not_modified:
+            return web.Response(status=304)
         body = self.bodies.get(path)
         if body is None:
             return web.Response(status=404)
