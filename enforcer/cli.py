@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
             return 1
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own usage, not the top level's
+        (subparsers.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 2
@@ -103,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args.command, args) or 0)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # The last resort for a path the command did not check itself (a folder it may not read, a parent it may not
+        # write): the path and the reason in one line, not a traceback. The stack is in the debug log.
+        logging.getLogger("enforcer").debug("%s failed", args.command, exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"enforcer {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

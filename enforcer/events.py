@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -257,6 +258,26 @@ class HitEvent:
 
     def to_json(self) -> str:
         return _dumps(self.to_ecs())
+
+
+def writable_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot take events (one line: a folder, a read-only or missing parent...), or None when it can.
+    Checked at start: a writer that finds out at the first blocked query has already lost that hit's evidence. The
+    file is created empty if missing, as the writer would; a FIFO with no reader yet passes (ENXIO)."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{p}: is a folder, expected a file path"
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder of the path should be
+            return f"{exc.filename or p.parent}: cannot write: a file stands where a folder of the path should be"
+        return f"{exc.filename or p}: cannot write: {exc.strerror}"
+    os.close(fd)
+    return None
 
 
 class EventWriter:

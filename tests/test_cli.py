@@ -165,3 +165,26 @@ def test_one_set_of_defaults_and_readable_help(tmp_path: Path) -> None:
         assert proc.returncode == 1 and proc.stderr == f"{bad}:5:13: YAML syntax error: unterminated quoted string\n"
     good = enforcer("check", "--blocklist", str(ROOT / "blocklists"))
     assert good.returncode == 0 and good.stdout.startswith("OK: "), good.stderr
+
+
+def test_a_wrong_flag_is_named_by_its_command_usage() -> None:
+    proc = enforcer("dns", "--bogus")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(
+        "usage: enforcer dns "
+    ) and "enforcer dns: error: unrecognized arguments: --bogus" in (proc.stderr), proc.stderr
+
+
+def test_a_path_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A file where a folder should be (as a read-only or unreadable folder would, which root cannot show): the
+    resolver refused nothing at start and lost the first hit's event; serve crashed in mkdir."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("", encoding="utf-8")
+    proc = enforcer("dns", "--listen", "127.0.0.1:0", "--events", str(blocker / "dns.jsonl"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (
+        f"enforcer dns: --events {blocker}: cannot write: a file stands where a folder of the path should be"
+    )
+    proc = enforcer("serve", "--data-dir", str(blocker / "var"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"enforcer serve: {blocker / 'var' / 'events'}: Not a directory"

@@ -254,6 +254,12 @@ def run(command: str, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"enforcer dns: {exc}", file=sys.stderr)
         return 1
+    if settings.events:
+        from ..events import writable_problem
+
+        if (problem := writable_problem(settings.events)) is not None:
+            print(f"enforcer dns: --events {problem}", file=sys.stderr)
+            return 1
 
     try:
         workers = int(getattr(args, "workers", 1))

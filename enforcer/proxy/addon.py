@@ -115,5 +115,8 @@ ADDON = EnforcerAddon()
 name = ADDON.name
 addons: list[object] = []
 for _hook in hooks.all_hooks:
-    globals()[_hook] = getattr(ADDON, _hook) if _hook in ADDON.hooks else None
+    # Not add_log: mitmproxy warns at every start about any addon that has the deprecated event at all ("The add_log
+    # event has been deprecated"), which reads as a fault to an operator; its lookup miss costs only log records.
+    if _hook != "add_log":
+        globals()[_hook] = getattr(ADDON, _hook) if _hook in ADDON.hooks else None
 del _hook

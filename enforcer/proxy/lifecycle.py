@@ -31,7 +31,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.connection import Client
 
 from enforcer.config import default_blocklist
-from enforcer.events import EventWriter, install_reopen_signal
+from enforcer.events import EventWriter, install_reopen_signal, writable_problem
 from enforcer.metrics import serve_metrics
 from enforcer.net import split_host_port
 from enforcer.policy import PolicyError
@@ -134,16 +134,8 @@ class Lifecycle:
             self._start_watch()
 
     def _configure_events(self, value: str) -> None:
-        if value:
-            path = Path(value)
-            if path.is_dir():
-                raise exceptions.OptionsError(f"enforcer_events: {value}: is a directory, expected a file path")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "ab"):
-                    pass
-            except OSError as exc:
-                raise exceptions.OptionsError(f"enforcer_events: {value}: cannot write: {exc.strerror}") from None
+        if value and (problem := writable_problem(value)) is not None:
+            raise exceptions.OptionsError(f"enforcer_events: {problem}")
         old = self.rt.set_writer(EventWriter(Path(value) if value else None))
         # close() joins the writer thread (it flushes what is queued): keep that off the event loop.
         threading.Thread(target=old.close, name="enforcer-events-close", daemon=True).start()

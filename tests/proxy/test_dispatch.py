@@ -67,14 +67,17 @@ def test_loaded_as_a_script_the_module_is_the_one_object_and_answers_every_hook_
     assert ns is not None
     assert list(traverse([ns])) == [ns] and ns.addons == []  # asked for by every walk: present, and empty
     assert ns.name == "enforcer" and isinstance(ns.ADDON, ns.EnforcerAddon)
+    assert "add_log" not in vars(ns)  # mitmproxy warns at start about an addon that has the deprecated event
     for name in hooks.all_hooks:
+        if name == "add_log":
+            continue
         assert name in vars(ns), name
         if name in ns.ADDON.hooks:
             assert getattr(ns, name) == getattr(ns.ADDON, name), name  # the same part method, bound to the same part
         else:
             assert getattr(ns, name) is None, name
     assert {"http_connect", "tls_clienthello", "server_connect", "requestheaders", "dns_request", "configure"} <= {
-        name for name in hooks.all_hooks if getattr(ns, name)
+        name for name in hooks.all_hooks if getattr(ns, name, None)
     }
 
 
