@@ -68,7 +68,7 @@ class Question(NamedTuple):
     qtype: int
     qclass: int
     qend: int  # offset just after the question section (the question is data[12:qend])
-    edns: int  # the client's EDNS UDP payload size, 0 when it sent no OPT record
+    edns: int  # the client's EDNS UDP payload size (512..MAX_UDP_SIZE), 0 when it sent no OPT record
     do: bool  # DNSSEC OK bit
 
 
@@ -159,7 +159,8 @@ def parse_query(data: bytes) -> Question | None:  # noqa: C901 (per query, no ca
     if j + 11 + rdlen != len(data):
         return None
     size = (data[j + 3] << 8) | data[j + 4]
-    return Question(key, qtype, qclass, qend, max(size, DEFAULT_UDP_SIZE), bool(data[j + 7] & 0x80))
+    # Capped at what we send over UDP at most: a client's 65,535 made a 41-byte query reflect a 12,810-byte answer.
+    return Question(key, qtype, qclass, qend, min(max(size, DEFAULT_UDP_SIZE), MAX_UDP_SIZE), bool(data[j + 7] & 0x80))
 
 
 class Normalized(NamedTuple):

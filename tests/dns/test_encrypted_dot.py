@@ -263,3 +263,46 @@ def test_loopback_without_certificate_makes_a_self_signed_one(tmp_path: Path, up
         assert addresses(reply) == ["0.0.0.0"] and reply.rcode() == dns.rcode.NOERROR
     finally:
         r.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_pipelined_queries_never_read_stay_bounded_and_the_slot_comes_back(tmp_path: Path) -> None:
+    """One read of 4,000 pipelined queries for a 12 KB cached answer was answered whole into the write buffer of a
+    client that never reads (50 MB a connection, 500 MB from one address), and the idle sweep's close() waited for
+    that buffer for ever: the memory and the source's slots never came back."""
+    chunk = "x" * 250
+    big = [f'big.example. 300 IN TXT "{chunk}" "{chunk}" "{chunk}" "{chunk} {i}"' for i in range(12)]  # 12 KB
+    upstream = FakeUpstream(records={"big.example": big})
+    r = EncResolver(tmp_path, upstream.address, "--tls-max-per-source", "2", "--tls-idle-timeout", "1")
+    try:
+        with tls_connect(r.dot_port, None, None) as warm:  # the big answer in the cache
+            dot_send(warm, dns.message.make_query("big.example", "TXT"))
+            assert len(dot_recv(warm).answer[0]) == 12
+        time.sleep(0.5)
+        before = _rss_kb(r.proc.pid)
+        query = dns.message.make_query("big.example", "TXT").to_wire()
+        frame = len(query).to_bytes(2, "big") + query
+        held = []
+        for _ in range(2):  # the per-source cap
+            s = tls_connect(r.dot_port, None, None)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(frame * 4000)  # and never read
+            held.append(s)
+        time.sleep(1.0)
+        grown = _rss_kb(r.proc.pid) - before
+        assert grown < 30_000, f"{grown} KB for two connections that read nothing"
+        # Idle (nothing read, nothing owed upstream): aborted by the sweep, the source's slots given back.
+        eventually(lambda: r.metric("enforcer_dns_encrypted_connections_open", transport="dot") == 0, timeout=15)
+        assert addresses(dot_query(r.dot_port, "allowed.example", None, None)) == ["192.0.2.53"]
+        for s in held:
+            s.close()
+        assert r.alive()
+    finally:
+        r.stop()
+        upstream.close()
