@@ -29,7 +29,13 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
 
 from .chain import Handler, Via
 from .encrypted import MAX_FRAME, Gate
@@ -42,6 +48,9 @@ ratelog = RateLimitedLog(log)
 DOQ_NO_ERROR = 0x0
 DOQ_PROTOCOL_ERROR = 0x2
 DOQ_INTERNAL_ERROR = 0x1
+# Queries a connection may have unfinished (streams opened, no FIN yet): a client resetting each after 16 KB left
+# every buffer behind (16 KB a stream, for as long as it kept the connection).
+MAX_OPEN_STREAMS = 100
 
 
 def _capture_sni(quic: QuicConnection, store: Callable[[str | None], None]) -> None:
@@ -120,12 +129,21 @@ class DoqProtocol(QuicConnectionProtocol):
             self.via = Via("doq", cid)
         elif isinstance(event, StreamDataReceived):
             self._stream_data(event)
+        elif isinstance(event, StreamReset):
+            self.buffers.pop(event.stream_id, None)  # the client gave up the query: its bytes go with it
         elif isinstance(event, ConnectionTerminated):
             self._terminated(event)
 
     def _stream_data(self, event: StreamDataReceived) -> None:
         gate = self.server.gate
-        buf = self.buffers.setdefault(event.stream_id, bytearray())
+        buf = self.buffers.get(event.stream_id)
+        if buf is None:
+            if len(self.buffers) >= MAX_OPEN_STREAMS:
+                gate.count("doq", "bad_request")
+                self._quic.close(error_code=DOQ_PROTOCOL_ERROR, reason_phrase="too many unfinished queries")
+                self.transmit()
+                return
+            buf = self.buffers[event.stream_id] = bytearray()
         buf.extend(event.data)
         if len(buf) > MAX_FRAME + 2:
             self.buffers.pop(event.stream_id, None)

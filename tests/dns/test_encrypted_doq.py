@@ -101,3 +101,58 @@ def test_doq_certificate_swap(tmp_path: Path, upstream: FakeUpstream) -> None:
         eventually(lambda: works_with(second[0]), timeout=15, message="DoQ still serves the old certificate")
     finally:
         r.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _reset_streams(port: int, pid: int, count: int) -> tuple[int, list[str]]:
+    """``count`` streams, each 16 KB of a query never finished, then reset; the growth of the resolver's RSS and the
+    answer to a normal query on the same connection afterwards."""
+    import asyncio
+    import ssl
+    import struct
+
+    import dns.message
+    from aioquic.asyncio.client import connect
+    from aioquic.quic.configuration import QuicConfiguration
+
+    config = QuicConfiguration(is_client=True, alpn_protocols=["doq"], server_name=SERVER_NAME)
+    config.verify_mode = ssl.CERT_NONE
+    async with connect("127.0.0.1", port, configuration=config) as client:
+        before = _rss_kb(pid)
+        for _ in range(count):
+            sid = client._quic.get_next_available_stream_id()
+            client._quic.send_stream_data(sid, b"\x40\x00" + b"x" * 16_000, end_stream=False)
+            client.transmit()  # the bytes leave before the reset (a reset drops what is still queued)
+            await asyncio.sleep(0.002)
+            client._quic.reset_stream(sid, 0x0)
+            client.transmit()
+        await asyncio.sleep(1.0)
+        grown = _rss_kb(pid) - before
+        reader, writer = await client.create_stream()
+        query = dns.message.make_query("allowed.example", "A")
+        query.id = 0
+        wire = query.to_wire()
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), 10)
+        return grown, addresses(dns.message.from_wire(data[2:]))
+
+
+def test_doq_streams_reset_unfinished_leave_nothing_behind(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """RESET_STREAM after 16 KB of a query never finished: the buffer stayed (16.5 KB a stream, without bound on a
+    connection the client kept open)."""
+    import asyncio
+
+    r = EncResolver(tmp_path, upstream.address)
+    try:
+        grown, answer = asyncio.run(asyncio.wait_for(_reset_streams(r.doq_port, r.proc.pid, 1000), 60))
+        assert answer == ["192.0.2.53"]
+        assert grown < 6_000, f"{grown} KB after 1,000 reset streams"
+    finally:
+        r.stop()
