@@ -372,7 +372,7 @@ def build_chain(parts: ChainParts) -> Handler:  # noqa: C901 (the whole chain in
         data, q = req.data, req.q
         # EDNS Client Subnet is never forwarded: an answer scoped to one subnet would reach every client through a
         # cache keyed on the question alone (and the upstream learns no client subnets).
-        reply = await forwarder.exchange(wire.strip_ecs(data, q), q.qend)
+        reply = await forwarder.exchange(wire.strip_ecs(data, q), q.qend, req.host)
         if reply is None:
             # Every upstream failed or timed out: SERVFAIL within the timeout, never silence, with an EDE saying why
             # (22 or 23; read before any other await, so it is this query's: upstream.py).

@@ -307,6 +307,8 @@ def make_upstream(spec: UpstreamSpec) -> Upstream:
 
 
 _OVERLOADED = ede_option(EDE_OTHER, "too many queries in flight to the upstreams")
+_SOURCE_OVERLOADED = ede_option(EDE_OTHER, "too many queries in flight from this client")
+SOURCE_SHARE = 8  # one client address may hold at most 1/SOURCE_SHARE of max_inflight
 
 
 class _Health:
@@ -341,6 +343,10 @@ class Forwarder:
         self.on_error = on_error
         self.max_inflight = max_inflight
         self.inflight = 0
+        # Per client address: one client flooding names the upstream never answers ("water torture") took every
+        # slot, and every other client got SERVFAIL. Bounded: an address is here only while it has queries out.
+        self.max_per_source = max(1, max_inflight // SOURCE_SHARE)
+        self.by_source: dict[str, int] = {}
         self.clock = clock
         self.last_failure = b""  # EDE option of the last exchange that returned None
 
@@ -387,18 +393,33 @@ class Forwarder:
         h.backoff = 0.0
         h.down_until = 0.0
 
-    async def exchange(self, query: bytes, qend: int) -> bytes | None:
-        """The upstream reply (client id and question restored), or None when every upstream failed in time.
+    async def exchange(self, query: bytes, qend: int, source: str = "") -> bytes | None:
+        """The upstream reply (client id and question restored), or None when every upstream failed in time, or
+        when the queries in flight are at ``max_inflight`` overall or at ``max_per_source`` for ``source``.
 
-        ``qend``: where the query's question ends (``Question.qend``, from the chain's parse)."""
+        ``qend``: where the query's question ends (``Question.qend``, from the chain's parse); ``source``: the
+        client address ("" for none: only the overall limit applies)."""
         if self.inflight >= self.max_inflight:
             self.last_failure = _OVERLOADED
             return None
+        by_source = self.by_source
+        held = by_source.get(source, 0)
+        if source and held >= self.max_per_source:
+            self.last_failure = _SOURCE_OVERLOADED
+            return None
         self.inflight += 1
+        if source:
+            by_source[source] = held + 1
         try:
             return await self._exchange(query, qend)
         finally:
             self.inflight -= 1
+            if source:
+                left = by_source[source] - 1
+                if left:
+                    by_source[source] = left
+                else:
+                    del by_source[source]
 
     async def _exchange(self, query: bytes, qend: int) -> bytes | None:
         loop_time = self.clock

@@ -54,3 +54,37 @@ def test_failures_are_counted_in_one_line_a_minute(caplog: pytest.LogCaptureFixt
     assert code == EDE_OPTION and length == len(fwd.last_failure) - 4
     info = dns.edns.option_from_wire(code, fwd.last_failure, 4, length)
     assert isinstance(info, dns.edns.EDEOption) and info.code == expected and dead in (info.text or "")
+
+
+def test_one_client_cannot_take_every_upstream_slot() -> None:
+    """A client flooding names the upstream never answers took all of the forwarder's slots: every other client got
+    SERVFAIL 'too many queries in flight'. One address now holds at most an eighth of them."""
+    from fakeupstream import FakeUpstream
+
+    silent = FakeUpstream(silent=True)
+    fwd = Forwarder([parse_upstream(silent.address)], timeout=1.0, max_inflight=16)
+    assert fwd.max_per_source == 2
+    q = _query()
+
+    async def go() -> None:
+        try:
+            flood = [asyncio.ensure_future(fwd.exchange(q, len(q), "10.0.0.66")) for _ in range(20)]
+            await asyncio.sleep(0.05)
+            assert fwd.inflight == 2 and fwd.by_source == {"10.0.0.66": 2}
+            refused = [t for t in flood if t.done()]
+            assert len(refused) == 18 and all(t.result() is None for t in refused)
+            # The refusal says why, in the EDE of its SERVFAIL (read before any other await, as the chain does).
+            assert await fwd.exchange(q, len(q), "10.0.0.66") is None
+            assert b"too many queries in flight from this client" in fwd.last_failure
+            other = asyncio.ensure_future(fwd.exchange(q, len(q), "10.0.0.7"))  # still gets a slot
+            await asyncio.sleep(0.05)
+            assert not other.done() and fwd.by_source == {"10.0.0.66": 2, "10.0.0.7": 1}
+            await asyncio.gather(*flood, other)
+            assert fwd.inflight == 0 and fwd.by_source == {}  # every slot given back
+        finally:
+            await fwd.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        silent.close()
