@@ -61,7 +61,8 @@ def run_single(settings: DnsSettings, started: Callable[[Resolver], None] | None
                 print(str(problem), file=sys.stderr)
         return 1
     except OSError as exc:
-        where = f" on {exc.filename} (udp+tcp)" if exc.filename else ""
+        shown = str(exc.filename) if exc.filename else ""
+        where = f" on {shown}" + ("" if "(--metrics)" in str(exc.strerror) else " (udp+tcp)") if shown else ""
         print(f"enforcer dns: cannot listen{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     logging.getLogger("enforcer.dns").info("stopped")

@@ -332,7 +332,12 @@ class Resolver:
         listeners = self.listeners
         metrics[DNS_TCP_CONNECTIONS].set_function(lambda: float(sum(li.tcp.connections for li in listeners)))
         if s.metrics:
-            self._metrics_server = serve_metrics(s.metrics, self.registry)
+            try:
+                self._metrics_server = serve_metrics(s.metrics, self.registry)
+            except OSError as exc:
+                await self.stop()
+                # Named as the metrics listener: "cannot listen" alone read as the DNS port.
+                raise OSError(exc.errno, f"{exc.strerror} (--metrics)", s.metrics) from None
         self._spawn(self.holder.watch(s.watch_interval))
         self._spawn(self._expire_loop())
         if s.feeds_refresh:

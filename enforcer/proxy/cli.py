@@ -124,6 +124,32 @@ def mitmdump_command(args: argparse.Namespace) -> list[str]:
     return cmd + list(args.mitmdump_args or [])
 
 
+def _cannot_start(cmd: list[str], listen: str) -> str | None:
+    if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
+        return f"cannot find mitmdump ({cmd[0]}): install mitmproxy"
+    if (busy := _port_in_use(listen)) is not None:
+        # Before mitmdump, whose own message spans lines and suggests a --mode flag this command does not have.
+        return f"enforcer proxy: cannot listen on {listen}: {busy} (choose another --listen)"
+    return None
+
+
+def _port_in_use(listen: str) -> str | None:
+    """Why ``listen`` cannot take the proxy's listener (a port another process holds), or None."""
+    import socket
+
+    from enforcer.net import split_host_port
+
+    try:
+        host, port = split_host_port(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener will: TIME_WAIT is fine
+            probe.bind((host, port))
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return None
+
+
 def run(command: str, args: argparse.Namespace) -> int:
     from enforcer.policy import PolicyError, load_policy
     from enforcer.policy.reloader import missing_apps, required_app_error
@@ -149,8 +175,8 @@ def run(command: str, args: argparse.Namespace) -> int:
         print("\n".join(problems), file=sys.stderr)
         return 1
     cmd = mitmdump_command(args)
-    if not shutil.which(cmd[0]) and not os.path.exists(cmd[0]):
-        print(f"cannot find mitmdump ({cmd[0]}): install mitmproxy", file=sys.stderr)
+    if (why := _cannot_start(cmd, args.listen)) is not None:
+        print(why, file=sys.stderr)
         return 1
     print(f"mitmproxy CA: {Path(args.confdir).expanduser().resolve() / CA_CERT_NAME}", file=sys.stderr, flush=True)
     child = subprocess.Popen(cmd)

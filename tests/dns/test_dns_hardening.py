@@ -487,3 +487,23 @@ def test_ipaddress_example_is_in_the_banned_range() -> None:
     policy = load_policy([BLOCKLISTS])
     m = policy.match_ip(ipaddress.ip_address(BANNED_V4))
     assert m is not None and m.rule.action == "block"
+
+
+def test_a_taken_metrics_port_is_named_as_the_metrics_listener(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """'cannot listen: Address already in use' read as the DNS port while the metrics port was the taken one."""
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "enforcer", "dns", "--listen", "127.0.0.1:0", "--upstream", upstream.address,
+             "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"enforcer dns: cannot listen on 127.0.0.1:{port}: Address already in use (--metrics)"
+    )

@@ -133,3 +133,20 @@ def test_bad_addresses_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
         assert code == 1 and flag in err and len(err.strip().splitlines()) == 1, err
     code = main(["proxy", "--blocklist", "/nonexistent/blocklists"])
     assert code == 1 and "no such file or directory" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    """mitmdump's own message spans lines and ends 'Try specifying a different port by using --mode regular@N', a
+    flag this command does not have."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_cli("--listen", f"127.0.0.1:{port}", "--confdir", str(tmp_path / "c"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"enforcer proxy: cannot listen on 127.0.0.1:{port}: Address already in use (choose another --listen)"
+    )
+    assert "--mode" not in out.stderr
