@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+from typing import Any
 
 from . import __version__
 from .config import ConfigError, check_sections, find_config_arg, load_config, section_defaults
@@ -83,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             data, node = load_config(config_path)
             check_sections(data, node, set(COMMANDS), config_path)
+            where: dict[str, Any] = {}
             subparsers[command].set_defaults(
-                **section_defaults(subparsers[command], data, node, command, config_path), _config_data=data
+                **section_defaults(subparsers[command], data, node, command, config_path, where),
+                _config_data=data,
+                _config_where=where,
             )
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
@@ -110,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         # The last resort for a path the command did not check itself (a folder it may not read, a parent it may not
         # write): the path and the reason in one line, not a traceback. The stack is in the debug log.
         logging.getLogger("enforcer").debug("%s failed", args.command, exc_info=True)
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"enforcer {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        path = f"{exc.filename}: " if exc.filename else ""
+        print(f"enforcer {args.command}: {path}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -123,9 +123,15 @@ def option_dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def section_defaults(
-    parser: argparse.ArgumentParser, config: dict[str, Any], node: yaml.Node | None, section: str, path: str
+    parser: argparse.ArgumentParser,
+    config: dict[str, Any],
+    node: yaml.Node | None,
+    section: str,
+    path: str,
+    where: dict[str, tuple[str, str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Validate ``config[section]`` against the parser's long flags; return ``{dest: value}`` defaults."""
+    """Validate ``config[section]`` against the parser's long flags; return ``{dest: value}`` defaults. ``where``
+    receives, per long flag, (PATH:LINE:COL, section.key, value): for ``from_config``."""
     values = config.get(section)
     if values is None:
         return {}
@@ -134,6 +140,7 @@ def section_defaults(
         raise ConfigError(f"{path}:{line}:{col}: section '{section}' must be a mapping of option: value")
     known = option_dests(parser)
     defaults: dict[str, Any] = {}
+    where = {} if where is None else where
     errors = []
     for key, value in values.items():
         action = known.get(str(key))
@@ -165,9 +172,24 @@ def section_defaults(
                 )
                 continue
         defaults[action.dest] = value
+        line, col = _key_pos(node, section, str(key))
+        where[_long_flag(action)] = (f"{path}:{line}:{col}", f"{section}.{key}", value)
     if errors:
         raise ConfigError("\n".join(errors))
     return defaults
+
+
+def from_config(args: argparse.Namespace, message: str) -> str:
+    """``message`` (a command's one-line refusal of ``--flag VALUE``) with where the value came from when it is the
+    config file's: ``--timeout 'three': not a number`` named a flag the user never typed."""
+    flag = message.split(" ", 1)[0].split("=", 1)[0]
+    where = getattr(args, "_config_where", {}).get(flag[2:]) if flag.startswith("--") else None
+    if where is None:
+        return message
+    pos, key, value = where
+    if getattr(args, flag[2:].replace("-", "_"), None) != value:
+        return message  # the command line's value, not the config's
+    return f"{pos}: '{key}': {message.split(' ', 1)[1] if ' ' in message else message}"
 
 
 def check_sections(config: dict[str, Any], node: yaml.Node | None, known: set[str], path: str) -> None:

@@ -140,3 +140,13 @@ def test_parse_size_refuses_with_one_line(text: str) -> None:
 
 def test_parse_size_minimum_zero_accepts_zero() -> None:
     assert parse_size("0", minimum=0) == 0
+
+
+def test_a_bad_value_in_the_config_names_its_line_not_a_flag(tmp_path: Path) -> None:
+    """``dns: timeout: three`` said ``--timeout 'three': not a number``: a flag the user never typed."""
+    cfg = tmp_path / "enforcer.yaml"
+    cfg.write_text("dns:\n  listen: 127.0.0.1:0\n  timeout: three\n", encoding="utf-8")
+    out = run_cli("dns", "--config", str(cfg))
+    assert out.returncode == 1 and out.stderr.strip() == f"{cfg}:3:3: 'dns.timeout': 'three': not a number"
+    out = run_cli("dns", "--config", str(cfg), "--timeout", "four")  # the command line's value: named as a flag
+    assert out.returncode == 1 and out.stderr.strip() == "enforcer dns: --timeout 'four': not a number"

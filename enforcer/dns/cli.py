@@ -252,7 +252,10 @@ def run(command: str, args: argparse.Namespace) -> int:
     try:
         settings = DnsSettings.from_args(args)
     except ValueError as exc:
-        print(f"enforcer dns: {exc}", file=sys.stderr)
+        from ..config import from_config
+
+        shown = from_config(args, str(exc))
+        print(shown if shown != str(exc) else f"enforcer dns: {exc}", file=sys.stderr)
         return 1
     if settings.events:
         from ..events import writable_problem
