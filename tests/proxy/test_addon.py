@@ -481,7 +481,7 @@ def test_options_are_validated(tmp_path: Path) -> None:
         for bad in ("nonsense", "127.0.0.1:99999", "[::1"):
             with pytest.raises(exceptions.OptionsError, match="enforcer_metrics"):
                 tctx.configure(a, enforcer_metrics=bad)
-        with pytest.raises(exceptions.OptionsError, match="is a directory"):
+        with pytest.raises(exceptions.OptionsError, match="is a folder, expected a file path"):
             tctx.configure(a, enforcer_events=str(tmp_path))
         run_hook(a, "done")
 
