@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import secrets
 import signal
@@ -372,6 +373,13 @@ def reachable(address: str) -> str:
     return format_host_port(found, port)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def summary(info: dict[str, Any], token: str | None) -> str:
     lines = [f"enforcer serve: policy {info['blocklist']}, data in {info['data']}/"]
     if "dns" in info:
@@ -381,6 +389,11 @@ def summary(info: dict[str, Any], token: str | None) -> str:
             f"  DNS resolver  {info['dns']} (UDP+TCP{wide})  point clients here; "
             f"try: dig @{host} -p {port} weixin.qq.com"
         )
+        if _loopback(host):
+            # The default is for a first look on this machine; a phone cannot reach it (nor a port other than 53).
+            lines.append(
+                "                this machine only: for devices, --dns-listen 0.0.0.0:53 (docs/operators.md, 2)"
+            )
     if "proxy" in info:
         lines.append(f"  HTTP(S) proxy {info['proxy']}  set as the devices' proxy")
         lines.append(f"                CA certificate to install on devices: {info['ca']}")

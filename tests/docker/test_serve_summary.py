@@ -51,3 +51,10 @@ def test_without_a_route_a_placeholder(address: str) -> None:
     assert reachable(address) == "<this host's address>:5353"
     text = summary(_info(address, "0.0.0.0:9153", "http://0.0.0.0:8000/"), "tok")
     assert "dig @<this host's address> -p 5353" in text and not WILDCARD.search(text), text
+
+
+@pytest.mark.parametrize(("dns", "hint"), [("127.0.0.1:5353", True), ("[::1]:5353", True), ("0.0.0.0:53", False)])
+def test_a_loopback_resolver_says_devices_cannot_use_it(dns: str, hint: bool) -> None:
+    """`make run` printed 'point clients here' for 127.0.0.1:5353, which no phone can reach (a newcomer's review)."""
+    text = summary(_info(dns, "127.0.0.1:9153", "http://127.0.0.1:8000/"), "tok")
+    assert ("this machine only: for devices, --dns-listen 0.0.0.0:53" in text) is hint, text
