@@ -22,6 +22,7 @@ Pure and stdlib-only: no I/O, no clock.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
@@ -156,3 +157,19 @@ def split_host_port(value: str, default_port: int | None = None) -> tuple[str, i
 def format_host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets so ``split_host_port`` reads it back."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def probe_bind(host: str, port: int, proto: str) -> None:
+    """Bind (and for TCP listen on) ``host:port`` and let go at once: OSError when another process holds it. Shared
+    by ``enforcer serve`` (every address of its children) and ``enforcer proxy`` (before mitmdump starts)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+    family, kind, _, _, sockaddr = infos[0]
+    with socket.socket(family, kind) as s:
+        if proto == "tcp":
+            # As the children's servers do: a TIME_WAIT left by a previous run is no conflict, a listener is.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(sockaddr)
+        if proto == "tcp":
+            s.listen(1)

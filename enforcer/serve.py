@@ -39,7 +39,7 @@ from typing import Any
 
 from .config import ConfigError, ReplaceAppend, default_blocklist
 from .healthcheck import probe_dns
-from .net import format_host_port, split_host_port
+from .net import format_host_port, probe_bind, split_host_port
 from .policy.reloader import REQUIRE_APP_HELP, parse_required_apps
 from .proxy.cli import default_confdir
 
@@ -224,25 +224,11 @@ def probe_addresses(children: list[Child]) -> str | None:
             if port == 0:
                 continue  # the child picks a free port: nothing to collide with
             try:
-                _probe_bind(host, port, proto)
+                probe_bind(host, port, proto)
             except OSError as exc:
                 why = exc.strerror or str(exc)
                 return f"enforcer serve: cannot listen on {format_host_port(host, port)}/{proto} ({child.name}): {why}"
     return None
-
-
-def _probe_bind(host: str, port: int, proto: str) -> None:
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
-    family, kind, _, _, sockaddr = infos[0]
-    with socket.socket(family, kind) as s:
-        if proto == "tcp":
-            # As the children's servers do: a TIME_WAIT left by a previous run is no conflict, a listener is.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s.bind(sockaddr)
-        if proto == "tcp":
-            s.listen(1)
 
 
 def _descendants(pid: int) -> set[int]:

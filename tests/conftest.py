@@ -62,6 +62,20 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
+@contextlib.contextmanager
+def small_tmpfs(disk: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``disk`` (created) for the test, unmounted after it: a real disk that fills or
+    is remounted read-only. Root only (as CI runs); skips the test otherwise."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounts a small tmpfs (root, as CI runs)")
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True, timeout=10)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=10)
+
+
 def eventually(
     check: Callable[[], T | None],
     timeout: float = 10.0,

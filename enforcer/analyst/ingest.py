@@ -111,9 +111,8 @@ class _Batch:
     duplicates: int = 0
     lines: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # skipped lines by reason
-    problems: list[tuple[int, str | None]] = field(
-        default_factory=list
-    )  # (lines skipped, the first) per chunk, for the log
+    # Per chunk with bad lines, for the log: (lines skipped, the first).
+    problems: list[tuple[int, str | None]] = field(default_factory=list)
     states: dict[tuple[int, int], tuple[bytes, int, str]] = field(default_factory=dict)
     rollups: PendingRollups = field(default_factory=PendingRollups)  # upserted just before the commit
 

@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -35,7 +34,7 @@ from ..config import default_blocklist
 from ..policy import lint
 from ..policy.blocklist import load_policy
 from ..policy.bounded import DEFAULT_LIMITS, Unreadable, compose_bounded, read_regular
-from ..policy.feeds import FEEDS_DIR, FeedSpec, parse_feed, parse_spec
+from ..policy.feeds import FEEDS_DIR, FeedSpec, error_count, parse_feed, parse_spec
 from ..policy.matcher import Policy
 from ..policy.model import PolicyError, Problem
 from .diff import FeedDiff, diff_names, verdict_changes
@@ -220,9 +219,13 @@ async def _update_feed(
             return FeedResult(spec, "failed", f"{exc}; {_kept(have_copy)}")
         # Everything after the download parses, loads the whole policy twice and writes files: a worker thread, so
         # a scheduled update (--feeds-refresh) never blocks the resolver's event loop.
-        return await asyncio.get_running_loop().run_in_executor(
-            None, _judge, spec, list(paths), must_pass, opts.dry_run, got, meta, have_copy
-        )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, _judge, spec, list(paths), must_pass, opts.dry_run, got, meta, have_copy
+            )
+        except OSError as exc:  # a read-only folder, a full disk: the swap is atomic, so the copy is the old one
+            where = exc.filename or local
+            return FeedResult(spec, "failed", f"cannot write {where}: {exc.strerror or exc}; {_kept(have_copy)}")
     finally:
         if lock is not None:
             lock.close()  # releases the flock
@@ -271,22 +274,6 @@ def _judge(
     meta: Meta,
     have_copy: bool,
 ) -> FeedResult:
-    try:
-        return _judge_and_write(spec, paths, must_pass, dry_run, got, meta, have_copy)
-    except OSError as exc:  # a read-only folder, a full disk: the swap is atomic, so the copy is the old one
-        where = exc.filename or spec.local
-        return FeedResult(spec, "failed", f"cannot write {where}: {exc.strerror or exc}; {_kept(have_copy)}")
-
-
-def _judge_and_write(
-    spec: FeedSpec,
-    paths: list[str | Path],
-    must_pass: Sequence[str],
-    dry_run: bool,
-    got: Fetched,
-    meta: Meta,
-    have_copy: bool,
-) -> FeedResult:
     local = spec.local
     now = time.time()
     if got.status == 304:
@@ -311,10 +298,7 @@ def _judge_and_write(
     names = parse_feed(text, spec.url, problems)
     if names is None:
         bad = [p for p in problems if p.severity == "error"]
-        # The first MAX_FEED_ERRORS are listed, then one line counts the rest.
-        more = re.fullmatch(r"(\d+) more invalid lines not shown", bad[-1].message) if bad else None
-        count = len(bad) - 1 + int(more[1]) if more else len(bad)
-        return FeedResult(spec, "refused", f"{count} invalid line(s)", problems=[str(p) for p in bad])
+        return FeedResult(spec, "refused", f"{error_count(bad)} invalid line(s)", problems=[str(p) for p in bad])
     if not names:
         return FeedResult(spec, "refused", "the new copy has no names (an empty feed never replaces a list)")
     old_names = _copy_names(local) if have_copy else None

@@ -71,9 +71,18 @@ class _Errors:
 
     def close(self) -> None:
         if self.count > MAX_FEED_ERRORS:
-            self.problems.append(
-                Problem(self.shown, 1, 1, f"{self.count - MAX_FEED_ERRORS} more invalid lines not shown")
-            )
+            self.problems.append(Problem(self.shown, 1, 1, _MORE.format(self.count - MAX_FEED_ERRORS)))
+
+
+_MORE = "{} more invalid lines not shown"
+_MORE_RE = re.compile(r"(\d+) more invalid lines not shown")
+
+
+def error_count(errors: list[Problem]) -> int:
+    """The invalid lines ``errors`` (a feed's error problems) stand for: each listed one, and the rest its last
+    problem counts (``_Errors.close``)."""
+    more = _MORE_RE.fullmatch(errors[-1].message) if errors else None
+    return len(errors) - 1 + int(more[1]) if more else len(errors)
 
 
 def _slow_line(line: str, lineno: int, errors: _Errors) -> list[str]:

@@ -135,16 +135,10 @@ def _cannot_start(cmd: list[str], listen: str) -> str | None:
 
 def _port_in_use(listen: str) -> str | None:
     """Why ``listen`` cannot take the proxy's listener (a port another process holds), or None."""
-    import socket
-
-    from enforcer.net import split_host_port
+    from enforcer.net import probe_bind, split_host_port
 
     try:
-        host, port = split_host_port(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener will: TIME_WAIT is fine
-            probe.bind((host, port))
+        probe_bind(*split_host_port(listen), "tcp")
     except (OSError, ValueError) as exc:
         return getattr(exc, "strerror", None) or str(exc)
     return None

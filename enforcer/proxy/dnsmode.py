@@ -15,7 +15,7 @@ from mitmproxy.net.dns import response_codes, types
 
 from enforcer.dns import response_policy
 from enforcer.dns.wire import WireError
-from enforcer.policy import fast_key
+from enforcer.policy import Match, fast_key
 from enforcer.policy.addresses import parse_ip_literal
 from enforcer.proxy import responses
 from enforcer.proxy.decide import ALLOWED, ERROR
@@ -41,23 +41,30 @@ class DnsSinkhole:
             if match is None:
                 rt.flows.inc((ALLOWED,))
                 return
-            verdict = rt.judge(match, flow.client_conn)
-            rt.record(
-                verdict,
-                "dns-block",
-                flow.client_conn,
-                dns_question_name=question.name,
-                dns_question_type=types.to_str(question.type),
-            )
-            flow.metadata["enforcer"] = mark(verdict, "dns-block")
-            if verdict.blocked:
-                flow.error = None
-                flow.response = responses.sinkhole(flow.request)
+            self._decide(flow, match, "dns-block")
         except Exception:
             rt.hook_error("dns_request")
             flow.metadata["enforcer"] = {"outcome": ERROR}
             flow.error = None
             flow.response = flow.request.fail(response_codes.REFUSED)
+
+    def _decide(self, flow: dns.DNSFlow, match: Match, action: str) -> None:
+        """The verdict on ``match`` for this client now: counted, recorded (one event), marked on the flow, and the
+        sinkhole answer when it is enforced."""
+        rt, question = self.rt, flow.request.question
+        assert question is not None
+        verdict = rt.judge(match, flow.client_conn)
+        rt.record(
+            verdict,
+            action,
+            flow.client_conn,
+            dns_question_name=question.name,
+            dns_question_type=types.to_str(question.type),
+        )
+        flow.metadata["enforcer"] = mark(verdict, action)
+        if verdict.blocked:
+            flow.error = None
+            flow.response = responses.sinkhole(flow.request)
 
     def dns_response(self, flow: dns.DNSFlow) -> None:
         rt = self.rt
@@ -81,17 +88,7 @@ class DnsSinkhole:
             if match is None:  # the check found a rule the matcher does not: never serve what it refused
                 flow.response = responses.sinkhole(flow.request)
                 return
-            verdict = rt.judge(match, flow.client_conn)
-            rt.record(
-                verdict,
-                "dns-response-block",
-                flow.client_conn,
-                dns_question_name=question.name,
-                dns_question_type=types.to_str(question.type),
-            )
-            flow.metadata["enforcer"] = mark(verdict, "dns-response-block")
-            if verdict.blocked:
-                flow.response = responses.sinkhole(flow.request)
+            self._decide(flow, match, "dns-response-block")
         except Exception:
             rt.hook_error("dns_response")
             flow.metadata["enforcer"] = {"outcome": ERROR}

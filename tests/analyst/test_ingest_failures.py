@@ -7,8 +7,6 @@ that deleting the filler frees; the analyst is a real process."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,24 +19,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.analyst.analyst_helpers import dns_hit, write_events
-from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("mount") is None, reason="mounts a small tmpfs (root, as CI runs)"
-)
+from tests.conftest import BLOCKLISTS, ROOT, eventually, free_port, small_tmpfs
 
 EVENTS = 6000
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True, timeout=10)
-    try:
+    with small_tmpfs(tmp_path / "disk", "16m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=10)
 
 
 def _get(url: str) -> tuple[int, bytes]:

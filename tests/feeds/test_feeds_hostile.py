@@ -6,8 +6,6 @@ scheduler's metrics when an update breaks. Every refusal and failure must leave 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from enforcer.feeds import schedule as schedule_mod
 from enforcer.feeds.schedule import FeedScheduler
 from enforcer.policy import load_policy
 from enforcer.policy.feeds import local_copy
+from tests.conftest import small_tmpfs
 from tests.feeds.feedserver import NAMES, FeedServer, blocklist, feed
 from tests.feeds.test_feeds_schedule import samples
 from tests.feeds.test_feeds_update import first_copy, update
@@ -70,15 +69,8 @@ def test_bad_lines_are_refused_in_linear_time_and_in_short_messages(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounts a tmpfs (root, as CI runs)")
-    disk = tmp_path / "bl"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True, timeout=10)
-    try:
+    with small_tmpfs(tmp_path / "bl", "4m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=10)
 
 
 def test_a_folder_that_cannot_be_written_fails_in_one_line(
