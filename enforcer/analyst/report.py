@@ -21,10 +21,12 @@
 - The output formats of the document: formats.py.
 
 Duplicates: an event is counted once per (time, ``event.id``), as the store's UNIQUE index does (the first line read
-wins). The report keeps a 64-bit fingerprint per event in the selected time range (``lines.fingerprint``, about 70
-bytes an event in memory); workers write theirs by bucket to a temporary folder, checked from there a bucket at a
-time (8 bytes an event that the main process never holds), and a duplicate that spans two workers' ranges makes
-the report take one sequential pass instead, so the first occurrence in file order wins there too.
+wins). The report keeps a 64-bit fingerprint per event in the selected time range (``lines.fingerprint``). A
+sequential pass looks each up in a set (about 70 bytes an event in memory). A worker appends each to its bucket
+(``Keys``, 8 bytes an event) and checks its range for a repeat once the range is read (a range with one is counted
+again exactly, with the set); it writes them by bucket to a temporary folder, where the workers then check a share
+of the buckets each across all ranges (the main process never holds them), and a duplicate that spans two ranges
+makes the report take one sequential pass instead, so the first occurrence in file order wins there too.
 """
 
 from __future__ import annotations
@@ -245,6 +247,9 @@ class _Counter:
         self.stats = ReportStats()  # the current range's (``_scan``)
         self.seen: set[int] = set()  # the fingerprints of the current range's events (``_scan``)
         self.prior = prior  # ... and of the events counted before it (a sequential pass over several files)
+        # Bucket mode (a worker's first pass, ``_count``): each fingerprint appended to its bucket (``Keys``) instead
+        # of looked up in ``seen``; a range is then checked for repeats once, a bucket at a time (``_repeats``).
+        self.keys: Keys | None = None
         self.exact = exact  # no deferred counting (``count_rows``): after ``settle`` found it could not say
         # The time range in microseconds (``count_rows``; ``since``/``until`` are canonical, so the same bounds)
         self.since_us = ts_to_us(select.since) if select.since is not None else -_NEVER
@@ -335,6 +340,7 @@ class _Counter:
         stats, seen, prior, by_app = self.stats, self.seen, self.prior, self.slots
         lo, hi, only, apps = self.since_us, self.until_us, self.select.apps, stats.apps
         mget, sadd = self.minutes.get, seen.add
+        adds = None if self.keys is None else self.keys.adds
         done = counted = duplicates = 0
         for minute, ss, us, eid, typ, app, client in rows:
             base = mget(minute)
@@ -348,14 +354,18 @@ class _Counter:
             if not lo <= ts_us < hi:
                 continue
             fp = hash((ts_us, eid))  # lines.id_fingerprint, inline
-            if fp in seen or fp in prior:
+            if adds is not None:
+                adds[fp >> _BUCKET_SHIFT](fp)
+            elif fp in seen or fp in prior:
                 duplicates += 1
                 continue
-            sadd(fp)
-            if app not in apps:
-                apps.add(app)
-            if only and app not in only:
-                continue
+            else:
+                sadd(fp)
+            if only:
+                if app not in apps:
+                    apps.add(app)
+                if app not in only:
+                    continue
             counted += 1
             slots = by_app.get(app)
             if slots is None:
@@ -364,6 +374,8 @@ class _Counter:
             if slot is None or not slot[0] <= ts_us < slot[1]:
                 slot = self._slot(slots, app, client, ts_us)
             slot[2](ts_us * 2 + 1 if typ == "denied" and ts_us >= slot[3] else ts_us * 2)
+        if not only:  # every app counted has its slots (settle clears them only after the block)
+            apps.update(by_app)
         stats.events += counted
         stats.duplicates += duplicates
         return done
@@ -444,7 +456,7 @@ class _Counter:
         """Each event read, in order: in the time range, once per (time, id), of a selected app -> counted for its
         device."""
         select, stats, seen, tallies, spans = self.select, self.stats, self.seen, self.tallies, self.spans
-        prior = self.prior
+        prior, keys = self.prior, self.keys
         since, until, only, apps = select.since, select.until, select.apps, stats.apps
         enforced_attempt, controls = select.enforcement.enforced_attempt, select.enforcement.controls
         identify = self.identifier.identify
@@ -452,10 +464,13 @@ class _Counter:
         for ts, ts_us, fp, app, client, denied, device_id, user, kind in events:
             if (since is not None and ts < since) or (until is not None and ts >= until):
                 continue
-            if fp in seen or fp in prior:
+            if keys is not None:
+                keys.adds[fp >> _BUCKET_SHIFT](fp)
+            elif fp in seen or fp in prior:
                 duplicates += 1
                 continue
-            seen.add(fp)
+            else:
+                seen.add(fp)
             if app not in apps:
                 apps.add(app)
             if only and app not in only:
@@ -501,6 +516,8 @@ def _scan(counter: _Counter, path: str, start: int, end: int | None, max_file_by
     set of fingerprints (``counter.seen``) and the range's own stats (returned)."""
     stats = counter.stats = ReportStats()
     counter.seen = set()
+    if counter.keys is not None:
+        counter.keys = Keys()
     where = f"{path}:{{}}" if start == 0 else f"{path}:+{{}}@{start}"
     n = 0
     with open_event_file(path, max_file_bytes) as fh:
@@ -519,23 +536,37 @@ def _count(
     ranges: list[tuple[str, int, int | None]],
     max_file_bytes: int,
     prior: set[int] | frozenset[int] = frozenset(),
-    keys: Callable[[int, set[int]], None] | None = None,
+    keys: Callable[[int, Keys | set[int]], None] | None = None,
+    bucketed: bool = False,
 ) -> tuple[Tallies, list[ReportStats]]:
     """Consecutive ranges counted into one tallies, each range deduping on its own (and against ``prior``);
-    ``keys(i, seen)`` is given each range's fingerprints. Counted again with each event in file order
-    (``_Counter.exact``) in the rare case ``settle`` cannot tell the last address or user of a device."""
+    ``keys(i, fingerprints)`` is given each range's fingerprints by bucket once the count is final. Counted again
+    with each event in file order (``_Counter.exact``) in the rare case ``settle`` cannot tell the last address or
+    user of a device, or (``bucketed``: the first pass appends each fingerprint to its bucket instead of looking it
+    up in a set) when a range holds an event twice: only the exact pass says which occurrence counts."""
     for exact in (False, True):
         tallies: Tallies = {}
         counter = _Counter(select, select.identifier or Identifier(), tallies, prior, exact)
-        stats = []
-        for i, (path, start, end) in enumerate(ranges):
+        counter.keys = Keys() if bucketed and not exact else None
+        stats: list[ReportStats] = []
+        found: list[Keys | set[int]] = []
+        repeats = False
+        for path, start, end in ranges:
             stats.append(_scan(counter, path, start, end, max_file_bytes))
-            if keys is not None and not exact:  # the same fingerprints either way
-                keys(i, counter.seen)
+            if counter.keys is not None:
+                if counter.keys.repeats():
+                    repeats = True
+                    break
+                found.append(counter.keys)
+            else:
+                found.append(counter.seen)
             counter.seen = set()
-        if counter.settle() or exact:
+        if not repeats and (counter.settle() or exact):
             break
     _finish(tallies)
+    if keys is not None:
+        for i, part in enumerate(found):
+            keys(i, part)
     return tallies, stats
 
 
@@ -558,17 +589,18 @@ def scan_range(
     the range start). Raises ``EventFileError`` for a file that is not (any longer) a regular file of at most
     ``max_file_bytes``.
     """
-    found: list[set[int]] = []
+    found: list[Keys | set[int]] = []
     tallies, (stats,) = _count(
         select, [(path, start, end)], max_file_bytes, seen or frozenset(), lambda _i, keys: found.append(keys)
     )
+    (keys,) = found  # a set: this pass is not bucketed
+    assert isinstance(keys, set)
     if seen is not None:
-        seen |= found[0]
+        seen |= keys
+    elif keys_dir is None:
+        stats.keys = array("q", sorted(keys))
     else:
-        if keys_dir is None:
-            stats.keys = array("q", sorted(found[0]))
-        else:
-            stats.keys_file = _write_keys(found[0], keys_dir)  # by bucket: no sort needed
+        stats.keys_file = Keys.of(keys).write(keys_dir)  # by bucket: no sort needed
     return tallies, stats
 
 
@@ -578,28 +610,48 @@ KEY_BUCKETS = 256
 _BUCKET_SHIFT = 64 - 8
 
 
-def _write_keys(keys: Iterable[int], keys_dir: str) -> str:
-    """Fingerprints written to a new file in ``keys_dir`` (its name returned) by bucket (their top 8 bits): each
-    bucket's size (``KEY_BUCKETS``), then the values of bucket 0, 1, ... A Python step a value, which costs less
-    than sorting them (a third of the time at 110,000 a range): the check reads them by bucket, in no order."""
-    parts: list[array[int]] = [array("q") for _ in range(KEY_BUCKETS)]
-    adds = [part.append for part in parts]
-    for v in keys:
-        adds[v >> _BUCKET_SHIFT](v)  # -128..127: the list's index from its end for the negative half
-    fd, name = tempfile.mkstemp(suffix=".keys", dir=keys_dir)
-    with os.fdopen(fd, "wb") as fh:
-        array("Q", map(len, parts)).tofile(fh)
-        for part in parts:
-            part.tofile(fh)
-    return name
+class Keys:
+    """A range's fingerprints by bucket (their top 8 bits): appended as the events are read (``adds``, indexed by
+    ``fp >> _BUCKET_SHIFT``, -128..127: the list's index from its end for the negative half), written to a file
+    for the overlap check (``write``, read back by ``_read_keys``). A Python step an event, where a set of the
+    range's fingerprints cost a lookup in a table of millions (out of the processor's caches) and then a second
+    step to bucket them for the file; repeats inside the range are found a bucket at a time (``repeats``)."""
+
+    __slots__ = ("adds", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[array[int]] = [array("q") for _ in range(KEY_BUCKETS)]
+        self.adds: list[Callable[[int], None]] = [part.append for part in self.parts]
+
+    @classmethod
+    def of(cls, values: Iterable[int]) -> Keys:
+        keys = cls()
+        adds = keys.adds
+        for v in values:
+            adds[v >> _BUCKET_SHIFT](v)
+        return keys
+
+    def repeats(self) -> bool:
+        """Whether a fingerprint was appended twice (the same event read twice in the range)."""
+        return any(len(set(part)) != len(part) for part in self.parts)
+
+    def write(self, keys_dir: str) -> str:
+        """Written to a new file in ``keys_dir`` (its name returned): each bucket's size, then bucket 0, 1, ..."""
+        fd, name = tempfile.mkstemp(suffix=".keys", dir=keys_dir)
+        with os.fdopen(fd, "wb") as fh:
+            array("Q", map(len, self.parts)).tofile(fh)
+            for part in self.parts:
+                part.tofile(fh)
+        return name
 
 
-def _read_keys(path: str) -> Iterator[array[int]]:
-    """The fingerprints of a ``_write_keys`` file, one bucket at a time."""
+def _read_keys(path: str, lo: int = 0, hi: int = KEY_BUCKETS) -> Iterator[array[int]]:
+    """The fingerprints of a ``Keys.write`` file, one bucket at a time, of buckets ``lo`` to ``hi`` - 1."""
     with open(path, "rb") as fh:
         sizes = array("Q")
         sizes.fromfile(fh, KEY_BUCKETS)
-        for size in sizes:
+        fh.seek(sizes.itemsize * (KEY_BUCKETS + sum(sizes[:lo])))
+        for size in sizes[lo:hi]:
             part = array("q")
             if size:
                 part.fromfile(fh, size)
@@ -630,7 +682,8 @@ def _worker_scan(
         _WORKER_SELECT[0],
         ranges,
         max_file_bytes,
-        keys=lambda _i, seen: files.append(_write_keys(seen, keys_dir)),
+        keys=lambda _i, keys: files.append((Keys.of(keys) if isinstance(keys, set) else keys).write(keys_dir)),
+        bucketed=True,
     )
     for st, name in zip(stats, files, strict=True):
         st.keys_file = name
@@ -682,16 +735,22 @@ def _one_hash_seed() -> Iterator[None]:
             os.environ["PYTHONHASHSEED"] = before
 
 
-def _overlap(parts: list[Iterable[array[int]]]) -> bool:
-    """Whether two fingerprint files (``_read_keys``: by bucket, no value twice in one) share a value (an event seen by
-    two workers): bucket by bucket, the values of every file in one set."""
-    for buckets in zip(*parts, strict=True):
+def _overlap(files: list[str], lo: int = 0, hi: int = KEY_BUCKETS) -> bool:
+    """Whether two fingerprint files (``Keys.write``: by bucket, no value twice in one) share a value (an event seen
+    by two workers) in buckets ``lo`` to ``hi`` - 1: bucket by bucket, the values of every file in one set. The
+    report's workers check a share of the buckets each (``_OVERLAP_SHARES``)."""
+    for buckets in zip(*(_read_keys(f, lo, hi) for f in files), strict=True):
         values: set[int] = set()
         for part in buckets:
             values.update(part)
         if len(values) != sum(map(len, buckets)):
             return True
     return False
+
+
+# The overlap check's shares, run by the pool's workers once the counting is done: it was 1.3-1.9 s of the main
+# process alone at the end of a 10M-event report (docs/scale.md).
+_OVERLAP_SHARES = 8
 
 
 def stream_report(
@@ -754,7 +813,10 @@ def stream_report(
                 merge_tallies(tallies, part)
                 del part
                 part_stats.extend(sts)
-            overlap = _overlap([_read_keys(st.keys_file) for st in part_stats if st.keys_file])
+            names = [st.keys_file for st in part_stats if st.keys_file]
+            step = KEY_BUCKETS // _OVERLAP_SHARES
+            checks = [pool.submit(_overlap, names, lo, lo + step) for lo in range(0, KEY_BUCKETS, step)]
+            overlap = any(check.result() for check in checks)
         if not overlap:
             for st in part_stats:
                 st.keys_file = None

@@ -375,22 +375,69 @@ def test_parallel_duplicates_across_ranges_are_found_in_the_workers_key_files(
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     monkeypatch.setattr(report_mod, "RANGE_BYTES", 100_000)
     monkeypatch.setattr(report_mod, "PARALLEL_MIN_BYTES", 0)
-    read: list[str] = []
-    real_read = report_mod._read_keys
-
-    def counted(file: str):  # type: ignore[no-untyped-def]
-        read.append(file)
-        return real_read(file)
-
-    monkeypatch.setattr(report_mod, "_read_keys", counted)
     for source, dupes in ((path, 40), (unique, 0)):
-        read.clear()
+        assert len(report_mod._ranges([source], True)) > 5
         parallel, par_stats = stream_report([source], enforcement=eff, workers=2)
-        assert len(read) == len(report_mod._ranges([source], True)) > 5 and all(f.startswith(str(temp)) for f in read)
         assert (par_stats.events, par_stats.duplicates) == (2000, dupes)
         assert _rows(build_report(parallel)) == _rows(build_report(sequential))
         assert list(temp.iterdir()) == []  # the workers' key files removed with their folder
     assert (seq_stats.events, seq_stats.duplicates) == (2000, 40)
+
+
+def test_parallel_duplicates_inside_one_range_are_counted_once(
+    tmp_path: Path, policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker appends each fingerprint to its bucket without a lookup; a range that holds an event twice (a line
+    written again right after itself) is found when the range ends and counted again exactly, so the parallel
+    report equals the sequential one and counts each repeat as a duplicate."""
+    import enforcer.analyst.report as report_mod
+
+    lines = [e.to_json() for e in generate(policy, 2000, seed=13)]
+    doubled = [x for i, line in enumerate(lines) for x in ([line, line] if i % 97 == 5 else [line])]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(doubled) + "\n", encoding="utf-8")
+    eff = enforcement_of(policy)
+    sequential, seq_stats = stream_report([path], enforcement=eff)
+    monkeypatch.setattr(report_mod, "RANGE_BYTES", 100_000)
+    monkeypatch.setattr(report_mod, "PARALLEL_MIN_BYTES", 0)
+    assert len(report_mod._ranges([path], True)) > 5
+
+    def no_sequential_pass(*_args: object, **_kw: object) -> None:
+        raise AssertionError("the workers' repeats became the sequential pass over every file")
+
+    # A pair split by a range boundary would be a repeat across two workers' ranges, which takes that pass: none
+    # is, so only the workers' own check of each range is exercised.
+    starts = list(itertools.accumulate((len(x) + 1 for x in doubled), initial=0))
+    pairs = [i for i in range(1, len(doubled)) if doubled[i] == doubled[i - 1]]
+    assert len(pairs) > 10
+    assert all(starts[i - 1] // 100_000 == starts[i] // 100_000 for i in pairs)
+    monkeypatch.setattr(report_mod, "scan_range", no_sequential_pass)
+    parallel, par_stats = stream_report([path], enforcement=eff, workers=2)
+    dupes = len(pairs)
+    assert (seq_stats.events, seq_stats.duplicates) == (par_stats.events, par_stats.duplicates) == (2000, dupes)
+    assert _rows(build_report(parallel)) == _rows(build_report(sequential))
+
+
+def test_keys_by_bucket_find_repeats_and_read_back_any_share_of_buckets(tmp_path: Path) -> None:
+    import random
+
+    from enforcer.analyst.report import KEY_BUCKETS, Keys, _overlap, _read_keys
+
+    rng = random.Random(5)
+    values = list({rng.getrandbits(64) - 2**63 for _ in range(5000)})
+    keys = Keys.of(values)
+    assert not keys.repeats() and sorted(itertools.chain.from_iterable(keys.parts)) == sorted(values)
+    assert Keys.of([*values, values[1234]]).repeats()
+    name = keys.write(str(tmp_path))
+    for lo, hi in ((0, KEY_BUCKETS), (0, 32), (32, 64), (200, KEY_BUCKETS), (255, 256)):
+        got = list(_read_keys(name, lo, hi))
+        assert len(got) == hi - lo and [list(p) for p in got] == [list(p) for p in keys.parts[lo:hi]]
+    other = Keys.of({rng.getrandbits(64) - 2**63 for _ in range(5000)} - set(values)).write(str(tmp_path))
+    shared = Keys.of([values[77], 1, 2]).write(str(tmp_path))
+    bucket = (values[77] >> 56) % KEY_BUCKETS
+    assert not _overlap([name, other])
+    assert _overlap([name, other, shared]) and _overlap([name, shared], bucket, bucket + 1)
+    assert not _overlap([name, shared], (bucket + 1) % KEY_BUCKETS, (bucket + 1) % KEY_BUCKETS + 1)
 
 
 def test_parse_time_forms() -> None:
