@@ -150,6 +150,8 @@ def feed_names_text(text: str, shown: str, problems: list[Problem]) -> str | Non
     """``parse_feed`` as one string, every name followed by a newline (what ``nameindex.NameIndex`` stores): a
     batch of lines that are all bare names is checked at once (``_clean_batch``) and kept as it is (a clean feed
     file ending in a newline is returned unchanged, no copy); any other batch goes line by line."""
+    if text.startswith("\ufeff"):  # a byte order mark, as Windows editors save a list: not part of the first name
+        text = text[1:]
     errors = _Errors(shown, problems)
     pieces: list[str | tuple[int, int]] = []  # spans of ``text`` kept as they are, or rebuilt batches
     lineno = 0

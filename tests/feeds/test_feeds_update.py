@@ -214,3 +214,16 @@ def test_compressed_feed_and_the_size_cap(tmp_path: Path, server: tuple[FeedServ
     code, out = update(folder, cert)
     assert code == 0 and "updated: +20 -0 names" in out, out
     assert local.read_bytes() == feed(NAMES)
+
+
+def test_a_feed_saved_with_a_byte_order_mark_is_read(tmp_path: Path, server: tuple[FeedServer, Path]) -> None:
+    """A hosts-format list saved by a Windows editor starts with U+FEFF: its first line was 'expected one domain per
+    line' and the whole feed was refused (a list of bare names passed only because IDNA drops the mark)."""
+    srv, cert = server
+    body = "\ufeff# exported\n" + "".join(f"0.0.0.0 {n}\n" for n in NAMES)
+    srv.set("/w.txt", body.encode("utf-8"))
+    folder = blocklist(tmp_path / "bl", srv.url("/w.txt"))
+    code, out = update(folder, cert)
+    assert code == 0 and "updated" in out, out
+    policy = load_policy(folder)
+    assert all(policy.match_name(n) is not None for n in NAMES)
