@@ -5,13 +5,16 @@
 one-line reason for everything else: a status other than 200/304, a connection or TLS failure (certificates are
 always verified; ``cafile`` adds a private CA), the total timeout, a body over ``max_bytes`` (the read stops there),
 a download cut short (fewer bytes than Content-Length, a broken chunked or compressed body), or a redirect from
-https to plain http: a partial or downgraded feed is never used. The size cap applies to the decompressed body.
+https to plain http: a partial or downgraded feed is never used. A 429 or 503 with ``Retry-After`` gives the wait in
+``FetchError.retry_after`` (the scheduler does not ask again before it). The size cap applies to the decompressed body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,7 +26,35 @@ MAX_REDIRECTS = 3
 
 
 class FetchError(Exception):
-    """A feed download that failed; the message is one line."""
+    """A feed download that failed; the message is one line. ``retry_after``: the seconds a 429 or 503 answer asked
+    the client to wait (its ``Retry-After``, at most ``MAX_RETRY_AFTER``), else None."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# A server's Retry-After is honoured up to a day: a longer one (or a hostile "wait ten years") would silence the
+# feed for good; the feed's age alert (EnforcerFeedStale) still says when a feed is not confirmed for too long.
+MAX_RETRY_AFTER = 86400.0
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` (RFC 9110, 10.2.3: delay-seconds or an HTTP-date) as seconds from now, at most
+    ``MAX_RETRY_AFTER``; None when absent or not one of the two forms."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(int(value[:12])), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # an HTTP-date is always GMT; a date without a zone is not one
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, delay), MAX_RETRY_AFTER)
 
 
 @dataclass(frozen=True)
@@ -98,7 +129,11 @@ async def _answer(
     if resp.status == 304:
         return Fetched(304, b"", etag, last_modified)
     if resp.status != 200:
-        raise FetchError(f"HTTP {resp.status} {resp.reason or ''}".strip())
+        status = f"HTTP {resp.status} {resp.reason or ''}".strip()
+        wait = retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
+        if wait is not None:
+            raise FetchError(f"{status}; the server asks to retry after {wait:.0f} s", wait)
+        raise FetchError(status)
     # With a Content-Encoding, Content-Length counts the compressed bytes while the body is read decompressed
     # (aiohttp): the cap then applies to what is read, and a cut compressed stream raises ClientPayloadError.
     declared = None if resp.headers.get("Content-Encoding") else resp.content_length

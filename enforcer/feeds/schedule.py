@@ -7,7 +7,8 @@ time, and publishes per feed ``enforcer_feed_age_seconds`` (since that confirmat
 copy yet, so the age alert fires), ``enforcer_feed_refresh_seconds`` and ``enforcer_feed_updates_total{result}``.
 The download is asynchronous and everything else of an update runs in a worker thread (update.py), so the resolver
 keeps answering; a swapped copy reaches the resolver by its usual reload (a file change). A failed update is retried
-at the next tick after ``retry`` seconds, not at once. ``record(spec, result)`` (each update) and ``publish(specs)``
+at the next tick after ``retry`` seconds, not at once, or after the server's ``Retry-After`` (a 429 or 503) when that
+is longer (at most a day: fetch.MAX_RETRY_AFTER). ``record(spec, result)`` (each update) and ``publish(specs)``
 (ages, intervals) are also what ``enforcer feeds update --metrics-textfile`` writes out (feeds/cli.py).
 """
 
@@ -50,6 +51,7 @@ class FeedScheduler:
         self.clock = clock
         self.opts = UpdateOptions(cafile=cafile, record=self.record)
         self._failed_at: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}  # a server's Retry-After (429/503), when longer than ``retry``
 
     def record(self, spec: FeedSpec, result: str) -> None:
         self.metrics[FEED_UPDATES_TOTAL].labels(spec.key, result).inc()
@@ -69,7 +71,7 @@ class FeedScheduler:
 
     def _due(self, spec: FeedSpec) -> bool:
         now = self.clock()
-        if now - self._failed_at.get(spec.key, -1e18) < self.retry:
+        if now - self._failed_at.get(spec.key, -1e18) < self.retry or now < self._not_before.get(spec.key, -1e18):
             return False
         if not spec.local.is_file():
             return True
@@ -95,7 +97,11 @@ class FeedScheduler:
 
     async def _update(self, spec: FeedSpec, must_pass: Sequence[str]) -> None:
         try:
-            await update_feed(spec, self.paths, must_pass, self.opts)
+            result = await update_feed(spec, self.paths, must_pass, self.opts)
+            if result.retry_after is not None:
+                self._not_before[spec.key] = self.clock() + result.retry_after
+            else:
+                self._not_before.pop(spec.key, None)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug in one feed's update: counted and retried after ``retry``, the others go on

@@ -63,6 +63,7 @@ class FeedResult:
     diff: FeedDiff | None = None
     flipped: list[tuple[str, str]] = field(default_factory=list)  # (must-pass name, rule that would block it)
     problems: list[str] = field(default_factory=list)
+    retry_after: float | None = None  # the server's Retry-After (fetch.FetchError), seconds
 
 
 def _yaml_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -216,7 +217,7 @@ async def _update_feed(
                 cafile=opts.cafile,
             )
         except FetchError as exc:
-            return FeedResult(spec, "failed", f"{exc}; {_kept(have_copy)}")
+            return FeedResult(spec, "failed", f"{exc}; {_kept(have_copy)}", retry_after=exc.retry_after)
         # Everything after the download parses, loads the whole policy twice and writes files: a worker thread, so
         # a scheduled update (--feeds-refresh) never blocks the resolver's event loop.
         try:

@@ -45,6 +45,7 @@ class FeedServer:
         self.gzipped: set[str] = set()  # served with Content-Encoding: gzip
         self.redirects: dict[str, str] = {}  # path -> the Location of a 302
         self.not_modified: set[str] = set()  # always answered 304, whatever was asked
+        self.busy: dict[str, tuple[int, str]] = {}  # path -> (status, Retry-After) answered instead of the body
         self.requests: list[tuple[str, str | None]] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -68,6 +69,9 @@ class FeedServer:
             return web.Response(status=302, headers={"Location": self.redirects[path]})
         if path in self.not_modified:
             return web.Response(status=304)
+        if path in self.busy:
+            status, wait = self.busy[path]
+            return web.Response(status=status, headers={"Retry-After": wait})
         body = self.bodies.get(path)
         if body is None:
             return web.Response(status=404)

@@ -64,3 +64,44 @@ def test_scheduler_updates_due_feeds_and_publishes_metrics(
     assert m[("enforcer_feed_age_seconds", (("feed", key),))] == 7 * 3600  # what the age alert watches
     now[0] += 60
     assert asyncio.run(sched.run_once()) == []  # retried after `retry` (600 s), not every tick
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after_not_before(
+    tmp_path: Path, server: tuple[FeedServer, Path]
+) -> None:
+    """429 with Retry-After: 2 h: the scheduler used its own 600 s, asking a rate-limiting server again and again."""
+    srv, cert = server
+    srv.set("/w.txt", feed(NAMES))
+    folder = blocklist(tmp_path / "bl", srv.url("/w.txt"))
+    local = local_copy(folder, srv.url("/w.txt"))
+    key = local.stem
+    now = [2_000_000_000.0]
+    sched = FeedScheduler([folder], CollectorRegistry(), cafile=str(cert), clock=lambda: now[0])
+    srv.busy["/w.txt"] = (429, "7200")
+    assert asyncio.run(sched.run_once()) == [key] and not local.exists()
+    asked = len(srv.requests)
+    for later in (601, 3600, 7199):  # past its own retry, before the server's
+        now[0] = 2_000_000_000.0 + later
+        assert asyncio.run(sched.run_once()) == []
+    assert len(srv.requests) == asked
+    # Asked again once the wait is over; a 503 with a date in the past waits only the scheduler's own retry.
+    now[0] = 2_000_000_000.0 + 7200
+    srv.busy["/w.txt"] = (503, "Wed, 21 Oct 2015 07:28:00 GMT")
+    assert asyncio.run(sched.run_once()) == [key]
+    now[0] += 601
+    del srv.busy["/w.txt"]
+    assert asyncio.run(sched.run_once()) == [key]
+    assert local.read_bytes() == feed(NAMES)
+
+
+def test_retry_after_forms() -> None:
+    from enforcer.feeds.fetch import MAX_RETRY_AFTER, retry_after
+
+    now = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after("120", now) == 120.0 and retry_after(" 0 ", now) == 0.0
+    assert retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now) == 120.0
+    assert retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now) == 0.0  # in the past: no wait
+    assert retry_after("99999999999999999999", now) == MAX_RETRY_AFTER  # capped: a server cannot silence a feed
+    assert retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now) == MAX_RETRY_AFTER
+    for bad in (None, "", "-5", "1.5", "soon", "Wed, 21 Oct 2015 07:30:00", "\u0661\u0662"):
+        assert retry_after(bad, now) is None, bad
