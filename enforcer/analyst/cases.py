@@ -20,7 +20,8 @@
   instead. Without leases an identity does not depend on the time, so SQL groups the attempts per (client,
   ClientID, user, app) first; with leases each attempt is identified at its own time. A call that finds another
   one running returns at once.
-  ``change(device, state, note, who, now_us)`` is an analyst's transition; ``cases()`` lists them with their audit
+  ``change(device, state, note, who, now_us)`` is an analyst's transition, ``add_note(device, note, who, now_us)``
+  a progress note without one; ``cases()`` lists them with their audit
   trail; ``to_csv(cases)`` is the spreadsheet-safe export.
 - ``CaseError(status, message)``: a refused change (404 unknown device, 409 transition not allowed, 400 bad input).
 - Every change appends one ``case_audit`` row (who, when, from, to, note, the reopening hit); audit rows are never
@@ -304,6 +305,27 @@ class CaseBook:
                 _audit(conn, device, now_us, who, current, state, note, None)
         found = self.cases(device)
         return found[0]
+
+    def add_note(self, device: str, note: str, who: str, now_us: int) -> dict[str, Any]:
+        """An analyst's progress note on a case, in whatever state it is ("left a message", "device handed in"): one
+        audit row from and to that state, and the case's latest note, time and analyst. The reopening hit of an
+        open case stays shown. Raises CaseError. Blocking."""
+        if not note.strip():
+            raise CaseError(400, "a note without a state change needs text")
+        if len(note) > MAX_NOTE:
+            raise CaseError(400, f"note too long (max {MAX_NOTE} characters)")
+        with self._lock:
+            conn = self._writer()
+            with _tx(conn):
+                row = conn.execute("SELECT state FROM cases WHERE device = ?", (device,)).fetchone()
+                if row is None:
+                    raise CaseError(404, f"no case for device {device!r}")
+                conn.execute(
+                    "UPDATE cases SET updated_us = ?, updated_by = ?, note = ? WHERE device = ?",
+                    (now_us, who, note, device),
+                )
+                _audit(conn, device, now_us, who, row[0], row[0], note, None)
+        return self.cases(device)[0]
 
     # -- reads ------------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -180,6 +180,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "js_state_remediated": {"en": "remediated", "fr": "corrigé"},
     "js_acknowledge": {"en": "Acknowledge", "fr": "Prendre en charge"},
     "js_remediate": {"en": "Mark remediated", "fr": "Marquer corrigé"},
+    "js_add_note": {"en": "Add note", "fr": "Ajouter la note"},
     "js_note_prompt": {"en": "Note (what was done):", "fr": f"Note (ce qui a été fait){_NBSP}:"},
     "js_reopened": {
         "en": "reopened: {client} tried {app} ({name}, rule {rule}) at {ts}",

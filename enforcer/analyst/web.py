@@ -13,7 +13,8 @@
   ``GET /api/report.csv``, ``GET /api/dashboard`` (chart series, non-compliant devices, top rules, facets),
   ``GET /api/candidates`` (discovery's proposed rules with their evidence, candidates.py; read-only),
   ``GET /healthz`` (no auth), ``GET /metrics`` (no auth: counts only, for Prometheus), ``GET /api/cases``,
-  ``GET /api/cases.csv``, ``POST /api/cases/{device}`` (cases.py). ``q`` on the data routes is the search box. The
+  ``GET /api/cases.csv``, ``POST /api/cases/{device}`` (cases.py: ``{"state", "note"}`` a
+  transition, ``{"note"}`` alone a progress note). ``q`` on the data routes is the search box. The
   page is rendered in the language of ``?lang=`` or ``Accept-Language`` (i18n.py); ``/api/dashboard`` adds the
   retention and the policy notice in that language.
 - Auth: with a token, ``/`` and ``/api/*`` need ``Authorization: Bearer TOKEN`` (compared with
@@ -438,23 +439,30 @@ async def api_case_change(request: web.Request) -> web.StreamResponse:
         body = await request.json()
     except (ValueError, RecursionError, LookupError):  # not JSON or UTF-8, nested too deep, an unknown charset
         raise BadRequest('the body must be a JSON object {"state": ..., "note": ...}') from None
-    if not isinstance(body, dict) or not isinstance(body.get("state"), str):
-        raise BadRequest('the body must be a JSON object with "state" (acknowledged or remediated)')
+    if not isinstance(body, dict) or not isinstance(body.get("state", ""), str | None):
+        raise BadRequest(
+            'the body must be a JSON object with "state" (acknowledged or remediated) and/or "note" (without "state":'
+            " a progress note)"
+        )
     extra = sorted(set(body) - {"state", "note"})
     if extra:  # a misspelt "note" would otherwise leave the audit without one
         raise BadRequest(f'unknown field(s) {", ".join(map(repr, extra))[:200]}: the body has "state" and "note"')
     note = body.get("note", "")
     if not isinstance(note, str):
         raise BadRequest('"note" must be a string')
+    state = body.get("state")
     try:
-        (body["state"] + note).encode("utf-8")
+        ((state or "") + note).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate escape ("\ud800"): no text the store can keep
         raise BadRequest('"state" and "note" must be Unicode text (a lone surrogate escape is not)') from None
     device = request.match_info["device"]
     now_us = ts_to_us(dt_to_ts(datetime.now(UTC)))
     await analyst.db(analyst.sync_cases)  # the device may have become non-compliant since the last refresh
     try:
-        case = await analyst.db(analyst.cases.change, device, body["state"], note, request[WHO], now_us)
+        if state is None:
+            case = await analyst.db(analyst.cases.add_note, device, note, request[WHO], now_us)
+        else:
+            case = await analyst.db(analyst.cases.change, device, state, note, request[WHO], now_us)
     except CaseError as exc:
         return _json({"error": str(exc)}, status=exc.status)
     return _json(case)

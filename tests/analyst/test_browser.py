@@ -256,8 +256,8 @@ def test_dashboard_in_chromium(
 def test_cases_and_french_in_chromium(
     analyst: str, browser: Any, dataset: tuple[list[HitEvent], Path], policy, tmp_path: Path
 ):
-    """The cases panel (acknowledge with a note from the page), the search box, the switch to French; screenshots
-    of the dashboard in English and French kept as artefacts."""
+    """The cases panel (acknowledge with a note, then a progress note, from the page), the search box, the switch
+    to French; screenshots of the dashboard in English and French kept as artefacts."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -296,6 +296,22 @@ def test_cases_and_french_in_chromium(
     )
     case = next(c for c in _get(analyst + "/api/cases", TOKEN)["cases"] if c["device"] == "phone-0007")
     assert (case["state"], case["note"], case["updated_by"]) == ("acknowledged", "owner called", "analyst")
+    # A progress note from the page: the case stays acknowledged, the note shows in its row.
+    row = browser.find_element(By.CSS_SELECTOR, '#cases tbody tr[data-device="phone-0007"]')
+    row.find_element(By.CSS_SELECTOR, "input.note").send_keys("device handed in")
+    row.find_element(By.CSS_SELECTOR, 'button[data-target="note"]').click()
+    wait.until(
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, '#cases tbody tr[data-device="phone-0007"] .note-text').text
+            == "device handed in"
+        )
+    )
+    case = next(c for c in _get(analyst + "/api/cases", TOKEN)["cases"] if c["device"] == "phone-0007")
+    assert (case["state"], case["note"]) == ("acknowledged", "device handed in")
+    assert [(a["from"], a["to"]) for a in case["audit"][:2]] == [
+        ("acknowledged", "acknowledged"),
+        ("open", "acknowledged"),
+    ]
 
     shots = artefacts(tmp_path)
     en = shots / "dashboard-en.png"

@@ -115,6 +115,33 @@ async def test_case_lifecycle_with_named_analysts_and_reopen(client: Any, policy
     conn.close()
 
 
+async def test_progress_notes_keep_the_state_and_go_to_the_audit(client: Any) -> None:
+    """A case followed for weeks gets notes between its transitions ("left a message", "device handed in"); a
+    transition was the only way to write one, so a note moved the case on or was not kept."""
+    device = "phone-0007"
+    resp = await _post(client, device, {"note": "left a message for the owner"}, ALICE)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["state"], body["updated_by"], body["note"]) == ("open", "alice", "left a message for the owner")
+    assert (await _post(client, device, {"state": "acknowledged", "note": "owner called back"}, BOB)).status == 200
+    resp = await _post(client, device, {"note": "device handed in to IT", "state": None}, ALICE)
+    assert resp.status == 200 and (await resp.json())["state"] == "acknowledged"
+    case = (await _cases(client))[device]
+    assert (case["state"], case["note"], case["updated_by"]) == ("acknowledged", "device handed in to IT", "alice")
+    assert [(a["who"], a["from"], a["to"], a["note"]) for a in reversed(case["audit"])][1:] == [
+        ("alice", "open", "open", "left a message for the owner"),
+        ("bob", "open", "acknowledged", "owner called back"),
+        ("alice", "acknowledged", "acknowledged", "device handed in to IT"),
+    ]
+    # A note is text; an unknown device is 404 as for a transition.
+    for bad in ({"note": "   "}, {"note": ""}, {}, {"note": "x" * 2001}, {"note": 5}):
+        resp = await _post(client, device, bad, ALICE)
+        assert resp.status == 400, (bad, await resp.text())
+    assert (await _post(client, "no-such-device", {"note": "hello"}, ALICE)).status == 404
+    assert (await _post(client, device, {"note": "no token"}, {})).status == 401
+    assert len((await _cases(client))[device]["audit"]) == 4  # none of the refusals wrote a row
+
+
 async def test_refusals(client: Any) -> None:
     device = next(iter(await _cases(client)))
     assert (await _post(client, device, {"state": "acknowledged"}, {})).status == 401

@@ -413,8 +413,9 @@
     return t("reopened", { client: h.client, app: h.app, name: h.name, rule: h.rule, ts: shortTs(h.ts) });
   }
 
+  // state null: a progress note, the case stays where it is
   async function changeCase(device, state, note) {
-    await api("/api/cases/" + encodeURIComponent(device), null, { state, note });
+    await api("/api/cases/" + encodeURIComponent(device), null, state ? { state, note } : { note });
     await load();
   }
 
@@ -453,6 +454,11 @@
           b.addEventListener("click", () => changeCase(c.device, target, note.value.trim()).catch(handleError));
           td.appendChild(b);
         }
+        const add = el("button", t("add_note"));
+        add.type = "button";
+        add.dataset.target = "note";
+        add.addEventListener("click", () => changeCase(c.device, null, note.value.trim()).catch(handleError));
+        td.appendChild(add);
       }
       tr.appendChild(td);
       body.appendChild(tr);
