@@ -156,3 +156,76 @@ def test_doq_streams_reset_unfinished_leave_nothing_behind(tmp_path: Path, upstr
         assert grown < 6_000, f"{grown} KB after 1,000 reset streams"
     finally:
         r.stop()
+
+
+def _initials(port: int, count: int, source: str) -> int:
+    """``count`` QUIC Initial packets from ``source``, each of a new client connection (its own connection IDs) that
+    never goes on with the handshake: what a flood of spoofed or abandoned handshakes looks like to the server."""
+    import socket
+    import ssl
+    import time
+
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        for _ in range(count):
+            config = QuicConfiguration(is_client=True, alpn_protocols=["doq"], server_name=SERVER_NAME)
+            config.verify_mode = ssl.CERT_NONE
+            quic = QuicConnection(configuration=config)
+            quic.connect(("127.0.0.1", port), now=time.time())
+            for data, _addr in quic.datagrams_to_send(now=time.time()):
+                sock.sendto(data, ("127.0.0.1", port))
+                sent += 1
+    return sent
+
+
+def test_doq_a_flood_of_initials_holds_one_source_to_its_share(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Handshakes begun from one address and never finished: that address gets --tls-max-per-source slots at a time
+    (each held until the handshake timeout), the rest are dropped before aioquic reads them (no handshake work, no
+    reply), memory stays flat, another address is served meanwhile, and the slots come back when the timeout ends
+    the half-open connections. Measured without the cap (--tls-max-per-source 100000): 133 MB more for each 2,000
+    Initials, 844 MB after 12,000."""
+    import time
+
+    r = EncResolver(tmp_path, upstream.address, "--tls-max-per-source", "8", "--tls-handshake-timeout", "5")
+    total = "enforcer_dns_encrypted_connections_total"
+    opened = "enforcer_dns_encrypted_connections_open"
+
+    def flood_seen() -> tuple[float, float]:
+        """(Initials dropped at the cap, Initials admitted: timed out or still half-open)"""
+        admitted = r.metric(total, transport="doq", outcome="handshake_timeout") + r.metric(opened, transport="doq")
+        return r.metric(total, transport="doq", outcome="source_limit"), admitted
+
+    try:
+        assert doq_query(r.doq_port, "allowed.example", SERVER_NAME, r.cert[0]).answer  # warm: modules loaded
+        start = time.monotonic()
+        sent = _initials(r.doq_port, 2000, "127.0.0.2")  # also warms the allocator: 8-9 MB once
+        assert 1 <= r.metric(opened, transport="doq") <= 8  # the source's share, half-open
+        before = _rss_kb(r.proc.pid)
+        sent += _initials(r.doq_port, 4000, "127.0.0.2")
+        elapsed = time.monotonic() - start
+        eventually(lambda: sum(flood_seen()) == sent, timeout=10, message=f"not every Initial was seen: {flood_seen()}")
+        dropped, admitted = flood_seen()
+        # 8 at a time, a new 8 only when the 5 s timeout ends the last ones
+        assert admitted <= 8 * (elapsed / 5 + 2), (dropped, admitted, elapsed)
+        grown = _rss_kb(r.proc.pid) - before
+        assert grown < 6_000, f"{grown} KB after 4,000 more Initials"
+        # Another address is answered during the flood.
+        assert addresses(doq_query(r.doq_port, "allowed.example", SERVER_NAME, r.cert[0])) == ["192.0.2.53"]
+        # The flooding address's half-open connections end with the handshake timeout: its slots come back.
+        eventually(
+            lambda: r.metric(opened, transport="doq") == 0,
+            timeout=15,
+            message="half-open DoQ connections outlived the handshake timeout",
+        )
+        assert _initials(r.doq_port, 1, "127.0.0.2") == 1
+        eventually(
+            lambda: r.metric(opened, transport="doq") == 1,
+            timeout=10,
+            message="the address was not admitted again after its half-open connections ended",
+        )
+    finally:
+        r.stop()
