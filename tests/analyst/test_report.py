@@ -393,7 +393,16 @@ def test_parallel_duplicates_inside_one_range_are_counted_once(
     import enforcer.analyst.report as report_mod
 
     lines = [e.to_json() for e in generate(policy, 2000, seed=13)]
-    doubled = [x for i, line in enumerate(lines) for x in ([line, line] if i % 97 == 5 else [line])]
+    # Every 97th line written twice, unless a range boundary (every 100,000 bytes) would fall between the two: that
+    # repeat would span two ranges, which takes the sequential pass (the lines' lengths depend on the checkout's path).
+    doubled: list[str] = []
+    offset = 0
+    for i, line in enumerate(lines):
+        doubled.append(line)
+        offset += len(line) + 1
+        if i % 97 == 5 and (offset - len(line) - 1) // 100_000 == offset // 100_000:
+            doubled.append(line)
+            offset += len(line) + 1
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(doubled) + "\n", encoding="utf-8")
     eff = enforcement_of(policy)
@@ -405,8 +414,7 @@ def test_parallel_duplicates_inside_one_range_are_counted_once(
     def no_sequential_pass(*_args: object, **_kw: object) -> None:
         raise AssertionError("the workers' repeats became the sequential pass over every file")
 
-    # A pair split by a range boundary would be a repeat across two workers' ranges, which takes that pass: none
-    # is, so only the workers' own check of each range is exercised.
+    # No pair is split by a range boundary, so only the workers' own check of each range is exercised.
     starts = list(itertools.accumulate((len(x) + 1 for x in doubled), initial=0))
     pairs = [i for i in range(1, len(doubled)) if doubled[i] == doubled[i - 1]]
     assert len(pairs) > 10
