@@ -307,9 +307,9 @@ class CaseBook:
         return found[0]
 
     def add_note(self, device: str, note: str, who: str, now_us: int) -> dict[str, Any]:
-        """An analyst's progress note on a case, in whatever state it is ("left a message", "device handed in"): one
-        audit row from and to that state, and the case's latest note, time and analyst. The reopening hit of an
-        open case stays shown. Raises CaseError. Blocking."""
+        """An analyst's progress note on an open or acknowledged case ("left a message", "device handed in"): one
+        audit row from and to its state, and the case's latest note, time and analyst. The reopening hit of an open
+        case stays shown. Raises CaseError (409 for a remediated case). Blocking."""
         if not note.strip():
             raise CaseError(400, "a note without a state change needs text")
         if len(note) > MAX_NOTE:
@@ -320,6 +320,10 @@ class CaseBook:
                 row = conn.execute("SELECT state FROM cases WHERE device = ?", (device,)).fetchone()
                 if row is None:
                     raise CaseError(404, f"no case for device {device!r}")
+                if row[0] == "remediated":
+                    # Its time is the remediation's: sync reopens the case for an attempt after it (a note would move
+                    # it past an attempt not yet read), and its note says what was done.
+                    raise CaseError(409, "a remediated case takes no note; it reopens when the device tries again")
                 conn.execute(
                     "UPDATE cases SET updated_us = ?, updated_by = ?, note = ? WHERE device = ?",
                     (now_us, who, note, device),

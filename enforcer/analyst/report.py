@@ -248,7 +248,7 @@ class _Counter:
         self.seen: set[int] = set()  # the fingerprints of the current range's events (``_scan``)
         self.prior = prior  # ... and of the events counted before it (a sequential pass over several files)
         # Bucket mode (a worker's first pass, ``_count``): each fingerprint appended to its bucket (``Keys``) instead
-        # of looked up in ``seen``; a range is then checked for repeats once, a bucket at a time (``_repeats``).
+        # of looked up in ``seen``; a range is then checked for repeats once, a bucket at a time (``Keys.repeats``).
         self.keys: Keys | None = None
         self.exact = exact  # no deferred counting (``count_rows``): after ``settle`` found it could not say
         # The time range in microseconds (``count_rows``; ``since``/``until`` are canonical, so the same bounds)
@@ -540,14 +540,19 @@ def _count(
     bucketed: bool = False,
 ) -> tuple[Tallies, list[ReportStats]]:
     """Consecutive ranges counted into one tallies, each range deduping on its own (and against ``prior``);
-    ``keys(i, fingerprints)`` is given each range's fingerprints by bucket once the count is final. Counted again
-    with each event in file order (``_Counter.exact``) in the rare case ``settle`` cannot tell the last address or
-    user of a device, or (``bucketed``: the first pass appends each fingerprint to its bucket instead of looking it
-    up in a set) when a range holds an event twice: only the exact pass says which occurrence counts."""
-    for exact in (False, True):
+    ``keys(i, fingerprints)`` is given each range's fingerprints by bucket once the count is final.
+
+    ``bucketed`` (a worker's tasks): the first pass appends each fingerprint to its bucket instead of looking it up
+    in a set; a range that holds an event twice sends the task to the pass with the set, which counts the first
+    occurrence in file order. Counted again with each event in file order (``_Counter.exact``) in the rare case
+    ``settle`` cannot tell the last address or user of a device."""
+    assert not (bucketed and prior), "a bucketed pass has no set to look earlier events up in"
+    mode = "keys" if bucketed else "set"
+    while True:
+        exact = mode == "exact"
         tallies: Tallies = {}
         counter = _Counter(select, select.identifier or Identifier(), tallies, prior, exact)
-        counter.keys = Keys() if bucketed and not exact else None
+        counter.keys = Keys() if mode == "keys" else None
         stats: list[ReportStats] = []
         found: list[Keys | set[int]] = []
         repeats = False
@@ -561,8 +566,12 @@ def _count(
             else:
                 found.append(counter.seen)
             counter.seen = set()
-        if not repeats and (counter.settle() or exact):
+        if repeats:
+            mode = "set"
+        elif counter.settle() or exact:
             break
+        else:
+            mode = "exact"
     _finish(tallies)
     if keys is not None:
         for i, part in enumerate(found):

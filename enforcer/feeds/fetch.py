@@ -16,6 +16,7 @@ import email.utils
 import ssl
 import time
 from dataclasses import dataclass
+from datetime import UTC
 
 import aiohttp
 
@@ -46,13 +47,16 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return min(float(int(value[:12])), MAX_RETRY_AFTER)
+        digits = value.lstrip("0") or "0"
+        return MAX_RETRY_AFTER if len(digits) > 12 else min(float(int(digits)), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        return None  # an HTTP-date is always GMT; a date without a zone is not one
+        if value.endswith("-0000"):  # "zone unknown" (RFC 5322): not an HTTP-date
+            return None
+        when = when.replace(tzinfo=UTC)  # asctime's form, which RFC 9110 has recipients read as GMT
     delay = when.timestamp() - (time.time() if now is None else now)
     return min(max(0.0, delay), MAX_RETRY_AFTER)
 

@@ -140,6 +140,19 @@ async def test_progress_notes_keep_the_state_and_go_to_the_audit(client: Any) ->
     assert (await _post(client, "no-such-device", {"note": "hello"}, ALICE)).status == 404
     assert (await _post(client, device, {"note": "no token"}, {})).status == 401
     assert len((await _cases(client))[device]["audit"]) == 4  # none of the refusals wrote a row
+    # A remediated case takes no note: its time is the remediation's, which decides whether a later attempt
+    # reopens it (a note posted before a late attempt was read kept the case closed), and its note says what was
+    # done.
+    assert (await _post(client, device, {"state": "remediated", "note": "WeChat removed"}, BOB)).status == 200
+    resp = await _post(client, device, {"note": "checked again"}, ALICE)
+    assert resp.status == 409 and "remediated" in (await resp.json())["error"]
+    case = (await _cases(client))[device]
+    assert (case["state"], case["note"], case["updated_by"], len(case["audit"])) == (
+        "remediated",
+        "WeChat removed",
+        "bob",
+        5,
+    )
 
 
 async def test_refusals(client: Any) -> None:

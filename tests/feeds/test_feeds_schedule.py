@@ -103,5 +103,8 @@ def test_retry_after_forms() -> None:
     assert retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now) == 0.0  # in the past: no wait
     assert retry_after("99999999999999999999", now) == MAX_RETRY_AFTER  # capped: a server cannot silence a feed
     assert retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now) == MAX_RETRY_AFTER
-    for bad in (None, "", "-5", "1.5", "soon", "Wed, 21 Oct 2015 07:30:00", "\u0661\u0662"):
+    assert retry_after("0000000000003600", now) == 3600.0  # leading zeros are not digits cut off
+    assert retry_after("Wed Oct 21 07:30:00 2015", now) == 120.0  # asctime's form: GMT (RFC 9110, 5.6.7)
+    assert retry_after("Wednesday, 21-Oct-15 07:30:00 GMT", now) == 120.0  # RFC 850's
+    for bad in (None, "", "-5", "1.5", "soon", "Wed, 21 Oct 2015 07:30:00 -0000", "\u0661\u0662"):
         assert retry_after(bad, now) is None, bad
