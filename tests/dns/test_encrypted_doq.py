@@ -201,14 +201,21 @@ def test_doq_a_flood_of_initials_holds_one_source_to_its_share(tmp_path: Path, u
 
     try:
         assert doq_query(r.doq_port, "allowed.example", SERVER_NAME, r.cert[0]).answer  # warm: modules loaded
+        # The warm-up connection may still be open: the flood's figures are what changes from here.
+        dropped0, admitted0 = flood_seen()
         start = time.monotonic()
         sent = _initials(r.doq_port, 2000, "127.0.0.2")  # also warms the allocator: 8-9 MB once
-        assert 1 <= r.metric(opened, transport="doq") <= 8  # the source's share, half-open
+        assert 1 <= r.metric(opened, transport="doq") <= 9  # the source's share, half-open (and the warm-up's)
         before = _rss_kb(r.proc.pid)
         sent += _initials(r.doq_port, 4000, "127.0.0.2")
         elapsed = time.monotonic() - start
-        eventually(lambda: sum(flood_seen()) == sent, timeout=10, message=f"not every Initial was seen: {flood_seen()}")
+        eventually(
+            lambda: sum(flood_seen()) - dropped0 - admitted0 >= sent,
+            timeout=10,
+            message=f"not every Initial was seen: {flood_seen()}",
+        )
         dropped, admitted = flood_seen()
+        admitted -= admitted0
         # 8 at a time, a new 8 only when the 5 s timeout ends the last ones
         assert admitted <= 8 * (elapsed / 5 + 2), (dropped, admitted, elapsed)
         grown = _rss_kb(r.proc.pid) - before
