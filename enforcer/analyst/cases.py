@@ -291,10 +291,7 @@ class CaseBook:
         with self._lock:
             conn = self._writer()
             with _tx(conn):
-                row = conn.execute("SELECT state FROM cases WHERE device = ?", (device,)).fetchone()
-                if row is None:
-                    raise CaseError(404, f"no case for device {device!r}")
-                current = row[0]
+                current = _state_of(conn, device)
                 if current not in TRANSITIONS[state]:
                     raise CaseError(409, f"a case in state {current} cannot become {state}")
                 conn.execute(
@@ -317,10 +314,8 @@ class CaseBook:
         with self._lock:
             conn = self._writer()
             with _tx(conn):
-                row = conn.execute("SELECT state FROM cases WHERE device = ?", (device,)).fetchone()
-                if row is None:
-                    raise CaseError(404, f"no case for device {device!r}")
-                if row[0] == "remediated":
+                current = _state_of(conn, device)
+                if current == "remediated":
                     # Its time is the remediation's: sync reopens the case for an attempt after it (a note would move
                     # it past an attempt not yet read), and its note says what was done.
                     raise CaseError(409, "a remediated case takes no note; it reopens when the device tries again")
@@ -328,7 +323,7 @@ class CaseBook:
                     "UPDATE cases SET updated_us = ?, updated_by = ?, note = ? WHERE device = ?",
                     (now_us, who, note, device),
                 )
-                _audit(conn, device, now_us, who, row[0], row[0], note, None)
+                _audit(conn, device, now_us, who, current, current, note, None)
         return self.cases(device)[0]
 
     # -- reads ------------------------------------------------------------------------------------------------------
@@ -462,6 +457,14 @@ class _tx:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _state_of(conn: sqlite3.Connection, device: str) -> str:
+    """The case's state (inside the caller's transaction); CaseError 404 when the device has none."""
+    row = conn.execute("SELECT state FROM cases WHERE device = ?", (device,)).fetchone()
+    if row is None:
+        raise CaseError(404, f"no case for device {device!r}")
+    return str(row[0])
 
 
 def _audit(

@@ -24,18 +24,27 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
     return out
 
 
-def test_scheduler_updates_due_feeds_and_publishes_metrics(
-    tmp_path: Path,
-    server: tuple[FeedServer, Path],
-) -> None:
+def _scheduler(
+    tmp_path: Path, server: tuple[FeedServer, Path], now: list[float], registry: CollectorRegistry | None = None
+) -> tuple[FeedScheduler, Path, str]:
+    """A blocklist with one feed (/w.txt, the test names) and its scheduler on the fake clock ``now[0]``; the copy's
+    path and its key (the metrics' ``feed`` label)."""
     srv, cert = server
     srv.set("/w.txt", feed(NAMES))
     folder = blocklist(tmp_path / "bl", srv.url("/w.txt"))
     local = local_copy(folder, srv.url("/w.txt"))
-    key = local.stem
+    sched = FeedScheduler([folder], registry or CollectorRegistry(), cafile=str(cert), clock=lambda: now[0])
+    return sched, local, local.stem
+
+
+def test_scheduler_updates_due_feeds_and_publishes_metrics(
+    tmp_path: Path,
+    server: tuple[FeedServer, Path],
+) -> None:
+    srv, _ = server
     now = [1_000_000_000.0]
     registry = CollectorRegistry()
-    sched = FeedScheduler([folder], registry, cafile=str(cert), clock=lambda: now[0])
+    sched, local, key = _scheduler(tmp_path, server, now, registry)
 
     # No copy yet: due at once.
     assert asyncio.run(sched.run_once()) == [key]
@@ -70,13 +79,9 @@ def test_a_busy_server_is_asked_again_after_its_retry_after_not_before(
     tmp_path: Path, server: tuple[FeedServer, Path]
 ) -> None:
     """429 with Retry-After: 2 h: the scheduler used its own 600 s, asking a rate-limiting server again and again."""
-    srv, cert = server
-    srv.set("/w.txt", feed(NAMES))
-    folder = blocklist(tmp_path / "bl", srv.url("/w.txt"))
-    local = local_copy(folder, srv.url("/w.txt"))
-    key = local.stem
+    srv, _ = server
     now = [2_000_000_000.0]
-    sched = FeedScheduler([folder], CollectorRegistry(), cafile=str(cert), clock=lambda: now[0])
+    sched, local, key = _scheduler(tmp_path, server, now)
     srv.busy["/w.txt"] = (429, "7200")
     assert asyncio.run(sched.run_once()) == [key] and not local.exists()
     asked = len(srv.requests)
